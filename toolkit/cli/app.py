@@ -1,0 +1,112 @@
+"""The ``snapscope`` command: a thin shell over the library.
+
+Each command group lives in its own module and is registered here. Expected
+failures (bad evidence, unusable case) print one line and exit 2; nothing
+prints a traceback unless SNAPSCOPE_DEBUG=1.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from toolkit import __version__
+
+app = typer.Typer(
+    name="snapscope",
+    help="Offline forensics for libvirt/QEMU VM snapshots: memory, disk and network, correlated.\n\n"
+         "Example: snapscope analyze /evidence/web01/ --case cases/web01",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version_callback(value: bool):
+    if value:
+        from toolkit.versions import tool_versions
+
+        for name, version in tool_versions().items():
+            typer.echo(f"{name} {version or 'not installed'}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Print snapscope's version and its engines' versions.")):
+    """Offline forensics for libvirt/QEMU VM snapshots."""
+
+
+# (module, attribute, how to register): plain commands and sub-apps.
+COMMANDS = [
+    ("toolkit.cli.evidence", "inspect", "command"),
+    ("toolkit.cli.analyze", "analyze", "command"),
+    ("toolkit.cli.analyze", "demo", "command"),
+]
+GROUPS = [
+    ("toolkit.cli.case", "app", "case"),
+    ("toolkit.cli.memory", "app", "memory"),
+    ("toolkit.cli.symbols", "app", "symbols"),
+]
+EXTRA_COMMANDS = [
+    ("toolkit.cli.disk", "diff_command", "diff"),
+]
+
+
+def _register():
+    for module_name, attr, _ in COMMANDS:
+        app.command()(getattr(importlib.import_module(module_name), attr))
+    for module_name, attr, name in GROUPS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # group not built yet
+        app.add_typer(getattr(module, attr), name=name)
+    for module_name, attr, name in EXTRA_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        app.command(name=name)(getattr(module, attr))
+
+
+_register()
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input, from every layer that defines one."""
+    from toolkit.errors import SnapscopeError
+
+    found = [SnapscopeError]
+    for module_name, attr in [("toolkit.evidence.errors", "EvidenceError"), ("toolkit.memory", "MemoryFormatError"),
+                              ("toolkit.engines.disk_open", "DiskError"), ("toolkit.engines.yara", "RuleError")]:
+        try:
+            found.append(getattr(importlib.import_module(module_name), attr))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def main():
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("SNAPSCOPE_DEBUG"):
+            raise
+        from toolkit.report.escape import terminal_safe
+
+        if isinstance(exc, expected_errors()):
+            print(f"error: {terminal_safe(exc)}", file=sys.stderr)
+            sys.exit(2)
+        print(f"internal error ({type(exc).__name__}): {terminal_safe(exc)}\n"
+              "This is a snapscope bug; re-run with SNAPSCOPE_DEBUG=1 for the traceback.", file=sys.stderr)
+        sys.exit(1)

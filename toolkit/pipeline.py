@@ -1,0 +1,150 @@
+"""The analyze pipeline: discover -> hash -> engines -> tables -> hash again.
+
+The CLI's ``analyze`` and ``demo`` are thin shells over :func:`analyze`.
+Engines plug in through ``toolkit.engines.ENGINES``; this module never needs
+to change when one is added.
+
+Example::
+
+    summary = analyze([Path("lab/qemu")], Path("case"), profile="linux-triage")
+"""
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from toolkit import case as case_store, custody
+from toolkit.engines import ENGINES
+from toolkit.errors import CaseError
+from toolkit.evidence import discover
+from toolkit.hashing import sha256_file
+from toolkit.schemas import make_table
+from toolkit.versions import tool_versions
+
+
+def _noop_progress(description, completed=None, total=None):
+    pass
+
+
+def _refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
+    root = case_dir.resolve()
+    for snap in snapshots:
+        for item in snap["evidence"]:
+            path = Path(item["path"]).resolve()
+            if path == root or root in path.parents:
+                raise CaseError(f"{item['path']}: evidence lies inside the case directory {case_dir}; refusing to analyse it")
+
+
+def _evidence_files(snapshots: list[dict]) -> dict[str, dict]:
+    files = {}
+    for snap in snapshots:
+        for item in snap["evidence"]:
+            files[str(Path(item["path"]).resolve())] = item
+    return files
+
+
+def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress) -> dict[str, str]:
+    """Hash every evidence file and log it; returns {path: sha256}."""
+    total = sum(Path(p).stat().st_size for p in files)
+    done = 0
+    hashes = {}
+    for path, item in files.items():
+        def tick(n):
+            nonlocal done
+            done += n
+            progress(f"hashing evidence ({phase})", done, total)
+        digest = sha256_file(path, tick)
+        hashes[path] = digest
+        custody.append_event(case_dir, action=f"evidence.hash.{phase}", path=path, sha256=digest,
+                             size=Path(path).stat().st_size, detail={"format": item.get("format")})
+    return hashes
+
+
+def load_profile_for(profile: str | None) -> dict:
+    """The parsed profile; the memory engine's loader owns the format."""
+    try:
+        profiles = importlib.import_module("toolkit.profiles")
+    except ModuleNotFoundError:
+        return {"name": profile or "default"}
+    return profiles.load_profile(profile or profiles.DEFAULT_PROFILE)
+
+
+def run_engines(snapshot: dict, ctx: dict, engine_names=None) -> dict[str, pd.DataFrame]:
+    """Run every applicable engine for one snapshot; an engine crash becomes a diagnostic."""
+    produced: dict[str, list[pd.DataFrame]] = {}
+    for name, entry in ENGINES.items():
+        if engine_names is not None and name not in engine_names:
+            continue
+        if entry.get("applies") and not entry["applies"](snapshot):
+            continue
+        module = importlib.import_module(entry["module"])
+        ctx = {**ctx, "tables": {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}}
+        try:
+            tables = module.run(snapshot, ctx)
+        except Exception as exc:  # one engine failing must not lose the others' tables
+            tables = {"diagnostics": make_table("diagnostics", [{
+                "severity": "error", "what": f"engine {name}", "where": snapshot["id"],
+                "why": f"{type(exc).__name__}: {exc}"}], snapshot_id=snapshot["id"], source=f"engine/{name}")}
+        for table, df in tables.items():
+            produced.setdefault(table, []).append(df)
+    return {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
+
+
+def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, search_paths=(),
+            engine_names=None, progress=_noop_progress) -> dict:
+    """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict."""
+    case_dir = Path(case_dir)
+    snapshots = discover([Path(p) for p in paths], search_paths=search_paths)
+    _refuse_evidence_inside_case(snapshots, case_dir)
+    profile_dict = load_profile_for(profile)
+    created = not case_dir.exists()
+    try:
+        manifest = case_store.init_case(case_dir)
+    except BaseException:
+        if created:
+            shutil.rmtree(case_dir, ignore_errors=True)
+        raise
+    custody.append_event(case_dir, action="analyze.start", detail={"paths": [str(p) for p in paths],
+                                                                   "profile": profile_dict.get("name")})
+    files = _evidence_files(snapshots)
+    before = hash_evidence(case_dir, files, "before", progress)
+    manifest["tools"] = tool_versions()
+    for path, digest in before.items():
+        manifest["evidence"][path] = {"format": files[path].get("format"), "size": Path(path).stat().st_size,
+                                      "sha256": digest}
+    summary = {"case": str(case_dir), "snapshots": []}
+    for snap in snapshots:
+        ctx = {"case_dir": case_dir, "derived_dir": case_dir / "derived" / snap["id"],
+               "cache_dir": case_dir / "derived" / "cache", "profile": profile_dict, "progress": progress}
+        ctx["derived_dir"].mkdir(parents=True, exist_ok=True)
+        ctx["cache_dir"].mkdir(parents=True, exist_ok=True)
+        tables = run_engines(snap, ctx, engine_names)
+        evidence_rows = [{"path": str(Path(e["path"]).resolve()), "format": e.get("format"),
+                          "size": Path(e["path"]).stat().st_size, "sha256": before[str(Path(e["path"]).resolve())],
+                          "role": e.get("role")} for e in snap["evidence"]]
+        tables["evidence"] = make_table("evidence", evidence_rows, snapshot_id=snap["id"], source="intake")
+        if "diagnostics" not in tables:
+            tables["diagnostics"] = make_table("diagnostics", [], snapshot_id=snap["id"], source="intake")
+        for name, df in tables.items():
+            case_store.write_table(case_dir, name, snap["id"], df)
+        manifest["snapshots"][snap["id"]] = {
+            "name": snap["name"], "domain": snap.get("domain"),
+            "memory": snap.get("memory"), "disks": snap.get("disks"), "pcaps": snap.get("pcaps"),
+            "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
+            "tables": {name: len(df) for name, df in tables.items()},
+        }
+        summary["snapshots"].append({"id": snap["id"], "name": snap["name"],
+                                     "tables": {name: len(df) for name, df in tables.items()}})
+    after = hash_evidence(case_dir, files, "after", progress)
+    changed = [p for p in before if before[p] != after[p]]
+    manifest["runs"].append({"at": case_store.now_iso(), "profile": profile_dict.get("name"),
+                             "paths": [str(p) for p in paths], "evidence_unchanged": not changed})
+    case_store.save_manifest(case_dir, manifest)
+    custody.append_event(case_dir, action="analyze.end", detail={"evidence_unchanged": not changed})
+    if changed:
+        raise CaseError(f"evidence changed during analysis: {', '.join(changed)}")
+    summary["evidence_unchanged"] = True
+    return summary
