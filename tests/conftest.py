@@ -2,9 +2,7 @@
 snapshots once per session; tests marked `lab` use it."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,18 +10,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("snapscope_build_lab", REPO / "fixtures" / "build_lab.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def lab() -> Path:
-    """The lab directory (see fixtures/README.md); built on first use."""
-    builder = _load_builder()
-    return Path(builder.build_lab(Path(os.environ["SNAPSCOPE_LAB_DIR"]) if os.environ.get("SNAPSCOPE_LAB_DIR") else None))
+    """The lab directory (see fixtures/README.md); built on first use, honours $SNAPSCOPE_LAB_DIR."""
+    from toolkit.lab import build_lab
+
+    return build_lab()
 
 
 @pytest.fixture(scope="session")
