@@ -35,7 +35,9 @@ from toolkit.schemas import SCHEMAS, validate
 
 CASE_FORMAT = "snapscope-case/1"
 SUBDIRS = ("tables", "derived", "reports")
-TOP_LEVEL_TABLES = {"findings": "findings.parquet", "timeline": "timeline.parquet"}
+# Also kept as one file across snapshots at the top of the case, for tools that
+# want a single Parquet file; tables/ stays the source of truth.
+COMBINED_TABLES = {"findings": "findings.parquet", "timeline": "timeline.parquet"}
 
 
 def now_iso() -> str:
@@ -71,8 +73,6 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
 
 
 def table_path(case_dir: Path, name: str, snapshot_id: str) -> Path:
-    if name in TOP_LEVEL_TABLES:
-        return case_dir / TOP_LEVEL_TABLES[name]
     return case_dir / "tables" / name / f"{snapshot_id}.parquet"
 
 
@@ -126,6 +126,14 @@ def write_table(case_dir: Path, name: str, snapshot_id: str, df: pd.DataFrame) -
     return path
 
 
+def write_combined_tables(case_dir: Path) -> None:
+    """Refresh findings.parquet / timeline.parquet from every snapshot's rows."""
+    case = Case.open(case_dir)
+    for name, file_name in COMBINED_TABLES.items():
+        if name in case.tables():
+            atomic_write_parquet(Path(case_dir) / file_name, case.table(name))
+
+
 class Case:
     """Read-side API over a case directory, for notebooks and renderers."""
 
@@ -145,14 +153,9 @@ class Case:
     def tables(self) -> list[str]:
         """Names of the tables present in the case, e.g. ``['memory/processes', ...]``."""
         root = self.path / "tables"
-        names = sorted({str(p.parent.relative_to(root)) for p in root.rglob("*.parquet")})
-        names += [n for n, f in TOP_LEVEL_TABLES.items() if (self.path / f).exists()]
-        return names
+        return sorted({str(p.parent.relative_to(root)) for p in root.rglob("*.parquet")})
 
     def _files(self, name: str) -> list[Path]:
-        if name in TOP_LEVEL_TABLES:
-            path = self.path / TOP_LEVEL_TABLES[name]
-            return [path] if path.exists() else []
         return sorted((self.path / "tables" / name).glob("*.parquet"))
 
     def table(self, name: str, snapshot: str | None = None) -> pd.DataFrame:

@@ -18,6 +18,8 @@ import pandas as pd
 
 from toolkit import case as case_store, custody
 from toolkit.engines import ENGINES
+from toolkit.correlate.findings import correlate_snapshot
+from toolkit.correlate.timeline import build_timeline
 from toolkit.errors import CaseError
 from toolkit.evidence import discover
 from toolkit.hashing import sha256_file
@@ -70,6 +72,17 @@ def load_profile_for(profile: str | None) -> dict:
     except ModuleNotFoundError:
         return {"name": profile or "default"}
     return profiles.load_profile(profile or profiles.DEFAULT_PROFILE)
+
+
+def snapshot_times(snapshot: dict) -> dict:
+    """Capture times the evidence itself states (memory dump, snapshot XML), for the timeline."""
+    times = {}
+    for item in snapshot.get("evidence", []):
+        facts = item.get("facts") or {}
+        for key in ("creation_time", "captured_at", "snapshot_time"):
+            if facts.get(key):
+                times[f"{item.get('format')} {key.replace('_', ' ')}"] = facts[key]
+    return times
 
 
 def run_engines(snapshot: dict, ctx: dict, engine_names=None) -> dict[str, pd.DataFrame]:
@@ -126,8 +139,12 @@ def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, se
                           "size": Path(e["path"]).stat().st_size, "sha256": before[str(Path(e["path"]).resolve())],
                           "role": e.get("role")} for e in snap["evidence"]]
         tables["evidence"] = make_table("evidence", evidence_rows, snapshot_id=snap["id"], source="intake")
-        if "diagnostics" not in tables:
-            tables["diagnostics"] = make_table("diagnostics", [], snapshot_id=snap["id"], source="intake")
+        # Correlation reads the engines' tables only, never the evidence.
+        findings, problems, _graph = correlate_snapshot(tables, snap["id"])
+        tables["findings"] = findings
+        tables["timeline"] = build_timeline(tables, snap["id"], snapshot_times(snap))
+        tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"), problems) if df is not None],
+                                          ignore_index=True)
         for name, df in tables.items():
             case_store.write_table(case_dir, name, snap["id"], df)
         manifest["snapshots"][snap["id"]] = {
@@ -138,6 +155,7 @@ def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, se
         }
         summary["snapshots"].append({"id": snap["id"], "name": snap["name"],
                                      "tables": {name: len(df) for name, df in tables.items()}})
+    case_store.write_combined_tables(case_dir)
     after = hash_evidence(case_dir, files, "after", progress)
     changed = [p for p in before if before[p] != after[p]]
     manifest["runs"].append({"at": case_store.now_iso(), "profile": profile_dict.get("name"),

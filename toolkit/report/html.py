@@ -1,0 +1,124 @@
+"""Single-file HTML report, readable offline (no scripts, no external assets).
+
+Findings come first, highest severity on top, each a <details> that expands to
+its explanation, the exact evidence rows and — for high and critical — an SVG
+picture of its entity chain. A timeline follows. Every guest string goes
+through html_safe.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from toolkit.report.escape import html_safe
+from toolkit.report.tabular import plain_value
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}
+h1{margin:0 0 .2em}.meta{color:#666;margin-bottom:1em}
+.sev{display:inline-block;min-width:5.5em;text-align:center;border-radius:3px;padding:1px 4px;font-weight:bold;color:#fff}
+.critical{background:#7b0000}.high{background:#c62828}.medium{background:#ef8f00}.low{background:#1565c0}.info{background:#777}
+details{border:1px solid #ddd;border-radius:4px;margin:.4em 0;padding:.3em .6em}
+summary{cursor:pointer;font-size:1.05em}
+table{border-collapse:collapse;font-size:.85em;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 5px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}.expl{margin:.4em 0 .6em}.mono{font-family:monospace;word-break:break-all}
+svg text{font-family:monospace;font-size:11px}
+"""
+
+
+def _row_table(df: pd.DataFrame, max_cols: int = 14) -> str:
+    if df is None or not len(df):
+        return "<p><i>no rows</i></p>"
+    cols = [c for c in df.columns if c not in ("source",)][:max_cols]
+    head = "".join(f"<th>{html_safe(c)}</th>" for c in cols)
+    body = []
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = plain_value(row[c])
+            text = "" if v is None else str(v)
+            if len(text) > 200:
+                text = text[:200] + "…"
+            cells.append(f"<td class=mono>{html_safe(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def chain_svg(steps: list[dict]) -> str:
+    """A vertical picture of the entity chain: boxes joined by labelled arrows."""
+    if len(steps) < 2:
+        return ""
+    box_h, gap, width = 26, 34, 760
+    height = len(steps) * (box_h + gap)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="entity chain">']
+    for n, step in enumerate(steps):
+        y = n * (box_h + gap)
+        label = step["label"] if len(step["label"]) < 100 else step["label"][:97] + "..."
+        fill = "#ffe0e0" if n == 0 else "#eef3ff"
+        parts.append(f'<rect x="20" y="{y}" width="{width - 40}" height="{box_h}" rx="4" fill="{fill}" stroke="#567"/>')
+        parts.append(f'<text x="30" y="{y + 17}">{html_safe(label)}</text>')
+        if n:
+            parts.append(f'<line x1="60" y1="{y - gap}" x2="60" y2="{y - 2}" stroke="#345" stroke-width="1.5"/>')
+            parts.append(f'<polygon points="55,{y - 8} 65,{y - 8} 60,{y - 1}" fill="#345"/>')
+            parts.append(f'<text x="72" y="{y - gap / 2 + 4}" fill="#345">{html_safe(step["via"])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _evidence_rows(case, links: list[dict]) -> str:
+    by_table: dict[str, list] = {}
+    for l in links:
+        by_table.setdefault(l["table"], []).append(l)
+    out = []
+    for table, ls in by_table.items():
+        try:
+            df = case.table(table)
+        except KeyError:
+            continue
+        wanted = {(l["snapshot_id"], l["row"]) for l in ls}
+        # row links are positions within a snapshot's file
+        df = df.assign(_row=df.groupby("snapshot_id").cumcount())
+        picked = df[[(s, r) in wanted for s, r in zip(df["snapshot_id"], df["_row"])]].drop(columns="_row")
+        out.append(f"<h4>{html_safe(table)}</h4>{_row_table(picked)}")
+    return "".join(out)
+
+
+def render_html(case) -> str:
+    findings = case.findings
+    timeline = case.timeline
+    title = f"snapscope report — {', '.join(case.snapshots) or case.path.name}"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html_safe(title)}</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>{html_safe(title)}</h1>",
+             f"<div class=meta>{len(findings)} findings · {len(case.snapshots)} snapshot(s) · case {html_safe(case.path)}</div>",
+             "<h2>Findings</h2>"]
+    if not len(findings):
+        parts.append("<p>No findings.</p>")
+    ordered = findings.sort_values(["severity_rank", "confidence"], ascending=False, kind="stable")
+    for n, row in enumerate(ordered.itertuples(index=False)):
+        links = json.loads(row.evidence or "[]")
+        steps = json.loads(row.chain or "[]")
+        chain_links = [l for s in steps for l in s.get("links", [])]
+        open_attr = " open" if n == 0 else ""
+        parts.append(
+            f"<details{open_attr}><summary><span class='sev {html_safe(row.severity)}'>{html_safe(row.severity.upper())}</span> "
+            f"<b>{html_safe(row.title)}</b> — {html_safe(row.entity_label)} "
+            f"<small>({html_safe(row.rule_id)}{' · ' + html_safe(row.attack_id) if isinstance(row.attack_id, str) else ''}"
+            f" · {html_safe(row.snapshot_id)} · confidence {row.confidence:.0%})</small></summary>"
+            f"<p class=expl>{html_safe(row.explanation)}</p>")
+        if row.severity_rank >= 3:
+            parts.append(chain_svg(steps))
+        parts.append("<h3>Evidence rows</h3>" + _evidence_rows(case, links))
+        if len(steps) > 1:
+            parts.append("<details><summary>rows behind the chain</summary>" + _evidence_rows(case, chain_links) + "</details>")
+        parts.append("</details>")
+    parts.append("<h2>Timeline</h2>")
+    shown = timeline.head(2000)
+    parts.append(_row_table(shown[["ts", "kind", "description", "table", "row", "pid", "path", "snapshot_id"]]
+                            if len(shown) else shown))
+    if len(timeline) > len(shown):
+        parts.append(f"<p>{len(timeline) - len(shown)} more events: see the timesketch or CSV export.</p>")
+    parts.append("</body></html>")
+    return "".join(parts)
