@@ -21,3 +21,19 @@ def lab() -> Path:
 @pytest.fixture(scope="session")
 def ground_truth(lab) -> dict:
     return json.loads((lab / "ground_truth.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def lab_case(lab, tmp_path_factory):
+    """The lab's plain-QEMU snapshot analysed once per session with the default profile.
+
+    Yields (case_dir, evidence hashes taken by the test itself before analysis).
+    """
+    from toolkit.hashing import sha256_file
+    from toolkit.pipeline import analyze
+
+    evidence = sorted(p for p in (lab / "qemu").rglob("*") if p.is_file())
+    before = {p: sha256_file(p) for p in evidence}
+    case_dir = tmp_path_factory.mktemp("labcase") / "case"
+    analyze([lab / "qemu"], case_dir)
+    return case_dir, before

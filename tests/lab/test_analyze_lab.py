@@ -1,0 +1,53 @@
+"""analyze on the real lab snapshot: custody, hashes, case layout (the foundation issue)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from toolkit.case import Case
+from toolkit.hashing import sha256_file
+
+pytestmark = pytest.mark.lab
+
+
+def test_evidence_unchanged_and_logged(lab_case):
+    case_dir, before = lab_case
+    after = {p: sha256_file(p) for p in before}
+    assert after == before
+    manifest = json.loads((case_dir / "case.json").read_text())
+    logged = {e["path"]: e["sha256"] for e in map(json.loads, (case_dir / "custody.jsonl").read_text().splitlines())
+              if e["action"] == "evidence.hash.after"}
+    for path, digest in logged.items():
+        assert before[next(p for p in before if str(p.resolve()) == path)] == digest
+    assert manifest["runs"][-1]["evidence_unchanged"] is True
+    assert manifest["tools"]["volatility3"]
+
+
+def test_case_layout_and_notebook_api(lab_case):
+    case_dir, _ = lab_case
+    for sub in ("tables", "derived", "reports"):
+        assert (case_dir / sub).is_dir()
+    case = Case.open(case_dir)
+    assert "evidence" in case.tables()
+    ev = case.table("evidence")
+    assert set(ev["sha256"]) and ev["sha256"].str.len().eq(64).all()
+    assert int(case.sql("SELECT count(*) AS n FROM evidence")["n"][0]) == len(ev)
+
+
+def test_case_verify_detects_tampering(lab_case, tmp_path):
+    import shutil
+
+    case_dir, _ = lab_case
+    ok = subprocess.run([sys.executable, "-m", "toolkit.cli", "case", "verify", str(case_dir)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    copy = tmp_path / "tampered"
+    shutil.copytree(case_dir, copy, ignore=shutil.ignore_patterns("derived"))
+    lines = (copy / "custody.jsonl").read_text().splitlines()
+    record = json.loads(lines[2])
+    record["sha256"] = "0" * 64
+    lines[2] = json.dumps(record, sort_keys=True)
+    (copy / "custody.jsonl").write_text("\n".join(lines) + "\n")
+    bad = subprocess.run([sys.executable, "-m", "toolkit.cli", "case", "verify", str(copy)], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "line 3" in bad.stdout + bad.stderr

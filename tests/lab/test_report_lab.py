@@ -1,0 +1,68 @@
+"""Reports and notebooks on the analysed lab case (the correlation issue)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolkit.case import Case
+
+pytestmark = pytest.mark.lab
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _snapscope(*args):
+    return subprocess.run([sys.executable, "-m", "toolkit.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_html_report_shows_top_finding_first_screen(lab_case, tmp_path):
+    case_dir, _ = lab_case
+    out = tmp_path / "report.html"
+    result = _snapscope("report", case_dir, "--format", "html", "--out", out)
+    assert result.returncode == 0, result.stderr
+    html = out.read_text()
+    assert "<script" not in html.lower(), "the report must be readable offline without scripts"
+    top = Case.open(case_dir).findings.sort_values(["severity_rank", "confidence"], ascending=False).iloc[0]
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by scripts/setup"
+    shot = tmp_path / "first-screen.png"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1280,800",
+                          f"--screenshot={shot}", out.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 1000, dom.stderr[-2000:]
+    # Read the first screen (1280x800) back as text: the top finding's title must be on it.
+    ocr = subprocess.run(["tesseract", str(shot), "-", "--psm", "3"], capture_output=True, text=True, timeout=120)
+    words = " ".join(ocr.stdout.split()).lower()
+    title_words = [w for w in top["title"].lower().split() if len(w) > 3]
+    seen = [w for w in title_words if w in words]
+    assert len(seen) >= max(1, len(title_words) - 1), (top["title"], ocr.stdout[:1500])
+    assert top["severity"].upper() in ocr.stdout
+
+
+def test_other_report_formats(lab_case, tmp_path):
+    case_dir, _ = lab_case
+    for fmt in ("json", "csv", "parquet", "timesketch"):
+        out = tmp_path / f"report.{fmt}"
+        result = _snapscope("report", case_dir, "--format", fmt, "--out", out)
+        assert result.returncode == 0, result.stderr
+        assert out.stat().st_size > 0
+    lines = (tmp_path / "report.timesketch").read_text().splitlines()
+    event = json.loads(lines[0])
+    assert {"message", "datetime", "timestamp", "timestamp_desc"} <= set(event)
+
+
+@pytest.mark.parametrize("notebook", ["triage.ipynb", "timeline.ipynb"])
+def test_notebooks_execute(lab_case, notebook):
+    import nbformat
+    from nbclient import NotebookClient
+
+    case_dir, _ = lab_case
+    nb = nbformat.read(REPO / "notebooks" / notebook, as_version=4)
+    os.environ["SNAPSCOPE_CASE"] = str(case_dir)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
