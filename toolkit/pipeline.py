@@ -106,6 +106,67 @@ def run_engines(snapshot: dict, ctx: dict, engine_names=None) -> dict[str, pd.Da
     return {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
 
 
+def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict) -> str:
+    """What a snapshot's tables depend on: evidence bytes, profile, rules, tool versions."""
+    import hashlib
+    import json
+
+    evidence = sorted(hashes[str(Path(e["path"]).resolve())] for e in snapshot["evidence"])
+    payload = json.dumps({"evidence": evidence, "profile": profile, "rules": rules_digest(),
+                          "tools": tool_versions(), "engines": sorted(ENGINES)}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def rules_digest() -> str:
+    """Content hash of the shipped rules and profiles (a rule change means re-analysis)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for folder in ("rules", "profiles"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file() and path.suffix not in (".pyc",):
+                digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dict[str, str], *,
+                     engine_names=None, progress=_noop_progress) -> dict:
+    """Engines, correlation and table writes for one snapshot; returns its manifest entry.
+
+    Writes only this snapshot's table files, so several can run in parallel
+    processes; the caller owns case.json.
+    """
+    ctx = {"case_dir": case_dir, "derived_dir": case_dir / "derived" / snap["id"],
+           "cache_dir": case_dir / "derived" / "cache", "profile": profile_dict, "progress": progress}
+    ctx["derived_dir"].mkdir(parents=True, exist_ok=True)
+    ctx["cache_dir"].mkdir(parents=True, exist_ok=True)
+    tables = run_engines(snap, ctx, engine_names)
+    evidence_rows = [{"path": str(Path(e["path"]).resolve()), "format": e.get("format"),
+                      "size": Path(e["path"]).stat().st_size, "sha256": hashes[str(Path(e["path"]).resolve())],
+                      "role": e.get("role")} for e in snap["evidence"]]
+    tables["evidence"] = make_table("evidence", evidence_rows, snapshot_id=snap["id"], source="intake")
+    # Correlation reads the engines' tables only, never the evidence.
+    findings, problems, _graph = correlate_snapshot(tables, snap["id"])
+    tables["findings"] = findings
+    tables["timeline"] = build_timeline(tables, snap["id"], snapshot_times(snap))
+    tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"), problems) if df is not None],
+                                      ignore_index=True)
+    # A table this run no longer produces must not survive from an earlier run.
+    for stale in (case_dir / "tables").rglob(f"{snap['id']}.parquet"):
+        if str(stale.parent.relative_to(case_dir / "tables")) not in tables:
+            stale.unlink()
+    for name, df in tables.items():
+        case_store.write_table(case_dir, name, snap["id"], df)
+    return {
+        "name": snap["name"], "domain": snap.get("domain"),
+        "memory": snap.get("memory"), "disks": snap.get("disks"), "pcaps": snap.get("pcaps"),
+        "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
+        "tables": {name: len(df) for name, df in tables.items()},
+        "findings": findings["severity"].value_counts().to_dict(),
+    }
+
+
 def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, search_paths=(),
             engine_names=None, progress=_noop_progress) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict."""
@@ -130,31 +191,20 @@ def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, se
                                       "sha256": digest}
     summary = {"case": str(case_dir), "snapshots": []}
     for snap in snapshots:
-        ctx = {"case_dir": case_dir, "derived_dir": case_dir / "derived" / snap["id"],
-               "cache_dir": case_dir / "derived" / "cache", "profile": profile_dict, "progress": progress}
-        ctx["derived_dir"].mkdir(parents=True, exist_ok=True)
-        ctx["cache_dir"].mkdir(parents=True, exist_ok=True)
-        tables = run_engines(snap, ctx, engine_names)
-        evidence_rows = [{"path": str(Path(e["path"]).resolve()), "format": e.get("format"),
-                          "size": Path(e["path"]).stat().st_size, "sha256": before[str(Path(e["path"]).resolve())],
-                          "role": e.get("role")} for e in snap["evidence"]]
-        tables["evidence"] = make_table("evidence", evidence_rows, snapshot_id=snap["id"], source="intake")
-        # Correlation reads the engines' tables only, never the evidence.
-        findings, problems, _graph = correlate_snapshot(tables, snap["id"])
-        tables["findings"] = findings
-        tables["timeline"] = build_timeline(tables, snap["id"], snapshot_times(snap))
-        tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"), problems) if df is not None],
-                                          ignore_index=True)
-        for name, df in tables.items():
-            case_store.write_table(case_dir, name, snap["id"], df)
-        manifest["snapshots"][snap["id"]] = {
-            "name": snap["name"], "domain": snap.get("domain"),
-            "memory": snap.get("memory"), "disks": snap.get("disks"), "pcaps": snap.get("pcaps"),
-            "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
-            "tables": {name: len(df) for name, df in tables.items()},
-        }
-        summary["snapshots"].append({"id": snap["id"], "name": snap["name"],
-                                     "tables": {name: len(df) for name, df in tables.items()}})
+        fingerprint = snapshot_fingerprint(snap, before, profile_dict)
+        previous = manifest["snapshots"].get(snap["id"])
+        if previous and previous.get("fingerprint") == fingerprint:
+            # Same evidence bytes, profile, rules and tool versions: the stored tables stand.
+            custody.append_event(case_dir, action="snapshot.reuse", detail={"snapshot": snap["id"]})
+            entry = previous
+        else:
+            entry = analyze_snapshot(snap, case_dir, profile_dict, before, engine_names=engine_names, progress=progress)
+            entry["fingerprint"] = fingerprint
+            manifest["snapshots"][snap["id"]] = entry
+            # Saved per snapshot so an interrupted run keeps what it finished.
+            case_store.save_manifest(case_dir, manifest)
+        summary["snapshots"].append({"id": snap["id"], "name": snap["name"], "tables": entry["tables"],
+                                     "reused": entry is previous})
     case_store.write_combined_tables(case_dir)
     after = hash_evidence(case_dir, files, "after", progress)
     changed = [p for p in before if before[p] != after[p]]

@@ -1,0 +1,256 @@
+"""Fleet audits: every VM snapshot of a host into one case, from outside.
+
+Sources are snapshot directories (each subdirectory one VM), libvirt domain
+XMLs, or a libvirt state/config tree copied from a host. The audit:
+
+- discovers every VM snapshot; a source that cannot be read becomes a
+  ``audit/fleet`` row with the reason, the others go on;
+- hashes evidence once per file (a base image shared by linked clones is
+  read once, and a hash cache keyed by device, inode, size and mtime spares
+  re-reading unchanged files on a later audit), with a bound on concurrent
+  evidence reads so the host's storage is not flooded;
+- analyses snapshots in parallel (local processes, or a Dask cluster), each
+  worker writing only its own tables; the parent alone writes case.json,
+  after each snapshot, so a killed audit resumes where it stopped and a
+  finished snapshot (same fingerprint) is never redone;
+- compares with a previous audit's case: new and resolved findings per VM.
+
+Example::
+
+    summary = audit([Path("/var/lib/libvirt")], Path("fleet-case"), jobs=2)
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from toolkit import case as case_store, custody
+from toolkit.evidence import discover
+from toolkit.hashing import sha256_file
+from toolkit.pipeline import (_refuse_evidence_inside_case, analyze_snapshot, load_profile_for,
+                              snapshot_fingerprint)
+from toolkit.schemas import BOOL, INT, STRING, SCHEMAS, declare, make_table
+
+if "audit/fleet" not in SCHEMAS:
+    declare("audit/fleet", {
+        "vm": STRING, "status": STRING,  # analysed | reused | failed
+        "critical": INT, "high": INT, "medium": INT, "low": INT, "info": INT,
+        "reason": STRING, "source_path": STRING,
+    }, doc="One row per VM snapshot of an audit: its findings by severity, or why it could not be analysed.")
+    declare("audit/changes", {
+        "vm": STRING, "change": STRING,  # new | resolved
+        "rule_id": STRING, "severity": STRING, "entity_label": STRING, "explanation": STRING,
+        "previous_snapshot_id": STRING, "is_new": BOOL,
+    }, doc="What changed per VM since a previous audit's case.")
+
+
+def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
+    """A copied /etc/libvirt + /var/lib/libvirt tree: one input per domain XML and snapshot XML."""
+    domain_xmls = sorted(p for p in root.rglob("qemu/*.xml") if p.is_file())
+    if not domain_xmls:
+        return None
+    inputs = []
+    for xml in domain_xmls:
+        snaps = sorted((xml.parent / "snapshot" / xml.stem).glob("*.xml"))
+        snaps += sorted(p for p in root.rglob(f"qemu/snapshot/{xml.stem}/*.xml") if p not in snaps)
+        inputs.append([xml])
+        inputs.extend([s] for s in snaps)
+    return inputs
+
+
+def collect_inputs(sources: list[Path]) -> list[list[Path]]:
+    """Split sources into independent discovery inputs (one VM each where the layout says so)."""
+    inputs = []
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            tree = _libvirt_tree_inputs(source)
+            if tree is not None:
+                inputs.extend(tree)
+                continue
+            subdirs = sorted(p for p in source.iterdir() if p.is_dir())
+            inputs.extend([[d] for d in subdirs] if subdirs else [[source]])
+        else:
+            inputs.append([source])
+    return inputs
+
+
+def discover_fleet(sources, search_paths=()) -> tuple[list[dict], list[dict]]:
+    """(snapshots, failures): a source that cannot be read is a failure row, never fatal."""
+    snapshots, failures, seen = [], [], set()
+    for group in collect_inputs(sources):
+        try:
+            found = discover(group, search_paths=search_paths)
+        except Exception as exc:  # one unreadable or hostile VM must not stop the fleet
+            failures.append({"vm": group[0].name, "status": "failed", "reason": str(exc),
+                             "source_path": str(group[0])})
+            continue
+        for snap in found:
+            if snap["id"] in seen:
+                continue  # the same snapshot reached through a domain XML and its snapshot XML
+            seen.add(snap["id"])
+            snap["source_path"] = str(group[0])
+            snapshots.append(snap)
+    return snapshots, failures
+
+
+def _hash_cache_path(case_dir: Path) -> Path:
+    return case_dir / "derived" / "cache" / "evidence-hashes.json"
+
+
+def hash_once(case_dir: Path, paths: list[str], *, io_slots: int, phase: str, use_cache: bool, progress) -> dict:
+    """Hash each file once, at most ``io_slots`` at a time; log every hash in custody."""
+    cache_file = _hash_cache_path(case_dir)
+    cache = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
+    results, total, done = {}, len(paths), 0
+
+    def work(path):
+        st = os.stat(path)
+        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        if use_cache and cache.get(path, {}).get("key") == key:
+            return path, cache[path]["sha256"], st.st_size, True, key
+        return path, sha256_file(path), st.st_size, False, key
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, io_slots)) as pool:
+        for path, digest, size, cached, key in pool.map(work, paths):
+            results[path] = digest
+            cache[path] = {"key": key, "sha256": digest}
+            custody.append_event(case_dir, action=f"evidence.hash.{phase}", path=path, sha256=digest, size=size,
+                                 detail={"cached": cached})
+            done += 1
+            progress(f"hashing evidence ({phase})", done, total)
+    case_store.atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
+    return results
+
+
+def _worker(snap, case_dir, profile, hashes):
+    # Runs in a child process or on a Dask worker: only this snapshot's tables are written.
+    return snap["id"], analyze_snapshot(snap, Path(case_dir), profile, hashes)
+
+
+def _executor(spec: str, jobs: int):
+    if spec == "local":
+        import multiprocessing
+
+        return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")), None
+    if spec.startswith("dask://"):
+        try:
+            from distributed import Client
+        except ImportError:
+            from toolkit.errors import SnapscopeError
+
+            raise SnapscopeError("the dask executor needs the 'dask' extra: pip install 'snapscope[dask]'") from None
+        client = Client(spec[len("dask://"):], timeout="30s")
+        return client.get_executor(pure=False), client
+    from toolkit.errors import SnapscopeError
+
+    raise SnapscopeError(f"unknown executor {spec!r}: use 'local' or 'dask://HOST:PORT'")
+
+
+def compare_with_previous(current: pd.DataFrame, previous_case: Path) -> list[dict]:
+    """New and resolved findings per VM (matched on rule, entity label and explanation)."""
+    prev_case = case_store.Case.open(previous_case)
+    prev = prev_case.findings
+    rows = []
+
+    def keyset(df):
+        return {(vm_of(df_row.snapshot_id), df_row.rule_id, df_row.entity_label, df_row.explanation): df_row
+                for df_row in df.itertuples(index=False)}
+
+    def vm_of(sid):
+        return sid
+
+    now, before = keyset(current), keyset(prev)
+    for key, r in now.items():
+        if key not in before:
+            rows.append({"vm": key[0], "change": "new", "rule_id": r.rule_id, "severity": r.severity,
+                         "entity_label": r.entity_label, "explanation": r.explanation, "is_new": True})
+    for key, r in before.items():
+        if key not in now:
+            rows.append({"vm": key[0], "change": "resolved", "rule_id": r.rule_id, "severity": r.severity,
+                         "entity_label": r.entity_label, "explanation": r.explanation,
+                         "previous_snapshot_id": r.snapshot_id, "is_new": False})
+    return rows
+
+
+def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jobs: int = 2,
+          executor: str = "local", io_slots: int = 1, previous: Path | None = None, search_paths=(),
+          progress=lambda *a, **k: None) -> dict:
+    """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary."""
+    case_dir = Path(case_dir)
+    snapshots, failures = discover_fleet([Path(s) for s in sources], search_paths)
+    _refuse_evidence_inside_case(snapshots, case_dir)
+    profile_dict = load_profile_for(profile)
+    manifest = case_store.init_case(case_dir)
+    custody.append_event(case_dir, action="audit.start", detail={"sources": [str(s) for s in sources],
+                                                                 "snapshots": len(snapshots), "jobs": jobs,
+                                                                 "executor": executor})
+    paths = sorted({str(Path(e["path"]).resolve()) for s in snapshots for e in s["evidence"]})
+    before = hash_once(case_dir, paths, io_slots=io_slots, phase="before", use_cache=True, progress=progress)
+    statuses = {}
+    todo = []
+    for snap in snapshots:
+        snap["fingerprint"] = snapshot_fingerprint(snap, before, profile_dict)
+        prev = manifest["snapshots"].get(snap["id"])
+        if prev and prev.get("fingerprint") == snap["fingerprint"]:
+            statuses[snap["id"]] = "reused"
+            custody.append_event(case_dir, action="snapshot.reuse", detail={"snapshot": snap["id"]})
+        else:
+            todo.append(snap)
+    # Big snapshots first keeps both cores busy to the end instead of one straggler.
+    todo.sort(key=lambda s: -sum(Path(e["path"]).stat().st_size for e in s["evidence"]))
+    pool, client = _executor(executor, jobs)
+    try:
+        futures = {pool.submit(_worker, snap, str(case_dir), profile_dict, before): snap for snap in todo}
+        for n, future in enumerate(cf.as_completed(futures), start=1):
+            snap = futures[future]
+            try:
+                sid, entry = future.result()
+            except Exception as exc:
+                failures.append({"vm": snap["id"], "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                                 "source_path": snap.get("source_path")})
+                continue
+            entry["fingerprint"] = snap["fingerprint"]
+            manifest["snapshots"][sid] = entry
+            statuses[sid] = "analysed"
+            case_store.save_manifest(case_dir, manifest)  # resumable: this snapshot is done
+            custody.append_event(case_dir, action="snapshot.done", detail={"snapshot": sid})
+            progress("analysing snapshots", n, len(futures))
+    finally:
+        pool.shutdown(wait=True)
+        if client is not None:
+            client.close()
+    after = hash_once(case_dir, paths, io_slots=io_slots, phase="after", use_cache=False, progress=progress)
+    changed = [p for p in paths if before[p] != after[p]]
+    case_store.write_combined_tables(case_dir)
+    case = case_store.Case.open(case_dir)
+    findings = case.findings
+    fleet_rows = []
+    for snap in snapshots:
+        sid = snap["id"]
+        if sid not in statuses:
+            continue
+        counts = findings[findings["snapshot_id"] == sid]["severity"].value_counts().to_dict() if len(findings) else {}
+        fleet_rows.append({"vm": sid, "status": statuses[sid], "source_path": snap.get("source_path"),
+                           **{sev: int(counts.get(sev, 0)) for sev in ("critical", "high", "medium", "low", "info")}})
+    fleet_rows += failures
+    fleet = make_table("audit/fleet", fleet_rows, snapshot_id="fleet", source="audit")
+    case_store.write_table(case_dir, "audit/fleet", "fleet", fleet)
+    changes = None
+    if previous is not None:
+        changes = make_table("audit/changes", compare_with_previous(findings, Path(previous)),
+                             snapshot_id="fleet", source="audit")
+        case_store.write_table(case_dir, "audit/changes", "fleet", changes)
+    manifest["runs"].append({"at": case_store.now_iso(), "kind": "audit", "profile": profile_dict.get("name"),
+                             "sources": [str(s) for s in sources], "evidence_unchanged": not changed})
+    case_store.save_manifest(case_dir, manifest)
+    custody.append_event(case_dir, action="audit.end", detail={"evidence_unchanged": not changed})
+    if changed:
+        from toolkit.errors import CaseError
+
+        raise CaseError(f"evidence changed during the audit: {', '.join(changed)}")
+    return {"case": str(case_dir), "fleet": fleet, "changes": changes}

@@ -1,0 +1,45 @@
+"""``snapscope audit``: every VM on a host, scanned once from outside."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from toolkit.cli.common import console, progress_bar
+from toolkit.report.escape import rich_safe
+
+
+def audit(
+    sources: List[Path] = typer.Argument(..., help="Snapshot directories (one VM per subdirectory), domain XMLs, or a copied libvirt tree."),
+    case: Path = typer.Option(..., "--case", help="Case directory (re-running resumes it)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Analysis profile name or file."),
+    jobs: int = typer.Option(2, "--jobs", min=1, help="Snapshots analysed at once."),
+    executor: str = typer.Option("local", "--executor", help="local, or dask://HOST:PORT for a Dask cluster."),
+    io_slots: int = typer.Option(1, "--io-slots", min=1, help="Evidence files read at once while hashing."),
+    previous: Optional[Path] = typer.Option(None, "--previous", help="An earlier audit's case: report what changed."),
+    search_path: List[Path] = typer.Option([], "--search-path", help="Where to look for disks named by absolute host paths."),
+):
+    """Audit every VM snapshot found in SOURCES into one case, with a fleet summary.
+
+    Killed mid-run, the same command resumes: finished snapshots are not redone.
+
+    Example: snapscope audit /srv/host1-libvirt/ --case fleet --jobs 2 --previous fleet-last-week
+    """
+    from toolkit.audit import audit as run_audit
+
+    with progress_bar() as progress:
+        summary = run_audit(sources, case, profile=profile, jobs=jobs, executor=executor, io_slots=io_slots,
+                            previous=previous, search_paths=search_path, progress=progress)
+    table = Table(title="fleet")
+    for col in ("vm", "status", "critical", "high", "medium", "low", "reason"):
+        table.add_column(col)
+    for row in summary["fleet"].itertuples(index=False):
+        table.add_row(rich_safe(row.vm), rich_safe(row.status), *[str(getattr(row, s)) if getattr(row, s) is not None else ""
+                      for s in ("critical", "high", "medium", "low")], rich_safe(row.reason or ""))
+    console.print(table)
+    changes = summary.get("changes")
+    if changes is not None:
+        console.print(f"since the previous audit: {int((changes['change'] == 'new').sum())} new, "
+                      f"{int((changes['change'] == 'resolved').sum())} resolved findings")
