@@ -25,15 +25,16 @@ def ground_truth(lab) -> dict:
 
 @pytest.fixture(scope="session")
 def lab_case(lab, tmp_path_factory):
-    """The lab's plain-QEMU snapshot analysed once per session with the default profile.
+    """The lab's main snapshot (ELF dump + disk chain + pcap) analysed once per session, default profile.
 
     Yields (case_dir, evidence hashes taken by the test itself before analysis).
     """
     from toolkit.hashing import sha256_file
+    from toolkit.lab import demo_evidence
     from toolkit.pipeline import analyze
 
     evidence = sorted(p for p in (lab / "qemu").rglob("*") if p.is_file())
     before = {p: sha256_file(p) for p in evidence}
     case_dir = tmp_path_factory.mktemp("labcase") / "case"
-    analyze([lab / "qemu"], case_dir)
+    analyze(demo_evidence(lab), case_dir)
     return case_dir, before

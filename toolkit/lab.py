@@ -29,3 +29,10 @@ def build_lab(progress=None, force: bool = False) -> Path:
     """Build (or reuse) the lab; return its directory. Honours $SNAPSCOPE_LAB_DIR."""
     root = Path(os.environ["SNAPSCOPE_LAB_DIR"]) if os.environ.get("SNAPSCOPE_LAB_DIR") else None
     return Path(load_builder().build_lab(root, force=force, progress=progress))
+
+
+def demo_evidence(lab_dir: Path) -> list[Path]:
+    """The lab's main snapshot: the plain-QEMU run's ELF dump, its disk overlay
+    (the base image is found through the backing chain) and its packet capture."""
+    qemu = Path(lab_dir) / "qemu"
+    return [qemu / "memory.elf", qemu / "disk.qcow2", qemu / "net.pcap"]

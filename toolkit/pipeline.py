@@ -65,13 +65,19 @@ def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress) 
     return hashes
 
 
+DEFAULT_PROFILE = "linux-triage"
+
+
 def load_profile_for(profile: str | None) -> dict:
     """The parsed profile; the memory engine's loader owns the format."""
     try:
         profiles = importlib.import_module("toolkit.profiles")
     except ModuleNotFoundError:
         return {"name": profile or "default"}
-    return profiles.load_profile(profile or profiles.DEFAULT_PROFILE)
+    profile_dict = profiles.load_profile(profile or DEFAULT_PROFILE)
+    # An unknown plugin or function fails here, before any evidence is read.
+    profiles.validate_profile(profile_dict)
+    return profile_dict
 
 
 def snapshot_times(snapshot: dict) -> dict:
@@ -88,13 +94,15 @@ def snapshot_times(snapshot: dict) -> dict:
 def run_engines(snapshot: dict, ctx: dict, engine_names=None) -> dict[str, pd.DataFrame]:
     """Run every applicable engine for one snapshot; an engine crash becomes a diagnostic."""
     produced: dict[str, list[pd.DataFrame]] = {}
+    shared: dict = {}
     for name, entry in ENGINES.items():
         if engine_names is not None and name not in engine_names:
             continue
         if entry.get("applies") and not entry["applies"](snapshot):
             continue
         module = importlib.import_module(entry["module"])
-        ctx = {**ctx, "tables": {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}}
+        ctx = {**ctx, **shared, "shared": shared,
+               "tables": {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}}
         try:
             tables = module.run(snapshot, ctx)
         except Exception as exc:  # one engine failing must not lose the others' tables
@@ -103,6 +111,10 @@ def run_engines(snapshot: dict, ctx: dict, engine_names=None) -> dict[str, pd.Da
                 "why": f"{type(exc).__name__}: {exc}"}], snapshot_id=snapshot["id"], source=f"engine/{name}")}
         for table, df in tables.items():
             produced.setdefault(table, []).append(df)
+    for reader in shared.values():
+        close = getattr(reader, "close", None)
+        if callable(close):
+            close()
     return {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
 
 

@@ -50,7 +50,7 @@ def demo(
     Example: snapscope demo --case /tmp/demo-case
     """
     from toolkit.case import is_case
-    from toolkit.lab import build_lab
+    from toolkit.lab import build_lab, demo_evidence
     from toolkit.pipeline import analyze as run_analysis
 
     with progress_bar() as progress:
@@ -59,5 +59,5 @@ def demo(
     if is_case(case):
         shutil.rmtree(case)
     with progress_bar() as progress:
-        summary = run_analysis([lab_dir / "qemu"], case, progress=progress)
+        summary = run_analysis(demo_evidence(lab_dir), case, progress=progress)
     _print_summary(summary)
