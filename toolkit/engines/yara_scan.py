@@ -1,0 +1,274 @@
+"""Chunked YARA scanning of memory regions, physical memory, files and streams.
+
+Nothing is read whole: every target is scanned in windows of ``chunk_size``
+bytes plus ``overlap`` bytes of look-ahead, and a match belongs to the window
+in which it *starts*.
+
+Why no match across a chunk boundary is missed (and none is reported twice):
+window k reads ``[s_k, e_k + overlap)`` and owns ``[s_k, e_k)``; the owned
+ranges partition the target. A string match at absolute offset p of length
+L <= overlap has an owner window k with s_k <= p < e_k, so p + L <= e_k +
+overlap: the whole match lies inside window k's buffer and the engine sees it.
+Matches a window finds in its look-ahead tail (p >= e_k) are held back; if the
+next window (which owns p) finds the same (engine, rule, string, p) it reports
+it with its fuller view, otherwise the held one is reported. Every match is
+reported once, keyed by absolute offset.
+
+The bound: L <= overlap (default 64 KiB). Both engines cap a regular
+expression match at 4096 bytes (yara_rules.REGEX_MATCH_LIMIT), so literal
+strings, regexes and hex strings with bounded jumps totalling under 64 KiB are
+always found. Hex strings with unbounded jumps (``[-]``, ``[n-]``) can be
+longer under yara-python; those spanning a boundary are found only when they
+fit in the overlap (the rule compiler lists such files in diagnostics).
+Conditions are evaluated per window: a rule needing two strings more than
+``overlap`` bytes apart across a boundary, or ``filesize``/offset-0 checks,
+see one window — which is why a file smaller than a chunk is scanned whole.
+
+Example::
+
+    rules = compile_rules()
+    matches, diags = scan_file(rules, "/evidence/extracted/implant")
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import yara_x
+
+CHUNK_SIZE = 16 * 1024 * 1024
+OVERLAP = 64 * 1024
+MATCH_DATA_CAP = 64                    # bytes of matched data kept per row
+MAX_FILE_SIZE = 512 * 1024 * 1024      # scan_files skips larger files (listed in diagnostics)
+TIMEOUT = 120                          # seconds per window
+
+
+def _meta(pairs) -> dict:
+    return {str(k): v for k, v in (pairs.items() if isinstance(pairs, dict) else pairs)}
+
+
+def _scanner(rules: dict):
+    # one yara-x Scanner per rule set: building it per window costs more than the scan of small regions
+    if rules.get("_xscanner") is None:
+        rules["_xscanner"] = yara_x.Scanner(rules["yarax"])
+        rules["_xscanner"].set_timeout(TIMEOUT)
+    return rules["_xscanner"]
+
+
+def scan_buffer(rules: dict, buf: bytes) -> list[dict]:
+    """Every string match of every matching rule in ``buf`` (offsets relative to buf).
+
+    Example: ``scan_buffer(rules, b"...X5O!P%@AP...")`` -> ``[{"rule": "EICAR_test_file", "offset": 3, ...}]``
+    """
+    hits = []
+    if rules.get("yarax") is not None:
+        for rule in _scanner(rules).scan(buf).matching_rules:
+            meta = _meta(rule.metadata)
+            for pattern in rule.patterns:
+                for m in pattern.matches:
+                    hits.append({"engine": "yara-x", "namespace": rule.namespace, "rule": rule.identifier,
+                                 "tags": list(rule.tags), "meta": meta, "string_id": pattern.identifier,
+                                 "offset": m.offset, "length": m.length})
+    if rules.get("yarapy") is not None:
+        for rule in rules["yarapy"].match(data=buf, timeout=TIMEOUT):
+            meta = _meta(rule.meta)
+            for s in rule.strings:
+                for inst in s.instances:
+                    hits.append({"engine": "yara-python", "namespace": rule.namespace, "rule": rule.rule,
+                                 "tags": list(rule.tags), "meta": meta, "string_id": s.identifier,
+                                 "offset": inst.offset, "length": inst.matched_length})
+    return hits
+
+
+def _row(hit: dict, buf: bytes, base: int, where: dict) -> dict:
+    meta = hit["meta"]
+    rel = hit["offset"]
+    return {**where, "rule": hit["rule"], "namespace": hit["namespace"], "tags": ",".join(hit["tags"]) or None,
+            "severity": meta.get("severity"), "attack_id": meta.get("attack_id"),
+            "description": meta.get("description"), "engine": hit["engine"],
+            "offset": base + rel, "string_id": hit["string_id"], "match_length": hit["length"],
+            "matched": bytes(buf[rel:rel + min(hit["length"], MATCH_DATA_CAP)])}
+
+
+def scan_range(rules: dict, read, start: int, end: int, where: dict, diagnostics: list, *,
+               chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, on_owned=None):
+    """Yield match rows for ``[start, end)`` read through ``read(addr, length)``.
+
+    ``where`` holds the columns common to every row (target, pid, path...).
+    ``on_owned(bytes)`` sees each window's owned part in order (used to hash
+    files in the same pass). Example::
+
+        rows = list(scan_range(rules, image.read, 0, 1 << 20, {"target": "physical"}, diags))
+    """
+    if not 0 < overlap < chunk_size:
+        raise ValueError(f"overlap ({overlap}) must be positive and smaller than chunk_size ({chunk_size})")
+    label = where.get("path") or where.get("flow_id") or where.get("process") or where.get("target")
+    pending: dict = {}
+    pos = start
+    while pos < end:
+        owned_end = min(pos + chunk_size, end)
+        want = min(owned_end + overlap, end) - pos
+        try:
+            buf = read(pos, want) or b""
+        except Exception as exc:  # one unreadable window must not end the scan
+            diagnostics.append({"severity": "warning", "what": f"read of {want} bytes", "where": f"{label}@{pos:#x}",
+                                "why": f"{type(exc).__name__}: {exc}"})
+            buf = b""
+        if len(buf) < want:
+            diagnostics.append({"severity": "warning", "what": f"short read ({len(buf)} of {want} bytes)",
+                                "where": f"{label}@{pos:#x}", "why": "source ended or is unreadable here; the rest of this window was not scanned"})
+        if on_owned is not None:
+            on_owned(buf[:owned_end - pos])
+        try:
+            hits = scan_buffer(rules, buf) if buf else []
+        except Exception as exc:  # timeouts and engine errors become data
+            diagnostics.append({"severity": "warning", "what": "YARA scan of a window", "where": f"{label}@{pos:#x}",
+                                "why": f"{type(exc).__name__}: {exc}"})
+            hits = []
+        held = {}
+        for hit in hits:
+            key = (hit["engine"], hit["namespace"], hit["rule"], hit["string_id"], pos + hit["offset"])
+            if pos + hit["offset"] < owned_end:
+                pending.pop(key, None)
+                yield _row(hit, buf, pos, where)
+            else:
+                held[key] = _row(hit, buf, pos, where)
+        yield from pending.values()   # tail matches of the previous window this one did not confirm
+        pending = held
+        pos = owned_end
+    yield from pending.values()
+
+
+def scan_regions(rules: dict, regions, *, chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP):
+    """Scan memory regions; returns ``(match_rows, diagnostic_rows)``.
+
+    Each region is a dict ``{target: "process"|"kernel"|"physical", pid, process,
+    start, end, protection, path, read}`` where ``read(addr, length)`` takes an
+    absolute address in ``[start, end)`` and may return fewer bytes (unmapped).
+    Offsets in the rows are absolute (virtual addresses for processes).
+
+    Example::
+
+        rows, diags = scan_regions(rules, [{"target": "process", "pid": 42, "process": "sshd",
+            "start": 0x400000, "end": 0x401000, "protection": "r-x", "path": "/usr/sbin/sshd",
+            "read": lambda addr, n: layer.read(addr, n, pad=True)}])
+    """
+    rows, diagnostics = [], []
+    for region in regions:
+        where = {"target": region.get("target", "process"), "pid": region.get("pid"),
+                 "process": region.get("process"), "path": region.get("path"),
+                 "region_start": region["start"], "region_end": region["end"],
+                 "protection": region.get("protection")}
+        rows += scan_range(rules, region["read"], region["start"], region["end"], where, diagnostics,
+                           chunk_size=chunk_size, overlap=overlap)
+    return rows, diagnostics
+
+
+def merge_runs(runs) -> list[tuple[int, int]]:
+    """Join touching (gpa, length) runs so a match across two of them is not missed.
+
+    Example: ``merge_runs([(0, 4096), (4096, 4096), (1 << 20, 10)])`` -> ``[(0, 8192), (1048576, 10)]``
+    """
+    merged: list[list[int]] = []
+    for gpa, length in sorted(runs):
+        if merged and gpa <= merged[-1][0] + merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], gpa + length - merged[-1][0])
+        elif length > 0:
+            merged.append([gpa, length])
+    return [(a, n) for a, n in merged]
+
+
+def scan_physical(rules: dict, image, *, chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP):
+    """Scan guest-physical memory of an image with ``.runs`` and ``.read(gpa, n)``.
+
+    Offsets are GPAs. Example: ``rows, diags = scan_physical(rules, memory_image)``
+    """
+    regions = [{"target": "physical", "start": gpa, "end": gpa + length, "read": image.read}
+               for gpa, length in merge_runs(image.runs)]
+    return scan_regions(rules, regions, chunk_size=chunk_size, overlap=overlap)
+
+
+def _file_source(item):
+    """(display path, size, opener) for a path or a {path, size?, open?} dict."""
+    if isinstance(item, dict):
+        path = str(item["path"])
+        opener = item.get("open") or (lambda: open(path, "rb"))
+        size = item.get("size")
+        return path, size, opener
+    path = str(item)
+    return path, None, lambda: open(path, "rb")
+
+
+def scan_file(rules: dict, item, *, max_file_size: int | None = MAX_FILE_SIZE,
+              chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, target: str = "file"):
+    """Scan one file (a path, or ``{"path", "size", "open"}`` for files inside a disk image).
+
+    Returns ``(match_rows, diagnostic_rows)``; rows carry the file's sha256,
+    computed in the same pass. Files over ``max_file_size`` (None: no limit)
+    are skipped with a diagnostic. Example: ``scan_file(rules, "/tmp/x.elf")``
+    """
+    path, size, opener = _file_source(item)
+    diagnostics: list = []
+    try:
+        fh = opener()
+        try:
+            if size is None:
+                size = fh.seek(0, 2)
+            if max_file_size is not None and size > max_file_size:
+                diagnostics.append({"severity": "warning", "what": f"file of {size} bytes not scanned", "where": path,
+                                    "why": f"larger than max_file_size ({max_file_size}); raise it to scan"})
+                return [], diagnostics
+            digest = hashlib.sha256()
+
+            def read(offset, length):
+                fh.seek(offset)
+                return fh.read(length)
+            where = {"target": target, "path": path}
+            rows = list(scan_range(rules, read, 0, size, where, diagnostics, chunk_size=chunk_size,
+                                   overlap=overlap, on_owned=digest.update))
+        finally:
+            fh.close()
+    except OSError as exc:
+        diagnostics.append({"severity": "warning", "what": "file not scanned", "where": path,
+                            "why": f"{type(exc).__name__}: {exc.strerror or exc}"})
+        return [], diagnostics
+    sha = digest.hexdigest()
+    for row in rows:
+        row["sha256"] = sha
+    return rows, diagnostics
+
+
+def scan_files(rules: dict, items, **kwargs):
+    """Scan many files; see :func:`scan_file`. Example: ``scan_files(rules, Path("x").rglob("*"))``"""
+    rows, diagnostics = [], []
+    for item in items:
+        if not isinstance(item, dict) and not Path(item).is_file():
+            continue
+        r, d = scan_file(rules, item, **kwargs)
+        rows += r
+        diagnostics += d
+    return rows, diagnostics
+
+
+STREAM_KEYS = ("flow_id", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "direction")
+
+
+def scan_streams(rules: dict, streams, *, chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP):
+    """Scan reassembled payload streams spooled to files by the network engine.
+
+    Each stream is ``{"path", flow_id, src_ip, src_port, dst_ip, dst_port, proto,
+    direction}`` (the flow's 5-tuple with the initiator as src; ``direction``
+    says which side sent these bytes). Offsets are stream offsets.
+    Example: ``scan_streams(rules, iter_streams(tables["network/flows"]))``
+    """
+    rows, diagnostics = [], []
+    for stream in streams:
+        r, d = scan_file(rules, stream["path"], max_file_size=None, chunk_size=chunk_size,
+                         overlap=overlap, target="stream")
+        for row in r:
+            row.update({k: stream.get(k) for k in STREAM_KEYS})
+            row["path"] = None      # the spool file is ours, not evidence: keep `path` for guest files
+            row["sha256"] = None
+        rows += r
+        diagnostics += d
+    return rows, diagnostics
