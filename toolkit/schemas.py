@@ -295,6 +295,9 @@ declare("network/flows", {
     "vm_mac": STRING,        # the VM NIC (from domain XML) this flow was seen on
     "icmp_type": INT,
     "app_proto": STRING,     # dns | http | tls when a parser recognised the payload
+    "beacon_intervals": INT,          # gaps between the initiator's successive turns (up to 4096 turns)
+    "beacon_interval_mean": FLOAT,    # seconds
+    "beacon_interval_cv": FLOAT,      # stdev / mean: near 0 for a clockwork beacon
 }, doc="One row per TCP/UDP/ICMP flow in the snapshot's packet captures, initiator as src.")
 
 declare("network/dns", {

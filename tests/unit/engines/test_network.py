@@ -269,3 +269,16 @@ def test_damaged_captures_never_raise(tmp_path_factory, cut, noise):
     # the reader and tracker, without the pandas tables (validated elsewhere): keeps the fuzz fast
     rows = network.analyze_captures([path], spool_dir=None)
     assert len(rows["flows"]) <= 2 and all(d["where"].startswith(str(path)) for d in rows["diagnostics"][1:])
+
+
+def test_beacon_rhythm_stats():
+    from toolkit.engines.network.flows import burst_stats
+
+    clockwork = [int(t * 1e9) for t in (0, 2.0, 4.01, 6.0, 8.02)]
+    stats = burst_stats(clockwork)
+    assert stats["beacon_intervals"] == 4
+    assert abs(stats["beacon_interval_mean"] - 2.005) < 1e-9
+    assert stats["beacon_interval_cv"] < 0.01
+    jittery = burst_stats([int(t * 1e9) for t in (0, 0.5, 9.0, 9.2, 30.0)])
+    assert jittery["beacon_interval_cv"] > 0.5
+    assert burst_stats([5])["beacon_intervals"] == 0

@@ -42,6 +42,9 @@ TCP_IDLE = 120 * 1_000_000_000
 DGRAM_IDLE = 300 * 1_000_000_000
 
 
+MAX_BURSTS = 4096  # per flow: enough to see a rhythm, bounded memory on long sessions
+
+
 def new_tracker(spool_dir: Path | None, macs=None) -> dict:
     """Empty tracking state; streams spool under ``spool_dir`` (None: heads only)."""
     if spool_dir is not None:
@@ -148,7 +151,7 @@ def _new_flow(tr, proto, ends, ts, ipv) -> dict:
             "packets": [0, 0], "bytes": [0, 0], "payload": [0, 0], "flags": 0, "syn": False, "synack": False,
             "established": False, "fin": [False, False], "rst": False, "settled": False, "macs": [None, None],
             "vm_mac": None, "streams": [None, None], "last_talker": None, "icmp_type": None, "app": set(),
-            "stats": {}}
+            "stats": {}, "bursts": []}
 
 
 def _stream(tr, flow, d) -> dict:
@@ -164,7 +167,24 @@ def _payload(tr, flow, d, data, ts) -> dict:
     if flow["last_talker"] != d:
         S.mark(stream, ts)
         flow["last_talker"] = d
+        # Start times of the initiator's turns: the rhythm a beacon betrays.
+        if d == 0 and len(flow["bursts"]) < MAX_BURSTS:
+            flow["bursts"].append(ts)
     return stream
+
+
+def burst_stats(times: list) -> dict:
+    """Count, mean (seconds) and coefficient of variation of the gaps between the initiator's turns.
+
+    Packet times here are integer nanoseconds since the epoch.
+    """
+    gaps = [(b - a) / 1e9 for a, b in zip(times, times[1:]) if b is not None and a is not None]
+    if not gaps:
+        return {"beacon_intervals": 0, "beacon_interval_mean": None, "beacon_interval_cv": None}
+    mean = sum(gaps) / len(gaps)
+    var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+    return {"beacon_intervals": len(gaps), "beacon_interval_mean": mean,
+            "beacon_interval_cv": (var ** 0.5) / mean if mean > 0 else None}
 
 
 def _tcp(tr, flow, d, flags, seq, payload, ts) -> None:
@@ -316,7 +336,8 @@ def _row(tr, flow) -> dict:
            "icmp_type": flow["icmp_type"], "app_proto": ",".join(sorted(flow["app"])) or None,
            "retransmits": sum(s["retrans"] for s in st.values()) if st else 0,
            "gaps": sum(s["gaps"] for s in st.values()) if st else 0,
-           "gap_bytes": sum(s["gap_bytes"] for s in st.values()) if st else 0}
+           "gap_bytes": sum(s["gap_bytes"] for s in st.values()) if st else 0,
+           **burst_stats(flow["bursts"])}
     for d, prefix in ((0, "src"), (1, "dst")):
         s = st.get(d)
         row[f"{prefix}_stream_bytes"] = s["size"] if s else 0
