@@ -192,7 +192,8 @@ declare("memory/shell_history", {
 declare("memory/executables", {
     "pid": INT, "process": STRING, "path": STRING, "deleted": BOOL, "start": UINT,
     "e_type": INT, "e_machine": INT, "elf_class": INT, "build_id": STRING,
-    "first_page_sha256": STRING,  # sha256 of the first 4096 mapped bytes: equals the disk file's first 4 KiB if unmodified
+    "first_page_sha256": STRING,  # sha256 of the image's first 4096 bytes: equals the disk file's first 4 KiB if unmodified
+    "first_page_from": STRING,    # process (its page tables) | page_cache (the file's cached pages)
 }, doc="The main executable image of each process, read through its own address space.")
 
 declare("memory/plugin_rows", {
