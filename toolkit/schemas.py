@@ -253,6 +253,7 @@ declare("disk/packages", {
 declare("disk/files", {
     "path": STRING, "type": STRING, "size": INT, "uid": INT, "gid": INT, "mode": INT, "inode": UINT,
     "mtime": TIME, "atime": TIME, "ctime": TIME, "btime": TIME, "sha256": STRING, "link_target": STRING,
+    "build_id": STRING, "first_page_sha256": STRING,   # ELF files that were hashed: for the process <-> file join
 }, doc="Every file on the guest disk with MACB times; sha256 for executables and writable/hidden "
        "locations (profile disk.hash decides).")
 

@@ -15,6 +15,8 @@ import fnmatch
 import hashlib
 import stat as statmod
 
+from toolkit.elfinfo import elf_identity
+
 TYPES = {statmod.S_IFREG: "file", statmod.S_IFDIR: "dir", statmod.S_IFLNK: "symlink",
          statmod.S_IFCHR: "chardev", statmod.S_IFBLK: "blockdev", statmod.S_IFIFO: "fifo",
          statmod.S_IFSOCK: "socket"}
@@ -84,6 +86,9 @@ def _stat_row(path: str, st) -> dict:
             "btime": ns("st_birthtime")}
 
 
+ELF_HEAD = 65536
+
+
 def walk_tree(root_fs, start: str = "/", *, should_hash=None, max_size: int | None = None,
               skip_prefixes=("/proc", "/sys", "/$fs$/")) -> tuple[list[dict], list[dict]]:
     """Every entry below start (no symlink following) -> (rows, diagnostics).
@@ -131,6 +136,11 @@ def walk_tree(root_fs, start: str = "/", *, should_hash=None, max_size: int | No
                 try:
                     with entry.open() as fh:
                         row["sha256"] = hash_stream(fh, max_size)
+                        fh.seek(0)
+                        # build-id and first-page hash let correlation tie a
+                        # running (possibly deleted) program to this file
+                        ident = elf_identity(fh.read(ELF_HEAD))
+                        row["build_id"], row["first_page_sha256"] = ident["build_id"], ident["first_page_sha256"]
                 except Exception as e:
                     problems.append({"severity": "warning", "what": f"file {path}", "where": "disk/files",
                                      "why": f"cannot read for hashing: {type(e).__name__}: {e}"})

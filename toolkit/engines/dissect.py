@@ -108,6 +108,8 @@ def run(snapshot: dict, ctx: dict) -> dict:
         diags += d3
         out["disk/files"] = table("disk/files", rows, "files")
         progress("disk: done", 4, 4)
+        _offer_files_for_scanning(ctx, target, rows, opened)
+        opened = []  # now owned by the reader left in ctx["shared"]
     except DiskError:
         if not chain:
             raise
@@ -116,3 +118,29 @@ def run(snapshot: dict, ctx: dict) -> dict:
             close_disk(d)
     out["diagnostics"] = make_table("diagnostics", diags, snapshot_id=sid, source="dissect")
     return out
+
+
+class _OpenDisks:
+    """Keeps the snapshot's disks open until the pipeline closes its shared readers."""
+
+    def __init__(self, opened):
+        self.opened = opened
+
+    def close(self):
+        for d in self.opened:
+            close_disk(d)
+        self.opened = []
+
+
+def _offer_files_for_scanning(ctx: dict, target, rows: list[dict], opened: list[dict]) -> None:
+    """Leave a reader of the files worth scanning (those the hash policy picked:
+    executables, writable and hidden locations) for the YARA engine."""
+    shared = ctx.get("shared")
+    if shared is None:
+        for d in opened:
+            close_disk(d)
+        return
+    fs = target.fs
+    shared["disk_files"] = [{"path": r["path"], "size": r.get("size"), "open": (lambda p=r["path"]: fs.get(p).open())}
+                            for r in rows if r.get("sha256")]
+    shared["disk_handles"] = _OpenDisks(opened)
