@@ -1,0 +1,130 @@
+"""The lab builder (fixtures/build_lab.py) itself: its ground truth is coherent
+and every artefact it lists is there. Uses the session fixture `lab` from
+tests/conftest.py (builds once, then reuses in well under a second)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+FORMATS = {"elf-core", "kdump-flattened", "qemu-migration", "libvirt-save", "qcow2", "pcap",
+           "libvirt-domain-xml", "libvirt-snapshot-xml", "raw-disk"}
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("snapscope_build_lab_t", REPO / "fixtures" / "build_lab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def gt(lab) -> dict:
+    return json.loads((lab / "ground_truth.json").read_text())
+
+
+def test_top_level_keys(gt, lab):
+    for k in ("lab_version", "key", "guest", "marker", "implant", "service", "cron", "shell_history",
+              "hostile_name", "peer", "runs", "diff_expected", "artefacts"):
+        assert k in gt, k
+    assert gt["key"] == lab.name
+    assert set(gt["runs"]) == {"qemu", "libvirt"}
+    assert gt["guest"]["hostname"] == "lab-web01"
+    assert gt["guest"]["kernel_release"] in gt["guest"]["kernel_banner"]
+    assert {"root", "alice"} <= {u["name"] for u in gt["guest"]["users"]}
+
+
+@pytest.mark.parametrize("run", ["qemu", "libvirt"])
+def test_implant_masquerades_and_beacons(gt, run):
+    r = gt["runs"][run]
+    imp = [p for p in r["processes"] if p["pid"] == gt["implant"]["pid"][run]]
+    assert len(imp) == 1
+    p = imp[0]
+    assert p["comm"] == gt["implant"]["comm"] == "kworker/0:2H"
+    assert p["cmdline"] == ["[kworker/0:2H]"]
+    assert p["exe"] == gt["implant"]["download_path"] + " (deleted)"
+    assert not p["kernel_thread"]
+    est = [t for t in r["tcp"] if (t["remote_ip"], t["remote_port"]) == (gt["peer"]["ip"], gt["peer"]["port"])
+           and t["state"] == "ESTABLISHED"]
+    assert est and est[0]["remote_ip"] == "10.0.2.100" and est[0]["remote_port"] == 8443
+    assert est[0]["pid"] == p["pid"]
+    assert r["beacon"] == est[0]
+
+
+@pytest.mark.parametrize("run", ["qemu", "libvirt"])
+def test_service_hostile_and_disk_truth(gt, run):
+    r = gt["runs"][run]
+    svc = [p for p in r["processes"] if p["pid"] == gt["service"]["pid"][run]]
+    assert svc and svc[0]["exe"] == gt["service"]["path"]
+    assert any(t["state"] == "LISTEN" and t["local_port"] == 8080 and t["pid"] == svc[0]["pid"] for t in r["tcp"])
+    hostile = [p for p in r["processes"] if p["comm"] == gt["hostile_name"]["process_comm"]]
+    assert hostile and "\x1b" in hostile[0]["comm"]
+    assert r["planted_hashes"][gt["implant"]["hidden_copy_path"]] == gt["implant"]["sha256"]
+    assert r["planted_hashes"][gt["service"]["path"]] == gt["service"]["sha256"]
+    for path in (gt["cron"]["path"], gt["shell_history"]["path"], gt["implant"]["hidden_copy_path"],
+                 gt["hostile_name"]["file_path"]):
+        assert path in r["files_written"], path
+        assert path in r["diff_expected"], path
+    # what the guest says it wrote == what the host reads as changed on the disk
+    assert sorted(r["files_written"]) == sorted(r["diff_expected"])
+    assert gt["implant"]["download_path"] not in r["diff_expected"]
+
+
+def test_diff_expected_is_the_qemu_runs(gt):
+    assert gt["diff_expected"] == gt["runs"]["qemu"]["diff_expected"]
+    assert "/var/log/auth.log" in gt["runs"]["qemu"]["disk_diff"]["modified"]
+
+
+def test_artefacts_exist_non_empty(gt, lab):
+    paths = {a["path"] for a in gt["artefacts"]}
+    assert len(paths) == len(gt["artefacts"])
+    for a in gt["artefacts"]:
+        p = lab / a["path"]
+        assert p.is_file() and p.stat().st_size > 0, a["path"]
+        assert p.stat().st_size == a["size"], a["path"]
+        assert a["format"] in FORMATS, a
+        assert a["run"] in (None, "qemu", "libvirt")
+        if a["moment"]:
+            assert a["moment"] in {m["id"] for m in gt["runs"][a["run"]]["moments"]}, a
+    for need in ("qemu/memory.elf", "qemu/memory.kdump", "qemu/migration.qevm", "qemu/disk.qcow2",
+                 "qemu/base.qcow2", "qemu/net.pcap", "libvirt/memory.elf", "libvirt/disk.qcow2",
+                 "libvirt/disk-ext.qcow2", "libvirt/ext-mem.save", "libvirt/full.qevm", "libvirt/save.img",
+                 "libvirt/snap-internal.xml", "libvirt/snap-external.xml", "libvirt/domain.xml",
+                 "libvirt/net.pcap"):
+        assert need in paths, need
+    assert (lab / "qemu" / "serial.log").stat().st_size > 0
+    assert (lab / "libvirt" / "serial.log").stat().st_size > 0
+
+
+def test_pcaps_carry_beacons(gt):
+    for a in gt["artefacts"]:
+        if a["format"] == "pcap":
+            assert a["facts"]["linktype"] == 1 and a["facts"]["packets"] > 0
+            assert a["facts"]["beacon_lines"] >= 2, a["path"]
+
+
+def test_qemu_captures_are_one_moment(gt):
+    qemu = [a for a in gt["artefacts"] if a["run"] == "qemu" and a["format"] != "pcap"]
+    assert {a["moment"] for a in qemu} == {"qemu-pause-1"}
+    mig = next(a for a in gt["artefacts"] if a["path"] == "qemu/migration.qevm")
+    assert mig["facts"]["ram_vs_elf"]["compared_pages"] > 80000
+    assert mig["facts"]["ram_vs_elf"]["differing_pages"] == 0
+    ext = next(a for a in gt["artefacts"] if a["path"] == "libvirt/ext-mem.save")
+    assert ext["moment"] == next(a for a in gt["artefacts"] if a["path"] == "libvirt/memory.elf")["moment"]
+    assert ext["facts"]["ram_vs_elf"]["differing_pages"] == 0
+    disk = next(a for a in gt["artefacts"] if a["path"] == "qemu/disk.qcow2")
+    assert disk["facts"]["backing_file"] == "base.qcow2"
+    assert [s["name"] for s in disk["facts"]["snapshots"] if s["has_vm_state"]] == ["lab-savevm"]
+
+
+def test_second_build_is_a_fast_reuse(lab):
+    t0 = time.monotonic()
+    again = _builder().build_lab(lab.parent)
+    assert Path(again) == lab
+    assert time.monotonic() - t0 < 15
