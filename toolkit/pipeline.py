@@ -230,3 +230,33 @@ def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, se
         raise CaseError(f"evidence changed during analysis: {', '.join(changed)}")
     summary["evidence_unchanged"] = True
     return summary
+
+
+def recorrelate(case_dir: Path) -> dict:
+    """Re-run correlation and the timeline over a case's stored tables (after a
+    rule change), without touching evidence. Returns {snapshot_id: findings count}."""
+    case_dir = Path(case_dir)
+    case = case_store.Case.open(case_dir)
+    manifest = case.manifest
+    derived = {"findings", "timeline"}
+    counts = {}
+    for sid, entry in manifest["snapshots"].items():
+        tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
+        tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
+        # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
+        if "diagnostics" in tables:
+            tables["diagnostics"] = tables["diagnostics"][tables["diagnostics"]["source"] != "correlate"]
+        findings, problems, _graph = correlate_snapshot(tables, sid)
+        snap = {"evidence": [{"facts": {}}]}
+        timeline = build_timeline(tables, sid, snapshot_times(snap))
+        case_store.write_table(case_dir, "findings", sid, findings)
+        case_store.write_table(case_dir, "timeline", sid, timeline)
+        if "diagnostics" in tables:
+            diags = pd.concat([tables["diagnostics"], problems], ignore_index=True)
+            case_store.write_table(case_dir, "diagnostics", sid, diags)
+        entry["findings"] = findings["severity"].value_counts().to_dict()
+        counts[sid] = len(findings)
+    case_store.save_manifest(case_dir, manifest)
+    case_store.write_combined_tables(case_dir)
+    custody.append_event(case_dir, action="correlate", detail={"findings": counts})
+    return counts

@@ -49,6 +49,7 @@ COMMANDS = [
     ("toolkit.cli.report", "findings", "command"),
     ("toolkit.cli.report", "timeline", "command"),
     ("toolkit.cli.report", "report", "command"),
+    ("toolkit.cli.report", "correlate", "command"),
     ("toolkit.cli.audit", "audit", "command"),
 ]
 GROUPS = [

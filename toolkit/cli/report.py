@@ -71,3 +71,16 @@ def report(
     else:
         write_frame(case.findings, out, fmt)
     console.print(f"wrote {out}")
+
+
+def correlate(case_dir: Path = typer.Argument(..., help="The case directory.")):
+    """Re-run correlation (findings, timeline) over a case's stored tables, e.g. after a rule change.
+
+    Reads tables only, never evidence.
+
+    Example: snapscope correlate cases/web01
+    """
+    from toolkit.pipeline import recorrelate
+
+    for sid, n in recorrelate(case_dir).items():
+        console.print(f"{sid}: {n} findings")

@@ -199,11 +199,11 @@ def _shell_history(graph, tables, sid):
 
 
 def _yara(graph, tables, sid):
+    """One node per (rule, where it matched): repeated hits of a rule in the same
+    process, file or flow are one step of the chain carrying all their rows."""
     matches = frame(tables, "yara/matches")
     for i, r in matches.iterrows():
         target = value(r, "target")
-        node = add_node(graph, f"yara:{i}", "yara", f"YARA {value(r, 'rule')} in {target}", [link("yara/matches", sid, i)],
-                        rule=value(r, "rule"), severity=value(r, "severity"))
         owner = None
         if target == "process" and pid_of(r) is not None:
             owner = f"process:{pid_of(r)}"
@@ -213,8 +213,21 @@ def _yara(graph, tables, sid):
                 add_node(graph, owner, "file", value(r, "path"), path=value(r, "path"), sha256=value(r, "sha256"))
         elif target == "stream" and value(r, "flow_id"):
             owner = f"flow:{value(r, 'flow_id')}"
+        where = owner or target
+        node_id = f"yara:{value(r, 'rule')}@{where}"
+        fresh = node_id not in graph["nodes"]
+        node = add_node(graph, node_id, "yara", f"YARA {value(r, 'rule')} in {target}", [link("yara/matches", sid, i)],
+                        rule=value(r, "rule"), severity=value(r, "severity"))
+        hits = graph["nodes"][node].setdefault("hits", 0) + 1
+        graph["nodes"][node]["hits"] = hits
+        graph["nodes"][node]["label"] = f"YARA {value(r, 'rule')} in {target}" + (f" ({hits} hits)" if hits > 1 else "")
         if owner and owner in graph["nodes"]:
-            add_edge(graph, owner, node, "YARA match", [link("yara/matches", sid, i)])
+            if fresh:
+                add_edge(graph, owner, node, "YARA match", [link("yara/matches", sid, i)])
+            else:
+                for a, b, rel, links in graph["edges"]:
+                    if a == owner and b == node:
+                        links.append(link("yara/matches", sid, i))
 
 
 def build_graph(tables: dict, snapshot_id: str) -> dict:
@@ -224,12 +237,28 @@ def build_graph(tables: dict, snapshot_id: str) -> dict:
     return graph
 
 
+# How an edge reads when walked from its far end.
+INVERSE = {
+    "parent of": "child of",
+    "runs": "is the executable of",
+    "owns socket": "socket of",
+    "same 5-tuple as capture flow": "capture flow of socket",
+    "would run": "run by persistence entry",
+    "names file": "named by shell command",
+    "names the executable of": "executable named by shell command",
+    "YARA match": "YARA match of",
+}
+
+
 def neighbours(graph, node_id: str):
     for a, b, relation, links in graph["edges"]:
         if a == node_id:
             yield b, relation, links
         elif b == node_id:
-            yield a, f"{relation} (reverse)", links
+            inverse = INVERSE.get(relation.split(" (")[0], f"{relation} (reverse)")
+            if relation.startswith("image matches"):
+                inverse = relation.replace("image matches", "file matches the image of")
+            yield a, inverse, links
 
 
 def chain(graph, start: str, max_depth: int = 4) -> list[dict]:
@@ -245,7 +274,7 @@ def chain(graph, start: str, max_depth: int = 4) -> list[dict]:
                 if other in seen or other not in graph["nodes"]:
                     continue
                 # Do not wander from one process to all its siblings via the parent.
-                if relation.startswith("parent of") and graph["nodes"][other]["kind"] == "process":
+                if relation in ("parent of", "child of") and graph["nodes"][other]["kind"] == "process":
                     continue
                 seen.add(other)
                 nxt.append(other)

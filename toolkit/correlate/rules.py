@@ -20,14 +20,22 @@ DOWNLOADERS = re.compile(r"\b(wget|curl|tftp|scp|ftp|fetch|nc|ncat|busybox\s+wge
 SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh", "nc", "ncat", "socat", "python", "python3", "perl"}
 
 
+HOME_DIRS = ("/root/", "/home/")
+
+
 def is_hidden_or_temp(path: str | None) -> bool:
+    """memfd, a temporary directory, a hidden directory anywhere, or a hidden
+    file outside home directories (where dotfiles such as .bashrc are normal)."""
     if not path:
         return False
     if path.startswith("memfd:") or path.startswith("/memfd:"):
         return True
     if any(path.startswith(d) for d in SUSPICIOUS_DIRS):
         return True
-    return any(part.startswith(".") and part not in (".", "..") for part in path.split("/"))
+    parts = [p for p in path.split("/") if p]
+    if any(p.startswith(".") and p not in (".", "..") for p in parts[:-1]):
+        return True
+    return bool(parts) and parts[-1].startswith(".") and not path.startswith(HOME_DIRS)
 
 
 def _proc_rows(tables):
@@ -65,7 +73,8 @@ def suspicious_exec_path(tables, graph, sid):
 
 def hidden_process(tables, graph, sid):
     for i, r in _proc_rows(tables):
-        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not truthy(value(r, "exited")):
+        exited = str(value(r, "exit_state") or "").startswith("EXIT_")  # a dead task's leftovers, not a hidden one
+        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited:
             yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.6,
                    "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
                                   f"is missing from the kernel's task list."}
@@ -119,28 +128,31 @@ def _flow_owner(graph, flow_id) -> str | None:
 
 
 def persistence_target(tables, graph, sid):
+    """High when the entry runs a hidden/temporary file or the image of a suspicious
+    running process; a benign service that is simply running now is only noted (low)."""
     pers = frame(tables, "disk/persistence")
     for i, r in pers.iterrows():
         target = value(r, "program_path")
-        if not target:
-            continue
+        if not target or target == value(r, "path"):
+            continue  # e.g. a shell rc file: the entry is its own content, not a program
         links = [link("disk/persistence", sid, i)]
-        reasons = []
+        reasons, severity = [], "low"
         if is_hidden_or_temp(target):
             reasons.append(f"runs {target!r}, a hidden or temporary file")
-        running = [b for a, b, rel, _ in graph["edges"] if a == f"file:{target}" or b == f"file:{target}"]
+            severity = "high"
         procs = [a for a, b, rel, l in graph["edges"] if b == f"file:{target}" and a.startswith("process:")]
         for proc in procs:
-            reasons.append(f"its program is the image of running {graph['nodes'][proc]['label']}")
-            for a, b, rel, l in graph["edges"]:
-                if a == proc and b == f"file:{target}":
-                    links += l
+            why = _suspicious_owner(graph, graph["nodes"][proc].get("pid"))
+            reasons.append(f"its program is the image of running {graph['nodes'][proc]['label']}"
+                           + (f", which {why}" if why else ""))
+            if why:
+                severity = "high"
+            links += [l for a, b, rel, ls in graph["edges"] if a == proc and b == f"file:{target}" for l in ls]
         if reasons:
             entity = procs[0] if procs else f"file:{target}"
-            yield {"entity": entity, "links": links, "confidence": 0.8 if procs else 0.6,
+            yield {"entity": entity, "links": links, "confidence": 0.8 if procs else 0.6, "severity": severity,
                    "explanation": f"{value(r, 'kind', 'persistence')} entry {value(r, 'path')!r} " + "; ".join(reasons)
                                   + (f" (sha256 {value(r, 'program_sha256')})" if value(r, "program_sha256") else "") + "."}
-        del running
 
 
 def ld_preload(tables, graph, sid):

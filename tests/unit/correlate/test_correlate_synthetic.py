@@ -87,3 +87,22 @@ def test_timeline_sorted_and_linked():
     assert list(tl["ts"]) == sorted(tl["ts"])
     assert {"process start", "flow start", "file mtime"} <= set(tl["kind"])
     assert tl["table"].notna().all()
+
+
+def test_benign_service_and_dead_tasks_raise_nothing_high():
+    t = _tables()
+    t["disk/persistence"] = pd.concat([t["disk/persistence"], pd.DataFrame([
+        {"kind": "systemd", "path": "/etc/systemd/system/labsvc.service", "program": "/usr/sbin/labsvc",
+         "program_path": "/usr/sbin/labsvc", "program_sha256": "2" * 64},
+        {"kind": "shell_rc", "path": "/root/.bashrc", "program": "/root/.bashrc", "program_path": "/root/.bashrc"},
+    ])], ignore_index=True)
+    t["memory/processes"] = pd.concat([t["memory/processes"], pd.DataFrame([
+        {"pid": 133, "ppid": 1, "process": "sh", "in_list": False, "in_scan": True, "exit_state": "EXIT_DEAD"},
+        {"pid": 140, "ppid": 1, "process": "rootkitd", "in_list": False, "in_scan": True, "exit_state": "TASK_RUNNING"},
+    ])], ignore_index=True)
+    findings, _, _ = correlate_snapshot(t, SID)
+    labsvc = findings[findings["explanation"].str.contains("labsvc")]
+    assert len(labsvc) == 1 and set(labsvc["severity"]) == {"low"}
+    assert not findings["explanation"].str.contains(".bashrc", regex=False).any()
+    hidden = findings[findings["rule_id"] == "proc.hidden"]
+    assert list(hidden["pid"]) == [140]
