@@ -46,23 +46,38 @@ def _row_table(df: pd.DataFrame, max_cols: int = 14) -> str:
 
 
 def chain_svg(steps: list[dict]) -> str:
-    """A vertical picture of the entity chain: boxes joined by labelled arrows."""
+    """A picture of the entity chain as a tree: each entity under the one it was
+    reached from, the connector labelled with the relation."""
     if len(steps) < 2:
         return ""
-    box_h, gap, width = 26, 34, 760
-    height = len(steps) * (box_h + gap)
+    children: dict[str, list[dict]] = {}
+    for step in steps[1:]:
+        children.setdefault(step["from"], []).append(step)
+    ordered: list[tuple[dict, int]] = []
+
+    def visit(step, depth):
+        ordered.append((step, depth))
+        for child in children.get(step["node"], []):
+            visit(child, depth + 1)
+
+    visit(steps[0], 0)
+    row_h, box_h, indent, width = 44, 24, 36, 900
+    height = len(ordered) * row_h
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="entity chain">']
-    for n, step in enumerate(steps):
-        y = n * (box_h + gap)
-        label = step["label"] if len(step["label"]) < 100 else step["label"][:97] + "..."
-        fill = "#ffe0e0" if n == 0 else "#eef3ff"
-        parts.append(f'<rect x="20" y="{y}" width="{width - 40}" height="{box_h}" rx="4" fill="{fill}" stroke="#567"/>')
-        parts.append(f'<text x="30" y="{y + 17}">{html_safe(label)}</text>')
-        if n:
-            parts.append(f'<line x1="60" y1="{y - gap}" x2="60" y2="{y - 2}" stroke="#345" stroke-width="1.5"/>')
-            parts.append(f'<polygon points="55,{y - 8} 65,{y - 8} 60,{y - 1}" fill="#345"/>')
-            parts.append(f'<text x="72" y="{y - gap / 2 + 4}" fill="#345">{html_safe(step["via"])}</text>')
+    y_of: dict[str, tuple[float, int]] = {}
+    for n, (step, depth) in enumerate(ordered):
+        x, y = 10 + depth * indent, n * row_h + 16
+        y_of[step["node"]] = (y, depth)
+        label = step["label"] if len(step["label"]) < 90 else step["label"][:87] + "..."
+        fill = "#ffe0e0" if depth == 0 else "#eef3ff"
+        if depth:
+            py, pdepth = y_of[step["from"]]
+            px = 10 + pdepth * indent + 12
+            parts.append(f'<path d="M{px},{py + box_h} V{y + box_h / 2} H{x}" fill="none" stroke="#345"/>')
+            parts.append(f'<text x="{x}" y="{y - 3}" fill="#456">{html_safe(step["via"])}</text>')
+        parts.append(f'<rect x="{x}" y="{y}" width="{width - x - 10}" height="{box_h}" rx="4" fill="{fill}" stroke="#567"/>')
+        parts.append(f'<text x="{x + 8}" y="{y + 16}">{html_safe(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
