@@ -1,0 +1,351 @@
+"""QEMU migration stream (``QEVM``, stream version 3): RAM only.
+
+Used for ``migrate`` to a file, ``virsh dump`` (full), the stream inside a
+libvirt save image and the vmstate of a qcow2 internal snapshot. One streaming
+pass indexes where every RAM page lives (``pages.PageMap``); page bytes are
+not copied when the source can be seeked. From a non-seekable source (a
+decompressor) page payloads go to a *spill* file instead, which is how a
+compressed stream becomes seekable.
+
+Device sections carry no length, so the parse stops once the ``ram`` section
+has ended (its END section); everything needed is before that point.
+
+>>> detect(b"QEVM\\x00\\x00\\x00\\x03")
+True
+"""
+from __future__ import annotations
+
+import os
+import re
+import zlib
+
+import numpy as np
+
+from toolkit.memory.image import MemoryFormatError, diagnostic
+from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SPILL, KIND_SRC, PageMap, enc
+
+MAGIC = b"QEVM"
+EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIG, COMMAND, FOOTER = (
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x7E)
+F_FULL, F_ZERO, F_MEM_SIZE, F_PAGE, F_EOS, F_CONTINUE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+F_XBZRLE, F_HOOK, F_COMPRESS, F_MULTIFD_FLUSH = 0x40, 0x80, 0x100, 0x200
+_PAGE_KINDS = F_ZERO | F_PAGE | F_XBZRLE | F_COMPRESS
+_KNOWN = _PAGE_KINDS | F_MEM_SIZE | F_EOS | F_CONTINUE | F_MULTIFD_FLUSH
+MAX_BLOCK = 1 << 46  # 64 TiB: beyond any real block, keeps lying sizes from allocating
+
+
+def detect(head):
+    return head[:4] == MAGIC
+
+
+class Spill:
+    """Append-only page store backing pages that cannot be read in place."""
+
+    def __init__(self, fileobj):
+        self.f = fileobj
+        self.f.seek(0, 2)
+        self._dirty = False
+
+    def add(self, page):
+        off = self.f.tell()
+        self.f.write(page)
+        self._dirty = True
+        return off
+
+    def pread(self, offset, n):
+        if self._dirty:
+            self.f.flush()
+            self._dirty = False
+        return os.pread(self.f.fileno(), n, offset)
+
+    def close(self):
+        self.f.close()
+
+
+def _config(cur, st):
+    n = cur.be32()
+    if n > 256:
+        raise MemoryFormatError(cur.path, cur.tell() - 4, f"machine name length {n} is implausible")
+    st["machine"] = cur.read(n).decode("ascii", "replace")
+    while cur.peek(1) == bytes([SUBSECTION]):
+        at = cur.tell()
+        cur.u8()
+        name = cur.read(cur.u8()).decode("ascii", "replace")
+        cur.be32()  # subsection version
+        if name == "configuration/target-page-bits":
+            bits = cur.be32()
+            if not 9 <= bits <= 16:
+                raise MemoryFormatError(cur.path, at, f"target page bits {bits} unsupported")
+            st["page_size"] = 1 << bits
+        elif name == "configuration/capabilities":
+            count = cur.be32()
+            if count > 64:
+                raise MemoryFormatError(cur.path, at, f"{count} capabilities is implausible")
+            st["capabilities"] = [cur.read(cur.u8()).decode("ascii", "replace") for _ in range(count)]
+        elif name == "configuration/uuid":
+            st["uuid"] = cur.read(16).hex()
+        else:
+            _resync(cur, st, at, f"unknown configuration subsection {name!r}")
+            return
+
+
+def _resync(cur, st, at, why):
+    """Skip an unparseable configuration tail by finding the ram START section."""
+    window = cur.peek(1 << 16)
+    m = re.search(rb"\x01[\x00-\xff]{4}\x03ram", window)
+    if not m:
+        raise MemoryFormatError(cur.path, at, f"{why}; no ram section follows")
+    st["diagnostics"].append(diagnostic("info", "configuration skipped", f"{cur.path}@{at:#x}", why))
+    cur.skip(m.start())
+
+
+def _mem_size(cur, st, total):
+    ps = st["page_size"]
+    caps = st["capabilities"]
+    while total > 0:
+        at = cur.tell()
+        name = cur.read(cur.u8()).decode("ascii", "replace")
+        length = cur.be64()
+        if length > total or length > MAX_BLOCK:
+            raise MemoryFormatError(cur.path, at, f"RAM block {name!r} length {length:#x} exceeds "
+                                                  f"the announced total {total:#x}")
+        if "x-ignore-shared" in caps:
+            cur.be64()  # host region address: irrelevant offline
+        pm = PageMap((length + ps - 1) // ps, ps)
+        st["blocks"][name] = {"length": length, "map": pm}
+        if st["mapped_ram"]:
+            _mapped_ram_block(cur, st, name, length, pm)
+        total -= length
+
+
+def _mapped_ram_block(cur, st, name, length, pm):
+    at = cur.tell()
+    version = cur.be32()
+    page_size, bitmap_off, pages_off = cur.be64(), cur.be64(), cur.be64()
+    if version != 1 or page_size != pm.page_size:
+        raise MemoryFormatError(cur.path, at, f"mapped-ram header version {version} / page size "
+                                              f"{page_size} unsupported")
+    src = st["source"]
+    nbytes = (pm.npages + 63) // 64 * 8
+    if bitmap_off + nbytes > src.size:
+        raise MemoryFormatError(cur.path, at + 12, f"mapped-ram bitmap at {bitmap_off:#x} lies past the end")
+    bits = np.unpackbits(np.frombuffer(src.pread(bitmap_off, nbytes), np.uint8),
+                         bitorder="little")[:pm.npages].astype(bool)
+    idx = np.arange(pm.npages, dtype=np.int64)
+    pm.loc[:] = np.where(bits, enc(KIND_SRC, 0) | (pages_off + idx * page_size), enc(KIND_FILL, 0))
+    beyond = bits & (pages_off + (idx + 1) * page_size > src.size)
+    if beyond.any():
+        pm.loc[beyond] = 0  # absent
+        st["diagnostics"].append(diagnostic(
+            "error", "memory range missing", f"{cur.path}@{src.size:#x}",
+            f"mapped-ram pages of block {name!r} lie past the end of the file"))
+    # QEMU continues the stream after the block's page area.
+    cur.seek(pages_off + length)
+
+
+def _ram_records(cur, st):
+    """Parse RAM records up to EOS; fills the page maps."""
+    ps = st["page_size"]
+    mask = ps - 1
+    blocks = st["blocks"]
+    spill = st["spill"]
+    seekable = cur.seekable
+    zero = bytes(ps)
+    zero_loc = enc(KIND_FILL, 0)
+    src_kind = enc(KIND_SRC, 0)
+    # CONTINUE refers to the block of the previous page record, even one in
+    # an earlier section (QEMU keeps last_sent_block across iterations).
+    block = st.get("block")
+    while True:
+        at = cur.tell()
+        word = cur.be64()
+        flags, addr = word & mask, word & ~mask
+        if flags & _PAGE_KINDS:
+            if not flags & F_CONTINUE:
+                name = cur.read(cur.u8()).decode("ascii", "replace")
+                block = st["block"] = blocks.get(name)
+                if block is None:
+                    raise MemoryFormatError(cur.path, at, f"page for unknown RAM block {name!r}")
+            elif block is None:
+                raise MemoryFormatError(cur.path, at, "CONTINUE record before any RAM block")
+            page = addr // ps
+            loc = block["map"].loc
+            if page >= len(loc):
+                raise MemoryFormatError(cur.path, at, f"page offset {addr:#x} beyond block length "
+                                                      f"{block['length']:#x}")
+            if flags & F_PAGE:
+                if seekable:
+                    where = cur.tell()
+                    cur.skip(ps)  # first: a page cut short must stay absent
+                    loc[page] = src_kind | where
+                else:
+                    data = cur.read(ps)
+                    loc[page] = zero_loc if data == zero else enc(KIND_SPILL, spill().add(data))
+            elif flags & F_ZERO:
+                loc[page] = enc(KIND_FILL, cur.u8())
+            elif flags & F_COMPRESS:
+                n = cur.be32()
+                if n > 2 * ps:
+                    raise MemoryFormatError(cur.path, at, f"compressed page length {n} is implausible")
+                try:
+                    data = zlib.decompressobj().decompress(cur.read(n), ps + 1)
+                except zlib.error as exc:
+                    raise MemoryFormatError(cur.path, at, f"compressed page unreadable: {exc}") from None
+                if len(data) != ps:
+                    raise MemoryFormatError(cur.path, at, f"compressed page inflates to {len(data)} bytes")
+                loc[page] = enc(KIND_SPILL, spill().add(data))
+            else:  # XBZRLE: a delta against the page as it was before this record
+                hflag, n = cur.u8(), cur.be16()
+                if hflag != 1 or n > ps:
+                    raise MemoryFormatError(cur.path, at, f"XBZRLE header flag {hflag} / length {n} invalid")
+                old = st["fetch_page"](block["map"], page)
+                loc[page] = enc(KIND_SPILL, spill().add(xbzrle_decode(cur.read(n), old, cur.path, at)))
+            continue
+        if flags & F_MEM_SIZE:
+            if st["blocks"]:
+                raise MemoryFormatError(cur.path, at, "second MEM_SIZE block list")
+            _mem_size(cur, st, addr)
+            continue
+        if flags & F_EOS:
+            return
+        if flags == F_MULTIFD_FLUSH:
+            continue
+        if flags & ~_KNOWN or flags & F_HOOK or not flags:
+            raise MemoryFormatError(cur.path, at, f"unknown RAM record flags {flags:#x}")
+
+
+def xbzrle_decode(src, old, path="", at=0):
+    """Apply an XBZRLE delta: (unchanged-run, changed-run, bytes) pairs, ULEB128 lengths.
+
+    >>> xbzrle_decode(bytes([1, 2]) + b"XY", b"abcd")
+    b'aXYd'
+    """
+    out = bytearray(old)
+    i = d = 0
+
+    def uleb():
+        nonlocal i
+        val = shift = 0
+        for _ in range(3):
+            if i >= len(src):
+                break
+            b = src[i]
+            i += 1
+            val |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return val
+        raise MemoryFormatError(path, at, "XBZRLE run length malformed")
+
+    while i < len(src):
+        d += uleb()
+        n = uleb()
+        if n == 0 or d + n > len(out) or i + n > len(src):
+            raise MemoryFormatError(path, at, "XBZRLE run overflows the page")
+        out[d:d + n] = src[i:i + n]
+        d += n
+        i += n
+    return bytes(out)
+
+
+def index_stream(cur, *, spill_factory=None, source=None):
+    """Index the RAM of the QEVM stream under ``cur`` in one pass.
+
+    Returns a state dict: machine, page_size, capabilities, blocks
+    {name: {length, map}}, complete, diagnostics, stream_end.
+    ``source`` (a pread-able object) is needed for mapped-ram and XBZRLE.
+
+    >>> import io; from toolkit.memory.pages import Cursor
+    >>> index_stream(Cursor("x", stream=io.BytesIO(b"QEVM\\0\\0\\0\\3\\0")))
+    Traceback (most recent call last):
+    toolkit.memory.image.MemoryFormatError: x: at offset 0x8: stream ends before the RAM section completed
+    """
+    st = {"machine": None, "page_size": 4096, "capabilities": [], "blocks": {},
+          "complete": False, "diagnostics": [], "source": source, "spill_obj": None,
+          "mapped_ram": False}
+
+    def spill():
+        if st["spill_obj"] is None:
+            if spill_factory is None:
+                raise MemoryFormatError(cur.path, cur.tell(), "page needs a spill file but none was given")
+            st["spill_obj"] = spill_factory()
+        return st["spill_obj"]
+
+    st["spill"] = spill
+    st["fetch_page"] = lambda pm, page: _fetch_one(st, pm, page)
+    start = cur.tell()
+    if cur.read(4) != MAGIC:
+        raise MemoryFormatError(cur.path, start, "QEVM magic missing")
+    version = cur.be32()
+    if version != 3:
+        raise MemoryFormatError(cur.path, start + 4, f"stream version {version} unsupported (3 expected)")
+    ram_id = None
+    try:
+        while True:
+            at = cur.tell()
+            head = cur.peek(1)
+            if not head:
+                raise MemoryFormatError(cur.path, at, "stream ends before the RAM section completed")
+            kind = cur.u8()
+            if kind == CONFIG:
+                _config(cur, st)
+                st["mapped_ram"] = "mapped-ram" in st["capabilities"]
+            elif kind in (START, FULL):
+                sid = cur.be32()
+                name = cur.read(cur.u8()).decode("ascii", "replace")
+                cur.be32()
+                sver = cur.be32()
+                if name != "ram":
+                    raise MemoryFormatError(cur.path, at, f"section {name!r} before RAM completed "
+                                                          "(its layout is not self-describing)")
+                if sver != 4:
+                    raise MemoryFormatError(cur.path, at, f"ram section version {sver} (4 expected)")
+                ram_id = sid
+                _ram_records(cur, st)
+                _footer(cur)
+                if kind == FULL:
+                    break
+            elif kind in (PART, END):
+                sid = cur.be32()
+                if sid != ram_id:
+                    raise MemoryFormatError(cur.path, at, f"section id {sid} is not the ram section")
+                _ram_records(cur, st)
+                _footer(cur)
+                if kind == END:
+                    break
+            elif kind == COMMAND:
+                cur.be16()
+                cur.skip(cur.be16())
+            elif kind == FOOTER:
+                cur.be32()
+            elif kind in (EOF_, VMDESC):
+                raise MemoryFormatError(cur.path, at, "stream ends before the RAM section completed")
+            else:
+                raise MemoryFormatError(cur.path, at, f"unknown section type {kind:#x}")
+        st["complete"] = True
+    except MemoryFormatError as exc:
+        if not st["blocks"]:
+            raise
+        st["diagnostics"].append(diagnostic("error", "stream incomplete", f"{exc.path}@{exc.offset:#x}"
+                                            if isinstance(exc.offset, int) else exc.path, exc.message))
+    st["stream_end"] = cur.tell()
+    return st
+
+
+def _footer(cur):
+    if cur.peek(1) == bytes([FOOTER]):
+        cur.u8()
+        cur.be32()
+
+
+def _fetch_one(st, pm, page):
+    v = int(pm.loc[page])
+    ps = pm.page_size
+    if v == 0:
+        return bytes(ps)
+    kind, val = v >> _SHIFT, v & _VALUE_MASK
+    if kind == KIND_SRC:
+        return st["source"].pread(val, ps)
+    if kind == KIND_FILL:
+        return bytes([val & 0xFF]) * ps
+    return st["spill_obj"].pread(val, ps)
