@@ -1,5 +1,6 @@
 """Shared fixtures. `lab` builds (or reuses, in seconds) the real lab guest's
-snapshots once per session; tests marked `lab` use it."""
+snapshots once per session, `fleet` the fleet of its linked clones; tests
+marked `lab` use them."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,15 @@ def lab() -> Path:
     from toolkit.lab import build_lab
 
     return build_lab()
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Path:
+    """The fleet lab directory (linked clones: infected, clean, one corrupt; see fixtures/README.md);
+    built on first use, honours $SNAPSCOPE_LAB_DIR."""
+    from toolkit.lab import build_fleet
+
+    return build_fleet()
 
 
 @pytest.fixture(scope="session")

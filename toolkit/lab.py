@@ -31,6 +31,13 @@ def build_lab(progress=None, force: bool = False) -> Path:
     return Path(load_builder().build_lab(root, force=force, progress=progress))
 
 
+def build_fleet(progress=None, force: bool = False) -> Path:
+    """Build (or reuse) the fleet lab (linked clones of one base image, for batch audits); return its
+    directory. Honours $SNAPSCOPE_LAB_DIR."""
+    root = Path(os.environ["SNAPSCOPE_LAB_DIR"]) if os.environ.get("SNAPSCOPE_LAB_DIR") else None
+    return Path(load_builder().build_fleet(root, force=force, progress=progress))
+
+
 def demo_evidence(lab_dir: Path) -> list[Path]:
     """The lab's main snapshot: the plain-QEMU run's ELF dump, its disk overlay
     (the base image is found through the backing chain) and its packet capture."""

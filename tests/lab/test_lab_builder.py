@@ -3,8 +3,11 @@ and every artefact it lists is there. Uses the session fixture `lab` from
 tests/conftest.py (builds once, then reuses in well under a second)."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,3 +131,38 @@ def test_second_build_is_a_fast_reuse(lab):
     again = _builder().build_lab(lab.parent)
     assert Path(again) == lab
     assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.parametrize("how", [
+    # by path (toolkit/lab.py, these tests), from another directory, fixtures/ not on sys.path
+    "import importlib.util as u; s = u.spec_from_file_location('snapscope_build_lab', {entry!r}); "
+    "m = u.module_from_spec(s); s.loader.exec_module(m)",
+    # with fixtures/ on sys.path (benchmarks/vol_triage.py)
+    "import sys; sys.path.insert(0, {fixtures!r}); import build_lab as m",
+    # as a namespace package from the repository root (fixtures/README.md)
+    "import sys; sys.path.insert(0, {repo!r}); from fixtures import build_lab as m",
+], ids=["by-path", "fixtures-on-sys-path", "namespace-package"])
+def test_entry_point_loads_however_it_is_imported(how, tmp_path):
+    """build_lab.py finds its lab/ package next to itself, whatever the caller's cwd and sys.path."""
+    code = how.format(entry=str(REPO / "fixtures" / "build_lab.py"), fixtures=str(REPO / "fixtures"),
+                      repo=str(REPO))
+    code += "; print(callable(m.build_lab), callable(m.build_fleet), m.LabError.__name__)"
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["True", "True", "LabError"]
+
+
+def test_cache_key_covers_every_input():
+    _builder()
+    cache = importlib.import_module("snapscope_fixtures_lab.cache")
+    build = importlib.import_module("snapscope_fixtures_lab.build")
+    fixtures = REPO / "fixtures"
+    everything = {fixtures / "build_lab.py", *(fixtures / "lab").glob("*.py"),
+                  *(p for p in (fixtures / "guest").iterdir() if p.is_file())}
+    assert set(cache.key_inputs()) == everything
+    # the main lab never imports the fleet builder, so editing it does not rebuild the lab
+    assert set(cache.key_inputs(exclude=build.LAB_KEY_EXCLUDES)) == everything - {fixtures / "lab" / "fleet.py"}
+    kpkg = ("linux-image-x", "1")
+    assert cache.compute_key(kpkg, cache.key_inputs()) != cache.compute_key(kpkg, cache.key_inputs()[:-1])
+    assert cache.compute_key(kpkg, cache.key_inputs()) != cache.compute_key(("linux-image-x", "2"),
+                                                                            cache.key_inputs())
