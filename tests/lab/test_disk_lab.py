@@ -12,7 +12,7 @@ import hashlib
 import pytest
 
 from toolkit.engines.disk_diff import diff_disks
-from toolkit.engines.disk_open import disks_from_snapshot_xml
+from toolkit.evidence import discover
 from toolkit.engines.dissect import run
 
 pytestmark = pytest.mark.lab
@@ -66,12 +66,17 @@ def test_chain_rows_name_the_files_used(lab):
 
 
 def test_external_snapshot_overlay_named_in_xml(lab, ground_truth):
-    disks = disks_from_snapshot_xml(lab / "libvirt" / "snap-external.xml")
-    overlay = [d for d in disks if d["role"] == "external-overlay"]
-    assert overlay and overlay[0]["path"] == lab / "libvirt" / "disk-ext.qcow2"
-    t = run({"id": "lab-ext", "disks": overlay}, {"profile": PROFILE})
+    # discover() names the disk as it was at the snapshot (role disk) and the
+    # overlay libvirt created then (role overlay, written after the moment).
+    snap, = discover([lab / "libvirt" / "snap-external.xml"])
+    overlay = [d for d in snap["disks"] if d["role"] == "overlay"]
+    assert overlay and overlay[0]["path"] == str(lab / "libvirt" / "disk-ext.qcow2")
+    # The overlay itself opens, its absolute staging-path backing file found beside it.
+    t = run({"id": "lab-ext", "disks": [{**overlay[0], "role": "disk"}]}, {"profile": PROFILE})
     assert t["disk/chain"]["resolved_by"].tolist()[1] == "basename-beside"
     assert t["disk/system"]["hostname"].iloc[0] == ground_truth["guest"]["hostname"]
+    at_moment = run(snap, {"profile": PROFILE})
+    assert at_moment["disk/system"]["hostname"].iloc[0] == ground_truth["guest"]["hostname"]
 
 
 def test_diff_base_vs_overlay_matches_ground_truth(lab, ground_truth):

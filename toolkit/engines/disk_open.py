@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from toolkit.engines.disk_qcow2 import DiskError, check_header, validate_tables
+from toolkit.evidence.chains import resolve_reference
 
 QCOW2_MAGIC = b"QFI\xfb"
 MAX_CHAIN = 64  # a loop in backing references must end in an error, not a hang
@@ -55,38 +56,6 @@ def detect_format(path: Path) -> str:
             if fh.read(8) == b"conectix":
                 return "vhd"
     return "raw"
-
-
-def resolve_reference(recorded: str, referrer_dir: Path, search_paths=()) -> tuple[Path | None, str, list[str]]:
-    """Find the file a recorded (often absolute, host-side) path means on this machine.
-
-    Order, evidence first: the recorded path relative to the referring file;
-    its base name beside the referring file; each search path (the recorded
-    relative path, then the base name); last, the absolute path as recorded
-    (it may be an unrelated file of the analyst's own host, so it loses to
-    anything shipped with the evidence). Returns (path or None, how, tried).
-
-    >>> resolve_reference("/var/lib/libvirt/images/base.qcow2", Path("case"), ["/mnt"])  # doctest: +SKIP
-    (PosixPath('case/base.qcow2'), 'basename-beside', [...])
-    """
-    rec = Path(recorded)
-    candidates: list[tuple[Path, str]] = []
-    if not rec.is_absolute():
-        candidates.append((referrer_dir / rec, "relative"))
-    candidates.append((referrer_dir / rec.name, "basename-beside"))
-    for sp in search_paths:
-        sp = Path(sp)
-        if not rec.is_absolute():
-            candidates.append((sp / rec, f"search-path:{sp}"))
-        candidates.append((sp / rec.name, f"search-path:{sp}"))
-    if rec.is_absolute():
-        candidates.append((rec, "as-recorded"))
-    tried = []
-    for cand, how in candidates:
-        tried.append(str(cand))
-        if cand.is_file():
-            return cand, how, tried
-    return None, "missing", tried
 
 
 def _qcow2_layer(path: Path, fh, where: str):
@@ -259,47 +228,3 @@ def _close(handles) -> None:
 def close_disk(disk: dict) -> None:
     """Close every file handle that :func:`open_disk` opened."""
     _close(disk.get("handles", []))
-
-
-def disks_from_snapshot_xml(xml_path, search_paths=()) -> list[dict]:
-    """Disks a libvirt snapshot XML names, resolved to files here (external overlays first).
-
-    An external snapshot's ``<disks><disk snapshot='external'><source file=.../>``
-    is the overlay created at that moment (the state after it lives there); an
-    internal one names the snapshot inside the domain's qcow2. Absolute host
-    paths are resolved beside the XML and through search_paths.
-
-    >>> disks_from_snapshot_xml("libvirt/snap-external.xml")  # doctest: +SKIP
-    [{'path': PosixPath('libvirt/disk-ext.qcow2'), 'format': None, 'role': 'external-overlay', ...}]
-    """
-    import xml.etree.ElementTree as ET
-
-    xml_path = Path(xml_path)
-    try:
-        root = ET.fromstring(xml_path.read_bytes())
-    except (OSError, ET.ParseError) as e:
-        raise DiskError(f"{xml_path}: not a readable libvirt snapshot XML ({e})") from None
-    name = root.findtext("name")
-    out = []
-    for disk in root.findall("./disks/disk"):
-        kind = disk.get("snapshot")
-        source = disk.find("source")
-        if kind == "external" and source is not None and source.get("file"):
-            found, how, tried = resolve_reference(source.get("file"), xml_path.parent, search_paths)
-            if found is None:
-                raise DiskError(f"{xml_path}: overlay {source.get('file')!r} of disk {disk.get('name')} not found "
-                                f"(tried: {', '.join(tried)})")
-            drv = disk.find("driver")
-            out.append({"path": found, "format": drv.get("type") if drv is not None else None,
-                        "role": "external-overlay", "snapshot": None, "target": disk.get("name"),
-                        "recorded_path": source.get("file"), "resolved_by": how})
-        elif kind == "internal":
-            # the qcow2 holding it is the domain's disk with that target name
-            found = None
-            for ddisk in root.findall("./domain/devices/disk"):
-                tgt, src = ddisk.find("target"), ddisk.find("source")
-                if tgt is not None and tgt.get("dev") == disk.get("name") and src is not None and src.get("file"):
-                    found, _, _ = resolve_reference(src.get("file"), xml_path.parent, search_paths)
-            out.append({"path": found, "format": "qcow2", "role": "internal", "snapshot": name,
-                        "target": disk.get("name")})
-    return out

@@ -22,16 +22,44 @@ from toolkit.evidence.identify import identify
 MAX_CHAIN = 64
 
 
+def resolve_reference(recorded: str, referrer_dir: Path, search_paths=()) -> tuple[Path | None, str, list[str]]:
+    """Find the file a recorded (often absolute, host-side) path means on this machine.
+
+    Order, evidence first: the recorded path relative to the referring file;
+    its base name beside the referring file; each search path (the recorded
+    relative path, then the base name); last, the absolute path as recorded
+    (it may be an unrelated file of the analyst's own host, so it loses to
+    anything shipped with the evidence). Returns (path or None, how, tried).
+
+    >>> resolve_reference("/var/lib/libvirt/images/base.qcow2", Path("case"), ["/mnt"])  # doctest: +SKIP
+    (PosixPath('case/base.qcow2'), 'basename-beside', [...])
+    """
+    rec = Path(recorded)
+    candidates: list[tuple[Path, str]] = []
+    if not rec.is_absolute():
+        candidates.append((referrer_dir / rec, "relative"))
+    candidates.append((referrer_dir / rec.name, "basename-beside"))
+    for sp in search_paths:
+        sp = Path(sp)
+        if not rec.is_absolute():
+            candidates.append((sp / rec, f"search-path:{sp}"))
+        candidates.append((sp / rec.name, f"search-path:{sp}"))
+    if rec.is_absolute():
+        candidates.append((rec, "as-recorded"))
+    tried = []
+    for cand, how in candidates:
+        tried.append(str(cand))
+        if cand.is_file():
+            return cand, how, tried
+    return None, "missing", tried
+
+
 def resolve(ref: str | None, base: Path, search_paths=()) -> Path | None:
-    """Find a file that evidence names: as recorded (relative to ``base``), then
-    by base name beside ``base``, then in each search path; None if nowhere."""
+    """The file evidence names as ``ref`` (see :func:`resolve_reference`), or None."""
     if not ref or "\0" in ref:
         return None
-    recorded = Path(ref)
-    candidates = [recorded if recorded.is_absolute() else base / recorded, base / recorded.name]
-    for sp in search_paths:
-        candidates += [Path(sp) / recorded.name] + ([] if recorded.is_absolute() else [Path(sp) / recorded])
-    return next((Path(os.path.abspath(c)) for c in candidates if c.is_file()), None)
+    found, _how, _tried = resolve_reference(ref, base, search_paths)
+    return Path(os.path.abspath(found)) if found is not None else None
 
 
 class Lookup:

@@ -20,6 +20,7 @@ PFN = guest-physical address >> 12 for QEMU-written dumps.
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import heapq
 import struct
 import zlib
@@ -150,6 +151,8 @@ def _header(f, path):
     (version,) = struct.unpack_from("<i", h, 8)
     block_size, sub_blocks, bitmap_blocks, mapnr32 = struct.unpack_from("<IIII", h, 428)
     (nr_cpus,) = struct.unpack_from("<I", h, 460)
+    # struct timeval timestamp at 408 (after the 390-byte utsname, 8-aligned), status flags at 424
+    tv_sec, _tv_usec, status = struct.unpack_from("<qqI", h, 408)
     if block_size not in (4096, 8192, 16384, 65536) or bitmap_blocks == 0:
         raise MemoryFormatError(path, 428, f"block_size {block_size} / bitmap_blocks "
                                            f"{bitmap_blocks} are not plausible")
@@ -169,6 +172,7 @@ def _header(f, path):
     return {"version": version, "utsname": dict(zip(
                 ("sysname", "nodename", "release", "version", "machine", "domainname"), uts)),
             "block_size": block_size, "max_mapnr": max_mapnr, "nr_cpus": nr_cpus,
+            "status": status, "timestamp": tv_sec,
             "phys_base": phys_base, "dump_level": dump_level,
             "vmcoreinfo_at": (off_vmci, size_vmci), "notes_at": (off_note, size_note),
             "bitmap2_at": bitmap_at + half, "bitmap_half": half,
@@ -180,13 +184,28 @@ def _read_extra(f, at, limit=16 << 20):
     return f.pread(off, n) if off and 0 < n <= limit else b""
 
 
+# disk_dump_header.status bits (makedumpfile diskdump_mod.h)
+STATUS_NAMES = ((0x1, "zlib"), (0x2, "lzo"), (0x4, "snappy"), (0x20, "zstd"))
+STATUS_INCOMPLETE = 0x8
+
+
+def status_compression(status: int) -> str:
+    """The compression the header declares for its pages ('none' when no bit is set)."""
+    names = [name for bit, name in STATUS_NAMES if status & bit]
+    return ",".join(names) or "none"
+
+
 def probe(path):
     f, flat = _container(path)
     try:
         h = _header(f, path)
         facts = {"format": "kdump", "flattened": flat, "header_version": h["version"],
                  "utsname": h["utsname"], "block_size": h["block_size"],
-                 "max_mapnr": h["max_mapnr"], "nr_cpus": h["nr_cpus"]}
+                 "max_mapnr": h["max_mapnr"], "nr_cpus": h["nr_cpus"],
+                 "compression": status_compression(h["status"]),
+                 "incomplete": bool(h["status"] & STATUS_INCOMPLETE)}
+        if h["timestamp"] > 0:
+            facts["captured_at"] = dt.datetime.fromtimestamp(h["timestamp"], dt.timezone.utc).isoformat()
         notes = parse_notes(_read_extra(f, h["notes_at"]), path)
         facts.update(note_facts(notes))
         return facts

@@ -128,11 +128,12 @@ def read_header(path):
 
 
 def resolve_backing(path, name, search_path=()):
-    """Where a recorded backing file name lives on this machine, or None."""
-    here = Path(path).resolve().parent
-    candidates = [Path(name)] if os.path.isabs(name) else [here / name]
-    candidates += [here / Path(name).name] + [Path(d) / Path(name).name for d in search_path]
-    return next((str(c) for c in candidates if c.is_file()), None)
+    """Where a recorded backing file name lives on this machine, or None
+    (evidence-first order: see toolkit.evidence.chains.resolve_reference)."""
+    from toolkit.evidence.chains import resolve
+
+    found = resolve(name, Path(path).resolve().parent, search_path)
+    return str(found) if found is not None else None
 
 
 def _magic(path):
@@ -240,6 +241,32 @@ class Qcow2:
             within, offset, n = within + step, offset + step, n - step
         return bytes(out)
 
+    def host_run(self, l1, offset, n):
+        """(host offset, length) of plain allocated data at guest ``offset``,
+        extended over clusters that follow on in the file; (None, length to the
+        cluster end) for anything else (zero, compressed, unallocated,
+        extended-L2), which pread_l1 handles."""
+        cb, within = self.h["cluster_bits"], offset & (self.cluster - 1)
+        l1_idx = offset >> (cb + cb - (4 if self.entry == 16 else 3))
+        l2_off = (l1[l1_idx] & OFFSET_MASK) if l1_idx < len(l1) else 0
+        first = min(n, self.cluster - within)
+        if not l2_off or self.entry != 8:
+            return None, first
+        t = self._l2(l2_off)
+        i = (offset >> cb) & (self.l2_entries - 1)
+        (e,) = struct.unpack_from(">Q", t, i * 8)
+        host = e & OFFSET_MASK
+        if e & (COMPRESSED | 1) or not host:
+            return None, first
+        run = first
+        while run < n and i + 1 < self.l2_entries:  # the next entry of the same L2 table
+            i += 1
+            (e,) = struct.unpack_from(">Q", t, i * 8)
+            if e & (COMPRESSED | 1) or e & OFFSET_MASK != host + within + run:
+                break
+            run = min(n, run + self.cluster)
+        return host + within, run
+
     def _host(self, off, n):
         data = self.src.pread(off, n)
         if len(data) < n:
@@ -284,6 +311,22 @@ class VmStateSource:
     def pread(self, offset, n):
         n = max(0, min(n, self.size - offset))
         return self.img.pread_l1(self.l1, self.base + offset, n)
+
+    def readinto(self, offset, mv):
+        """Fill memoryview ``mv`` from ``offset`` (zeros past the vmstate): plain
+        clusters go from the file into ``mv`` with one preadv per host-contiguous
+        run, so a bulk copy (convert.to_elf) builds no bytes per cluster."""
+        n = max(0, min(len(mv), self.size - offset))
+        mv[n:] = bytes(len(mv) - n)
+        pos = 0
+        while pos < n:
+            host, step = self.img.host_run(self.l1, self.base + offset + pos, n - pos)
+            if host is None:
+                mv[pos:pos + step] = self.img.pread_l1(self.l1, self.base + offset + pos, step)
+            elif os.preadv(self.img.src.fd, [mv[pos:pos + step]], host) < step:
+                raise MemoryFormatError(self.img.path, host, "data cluster lies past the end of the file")
+            pos += step
+        return len(mv)
 
 
 def pick_snapshot(path, snaps, wanted):
