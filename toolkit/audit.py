@@ -33,7 +33,7 @@ from toolkit.evidence import discover
 from toolkit.hashing import sha256_file
 from toolkit.pipeline import (_refuse_evidence_inside_case, analyze_snapshot, load_profile_for,
                               snapshot_fingerprint)
-from toolkit.schemas import BOOL, INT, STRING, SCHEMAS, declare, make_table
+from toolkit.schemas import INT, STRING, SCHEMAS, declare, make_table
 
 if "audit/fleet" not in SCHEMAS:
     declare("audit/fleet", {
@@ -42,10 +42,11 @@ if "audit/fleet" not in SCHEMAS:
         "reason": STRING, "source_path": STRING,
     }, doc="One row per VM snapshot of an audit: its findings by severity, or why it could not be analysed.")
     declare("audit/changes", {
-        "vm": STRING, "change": STRING,  # new | resolved
+        "vm": STRING,
+        "change": STRING,  # new finding | resolved finding | file added | file removed | file modified
         "rule_id": STRING, "severity": STRING, "entity_label": STRING, "explanation": STRING,
-        "previous_snapshot_id": STRING, "is_new": BOOL,
-    }, doc="What changed per VM since a previous audit's case.")
+        "path": STRING,
+    }, doc="What changed per VM since a previous audit's case: findings and disk files.")
 
 
 def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
@@ -127,9 +128,9 @@ def hash_once(case_dir: Path, paths: list[str], *, io_slots: int, phase: str, us
     return results
 
 
-def _worker(snap, case_dir, profile, hashes):
+def _worker(snap, case_dir, profile, hashes, search_paths=()):
     # Runs in a child process or on a Dask worker: only this snapshot's tables are written.
-    return snap["id"], analyze_snapshot(snap, Path(case_dir), profile, hashes)
+    return snap["id"], analyze_snapshot(snap, Path(case_dir), profile, hashes, search_paths=search_paths)
 
 
 def _executor(spec: str, jobs: int):
@@ -151,29 +152,45 @@ def _executor(spec: str, jobs: int):
     raise SnapscopeError(f"unknown executor {spec!r}: use 'local' or 'dask://HOST:PORT'")
 
 
-def compare_with_previous(current: pd.DataFrame, previous_case: Path) -> list[dict]:
-    """New and resolved findings per VM (matched on rule, entity label and explanation)."""
-    prev_case = case_store.Case.open(previous_case)
-    prev = prev_case.findings
+def compare_with_previous(case: "case_store.Case", snapshot_ids: list[str], previous_case: Path) -> list[dict]:
+    """Per VM audited now and before: new and resolved findings (matched on rule,
+    entity and explanation) and files added, removed or modified on its disk
+    (from the two cases' disk/files tables: tables only, never evidence)."""
+    prev = case_store.Case.open(previous_case)
     rows = []
 
-    def keyset(df):
-        return {(vm_of(df_row.snapshot_id), df_row.rule_id, df_row.entity_label, df_row.explanation): df_row
-                for df_row in df.itertuples(index=False)}
+    def finding_keys(df, sid):
+        df = df[df["snapshot_id"] == sid] if len(df) else df
+        return {(r.rule_id, r.entity_label, r.explanation): r for r in df.itertuples(index=False)}
 
-    def vm_of(sid):
-        return sid
+    def file_hashes(c, sid):
+        try:
+            df = c.table("disk/files", snapshot=sid)
+        except KeyError:
+            return {}
+        return dict(zip(df["path"], df["sha256"].astype(object).where(df["sha256"].notna(), None)))
 
-    now, before = keyset(current), keyset(prev)
-    for key, r in now.items():
-        if key not in before:
-            rows.append({"vm": key[0], "change": "new", "rule_id": r.rule_id, "severity": r.severity,
-                         "entity_label": r.entity_label, "explanation": r.explanation, "is_new": True})
-    for key, r in before.items():
-        if key not in now:
-            rows.append({"vm": key[0], "change": "resolved", "rule_id": r.rule_id, "severity": r.severity,
-                         "entity_label": r.entity_label, "explanation": r.explanation,
-                         "previous_snapshot_id": r.snapshot_id, "is_new": False})
+    now_findings, before_findings = case.findings, prev.findings
+    for sid in snapshot_ids:
+        if sid not in prev.snapshots:
+            continue  # a VM new to this audit has no history to compare
+        now, before = finding_keys(now_findings, sid), finding_keys(before_findings, sid)
+        for key, r in now.items():
+            if key not in before:
+                rows.append({"vm": sid, "change": "new finding", "rule_id": r.rule_id, "severity": r.severity,
+                             "entity_label": r.entity_label, "explanation": r.explanation})
+        for key, r in before.items():
+            if key not in now:
+                rows.append({"vm": sid, "change": "resolved finding", "rule_id": r.rule_id, "severity": r.severity,
+                             "entity_label": r.entity_label, "explanation": r.explanation})
+        files_now, files_before = file_hashes(case, sid), file_hashes(prev, sid)
+        for path in sorted(set(files_now) | set(files_before)):
+            if path not in files_before:
+                rows.append({"vm": sid, "change": "file added", "path": path})
+            elif path not in files_now:
+                rows.append({"vm": sid, "change": "file removed", "path": path})
+            elif files_now[path] != files_before[path] and files_now[path] and files_before[path]:
+                rows.append({"vm": sid, "change": "file modified", "path": path})
     return rows
 
 
@@ -205,7 +222,8 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
     todo.sort(key=lambda s: -sum(Path(e["path"]).stat().st_size for e in s["evidence"]))
     pool, client = _executor(executor, jobs)
     try:
-        futures = {pool.submit(_worker, snap, str(case_dir), profile_dict, before): snap for snap in todo}
+        futures = {pool.submit(_worker, snap, str(case_dir), profile_dict, before, [str(p) for p in search_paths]): snap
+                   for snap in todo}
         for n, future in enumerate(cf.as_completed(futures), start=1):
             snap = futures[future]
             try:
@@ -242,7 +260,7 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
     case_store.write_table(case_dir, "audit/fleet", "fleet", fleet)
     changes = None
     if previous is not None:
-        changes = make_table("audit/changes", compare_with_previous(findings, Path(previous)),
+        changes = make_table("audit/changes", compare_with_previous(case, list(statuses), Path(previous)),
                              snapshot_id="fleet", source="audit")
         case_store.write_table(case_dir, "audit/changes", "fleet", changes)
     manifest["runs"].append({"at": case_store.now_iso(), "kind": "audit", "profile": profile_dict.get("name"),
