@@ -153,12 +153,16 @@ def open(path, **_opts):
                     "error", "memory range missing", f"{path}@{src.size:#x}",
                     "file truncated inside a PT_LOAD segment",
                     missing=[(ph["paddr"] + have, ph["filesz"] - have)]))
+            # "extents"/"source": where the bytes lie, so a bulk copier
+            # (convert.to_elf) can read straight from the file.
             segs.append({"gpa": ph["paddr"], "length": have,
-                         "read": _file_reader(src, ph["offset"]), "runs": None})
+                         "read": _file_reader(src, ph["offset"]), "runs": None, "source": src,
+                         "extents": (lambda base: lambda o, n: [(0, n, base + o)])(ph["offset"])})
             if ph["memsz"] > ph["filesz"]:  # ELF semantics: the tail is zero
                 segs.append({"gpa": ph["paddr"] + ph["filesz"],
                              "length": ph["memsz"] - ph["filesz"],
-                             "read": lambda o, n: bytes(n), "runs": None})
+                             "read": lambda o, n: bytes(n), "runs": None,
+                             "extents": lambda o, n: [(0, n, -1)]})
         notes = parse_notes(notes_raw, path)
         info = {"elf_class": 64 if hdr["class"] == 2 else 32, "machine": hdr["machine"]}
         info.update(note_facts(notes))

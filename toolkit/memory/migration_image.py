@@ -65,7 +65,10 @@ def build_image(path, st, *, fmt, info=None, diagnostics=(), closers=(), source=
                                     f"block {name!r}: pages never present in the stream",
                                     missing=missing[:256]))
         segs.append({"gpa": gpa, "length": length, "runs": runs,
-                     "read": (lambda r, base: lambda o, n: r(base + o, n))(read, off)})
+                     "read": (lambda r, base: lambda o, n: r(base + o, n))(read, off),
+                     # For bulk copiers (convert.to_elf): see PageMap.extents.
+                     "source": source,
+                     "extents": (lambda pm, base: lambda o, n: pm.extents(base + o, n))(pm, off)})
     merged = dict(facts)
     merged.update(info or {})
     closers = list(closers) + ([spill.close] if spill else [])
