@@ -1,0 +1,73 @@
+"""The Volatility adapter on real Volatility objects: TreeGrid flattening, raw
+values, offline/cache switches, and a clear error for an image with no kernel."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from toolkit.engines import vol_context
+
+
+@pytest.fixture(scope="module")
+def vol(tmp_path_factory):
+    return vol_context._framework(tmp_path_factory.mktemp("volcache"))
+
+
+def test_raw_values(vol):
+    hints, renderers = vol["format_hints"], vol["renderers"]
+    assert vol_context.raw_value(hints.Hex(0xFFFFFFFF81000000)) == 0xFFFFFFFF81000000
+    assert type(vol_context.raw_value(hints.Hex(5))) is int
+    assert vol_context.raw_value(renderers.UnreadableValue()) is None
+    assert vol_context.raw_value(renderers.NotAvailableValue()) is None
+    assert vol_context.raw_value(hints.HexBytes(b"\x90\x90")) == b"\x90\x90"
+    naive = dt.datetime(2024, 5, 1, 12, 0, 0)
+    assert vol_context.raw_value(naive) == naive.replace(tzinfo=dt.timezone.utc)
+    assert vol_context.raw_value(True) is True
+
+
+def test_tree_grid_flattened_with_parents_and_partial_failure(vol):
+    renderers, hints = vol["renderers"], vol["format_hints"]
+
+    def generator():
+        yield 0, (1, "init", hints.Hex(0x1000))
+        yield 1, (2, "sh", hints.Hex(0x2000))
+        yield 2, (3, "sleep", renderers.UnreadableValue())
+        yield 0, (4, "kthreadd", hints.Hex(0x4000))
+        raise RuntimeError("task list damaged")
+
+    grid = renderers.TreeGrid([("PID", int), ("COMM", str), ("Offset", hints.Hex)], generator())
+    columns, rows, failure = vol_context.grid_rows(grid)
+    assert columns == ["PID", "COMM", "Offset"]
+    assert [(r["row_id"], r["parent_row_id"]) for r in rows] == [(0, None), (1, 0), (2, 1), (3, None)]
+    assert rows[2]["Offset"] is None and rows[3]["Offset"] == 0x4000
+    assert isinstance(failure, RuntimeError)
+
+
+def test_offline_and_cache_redirected(vol, tmp_path):
+    constants = vol["constants"]
+    vol_context._framework(tmp_path)
+    assert constants.OFFLINE is True and constants.REMOTE_ISF_URL is None
+    assert Path(constants.CACHE_PATH) == tmp_path / "volatility3"
+    assert Path(vol["schemas"].cached_validation_filepath).parent == tmp_path / "volatility3"
+    assert not any(str(Path.home() / ".cache") in p for p in vol["builtin_symbols"])
+
+
+def test_image_without_kernel_is_a_clear_error(tmp_path):
+    user_cache = Path.home() / ".cache" / "volatility3"
+    existed = user_cache.exists()
+    junk = tmp_path / "junk.raw"
+    junk.write_bytes(b"\x00" * (1 << 20) + b"not a memory image" * 100)
+    with pytest.raises(vol_context.VolatilityError, match="no linux kernel found in junk.raw"):
+        vol_context.open_session(junk, os_name="linux", cache_dir=tmp_path / "cache")
+    assert (tmp_path / "cache" / "volatility3" / "identifier.cache").is_file()
+    if not existed:
+        assert not user_cache.exists(), "Volatility wrote to the user's cache"
+
+
+def test_missing_image_and_unknown_os(tmp_path):
+    with pytest.raises(vol_context.VolatilityError, match="not found"):
+        vol_context.open_session(tmp_path / "nope.elf", os_name="linux", cache_dir=tmp_path)
+    with pytest.raises(vol_context.VolatilityError, match="unsupported guest OS 'mac'"):
+        vol_context.open_session(tmp_path / "nope.elf", os_name="mac", cache_dir=tmp_path)

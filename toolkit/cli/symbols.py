@@ -1,0 +1,82 @@
+"""`snapscope symbols`: build and list Linux ISF symbol files.
+
+Thin shell over toolkit.engines.vol_symbols.
+
+Examples::
+
+    snapscope symbols build guest-memory.elf            # into ~/.cache/snapscope/symbols/linux
+    snapscope symbols build guest-memory.elf --out ./isf
+    snapscope symbols list --symbols ./isf
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toolkit.engines import vol_symbols
+
+app = typer.Typer(help="Linux kernel symbols (ISF) for memory analysis, built from the dump itself.\n\n"
+                       "Example: snapscope symbols build guest-memory.elf --out ./isf",
+                  no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@app.command()
+def build(dump: Path = typer.Argument(..., help="memory image (ELF core, raw or LiME) of a Linux guest"),
+          out: Path = typer.Option(None, "--out", "-o", help="directory for the ISF (default: the snapscope cache)"),
+          force: bool = typer.Option(False, "--force", help="rebuild even if the cache already has this kernel"),
+          json_out: bool = typer.Option(False, "--json", help="print the result as JSON on stdout")):
+    """Build an ISF from DUMP's own BTF and kallsyms (offline, no debug packages).
+
+    Example: snapscope symbols build memory.elf --out ./isf
+    """
+    if not dump.is_file():
+        console.print(f"[red]error:[/] {dump}: no such file")
+        raise typer.Exit(2)
+    banners = vol_symbols.find_banners(dump)
+    if not banners:
+        console.print(f"[red]error:[/] no Linux kernel banner in {dump} "
+                      "(not a Linux guest, or a format to convert to ELF first)")
+        raise typer.Exit(2)
+    out_dir = out or vol_symbols.cache_dir_for(vol_symbols.default_cache_dir())
+    existing = out_dir / f"{vol_symbols.banner_key(banners[0])}.json"
+    if existing.is_file() and not force:
+        result = {"banner": banners[0], "isf_path": str(existing), "seconds": 0.0, "cached": True, "diagnostics": []}
+    else:
+        console.print(f"building symbols for: {banners[0].strip()}")
+        result = vol_symbols.build_isf(dump, out_dir)
+        result["cached"] = False
+    if result["isf_path"]:
+        result["sha256"] = vol_symbols.sha256_file(result["isf_path"])
+    if json_out:
+        print(json.dumps(result, indent=2))
+    for d in result["diagnostics"]:
+        if d["severity"] != "info":
+            console.print(f"[yellow]{d['severity']}:[/] {d['what']}: {d['why']}")
+    if not result["isf_path"]:
+        console.print("[red]error:[/] no ISF was produced")
+        raise typer.Exit(1)
+    if not json_out:
+        state = "already cached" if result["cached"] else f"built in {result['seconds']:.1f} s"
+        console.print(f"{state}: {result['isf_path']}\nsha256 {result['sha256']}")
+
+
+@app.command("list")
+def list_(symbols: list[Path] = typer.Option([], "--symbols", "-s", help="extra ISF files or dirs to include"),
+          json_out: bool = typer.Option(False, "--json", help="print rows as JSON on stdout")):
+    """List the ISFs snapscope would use: user dirs, profiles/symbols, the cache.
+
+    Example: snapscope symbols list --symbols ./isf
+    """
+    rows = vol_symbols.list_isfs(vol_symbols.default_cache_dir(), symbols)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("origin", "banner", "size", "path")
+    for r in rows:
+        table.add_row(r["origin"], (r["banner"] or "<no linux_banner>").strip()[:90], f"{r['size']:,}", r["path"])
+    Console().print(table if rows else "no ISF files found")
