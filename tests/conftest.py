@@ -4,9 +4,15 @@ marked `lab` use them."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Keep every engine's caches (Volatility's among them) out of the user's home during
+# tests; snapscope's own ISF and lab caches stay where they are, keyed by content.
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="snapscope-test-xdg-"))
 
 REPO = Path(__file__).resolve().parent.parent
 

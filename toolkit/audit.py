@@ -128,9 +128,10 @@ def hash_once(case_dir: Path, paths: list[str], *, io_slots: int, phase: str, us
     return results
 
 
-def _worker(snap, case_dir, profile, hashes, search_paths=()):
+def _worker(snap, case_dir, profile, hashes, search_paths=(), symbols=()):
     # Runs in a child process or on a Dask worker: only this snapshot's tables are written.
-    return snap["id"], analyze_snapshot(snap, Path(case_dir), profile, hashes, search_paths=search_paths)
+    return snap["id"], analyze_snapshot(snap, Path(case_dir), profile, hashes, search_paths=search_paths,
+                                        symbols=symbols)
 
 
 def _executor(spec: str, jobs: int):
@@ -196,7 +197,7 @@ def compare_with_previous(case: "case_store.Case", snapshot_ids: list[str], prev
 
 def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jobs: int = 2,
           executor: str = "local", io_slots: int = 1, previous: Path | None = None, search_paths=(),
-          progress=lambda *a, **k: None) -> dict:
+          symbols=(), progress=lambda *a, **k: None) -> dict:
     """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary."""
     case_dir = Path(case_dir)
     snapshots, failures = discover_fleet([Path(s) for s in sources], search_paths)
@@ -222,8 +223,8 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
     todo.sort(key=lambda s: -sum(Path(e["path"]).stat().st_size for e in s["evidence"]))
     pool, client = _executor(executor, jobs)
     try:
-        futures = {pool.submit(_worker, snap, str(case_dir), profile_dict, before, [str(p) for p in search_paths]): snap
-                   for snap in todo}
+        futures = {pool.submit(_worker, snap, str(case_dir), profile_dict, before, [str(p) for p in search_paths],
+                               [str(p) for p in symbols]): snap for snap in todo}
         for n, future in enumerate(cf.as_completed(futures), start=1):
             snap = futures[future]
             try:

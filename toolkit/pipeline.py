@@ -143,7 +143,7 @@ def rules_digest() -> str:
 
 
 def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dict[str, str], *,
-                     engine_names=None, search_paths=(), progress=_noop_progress) -> dict:
+                     engine_names=None, search_paths=(), symbols=(), progress=_noop_progress) -> dict:
     """Engines, correlation and table writes for one snapshot; returns its manifest entry.
 
     Writes only this snapshot's table files, so several can run in parallel
@@ -151,7 +151,7 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
     """
     ctx = {"case_dir": case_dir, "derived_dir": case_dir / "derived" / snap["id"],
            "cache_dir": case_dir / "derived" / "cache", "profile": profile_dict, "progress": progress,
-           "search_paths": [Path(p) for p in search_paths]}
+           "search_paths": [Path(p) for p in search_paths], "symbols": [Path(p) for p in symbols]}
     ctx["derived_dir"].mkdir(parents=True, exist_ok=True)
     ctx["cache_dir"].mkdir(parents=True, exist_ok=True)
     tables = run_engines(snap, ctx, engine_names)
@@ -180,7 +180,7 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
     }
 
 
-def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, search_paths=(),
+def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, search_paths=(), symbols=(),
             engine_names=None, progress=_noop_progress) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict."""
     case_dir = Path(case_dir)
@@ -212,7 +212,7 @@ def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, se
             entry = previous
         else:
             entry = analyze_snapshot(snap, case_dir, profile_dict, before, engine_names=engine_names,
-                                     search_paths=search_paths, progress=progress)
+                                     search_paths=search_paths, symbols=symbols, progress=progress)
             entry["fingerprint"] = fingerprint
             manifest["snapshots"][snap["id"]] = entry
             # Saved per snapshot so an interrupted run keeps what it finished.

@@ -58,6 +58,12 @@ def _coerce(series: pd.Series, dtype: str) -> pd.Series:
     if dtype == BYTES:
         return series.astype(object)
     if dtype in (INT, UINT):
+        if series.dtype == object:
+            # Python ints straight into the nullable array: to_numeric would route a
+            # column holding None through float64 and round 64-bit addresses.
+            values = [None if (v is None or v is pd.NA or (isinstance(v, float) and v != v)) else v for v in series]
+            if all(v is None or isinstance(v, int) for v in values):
+                return pd.Series(pd.array(values, dtype=dtype), index=series.index)
         return pd.to_numeric(series, errors="coerce").astype(dtype)
     if dtype == BOOL:
         return series.astype(BOOL)
@@ -72,7 +78,14 @@ def make_table(name: str, rows, *, snapshot_id: str, source: str) -> pd.DataFram
     """
     schema = SCHEMAS[name]
     cols = schema["columns"]
-    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if isinstance(rows, pd.DataFrame):
+        df = rows.copy()
+    else:
+        rows = list(rows)
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        # Column by column as objects, so no value is coerced before its declared dtype applies.
+        df = pd.DataFrame({k: pd.Series([r.get(k) for r in rows], dtype=object) for k in keys},
+                          index=range(len(rows)))
     unknown = [c for c in df.columns if c not in cols]
     if unknown:
         raise ValueError(f"table {name}: columns not in schema: {unknown}")

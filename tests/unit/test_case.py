@@ -61,3 +61,12 @@ def test_killed_writer_leaves_no_partial_table(tmp_path):
     case = case_store.Case.open(target)
     df = case.table("diagnostics")
     assert len(df) in (1, 400000)  # old or new, never a torn file
+
+
+def test_64bit_addresses_survive_missing_values():
+    from toolkit.schemas import UINT, declare, SCHEMAS
+
+    if "test/addresses" not in SCHEMAS:
+        declare("test/addresses", {"address": UINT}, doc="test only")
+    df = make_table("test/addresses", [{"address": 0xffffffff81000001}, {"address": None}], snapshot_id="s", source="t")
+    assert df["address"][0] == 0xffffffff81000001 and df["address"].isna()[1]

@@ -26,6 +26,7 @@ def analyze(
     case: Path = typer.Option(..., "--case", help="Case directory to create or add to."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Analysis profile name or file (see profiles/)."),
     search_path: List[Path] = typer.Option([], "--search-path", help="Where to look for disks/backing files named by absolute host paths."),
+    symbols: List[Path] = typer.Option([], "--symbols", help="ISF symbol files or directories (Linux ISFs, Windows symbol packs); used before any automatic build."),
 ):
     """Analyse VM snapshots into a case: discover, hash, run the engines, store tables.
 
@@ -34,7 +35,8 @@ def analyze(
     from toolkit.pipeline import analyze as run_analysis
 
     with progress_bar() as progress:
-        summary = run_analysis(paths, case, profile=profile, search_paths=search_path, progress=progress)
+        summary = run_analysis(paths, case, profile=profile, search_paths=search_path, symbols=symbols,
+                               progress=progress)
     _print_summary(summary)
 
 

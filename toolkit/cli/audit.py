@@ -20,6 +20,7 @@ def audit(
     io_slots: int = typer.Option(1, "--io-slots", min=1, help="Evidence files read at once while hashing."),
     previous: Optional[Path] = typer.Option(None, "--previous", help="An earlier audit's case: report what changed."),
     search_path: List[Path] = typer.Option([], "--search-path", help="Where to look for disks named by absolute host paths."),
+    symbols: List[Path] = typer.Option([], "--symbols", help="ISF symbol files or directories, used before any automatic build."),
 ):
     """Audit every VM snapshot found in SOURCES into one case, with a fleet summary.
 
@@ -31,7 +32,7 @@ def audit(
 
     with progress_bar() as progress:
         summary = run_audit(sources, case, profile=profile, jobs=jobs, executor=executor, io_slots=io_slots,
-                            previous=previous, search_paths=search_path, progress=progress)
+                            previous=previous, search_paths=search_path, symbols=symbols, progress=progress)
     table = Table(title="fleet")
     for col in ("vm", "status", "critical", "high", "medium", "low", "reason"):
         table.add_column(col)
