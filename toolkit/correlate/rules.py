@@ -207,25 +207,35 @@ def download_then_execute(tables, graph, sid):
 
 
 def yara_match(tables, graph, sid):
+    """One finding per rule and entity. Process, file and stream hits are tied to the
+    process behind them when the graph knows it; physical-memory hits become a finding
+    of their own only for a rule that matched nowhere else (what no process maps)."""
     matches = frame(tables, "yara/matches")
+    if not len(matches):
+        return
+    elsewhere = set(matches.loc[matches["target"] != "physical", "rule"]) if "target" in matches else set()
+    physical = matches[matches["target"] == "physical"] if "target" in matches else matches.iloc[0:0]
     seen = set()
     for i, r in matches.iterrows():
         target = value(r, "target")
+        if target == "physical" and value(r, "rule") in elsewhere:
+            continue
         node = {"process": f"process:{pid_of(r)}", "file": f"file:{value(r, 'path')}",
                 "stream": f"flow:{value(r, 'flow_id')}"}.get(target, f"{target}:memory")
-        # tie the hit to the process behind the file or flow, when the graph knows it
         owner = owner_process(graph, node) or node
         key = (value(r, "rule"), owner)
         if key in seen:
-            continue  # one finding per rule and entity; the other hits are in the chain
+            continue  # the other hits are in the entity's chain
         seen.add(key)
         where = {"process": f"the memory of pid {pid_of(r)} ({value(r, 'process')!r})",
-                 "file": f"file {value(r, 'path')!r}", "stream": f"the network stream of flow {value(r, 'flow_id')}"}.get(target, f"{target} memory")
+                 "file": f"file {value(r, 'path')!r}", "stream": f"the network stream of flow {value(r, 'flow_id')}"
+                 }.get(target, f"{target} memory")
+        also = int((physical["rule"] == value(r, "rule")).sum()) if target != "physical" else 0
         yield {"entity": owner, "links": [link("yara/matches", sid, i)], "confidence": 0.7,
-               "severity": value(r, "severity") or "medium",
-               "attack_id": value(r, "attack_id"),
+               "severity": value(r, "severity") or "medium", "attack_id": value(r, "attack_id"),
                "explanation": f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
-                              f"in {where} at offset {value(r, 'offset')}."}
+                              f"in {where} at offset {value(r, 'offset')}"
+                              + (f"; {also} more hits in physical memory" if also else "") + "."}
 
 
 RULES: dict[str, dict] = {

@@ -106,3 +106,15 @@ def test_benign_service_and_dead_tasks_raise_nothing_high():
     assert not findings["explanation"].str.contains(".bashrc", regex=False).any()
     hidden = findings[findings["rule_id"] == "proc.hidden"]
     assert list(hidden["pid"]) == [140]
+
+
+def test_physical_only_yara_hit_is_its_own_finding():
+    t = _tables()
+    t["yara/matches"] = pd.concat([t["yara/matches"], pd.DataFrame([
+        {"target": "physical", "rule": "lab_marker", "offset": 1 << 20, "severity": "high"},
+        {"target": "physical", "rule": "orphan_rule", "offset": 2 << 20, "severity": "medium"},
+    ])], ignore_index=True)
+    findings, _, _ = correlate_snapshot(t, SID)
+    yara = findings[findings["rule_id"] == "yara.match"]
+    assert sorted(yara["entity"]) == ["physical:memory", "process:77"]
+    assert "1 more hits in physical memory" in yara[yara["entity"] == "process:77"]["explanation"].iloc[0]

@@ -1,0 +1,162 @@
+"""Fleet audits on the lab fleet: linked clones of one base, infected, clean and one corrupt.
+Verdicts are checked against fleet_truth.json (what each guest itself reported)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from toolkit import custody
+from toolkit.audit import audit
+from toolkit.case import Case
+
+pytestmark = pytest.mark.lab
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def truth(fleet) -> dict:
+    return json.loads((fleet / "fleet_truth.json").read_text())
+
+
+def _vm_dirs(fleet, truth, names=None):
+    return [fleet / vm["dir"] for vm in truth["vms"] if names is None or vm["name"] in names]
+
+
+def _by_vm(case_dir: Path, fleet: Path) -> dict:
+    """fleet row per VM name (the VM's directory), from the audit/fleet table."""
+    rows = Case.open(case_dir).table("audit/fleet")
+    return {Path(r.source_path).name: r for r in rows.itertuples(index=False)}
+
+
+def _finding_ids(case_dir: Path, snapshot_ids=None) -> set:
+    f = Case.open(case_dir).findings
+    if snapshot_ids is not None:
+        f = f[f["snapshot_id"].isin(snapshot_ids)]
+    return set(f["finding_id"])
+
+
+@pytest.fixture(scope="module")
+def audited(fleet, truth, tmp_path_factory):
+    case = tmp_path_factory.mktemp("audit") / "fleet-case"
+    started = time.monotonic()
+    audit(_vm_dirs(fleet, truth), case, jobs=2)
+    return case, time.monotonic() - started
+
+
+def test_fleet_verdicts_match_truth(audited, fleet, truth):
+    case_dir, _ = audited
+    rows = _by_vm(case_dir, fleet)
+    findings = Case.open(case_dir).findings
+    assert set(rows) == {vm["name"] for vm in truth["vms"]}
+    for vm in truth["vms"]:
+        row = rows[vm["name"]]
+        if vm["scenario"] == "corrupt":
+            assert row.status == "failed" and row.reason, row
+            continue
+        assert row.status == "analysed", row
+        mine = findings[findings["snapshot_id"] == row.vm]
+        if vm["scenario"] == "infected":
+            masq = mine[mine["rule_id"] == "proc.kernel_thread_masquerade"]
+            assert list(masq["pid"]) == [vm["implant_pid"]], (vm["name"], mine[["rule_id", "pid"]])
+            assert row.high >= 3
+        else:
+            assert row.high == 0 and row.critical == 0, (vm["name"], mine[["rule_id", "severity", "explanation"]])
+
+
+def test_shared_base_hashed_once(audited, fleet):
+    case_dir, _ = audited
+    hashed = [e["path"] for e in custody.read_events(case_dir) if e["action"] == "evidence.hash.before"]
+    base = str((fleet / "base.qcow2").resolve())
+    assert hashed.count(base) == 1
+    assert custody.verify(case_dir) == []
+
+
+def test_killed_audit_resumes_without_redoing(fleet, truth, audited, tmp_path):
+    case_dir = tmp_path / "killed-case"
+    dirs = _vm_dirs(fleet, truth)
+    cmd = [sys.executable, "-m", "toolkit.cli", "audit", *map(str, dirs), "--case", str(case_dir), "--jobs", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        done = [e for e in custody.read_events(case_dir) if e["action"] == "snapshot.done"] \
+            if (case_dir / "custody.jsonl").exists() else []
+        if done:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the audit and its worker processes, mid-run
+    proc.wait()
+    finished_before = {e["detail"]["snapshot"] for e in custody.read_events(case_dir) if e["action"] == "snapshot.done"}
+    assert finished_before and len(finished_before) < len(dirs) - 1
+    events_before = len(custody.read_events(case_dir))
+    audit(dirs, case_dir, jobs=2)
+    after = custody.read_events(case_dir)[events_before:]
+    redone = {e["detail"]["snapshot"] for e in after if e["action"] == "snapshot.done"}
+    reused = {e["detail"]["snapshot"] for e in after if e["action"] == "snapshot.reuse"}
+    assert finished_before <= reused and not (finished_before & redone)
+    assert _finding_ids(case_dir) == _finding_ids(audited[0])
+    assert custody.verify(case_dir) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dask_executor_gives_the_same_findings(fleet, truth, audited, tmp_path):
+    names = [vm["name"] for vm in truth["vms"] if vm["scenario"] != "corrupt"][:3]
+    port = _free_port()
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    scheduler = subprocess.Popen([str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True, env=env)
+    worker = subprocess.Popen([str(VENV_BIN / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
+                               "--nthreads", "1", "--no-dashboard", "--memory-limit", "6GiB"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    try:
+        case_dir = tmp_path / "dask-case"
+        audit(_vm_dirs(fleet, truth, names), case_dir, jobs=2, executor=f"dask://127.0.0.1:{port}")
+        sids = [r.vm for r in Case.open(case_dir).table("audit/fleet").itertuples() if r.status == "analysed"]
+        assert len(sids) == len(names)
+        assert _finding_ids(case_dir) == _finding_ids(audited[0], sids)
+    finally:
+        for p in (worker, scheduler):
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=60)
+
+
+def test_audit_against_previous_reports_changes(fleet, truth, audited, tmp_path):
+    """The previous audit is the first one with one finding removed and one file's hash
+    altered (as if the VM had changed since): exactly those come back as changes."""
+    import shutil
+
+    import pandas as pd
+
+    names = [vm["name"] for vm in truth["vms"] if vm["scenario"] == "infected"][:1]
+    previous = tmp_path / "previous"
+    shutil.copytree(audited[0], previous, ignore=shutil.ignore_patterns("derived"))
+    sid = _by_vm(audited[0], fleet)[names[0]].vm
+    findings_file = previous / "tables" / "findings" / f"{sid}.parquet"
+    findings = pd.read_parquet(findings_file)
+    dropped = findings[findings["rule_id"] == "proc.deleted_executable"].iloc[0]
+    findings[findings["finding_id"] != dropped["finding_id"]].to_parquet(findings_file, index=False)
+    files_file = previous / "tables" / "disk" / "files" / f"{sid}.parquet"
+    files = pd.read_parquet(files_file)
+    target = truth["cron"]["target"]
+    files.loc[files["path"] == target, "sha256"] = "0" * 64
+    files.to_parquet(files_file, index=False)
+
+    summary = audit(_vm_dirs(fleet, truth, names), tmp_path / "now", jobs=1, previous=previous)
+    changes = summary["changes"]
+    assert sorted(changes["change"]) == ["file modified", "new finding"], changes
+    assert changes[changes["change"] == "file modified"]["path"].tolist() == [target]
+    assert changes[changes["change"] == "new finding"]["explanation"].tolist() == [dropped["explanation"]]
