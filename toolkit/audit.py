@@ -33,21 +33,7 @@ from toolkit.evidence import discover
 from toolkit.hashing import sha256_file
 from toolkit.pipeline import (_refuse_evidence_inside_case, analyze_snapshot, load_profile_for,
                               snapshot_fingerprint)
-from toolkit.schemas import INT, STRING, SCHEMAS, declare, make_table
-
-if "audit/fleet" not in SCHEMAS:
-    declare("audit/fleet", {
-        "vm": STRING, "status": STRING,  # analysed | reused | failed
-        "critical": INT, "high": INT, "medium": INT, "low": INT, "info": INT,
-        "reason": STRING, "source_path": STRING,
-    }, doc="One row per VM snapshot of an audit: its findings by severity, or why it could not be analysed.")
-    declare("audit/changes", {
-        "vm": STRING,
-        "change": STRING,  # new finding | resolved finding | file added | file removed | file modified
-        "rule_id": STRING, "severity": STRING, "entity_label": STRING, "explanation": STRING,
-        "path": STRING,
-    }, doc="What changed per VM since a previous audit's case: findings and disk files.")
-
+from toolkit.schemas import make_table
 
 def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
     """A copied /etc/libvirt + /var/lib/libvirt tree: one input per domain XML and snapshot XML."""

@@ -173,7 +173,7 @@ declare("memory/sockets", {
 }, doc="Sockets owned by processes (Linux sockstat, Windows netscan).")
 
 declare("memory/modules", {
-    "name": STRING, "offset": UINT, "base": UINT, "size": UINT, "path": STRING,
+    "name": STRING, "offset": UINT, "base": UINT, "size": INT, "path": STRING,
     "taints": STRING, "args": STRING,
     "in_list": BOOL,              # on the kernel's module list (lsmod)
     "in_sysfs": BOOL,             # False when check_modules found it missing from sysfs
@@ -194,7 +194,8 @@ declare("memory/malfind", {
 
 declare("memory/open_files", {
     "pid": INT, "tid": INT, "process": STRING, "fd": INT, "path": STRING, "deleted": BOOL,
-    "device": STRING, "inode": UINT, "type": STRING, "mode": STRING,
+    "device": STRING, "inode": UINT, "type": STRING,
+    "mode_text": STRING,  # as lsof prints it (e.g. "-rwxr-xr-x"); disk/files keeps the numeric mode
     "ctime": TIME, "mtime": TIME, "atime": TIME, "size": INT,
 }, doc="Open file descriptors of every process (lsof).")
 
@@ -329,7 +330,7 @@ declare("network/http", {
     "method": STRING, "host": STRING,
     "url_path": STRING,   # request target as sent; not `path`, which names files everywhere else
     "http_version": STRING, "user_agent": STRING, "referer": STRING, "content_type": STRING,
-    "status": INT,        # status of the response paired by order on the connection
+    "status_code": INT,   # status of the response paired by order on the connection
     "stream_offset": INT,  # where the request starts in the client stream
 }, doc="HTTP/1.x requests parsed from reassembled client streams, with the paired response status.")
 
@@ -389,3 +390,16 @@ declare("timeline", {
     "table": STRING, "row": INT,   # the originating row
     "pid": INT, "path": STRING,
 }, doc="Every timestamped event of a snapshot (memory, disk, network, capture times) in UTC, linked to its row.")
+
+# --- audit tables (toolkit/audit.py) -------------------------------------------
+declare("audit/fleet", {
+    "vm": STRING, "status": STRING,  # analysed | reused | failed
+    "critical": INT, "high": INT, "medium": INT, "low": INT, "info": INT,
+    "reason": STRING, "source_path": STRING,
+}, doc="One row per VM snapshot of an audit: its findings by severity, or why it could not be analysed.")
+declare("audit/changes", {
+    "vm": STRING,
+    "change": STRING,  # new finding | resolved finding | file added | file removed | file modified
+    "rule_id": STRING, "severity": STRING, "entity_label": STRING, "explanation": STRING,
+    "path": STRING,
+}, doc="What changed per VM since a previous audit's case: findings and disk files.")

@@ -214,7 +214,7 @@ def open_files_rows(outputs: dict) -> list[dict] | None:
         path, deleted = split_deleted(r.get("Path"))
         out.append({"pid": r.get("PID"), "tid": r.get("TID"), "process": r.get("Process"),
                     "fd": r.get("FD"), "path": path, "deleted": deleted, "device": r.get("Device"),
-                    "inode": r.get("Inode"), "type": r.get("Type"), "mode": r.get("Mode"),
+                    "inode": r.get("Inode"), "type": r.get("Type"), "mode_text": r.get("Mode"),
                     "ctime": r.get("Changed"), "mtime": r.get("Modified"), "atime": r.get("Accessed"),
                     "size": r.get("Size")})
     return out

@@ -142,7 +142,7 @@ def test_http_requests_with_keepalive(tmp_path):
     resp2 = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnop\r\n0\r\n\r\n"
     out = _run(tmp_path, session(C, 40030, S, 80, [(req1, resp1), (req2, resp2)]))
     http = out["network/http"].sort_values("stream_offset")
-    assert list(http.method) == ["GET", "POST"] and list(http.status) == [200, 404]
+    assert list(http.method) == ["GET", "POST"] and list(http.status_code) == [200, 404]
     assert list(http.url_path) == ["/a?x=1", "/upload"] and set(http.host) == {"files.example"}
     assert http.iloc[0].user_agent == "curl/8.0"
     assert http.iloc[1].user_agent == "\x1b[31mevil"   # raw in the table; renderers escape

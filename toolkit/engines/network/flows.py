@@ -302,7 +302,7 @@ def _http(tr, flow, client, server) -> None:
                            "host": h.get("host"), "url_path": target, "http_version": version,
                            "user_agent": h.get("user-agent"), "referer": h.get("referer"),
                            "content_type": h.get("content-type"), "stream_offset": req["offset"],
-                           "status": int(resp["start_line"][1]) if resp else None})
+                           "status_code": int(resp["start_line"][1]) if resp else None})
 
 
 def _state(flow) -> str | None:
