@@ -22,17 +22,12 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
-import os
 from pathlib import Path
-
-import pandas as pd
 
 from toolkit import case as case_store, custody
 from toolkit.evidence import discover
-from toolkit.hashing import sha256_file
-from toolkit.pipeline import (_refuse_evidence_inside_case, analyze_snapshot, load_profile_for,
-                              snapshot_fingerprint)
+from toolkit.pipeline import (analyze_snapshot, evidence_files, hash_evidence, load_profile_for,
+                              refuse_evidence_inside_case, snapshot_fingerprint)
 from toolkit.schemas import make_table
 
 def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
@@ -83,35 +78,6 @@ def discover_fleet(sources, search_paths=()) -> tuple[list[dict], list[dict]]:
             snap["source_path"] = str(group[0])
             snapshots.append(snap)
     return snapshots, failures
-
-
-def _hash_cache_path(case_dir: Path) -> Path:
-    return case_dir / "derived" / "cache" / "evidence-hashes.json"
-
-
-def hash_once(case_dir: Path, paths: list[str], *, io_slots: int, phase: str, use_cache: bool, progress) -> dict:
-    """Hash each file once, at most ``io_slots`` at a time; log every hash in custody."""
-    cache_file = _hash_cache_path(case_dir)
-    cache = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
-    results, total, done = {}, len(paths), 0
-
-    def work(path):
-        st = os.stat(path)
-        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-        if use_cache and cache.get(path, {}).get("key") == key:
-            return path, cache[path]["sha256"], st.st_size, True, key
-        return path, sha256_file(path), st.st_size, False, key
-
-    with cf.ThreadPoolExecutor(max_workers=max(1, io_slots)) as pool:
-        for path, digest, size, cached, key in pool.map(work, paths):
-            results[path] = digest
-            cache[path] = {"key": key, "sha256": digest}
-            custody.append_event(case_dir, action=f"evidence.hash.{phase}", path=path, sha256=digest, size=size,
-                                 detail={"cached": cached})
-            done += 1
-            progress(f"hashing evidence ({phase})", done, total)
-    case_store.atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
-    return results
 
 
 def _worker(snap, case_dir, profile, hashes, search_paths=(), symbols=()):
@@ -187,14 +153,14 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
     """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary."""
     case_dir = Path(case_dir)
     snapshots, failures = discover_fleet([Path(s) for s in sources], search_paths)
-    _refuse_evidence_inside_case(snapshots, case_dir)
+    refuse_evidence_inside_case(snapshots, case_dir)
     profile_dict = load_profile_for(profile)
     manifest = case_store.init_case(case_dir)
     custody.append_event(case_dir, action="audit.start", detail={"sources": [str(s) for s in sources],
                                                                  "snapshots": len(snapshots), "jobs": jobs,
                                                                  "executor": executor})
-    paths = sorted({str(Path(e["path"]).resolve()) for s in snapshots for e in s["evidence"]})
-    before = hash_once(case_dir, paths, io_slots=io_slots, phase="before", use_cache=True, progress=progress)
+    files = evidence_files(snapshots)  # keyed by resolved path: a shared base image is hashed once
+    before = hash_evidence(case_dir, files, "before", progress, io_slots=io_slots, use_cache=True)
     statuses = {}
     todo = []
     for snap in snapshots:
@@ -229,8 +195,8 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
         pool.shutdown(wait=True)
         if client is not None:
             client.close()
-    after = hash_once(case_dir, paths, io_slots=io_slots, phase="after", use_cache=False, progress=progress)
-    changed = [p for p in paths if before[p] != after[p]]
+    after = hash_evidence(case_dir, files, "after", progress, io_slots=io_slots)
+    changed = [p for p in files if before[p] != after[p]]
     case_store.write_combined_tables(case_dir)
     case = case_store.Case.open(case_dir)
     findings = case.findings

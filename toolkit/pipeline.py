@@ -10,8 +10,13 @@ Example::
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import hashlib
 import importlib
+import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +36,7 @@ def _noop_progress(description, completed=None, total=None):
     pass
 
 
-def _refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
+def refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
     root = case_dir.resolve()
     for snap in snapshots:
         for item in snap["evidence"]:
@@ -40,7 +45,7 @@ def _refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
                 raise CaseError(f"{item['path']}: evidence lies inside the case directory {case_dir}; refusing to analyse it")
 
 
-def _evidence_files(snapshots: list[dict]) -> dict[str, dict]:
+def evidence_files(snapshots: list[dict]) -> dict[str, dict]:
     files = {}
     for snap in snapshots:
         for item in snap["evidence"]:
@@ -48,20 +53,46 @@ def _evidence_files(snapshots: list[dict]) -> dict[str, dict]:
     return files
 
 
-def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress) -> dict[str, str]:
-    """Hash every evidence file and log it; returns {path: sha256}."""
+def _hash_cache_path(case_dir: Path) -> Path:
+    return case_dir / "derived" / "cache" / "evidence-hashes.json"
+
+
+def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress=_noop_progress, *,
+                  io_slots: int = 1, use_cache: bool = False) -> dict[str, str]:
+    """Hash every evidence file once and log each hash in custody; returns {path: sha256}.
+
+    ``io_slots`` bounds how many files are read at once (a host's storage is
+    shared). With ``use_cache`` (audits, phase "before" only) a file whose
+    device, inode, size and mtime match the case's hash cache is not re-read;
+    the "after" hashes are always read from the bytes.
+    """
+    cache_file = _hash_cache_path(case_dir)
+    cache = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
     total = sum(Path(p).stat().st_size for p in files)
-    done = 0
-    hashes = {}
-    for path, item in files.items():
-        def tick(n):
-            nonlocal done
+    done, lock = 0, threading.Lock()
+
+    def tick(n):
+        nonlocal done
+        with lock:
             done += n
             progress(f"hashing evidence ({phase})", done, total)
-        digest = sha256_file(path, tick)
-        hashes[path] = digest
-        custody.append_event(case_dir, action=f"evidence.hash.{phase}", path=path, sha256=digest,
-                             size=Path(path).stat().st_size, detail={"format": item.get("format")})
+
+    def work(path):
+        st = os.stat(path)
+        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        if use_cache and cache.get(path, {}).get("key") == key:
+            tick(st.st_size)
+            return path, cache[path]["sha256"], st.st_size, True, key
+        return path, sha256_file(path, tick), st.st_size, False, key
+
+    hashes = {}
+    with cf.ThreadPoolExecutor(max_workers=max(1, io_slots)) as pool:
+        for path, digest, size, cached, key in pool.map(work, list(files)):
+            hashes[path] = digest
+            cache[path] = {"key": key, "sha256": digest}
+            custody.append_event(case_dir, action=f"evidence.hash.{phase}", path=path, sha256=digest, size=size,
+                                 detail={"format": files[path].get("format"), "cached": cached})
+    case_store.atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
     return hashes
 
 
@@ -120,8 +151,6 @@ def run_engines(snapshot: dict, ctx: dict, engine_names=None) -> dict[str, pd.Da
 
 def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict) -> str:
     """What a snapshot's tables depend on: evidence bytes, profile, rules, tool versions."""
-    import hashlib
-    import json
 
     evidence = sorted(hashes[str(Path(e["path"]).resolve())] for e in snapshot["evidence"])
     payload = json.dumps({"evidence": evidence, "profile": profile, "rules": rules_digest(),
@@ -131,7 +160,6 @@ def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict) 
 
 def rules_digest() -> str:
     """Content hash of the shipped rules and profiles (a rule change means re-analysis)."""
-    import hashlib
 
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
@@ -185,7 +213,7 @@ def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, se
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict."""
     case_dir = Path(case_dir)
     snapshots = discover([Path(p) for p in paths], search_paths=search_paths)
-    _refuse_evidence_inside_case(snapshots, case_dir)
+    refuse_evidence_inside_case(snapshots, case_dir)
     profile_dict = load_profile_for(profile)
     created = not case_dir.exists()
     try:
@@ -196,7 +224,7 @@ def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, se
         raise
     custody.append_event(case_dir, action="analyze.start", detail={"paths": [str(p) for p in paths],
                                                                    "profile": profile_dict.get("name")})
-    files = _evidence_files(snapshots)
+    files = evidence_files(snapshots)
     before = hash_evidence(case_dir, files, "before", progress)
     manifest["tools"] = tool_versions()
     for path, digest in before.items():
