@@ -187,7 +187,8 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
                 continue
             entry["fingerprint"] = snap["fingerprint"]
             manifest["snapshots"][sid] = entry
-            statuses[sid] = "analysed"
+            # Readable in part: say what could not be analysed, keep what could.
+            statuses[sid] = "partial" if entry.get("errors") else "analysed"
             case_store.save_manifest(case_dir, manifest)  # resumable: this snapshot is done
             custody.append_event(case_dir, action="snapshot.done", detail={"snapshot": sid})
             progress("analysing snapshots", n, len(futures))
@@ -206,7 +207,9 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
         if sid not in statuses:
             continue
         counts = findings[findings["snapshot_id"] == sid]["severity"].value_counts().to_dict() if len(findings) else {}
+        errors = (manifest["snapshots"].get(sid) or {}).get("errors") or []
         fleet_rows.append({"vm": sid, "status": statuses[sid], "source_path": snap.get("source_path"),
+                           "reason": "; ".join(errors[:3]) or None,
                            **{sev: int(counts.get(sev, 0)) for sev in ("critical", "high", "medium", "low", "info")}})
     fleet_rows += failures
     fleet = make_table("audit/fleet", fleet_rows, snapshot_id="fleet", source="audit")

@@ -183,6 +183,19 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
     ctx["derived_dir"].mkdir(parents=True, exist_ok=True)
     ctx["cache_dir"].mkdir(parents=True, exist_ok=True)
     tables = run_engines(snap, ctx, engine_names)
+    # What discovery could not use is data too: a damaged file it set aside, a file it did not recognise.
+    intake = [{"severity": "error", "what": "evidence problem", "where": snap["id"], "why": p}
+              for p in snap.get("problems") or []]
+    for skipped in snap.get("skipped") or []:
+        # a recognised format that could not be read is lost evidence; an unknown file is just noted
+        damaged = str(skipped.get("reason", "")).startswith("unreadable")
+        intake.append({"severity": "error" if damaged else "info",
+                       "what": f"{Path(skipped.get('path', '')).name} unreadable" if damaged else "file not used",
+                       "where": skipped.get("path"), "why": skipped.get("reason")})
+    if intake:
+        tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"),
+                                           make_table("diagnostics", intake, snapshot_id=snap["id"], source="intake"))
+                                           if df is not None], ignore_index=True)
     evidence_rows = [{"path": str(Path(e["path"]).resolve()), "format": e.get("format"),
                       "size": Path(e["path"]).stat().st_size, "sha256": hashes[str(Path(e["path"]).resolve())],
                       "role": e.get("role")} for e in snap["evidence"]]
@@ -205,6 +218,7 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
         "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
         "tables": {name: len(df) for name, df in tables.items()},
         "findings": findings["severity"].value_counts().to_dict(),
+        "errors": [f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
     }
 
 

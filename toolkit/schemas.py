@@ -393,7 +393,7 @@ declare("timeline", {
 
 # --- audit tables (toolkit/audit.py) -------------------------------------------
 declare("audit/fleet", {
-    "vm": STRING, "status": STRING,  # analysed | reused | failed
+    "vm": STRING, "status": STRING,  # analysed | partial (some evidence unreadable) | reused | failed
     "critical": INT, "high": INT, "medium": INT, "low": INT, "info": INT,
     "reason": STRING, "source_path": STRING,
 }, doc="One row per VM snapshot of an audit: its findings by severity, or why it could not be analysed.")

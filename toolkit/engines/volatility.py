@@ -22,6 +22,8 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import time
@@ -118,6 +120,18 @@ def _isf_dir(isf_path: str, sha256: str, ctx: dict) -> Path:
     return target_dir
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock between processes (parallel audit workers, Dask workers on one host)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def open_memory(snapshot: dict, ctx: dict) -> tuple[dict | None, dict, list]:
     """Normalise, resolve symbols and find the kernel; cached per process.
 
@@ -140,8 +154,10 @@ def open_memory(snapshot: dict, ctx: dict) -> tuple[dict | None, dict, list]:
         try:
             # ISFs are cached across cases (keyed by banner); Volatility's own caches per case.
             symbols_cache = Path(ctx.get("symbols_cache") or vol_symbols.default_cache_dir())
-            found = vol_symbols.resolve_isf(image, user_paths=user_symbols, cache_dir=symbols_cache,
-                                            build=ctx.get("build_symbols", True), progress=progress)
+            # Parallel audit workers share the cache: one builds a banner's ISF, the others wait for it.
+            with file_lock(symbols_cache / "symbols.lock"):
+                found = vol_symbols.resolve_isf(image, user_paths=user_symbols, cache_dir=symbols_cache,
+                                                build=ctx.get("build_symbols", True), progress=progress)
         except vol_symbols.SymbolsError as excp:
             diagnostics.extend(excp.diagnostics)
             diagnostics.append(_diag("error", "linux symbols", image, str(excp)))
@@ -149,8 +165,9 @@ def open_memory(snapshot: dict, ctx: dict) -> tuple[dict | None, dict, list]:
         diagnostics.extend(found["diagnostics"])
         info.update(banner=found["banner"], isf_path=found["isf_path"], isf_sha256=found["sha256"],
                     isf_origin=found["origin"])
-        symbol_dirs = [_isf_dir(found["isf_path"], found["sha256"], ctx)]
-        problem = vol_context.prevalidate_isf(found["isf_path"], found["sha256"], cache_dir / "volatility")
+        with file_lock(cache_dir / "volatility.lock"):
+            symbol_dirs = [_isf_dir(found["isf_path"], found["sha256"], ctx)]
+            problem = vol_context.prevalidate_isf(found["isf_path"], found["sha256"], cache_dir / "volatility")
         if problem:
             diagnostics.append(_diag("error", "linux symbols", found["isf_path"], problem))
             return None, info, diagnostics
@@ -164,8 +181,11 @@ def open_memory(snapshot: dict, ctx: dict) -> tuple[dict | None, dict, list]:
         while len(_SESSIONS) >= KEEP_SESSIONS:
             _SESSIONS.pop(next(iter(_SESSIONS)))
         try:
-            _SESSIONS[key] = vol_context.open_session(image, os_name=os_name, symbol_dirs=symbol_dirs,
-                                                      cache_dir=cache_dir / "volatility", progress=progress)
+            # Volatility fills its identifier and validation caches on first use; two
+            # processes doing that at once made one of them find no kernel.
+            with file_lock(cache_dir / "volatility.lock"):
+                _SESSIONS[key] = vol_context.open_session(image, os_name=os_name, symbol_dirs=symbol_dirs,
+                                                          cache_dir=cache_dir / "volatility", progress=progress)
         except vol_context.VolatilityError as excp:
             diagnostics.append(_diag("error", f"{os_name} kernel", image, str(excp)))
             diagnostics.extend(_diag("error", "volatility", image, d) for d in excp.details)
