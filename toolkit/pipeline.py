@@ -179,7 +179,9 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
     """
     ctx = {"case_dir": case_dir, "derived_dir": case_dir / "derived" / snap["id"],
            "cache_dir": case_dir / "derived" / "cache", "profile": profile_dict, "progress": progress,
-           "search_paths": [Path(p) for p in search_paths], "symbols": [Path(p) for p in symbols]}
+           "search_paths": [Path(p) for p in search_paths], "symbols": [Path(p) for p in symbols],
+           # content keys for caches shared between snapshots (a linked clones' base image)
+           "evidence_hashes": hashes}
     ctx["derived_dir"].mkdir(parents=True, exist_ok=True)
     ctx["cache_dir"].mkdir(parents=True, exist_ok=True)
     tables = run_engines(snap, ctx, engine_names)

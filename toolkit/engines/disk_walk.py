@@ -89,6 +89,56 @@ def _stat_row(path: str, st) -> dict:
 ELF_HEAD = 65536
 
 
+def skipped(path: str, skip_prefixes) -> bool:
+    """True when path is one of skip_prefixes or lies below one."""
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in skip_prefixes)
+
+
+def entry_row(path: str, get_entry, *, should_hash=None, max_size: int | None = None, problems: list,
+              known: dict | None = None):
+    """(row, stat) for one path, or (None, None) when it cannot be stat'ed.
+
+    ``get_entry()`` returns the dissect FilesystemEntry (lstat, open, readlink):
+    ``dir_entry.get`` in a walk, ``lambda: fs.get(path)`` for a single path.
+    ``known`` ({sha256, build_id, first_page_sha256}) stands in for reading a
+    file whose bytes are proven unchanged since those were computed.
+
+    The one place a ``disk/files`` row is made: the full walk and the
+    overlay re-walk of changed paths (disk_cache) must produce identical rows.
+    """
+    try:
+        entry = get_entry()
+        st = entry.lstat()
+    except Exception as e:
+        problems.append({"severity": "warning", "what": f"file {path}", "where": "disk/files",
+                         "why": f"cannot stat: {type(e).__name__}: {e}"})
+        return None, None
+    row = _stat_row(path, st)
+    kind = row["type"]
+    if kind == "symlink":
+        try:
+            row["link_target"] = entry.readlink()
+        except Exception:
+            pass
+    elif kind == "file" and should_hash and should_hash(path, st) and (
+            max_size is None or st.st_size <= max_size):
+        if known is not None:
+            row.update(known)
+            return row, st
+        try:
+            with entry.open() as fh:
+                row["sha256"] = hash_stream(fh, max_size)
+                fh.seek(0)
+                # build-id and first-page hash let correlation tie a
+                # running (possibly deleted) program to this file
+                ident = elf_identity(fh.read(ELF_HEAD))
+                row["build_id"], row["first_page_sha256"] = ident["build_id"], ident["first_page_sha256"]
+        except Exception as e:
+            problems.append({"severity": "warning", "what": f"file {path}", "where": "disk/files",
+                             "why": f"cannot read for hashing: {type(e).__name__}: {e}"})
+    return row, st
+
+
 def walk_tree(root_fs, start: str = "/", *, should_hash=None, max_size: int | None = None,
               skip_prefixes=("/proc", "/sys", "/$fs$/")) -> tuple[list[dict], list[dict]]:
     """Every entry below start (no symlink following) -> (rows, diagnostics).
@@ -110,39 +160,15 @@ def walk_tree(root_fs, start: str = "/", *, should_hash=None, max_size: int | No
             continue
         for entry in entries:
             path = (dirpath.rstrip("/") + "/" + entry.name)
-            if any(path == p or path.startswith(p.rstrip("/") + "/") for p in skip_prefixes):
+            if skipped(path, skip_prefixes):
                 continue
-            try:
-                entry = entry.get()  # DirEntry -> FilesystemEntry (lstat, open, readlink)
-                st = entry.lstat()
-            except Exception as e:
-                problems.append({"severity": "warning", "what": f"file {path}", "where": "disk/files",
-                                 "why": f"cannot stat: {type(e).__name__}: {e}"})
+            row, st = entry_row(path, entry.get, should_hash=should_hash, max_size=max_size, problems=problems)
+            if row is None:
                 continue
-            row = _stat_row(path, st)
-            kind = row["type"]
-            if kind == "symlink":
-                try:
-                    row["link_target"] = entry.readlink()
-                except Exception:
-                    pass
-            elif kind == "dir":
+            if row["type"] == "dir":
                 key = (st.st_dev, st.st_ino)
                 if key not in seen_dirs:  # a corrupt fs can loop; never walk a dir twice
                     seen_dirs.add(key)
                     stack.append(path)
-            elif kind == "file" and should_hash and should_hash(path, st) and (
-                    max_size is None or st.st_size <= max_size):
-                try:
-                    with entry.open() as fh:
-                        row["sha256"] = hash_stream(fh, max_size)
-                        fh.seek(0)
-                        # build-id and first-page hash let correlation tie a
-                        # running (possibly deleted) program to this file
-                        ident = elf_identity(fh.read(ELF_HEAD))
-                        row["build_id"], row["first_page_sha256"] = ident["build_id"], ident["first_page_sha256"]
-                except Exception as e:
-                    problems.append({"severity": "warning", "what": f"file {path}", "where": "disk/files",
-                                     "why": f"cannot read for hashing: {type(e).__name__}: {e}"})
             rows.append(row)
     return rows, problems

@@ -21,7 +21,8 @@ from toolkit.engines.disk_open import DiskError, close_disk, open_disk, resolve_
 from toolkit.engines.disk_persistence import persistence_rows
 from toolkit.engines.disk_tables import (expand_functions, history_rows, log_rows, missing_group_members,
                                          other_rows, package_rows, run_functions, system_row, user_rows)
-from toolkit.engines.disk_walk import hash_policy, walk_tree
+from toolkit.engines.disk_cache import files_rows
+from toolkit.engines.disk_walk import hash_policy
 from toolkit.schemas import make_table
 
 DEFAULT_FUNCTIONS = ["users", "cronjobs", "services", "ssh.authorized_keys", "history", "logs", "packages"]
@@ -70,7 +71,7 @@ def run(snapshot: dict, ctx: dict) -> dict:
     sid = snapshot.get("id") or snapshot.get("name") or "snapshot"
     profile = (ctx.get("profile") or {}).get("disk") or {}
     functions = expand_functions(profile.get("functions") or DEFAULT_FUNCTIONS)  # before any work
-    should_hash, max_size = hash_policy(profile.get("hash"))
+    _, max_size = hash_policy(profile.get("hash"))
     progress = ctx.get("progress") or (lambda *a, **k: None)
 
     def table(name, rows, source):
@@ -104,7 +105,8 @@ def run(snapshot: dict, ctx: dict) -> dict:
         out["disk/packages"] = table("disk/packages", package_rows(records), "packages")
         out["disk/records"] = table("disk/records", other_rows(records), "records")
         progress("disk: files", 3, 4)
-        rows, d3 = walk_tree(target.fs, "/", should_hash=should_hash, max_size=max_size)
+        # linked clones: the base's rows from the cache, only the overlay's changes re-walked
+        rows, d3 = files_rows(opened, target, ctx, profile.get("hash"))
         diags += d3
         out["disk/files"] = table("disk/files", rows, "files")
         progress("disk: done", 4, 4)
@@ -141,6 +143,8 @@ def _offer_files_for_scanning(ctx: dict, target, rows: list[dict], opened: list[
             close_disk(d)
         return
     fs = target.fs
-    shared["disk_files"] = [{"path": r["path"], "size": r.get("size"), "open": (lambda p=r["path"]: fs.get(p).open())}
+    # sha256 lets YARA reuse matches for content it already scanned (another clone, the base)
+    shared["disk_files"] = [{"path": r["path"], "size": r.get("size"), "sha256": r["sha256"],
+                             "open": (lambda p=r["path"]: fs.get(p).open())}
                             for r in rows if r.get("sha256")]
     shared["disk_handles"] = _OpenDisks(opened)

@@ -107,7 +107,9 @@ def run(snapshot: dict, ctx: dict) -> dict[str, pd.DataFrame]:
         collect("regions", scan_regions(rules, ctx["memory_regions"], **sizes))
     if ctx.get("disk_files") is not None:
         progress("yara: disk files", None, None)
-        collect("files", scan_files(rules, ctx["disk_files"], max_file_size=cfg["max_file_size"], **sizes))
+        # cache_dir: a file's matches are reused across clones by (content sha256, rule set)
+        collect("files", scan_files(rules, ctx["disk_files"], max_file_size=cfg["max_file_size"],
+                                    cache_dir=ctx.get("cache_dir"), **sizes))
 
     frames = [f for f in frames if len(f)]
     matches = pd.concat(frames, ignore_index=True) if frames else make_table("yara/matches", [], snapshot_id=sid, source="yara")

@@ -32,6 +32,8 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import yara_x
@@ -199,14 +201,8 @@ def _file_source(item):
     return path, None, lambda: open(path, "rb")
 
 
-def scan_file(rules: dict, item, *, max_file_size: int | None = MAX_FILE_SIZE,
-              chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, target: str = "file"):
-    """Scan one file (a path, or ``{"path", "size", "open"}`` for files inside a disk image).
-
-    Returns ``(match_rows, diagnostic_rows)``; rows carry the file's sha256,
-    computed in the same pass. Files over ``max_file_size`` (None: no limit)
-    are skipped with a diagnostic. Example: ``scan_file(rules, "/tmp/x.elf")``
-    """
+def _scan_file(rules: dict, item, *, max_file_size, chunk_size, overlap, target):
+    """(rows, diagnostics, sha256 of the bytes scanned or None when the file was not scanned)."""
     path, size, opener = _file_source(item)
     diagnostics: list = []
     try:
@@ -217,7 +213,7 @@ def scan_file(rules: dict, item, *, max_file_size: int | None = MAX_FILE_SIZE,
             if max_file_size is not None and size > max_file_size:
                 diagnostics.append({"severity": "warning", "what": f"file of {size} bytes not scanned", "where": path,
                                     "why": f"larger than max_file_size ({max_file_size}); raise it to scan"})
-                return [], diagnostics
+                return [], diagnostics, None
             digest = hashlib.sha256()
 
             def read(offset, length):
@@ -231,22 +227,92 @@ def scan_file(rules: dict, item, *, max_file_size: int | None = MAX_FILE_SIZE,
     except OSError as exc:
         diagnostics.append({"severity": "warning", "what": "file not scanned", "where": path,
                             "why": f"{type(exc).__name__}: {exc.strerror or exc}"})
-        return [], diagnostics
+        return [], diagnostics, None
     sha = digest.hexdigest()
     for row in rows:
         row["sha256"] = sha
+    return rows, diagnostics, sha
+
+
+def scan_file(rules: dict, item, *, max_file_size: int | None = MAX_FILE_SIZE,
+              chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, target: str = "file"):
+    """Scan one file (a path, or ``{"path", "size", "open"}`` for files inside a disk image).
+
+    Returns ``(match_rows, diagnostic_rows)``; rows carry the file's sha256,
+    computed in the same pass. Files over ``max_file_size`` (None: no limit)
+    are skipped with a diagnostic. Example: ``scan_file(rules, "/tmp/x.elf")``
+    """
+    rows, diagnostics, _ = _scan_file(rules, item, max_file_size=max_file_size, chunk_size=chunk_size,
+                                      overlap=overlap, target=target)
     return rows, diagnostics
 
 
-def scan_files(rules: dict, items, **kwargs):
-    """Scan many files; see :func:`scan_file`. Example: ``scan_files(rules, Path("x").rglob("*"))``"""
+# Per-content cache of file matches. Linked clones hold the same files as their
+# base, so the same bytes under the same rules are scanned once per cache_dir.
+# What decides a file's rows: its bytes (sha256), the compiled rule set (its
+# key covers engine versions and every rule file's content) and the windowing.
+FILE_CACHE_VERSION = 1
+
+
+def file_cache_dir(cache_dir, rules: dict, chunk_size: int, overlap: int) -> Path | None:
+    """``<cache_dir>/yara-files/<key>`` for this rule set and windowing, or None (no cache)."""
+    if not cache_dir or not rules.get("key"):
+        return None
+    blob = json.dumps({"v": FILE_CACHE_VERSION, "rules": rules["key"], "chunk": chunk_size, "overlap": overlap,
+                       "cap": MATCH_DATA_CAP}, sort_keys=True)
+    return Path(cache_dir).expanduser() / "yara-files" / hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cached_rows(folder: Path, sha: str, path: str, target: str) -> list[dict] | None:
+    try:
+        stored = json.loads((folder / sha[:2] / f"{sha}.json").read_text())
+    except (OSError, ValueError):
+        return None  # absent or broken: scan
+    return [{"target": target, "path": path, **{k: (bytes.fromhex(v) if k == "matched" else v) for k, v in r.items()},
+             "sha256": sha} for r in stored]
+
+
+def _store_rows(folder: Path, sha: str, rows: list[dict]) -> None:
+    dest = folder / sha[:2] / f"{sha}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    keep = [{k: (v.hex() if k == "matched" else v) for k, v in r.items() if k not in ("target", "path", "sha256")}
+            for r in rows]
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(keep))
+    os.replace(tmp, dest)  # atomic: parallel audit workers share the cache
+
+
+def scan_files(rules: dict, items, *, cache_dir=None, max_file_size: int | None = MAX_FILE_SIZE,
+               chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, target: str = "file"):
+    """Scan many files; see :func:`scan_file`. Example: ``scan_files(rules, Path("x").rglob("*"))``
+
+    With ``cache_dir``, items that state their content (``{"path", "size",
+    "sha256", "open"}``, as the disk engine offers them) reuse the rows of an
+    earlier scan of the same bytes with the same rules instead of being read.
+    """
     rows, diagnostics = [], []
+    folder = file_cache_dir(cache_dir, rules, chunk_size, overlap)
+    hits = 0
     for item in items:
         if not isinstance(item, dict) and not Path(item).is_file():
             continue
-        r, d = scan_file(rules, item, **kwargs)
+        known = item.get("sha256") if isinstance(item, dict) else None
+        size = item.get("size") if isinstance(item, dict) else None
+        if folder is not None and known and size is not None and (max_file_size is None or size <= max_file_size):
+            cached = _cached_rows(folder, known, str(item["path"]), target)
+            if cached is not None:
+                rows += cached
+                hits += 1
+                continue
+        r, d, sha = _scan_file(rules, item, max_file_size=max_file_size, chunk_size=chunk_size,
+                               overlap=overlap, target=target)
+        if folder is not None and sha is not None and not d:  # only complete, clean scans are reusable
+            _store_rows(folder, sha, r)
         rows += r
         diagnostics += d
+    if hits:
+        diagnostics.append({"severity": "info", "what": f"{hits} files not rescanned", "where": str(folder),
+                            "why": "same content (sha256) already scanned with the same rules: matches reused"})
     return rows, diagnostics
 
 
