@@ -64,6 +64,7 @@ def test_marker_in_memory_pcap_and_disk_tied_to_one_entity(lab_snapshot, ground_
     assert {(r.src_ip, r.src_port, r.dst_ip, r.dst_port) for r in stream.itertuples()} == \
         {(beacon["local_ip"], beacon["local_port"], beacon["remote_ip"], beacon["remote_port"])}
     files = set(hits[hits["target"] == "file"]["path"])
+    assert ground_truth["marker_in_implant_binary"], "the lab implant carries its tag in the binary"
     assert ground_truth["implant"]["hidden_copy_path"] in files
     marker = _findings(case, sid, "yara.match")
     marker = marker[marker["explanation"].str.contains(MARKER_RULE)]
