@@ -21,6 +21,7 @@ SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh", "nc", "ncat", "socat", "pyt
 
 
 HOME_DIRS = ("/root/", "/home/")
+SEVERITY_ORDER = ["info", "low", "medium", "high", "critical"]
 
 
 def is_hidden_or_temp(path: str | None) -> bool:
@@ -231,10 +232,17 @@ def yara_match(tables, graph, sid):
                  "file": f"file {value(r, 'path')!r}", "stream": f"the network stream of flow {value(r, 'flow_id')}"
                  }.get(target, f"{target} memory")
         also = int((physical["rule"] == value(r, "rule")).sum()) if target != "physical" else 0
-        yield {"entity": owner, "links": [link("yara/matches", sid, i)], "confidence": 0.7,
-               "severity": value(r, "severity") or "medium", "attack_id": value(r, "attack_id"),
+        severity = value(r, "severity") or "medium"
+        confidence, caveat = 0.7, ""
+        if target == "physical":
+            # Bytes no process, file or stream holds: page cache, a tmpfs file or freed
+            # memory. Worth a look, but the rows do not show anything running.
+            severity = min(severity, "medium", key=lambda s: SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER else 2)
+            confidence, caveat = 0.4, " (no process, file or stream holds these bytes: page cache, tmpfs or freed memory)"
+        yield {"entity": owner, "links": [link("yara/matches", sid, i)], "confidence": confidence,
+               "severity": severity, "attack_id": value(r, "attack_id"),
                "explanation": f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
-                              f"in {where} at offset {value(r, 'offset')}"
+                              f"in {where} at offset {value(r, 'offset')}{caveat}"
                               + (f"; {also} more hits in physical memory" if also else "") + "."}
 
 

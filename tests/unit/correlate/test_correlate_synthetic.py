@@ -112,9 +112,11 @@ def test_physical_only_yara_hit_is_its_own_finding():
     t = _tables()
     t["yara/matches"] = pd.concat([t["yara/matches"], pd.DataFrame([
         {"target": "physical", "rule": "lab_marker", "offset": 1 << 20, "severity": "high"},
-        {"target": "physical", "rule": "orphan_rule", "offset": 2 << 20, "severity": "medium"},
+        {"target": "physical", "rule": "orphan_rule", "offset": 2 << 20, "severity": "critical"},
     ])], ignore_index=True)
     findings, _, _ = correlate_snapshot(t, SID)
     yara = findings[findings["rule_id"] == "yara.match"]
     assert sorted(yara["entity"]) == ["physical:memory", "process:77"]
+    physical_only = yara[yara["entity"] == "physical:memory"]
+    assert list(physical_only["severity"]) == ["medium"], "a physical-only hit never claims more than medium"
     assert "1 more hits in physical memory" in yara[yara["entity"] == "process:77"]["explanation"].iloc[0]
