@@ -18,6 +18,8 @@ import re
 import tomllib
 from pathlib import Path
 
+from toolkit.errors import SnapscopeError
+
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 # Collectors snapscope runs itself inside the Volatility context (no plugin
@@ -40,7 +42,7 @@ DEFAULTS = {
 }
 
 
-class ProfileError(ValueError):
+class ProfileError(SnapscopeError, ValueError):
     """A profile that cannot be used; the message names the offending entry."""
 
 

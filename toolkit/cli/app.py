@@ -86,20 +86,6 @@ def _register():
 _register()
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input, from every layer that defines one."""
-    from toolkit.errors import SnapscopeError
-
-    found = [SnapscopeError]
-    for module_name, attr in [("toolkit.evidence.errors", "EvidenceError"), ("toolkit.memory", "MemoryFormatError"),
-                              ("toolkit.engines.disk_open", "DiskError"), ("toolkit.engines.yara", "RuleError")]:
-        try:
-            found.append(getattr(importlib.import_module(module_name), attr))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
-
-
 def main():
     try:
         app()
@@ -109,9 +95,10 @@ def main():
     except Exception as exc:
         if os.environ.get("SNAPSCOPE_DEBUG"):
             raise
+        from toolkit.errors import SnapscopeError
         from toolkit.report.escape import terminal_safe
 
-        if isinstance(exc, expected_errors()):
+        if isinstance(exc, SnapscopeError):
             print(f"error: {terminal_safe(exc)}", file=sys.stderr)
             sys.exit(2)
         print(f"internal error ({type(exc).__name__}): {terminal_safe(exc)}\n"

@@ -30,6 +30,8 @@ import re
 import time
 from pathlib import Path
 
+from toolkit.errors import SnapscopeError
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILE_SYMBOLS = REPO / "profiles" / "symbols"
 ISF_SUFFIXES = (".json", ".json.xz", ".json.gz", ".json.bz2")
@@ -41,7 +43,7 @@ _BANNER = re.compile(rb"Linux version [0-9][\x20-\x7e]{10,400}\n\x00")
 _ISF_BANNER = re.compile(rb'"linux_banner"\s*:\s*\{')
 
 
-class SymbolsError(Exception):
+class SymbolsError(SnapscopeError):
     """No usable ISF; ``diagnostics`` says what was tried and why each failed."""
 
     def __init__(self, message: str, diagnostics: list[dict]):

@@ -20,8 +20,10 @@ from __future__ import annotations
 import bisect
 import os
 
+from toolkit.errors import SnapscopeError
 
-class MemoryFormatError(ValueError):
+
+class MemoryFormatError(SnapscopeError, ValueError):
     """A memory artefact cannot be read: names the file and the byte offset.
 
     >>> str(MemoryFormatError("dump.elf", 0x40, "bad program header"))
