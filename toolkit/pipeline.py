@@ -205,7 +205,8 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
     # Correlation reads the engines' tables only, never the evidence.
     findings, problems, _graph = correlate_snapshot(tables, snap["id"])
     tables["findings"] = findings
-    tables["timeline"] = build_timeline(tables, snap["id"], snapshot_times(snap))
+    times = snapshot_times(snap)
+    tables["timeline"] = build_timeline(tables, snap["id"], times)
     tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"), problems) if df is not None],
                                       ignore_index=True)
     # A table this run no longer produces must not survive from an earlier run.
@@ -220,6 +221,7 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
         "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
         "tables": {name: len(df) for name, df in tables.items()},
         "findings": findings["severity"].value_counts().to_dict(),
+        "times": times,  # capture times the evidence states, kept for re-correlation
         "errors": [f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
     }
 
@@ -291,8 +293,7 @@ def recorrelate(case_dir: Path) -> dict:
         if "diagnostics" in tables:
             tables["diagnostics"] = tables["diagnostics"][tables["diagnostics"]["source"] != "correlate"]
         findings, problems, _graph = correlate_snapshot(tables, sid)
-        snap = {"evidence": [{"facts": {}}]}
-        timeline = build_timeline(tables, sid, snapshot_times(snap))
+        timeline = build_timeline(tables, sid, entry.get("times") or {})
         case_store.write_table(case_dir, "findings", sid, findings)
         case_store.write_table(case_dir, "timeline", sid, timeline)
         if "diagnostics" in tables:

@@ -120,3 +120,23 @@ def test_physical_only_yara_hit_is_its_own_finding():
     physical_only = yara[yara["entity"] == "physical:memory"]
     assert list(physical_only["severity"]) == ["medium"], "a physical-only hit never claims more than medium"
     assert "1 more hits in physical memory" in yara[yara["entity"] == "process:77"]["explanation"].iloc[0]
+
+
+def test_recorrelate_a_stored_case(tmp_path):
+    """`snapscope correlate` rebuilds findings and timeline from stored tables only."""
+    from toolkit import case as case_store
+    from toolkit.pipeline import recorrelate
+    from toolkit.schemas import SCHEMAS, make_table
+
+    case_dir = tmp_path / "case"
+    manifest = case_store.init_case(case_dir)
+    for name, df in _tables().items():
+        if name in SCHEMAS:
+            case_store.write_table(case_dir, name, SID, make_table(name, df, snapshot_id=SID, source="test"))
+    manifest["snapshots"][SID] = {"name": SID, "times": {"memory captured": "2026-01-01T00:01:00Z"}}
+    case_store.save_manifest(case_dir, manifest)
+    counts = recorrelate(case_dir)
+    case = case_store.Case.open(case_dir)
+    assert counts == {SID: len(case.findings)} and len(case.findings) > 0
+    assert "memory captured" in set(case.timeline["kind"])
+    assert (case_dir / "findings.parquet").exists()
