@@ -12,15 +12,21 @@ from toolkit.cli.common import console
 from toolkit.report.escape import rich_safe
 
 
-def _facts_text(facts: dict) -> str:
+def _facts_lines(facts: dict) -> list[str]:
+    """One short line per fact; long values (an embedded domain XML, block lists) are
+    summarised here and shown whole by --json."""
     parts = []
     for key, value in facts.items():
-        if isinstance(value, (list, dict)):
-            value = json.dumps(value, default=str)
-            if len(value) > 160:
-                value = value[:157] + "..."
+        if isinstance(value, list):
+            short = json.dumps(value, default=str)
+            value = short if len(short) <= 100 else f"[{len(value)} items: see --json]"
+        elif isinstance(value, dict):
+            short = json.dumps(value, default=str)
+            value = short if len(short) <= 100 else f"{{{', '.join(list(value)[:6])}{', ...' if len(value) > 6 else ''}}}"
+        elif isinstance(value, str) and len(value) > 100:
+            value = f"<{len(value)} characters: see --json>"
         parts.append(f"{key}={value}")
-    return "\n".join(parts)
+    return parts
 
 
 def inspect(
@@ -54,12 +60,16 @@ def inspect(
         typer.echo(json.dumps({"evidence": unique, "snapshots": snapshots}, indent=2, default=str))
         return
     table = Table(title="evidence", show_lines=True)
-    for col in ("path", "format", "size", "facts"):
-        table.add_column(col)
+    table.add_column("path", overflow="fold", ratio=2)
+    table.add_column("format")
+    table.add_column("size", justify="right")
+    table.add_column("facts", overflow="fold", ratio=3)
     for item in unique:
-        problems = item.get("problems") or []
-        facts = _facts_text(item.get("facts", {})) + ("\nproblems: " + "; ".join(problems) if problems else "")
-        table.add_row(rich_safe(item["path"]), rich_safe(item["format"]), f"{item.get('size', 0):,}", rich_safe(facts))
+        lines = _facts_lines(item.get("facts", {}))
+        lines += [f"problem: {p}" for p in item.get("problems") or []]
+        # each line escaped on its own: guest strings never carry a raw newline or escape
+        facts = "\n".join(rich_safe(line) for line in lines)
+        table.add_row(rich_safe(item["path"]), rich_safe(item["format"]), f"{item.get('size', 0):,}", facts)
     console.print(table)
     for snap in snapshots:
         memory = snap.get("memory") or {}
