@@ -241,9 +241,7 @@ def identify(path, *, hint: str | None = None) -> dict:
         facts, found = entry["probe"](path, head)
     except EvidenceError:
         raise
-    except SnapscopeError as exc:   # e.g. the memory layer's own error type
-        raise EvidenceError(path, _without_path(str(exc), path)) from None
-    except _PARSE_ERRORS as exc:
+    except (SnapscopeError, *_PARSE_ERRORS) as exc:   # the memory layer's own error type among them
         raise EvidenceError(path, f"unreadable {entry['name']}: {_without_path(str(exc), path)}") from None
     except OSError as exc:
         raise EvidenceError(path, f"cannot read {entry['name']}: {exc.strerror or exc}") from None
