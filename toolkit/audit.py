@@ -86,6 +86,21 @@ def _worker(snap, case_dir, profile, hashes, search_paths=(), symbols=()):
                                         symbols=symbols)
 
 
+def _warm_up(profile: str | None) -> None:
+    """Import the engines, Volatility's plugin tree and dissect's OS plugins in
+    a fresh worker (~10 s of CPU) while the parent still hashes the evidence,
+    instead of after it, on the way to the first snapshot."""
+    import importlib
+
+    from toolkit.engines import ENGINES, vol_context
+    from toolkit.pipeline import load_profile_for
+
+    for entry in ENGINES.values():
+        importlib.import_module(entry["module"])
+    vol_context.preload()
+    load_profile_for(profile)
+
+
 def _executor(spec: str, jobs: int):
     if spec == "local":
         import multiprocessing
@@ -147,18 +162,11 @@ def compare_with_previous(case: "case_store.Case", snapshot_ids: list[str], prev
     return rows
 
 
-def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jobs: int = 2,
-          executor: str = "local", io_slots: int = 1, previous: Path | None = None, search_paths=(),
-          symbols=(), progress=lambda *a, **k: None) -> dict:
-    """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary."""
-    case_dir = Path(case_dir)
-    snapshots, failures = discover_fleet([Path(s) for s in sources], search_paths)
-    refuse_evidence_inside_case(snapshots, case_dir)
-    profile_dict = load_profile_for(profile)
-    manifest = case_store.init_case(case_dir)
-    custody.append_event(case_dir, action="audit.start", detail={"sources": [str(s) for s in sources],
-                                                                 "snapshots": len(snapshots), "jobs": jobs,
-                                                                 "executor": executor})
+def _analyse_fleet(pool, snapshots, case_dir, manifest, profile_dict, failures, *, io_slots, search_paths, symbols,
+                   progress) -> tuple[dict, dict, dict]:
+    """Hash the evidence, reuse finished snapshots, analyse the rest on ``pool``;
+    returns ({snapshot id: status}, evidence files, "before" hashes).
+    case.json is saved after every snapshot."""
     files = evidence_files(snapshots)  # keyed by resolved path: a shared base image is hashed once
     before = hash_evidence(case_dir, files, "before", progress, io_slots=io_slots, use_cache=True)
     statuses = {}
@@ -173,25 +181,45 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
             todo.append(snap)
     # Big snapshots first keeps both cores busy to the end instead of one straggler.
     todo.sort(key=lambda s: -sum(Path(e["path"]).stat().st_size for e in s["evidence"]))
+    futures = {pool.submit(_worker, snap, str(case_dir), profile_dict, before, [str(p) for p in search_paths],
+                           [str(p) for p in symbols]): snap for snap in todo}
+    for n, future in enumerate(cf.as_completed(futures), start=1):
+        snap = futures[future]
+        try:
+            sid, entry = future.result()
+        except Exception as exc:
+            failures.append({"vm": snap["id"], "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                             "source_path": snap.get("source_path")})
+            continue
+        entry["fingerprint"] = snap["fingerprint"]
+        manifest["snapshots"][sid] = entry
+        # Readable in part: say what could not be analysed, keep what could.
+        statuses[sid] = "partial" if entry.get("errors") else "analysed"
+        case_store.save_manifest(case_dir, manifest)  # resumable: this snapshot is done
+        custody.append_event(case_dir, action="snapshot.done", detail={"snapshot": sid})
+        progress("analysing snapshots", n, len(futures))
+    return statuses, files, before
+
+
+def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jobs: int = 2,
+          executor: str = "local", io_slots: int = 1, previous: Path | None = None, search_paths=(),
+          symbols=(), progress=lambda *a, **k: None) -> dict:
+    """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary."""
+    case_dir = Path(case_dir)
+    snapshots, failures = discover_fleet([Path(s) for s in sources], search_paths)
+    refuse_evidence_inside_case(snapshots, case_dir)
+    profile_dict = load_profile_for(profile)
+    manifest = case_store.init_case(case_dir)
+    custody.append_event(case_dir, action="audit.start", detail={"sources": [str(s) for s in sources],
+                                                                 "snapshots": len(snapshots), "jobs": jobs,
+                                                                 "executor": executor})
     pool, client = _executor(executor, jobs)
     try:
-        futures = {pool.submit(_worker, snap, str(case_dir), profile_dict, before, [str(p) for p in search_paths],
-                               [str(p) for p in symbols]): snap for snap in todo}
-        for n, future in enumerate(cf.as_completed(futures), start=1):
-            snap = futures[future]
-            try:
-                sid, entry = future.result()
-            except Exception as exc:
-                failures.append({"vm": snap["id"], "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                                 "source_path": snap.get("source_path")})
-                continue
-            entry["fingerprint"] = snap["fingerprint"]
-            manifest["snapshots"][sid] = entry
-            # Readable in part: say what could not be analysed, keep what could.
-            statuses[sid] = "partial" if entry.get("errors") else "analysed"
-            case_store.save_manifest(case_dir, manifest)  # resumable: this snapshot is done
-            custody.append_event(case_dir, action="snapshot.done", detail={"snapshot": sid})
-            progress("analysing snapshots", n, len(futures))
+        if executor == "local":
+            for _ in range(jobs):
+                pool.submit(_warm_up, profile)  # starts the workers now: their imports overlap the hashing
+        statuses, files, before = _analyse_fleet(pool, snapshots, case_dir, manifest, profile_dict, failures, io_slots=io_slots,
+                                  search_paths=search_paths, symbols=symbols, progress=progress)
     finally:
         pool.shutdown(wait=True)
         if client is not None:

@@ -167,8 +167,12 @@ def test_process_regions_for_yara_read_the_implant(elf_triage, ground_truth):
 
 
 def test_volatility_caches_stay_in_cache_dir(elf_triage, work):
-    vol_cache = work["cache_dir"] / "volatility" / "volatility3"
+    # one Volatility cache per symbol set (here: the one built ISF), filled once
+    sets = [d for d in (work["cache_dir"] / "volatility").iterdir() if d.is_dir()]
+    assert len(sets) == 1
+    vol_cache = sets[0] / "volatility3"
     assert (vol_cache / "identifier.cache").is_file() and (vol_cache / "valid_isf.hashcache").is_file()
+    assert (sets[0] / "snapscope-identifiers-filled").is_file()
 
 
 @pytest.mark.parametrize("kind", MEMORY_FORMATS)

@@ -46,22 +46,23 @@ class VolatilityError(Exception):
         self.details = details or []
 
 
-def _framework(cache_dir: Path) -> dict:
+def _framework(cache_dir: Path | None = None) -> dict:
     """Import Volatility once, with every cache and network switch pointed at us.
 
     ``constants`` computes CACHE_PATH from XDG_CACHE_HOME and *creates* it at
     import time, and ``schemas`` binds its hash-cache path at import time too;
-    so the environment is redirected for the import, then restored, and the
-    module-level paths are re-pointed on every call (the cache dir may differ
-    between cases in one process).
+    so the import runs with XDG_CACHE_HOME on a throwaway directory (restored
+    after), and the module-level paths are re-pointed to ``cache_dir`` on
+    every call (the cache dir may differ between cases in one process).
+    Without ``cache_dir`` it only imports (an audit worker warming up).
     """
-    cache_dir = Path(cache_dir)
-    vol_cache = cache_dir / "volatility3"
-    vol_cache.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     with _LOCK:
         if not _VOL:
             saved = os.environ.get("XDG_CACHE_HOME")
-            os.environ["XDG_CACHE_HOME"] = str(cache_dir)
+            scratch = tempfile.TemporaryDirectory(prefix="snapscope-vol-import-")
+            os.environ["XDG_CACHE_HOME"] = scratch.name
             try:
                 import volatility3.plugins
                 import volatility3.symbols
@@ -74,29 +75,42 @@ def _framework(cache_dir: Path) -> dict:
                     os.environ.pop("XDG_CACHE_HOME", None)
                 else:
                     os.environ["XDG_CACHE_HOME"] = saved
+                scratch.cleanup()
             framework.require_interface_version(2, 0, 0)
             # Plugins whose optional dependencies are missing are simply not
             # listed; a profile naming one then fails with "unknown plugin".
             framework.import_files(volatility3.plugins, True)
             package = Path(volatility3.plugins.__file__).resolve().parents[1]
             builtin = [p for p in constants.SYMBOL_BASEPATHS if Path(p).resolve().is_relative_to(package)]
+            # psscan & co. scan all of physical memory for a few literal needles.
+            from volatility3.framework.layers import scanners
+            from toolkit.engines import vol_fastscan
+            vol_fastscan.install(scanners)
             _VOL.update(automagic=automagic, constants=constants, contexts=contexts, exceptions=exceptions,
                         renderers=renderers, stacker=stacker, format_hints=format_hints, schemas=schemas,
                         vol_symbols=volatility3.symbols, builtin_symbols=builtin,
                         plugin_list=framework.list_plugins())
         constants = _VOL["constants"]
-        constants.CACHE_PATH = str(vol_cache)
         # Evidence machines are offline: never fetch ISFs or PDBs, never ask a remote index.
         constants.OFFLINE = True
         constants.REMOTE_ISF_URL = None
-        schemas = _VOL["schemas"]
-        schemas.cached_validation_filepath = str(vol_cache / "valid_isf.hashcache")
-        # The in-memory set was read from the import-time cache; add this cache's.
-        schemas.cached_validations.update(schemas.load_cached_validations())
+        if cache_dir is not None:
+            vol_cache = Path(cache_dir) / "volatility3"
+            vol_cache.mkdir(parents=True, exist_ok=True)
+            constants.CACHE_PATH = str(vol_cache)
+            schemas = _VOL["schemas"]
+            schemas.cached_validation_filepath = str(vol_cache / "valid_isf.hashcache")
+            # Add this cache's verdicts to the in-memory set (the import-time one was empty).
+            schemas.cached_validations.update(schemas.load_cached_validations())
     return _VOL
 
 
-def prevalidate_isf(isf_path: str | Path, sha256: str, cache_dir: Path) -> str | None:
+def preload() -> None:
+    """Import Volatility and its plugin tree now (~5 s): an audit worker warming up."""
+    _framework()
+
+
+def prevalidate_isf(isf_path: str | Path, sha256: str, cache_dir: Path, host_cache: Path | None = None) -> str | None:
     """Schema-check an ISF once with a compiled validator and tell Volatility.
 
     Volatility validates every new ISF with interpreted jsonschema: minutes for
@@ -104,39 +118,66 @@ def prevalidate_isf(isf_path: str | Path, sha256: str, cache_dir: Path) -> str |
     Volatility's own schema file with the same settings (no format checks),
     gives the same verdict in seconds; the result goes into Volatility's
     validation cache in our cache dir, so Volatility then skips its own pass.
+
+    Even compiled, the check and Volatility's hash of the ISF cost ~15 s of
+    CPU; ``host_cache`` (snapscope's cache, shared by every case on the host)
+    keeps a record "ISF sha256, Volatility version -> Volatility's hash" of
+    ISFs that passed, so a new case (each VM of an audit, a second analysis)
+    only copies the verdict into its own Volatility cache.
     Returns an error message for an invalid ISF, else None.
 
     Example::
 
-        prevalidate_isf(found["isf_path"], found["sha256"], cache_dir)   # None
+        prevalidate_isf(found["isf_path"], found["sha256"], cache_dir, host_cache=symbols_cache)   # None
     """
     import json
 
     vol = _framework(cache_dir)
+    schemas = vol["schemas"]
     marker = Path(vol["constants"].CACHE_PATH) / "snapscope-validated.txt"
     if marker.is_file() and sha256 in marker.read_text().split():
         return None
-    try:
-        import fastjsonschema
-    except ImportError:
-        return None  # Volatility validates it itself, slowly
-    from toolkit.engines.vol_symbols import read_isf_bytes
-    data = json.loads(read_isf_bytes(Path(isf_path)))
-    fmt = data.get("metadata", {}).get("format")
-    schema_file = Path(vol["schemas"].__file__).parent / f"schema-{fmt}.json"
-    if not schema_file.is_file():
-        return f"ISF format {fmt!r} is not one this Volatility knows"
-    schema = json.loads(schema_file.read_text())
-    digest = vol["schemas"].create_json_hash(data, schema)
-    if digest not in vol["schemas"].cached_validations:
+    record_key = f"{sha256} volatility-{volatility_version()}"
+    host_record = Path(host_cache) / "validated-isf.txt" if host_cache else None
+    digest = _recorded_validation(host_record, record_key)
+    if digest is None:
         try:
-            fastjsonschema.compile(json.loads(schema_file.read_text()), use_formats=False)(data)
-        except fastjsonschema.JsonSchemaException as excp:
-            return f"ISF fails Volatility's schema {schema_file.name}: {excp.message}"
-        vol["schemas"].cached_validations.add(digest)
-        vol["schemas"].record_cached_validations(vol["schemas"].cached_validations)
+            import fastjsonschema
+        except ImportError:
+            return None  # Volatility validates it itself, slowly
+        from toolkit.engines.vol_symbols import read_isf_bytes
+        data = json.loads(read_isf_bytes(Path(isf_path)))
+        fmt = data.get("metadata", {}).get("format")
+        schema_file = Path(schemas.__file__).parent / f"schema-{fmt}.json"
+        if not schema_file.is_file():
+            return f"ISF format {fmt!r} is not one this Volatility knows"
+        schema = json.loads(schema_file.read_text())
+        digest = schemas.create_json_hash(data, schema)
+        if digest not in schemas.cached_validations:
+            try:
+                fastjsonschema.compile(json.loads(schema_file.read_text()), use_formats=False)(data)
+            except fastjsonschema.JsonSchemaException as excp:
+                return f"ISF fails Volatility's schema {schema_file.name}: {excp.message}"
+        if host_record is not None:
+            host_record.parent.mkdir(parents=True, exist_ok=True)
+            with open(host_record, "a") as fh:  # one short line: appends from two processes do not interleave
+                fh.write(f"{record_key} {digest}\n")
+    if digest not in schemas.cached_validations:
+        schemas.cached_validations.add(digest)
+        schemas.record_cached_validations(schemas.cached_validations)
     with open(marker, "a") as fh:
         fh.write(sha256 + "\n")
+    return None
+
+
+def _recorded_validation(record: Path | None, key: str) -> str | None:
+    """Volatility's hash of an ISF that already passed on this host, if recorded."""
+    if record is None or not record.is_file():
+        return None
+    for line in record.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and f"{parts[0]} {parts[1]}" == key:
+            return parts[2]
     return None
 
 

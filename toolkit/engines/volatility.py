@@ -7,7 +7,7 @@ dump), finds the kernel once, runs every plugin of the profile in that one
 context and returns the memory/* tables plus diagnostics. A plugin that fails
 becomes diagnostics rows; the others still run.
 
-ctx keys read: ``cache_dir`` (Volatility's caches go in ``<cache_dir>/volatility``),
+ctx keys read: ``cache_dir`` (Volatility's caches go in ``<cache_dir>/volatility/<symbol set>``),
 ``derived_dir`` (converted images, the ISF used), ``profile``, ``progress``,
 ``symbols`` (user ISF files/dirs, or Windows symbol packs), ``symbols_cache``
 (ISF cache shared across cases; default $SNAPSCOPE_CACHE or
@@ -102,22 +102,47 @@ def normalise_image(snapshot: dict, ctx: dict, diagnostics: list) -> tuple[Path 
 
 
 def _isf_dir(isf_path: str, sha256: str, ctx: dict) -> Path:
-    """A directory holding only the chosen ISF (linked into the case's derived dir).
+    """A directory holding only the chosen ISF (linked into the case).
 
     Volatility indexes every file under a symbol dir; one file keeps that
     index instant, and the case keeps the exact ISF it was analysed with.
+    One dir per ISF for the whole case, not per snapshot: Volatility parses
+    and hashes every ISF at a location new to its identifier cache (~2 s for
+    a kernel ISF), so the clones of an audit share the first one's entry.
     """
     isf = Path(isf_path)
-    base = Path(ctx.get("derived_dir") or Path(ctx["cache_dir"]) / "derived")
-    target_dir = base / "isf" / sha256[:16]
+    target_dir = _case_derived(ctx) / "isf" / sha256[:16]
     target = target_dir / isf.name
     if not target.exists():
         target_dir.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + f".{os.getpid()}.part")
         try:
-            os.link(isf, target)
+            os.link(isf, partial)
         except OSError:
-            shutil.copy2(isf, target)
+            shutil.copy2(isf, partial)
+        os.replace(partial, target)  # parallel workers: the file appears whole or not at all
     return target_dir
+
+
+def _case_derived(ctx: dict) -> Path:
+    """The case's derived/ dir (the pipeline's cache_dir is derived/cache)."""
+    if ctx.get("case_dir"):
+        return Path(ctx["case_dir"]) / "derived"
+    return Path(ctx["cache_dir"]) / "derived"
+
+
+def _volatility_cache(cache_dir: Path, symbol_dirs) -> Path:
+    """Volatility's cache dir for one set of symbol dirs.
+
+    Volatility's identifier cache drops every location not on the current
+    symbol path; one cache per symbol set means snapshots of different
+    kernels never rewrite each other's entries, and once a set's cache is
+    filled later sessions only read it.
+    """
+    import hashlib
+
+    key = hashlib.sha256("\0".join(sorted(str(Path(d).resolve()) for d in symbol_dirs)).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "volatility" / key
 
 
 @contextlib.contextmanager
@@ -165,14 +190,17 @@ def open_memory(snapshot: dict, ctx: dict) -> tuple[dict | None, dict, list]:
         diagnostics.extend(found["diagnostics"])
         info.update(banner=found["banner"], isf_path=found["isf_path"], isf_sha256=found["sha256"],
                     isf_origin=found["origin"])
-        with file_lock(cache_dir / "volatility.lock"):
-            symbol_dirs = [_isf_dir(found["isf_path"], found["sha256"], ctx)]
-            problem = vol_context.prevalidate_isf(found["isf_path"], found["sha256"], cache_dir / "volatility")
+        symbol_dirs = [_isf_dir(found["isf_path"], found["sha256"], ctx)]
+        vol_cache = _volatility_cache(cache_dir, symbol_dirs)
+        with file_lock(vol_cache.with_suffix(".lock")):
+            problem = vol_context.prevalidate_isf(found["isf_path"], found["sha256"], vol_cache,
+                                                  host_cache=symbols_cache)
         if problem:
             diagnostics.append(_diag("error", "linux symbols", found["isf_path"], problem))
             return None, info, diagnostics
     else:
         symbol_dirs = user_symbols + [vol_symbols.PROFILE_SYMBOLS]
+        vol_cache = _volatility_cache(cache_dir, symbol_dirs)
         info.update(isf_path=";".join(map(str, symbol_dirs)), isf_origin="user" if user_symbols else "profiles")
     key = (str(image), tuple(map(str, symbol_dirs)), os_name)
     if key not in _SESSIONS:
@@ -180,12 +208,16 @@ def open_memory(snapshot: dict, ctx: dict) -> tuple[dict | None, dict, list]:
         # of many snapshots must not keep every context alive.
         while len(_SESSIONS) >= KEEP_SESSIONS:
             _SESSIONS.pop(next(iter(_SESSIONS)))
+        # Volatility fills its identifier cache on the first session of a symbol set; two
+        # processes doing that at once made one of them find no kernel. Later sessions of
+        # the set only read the filled cache, so they run in parallel, unlocked.
+        filled = vol_cache / "snapscope-identifiers-filled"
+        lock = file_lock(vol_cache.with_suffix(".lock")) if not filled.exists() else contextlib.nullcontext()
         try:
-            # Volatility fills its identifier and validation caches on first use; two
-            # processes doing that at once made one of them find no kernel.
-            with file_lock(cache_dir / "volatility.lock"):
+            with lock:
                 _SESSIONS[key] = vol_context.open_session(image, os_name=os_name, symbol_dirs=symbol_dirs,
-                                                          cache_dir=cache_dir / "volatility", progress=progress)
+                                                          cache_dir=vol_cache, progress=progress)
+                filled.touch()
         except vol_context.VolatilityError as excp:
             diagnostics.append(_diag("error", f"{os_name} kernel", image, str(excp)))
             diagnostics.extend(_diag("error", "volatility", image, d) for d in excp.details)

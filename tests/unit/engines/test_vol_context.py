@@ -71,3 +71,38 @@ def test_missing_image_and_unknown_os(tmp_path):
         vol_context.open_session(tmp_path / "nope.elf", os_name="linux", cache_dir=tmp_path)
     with pytest.raises(vol_context.VolatilityError, match="unsupported guest OS 'mac'"):
         vol_context.open_session(tmp_path / "nope.elf", os_name="mac", cache_dir=tmp_path)
+
+
+def _write_isf(path: Path, base_types) -> Path:
+    import json
+    path.write_text(json.dumps({"metadata": {"format": "6.2.0", "producer": {"name": "test", "version": "1"}},
+                                "base_types": base_types, "user_types": {}, "enums": {}, "symbols": {}}))
+    return path
+
+
+def test_isf_validated_once_per_host_not_once_per_case(tmp_path, monkeypatch):
+    """A second case (another VM of an audit) takes the host's recorded verdict:
+    the ISF is not parsed again, and Volatility's own cache learns the verdict."""
+    from toolkit.engines import vol_symbols
+
+    isf = _write_isf(tmp_path / "k.json", {"int": {"kind": "int", "size": 4, "signed": True, "endian": "little"}})
+    host = tmp_path / "host"
+    assert vol_context.prevalidate_isf(isf, "a" * 64, tmp_path / "case1", host_cache=host) is None
+    record = (host / "validated-isf.txt").read_text().split()
+    assert record[0] == "a" * 64 and record[1] == f"volatility-{vol_context.volatility_version()}"
+
+    def no_parsing(path):
+        raise AssertionError("the ISF was parsed again")
+
+    monkeypatch.setattr(vol_symbols, "read_isf_bytes", no_parsing)
+    vol = vol_context._framework(tmp_path / "case2")
+    vol["schemas"].cached_validations.discard(record[2])
+    assert vol_context.prevalidate_isf(isf, "a" * 64, tmp_path / "case2", host_cache=host) is None
+    assert record[2] in vol["schemas"].load_cached_validations()  # case2's Volatility cache file
+
+
+def test_invalid_isf_is_refused_and_not_recorded(tmp_path):
+    isf = _write_isf(tmp_path / "bad.json", {"int": {"kind": "no-such-kind", "size": "four"}})
+    problem = vol_context.prevalidate_isf(isf, "b" * 64, tmp_path / "case", host_cache=tmp_path / "host")
+    assert problem and "fails Volatility's schema" in problem
+    assert not (tmp_path / "host" / "validated-isf.txt").exists()
