@@ -38,6 +38,13 @@ audit hashes evidence by resolved path, so its files are hashed once with the
 original's: audit's hashing then does less than it would for a real distinct
 clone, and the comparison flatters audit slightly (hashing is a small part).
 
+After the timed runs, ``page_overlap`` measures what cross-clone page
+sharing could save in memory: per clone, how many of its 4 KiB guest pages
+are all zero and how many non-zero pages have content already seen in an
+earlier clone, and what hashing every page costs (the price of skipping the
+shared ones), next to the clone's whole-memory passes (psscan and physical
+YARA) from the audit's own plugin_runs/yara timings.
+
 Usage::
 
     python benchmarks/audit_scaling.py                   # build a 7-VM fleet in /tmp, N = 1 3 6, cold cache
@@ -256,6 +263,47 @@ def build_temp_fleet(count: int, scratch: Path, progress) -> Path:
     return build_fleet(out_root=root, progress=progress, count=count)
 
 
+def plugin_seconds(case_dir: Path) -> dict:
+    """Mean seconds per Volatility plugin over the case's snapshots (where the memory time goes)."""
+    try:
+        from toolkit.case import Case
+        runs = Case.open(case_dir).table("memory/plugin_runs")
+    except Exception:
+        return {}
+    return {k: round(float(v), 2) for k, v in runs.groupby("plugin")["seconds"].mean().items()}
+
+
+def page_overlap(dirs) -> list[dict]:
+    """Per clone: 4 KiB pages, zero pages, non-zero pages whose content an earlier clone had, hashing seconds."""
+    import hashlib
+
+    from toolkit.memory import open_image
+
+    zero = hashlib.blake2b(bytes(4096), digest_size=16).digest()
+    seen: set[bytes] = set()
+    rows = []
+    for d in dirs:
+        started = time.process_time()
+        pages = zeros = shared = 0
+        mine = set()
+        with open_image(str(d / "memory.elf")) as img:
+            for gpa, length in img.runs:
+                for off in range(0, length, 1 << 20):
+                    buf = img.read(gpa + off, min(1 << 20, length - off))
+                    for i in range(0, len(buf), 4096):
+                        h = hashlib.blake2b(buf[i:i + 4096], digest_size=16).digest()
+                        pages += 1
+                        if h == zero:
+                            zeros += 1
+                        elif h in seen:
+                            shared += 1
+                        mine.add(h)
+        seen |= mine
+        rows.append({"vm": d.name, "pages": pages, "zero": zeros, "nonzero_shared": shared,
+                     "nonzero_new": pages - zeros - shared, "hash_cpu_s": round(time.process_time() - started, 2)})
+    return rows
+
+
 def fmt_bytes(n) -> str:
     return f"{n / 1e6:8.1f} MB"
 
@@ -308,6 +356,7 @@ def main(argv=None) -> int:
             b = run_analyze_each(sel, scratch / f"case-analyze-{n}")
             if b["rc"]:
                 progress(f"analyze N={n} failed: {b.get('stderr')}")
+            a["plugin_seconds"] = plugin_seconds(scratch / f"case-audit-{n}")
             results.append({"n": n, "audit": a, "analyze": b})
             shutil.rmtree(scratch / f"case-audit-{n}", ignore_errors=True)
             shutil.rmtree(scratch / f"case-analyze-{n}", ignore_errors=True)
@@ -327,9 +376,18 @@ def main(argv=None) -> int:
             if not r["audit"]["rchar_root_is_final"]:
                 print(f"  N={r['n']}: the audit root's final /proc io was not captured: rchar is a sample")
         print(f"load average at end: {os.getloadavg()}")
+        if results:
+            print("\nmean seconds per plugin and snapshot, audit N=%d:" % results[-1]["n"],
+                  json.dumps(results[-1]["audit"].get("plugin_seconds", {})))
+        overlap = page_overlap(dirs)
+        print("\nVM | 4 KiB pages | zero | non-zero seen in an earlier clone | non-zero new | hashing CPU s")
+        print("--|---|---|---|---|---")
+        for r in overlap:
+            print(f"{r['vm']} | {r['pages']} | {r['zero']} | {r['nonzero_shared']} | {r['nonzero_new']} | {r['hash_cpu_s']}")
         if args.json:
             args.json.write_text(json.dumps({"fleet": str(fleet), "cache": args.cache, "jobs": args.jobs,
-                                             "notes": notes, "results": results}, indent=1, default=str))
+                                             "notes": notes, "results": results, "page_overlap": overlap},
+                                            indent=1, default=str))
     finally:
         if not args.keep and not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
