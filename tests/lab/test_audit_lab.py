@@ -157,8 +157,13 @@ def test_audit_against_previous_reports_changes(fleet, truth, audited, tmp_path)
     files.loc[files["path"] == target, "sha256"] = "0" * 64
     files.to_parquet(files_file, index=False)
 
-    summary = audit(_vm_dirs(fleet, truth, names), tmp_path / "now", jobs=1, previous=previous)
-    changes = summary["changes"]
+    # Through the CLI, as a responder runs it: the summary line counts the same changes.
+    cli = subprocess.run([str(VENV_BIN / "snapscope"), "audit", *map(str, _vm_dirs(fleet, truth, names)),
+                          "--case", str(tmp_path / "now"), "--jobs", "1", "--previous", str(previous)],
+                         capture_output=True, text=True, timeout=900)
+    assert cli.returncode == 0, cli.stderr
+    assert "since the previous audit: 1 new, 0 resolved findings, 1 files changed" in " ".join(cli.stdout.split())
+    changes = Case.open(tmp_path / "now").table("audit/changes")
     assert sorted(changes["change"]) == ["file modified", "new finding"], changes
     assert changes[changes["change"] == "file modified"]["path"].tolist() == [target]
     assert changes[changes["change"] == "new finding"]["explanation"].tolist() == [dropped["explanation"]]

@@ -42,5 +42,7 @@ def audit(
     console.print(table)
     changes = summary.get("changes")
     if changes is not None:
-        console.print(f"since the previous audit: {int((changes['change'] == 'new').sum())} new, "
-                      f"{int((changes['change'] == 'resolved').sum())} resolved findings")
+        counts = changes["change"].value_counts() if len(changes) else {}
+        console.print(f"since the previous audit: {int(counts.get('new finding', 0))} new, "
+                      f"{int(counts.get('resolved finding', 0))} resolved findings, "
+                      f"{sum(int(counts.get(k, 0)) for k in ('file added', 'file removed', 'file modified'))} files changed")

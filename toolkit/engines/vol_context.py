@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from toolkit.engines import vol_speedups
+
 # The framework is imported lazily (see _framework): importing volatility3
 # creates its cache directory and reads its hash cache as a side effect.
 _VOL: dict = {}
@@ -84,8 +86,7 @@ def _framework(cache_dir: Path | None = None) -> dict:
             builtin = [p for p in constants.SYMBOL_BASEPATHS if Path(p).resolve().is_relative_to(package)]
             # psscan & co. scan all of physical memory for a few literal needles.
             from volatility3.framework.layers import scanners
-            from toolkit.engines import vol_fastscan
-            vol_fastscan.install(scanners)
+            vol_speedups.install(scanners)
             _VOL.update(automagic=automagic, constants=constants, contexts=contexts, exceptions=exceptions,
                         renderers=renderers, stacker=stacker, format_hints=format_hints, schemas=schemas,
                         vol_symbols=volatility3.symbols, builtin_symbols=builtin,
@@ -265,6 +266,7 @@ def open_session(image: str | Path, *, os_name: str, symbol_dirs=(), cache_dir: 
         raise VolatilityError(f"no {os_name} kernel found in {image.name} with the symbols available", details)
     module = context.modules[kernel]
     layer = context.layers[module.layer_name]
+    vol_speedups.index_symbol_locations(context.symbol_space[module.symbol_table_name])
     return {
         "context": context, "automagics": automagics, "vol": vol, "os": os_name,
         "image": str(image), "kernel": kernel, "layer": module.layer_name,
