@@ -86,7 +86,9 @@ def _framework(cache_dir: Path | None = None) -> dict:
             builtin = [p for p in constants.SYMBOL_BASEPATHS if Path(p).resolve().is_relative_to(package)]
             # psscan & co. scan all of physical memory for a few literal needles.
             from volatility3.framework.layers import scanners
+            from volatility3.framework.symbols import intermed
             vol_speedups.install(scanners)
+            vol_speedups.install_isf_memo(intermed, schemas)
             _VOL.update(automagic=automagic, constants=constants, contexts=contexts, exceptions=exceptions,
                         renderers=renderers, stacker=stacker, format_hints=format_hints, schemas=schemas,
                         vol_symbols=volatility3.symbols, builtin_symbols=builtin,

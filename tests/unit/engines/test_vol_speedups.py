@@ -88,3 +88,22 @@ def test_symbol_index_is_volatilitys_own(tmp_path, mask):
 
 def test_symbol_index_leaves_unknown_tables_alone():
     assert vol_speedups.index_symbol_locations(object()) is False
+
+
+def test_isf_parsed_and_hashed_once_per_process(tmp_path, monkeypatch):
+    """Two tables from one ISF: one parse, one validation hash, the same (read-only) object."""
+    from volatility3 import schemas
+
+    monkeypatch.setattr(vol_speedups, "ISF_MEMO_MIN_CHARS", 0)
+    symbols = {"a": {"address": 16}, "b": {"address": 32}}
+    hashed = []
+    real_hash = schemas.create_json_hash
+    monkeypatch.setattr(schemas, "create_json_hash", lambda i, s=None: hashed.append(1) or real_hash(i, s))
+    first = _isf_table(tmp_path, symbols)
+    second = _isf_table(tmp_path, symbols)
+    assert first._delegate._json_object is second._delegate._json_object
+    assert len(hashed) == 1
+    assert second.get_symbol("b").address == 32
+    # a changed file is a different text: parsed anew
+    third = _isf_table(tmp_path, {"a": {"address": 48}})
+    assert third.get_symbol("a").address == 48 and len(hashed) == 2
