@@ -177,7 +177,8 @@ def open_memory(snapshot: dict, ctx: dict) -> tuple[dict | None, dict, list]:
     progress = ctx.get("progress")
     if os_name == "linux":
         try:
-            # ISFs are cached across cases (keyed by banner); Volatility's own caches per case.
+            # ISFs are cached across cases (keyed by banner) and validated once per host;
+            # Volatility's own caches live in the case, one per symbol set.
             symbols_cache = Path(ctx.get("symbols_cache") or vol_symbols.default_cache_dir())
             # Parallel audit workers share the cache: one builds a banner's ISF, the others wait for it.
             with file_lock(symbols_cache / "symbols.lock"):
