@@ -22,12 +22,13 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 from pathlib import Path
 
 from toolkit import case as case_store, custody
 from toolkit.evidence import discover
-from toolkit.pipeline import (analyze_snapshot, evidence_files, hash_evidence, load_profile_for,
-                              refuse_evidence_inside_case, snapshot_fingerprint)
+from toolkit.pipeline import (analyze_snapshot, evidence_files, hash_cache_path, hash_evidence, load_profile_for,
+                              refuse_evidence_inside_case, snapshot_fingerprint, stat_key)
 from toolkit.schemas import make_table
 
 def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
@@ -99,6 +100,21 @@ def _warm_up(profile: str | None) -> None:
         importlib.import_module(entry["module"])
     vol_context.preload()
     load_profile_for(profile)
+
+
+def _may_have_work(case_dir: Path, snapshots: list[dict], manifest: dict, profile_dict: dict) -> bool:
+    """False only when every snapshot is sure to be reused: its files unchanged
+    since their cached hashes (stat identity) and its fingerprint as recorded."""
+    cache_file = hash_cache_path(case_dir)
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    hashes = {}
+    for path in evidence_files(snapshots):
+        entry = cache.get(path) or {}
+        if entry.get("key") != stat_key(path):
+            return True
+        hashes[path] = entry["sha256"]
+    return any((manifest["snapshots"].get(s["id"]) or {}).get("fingerprint")
+               != snapshot_fingerprint(s, hashes, profile_dict) for s in snapshots)
 
 
 def _executor(spec: str, jobs: int):
@@ -215,7 +231,7 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
                                                                  "executor": executor})
     pool, client = _executor(executor, jobs)
     try:
-        if executor == "local":
+        if executor == "local" and _may_have_work(case_dir, snapshots, manifest, profile_dict):
             for _ in range(jobs):
                 pool.submit(_warm_up, profile)  # starts the workers now: their imports overlap the hashing
         statuses, files, before = _analyse_fleet(pool, snapshots, case_dir, manifest, profile_dict, failures, io_slots=io_slots,

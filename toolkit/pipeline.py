@@ -53,7 +53,13 @@ def evidence_files(snapshots: list[dict]) -> dict[str, dict]:
     return files
 
 
-def _hash_cache_path(case_dir: Path) -> Path:
+def stat_key(path: str) -> str:
+    """A file's identity for the hash cache: device, inode, size, mtime."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def hash_cache_path(case_dir: Path) -> Path:
     return case_dir / "derived" / "cache" / "evidence-hashes.json"
 
 
@@ -66,7 +72,7 @@ def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress=_
     device, inode, size and mtime match the case's hash cache is not re-read;
     the "after" hashes are always read from the bytes.
     """
-    cache_file = _hash_cache_path(case_dir)
+    cache_file = hash_cache_path(case_dir)
     cache = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
     total = sum(Path(p).stat().st_size for p in files)
     done, lock = 0, threading.Lock()
@@ -79,7 +85,7 @@ def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress=_
 
     def work(path):
         st = os.stat(path)
-        key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        key = stat_key(path)
         if use_cache and cache.get(path, {}).get("key") == key:
             tick(st.st_size)
             return path, cache[path]["sha256"], st.st_size, True, key

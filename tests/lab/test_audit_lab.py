@@ -162,7 +162,7 @@ def test_audit_against_previous_reports_changes(fleet, truth, audited, tmp_path)
                           "--case", str(tmp_path / "now"), "--jobs", "1", "--previous", str(previous)],
                          capture_output=True, text=True, timeout=900)
     assert cli.returncode == 0, cli.stderr
-    assert "since the previous audit: 1 new, 0 resolved findings, 1 files changed" in " ".join(cli.stdout.split())
+    assert "since the previous audit: 1 new, 0 resolved findings, 1 file changes" in " ".join(cli.stdout.split())
     changes = Case.open(tmp_path / "now").table("audit/changes")
     assert sorted(changes["change"]) == ["file modified", "new finding"], changes
     assert changes[changes["change"] == "file modified"]["path"].tolist() == [target]

@@ -45,4 +45,4 @@ def audit(
         counts = changes["change"].value_counts() if len(changes) else {}
         console.print(f"since the previous audit: {int(counts.get('new finding', 0))} new, "
                       f"{int(counts.get('resolved finding', 0))} resolved findings, "
-                      f"{sum(int(counts.get(k, 0)) for k in ('file added', 'file removed', 'file modified'))} files changed")
+                      f"{sum(int(counts.get(k, 0)) for k in ('file added', 'file removed', 'file modified'))} file changes")

@@ -104,7 +104,10 @@ def _framework(cache_dir: Path | None = None) -> dict:
             schemas = _VOL["schemas"]
             schemas.cached_validation_filepath = str(vol_cache / "valid_isf.hashcache")
             # Add this cache's verdicts to the in-memory set (the import-time one was empty).
-            schemas.cached_validations.update(schemas.load_cached_validations())
+            try:
+                schemas.cached_validations.update(schemas.load_cached_validations())
+            except (ValueError, OSError):
+                pass  # another process is rewriting it: a verdict not read is only re-checked
     return _VOL
 
 
@@ -179,7 +182,8 @@ def _recorded_validation(record: Path | None, key: str) -> str | None:
         return None
     for line in record.read_text().splitlines():
         parts = line.split()
-        if len(parts) == 3 and f"{parts[0]} {parts[1]}" == key:
+        # a line still being appended by another process is ignored, not half-used
+        if len(parts) == 3 and f"{parts[0]} {parts[1]}" == key and len(parts[2]) == 40:
             return parts[2]
     return None
 

@@ -15,7 +15,7 @@ than the regex; with many needles (Windows pool tags) the regex stays.
 The result is exactly what ``re.finditer`` over Volatility's trie regex
 yields: matches in order, leftmost first, the longest needle when several
 start at one offset, never overlapping a match already reported
-(tests/unit/engines/test_vol_fastscan.py checks that against the regex).
+(tests/unit/engines/test_vol_speedups.py checks that against the regex).
 
 2. The address index behind get_symbols_by_location (sockstat and lsof ask
 which kernel function a socket's d_dname points to). Volatility builds it by
@@ -27,8 +27,9 @@ addresses (:func:`index_symbol_locations`).
 the same 13 MB ISF, each parsing the JSON (~1 s) and hashing it for the
 validation cache (~0.8 s); an audit worker does that again for every clone.
 :func:`install_isf_memo` parses each ISF once per process (keyed by the
-SHA-256 of its text) and remembers that Volatility found that very object
-valid. Volatility only reads the parsed ISF, so tables share it safely.
+SHA-256 of its text) and remembers the validation hash of that very object;
+Volatility's own validate() still runs (its warnings, its cache check).
+Volatility only reads a parsed ISF, so tables share it safely.
 
 Example::
 
@@ -120,16 +121,19 @@ def index_symbol_locations(table) -> bool:
                        for name, entry in raw.items() if entry)
     except (AttributeError, KeyError, TypeError):
         return False
-    for address, name in index[::max(1, len(index) // 32)]:
-        if table.get_symbol(name).address != address:
-            return False
+    try:
+        for address, name in index[::max(1, len(index) // 32)]:
+            if table.get_symbol(name).address != address:
+                return False
+    except Exception:  # a symbol Volatility cannot build: leave the index to Volatility (and its errors)
+        return False
     table._sort_symbols = index
     return True
 
 
 # Parsed ISFs kept per process: a kernel ISF is ~13 MB of text, ~150 MB parsed;
-# an audit worker needs one or two kernels at a time.
-ISF_MEMO_ENTRIES = 2
+# the clones of an audit share one kernel, and a long-lived worker keeps one.
+ISF_MEMO_ENTRIES = 1
 ISF_MEMO_MIN_CHARS = 1 << 20   # small ISFs parse in milliseconds: not worth keeping
 
 
@@ -137,14 +141,14 @@ def install_isf_memo(intermed_module, schemas_module) -> None:
     """One JSON parse and one validation hash per ISF per process (see 3. above).
 
     ``intermed`` gets a stand-in for the ``json`` module whose ``load``
-    returns the already parsed object for the same text; ``schemas.validate``
-    answers True at once for an object it already validated in this process.
-    Idempotent.
+    returns the already parsed object for the same text;
+    ``schemas.create_json_hash`` returns the hash it computed for that very
+    object before (same schema). Idempotent.
     """
     if getattr(intermed_module.json, "_snapscope_memo", False):
         return
     parsed: dict[bytes, object] = {}
-    valid_objects: dict[int, object] = {}   # id -> the object itself, so the id cannot be reused
+    hashes: dict[tuple[int, str], str] = {}   # (id of a parsed object, schema digest) -> hash
 
     def load(fp, **kwargs):
         text = fp.read()
@@ -154,7 +158,8 @@ def install_isf_memo(intermed_module, schemas_module) -> None:
         if key not in parsed:
             while len(parsed) >= ISF_MEMO_ENTRIES:
                 dropped = parsed.pop(next(iter(parsed)))
-                valid_objects.pop(id(dropped), None)
+                for k in [k for k in hashes if k[0] == id(dropped)]:
+                    del hashes[k]
             parsed[key] = json.loads(text)
         return parsed[key]
 
@@ -163,14 +168,15 @@ def install_isf_memo(intermed_module, schemas_module) -> None:
     memo_json._snapscope_memo = True
     intermed_module.json = memo_json
 
-    real_validate = schemas_module.validate
+    real_hash = schemas_module.create_json_hash
 
-    def validate(input, use_cache=True):
-        if use_cache and valid_objects.get(id(input)) is input:
-            return True
-        result = real_validate(input, use_cache)
-        if result and any(obj is input for obj in parsed.values()):
-            valid_objects[id(input)] = input
-        return result
+    def create_json_hash(input, schema=None):
+        # only objects held in `parsed` (alive, so their id is theirs) are remembered
+        if schema is None or not any(obj is input for obj in parsed.values()):
+            return real_hash(input, schema)
+        key = (id(input), hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest())
+        if key not in hashes:
+            hashes[key] = real_hash(input, schema)
+        return hashes[key]
 
-    schemas_module.validate = validate
+    schemas_module.create_json_hash = create_json_hash

@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from toolkit.engines import vol_context, vol_process, vol_symbols, vol_tables
 
 _SESSIONS: dict[tuple, dict] = {}
 KEEP_SESSIONS = 2
+_OPEN_LOCK = threading.Lock()
 
 
 def _diag(severity, what, where, why):
@@ -115,7 +117,7 @@ def _isf_dir(isf_path: str, sha256: str, ctx: dict) -> Path:
     target = target_dir / isf.name
     if not target.exists():
         target_dir.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + f".{os.getpid()}.part")
+        partial = target.with_name(f"{target.name}.{os.getpid()}-{time.monotonic_ns()}.part")
         try:
             os.link(isf, partial)
         except OSError:
@@ -129,6 +131,18 @@ def _case_derived(ctx: dict) -> Path:
     if ctx.get("case_dir"):
         return Path(ctx["case_dir"]) / "derived"
     return Path(ctx["cache_dir"]) / "derived"
+
+
+def _symbol_set_listing(symbol_dirs) -> str:
+    """Every file under the symbol dirs with size and mtime: Volatility re-indexes
+    (writes its cache) when this changes, so the unlocked fast path must not run."""
+    lines = []
+    for d in symbol_dirs:
+        for path in [Path(d)] if Path(d).is_file() else sorted(Path(d).rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                lines.append(f"{path}\t{st.st_size}\t{st.st_mtime_ns}")
+    return "\n".join(lines) + "\n"
 
 
 def _volatility_cache(cache_dir: Path, symbol_dirs) -> Path:
@@ -211,14 +225,19 @@ def open_memory(snapshot: dict, ctx: dict) -> tuple[dict | None, dict, list]:
             _SESSIONS.pop(next(iter(_SESSIONS)))
         # Volatility fills its identifier cache on the first session of a symbol set; two
         # processes doing that at once made one of them find no kernel. Later sessions of
-        # the set only read the filled cache, so they run in parallel, unlocked.
+        # the set, with the same files in it, only read the filled cache, so they run in
+        # parallel unlocked. Threads of one process (a Dask worker) always take turns:
+        # opening a session re-points Volatility's process-wide symbol path and caches.
         filled = vol_cache / "snapscope-identifiers-filled"
-        lock = file_lock(vol_cache.with_suffix(".lock")) if not filled.exists() else contextlib.nullcontext()
+        listing = _symbol_set_listing(symbol_dirs)
+        ready = filled.is_file() and filled.read_text() == listing
+        lock = contextlib.nullcontext() if ready else file_lock(vol_cache.with_suffix(".lock"))
         try:
-            with lock:
+            with _OPEN_LOCK, lock:
                 _SESSIONS[key] = vol_context.open_session(image, os_name=os_name, symbol_dirs=symbol_dirs,
                                                           cache_dir=vol_cache, progress=progress)
-                filled.touch()
+                if not ready:
+                    filled.write_text(listing)
         except vol_context.VolatilityError as excp:
             diagnostics.append(_diag("error", f"{os_name} kernel", image, str(excp)))
             diagnostics.extend(_diag("error", "volatility", image, d) for d in excp.details)

@@ -90,20 +90,36 @@ def test_symbol_index_leaves_unknown_tables_alone():
     assert vol_speedups.index_symbol_locations(object()) is False
 
 
-def test_isf_parsed_and_hashed_once_per_process(tmp_path, monkeypatch):
-    """Two tables from one ISF: one parse, one validation hash, the same (read-only) object."""
-    from volatility3 import schemas
-
+def test_isf_parsed_once_per_process_with_real_volatility(tmp_path, monkeypatch):
+    """Two tables from one ISF share one parsed (read-only) object; a changed file is parsed anew."""
     monkeypatch.setattr(vol_speedups, "ISF_MEMO_MIN_CHARS", 0)
     symbols = {"a": {"address": 16}, "b": {"address": 32}}
-    hashed = []
-    real_hash = schemas.create_json_hash
-    monkeypatch.setattr(schemas, "create_json_hash", lambda i, s=None: hashed.append(1) or real_hash(i, s))
     first = _isf_table(tmp_path, symbols)
     second = _isf_table(tmp_path, symbols)
     assert first._delegate._json_object is second._delegate._json_object
-    assert len(hashed) == 1
     assert second.get_symbol("b").address == 32
-    # a changed file is a different text: parsed anew
     third = _isf_table(tmp_path, {"a": {"address": 48}})
-    assert third.get_symbol("a").address == 48 and len(hashed) == 2
+    assert third._delegate._json_object is not first._delegate._json_object
+    assert third.get_symbol("a").address == 48
+
+
+def test_isf_memo_parses_and_hashes_once(monkeypatch):
+    import io
+    import json
+    import types
+
+    monkeypatch.setattr(vol_speedups, "ISF_MEMO_MIN_CHARS", 0)
+    hashed = []
+    fake_schemas = types.SimpleNamespace(create_json_hash=lambda i, s=None: hashed.append(1) or f"h{len(hashed)}")
+    fake_intermed = types.SimpleNamespace(json=json)
+    vol_speedups.install_isf_memo(fake_intermed, fake_schemas)
+    text = json.dumps({"symbols": {"a": {"address": 1}}})
+    one, two = fake_intermed.json.load(io.StringIO(text)), fake_intermed.json.load(io.StringIO(text))
+    assert one is two and one == json.loads(text)
+    schema = {"type": "object"}
+    assert fake_schemas.create_json_hash(one, schema) == fake_schemas.create_json_hash(two, dict(schema)) == "h1"
+    assert fake_schemas.create_json_hash(one, {"type": "array"}) == "h2"  # another schema: hashed again
+    assert fake_schemas.create_json_hash({"not": "memoised"}, schema) == "h3"
+    # the one kept ISF is replaced by the next: the old object is parsed afresh later
+    other = fake_intermed.json.load(io.StringIO(json.dumps({"symbols": {}})))
+    assert fake_intermed.json.load(io.StringIO(text)) is not one and other == {"symbols": {}}
