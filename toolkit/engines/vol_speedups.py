@@ -1,4 +1,4 @@
-"""Two of Volatility's hot spots, made fast without changing a result.
+"""Three of Volatility's hot spots, made fast without changing a result.
 
 Each is paid once per memory image, so in an audit once per clone; together
 they were ~10 s of a clone's ~25 s of CPU on the lab fleet.
@@ -9,7 +9,7 @@ bytes) and runs Python's ``re`` over every chunk of physical memory. ``re``
 has no fast path for an alternation of literals, so a 256 MiB dump costs
 ~10 s of CPU in psscan alone; ``bytes.find`` (a C memory search) does the
 same work per needle at memory speed. With a handful of needles (psscan's
-sched_class pointers, a few banners) one find pass per needle is far cheaper
+sched_class pointers, a few banners) one find pass per needle is cheaper
 than the regex; with many needles (Windows pool tags) the regex stays.
 
 The result is exactly what ``re.finditer`` over Volatility's trie regex
@@ -42,8 +42,9 @@ import hashlib
 import json
 import types
 
-# Up to this many needles one find pass each beats the regex (measured on the lab
-# dumps: 5 needles, ~40x faster); beyond it the regex's single pass wins.
+# Measured: psscan's 5 needles over a lab dump 8.5 s -> 1.2 s; on 16 MiB of random bytes
+# the find passes beat the regex 2.2x with 4 needles, 1.7x with 16, 1.4x with 64. The
+# advantage shrinks with every needle, so many needles (Windows pool tags) keep the regex.
 MAX_NEEDLES = 16
 
 
