@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import pandas as pd
 import typer
 from rich.table import Table
 
@@ -36,9 +37,12 @@ def audit(
     table = Table(title="fleet")
     for col in ("vm", "status", "critical", "high", "medium", "low", "reason"):
         table.add_column(col)
+    def cell(value) -> str:
+        # table cells come from pandas: a missing count or reason is NA, not None
+        return "" if value is None or pd.isna(value) else rich_safe(str(value))
+
     for row in summary["fleet"].itertuples(index=False):
-        table.add_row(rich_safe(row.vm), rich_safe(row.status), *[str(getattr(row, s)) if getattr(row, s) is not None else ""
-                      for s in ("critical", "high", "medium", "low")], rich_safe(row.reason or ""))
+        table.add_row(*[cell(getattr(row, col)) for col in ("vm", "status", "critical", "high", "medium", "low", "reason")])
     console.print(table)
     changes = summary.get("changes")
     if changes is not None:
