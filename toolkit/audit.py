@@ -106,13 +106,16 @@ def _may_have_work(case_dir: Path, snapshots: list[dict], manifest: dict, profil
     """False only when every snapshot is sure to be reused: its files unchanged
     since their cached hashes (stat identity) and its fingerprint as recorded."""
     cache_file = hash_cache_path(case_dir)
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    hashes = {}
-    for path in evidence_files(snapshots):
-        entry = cache.get(path) or {}
-        if entry.get("key") != stat_key(path):
-            return True
-        hashes[path] = entry["sha256"]
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        hashes = {}
+        for path in evidence_files(snapshots):
+            entry = cache.get(path) or {}
+            if entry.get("key") != stat_key(path):
+                return True
+            hashes[path] = entry["sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return True  # only a guess: hashing (which reports real problems) comes next
     return any((manifest["snapshots"].get(s["id"]) or {}).get("fingerprint")
                != snapshot_fingerprint(s, hashes, profile_dict) for s in snapshots)
 
