@@ -22,12 +22,11 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 from pathlib import Path
 
 from toolkit import case as case_store, custody
 from toolkit.evidence import discover
-from toolkit.pipeline import (analyze_snapshot, evidence_files, hash_cache_path, hash_evidence, load_profile_for,
+from toolkit.pipeline import (analyze_snapshot, evidence_files, hash_evidence, load_hash_cache, load_profile_for,
                               refuse_evidence_inside_case, snapshot_fingerprint, stat_key)
 from toolkit.schemas import make_table
 
@@ -105,9 +104,8 @@ def _warm_up(profile: str | None) -> None:
 def _may_have_work(case_dir: Path, snapshots: list[dict], manifest: dict, profile_dict: dict) -> bool:
     """False only when every snapshot is sure to be reused: its files unchanged
     since their cached hashes (stat identity) and its fingerprint as recorded."""
-    cache_file = hash_cache_path(case_dir)
     try:
-        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        cache = load_hash_cache(case_dir)
         hashes = {}
         for path in evidence_files(snapshots):
             entry = cache.get(path) or {}

@@ -63,6 +63,12 @@ def hash_cache_path(case_dir: Path) -> Path:
     return case_dir / "derived" / "cache" / "evidence-hashes.json"
 
 
+def load_hash_cache(case_dir: Path) -> dict:
+    """{resolved path: {"key": stat_key, "sha256": ...}} from the case's hash cache ({} if none)."""
+    cache_file = hash_cache_path(case_dir)
+    return json.loads(cache_file.read_text()) if cache_file.exists() else {}
+
+
 def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress=_noop_progress, *,
                   io_slots: int = 1, use_cache: bool = False) -> dict[str, str]:
     """Hash every evidence file once and log each hash in custody; returns {path: sha256}.
@@ -73,7 +79,7 @@ def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress=_
     the "after" hashes are always read from the bytes.
     """
     cache_file = hash_cache_path(case_dir)
-    cache = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
+    cache = load_hash_cache(case_dir) if use_cache else {}
     total = sum(Path(p).stat().st_size for p in files)
     done, lock = 0, threading.Lock()
 
