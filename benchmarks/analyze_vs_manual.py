@@ -63,8 +63,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.engines.disk_tables import expand_functions  # noqa: E402
-from toolkit.engines.yara_rules import DEFAULT_RULES_DIR  # noqa: E402
+from toolkit.engines.disk.functions import expand_functions  # noqa: E402
+from toolkit.engines.yara.rules import DEFAULT_RULES_DIR  # noqa: E402
 from toolkit.profiles import load_profile  # noqa: E402
 
 BIN = Path(sys.executable).parent

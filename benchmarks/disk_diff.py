@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.engines import disk_build as b  # noqa: E402
-from toolkit.engines.disk_diff import diff_disks  # noqa: E402
+from tests.helpers import disk_images as b  # noqa: E402
+from toolkit.engines.disk.diff import diff_disks  # noqa: E402
 
 
 def build(work: Path, size_mb: int) -> tuple[Path, Path]:

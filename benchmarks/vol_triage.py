@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.engines import vol_symbols  # noqa: E402
+from toolkit.engines.memory import symbols  # noqa: E402
 from toolkit.profiles import load_profile  # noqa: E402
 
 VOL = Path(sys.executable).with_name("vol")
@@ -39,13 +39,14 @@ VOL = Path(sys.executable).with_name("vol")
 SNAPSCOPE_RUN = """
 import json, sys, time
 t0 = time.monotonic()
-from toolkit.engines import volatility
+from pathlib import Path
+from toolkit.engines import EngineContext, memory
 from toolkit.profiles import load_profile
 profile = load_profile(sys.argv[2])
 profile["memory"]["plugins"] = [p for p in profile["memory"]["plugins"] if not p["name"].startswith("snapscope.")]
-tables = volatility.run({"id": "bench", "memory": sys.argv[1]},
-                        {"cache_dir": sys.argv[3], "derived_dir": sys.argv[4], "profile": profile,
-                         "symbols": [sys.argv[5]]})
+tables = memory.run({"id": "bench", "memory": sys.argv[1]},
+                    EngineContext(snapshot_id="bench", cache_dir=Path(sys.argv[3]), derived_dir=Path(sys.argv[4]),
+                                  profile=profile, symbols=(Path(sys.argv[5]),)))
 runs = tables["memory/plugin_runs"]
 print(json.dumps({"engine_seconds": time.monotonic() - t0, "failed": runs[runs.status != "ok"].plugin.tolist(),
                   "plugin_seconds": dict(zip(runs.plugin, runs.seconds.round(2)))}))
@@ -91,7 +92,7 @@ def main(argv=None):
     plugins = [p["name"] for p in load_profile(args.profile)["memory"]["plugins"] if not p["name"].startswith("snapscope.")]
 
     # The same ISF for both sides, resolved (or built) once and outside the timings.
-    found = vol_symbols.resolve_isf(image, cache_dir=work / "symbols-cache")
+    found = symbols.resolve_isf(image, cache_dir=work / "symbols-cache")
     isf_dir = work / "isf"
     isf_dir.mkdir(exist_ok=True)
     shutil.copy2(found["isf_path"], isf_dir / Path(found["isf_path"]).name)

@@ -17,7 +17,7 @@ dump in the page cache for both (one untimed read first):
 (a) flat: ``yara_x.Scanner(rules["yarax"]).scan_file(dump)`` — one pass over
     the file as a responder would run it;
 (b) snapscope with per-process attribution, split into
-    - Volatility set-up: ``volatility.open_memory`` (ISF lookup — the ISF cache
+    - Volatility set-up: ``open_memory`` (ISF lookup — the ISF cache
       at ~/.cache/snapscope stays warm — kernel discovery; Volatility's own
       cache dir is fresh, as in a new case) and ``process_regions`` (walking
       tasks and VMAs, materialised into a list);
@@ -45,7 +45,6 @@ import collections
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -58,9 +57,12 @@ sys.path.insert(0, str(REPO))
 import yara_x  # noqa: E402
 
 from fixtures.build_lab import _load_package, build_fleet  # noqa: E402
-from toolkit.engines import volatility  # noqa: E402
-from toolkit.engines import yara as Y  # noqa: E402
+from toolkit.engines import EngineContext, memory  # noqa: E402
+from toolkit.engines.memory.session import open_memory  # noqa: E402
+from toolkit.engines.yara.rules import compile_rules  # noqa: E402
+from toolkit.engines.yara.scan import scan_physical, scan_regions  # noqa: E402
 from toolkit.memory import open_image  # noqa: E402
+from toolkit.memory.image import merge_runs  # noqa: E402
 from toolkit.profiles import load_profile  # noqa: E402
 
 MARKER_RULE = "SnapscopeLab_Beacon_Marker"
@@ -132,16 +134,17 @@ def flat_scan(rules: dict, dump: Path) -> tuple[float, collections.Counter]:
 
 def snapscope_setup(dump: Path, work: Path) -> tuple[dict, list, dict]:
     snapshot = {"id": "yara2g", "name": "yara2g", "memory": {"path": str(dump), "format": "elf-core"}}
-    ctx = {"cache_dir": work / "case-cache", "derived_dir": work / "derived", "profile": load_profile("linux-triage")}
-    for d in (ctx["cache_dir"], ctx["derived_dir"]):
+    ctx = EngineContext(snapshot_id="yara2g", cache_dir=work / "case-cache", derived_dir=work / "derived",
+                        profile=load_profile("linux-triage"))
+    for d in (ctx.cache_dir, ctx.derived_dir):
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    session, info, diags = volatility.open_memory(snapshot, ctx)
+    session, info, diags = open_memory(snapshot, ctx)
     t_open = time.perf_counter() - t0
     if session is None:
         raise SystemExit(f"open_memory failed: {diags}")
     t1 = time.perf_counter()
-    regions = list(volatility.process_regions(snapshot, ctx))   # cached session: only the task/VMA walk
+    regions = list(memory.process_regions(snapshot, ctx))   # cached session: only the task/VMA walk
     t_regions = time.perf_counter() - t1
     return session, regions, {"open_memory_s": t_open, "process_regions_s": t_regions,
                               "isf_origin": info.get("isf_origin"), "banner": info.get("banner")}
@@ -151,15 +154,15 @@ def snapscope_scan(rules: dict, session: dict, regions: list) -> dict:
     vol_read = [0.0]
     wrapped = [{**r, "read": TimedReader(vol_read).wrap(r["read"])} for r in regions]
     t0 = time.perf_counter()
-    prow, pdiag = Y.scan_regions(rules, wrapped)
+    prow, pdiag = scan_regions(rules, wrapped)
     t_proc = time.perf_counter() - t0
     phys_read = [0.0]
     t1 = time.perf_counter()
     with open_image(session["image"]) as img:
         t_open_img = time.perf_counter() - t1
         timed = types.SimpleNamespace(runs=img.runs, read=TimedReader(phys_read).wrap(img.read))
-        xrow, xdiag = Y.scan_physical(rules, timed)
-        physical_bytes = sum(n for _, n in Y.merge_runs(img.runs))
+        xrow, xdiag = scan_physical(rules, timed)
+        physical_bytes = sum(n for _, n in merge_runs(img.runs))
     t_phys = time.perf_counter() - t1
     return {"scan_regions_s": t_proc, "scan_regions_read_s": vol_read[0], "scan_physical_s": t_phys,
             "scan_physical_read_s": phys_read[0], "open_image_s": t_open_img,
@@ -212,7 +215,7 @@ def main(argv=None) -> int:
         if size < 2 << 30:
             progress(f"WARNING: dump is {size} bytes, under 2 GiB")
         t0 = time.perf_counter()
-        rules = Y.compile_rules(cache_dir=work / "rules-cache")
+        rules = compile_rules(cache_dir=work / "rules-cache")
         out["compile_s"] = time.perf_counter() - t0
         out["rule_engines"] = {f["namespace"]: f["engine"] for f in rules["files"]}
         out["warm_read_s"] = warm_page_cache(dump)

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yara_x  # noqa: E402
 
-from toolkit.engines import yara as Y  # noqa: E402
+from toolkit.engines.yara.rules import DEFAULT_RULES_DIR, compile_rules, find_rule_files  # noqa: E402
+from toolkit.engines.yara.scan import scan_physical  # noqa: E402
 from toolkit.memory import open_image  # noqa: E402
 
 MARKER = b"BEACON SNAPSCOPE-LAB-BEACON-7f3a9c seq=1 host=bench\n"
@@ -72,7 +73,7 @@ def synthetic_elf(path: Path, mib: int) -> int:
 
 def flat_scan(path: Path, rules_dirs) -> tuple[float, collections.Counter]:
     compiler = yara_x.Compiler()
-    for f, ns in Y.find_rule_files(rules_dirs):
+    for f, ns in find_rule_files(rules_dirs):
         compiler.new_namespace(ns)
         compiler.add_source(f.read_text(), origin=str(f))
     scanner = yara_x.Scanner(compiler.build())
@@ -87,10 +88,10 @@ def flat_scan(path: Path, rules_dirs) -> tuple[float, collections.Counter]:
 
 
 def chunked_scan(path: Path, rules_dirs, prefer: str) -> tuple[float, collections.Counter, int]:
-    rules = Y.compile_rules(rules_dirs, prefer=prefer)
+    rules = compile_rules(rules_dirs, prefer=prefer)
     t0 = time.perf_counter()
     with open_image(path) as img:
-        rows, diags = Y.scan_physical(rules, img)
+        rows, diags = scan_physical(rules, img)
     elapsed = time.perf_counter() - t0
     return elapsed, collections.Counter(r["rule"] for r in rows), len(diags)
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", type=int, metavar="MIB", help="generate an ELF core of this size instead")
     ap.add_argument("--engine", default="yara-x", choices=["yara-x", "yara-python"])
     args = ap.parse_args(argv)
-    rules_dirs = args.rules or [Y.DEFAULT_RULES_DIR]
+    rules_dirs = args.rules or [DEFAULT_RULES_DIR]
     tmp = None
     if args.synthetic:
         tmp = tempfile.TemporaryDirectory(prefix="snapscope-yara-bench-")

@@ -1,6 +1,14 @@
-"""The analyze pipeline: discover -> hash -> engines -> tables -> hash again.
+"""The one run path: discover -> hash -> reuse -> engines -> correlate -> case.
 
-The CLI's ``analyze`` and ``demo`` are thin shells over :func:`analyze`.
+:func:`run_snapshots` is the whole sequence, written once, for ``analyze``,
+``audit`` and ``demo``: refuse evidence inside the case, load the profile,
+create the case and take its lock, hash the evidence ("before"), reuse every
+snapshot whose fingerprint is unchanged, analyse the others (in this process,
+or on an executor's workers), save the manifest after each, write the
+combined tables, hash the evidence again ("after") and record the run.
+:func:`analyze` is discovery plus that; ``toolkit.audit`` adds fleet
+discovery, the executor and the comparison with a previous audit.
+
 Engines plug in through ``toolkit.engines.ENGINES``; this module never needs
 to change when one is added.
 
@@ -8,119 +16,59 @@ Example::
 
     summary = analyze([Path("lab/qemu")], Path("case"), profile="linux-triage")
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
 import importlib
 import json
-import os
 import shutil
-import threading
 from pathlib import Path
 
 import pandas as pd
 
-from toolkit import case as case_store, custody
-from toolkit.engines import ENGINES
+from toolkit import shipped
+from toolkit.case import custody
+from toolkit.case.hashes import hash_evidence, load_hash_cache, stat_key
+from toolkit.case.lock import case_lock
+from toolkit.case.store import (
+    Case,
+    init_case,
+    load_manifest,
+    now_iso,
+    save_manifest,
+    write_combined_tables,
+    write_table,
+)
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
+from toolkit.engines import ENGINES, EngineContext, engine_names, no_progress
 from toolkit.errors import CaseError
 from toolkit.evidence import discover
-from toolkit.hashing import sha256_file
-from toolkit.schemas import make_table
+from toolkit.profiles import DEFAULT_PROFILE, load_profile
+from toolkit.schemas import diagnostic, make_table
 from toolkit.versions import tool_versions
 
 
-def _noop_progress(description, completed=None, total=None):
-    pass
-
-
 def refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
+    """CaseError when an evidence file lies inside the case directory (analysis would write beside it)."""
     root = case_dir.resolve()
     for snap in snapshots:
         for item in snap["evidence"]:
             path = Path(item["path"]).resolve()
             if path == root or root in path.parents:
-                raise CaseError(f"{item['path']}: evidence lies inside the case directory {case_dir}; refusing to analyse it")
+                raise CaseError(f"{item['path']}: evidence lies inside the case directory {case_dir}; "
+                                "refusing to analyse it")
 
 
 def evidence_files(snapshots: list[dict]) -> dict[str, dict]:
+    """{resolved path: evidence item} over all snapshots (a shared base image once)."""
     files = {}
     for snap in snapshots:
         for item in snap["evidence"]:
             files[str(Path(item["path"]).resolve())] = item
     return files
-
-
-def stat_key(path: str) -> str:
-    """A file's identity for the hash cache: device, inode, size, mtime."""
-    st = os.stat(path)
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def hash_cache_path(case_dir: Path) -> Path:
-    return case_dir / "derived" / "cache" / "evidence-hashes.json"
-
-
-def load_hash_cache(case_dir: Path) -> dict:
-    """{resolved path: {"key": stat_key, "sha256": ...}} from the case's hash cache ({} if none)."""
-    cache_file = hash_cache_path(case_dir)
-    return json.loads(cache_file.read_text()) if cache_file.exists() else {}
-
-
-def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress=_noop_progress, *,
-                  io_slots: int = 1, use_cache: bool = False) -> dict[str, str]:
-    """Hash every evidence file once and log each hash in custody; returns {path: sha256}.
-
-    ``io_slots`` bounds how many files are read at once (a host's storage is
-    shared). With ``use_cache`` (audits, phase "before" only) a file whose
-    device, inode, size and mtime match the case's hash cache is not re-read;
-    the "after" hashes are always read from the bytes.
-    """
-    cache_file = hash_cache_path(case_dir)
-    cache = load_hash_cache(case_dir) if use_cache else {}
-    total = sum(Path(p).stat().st_size for p in files)
-    done, lock = 0, threading.Lock()
-
-    def tick(n):
-        nonlocal done
-        with lock:
-            done += n
-            progress(f"hashing evidence ({phase})", done, total)
-
-    def work(path):
-        st = os.stat(path)
-        key = stat_key(path)
-        if use_cache and cache.get(path, {}).get("key") == key:
-            tick(st.st_size)
-            return path, cache[path]["sha256"], st.st_size, True, key
-        return path, sha256_file(path, tick), st.st_size, False, key
-
-    hashes = {}
-    with cf.ThreadPoolExecutor(max_workers=max(1, io_slots)) as pool:
-        for path, digest, size, cached, key in pool.map(work, list(files)):
-            hashes[path] = digest
-            cache[path] = {"key": key, "sha256": digest}
-            custody.append_event(case_dir, action=f"evidence.hash.{phase}", path=path, sha256=digest, size=size,
-                                 detail={"format": files[path].get("format"), "cached": cached})
-    case_store.atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
-    return hashes
-
-
-DEFAULT_PROFILE = "linux-triage"
-
-
-def load_profile_for(profile: str | None) -> dict:
-    """The parsed profile; the memory engine's loader owns the format."""
-    try:
-        profiles = importlib.import_module("toolkit.profiles")
-    except ModuleNotFoundError:
-        return {"name": profile or "default"}
-    profile_dict = profiles.load_profile(profile or DEFAULT_PROFILE)
-    # An unknown plugin or function fails here, before any evidence is read.
-    profiles.validate_profile(profile_dict)
-    return profile_dict
 
 
 def snapshot_times(snapshot: dict) -> dict:
@@ -134,82 +82,84 @@ def snapshot_times(snapshot: dict) -> dict:
     return times
 
 
-def run_engines(snapshot: dict, ctx: dict, engine_names=None) -> dict[str, pd.DataFrame]:
-    """Run every applicable engine for one snapshot; an engine crash becomes a diagnostic."""
+def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.DataFrame]:
+    """Run every applicable engine for one snapshot, in ENGINES order; an engine crash becomes a diagnostic."""
     produced: dict[str, list[pd.DataFrame]] = {}
-    shared: dict = {}
-    for name, entry in ENGINES.items():
-        if engine_names is not None and name not in engine_names:
-            continue
-        if entry.get("applies") and not entry["applies"](snapshot):
-            continue
-        module = importlib.import_module(entry["module"])
-        ctx = {**ctx, **shared, "shared": shared,
-               "tables": {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}}
-        try:
-            tables = module.run(snapshot, ctx)
-        except Exception as exc:  # one engine failing must not lose the others' tables
-            tables = {"diagnostics": make_table("diagnostics", [{
-                "severity": "error", "what": f"engine {name}", "where": snapshot["id"],
-                "why": f"{type(exc).__name__}: {exc}"}], snapshot_id=snapshot["id"], source=f"engine/{name}")}
-        for table, df in tables.items():
-            produced.setdefault(table, []).append(df)
-    for reader in shared.values():
-        close = getattr(reader, "close", None)
-        if callable(close):
-            close()
+    try:
+        for entry in ENGINES:
+            if (only is not None and entry["name"] not in only) or not entry["applies"](snapshot):
+                continue
+            module = importlib.import_module(entry["module"])
+            ctx.tables = {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
+            try:
+                tables = module.run(snapshot, ctx)
+            except Exception as exc:  # one engine failing must not lose the others' tables
+                tables = {"diagnostics": make_table("diagnostics", [diagnostic(
+                    "error", f"engine {entry['name']}", snapshot["id"], f"{type(exc).__name__}: {exc}")],
+                    snapshot_id=snapshot["id"], source=f"engine/{entry['name']}")}
+            for table, df in tables.items():
+                produced.setdefault(table, []).append(df)
+    finally:
+        ctx.readers.close()
     return {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
 
 
-def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict) -> str:
-    """What a snapshot's tables depend on: evidence bytes, profile, rules, tool versions."""
-
-    evidence = sorted(hashes[str(Path(e["path"]).resolve())] for e in snapshot["evidence"])
-    payload = json.dumps({"evidence": evidence, "profile": profile, "rules": rules_digest(),
-                          "tools": tool_versions(), "engines": sorted(ENGINES)}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def rules_digest() -> str:
-    """Content hash of the shipped rules and profiles (a rule change means re-analysis)."""
-
-    root = Path(__file__).resolve().parent.parent
+def _file_digest(paths) -> str:
+    """Content hash of the files under ``paths`` (rules, symbols): an edit means re-analysis."""
     digest = hashlib.sha256()
-    for folder in ("rules", "profiles"):
-        for path in sorted((root / folder).rglob("*")):
-            if path.is_file() and path.suffix not in (".pyc",):
-                digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for root in paths:
+        root = Path(root).expanduser()
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            if path.is_file():
+                digest.update(str(path).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
-def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dict[str, str], *,
-                     engine_names=None, search_paths=(), symbols=(), progress=_noop_progress) -> dict:
-    """Engines, correlation and table writes for one snapshot; returns its manifest entry.
+def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict, options: dict) -> str:
+    """What a snapshot's tables depend on: evidence bytes, profile, rules, symbols, tool versions."""
+    evidence = sorted(hashes[str(Path(e["path"]).resolve())] for e in snapshot["evidence"])
+    user_rules = list(profile.get("yara", {}).get("rule_dirs") or []) + list(options.get("rule_paths") or [])
+    payload = json.dumps({"evidence": evidence, "profile": profile, "rules": shipped.content_digest(),
+                          "user_rules": _file_digest(user_rules), "symbols": _file_digest(options.get("symbols") or []),
+                          "tools": tool_versions(), "engines": engine_names()}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
-    Writes only this snapshot's table files, so several can run in parallel
-    processes; the caller owns case.json.
-    """
-    ctx = {"case_dir": case_dir, "derived_dir": case_dir / "derived" / snap["id"],
-           "cache_dir": case_dir / "derived" / "cache", "profile": profile_dict, "progress": progress,
-           "search_paths": [Path(p) for p in search_paths], "symbols": [Path(p) for p in symbols],
-           # content keys for caches shared between snapshots (a linked clones' base image)
-           "evidence_hashes": hashes}
-    ctx["derived_dir"].mkdir(parents=True, exist_ok=True)
-    ctx["cache_dir"].mkdir(parents=True, exist_ok=True)
-    tables = run_engines(snap, ctx, engine_names)
-    # What discovery could not use is data too: a damaged file it set aside, a file it did not recognise.
-    intake = [{"severity": "error", "what": "evidence problem", "where": snap["id"], "why": p}
-              for p in snap.get("problems") or []]
+
+def _intake_diagnostics(snap: dict) -> list[dict]:
+    """What discovery could not use is data too: a damaged file it set aside, a file it did not recognise."""
+    rows = [diagnostic("error", "evidence problem", snap["id"], p) for p in snap.get("problems") or []]
     for skipped in snap.get("skipped") or []:
         # a recognised format that could not be read is lost evidence; an unknown file is just noted
         damaged = str(skipped.get("reason", "")).startswith("unreadable")
-        intake.append({"severity": "error" if damaged else "info",
-                       "what": f"{Path(skipped.get('path', '')).name} unreadable" if damaged else "file not used",
-                       "where": skipped.get("path"), "why": skipped.get("reason")})
+        rows.append(diagnostic("error" if damaged else "info",
+                               f"{Path(skipped.get('path', '')).name} unreadable" if damaged else "file not used",
+                               skipped.get("path"), skipped.get("reason")))
+    return rows
+
+
+def analyze_snapshot(snap: dict, case_dir: Path, profile: dict, hashes: dict[str, str], options: dict) -> dict:
+    """Engines, correlation and table writes for one snapshot; returns its manifest entry.
+
+    Writes only this snapshot's table files, so several can run in parallel
+    processes; the caller owns case.json. ``options``: search_paths, symbols,
+    rule_paths, engine_names, progress (see :func:`run_snapshots`).
+    """
+    ctx = EngineContext(snapshot_id=snap["id"], case_dir=case_dir, derived_dir=case_dir / "derived" / snap["id"],
+                        cache_dir=case_dir / "derived" / "cache", profile=profile,
+                        progress=options.get("progress") or no_progress,
+                        search_paths=tuple(Path(p) for p in options.get("search_paths") or ()),
+                        symbols=tuple(Path(p) for p in options.get("symbols") or ()),
+                        rule_paths=tuple(Path(p) for p in options.get("rule_paths") or ()),
+                        # content keys for caches shared between snapshots (a linked clones' base image)
+                        evidence_hashes=hashes)
+    ctx.derived_dir.mkdir(parents=True, exist_ok=True)
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    tables = run_engines(snap, ctx, options.get("engine_names"))
+    intake = _intake_diagnostics(snap)
     if intake:
-        tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"),
-                                           make_table("diagnostics", intake, snapshot_id=snap["id"], source="intake"))
-                                           if df is not None], ignore_index=True)
+        tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"), make_table(
+            "diagnostics", intake, snapshot_id=snap["id"], source="intake")) if df is not None], ignore_index=True)
     evidence_rows = [{"path": str(Path(e["path"]).resolve()), "format": e.get("format"),
                       "size": Path(e["path"]).stat().st_size, "sha256": hashes[str(Path(e["path"]).resolve())],
                       "role": e.get("role")} for e in snap["evidence"]]
@@ -226,7 +176,7 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
         if str(stale.parent.relative_to(case_dir / "tables")) not in tables:
             stale.unlink()
     for name, df in tables.items():
-        case_store.write_table(case_dir, name, snap["id"], df)
+        write_table(case_dir, name, snap["id"], df)
     return {
         "name": snap["name"], "domain": snap.get("domain"),
         "memory": snap.get("memory"), "disks": snap.get("disks"), "pcaps": snap.get("pcaps"),
@@ -238,82 +188,184 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile_dict: dict, hashes: dic
     }
 
 
-def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, search_paths=(), symbols=(),
-            engine_names=None, progress=_noop_progress) -> dict:
-    """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict."""
-    case_dir = Path(case_dir)
-    snapshots = discover([Path(p) for p in paths], search_paths=search_paths)
-    refuse_evidence_inside_case(snapshots, case_dir)
-    profile_dict = load_profile_for(profile)
+def _analyze_in_worker(snap, case_dir, profile, hashes, options):
+    # Runs in a child process or on a Dask worker: only this snapshot's tables are written.
+    return snap["id"], analyze_snapshot(snap, Path(case_dir), profile, hashes, options)
+
+
+def warm_up_worker(profile_name: str | None) -> None:
+    """Import the engines and let each warm up (Volatility's plugin tree: ~10 s of CPU) in a
+    fresh worker while the parent still hashes the evidence, instead of after it."""
+    for entry in ENGINES:
+        warm_up = getattr(importlib.import_module(entry["module"]), "warm_up", None)
+        if callable(warm_up):
+            warm_up()
+    load_profile(profile_name or DEFAULT_PROFILE)
+
+
+def may_have_work(case_dir: Path, snapshots: list[dict], manifest: dict, profile: dict, options: dict) -> bool:
+    """False only when every snapshot is sure to be reused: its files unchanged
+    since their cached hashes (stat identity) and its fingerprint as recorded."""
+    try:
+        cache = load_hash_cache(case_dir)
+        hashes = {}
+        for path in evidence_files(snapshots):
+            entry = cache.get(path) or {}
+            if entry.get("key") != stat_key(path):
+                return True
+            hashes[path] = entry["sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return True  # only a guess: hashing (which reports real problems) comes next
+    return any((manifest["snapshots"].get(s["id"]) or {}).get("fingerprint")
+               != snapshot_fingerprint(s, hashes, profile, options) for s in snapshots)
+
+
+def _open_case(case_dir: Path) -> None:
+    """Create the case layout (or check an existing one); a refused new directory is not left behind."""
     created = not case_dir.exists()
     try:
-        manifest = case_store.init_case(case_dir)
+        init_case(case_dir)
     except BaseException:
         if created:
             shutil.rmtree(case_dir, ignore_errors=True)
         raise
-    custody.append_event(case_dir, action="analyze.start", detail={"paths": [str(p) for p in paths],
-                                                                   "profile": profile_dict.get("name")})
+
+
+def run_snapshots(snapshots: list[dict], case_dir: Path, *, kind: str, inputs, profile: str | None = None,
+                  search_paths=(), symbols=(), rule_paths=(), engine_names=None, progress=no_progress,
+                  pool=None, warm_up: int = 0, io_slots: int = 1, use_hash_cache: bool = False) -> dict:
+    """Analyse ``snapshots`` into ``case_dir``: the one run path (see the module doc).
+
+    ``kind`` ("analyze", "audit") names the run in custody and the manifest.
+    Without ``pool`` snapshots are analysed in this process and an exception
+    stops the run; with ``pool`` (an executor) they run on its workers, biggest
+    first, and a snapshot that fails is recorded as "failed" with the reason;
+    ``warm_up`` workers then import the engines while this process hashes.
+    The case's lock is held for the whole run: a second run into the same
+    case stops with a CaseError.
+    Returns {"case", "profile", "statuses" {id: analysed|partial|reused|failed},
+    "entries" {id: manifest entry}, "failures" [rows], "evidence_unchanged"}.
+    """
+    case_dir = Path(case_dir)
+    refuse_evidence_inside_case(snapshots, case_dir)
+    profile_dict = load_profile(profile or DEFAULT_PROFILE)  # an unknown plugin fails here, before any read
+    _open_case(case_dir)
+    options = {"search_paths": [str(p) for p in search_paths], "symbols": [str(p) for p in symbols],
+               "rule_paths": [str(p) for p in rule_paths], "engine_names": engine_names}
+    with case_lock(case_dir):
+        return _run_locked(snapshots, case_dir, kind, [str(p) for p in inputs], profile_dict, options,
+                           progress, pool, warm_up, io_slots, use_hash_cache)
+
+
+def _run_locked(snapshots, case_dir, kind, inputs, profile_dict, options, progress, pool, warm_up, io_slots,
+                use_hash_cache) -> dict:
+    manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
+    custody.append_event(case_dir, action=f"{kind}.start", detail={
+        "inputs": inputs, "profile": profile_dict["profile"]["name"], "snapshots": len(snapshots)})
+    if pool is not None and warm_up and may_have_work(case_dir, snapshots, manifest, profile_dict, options):
+        for _ in range(warm_up):
+            pool.submit(warm_up_worker, profile_dict["profile"]["path"])  # imports overlap the hashing
     files = evidence_files(snapshots)
-    before = hash_evidence(case_dir, files, "before", progress)
+    before = hash_evidence(case_dir, files, "before", progress, io_slots=io_slots, use_cache=use_hash_cache)
     manifest["tools"] = tool_versions()
     for path, digest in before.items():
         manifest["evidence"][path] = {"format": files[path].get("format"), "size": Path(path).stat().st_size,
                                       "sha256": digest}
-    summary = {"case": str(case_dir), "snapshots": []}
+    statuses, failures, todo = {}, [], []
     for snap in snapshots:
-        fingerprint = snapshot_fingerprint(snap, before, profile_dict)
+        snap["fingerprint"] = snapshot_fingerprint(snap, before, profile_dict, options)
         previous = manifest["snapshots"].get(snap["id"])
-        if previous and previous.get("fingerprint") == fingerprint:
+        if previous and previous.get("fingerprint") == snap["fingerprint"]:
             # Same evidence bytes, profile, rules and tool versions: the stored tables stand.
+            statuses[snap["id"]] = "reused"
             custody.append_event(case_dir, action="snapshot.reuse", detail={"snapshot": snap["id"]})
-            entry = previous
         else:
-            entry = analyze_snapshot(snap, case_dir, profile_dict, before, engine_names=engine_names,
-                                     search_paths=search_paths, symbols=symbols, progress=progress)
-            entry["fingerprint"] = fingerprint
-            manifest["snapshots"][snap["id"]] = entry
-            # Saved per snapshot so an interrupted run keeps what it finished.
-            case_store.save_manifest(case_dir, manifest)
-        summary["snapshots"].append({"id": snap["id"], "name": snap["name"], "tables": entry["tables"],
-                                     "reused": entry is previous})
-    case_store.write_combined_tables(case_dir)
-    after = hash_evidence(case_dir, files, "after", progress)
+            todo.append(snap)
+
+    def finished(snap, entry):
+        entry["fingerprint"] = snap["fingerprint"]
+        manifest["snapshots"][snap["id"]] = entry
+        # Readable in part: say what could not be analysed, keep what could.
+        statuses[snap["id"]] = "partial" if entry.get("errors") else "analysed"
+        save_manifest(case_dir, manifest)  # resumable: an interrupted run keeps what it finished
+        custody.append_event(case_dir, action="snapshot.done", detail={"snapshot": snap["id"]})
+
+    if pool is None:
+        for snap in todo:
+            finished(snap, analyze_snapshot(snap, case_dir, profile_dict, before, {**options, "progress": progress}))
+    else:
+        # Big snapshots first keeps every worker busy to the end instead of one straggler.
+        todo.sort(key=lambda s: -sum(Path(e["path"]).stat().st_size for e in s["evidence"]))
+        futures = {pool.submit(_analyze_in_worker, snap, str(case_dir), profile_dict, before, options): snap
+                   for snap in todo}
+        for n, future in enumerate(cf.as_completed(futures), start=1):
+            snap = futures[future]
+            try:
+                _sid, entry = future.result()
+            except Exception as exc:  # one VM's failure must not stop the fleet: it becomes a fleet row
+                statuses[snap["id"]] = "failed"
+                failures.append({"vm": snap["id"], "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                                 "source_path": snap.get("source_path")})
+                continue
+            finished(snap, entry)
+            progress("analysing snapshots", n, len(futures))
+    write_combined_tables(case_dir)
+    after = hash_evidence(case_dir, files, "after", progress, io_slots=io_slots)
     changed = [p for p in before if before[p] != after[p]]
-    manifest["runs"].append({"at": case_store.now_iso(), "profile": profile_dict.get("name"),
-                             "paths": [str(p) for p in paths], "evidence_unchanged": not changed})
-    case_store.save_manifest(case_dir, manifest)
-    custody.append_event(case_dir, action="analyze.end", detail={"evidence_unchanged": not changed})
+    manifest["runs"].append({"at": now_iso(), "kind": kind, "profile": profile_dict["profile"]["name"],
+                             "inputs": inputs, "evidence_unchanged": not changed})
+    save_manifest(case_dir, manifest)
+    custody.append_event(case_dir, action=f"{kind}.end", detail={"evidence_unchanged": not changed})
     if changed:
-        raise CaseError(f"evidence changed during analysis: {', '.join(changed)}")
-    summary["evidence_unchanged"] = True
-    return summary
+        raise CaseError(f"evidence changed during the {kind}: {', '.join(changed)}")
+    return {"case": str(case_dir), "profile": profile_dict, "statuses": statuses, "failures": failures,
+            "entries": {sid: manifest["snapshots"][sid] for sid in statuses if sid in manifest["snapshots"]},
+            "evidence_unchanged": True}
+
+
+def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, search_paths=(), symbols=(),
+            rule_paths=(), engine_names=None, progress=no_progress) -> dict:
+    """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
+
+    Example::
+
+        summary = analyze([Path("lab/qemu/memory.elf")], Path("case"))
+        [s["id"] for s in summary["snapshots"]]
+    """
+    snapshots = discover([Path(p) for p in paths], search_paths=search_paths)
+    result = run_snapshots(snapshots, Path(case_dir), kind="analyze", inputs=paths, profile=profile,
+                           search_paths=search_paths, symbols=symbols, rule_paths=rule_paths,
+                           engine_names=engine_names, progress=progress)
+    return {"case": result["case"], "evidence_unchanged": result["evidence_unchanged"],
+            "snapshots": [{"id": s["id"], "name": s["name"], "tables": result["entries"][s["id"]]["tables"],
+                           "reused": result["statuses"][s["id"]] == "reused"} for s in snapshots]}
 
 
 def recorrelate(case_dir: Path) -> dict:
     """Re-run correlation and the timeline over a case's stored tables (after a
     rule change), without touching evidence. Returns {snapshot_id: findings count}."""
     case_dir = Path(case_dir)
-    case = case_store.Case.open(case_dir)
-    manifest = case.manifest
-    derived = {"findings", "timeline"}
-    counts = {}
-    for sid, entry in manifest["snapshots"].items():
-        tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
-        tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
-        # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
-        if "diagnostics" in tables:
-            tables["diagnostics"] = tables["diagnostics"][tables["diagnostics"]["source"] != "correlate"]
-        findings, problems, _graph = correlate_snapshot(tables, sid)
-        timeline = build_timeline(tables, sid, entry.get("times") or {})
-        case_store.write_table(case_dir, "findings", sid, findings)
-        case_store.write_table(case_dir, "timeline", sid, timeline)
-        if "diagnostics" in tables:
-            diags = pd.concat([tables["diagnostics"], problems], ignore_index=True)
-            case_store.write_table(case_dir, "diagnostics", sid, diags)
-        entry["findings"] = findings["severity"].value_counts().to_dict()
-        counts[sid] = len(findings)
-    case_store.save_manifest(case_dir, manifest)
-    case_store.write_combined_tables(case_dir)
-    custody.append_event(case_dir, action="correlate", detail={"findings": counts})
+    with case_lock(case_dir):
+        case = Case.open(case_dir)
+        manifest = case.manifest
+        derived = {"findings", "timeline"}
+        counts = {}
+        for sid, entry in manifest["snapshots"].items():
+            tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
+            tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
+            # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
+            if "diagnostics" in tables:
+                tables["diagnostics"] = tables["diagnostics"][tables["diagnostics"]["source"] != "correlate"]
+            findings, problems, _graph = correlate_snapshot(tables, sid)
+            timeline = build_timeline(tables, sid, entry.get("times") or {})
+            write_table(case_dir, "findings", sid, findings)
+            write_table(case_dir, "timeline", sid, timeline)
+            if "diagnostics" in tables:
+                diags = pd.concat([tables["diagnostics"], problems], ignore_index=True)
+                write_table(case_dir, "diagnostics", sid, diags)
+            entry["findings"] = findings["severity"].value_counts().to_dict()
+            counts[sid] = len(findings)
+        save_manifest(case_dir, manifest)
+        write_combined_tables(case_dir)
+        custody.append_event(case_dir, action="correlate", detail={"findings": counts})
     return counts

@@ -18,9 +18,11 @@ import re
 import tomllib
 from pathlib import Path
 
-from toolkit.errors import SnapscopeError
+from toolkit.engines.disk.functions import DEFAULT_FUNCTIONS, expand_functions
+from toolkit.errors import DiskError, ProfileError
+from toolkit.shipped import PROFILES
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = PROFILES
 
 # Collectors snapscope runs itself inside the Volatility context (no plugin
 # prints what they need); a profile lists them like plugins.
@@ -28,22 +30,20 @@ SNAPSCOPE_COLLECTORS = {
     "snapscope.executables": "ELF header, build-id and first-page sha256 of each process image",
 }
 
+DEFAULT_PROFILE = "linux-triage"
 OSES = ("linux", "windows")
 YARA_ENGINES = ("yara-x", "yara-python")
 
-# [disk] is read by toolkit/engines/dissect.py, [yara] by toolkit/engines/yara.py;
+# [disk] is read by toolkit/engines/disk/, [yara] by toolkit/engines/yara/;
 # the defaults here are theirs, so a profile without those sections changes nothing.
 DEFAULTS = {
     "profile": {"name": "", "os": "linux", "description": ""},
     "memory": {"plugins": []},
-    "disk": {"functions": ["users", "cronjobs", "services", "ssh.authorized_keys", "history", "logs", "packages"],
+    "disk": {"functions": list(DEFAULT_FUNCTIONS),
              "hash": {"max_size": 64 * 1024 * 1024, "paths": [], "executables": True}},
     "yara": {"rule_dirs": [], "engine": "yara-x", "max_file_size": 512 * 1024 * 1024},
 }
 
-
-class ProfileError(SnapscopeError, ValueError):
-    """A profile that cannot be used; the message names the offending entry."""
 
 
 def available_profiles() -> list[str]:
@@ -76,6 +76,14 @@ def load_profile(name_or_path: str | Path) -> dict:
             plugin.setdefault("options", {})
     validate_profile(profile)
     return profile
+
+
+def merge_defaults(partial: dict) -> dict:
+    """A partial profile dict (say, only a ``disk`` section) completed with DEFAULTS, for notebooks and tests.
+
+    Example: ``merge_defaults({"disk": {"functions": ["users"]}})["yara"]["engine"]``  -> ``'yara-x'``
+    """
+    return _merge(copy.deepcopy(DEFAULTS), copy.deepcopy(partial))
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -149,12 +157,8 @@ def _validate_disk(disk: dict) -> None:
         # The disk engine's own check (it knows dissect's functions and its groups),
         # run here so a typo fails before the memory engine has spent minutes.
         try:
-            from toolkit.engines.disk_tables import expand_functions
-        except ImportError:
-            return
-        try:
             expand_functions(functions)
-        except Exception as excp:
+        except DiskError as excp:
             raise ProfileError(f"[disk] {excp}") from None
 
 

@@ -27,6 +27,48 @@ BYTES = "object"  # raw bytes; renderers decide how they look
 
 PROVENANCE = {"snapshot_id": STRING, "source": STRING}
 
+# The one severity scale of findings (and of YARA rule meta), most severe first.
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+SEVERITY_RANK = {name: rank for rank, name in enumerate(reversed(SEVERITIES))}  # info 0 .. critical 4
+# How bad a diagnostic is: error = evidence lost, warning = partly read, info = a note.
+DIAGNOSTIC_SEVERITIES = ("error", "warning", "info")
+
+
+DELETED = " (deleted)"  # what Linux appends to the path of an unlinked file (proc maps, exe links)
+
+
+def split_deleted(path):
+    """(' /tmp/x (deleted)') -> ('/tmp/x', True): engines split the suffix off on intake,
+    so tables carry a clean path and a flag. Volatility pads such paths with a space.
+
+    Example::
+
+        >>> split_deleted(" /tmp/.x/kworker (deleted)")
+        ('/tmp/.x/kworker', True)
+    """
+    if not isinstance(path, str):
+        return path, None
+    path = path.strip()
+    if path.endswith(DELETED.strip()):
+        return path[: -len(DELETED.strip())].rstrip(), True
+    return path, False
+
+
+def diagnostic(severity: str, what: str, where, why, **extra) -> dict:
+    """One ``diagnostics`` row (design.md: "warnings are data").
+
+    Example::
+
+        >>> diagnostic("warning", "page", "memory.elf@0x1000", "truncated")
+        {'severity': 'warning', 'what': 'page', 'where': 'memory.elf@0x1000', 'why': 'truncated'}
+    """
+    if severity not in DIAGNOSTIC_SEVERITIES:
+        raise ValueError(f"diagnostic severity {severity!r}: expected one of {DIAGNOSTIC_SEVERITIES}")
+    row = {"severity": severity, "what": what, "where": None if where is None else str(where),
+           "why": None if why is None else str(why)}
+    row.update(extra)
+    return row
+
 SCHEMAS: dict[str, dict] = {}
 
 
@@ -110,7 +152,7 @@ def validate(name: str, df: pd.DataFrame) -> None:
 
 # --- shared tables -----------------------------------------------------------
 declare("diagnostics", {
-    "severity": STRING,   # info | warning | error
+    "severity": STRING,   # DIAGNOSTIC_SEVERITIES: error | warning | info
     "what": STRING,       # the thing that could not be read or was skipped
     "where": STRING,      # file, offset, plugin, table
     "why": STRING,

@@ -6,11 +6,14 @@ diff says) must give exactly the rows of a full walk, and leave the evidence alo
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from toolkit.engines.dissect import run
+from tests.helpers.contexts import engine_context
+from toolkit.engines.disk import run
 
 pytestmark = pytest.mark.lab
 PROFILE = {"disk": {"functions": ["users"],
@@ -21,10 +24,11 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _tables(path, snapshot=None, ctx=None):
+def _tables(path, snapshot=None, cache_dir=None, work=None):
     snap = {"id": f"{path.parent.name}-{snapshot or 'active'}",
             "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": snapshot}]}
-    return run(snap, {"profile": PROFILE, **(ctx or {})})
+    return run(snap, engine_context(work or Path(tempfile.mkdtemp()), PROFILE, snapshot_id=snap["id"],
+                                    cache_dir=cache_dir))
 
 
 def _files(t):
@@ -57,7 +61,7 @@ def test_fleet_clones_share_one_base_entry(fleet, tmp_path):
     base = fleet / "base.qcow2"
     before = _sha(base)
     for i, disk in enumerate(clones):
-        cached = _tables(disk, ctx={"cache_dir": tmp_path})
+        cached = _tables(disk, cache_dir=tmp_path, work=tmp_path)
         pd.testing.assert_frame_equal(_files(_tables(disk)), _files(cached))
         if i:
             assert any("base rows from the cache" in n for n in _notes(cached)), _notes(cached)

@@ -8,12 +8,15 @@ backing is an absolute staging path that no longer exists).
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from toolkit.engines.disk_diff import diff_disks
+from tests.helpers.contexts import engine_context
+from toolkit.engines.disk import run
+from toolkit.engines.disk.diff import diff_disks
 from toolkit.evidence import discover
-from toolkit.engines.dissect import run
 
 pytestmark = pytest.mark.lab
 PROFILE = {"disk": {"functions": ["users", "cronjobs", "services", "history", "logs"],
@@ -28,7 +31,7 @@ def _disk_tables(lab, path, snapshot=None):
     snap = {"id": f"lab-{path.parent.name}-{snapshot or 'active'}",
             "disks": [{"path": lab / path, "format": "qcow2", "role": "disk", "snapshot": snapshot}]}
     before = _sha(lab / path)
-    tables = run(snap, {"profile": PROFILE})
+    tables = run(snap, engine_context(Path(tempfile.mkdtemp()), PROFILE, snapshot_id=snap["id"]))
     assert _sha(lab / path) == before, "evidence changed"
     return tables
 
@@ -72,10 +75,11 @@ def test_external_snapshot_overlay_named_in_xml(lab, ground_truth):
     overlay = [d for d in snap["disks"] if d["role"] == "overlay"]
     assert overlay and overlay[0]["path"] == str(lab / "libvirt" / "disk-ext.qcow2")
     # The overlay itself opens, its absolute staging-path backing file found beside it.
-    t = run({"id": "lab-ext", "disks": [{**overlay[0], "role": "disk"}]}, {"profile": PROFILE})
+    t = run({"id": "lab-ext", "disks": [{**overlay[0], "role": "disk"}]},
+            engine_context(Path(tempfile.mkdtemp()), PROFILE, snapshot_id="lab-ext"))
     assert t["disk/chain"]["resolved_by"].tolist()[1] == "basename-beside"
     assert t["disk/system"]["hostname"].iloc[0] == ground_truth["guest"]["hostname"]
-    at_moment = run(snap, {"profile": PROFILE})
+    at_moment = run(snap, engine_context(Path(tempfile.mkdtemp()), PROFILE, snapshot_id=snap["id"]))
     assert at_moment["disk/system"]["hostname"].iloc[0] == ground_truth["guest"]["hostname"]
 
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.engines import vol_symbols, volatility
+from toolkit.engines import EngineContext, memory
+from toolkit.engines.memory.session import open_memory
+from toolkit.hashing import sha256_file
 from toolkit.profiles import load_profile
 
 pytestmark = pytest.mark.lab
@@ -59,11 +61,17 @@ def memory_artefacts(ground_truth: dict, kind: str) -> list[dict]:
     return out
 
 
-def _analyse(lab, artefact, work, profile, tag, shared=None):
+def _ctx(work, profile, tag, **more) -> EngineContext:
+    return EngineContext(snapshot_id=tag, derived_dir=work["derived_dir"] / tag, cache_dir=work["cache_dir"],
+                         symbols_cache=work["symbols_cache"], profile=profile, **more)
+
+
+def _analyse(lab, artefact, work, profile, tag):
+    """(tables, the readers the engine left) for one memory artefact of the lab."""
     snapshot = {"id": tag, "memory": {"path": str(lab / artefact["path"]), "format": artefact["format"],
                                       "snapshot": artefact["snapshot"]}}
-    ctx = dict(work, profile=profile, derived_dir=work["derived_dir"] / tag, shared=shared)
-    return volatility.run(snapshot, ctx)
+    ctx = _ctx(work, profile, tag)
+    return memory.run(snapshot, ctx), ctx.readers
 
 
 def same_name(guest: str, memory: str) -> bool:
@@ -121,9 +129,8 @@ def check_executables(tables, ground_truth, lab, run):
 def elf_triage(lab, work):
     """The qemu run's ELF dump through the whole linux-triage profile (built symbols)."""
     artefact = memory_artefacts(json.loads((lab / "ground_truth.json").read_text()), "elf-core")[0]
-    shared = {}
-    tables = _analyse(lab, artefact, work, load_profile("linux-triage"), "elf-triage", shared)
-    return artefact, tables, shared
+    tables, readers = _analyse(lab, artefact, work, load_profile("linux-triage"), "elf-triage")
+    return artefact, tables, readers
 
 
 def test_triage_on_elf_matches_ground_truth(lab, ground_truth, elf_triage):
@@ -147,7 +154,7 @@ def test_symbols_recorded_in_info(elf_triage, ground_truth, work):
     info = tables["memory/info"].iloc[0]
     assert info["banner"].startswith(ground_truth["guest"]["kernel_banner"])
     assert info["isf_origin"] == "built"
-    assert info["isf_sha256"] == vol_symbols.sha256_file(info["isf_path"])
+    assert info["isf_sha256"] == sha256_file(info["isf_path"])
     assert Path(info["isf_path"]).is_relative_to(work["symbols_cache"])
     assert info["dtb"] > 0 and info["plugins_failed"] == 0
 
@@ -155,14 +162,14 @@ def test_symbols_recorded_in_info(elf_triage, ground_truth, work):
 def test_process_regions_for_yara_read_the_implant(elf_triage, ground_truth):
     """The readers left for YARA: the implant's heap or stack holds the beacon marker
     (built at run time, not in the binary), read through its own page tables."""
-    artefact, _tables, shared = elf_triage
+    artefact, _tables, readers = elf_triage
     pid = ground_truth["runs"][artefact["run"]]["implant_pid"]
-    regions = [r for r in shared["memory_regions"] if r["pid"] == pid]
+    regions = [r for r in readers.memory_regions if r["pid"] == pid]
     assert {r["path"] for r in regions if r["deleted"]} == {"/tmp/.kw"}
     marker = ground_truth["marker"].encode()
     hits = [r["path"] for r in regions if marker in r["read"](r["start"], r["end"] - r["start"])]
     assert set(hits) & {"[heap]", "[stack]"}, hits
-    image = shared["memory_image"]
+    image = readers.memory_image
     assert image.runs and len(image.read(image.runs[0][0], 4096)) == 4096
 
 
@@ -182,7 +189,7 @@ def test_every_memory_format(lab, ground_truth, work, tmp_path, kind):
     profile = _profile(tmp_path, SMALL_PLUGINS)
     for artefact in artefacts:
         tag = f"{kind}-{artefact['run']}-{Path(artefact['path']).stem}"
-        tables = _analyse(lab, artefact, work, profile, tag)
+        tables, _readers = _analyse(lab, artefact, work, profile, tag)
         errors = tables["diagnostics"][tables["diagnostics"]["severity"] == "error"]
         assert errors.empty, (artefact["path"], errors.to_dict("records"))
         run = ground_truth["runs"][artefact["run"]]
@@ -197,7 +204,8 @@ def test_every_memory_format(lab, ground_truth, work, tmp_path, kind):
 
 def _corrupt_task_list(src: Path, dst: Path, work) -> None:
     """Overwrite init_task.tasks (next and prev) in a copy of the dump."""
-    session, _info, _d = volatility.open_memory({"memory": str(src)}, dict(work))
+    session, _info, _d = open_memory({"id": "corrupt", "memory": str(src)},
+                                     _ctx(work, load_profile("linux-triage"), "corrupt"))
     kernel = session["context"].modules[session["kernel"]]
     tasks = kernel.object_from_symbol("init_task").tasks.vol.offset
     phys, _ = session["context"].layers[session["layer"]].translate(tasks)
@@ -221,7 +229,7 @@ def test_damaged_task_list_still_yields_scan(lab, ground_truth, work, tmp_path, 
     damaged = tmp_path / "damaged.elf"
     _corrupt_task_list(lab / artefact["path"], damaged, work)
     profile = _profile(tmp_path, ["linux.pslist.PsList", "linux.psscan.PsScan", "linux.lsmod.Lsmod"])
-    tables = volatility.run({"id": "damaged", "memory": str(damaged)}, dict(work, profile=profile))
+    tables = memory.run({"id": "damaged", "memory": str(damaged)}, _ctx(work, profile, "damaged"))
     procs = tables["memory/processes"]
     run = ground_truth["runs"][artefact["run"]]
     implant = procs[procs["pid"] == run["implant_pid"]].iloc[0]
@@ -239,8 +247,8 @@ def test_wrong_user_isf_is_reported_and_not_used(lab, work, tmp_path, elf_triage
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "wrong.json").write_text(json.dumps(built))
     profile = _profile(tmp_path, ["linux.pslist.PsList"])
-    result = volatility.run({"id": "wrong-isf", "memory": str(lab / artefact["path"])},
-                            dict(work, profile=profile, symbols=[tmp_path / "user"]))
+    result = memory.run({"id": "wrong-isf", "memory": str(lab / artefact["path"])},
+                        _ctx(work, profile, "wrong-isf", symbols=(tmp_path / "user",)))
     diag = result["diagnostics"]
     warning = diag[diag["what"] == "ISF does not match this kernel"]
     assert len(warning) == 1 and "5.10.0-99-other" in warning.iloc[0]["why"]
@@ -251,7 +259,7 @@ def test_wrong_user_isf_is_reported_and_not_used(lab, work, tmp_path, elf_triage
 def test_image_without_a_kernel(tmp_path, work):
     junk = tmp_path / "not-memory.raw"
     junk.write_bytes(os.urandom(1 << 20))
-    tables = volatility.run({"id": "junk", "memory": str(junk)}, dict(work, profile=load_profile("linux-triage")))
+    tables = memory.run({"id": "junk", "memory": str(junk)}, _ctx(work, load_profile("linux-triage"), "junk"))
     diag = tables["diagnostics"]
     assert (diag["severity"] == "error").any()
     assert diag["why"].str.contains("no Linux kernel banner").any()

@@ -10,8 +10,9 @@ import json
 
 import pytest
 
-from toolkit.engines import network
-from toolkit.engines import yara as Y
+from toolkit.engines import network, yara
+from toolkit.engines.yara.rules import compile_rules
+from toolkit.engines.yara.scan import scan_streams
 from toolkit.schemas import validate
 
 pytestmark = pytest.mark.lab
@@ -62,7 +63,7 @@ def test_marker_in_reassembled_stream_with_guest_5tuple(lab_network, run):
     assert run in out, f"the lab writes {run}/net.pcap"
     beacon = gt["runs"][run]["beacon"]
     flow = _beacon_flow(out[run]["network/flows"], beacon)
-    rows, diags = Y.scan_streams(Y.compile_rules(), Y.iter_streams(flow))
+    rows, diags = scan_streams(compile_rules(), yara.iter_streams(flow))
     marks = [r for r in rows if r["rule"] == "SnapscopeLab_Beacon_Marker"]
     assert marks and diags == []
     sent = [r for r in marks if r["direction"] == "src_to_dst"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit.profiles import (DEFAULTS, ProfileError, available_profiles, load_profile,
-                              validate_profile, volatility_plugin_exists)
+from toolkit.errors import ProfileError
+from toolkit.profiles import DEFAULTS, available_profiles, load_profile, validate_profile, volatility_plugin_exists
 
 
 def test_shipped_profiles_load_and_validate():

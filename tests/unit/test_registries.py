@@ -1,9 +1,10 @@
 """Walk every registry: entries documented, schemas consistent (the design's contract)."""
+import dataclasses
 import importlib
 
 from toolkit import schemas
 from toolkit.correlate.rules import RULES
-from toolkit.engines import ENGINES
+from toolkit.engines import ENGINES, Readers
 from toolkit.memory.registry import FORMATS
 
 VALID_DTYPES = {schemas.STRING, schemas.INT, schemas.UINT, schemas.FLOAT, schemas.BOOL, schemas.TIME, schemas.BYTES}
@@ -29,10 +30,27 @@ def test_a_column_name_means_one_dtype_everywhere():
 
 
 def test_engines_resolve_to_run_functions():
-    for name, entry in ENGINES.items():
-        assert entry["doc"], name
+    names = [entry["name"] for entry in ENGINES]
+    assert len(set(names)) == len(names)
+    for entry in ENGINES:
+        assert entry["doc"], entry["name"]
         module = importlib.import_module(entry["module"])
-        assert callable(module.run), name
+        assert callable(module.run) and module.run.__doc__, entry["name"]
+        assert callable(entry["applies"]), entry["name"]
+
+
+def test_engines_read_only_what_earlier_engines_leave():
+    # YARA runs last because it reads what memory, disk and network leave, not because of dict order.
+    left: set[str] = set()
+    for entry in ENGINES:
+        missing = set(entry["reads"]) - left
+        assert not missing, f"{entry['name']} reads {sorted(missing)} before any engine leaves it"
+        left |= set(entry["leaves"])
+    readers = {f.name for f in dataclasses.fields(Readers)} - {"closers"}
+    tables = set(schemas.SCHEMAS)
+    for entry in ENGINES:
+        for item in entry["leaves"]:
+            assert item in readers or item in tables, (entry["name"], item)
 
 
 def test_memory_formats_are_complete():
@@ -44,5 +62,7 @@ def test_memory_formats_are_complete():
 
 def test_correlation_rules_documented():
     for rule_id, rule in RULES.items():
-        assert rule["title"] and rule["fn"].__doc__ is None or rule["title"], rule_id
-        assert rule["severity"] in {"info", "low", "medium", "high", "critical"}, rule_id
+        assert isinstance(rule["title"], str) and rule["title"].strip(), rule_id
+        assert rule["fn"].__doc__ and rule["fn"].__doc__.strip(), f"{rule_id}: its function says what it keys on"
+        assert rule["severity"] in schemas.SEVERITIES, rule_id
+        assert rule["attack_id"] is None or rule["attack_id"].startswith("T"), rule_id

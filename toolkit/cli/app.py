@@ -12,8 +12,6 @@ import sys
 
 import typer
 
-from toolkit import __version__
-
 app = typer.Typer(
     name="snapscope",
     help="Offline forensics for libvirt/QEMU VM snapshots: memory, disk and network, correlated.\n\n"
@@ -95,12 +93,12 @@ def main():
     except Exception as exc:
         if os.environ.get("SNAPSCOPE_DEBUG"):
             raise
+        from toolkit.cli.common import error_line
         from toolkit.errors import SnapscopeError
-        from toolkit.report.escape import terminal_safe
 
         if isinstance(exc, SnapscopeError):
-            print(f"error: {terminal_safe(exc)}", file=sys.stderr)
+            print(error_line(exc), file=sys.stderr)
             sys.exit(2)
-        print(f"internal error ({type(exc).__name__}): {terminal_safe(exc)}\n"
-              "This is a snapscope bug; re-run with SNAPSCOPE_DEBUG=1 for the traceback.", file=sys.stderr)
+        print(error_line(f"internal error ({type(exc).__name__}): {exc}"), file=sys.stderr)
+        print("This is a snapscope bug; re-run with SNAPSCOPE_DEBUG=1 for the traceback.", file=sys.stderr)
         sys.exit(1)

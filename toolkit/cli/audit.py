@@ -10,6 +10,7 @@ from rich.table import Table
 
 from toolkit.cli.common import console, progress_bar
 from toolkit.report.escape import rich_safe
+from toolkit.schemas import SEVERITIES
 
 
 def audit(
@@ -34,15 +35,17 @@ def audit(
     with progress_bar() as progress:
         summary = run_audit(sources, case, profile=profile, jobs=jobs, executor=executor, io_slots=io_slots,
                             previous=previous, search_paths=search_path, symbols=symbols, progress=progress)
+    columns = ("vm", "status", *SEVERITIES[:-1], "reason")  # info counts stay in the table, not on screen
     table = Table(title="fleet")
-    for col in ("vm", "status", "critical", "high", "medium", "low", "reason"):
+    for col in columns:
         table.add_column(col)
+
     def cell(value) -> str:
         # table cells come from pandas: a missing count or reason is NA, not None
         return "" if value is None or pd.isna(value) else rich_safe(str(value))
 
     for row in summary["fleet"].itertuples(index=False):
-        table.add_row(*[cell(getattr(row, col)) for col in ("vm", "status", "critical", "high", "medium", "low", "reason")])
+        table.add_row(*[cell(getattr(row, col)) for col in columns])
     console.print(table)
     changes = summary.get("changes")
     if changes is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 
 from toolkit.cli.common import console, fail
+from toolkit.report.escape import rich_safe
 
 app = typer.Typer(help="Check and describe a case directory.\n\nExample: snapscope case verify cases/web01",
                   no_args_is_help=True)
@@ -17,8 +18,7 @@ def verify(case_dir: Path = typer.Argument(..., help="The case directory.")):
 
     Example: snapscope case verify cases/web01
     """
-    from toolkit import custody
-    from toolkit.case import load_manifest
+    from toolkit.case import custody, load_manifest
 
     load_manifest(case_dir)
     problems = custody.verify(case_dir)
@@ -30,7 +30,7 @@ def verify(case_dir: Path = typer.Argument(..., help="The case directory.")):
             problems.append(f"{path}: evidence hash changed during analysis")
     if problems:
         for problem in problems:
-            console.print(f"[red]custody:[/] {problem}")
+            console.print(f"[red]custody:[/] {rich_safe(problem)}")
         fail(f"{case_dir}: custody log does not verify ({len(problems)} problem(s))")
     console.print(f"custody log intact: {len(events)} events, {len(after)} evidence files unchanged")
 
@@ -42,8 +42,6 @@ def info(case_dir: Path = typer.Argument(..., help="The case directory.")):
     Example: snapscope case info cases/web01
     """
     from toolkit.case import Case
-    from toolkit.report.escape import rich_safe
-
     case = Case.open(case_dir)
     for sid, snap in case.snapshots.items():
         console.print(f"[bold]{rich_safe(sid)}[/] {rich_safe(snap.get('name'))}")

@@ -1,21 +1,36 @@
-"""Shared CLI plumbing: the console, progress bars, error exits."""
+"""Shared CLI plumbing: the consoles, progress bars, error exits.
+
+Every error is one line, ``error: <message>`` on stderr, never wrapped:
+a script that greps it or a log that records it must not depend on the
+width of a terminal that may not be there. Messages pass through
+``terminal_safe`` (they may quote guest strings).
+"""
+
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-console = Console()
-err_console = Console(stderr=True)
+from toolkit.errors import one_line
+from toolkit.report.escape import terminal_safe
+
+# soft_wrap: a long line stays one line (the terminal, if any, folds it); tables still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def error_line(message) -> str:
+    """``error: <message>`` on one line, control characters made visible."""
+    return f"error: {terminal_safe(one_line(message))}"
 
 
 def fail(message: str, code: int = 2):
-    """Print one clear line and exit non-zero (no traceback)."""
-    from toolkit.report.escape import rich_safe
-
-    err_console.print(f"[bold red]error:[/] {rich_safe(message)}")
+    """Print one clear line on stderr and exit non-zero (no traceback)."""
+    print(error_line(message), file=sys.stderr, flush=True)
     raise typer.Exit(code)
 
 

@@ -39,7 +39,7 @@ def diff_command(
     Example: snapscope diff base.qcow2 disk.qcow2 --case cases/web01 --search-path /mnt/images
     """
     from toolkit.case import init_case, write_table
-    from toolkit.engines.disk_diff import diff_tables
+    from toolkit.engines.disk.diff import diff_tables
     from toolkit.errors import SnapscopeError
 
     spec_a, spec_b = _spec(a, snapshot_a), _spec(b, snapshot_b)

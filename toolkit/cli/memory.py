@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from toolkit.cli.common import console, fail, progress_bar
+from toolkit.report.escape import rich_safe
 
 app = typer.Typer(help="Guest memory artefacts (ELF, kdump, migration streams, libvirt saves, "
                        "qcow2 snapshots) as one physical address space.\n\n"
@@ -22,7 +23,8 @@ def info(path: Path = typer.Argument(..., help="A memory artefact."),
 
     Example: snapscope memory info /evidence/web01/disk.qcow2 --json
     """
-    from toolkit.memory import MemoryFormatError, detect, probe
+    from toolkit.errors import MemoryFormatError
+    from toolkit.memory import detect, probe
 
     try:
         entry = detect(path)
@@ -35,7 +37,7 @@ def info(path: Path = typer.Argument(..., help="A memory artefact."),
         typer.echo(json.dumps(facts, indent=2, default=str))
         return
     from rich.table import Table
-    from toolkit.report.escape import rich_safe
+
     table = Table(title=rich_safe(str(path)), show_header=False)
     for key, value in facts.items():
         text = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
@@ -55,7 +57,8 @@ def convert(src: Path = typer.Argument(..., help="Memory artefact to convert."),
 
     Example: snapscope memory convert web01.save web01.elf --case cases/web01
     """
-    from toolkit.memory import MemoryFormatError, open_image
+    from toolkit.errors import MemoryFormatError
+    from toolkit.memory import open_image
     from toolkit.memory.convert import to_elf
 
     derived = None
@@ -74,12 +77,12 @@ def convert(src: Path = typer.Argument(..., help="Memory artefact to convert."),
         except MemoryFormatError as exc:
             fail(str(exc))
     for d in result["diagnostics"]:
-        console.print(f"[yellow]{d['severity']}[/]: {d['what']} ({d['where']}): {d['why']}")
+        console.print(f"[yellow]{d['severity']}[/]: {rich_safe(d['what'])} ({rich_safe(d['where'])}): {rich_safe(d['why'])}")
     if case is not None:
-        from toolkit.custody import append_event
+        from toolkit.case.custody import append_event
         append_event(case, action="memory.convert", path=str(src), sha256=result["src_sha256"],
                      detail={"output": str(dst), "output_sha256": result["dst_sha256"],
                              "format": result["format"], "snapshot": snapshot, "runs": result["runs"],
                              "bytes": result["bytes"], "diagnostics": len(result["diagnostics"])})
-    console.print(f"{src} ({result['format']}) -> {dst}: {result['runs']} ranges, "
+    console.print(f"{rich_safe(src)} ({result['format']}) -> {rich_safe(dst)}: {result['runs']} ranges, "
                   f"{result['bytes'] / 2**20:.1f} MiB of guest memory; sha256 {result['dst_sha256']}")

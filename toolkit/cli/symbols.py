@@ -1,6 +1,6 @@
 """`snapscope symbols`: build and list Linux ISF symbol files.
 
-Thin shell over toolkit.engines.vol_symbols.
+Thin shell over toolkit.engines.memory.symbols.
 
 Examples::
 
@@ -14,15 +14,16 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from toolkit.engines import vol_symbols
+from toolkit.cli.common import console, err_console, fail
+from toolkit.engines.memory import symbols as isf
+from toolkit.report.escape import rich_safe
+from toolkit.hashing import sha256_file
 
 app = typer.Typer(help="Linux kernel symbols (ISF) for memory analysis, built from the dump itself.\n\n"
                        "Example: snapscope symbols build guest-memory.elf --out ./isf",
                   no_args_is_help=True)
-console = Console(stderr=True)
 
 
 @app.command()
@@ -35,34 +36,30 @@ def build(dump: Path = typer.Argument(..., help="memory image (ELF core, raw or 
     Example: snapscope symbols build memory.elf --out ./isf
     """
     if not dump.is_file():
-        console.print(f"[red]error:[/] {dump}: no such file")
-        raise typer.Exit(2)
-    banners = vol_symbols.find_banners(dump)
+        fail(f"{dump}: no such file")
+    banners = isf.find_banners(dump)
     if not banners:
-        console.print(f"[red]error:[/] no Linux kernel banner in {dump} "
-                      "(not a Linux guest, or a format to convert to ELF first)")
-        raise typer.Exit(2)
-    out_dir = out or vol_symbols.cache_dir_for(vol_symbols.default_cache_dir())
-    existing = out_dir / f"{vol_symbols.banner_key(banners[0])}.json"
+        fail(f"no Linux kernel banner in {dump} (not a Linux guest, or a format to convert to ELF first)")
+    out_dir = out or isf.cache_dir_for(isf.default_cache_dir())
+    existing = out_dir / f"{isf.banner_key(banners[0])}.json"
     if existing.is_file() and not force:
         result = {"banner": banners[0], "isf_path": str(existing), "seconds": 0.0, "cached": True, "diagnostics": []}
     else:
-        console.print(f"building symbols for: {banners[0].strip()}")
-        result = vol_symbols.build_isf(dump, out_dir)
+        err_console.print(f"building symbols for: {rich_safe(banners[0].strip())}")
+        result = isf.build_isf(dump, out_dir)
         result["cached"] = False
     if result["isf_path"]:
-        result["sha256"] = vol_symbols.sha256_file(result["isf_path"])
+        result["sha256"] = sha256_file(result["isf_path"])
     if json_out:
         print(json.dumps(result, indent=2))
     for d in result["diagnostics"]:
         if d["severity"] != "info":
-            console.print(f"[yellow]{d['severity']}:[/] {d['what']}: {d['why']}")
+            err_console.print(f"[yellow]{d['severity']}:[/] {rich_safe(d['what'])}: {rich_safe(d['why'])}")
     if not result["isf_path"]:
-        console.print("[red]error:[/] no ISF was produced")
-        raise typer.Exit(1)
+        fail("no ISF was produced", code=1)
     if not json_out:
         state = "already cached" if result["cached"] else f"built in {result['seconds']:.1f} s"
-        console.print(f"{state}: {result['isf_path']}\nsha256 {result['sha256']}")
+        err_console.print(f"{state}: {rich_safe(result['isf_path'])}\nsha256 {result['sha256']}")
 
 
 @app.command("list")
@@ -72,11 +69,12 @@ def list_(symbols: list[Path] = typer.Option([], "--symbols", "-s", help="extra 
 
     Example: snapscope symbols list --symbols ./isf
     """
-    rows = vol_symbols.list_isfs(vol_symbols.default_cache_dir(), symbols)
+    rows = isf.list_isfs(isf.default_cache_dir(), symbols)
     if json_out:
         print(json.dumps(rows, indent=2))
         return
     table = Table("origin", "banner", "size", "path")
     for r in rows:
-        table.add_row(r["origin"], (r["banner"] or "<no linux_banner>").strip()[:90], f"{r['size']:,}", r["path"])
-    Console().print(table if rows else "no ISF files found")
+        table.add_row(r["origin"], rich_safe((r["banner"] or "<no linux_banner>").strip()[:90]), f"{r['size']:,}",
+                      rich_safe(r["path"]))
+    console.print(table if rows else "no ISF files found")

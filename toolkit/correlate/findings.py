@@ -12,9 +12,7 @@ import json
 
 from toolkit.correlate.graph import build_graph, chain
 from toolkit.correlate.rules import RULES
-from toolkit.schemas import make_table
-
-SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+from toolkit.schemas import SEVERITY_RANK, diagnostic, make_table
 
 
 def _finding_id(snapshot_id, rule_id, entity, explanation) -> str:
@@ -29,8 +27,7 @@ def correlate_snapshot(tables: dict, snapshot_id: str, rules: dict | None = None
         try:
             hits = list(rule["fn"](tables, graph, snapshot_id))
         except Exception as exc:  # a rule tripping over odd data must not hide the others' findings
-            problems.append({"severity": "error", "what": f"rule {rule_id}", "where": snapshot_id,
-                             "why": f"{type(exc).__name__}: {exc}"})
+            problems.append(diagnostic("error", f"rule {rule_id}", snapshot_id, f"{type(exc).__name__}: {exc}"))
             continue
         for hit in hits:
             severity = str(hit.get("severity") or rule["severity"]).lower()

@@ -19,17 +19,7 @@ import shlex
 import pandas as pd
 
 from toolkit.correlate.links import frame, link, pid_of, truthy, value
-
-DELETED_SUFFIX = " (deleted)"
-
-
-def clean_exe(path: str | None) -> tuple[str | None, bool]:
-    """('/tmp/x', True) for '/tmp/x (deleted)'; memfd paths keep their name."""
-    if not path:
-        return None, False
-    if path.endswith(DELETED_SUFFIX):
-        return path[: -len(DELETED_SUFFIX)], True
-    return path, False
+from toolkit.schemas import split_deleted
 
 
 def _norm_ip(ip) -> str | None:
@@ -73,7 +63,7 @@ def _processes(graph, tables, sid):
         pid = pid_of(row)
         if pid is None:
             continue
-        exe, deleted_suffix = clean_exe(value(row, "exe_path"))
+        exe, deleted_suffix = split_deleted(value(row, "exe_path") or None)
         add_node(graph, f"process:{pid}", "process", f"{value(row, 'process', '?')} (pid {pid})",
                  [link("memory/processes", sid, i)], pid=int(pid), process=value(row, "process"),
                  exe=exe, deleted=truthy(value(row, "exe_deleted")) or deleted_suffix)

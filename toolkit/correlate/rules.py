@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
-from toolkit.correlate.graph import clean_exe, history_paths, owner_process
+from toolkit.correlate.graph import history_paths, owner_process
 from toolkit.correlate.links import frame, link, pid_of, truthy, value
+from toolkit.schemas import SEVERITY_RANK, split_deleted
 
 KERNEL_THREAD_NAME = re.compile(
     r"^\[?(kworker/|ksoftirqd/|kthreadd|migration/|rcu_|kswapd|watchdog/|cpuhp/|khugepaged|kcompactd|"
@@ -21,7 +22,6 @@ SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh", "nc", "ncat", "socat", "pyt
 
 
 HOME_DIRS = ("/root/", "/home/")
-SEVERITY_ORDER = ["info", "low", "medium", "high", "critical"]
 
 
 def is_hidden_or_temp(path: str | None) -> bool:
@@ -45,6 +45,7 @@ def _proc_rows(tables):
 
 
 def kernel_thread_masquerade(tables, graph, sid):
+    """A process named like a kernel thread ([kworker/...]) that has user-space memory."""
     for i, r in _proc_rows(tables):
         name = value(r, "process") or ""
         if KERNEL_THREAD_NAME.match(name) and value(r, "is_kernel_thread") is False:
@@ -55,8 +56,9 @@ def kernel_thread_masquerade(tables, graph, sid):
 
 
 def deleted_executable(tables, graph, sid):
+    """A process whose executable was unlinked after it started (the kernel says "(deleted)")."""
     for i, r in _proc_rows(tables):
-        exe, suffix_deleted = clean_exe(value(r, "exe_path"))
+        exe, suffix_deleted = split_deleted(value(r, "exe_path") or None)
         if truthy(value(r, "exe_deleted")) or suffix_deleted:
             yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.9,
                    "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) runs from {exe!r}, a file that was "
@@ -64,8 +66,9 @@ def deleted_executable(tables, graph, sid):
 
 
 def suspicious_exec_path(tables, graph, sid):
+    """A process executing from memfd, a temporary directory or a hidden (dot) directory."""
     for i, r in _proc_rows(tables):
-        exe, _ = clean_exe(value(r, "exe_path"))
+        exe, _ = split_deleted(value(r, "exe_path") or None)
         if exe and is_hidden_or_temp(exe):
             yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.7,
                    "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) executes {exe!r}, a memfd, hidden "
@@ -73,6 +76,7 @@ def suspicious_exec_path(tables, graph, sid):
 
 
 def hidden_process(tables, graph, sid):
+    """A live task a memory scan finds that the kernel's task list does not hold."""
     for i, r in _proc_rows(tables):
         exited = str(value(r, "exit_state") or "").startswith("EXIT_")  # a dead task's leftovers, not a hidden one
         if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited:
@@ -98,6 +102,7 @@ def _suspicious_owner(graph, pid) -> str | None:
 
 
 def unexpected_outbound(tables, graph, sid):
+    """An ESTABLISHED or SYN_SENT connection owned by a process that is suspicious for another reason."""
     socks = frame(tables, "memory/sockets")
     for i, r in socks.iterrows():
         state = str(value(r, "state", "")).upper()
@@ -111,6 +116,7 @@ def unexpected_outbound(tables, graph, sid):
 
 
 def periodic_flows(tables, graph, sid):
+    """A flow whose initiator sends at regular intervals (at least 3, variation under 20 %)."""
     flows = frame(tables, "network/flows")
     for i, r in flows.iterrows():
         n = value(r, "beacon_intervals")
@@ -157,6 +163,7 @@ def persistence_target(tables, graph, sid):
 
 
 def ld_preload(tables, graph, sid):
+    """A non-empty /etc/ld.so.preload: a library loaded into every dynamic program."""
     pers = frame(tables, "disk/persistence")
     for i, r in pers.iterrows():
         if str(value(r, "path", "")).endswith("ld.so.preload") and (value(r, "program") or value(r, "line")):
@@ -166,6 +173,7 @@ def ld_preload(tables, graph, sid):
 
 
 def ssh_keys(tables, graph, sid):
+    """An authorised SSH key (noted; a key alone is no intrusion)."""
     pers = frame(tables, "disk/persistence")
     for i, r in pers.iterrows():
         if "authorized_keys" in str(value(r, "path", "")):
@@ -175,6 +183,7 @@ def ssh_keys(tables, graph, sid):
 
 
 def kernel_hooks(tables, graph, sid):
+    """A kernel check Volatility flags (hooks), or a loaded module hidden from the module list."""
     checks = frame(tables, "memory/kernel_checks")
     for i, r in checks.iterrows():
         if truthy(value(r, "suspicious")):
@@ -188,6 +197,7 @@ def kernel_hooks(tables, graph, sid):
 
 
 def download_then_execute(tables, graph, sid):
+    """Shell history (disk or memory) that downloads a file and later executes it."""
     for table in ("disk/shell_history", "memory/shell_history"):
         hist = frame(tables, table)
         downloaded: dict[str, int] = {}
@@ -237,7 +247,7 @@ def yara_match(tables, graph, sid):
         if target == "physical":
             # Bytes no process, file or stream holds: page cache, a tmpfs file or freed
             # memory. Worth a look, but the rows do not show anything running.
-            severity = min(severity, "medium", key=lambda s: SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER else 2)
+            severity = min(severity, "medium", key=lambda s: SEVERITY_RANK.get(s, 2))
             confidence, caveat = 0.4, " (no process, file or stream holds these bytes: page cache, tmpfs or freed memory)"
         yield {"entity": owner, "links": [link("yara/matches", sid, i)], "confidence": confidence,
                "severity": severity, "attack_id": value(r, "attack_id"),

@@ -1,32 +1,129 @@
-"""Engine adapters: one module per engine, each a plain ``run`` function.
+"""The engines: one package per evidence domain, each with one ``run`` function.
 
-Contract (what ``analyze`` calls, so new engines plug in without changing it)::
+Contract (what the pipeline calls, so a new engine plugs in without changing it)::
 
-    run(snapshot: dict, ctx: dict) -> dict[str, pandas.DataFrame]
+    run(snapshot: dict, ctx: EngineContext) -> dict[str, pandas.DataFrame]
 
 ``snapshot`` is one entry of ``toolkit.evidence.discover`` (id, name, memory,
-disks, pcaps, domain); ``ctx`` carries ``case_dir``, ``derived_dir``,
-``cache_dir``, ``profile`` (the parsed profile dict), ``progress`` (a callable
-taking (description, completed, total)) and ``tables`` (tables already produced
-by earlier engines for this snapshot, read-only) and ``shared`` (a dict where
-an engine may leave *readers* of its evidence for later engines of the same
-snapshot: the memory engine leaves ``memory_image`` and ``memory_regions``,
-the disk engine ``disk_files``; YARA scans them. Readers, not results: an
-engine never calls another engine). The result maps table names
-from ``toolkit.schemas`` to frames built with ``make_table``; problems go to a
-``diagnostics`` frame, never to an exception, unless nothing at all was readable.
+disks, pcaps, domain); ``ctx`` (:class:`EngineContext`) names everything an
+engine may read. The result maps table names from ``toolkit.schemas`` to frames
+built with ``make_table``; problems go to a ``diagnostics`` frame, never to an
+exception, unless nothing at all was readable.
+
+Engines run in the order of :data:`ENGINES`. An engine never calls another
+engine; a later engine may read the *tables* earlier ones produced
+(``ctx.tables``) and the *readers* they left open (``ctx.readers``: the
+memory engine leaves the physical address space and the process regions, the
+disk engine the files worth scanning). Each entry says what it reads and what
+it leaves, and tests/unit/test_registries.py checks that every read comes
+from an engine earlier in the order.
 """
 
-# name -> {"module": dotted module path, "needs": evidence kind, "doc": ...}
-# Filled in as engines land; analyze imports modules lazily so a missing
-# optional engine never breaks start-up.
-ENGINES: dict[str, dict] = {
-    "memory": {"module": "toolkit.engines.volatility", "applies": lambda s: bool(s.get("memory")),
-               "doc": "Volatility 3 in one context per snapshot: processes, sockets, maps, modules, kernel checks"},
-    "disk": {"module": "toolkit.engines.dissect", "applies": lambda s: bool(s.get("disks")),
-             "doc": "dissect.target over the disk chain: system, users, persistence, history, logs, files"},
-    "network": {"module": "toolkit.engines.network", "applies": lambda s: bool(s.get("pcaps")),
-                "doc": "pcap/pcapng flows with TCP reassembly, DNS, HTTP, TLS"},
-    "yara": {"module": "toolkit.engines.yara", "applies": lambda s: True,
-             "doc": "YARA over process and physical memory, disk files and network streams"},
-}
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+def no_progress(description, completed=None, total=None) -> None:
+    """The progress callback when nobody watches: ``progress(description, completed, total)``."""
+
+
+@dataclass
+class Readers:
+    """Readers of one snapshot's evidence, left by an engine for later engines.
+
+    Readers, not results: YARA scans the bytes behind them. The pipeline calls
+    :meth:`close` once every engine of the snapshot has run.
+    """
+
+    memory_image: object | None = None  # guest-physical address space: .runs, .read(gpa, length)
+    memory_regions: list[dict] | None = None  # process VMAs: {pid, process, start, end, path, read(addr, n)}
+    disk_files: list[dict] | None = None  # files worth scanning: {path, size, sha256, open()}
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in (getattr(self.memory_image, "close", None), *self.closers):
+            if callable(close):
+                close()
+        self.closers = []
+
+
+@dataclass
+class EngineContext:
+    """Everything an engine may read besides the snapshot itself.
+
+    Example::
+
+        ctx = EngineContext(snapshot_id="lab", derived_dir=Path("case/derived/lab"),
+                            profile=load_profile("linux-triage"), cache_dir=Path("case/derived/cache"))
+        tables = toolkit.engines.memory.run(snapshot, ctx)
+    """
+
+    snapshot_id: str
+    derived_dir: Path  # this snapshot's derived artefacts (converted images, spooled streams)
+    profile: dict  # the parsed, validated profile (toolkit.profiles.load_profile)
+    # The case's caches shared between its snapshots (Volatility, disk base images, YARA results);
+    # None: no shared caches (every disk walked in full, Volatility's cache under the host cache).
+    cache_dir: Path | None = None
+    case_dir: Path | None = None  # the case (per-case ISF copies); None outside a case
+    progress: Callable = no_progress
+    search_paths: tuple[Path, ...] = ()  # where files that evidence names may be found
+    symbols: tuple[Path, ...] = ()  # user ISF files/dirs (Linux) or symbol packs (Windows)
+    symbols_cache: Path | None = None  # host-wide ISF cache; None: $SNAPSCOPE_CACHE or ~/.cache/snapscope
+    build_symbols: bool = True  # build a Linux ISF from the dump when none matches
+    allow_missing_backing: bool = False  # read a missing qcow2 backing file as zeros (a diagnostic says so)
+    evidence_hashes: dict[str, str] = field(default_factory=dict)  # {resolved path: sha256}, content cache keys
+    rule_paths: tuple[Path, ...] = ()  # YARA rule files/dirs added to the profile's
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # earlier engines' tables (read-only)
+    readers: Readers = field(default_factory=Readers)
+
+    @property
+    def derived_root(self) -> Path:
+        """The case's derived/ directory (outside a case: the parent of this snapshot's derived dir)."""
+        return Path(self.case_dir) / "derived" if self.case_dir else Path(self.derived_dir).parent
+
+
+# Run in this order: an engine reads only tables and readers that engines before it leave.
+ENGINES: tuple[dict, ...] = (
+    {
+        "name": "memory",
+        "module": "toolkit.engines.memory",
+        "applies": lambda s: bool(s.get("memory")),
+        "reads": (),
+        "leaves": ("memory_image", "memory_regions"),
+        "doc": "Volatility 3 in one context per snapshot: processes, sockets, maps, modules, kernel checks",
+    },
+    {
+        "name": "disk",
+        "module": "toolkit.engines.disk",
+        "applies": lambda s: bool(s.get("disks")),
+        "reads": (),
+        "leaves": ("disk_files",),
+        "doc": "dissect.target over the disk chain: system, users, persistence, history, logs, files",
+    },
+    {
+        "name": "network",
+        "module": "toolkit.engines.network",
+        "applies": lambda s: bool(s.get("pcaps")),
+        "reads": (),
+        "leaves": ("network/flows",),
+        "doc": "pcap/pcapng flows with TCP reassembly, DNS, HTTP, TLS",
+    },
+    {
+        "name": "yara",
+        "module": "toolkit.engines.yara",
+        "applies": lambda s: True,
+        "reads": ("memory_image", "memory_regions", "disk_files", "network/flows"),
+        "leaves": (),
+        "doc": "YARA over process and physical memory, disk files and network streams",
+    },
+)
+
+
+def engine_names() -> list[str]:
+    """The engines' names in run order: ['memory', 'disk', 'network', 'yara']."""
+    return [entry["name"] for entry in ENGINES]

@@ -6,8 +6,8 @@ Example::
     identify("/evidence/web01/memory.elf")["format"]     # 'elf-core'
     [s["id"] for s in discover(["/evidence/web01"])]
 """
+from toolkit.errors import EvidenceError
 from toolkit.evidence.discover import discover
-from toolkit.evidence.errors import EvidenceError
 from toolkit.evidence.identify import identify
 
 __all__ = ["discover", "identify", "EvidenceError"]

@@ -63,10 +63,19 @@ import os
 import re
 from pathlib import Path
 
-from toolkit.evidence.chains import (Lookup, domain_disks, embedded_domain, entry, merge, resolve, same_domain,
-                                     top_disks, with_chain)
-from toolkit.evidence.errors import EvidenceError
+from toolkit.errors import EvidenceError
+from toolkit.evidence.chains import (
+    Lookup,
+    domain_disks,
+    embedded_domain,
+    entry,
+    merge,
+    same_domain,
+    top_disks,
+    with_chain,
+)
 from toolkit.evidence.identify import memory_format_names
+from toolkit.references import resolve
 
 DISK_FORMATS = {"qcow2", "raw-disk", "vmdk", "vhdx", "vdi"}
 PCAP_FORMATS = {"pcap", "pcapng"}
@@ -92,14 +101,14 @@ def _scan(directory: Path) -> list[Path]:
         top = sorted(directory.iterdir())
     except OSError as exc:
         raise EvidenceError(directory, f"cannot list directory: {exc.strerror}") from None
-    for entry in top:
-        if entry.is_dir():
+    for child in top:
+        if child.is_dir():
             try:
-                files += sorted(p for p in entry.iterdir() if p.is_file())
+                files += sorted(p for p in child.iterdir() if p.is_file())
             except OSError:
                 continue   # an unreadable subdirectory is not this snapshot's business
-        elif entry.is_file():
-            files.append(entry)
+        elif child.is_file():
+            files.append(child)
     return files
 
 

@@ -20,7 +20,7 @@ import re
 import struct
 import uuid
 
-from toolkit.evidence.errors import EvidenceError
+from toolkit.errors import EvidenceError
 
 VDI_SIGNATURE = 0xBEDA107F
 _VMDK_TEXT = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*#\s*Disk DescriptorFile", re.I)

@@ -24,9 +24,8 @@ import stat
 import struct
 from pathlib import Path
 
-from toolkit.errors import SnapscopeError
+from toolkit.errors import EvidenceError, SnapscopeError
 from toolkit.evidence import disk_probe, libvirt_xml, pcap_probe
-from toolkit.evidence.errors import EvidenceError
 
 # Enough for every signature checked here (GPT at 4096, ext superblock at
 # 1024, VDI at 0x40, pcapng's first blocks) and for the memory detectors.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from toolkit.evidence.errors import EvidenceError
+from toolkit.errors import EvidenceError
 
 # libvirt's XML for a domain is a few KiB; a snapshot XML embeds one domain.
 # Anything much bigger is not something libvirt wrote.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import mmap
 import struct
 
-from toolkit.evidence.errors import EvidenceError
+from toolkit.errors import EvidenceError
 
 # magic as read little-endian -> (byte order, ticks per second)
 PCAP_MAGICS = {

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from toolkit.memory.image import MemoryFormatError, MemoryImage
+from toolkit.errors import MemoryFormatError
+from toolkit.memory.image import MemoryImage
 
 __all__ = ["MemoryFormatError", "MemoryImage", "detect", "open_image", "probe"]
 

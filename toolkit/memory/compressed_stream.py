@@ -9,8 +9,9 @@ True
 """
 from __future__ import annotations
 
+from toolkit.errors import MemoryFormatError
 from toolkit.memory import migration_image, streams
-from toolkit.memory.image import FileSource, MemoryFormatError
+from toolkit.memory.image import FileSource
 
 
 def detect(head):

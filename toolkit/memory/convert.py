@@ -49,6 +49,7 @@ import threading
 
 import numpy as np
 
+from toolkit.hashing import sha256_file
 from toolkit.memory import open_image
 from toolkit.memory.image import FileSource
 from toolkit.memory.pages import EXT_READ, EXT_ZERO
@@ -75,23 +76,6 @@ def _coalesce(runs, limit=MAX_LOADS):
         runs, gap = merged, gap * 4
     return runs
 
-
-def file_sha256(path, progress=None):
-    """sha256 of a whole file, read with preadv into one page-aligned buffer."""
-    h = hashlib.sha256()
-    buf = mmap.mmap(-1, CHUNK)
-    mv = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        off = 0
-        while n := os.preadv(fd, [mv], off):
-            h.update(mv[:n])
-            off += n
-    finally:
-        os.close(fd)
-        mv.release()
-        buf.close()
-    return h.hexdigest()
 
 
 def _in_thread(fn, *args):
@@ -295,7 +279,7 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
     True
     """
     # Started first so that it overlaps the migration index pass and the copy.
-    src_sha = _in_thread(file_sha256, src) if hash is True else (lambda: None)
+    src_sha = _in_thread(sha256_file, src) if hash is True else (lambda: None)
     own = image is None
     img = image or open_image(src, snapshot=snapshot, derived_dir=derived_dir)
     sink = fd = None

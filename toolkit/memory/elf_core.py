@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import struct
 
-from toolkit.memory.image import FileSource, MemoryFormatError, MemoryImage, diagnostic
+from toolkit.errors import MemoryFormatError
+from toolkit.memory.image import FileSource, MemoryImage
+from toolkit.schemas import diagnostic
 
 PT_LOAD, PT_NOTE = 1, 4
 PN_XNUM = 0xFFFF

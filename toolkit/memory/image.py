@@ -20,29 +20,7 @@ from __future__ import annotations
 import bisect
 import os
 
-from toolkit.errors import SnapscopeError
-
-
-class MemoryFormatError(SnapscopeError, ValueError):
-    """A memory artefact cannot be read: names the file and the byte offset.
-
-    >>> str(MemoryFormatError("dump.elf", 0x40, "bad program header"))
-    'dump.elf: at offset 0x40: bad program header'
-    """
-
-    def __init__(self, path, offset, message):
-        self.path = str(path)
-        self.offset = offset
-        self.message = message
-        where = f"at offset {offset:#x}" if isinstance(offset, int) else f"at {offset}"
-        super().__init__(f"{self.path}: {where}: {message}")
-
-
-def diagnostic(severity, what, where, why, **extra):
-    """One warning-as-data row (design.md: "Warnings are data")."""
-    row = {"severity": severity, "what": what, "where": where, "why": why}
-    row.update(extra)
-    return row
+from toolkit.errors import MemoryFormatError
 
 
 class FileSource:

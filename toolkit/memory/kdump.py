@@ -28,10 +28,12 @@ import zlib
 import cramjam
 import numpy as np
 
+from toolkit.errors import MemoryFormatError
 from toolkit.memory import lzo1x
 from toolkit.memory.elf_core import note_facts, parse_notes
-from toolkit.memory.image import FileSource, MemoryFormatError, MemoryImage, diagnostic
+from toolkit.memory.image import FileSource, MemoryImage
 from toolkit.memory.pages import KIND_DESC, KIND_FILL, KIND_SRC, PageMap, enc
+from toolkit.schemas import diagnostic
 
 FLAT_MAGIC = b"makedumpfile"
 FLAT_HEADER_SIZE = 4096

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import struct
 
+from toolkit.errors import MemoryFormatError
 from toolkit.memory import migration, migration_image, streams
-from toolkit.memory.image import FileSource, MemoryFormatError, diagnostic
+from toolkit.memory.image import FileSource
 from toolkit.memory.pages import Cursor
+from toolkit.schemas import diagnostic
 
 MAGIC, PART_MAGIC = b"LibvirtQemudSave", b"LibvirtQemudPart"
 HEADER_SIZE = 0x5C

@@ -22,8 +22,9 @@ import zlib
 
 import numpy as np
 
-from toolkit.memory.image import MemoryFormatError, diagnostic
+from toolkit.errors import MemoryFormatError
 from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SPILL, KIND_SRC, PageMap, enc
+from toolkit.schemas import diagnostic
 
 MAGIC = b"QEVM"
 EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIG, COMMAND, FOOTER = (

@@ -10,9 +10,11 @@ True
 """
 from __future__ import annotations
 
+from toolkit.errors import MemoryFormatError
 from toolkit.memory import guest_layout, migration
-from toolkit.memory.image import FileSource, MemoryFormatError, MemoryImage, diagnostic
+from toolkit.memory.image import FileSource, MemoryImage
 from toolkit.memory.pages import KIND_SPILL, KIND_SRC, Cursor
+from toolkit.schemas import diagnostic
 
 detect = migration.detect
 

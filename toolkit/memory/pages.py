@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolkit.memory.image import MemoryFormatError
+from toolkit.errors import MemoryFormatError
 
 # Absent is 0 so that a fresh index is np.zeros: the kernel hands out untouched
 # zero pages lazily, so the index of a huge, mostly absent guest costs no RSS.
@@ -95,7 +95,6 @@ class PageMap:
         """
         ps = self.page_size
         loc = self.loc
-        zero = bytes(ps)
 
         def read(offset, length):
             first = offset // ps

@@ -23,9 +23,12 @@ from pathlib import Path
 
 import zstandard
 
+from toolkit.errors import MemoryFormatError
 from toolkit.memory import migration, migration_image
-from toolkit.memory.image import FileSource, MemoryFormatError, diagnostic
+from toolkit.memory.image import FileSource
 from toolkit.memory.pages import Cursor
+from toolkit.references import resolve
+from toolkit.schemas import diagnostic
 
 MAGIC = b"QFI\xfb"
 OFFSET_MASK = 0x00FFFFFFFFFFFE00
@@ -130,8 +133,7 @@ def read_header(path):
 
 def resolve_backing(path, name, search_path=()):
     """Where a recorded backing file name lives on this machine, or None
-    (evidence-first order: see toolkit.evidence.chains.resolve_reference)."""
-    from toolkit.evidence.chains import resolve
+    (evidence-first order: see toolkit.references.resolve_reference)."""
 
     found = resolve(name, Path(path).resolve().parent, search_path)
     return str(found) if found is not None else None

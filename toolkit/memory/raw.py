@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import struct
 
-from toolkit.memory.image import FileSource, MemoryFormatError, MemoryImage, diagnostic
+from toolkit.errors import MemoryFormatError
+from toolkit.memory.image import FileSource, MemoryImage
+from toolkit.schemas import diagnostic
 
 LIME_MAGIC = b"EMiL"
 MAX_LIME_RANGES = 1 << 20

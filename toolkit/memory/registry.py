@@ -10,8 +10,7 @@ file by itself, so the memory engine may hand it the original file).
 """
 from __future__ import annotations
 
-from toolkit.memory import (compressed_stream, elf_core, kdump, libvirt_save, migration_image,
-                            qcow2, raw)
+from toolkit.memory import compressed_stream, elf_core, kdump, libvirt_save, migration_image, qcow2, raw
 
 HEAD_SIZE = 1 << 16
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from toolkit.errors import MemoryFormatError
 from toolkit.memory import lzo1x, migration
-from toolkit.memory.image import MemoryFormatError
 from toolkit.memory.pages import Cursor, PageMap
 
 LZOP_MAGIC = b"\x89LZO\x00\r\n\x1a\n"

@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from toolkit.report.escape import rich_safe
+from toolkit.schemas import SEVERITIES
 
 SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
@@ -20,7 +21,7 @@ def render_findings(console: Console, findings, *, chains: bool = True, min_rank
     summary = Table(title="findings by severity")
     summary.add_column("severity")
     summary.add_column("count", justify="right")
-    for sev in ("critical", "high", "medium", "low", "info"):
+    for sev in SEVERITIES:
         if counts.get(sev):
             summary.add_row(f"[{SEVERITY_STYLE[sev]}]{sev}[/]", str(counts[sev]))
     console.print(summary)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import evidence_synth as synth
-from toolkit.evidence import EvidenceError, discover
+from tests.helpers import evidence_files as synth
+from toolkit.errors import EvidenceError
+from toolkit.evidence import discover
 from toolkit.evidence.discover import slug
 
 UUID = "c7a5fdbd-cdaf-9455-926a-d65c16db1809"

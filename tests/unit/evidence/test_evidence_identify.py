@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-import evidence_synth as synth
-from toolkit.errors import SnapscopeError
-from toolkit.evidence import EvidenceError, identify
+from tests.helpers import evidence_files as synth
+from toolkit.errors import EvidenceError, SnapscopeError
+from toolkit.evidence import identify
 
 
 def only_line(exc: EvidenceError, path) -> str:

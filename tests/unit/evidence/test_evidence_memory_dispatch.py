@@ -8,8 +8,9 @@ import struct
 
 import pytest
 
-import evidence_synth as synth
-from toolkit.evidence import EvidenceError, identify
+from tests.helpers import evidence_files as synth
+from toolkit.errors import EvidenceError
+from toolkit.evidence import identify
 
 
 def test_libvirt_save_reports_embedded_domain(tmp_path):

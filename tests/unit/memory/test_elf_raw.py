@@ -1,10 +1,10 @@
 import struct
 
 import pytest
+from tests.helpers.memory_samples import PS, page
 
 import toolkit.memory as M
-from conftest import PS, page
-import writers as W
+from tests.helpers import memory_writers as W
 
 
 def _notes():

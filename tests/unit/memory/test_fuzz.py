@@ -5,11 +5,12 @@ import os
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from tests.helpers.memory_samples import PS, complete_stream, page
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import toolkit.memory as M
-from conftest import PS, complete_stream, page
-import writers as W
+from tests.helpers import memory_writers as W
 
 STREAM = complete_stream(ram=8 * PS)[0]
 

@@ -2,11 +2,11 @@ import struct
 import subprocess
 
 import pytest
+from tests.helpers.memory_samples import PS, page
 from dissect.util.compression import lzo
 
 import toolkit.memory as M
-from conftest import PS, page
-import writers as W
+from tests.helpers import memory_writers as W
 
 PAGES = {0: page(0), 1: bytes(PS), 2: page(2), 9: page(9), 10: bytes(PS), 63: page(63)}
 

@@ -4,7 +4,7 @@ import struct
 import pytest
 
 import toolkit.memory as M
-import writers as W
+from tests.helpers import memory_writers as W
 
 CODECS = ["raw", "gzip", "bzip2", "xz", "lzop", "zstd"]
 

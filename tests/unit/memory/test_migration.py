@@ -1,11 +1,11 @@
 import struct
 
 import pytest
+from tests.helpers.memory_samples import PS, complete_stream, page
 
 import toolkit.memory as M
+from tests.helpers import memory_writers as W
 from toolkit.memory import guest_layout, migration
-from conftest import PS, complete_stream, page
-import writers as W
 
 GIB = 1 << 30
 

@@ -3,8 +3,8 @@ import subprocess
 import pytest
 
 import toolkit.memory as M
+from tests.helpers import memory_writers as W
 from toolkit.memory import qcow2
-import writers as W
 
 C = 4096
 

@@ -13,7 +13,7 @@ Example::
 
     tables = run({"id": "web1", "pcaps": [{"path": "net.pcap"}],
                   "domain": {"macs": ["52:54:00:12:34:56"]}},
-                 {"derived_dir": Path("case/derived")})
+                 EngineContext(snapshot_id="web1", derived_dir=Path("case/derived/web1"), profile=profile))
     tables["network/flows"][["src_ip", "src_port", "dst_ip", "dst_port", "state"]]
 """
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from toolkit.engines import EngineContext
 from toolkit.engines.network.capture import decode_frame, iter_records, link_name
 from toolkit.engines.network.flows import add_record, finish, new_tracker
-from toolkit.schemas import make_table
+from toolkit.schemas import diagnostic, make_table
 
-__all__ = ["run", "analyze_captures", "iter_records", "decode_frame", "link_name", "TABLES"]
+__all__ = ["run", "analyze_captures", "to_tables", "iter_records", "decode_frame", "link_name", "TABLES"]
 
 TABLES = {"flows": "network/flows", "dns": "network/dns", "http": "network/http", "tls": "network/tls"}
 PROGRESS_EVERY = 20_000
@@ -41,18 +42,14 @@ def _summaries(tr: dict, label: str) -> list[dict]:
                            ("fragments", "IPv4 fragments are not reassembled; their payload is not in any stream", "info"),
                            ("other_l4", "IP packets of protocols other than TCP/UDP/ICMP were not tracked", "info")):
         if c[what]:
-            rows.append({"severity": sev, "what": f"{c[what]} frames: {what}",
-                         "where": f"{label}@{tr['first_bad'].get(what, 0)} (first)", "why": why})
+            rows.append(diagnostic(sev, f"{c[what]} frames: {what}", f"{label}@{tr['first_bad'].get(what, 0)} (first)", why))
     for linktype, (where, offset, n) in tr["bad_links"].items():
-        rows.append({"severity": "error", "what": f"{n} frames with {link_name(linktype)}", "where": f"{where}@{offset}",
-                     "why": f"link type {linktype} ({link_name(linktype)}) cannot be decoded into IP packets; "
-                            "these frames are not in any flow"})
+        rows.append(diagnostic("error", f"{n} frames with {link_name(linktype)}", f"{where}@{offset}", f"link type {linktype} ({link_name(linktype)}) cannot be decoded into IP packets; "
+                            "these frames are not in any flow"))
     if tr["macs"] and c["foreign"]:
-        rows.append({"severity": "info", "what": f"{c['foreign']} frames of other hosts", "where": label,
-                     "why": "capture is shared: kept only frames to/from " + ", ".join(sorted(tr["macs"]))})
+        rows.append(diagnostic("info", f"{c['foreign']} frames of other hosts", label, "capture is shared: kept only frames to/from " + ", ".join(sorted(tr["macs"]))))
     if tr["macs"] and c["frames"] and c["foreign"] == c["frames"]:
-        rows.append({"severity": "warning", "what": "no frame of this VM", "where": label,
-                     "why": "none of the VM's MACs (" + ", ".join(sorted(tr["macs"])) + ") appear in the capture"})
+        rows.append(diagnostic("warning", "no frame of this VM", label, "none of the VM's MACs (" + ", ".join(sorted(tr["macs"])) + ") appear in the capture"))
     return rows
 
 
@@ -64,8 +61,7 @@ def analyze_captures(paths, *, spool_dir: Path | None, macs=None, progress=None)
     """
     tr = new_tracker(spool_dir, macs)
     if spool_dir is None:
-        tr["diagnostics"].append({"severity": "info", "what": "payload streams not kept", "where": "network",
-                                  "why": "no derived directory given: only the first bytes of each stream were parsed"})
+        tr["diagnostics"].append(diagnostic("info", "payload streams not kept", "network", "no derived directory given: only the first bytes of each stream were parsed"))
     sizes = {str(p): (os.path.getsize(p) if os.path.isfile(p) else 0) for p in paths}
     total, done = sum(sizes.values()), 0
     for path in paths:
@@ -95,22 +91,28 @@ def _frame(name: str, rows: list[dict], sid: str) -> pd.DataFrame:
     return make_table(name, df, snapshot_id=sid, source=name)
 
 
-def run(snapshot: dict, ctx: dict) -> dict[str, pd.DataFrame]:
+def to_tables(rows: dict, snapshot_id: str) -> dict[str, pd.DataFrame]:
+    """The network tables and diagnostics of :func:`analyze_captures`' rows.
+
+    Example: ``to_tables(analyze_captures(["net.pcap"], spool_dir=None), "web1")["network/flows"]``
+    """
+    tables = {TABLES[k]: _frame(TABLES[k], rows[k], snapshot_id) for k in TABLES}
+    tables["diagnostics"] = make_table("diagnostics", rows["diagnostics"], snapshot_id=snapshot_id, source="network")
+    return tables
+
+
+def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
     """Engine adapter: every capture in ``snapshot["pcaps"]`` -> network tables.
 
-    Streams spool under ``ctx["derived_dir"]`` (cleared first: a re-run
+    Streams spool under ``ctx.derived_dir`` (cleared first: a re-run
     rewrites them). Never raises on bad captures: they become diagnostics.
-    Example: ``run({"id": "s", "pcaps": [{"path": "net.pcap"}]}, {"derived_dir": "d"})``
+    Example: ``run({"id": "s", "pcaps": [{"path": "net.pcap"}]}, ctx)``
     """
-    sid = str(snapshot.get("id") or snapshot.get("name") or "snapshot")
+    sid = ctx.snapshot_id
     paths = [p["path"] if isinstance(p, dict) else p for p in snapshot.get("pcaps") or []]
     macs = [m.lower() for m in ((snapshot.get("domain") or {}).get("macs") or [])]
-    spool_dir = None
-    if ctx.get("derived_dir"):
-        spool_dir = Path(ctx["derived_dir"]) / "network" / sid / "streams"
-        if spool_dir.exists():
-            shutil.rmtree(spool_dir)   # our own derived files from an earlier run; appending would double them
-    rows = analyze_captures(paths, spool_dir=spool_dir, macs=macs, progress=ctx.get("progress"))
-    tables = {TABLES[k]: _frame(TABLES[k], rows[k], sid) for k in TABLES}
-    tables["diagnostics"] = make_table("diagnostics", rows["diagnostics"], snapshot_id=sid, source="network")
-    return tables
+    spool_dir = Path(ctx.derived_dir) / "network" / sid / "streams"
+    if spool_dir.exists():
+        shutil.rmtree(spool_dir)  # our own derived files from an earlier run; appending would double them
+    rows = analyze_captures(paths, spool_dir=spool_dir, macs=macs, progress=ctx.progress)
+    return to_tables(rows, sid)

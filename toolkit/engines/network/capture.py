@@ -18,6 +18,8 @@ import struct
 
 import dpkt
 
+from toolkit.schemas import diagnostic
+
 # Link types we decode (LINKTYPE_* numbers from the tcpdump registry).
 LINKTYPES = {0: "null (BSD loopback)", 1: "ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP",
              108: "OpenBSD loopback", 113: "Linux cooked (SLL)", 228: "raw IPv4", 229: "raw IPv6",
@@ -37,7 +39,7 @@ PCAPNG_SHB = 0x0A0D0D0A
 
 
 def _diag(diagnostics, path, offset, what, why, severity="warning"):
-    diagnostics.append({"severity": severity, "what": what, "where": f"{path}@{offset}", "why": why})
+    diagnostics.append(diagnostic(severity, what, f"{path}@{offset}", why))
 
 
 def link_name(linktype: int) -> str:

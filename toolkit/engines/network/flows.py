@@ -26,6 +26,7 @@ import dpkt
 from toolkit.engines.network import protocols as P
 from toolkit.engines.network import streams as S
 from toolkit.engines.network.capture import decode_frame
+from toolkit.schemas import diagnostic
 
 TCP_FLAG_NAMES = [(dpkt.tcp.TH_SYN, "SYN"), (dpkt.tcp.TH_ACK, "ACK"), (dpkt.tcp.TH_PUSH, "PSH"),
                   (dpkt.tcp.TH_FIN, "FIN"), (dpkt.tcp.TH_RST, "RST"), (dpkt.tcp.TH_URG, "URG"),
@@ -253,8 +254,7 @@ def _settle(tr, flow) -> None:
             continue
         S.close_stream(stream)
         if stream["error"]:
-            tr["diagnostics"].append({"severity": "warning", "what": f"stream {flow['id']}.{DIRS[d]}",
-                                      "where": str(stream["spool"]), "why": f"spool write failed: {stream['error']}"})
+            tr["diagnostics"].append(diagnostic("warning", f"stream {flow['id']}.{DIRS[d]}", str(stream["spool"]), f"spool write failed: {stream['error']}"))
     client, server = flow["streams"]
     if flow["proto"] == "tcp" and client is not None:
         head = bytes(client["head"])

@@ -1,0 +1,72 @@
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from toolkit import case as case_store
+from toolkit.errors import CaseError
+from toolkit.schemas import make_table
+
+
+def test_write_and_read_tables(tmp_path):
+    case_store.init_case(tmp_path / "c")
+    for sid in ("a", "b"):
+        df = make_table("diagnostics", [{"severity": "warning", "what": "x", "where": sid, "why": "y"}],
+                        snapshot_id=sid, source="test")
+        case_store.write_table(tmp_path / "c", "diagnostics", sid, df)
+    case = case_store.Case.open(tmp_path / "c")
+    assert case.tables() == ["diagnostics"]
+    assert sorted(case.table("diagnostics")["snapshot_id"]) == ["a", "b"]
+    assert list(case.table("diagnostics", snapshot="b")["where"]) == ["b"]
+    out = case.sql("SELECT count(*) AS n FROM diagnostics WHERE severity = 'warning'")
+    assert int(out["n"][0]) == 2
+
+
+def test_schema_violation_is_refused(tmp_path):
+    case_store.init_case(tmp_path / "c")
+    with pytest.raises(ValueError):
+        case_store.write_table(tmp_path / "c", "diagnostics", "a", pd.DataFrame({"what": ["x"]}))
+
+
+def test_non_case_directory_refused(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "file.txt").write_text("x")
+    with pytest.raises(CaseError, match="not a snapscope case"):
+        case_store.init_case(tmp_path / "stuff")
+    with pytest.raises(CaseError):
+        case_store.Case.open(tmp_path / "stuff")
+
+
+def test_killed_writer_leaves_no_partial_table(tmp_path):
+    """SIGKILL in the middle of writing a big table: the old file stays whole, no temp file is visible as a table."""
+    target = tmp_path / "c"
+    case_store.init_case(target)
+    small = make_table("diagnostics", [{"severity": "info", "what": "old", "where": "", "why": ""}],
+                       snapshot_id="s", source="t")
+    case_store.write_table(target, "diagnostics", "s", small)
+    code = (
+        "import sys; from toolkit import case as c; from toolkit.schemas import make_table\n"
+        "rows=[{'severity':'info','what':'x'*200,'where':str(i),'why':''} for i in range(400000)]\n"
+        "df=make_table('diagnostics', rows, snapshot_id='s', source='t')\n"
+        "print('ready', flush=True)\n"
+        f"c.write_table(__import__('pathlib').Path({str(target)!r}), 'diagnostics', 's', df)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    case = case_store.Case.open(target)
+    df = case.table("diagnostics")
+    assert len(df) in (1, 400000)  # old or new, never a torn file
+
+
+def test_64bit_addresses_survive_missing_values():
+    from toolkit.schemas import SCHEMAS, UINT, declare
+
+    if "test/addresses" not in SCHEMAS:
+        declare("test/addresses", {"address": UINT}, doc="test only")
+    df = make_table("test/addresses", [{"address": 0xffffffff81000001}, {"address": None}], snapshot_id="s", source="t")
+    assert df["address"][0] == 0xffffffff81000001 and df["address"].isna()[1]

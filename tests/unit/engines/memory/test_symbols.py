@@ -1,0 +1,100 @@
+"""Symbol resolution order and banner matching, on small real-format files."""
+from __future__ import annotations
+
+import base64
+import json
+import lzma
+
+import pytest
+
+from toolkit.engines.memory import symbols
+from toolkit.errors import SymbolsError
+
+BANNER = "Linux version 6.1.0-99-test (builder@example) (gcc 12) #1 SMP Debian 6.1.1-1 (2024-01-01)\n"
+OTHER = "Linux version 5.10.0-1-test (builder@example) (gcc 10) #1 SMP Debian 5.10.1-1 (2021-01-01)\n"
+
+
+def _image(path, *banners, noise=b""):
+    body = b"\x00" * 4096 + noise
+    for banner in banners:
+        body += banner.encode() + b"\x00" + b"\x00" * 100
+    path.write_bytes(body + b"\x00" * 4096)
+    return path
+
+
+def _isf(path, banner, compress=False):
+    doc = {"metadata": {"format": "6.2.0"}, "base_types": {}, "user_types": {}, "enums": {},
+           "symbols": {"init_task": {"address": 1},
+                       # shaped like pakunoda's: a nested type (and a brace in a string) before the data
+                       "linux_banner": {"address": 2, "note": "a \\\"}\\\" b",
+                                        "type": {"kind": "array", "subtype": {"kind": "base", "name": "char"}},
+                                        "constant_data": base64.b64encode(banner.encode() + b"\x00").decode()}}}
+    data = json.dumps(doc).encode()
+    path.write_bytes(lzma.compress(data) if compress else data)
+    return path
+
+
+def test_find_banners_ignores_printk_copies(tmp_path):
+    # a dmesg copy has no "\n\0" ending; only the kernel's own linux_banner counts
+    image = _image(tmp_path / "m.raw", BANNER, noise=b"Linux version 6.1.0-99-test (builder) trailing text")
+    assert symbols.find_banners(image) == [BANNER]
+    assert symbols.find_banners(_image(tmp_path / "none.raw")) == []
+
+
+def test_isf_banner_plain_and_xz(tmp_path):
+    assert symbols.isf_banner(_isf(tmp_path / "a.json", BANNER)) == BANNER
+    assert symbols.isf_banner(_isf(tmp_path / "b.json.xz", BANNER, compress=True)) == BANNER
+    (tmp_path / "c.json").write_text('{"symbols": {}}')
+    assert symbols.isf_banner(tmp_path / "c.json") is None
+
+
+def test_user_isf_wins_over_cache(tmp_path):
+    image = _image(tmp_path / "m.raw", BANNER)
+    user = tmp_path / "user"
+    user.mkdir()
+    _isf(user / "mine.json.xz", BANNER, compress=True)
+    cache = tmp_path / "cache"
+    symbols.cache_dir_for(cache).mkdir(parents=True)
+    _isf(symbols.cache_dir_for(cache) / f"{symbols.banner_key(BANNER)}.json", BANNER)
+    found = symbols.resolve_isf(image, user_paths=[user], cache_dir=cache, build=False,
+                                    profile_symbols=tmp_path / "none")
+    assert found["origin"] == "user" and found["isf_path"].endswith("mine.json.xz")
+    assert found["banner"] == BANNER and len(found["sha256"]) == 64
+
+
+def test_wrong_user_isf_is_reported_and_cache_used(tmp_path):
+    image = _image(tmp_path / "m.raw", BANNER)
+    wrong = _isf(tmp_path / "wrong.json", OTHER)
+    cache = tmp_path / "cache"
+    symbols.cache_dir_for(cache).mkdir(parents=True)
+    _isf(symbols.cache_dir_for(cache) / f"{symbols.banner_key(BANNER)}.json", BANNER)
+    found = symbols.resolve_isf(image, user_paths=[wrong], cache_dir=cache, build=False,
+                                    profile_symbols=tmp_path / "none")
+    assert found["origin"] == "cache"
+    warning = [d for d in found["diagnostics"] if d["what"] == "ISF does not match this kernel"]
+    assert len(warning) == 1 and "5.10.0-1-test" in warning[0]["why"] and "6.1.0-99-test" in warning[0]["why"]
+
+
+def test_no_banner_and_no_isf_raise_with_diagnostics(tmp_path):
+    with pytest.raises(SymbolsError, match="no Linux kernel banner") as info:
+        symbols.resolve_isf(_image(tmp_path / "win.raw"), cache_dir=tmp_path, build=False)
+    assert info.value.diagnostics[0]["severity"] == "error"
+    with pytest.raises(SymbolsError, match="building is disabled"):
+        symbols.resolve_isf(_image(tmp_path / "m.raw", BANNER), cache_dir=tmp_path, build=False,
+                                profile_symbols=tmp_path / "none")
+
+
+def test_list_isfs_reports_origin(tmp_path):
+    user = tmp_path / "u"
+    user.mkdir()
+    _isf(user / "x.json", OTHER)
+    rows = symbols.list_isfs(tmp_path / "cache", [user])
+    assert [(r["origin"], r["banner"]) for r in rows if r["origin"] == "user"] == [("user", OTHER)]
+
+
+def test_windows_symbol_pack_is_not_searched_for_linux(tmp_path):
+    pack = tmp_path / "symbols" / "windows" / "ntkrnlmp.pdb"
+    pack.mkdir(parents=True)
+    _isf(pack / "0123ABCD1.json.xz", OTHER, compress=True)
+    _isf(tmp_path / "symbols" / "linux.json", BANNER)
+    assert [f.name for f in symbols.isf_files([tmp_path / "symbols"])] == ["linux.json"]

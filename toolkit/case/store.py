@@ -1,0 +1,190 @@
+"""The case store: manifest, tables and atomic writes, and the read-side API.
+
+Every write is atomic (temporary file in the same directory, fsync, rename),
+so a crash or Ctrl-C never leaves a half-written table or manifest.
+
+Example::
+
+    manifest = init_case(Path("case"))
+    write_table(Path("case"), "diagnostics", "lab", df)
+    Case.open("case").table("diagnostics")
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from toolkit.errors import CaseError
+from toolkit.schemas import SCHEMAS, validate
+
+CASE_FORMAT = "snapscope-case/1"
+SUBDIRS = ("tables", "derived", "reports")
+# Also kept as one file across snapshots at the top of the case, for tools that
+# want a single Parquet file; tables/ stays the source of truth.
+COMBINED_TABLES = {"findings": "findings.parquet", "timeline": "timeline.parquet"}
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def table_path(case_dir: Path, name: str, snapshot_id: str) -> Path:
+    return case_dir / "tables" / name / f"{snapshot_id}.parquet"
+
+
+def view_name(table: str) -> str:
+    """SQL view name for a table: ``memory/processes`` -> ``memory_processes``."""
+    return table.replace("/", "_")
+
+
+def is_case(path: Path) -> bool:
+    return (Path(path) / "case.json").is_file()
+
+
+def init_case(case_dir: Path) -> dict:
+    """Create the case layout (or load an existing one) and return the manifest."""
+    case_dir = Path(case_dir)
+    if case_dir.exists() and not case_dir.is_dir():
+        raise CaseError(f"{case_dir}: exists and is not a directory")
+    if case_dir.is_dir() and any(case_dir.iterdir()) and not is_case(case_dir):
+        raise CaseError(f"{case_dir}: directory is not empty and is not a snapscope case")
+    for sub in SUBDIRS:
+        (case_dir / sub).mkdir(parents=True, exist_ok=True)
+    if is_case(case_dir):
+        return load_manifest(case_dir)
+    manifest = {"format": CASE_FORMAT, "created": now_iso(), "snapshots": {}, "evidence": {}, "tools": {}, "runs": []}
+    save_manifest(case_dir, manifest)
+    return manifest
+
+
+def load_manifest(case_dir: Path) -> dict:
+    try:
+        manifest = json.loads((Path(case_dir) / "case.json").read_text())
+    except FileNotFoundError:
+        raise CaseError(f"{case_dir}: not a snapscope case (no case.json)") from None
+    except json.JSONDecodeError as exc:
+        raise CaseError(f"{case_dir}/case.json: corrupt manifest ({exc.msg} at line {exc.lineno})") from None
+    if manifest.get("format") != CASE_FORMAT:
+        raise CaseError(f"{case_dir}/case.json: unknown case format {manifest.get('format')!r}")
+    return manifest
+
+
+def save_manifest(case_dir: Path, manifest: dict) -> None:
+    atomic_write_bytes(Path(case_dir) / "case.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+
+
+def write_table(case_dir: Path, name: str, snapshot_id: str, df: pd.DataFrame) -> Path:
+    """Validate against the declared schema, then write atomically."""
+    if name in SCHEMAS:
+        validate(name, df)
+    path = table_path(Path(case_dir), name, snapshot_id)
+    atomic_write_parquet(path, df)
+    return path
+
+
+def write_combined_tables(case_dir: Path) -> None:
+    """Refresh findings.parquet / timeline.parquet from every snapshot's rows."""
+    case = Case.open(case_dir)
+    for name, file_name in COMBINED_TABLES.items():
+        if name in case.tables():
+            atomic_write_parquet(Path(case_dir) / file_name, case.table(name))
+
+
+class Case:
+    """Read-side API over a case directory, for notebooks and renderers."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.manifest = load_manifest(self.path)
+
+    @classmethod
+    def open(cls, path) -> "Case":
+        """Open an existing case: ``Case.open("case/")``."""
+        return cls(Path(path))
+
+    @property
+    def snapshots(self) -> dict:
+        return self.manifest.get("snapshots", {})
+
+    def tables(self) -> list[str]:
+        """Names of the tables present in the case, e.g. ``['memory/processes', ...]``."""
+        root = self.path / "tables"
+        return sorted({str(p.parent.relative_to(root)) for p in root.rglob("*.parquet")})
+
+    def _files(self, name: str) -> list[Path]:
+        return sorted((self.path / "tables" / name).glob("*.parquet"))
+
+    def table(self, name: str, snapshot: str | None = None) -> pd.DataFrame:
+        """One table across all snapshots (or one), as a DataFrame with its declared dtypes."""
+        files = self._files(name)
+        frames = [pd.read_parquet(f) for f in files]
+        if snapshot is not None:
+            frames = [f[f["snapshot_id"] == snapshot] for f in frames]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            if name in SCHEMAS:
+                from toolkit.schemas import empty
+                return empty(name)
+            if not files:
+                raise KeyError(f"no table {name!r} in case {self.path} (have: {', '.join(self.tables())})")
+            return pd.read_parquet(files[0]).iloc[0:0]
+        return pd.concat(frames, ignore_index=True)
+
+    @property
+    def findings(self) -> pd.DataFrame:
+        return self.table("findings")
+
+    @property
+    def timeline(self) -> pd.DataFrame:
+        return self.table("timeline")
+
+    @property
+    def diagnostics(self) -> pd.DataFrame:
+        return self.table("diagnostics")
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """Run DuckDB SQL; each table is a view named with '_' for '/'."""
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            for name in self.tables():
+                # DuckDB cannot bind parameters in DDL: quote the paths ourselves.
+                files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self._files(name))
+                con.execute(f'CREATE VIEW "{view_name(name)}" AS SELECT * FROM read_parquet([{files}], union_by_name=true)')
+            return con.execute(query).df()
+        finally:
+            con.close()

@@ -1,0 +1,230 @@
+"""Opening a snapshot's memory for Volatility: the image, its symbols, its kernel.
+
+:func:`open_memory` normalises the memory artefact to a file Volatility
+opens (an ELF core), resolves Linux symbols (user ISF, shipped symbols, the
+host cache, else a pakunoda build from the dump), finds the kernel once and
+keeps the session for the process, so the memory and YARA engines of one
+snapshot share it. Parallel audit workers coordinate through file locks:
+one builds a kernel's ISF and fills Volatility's cache, the others wait.
+
+Example::
+
+    session, info, diagnostics = open_memory(snapshot, ctx)
+    session["kernel"], info["isf_origin"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+from toolkit.case.lock import file_lock
+from toolkit.engines import EngineContext
+from toolkit.engines.memory import symbols, volatility
+from toolkit.errors import SymbolsError, VolatilityError
+from toolkit.schemas import diagnostic
+
+_SESSIONS: dict[tuple, dict] = {}
+KEEP_SESSIONS = 2
+_OPEN_LOCK = threading.Lock()
+
+
+def _memory_entry(snapshot: dict) -> tuple[str | None, str | None, str | None]:
+    """(path, format, qcow2 internal snapshot name) of the snapshot's memory.
+
+    discover() gives {"path", "format", "snapshot"}; a bare path is accepted
+    too, for notebooks.
+    """
+    memory = snapshot.get("memory")
+    if isinstance(memory, dict):
+        return memory.get("path"), memory.get("format"), memory.get("snapshot")
+    return memory, None, None
+
+
+def _is_elf(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"\x7fELF"
+
+
+def normalise_image(snapshot: dict, ctx: EngineContext, diagnostics: list) -> tuple[Path | None, str | None]:
+    """The memory artefact as a file Volatility opens natively (an ELF core).
+
+    Non-ELF artefacts (kdump, QEMU stream, libvirt save, savevm) are converted
+    once into the case's derived dir by toolkit.memory.convert.to_elf.
+    """
+    path, fmt, internal = _memory_entry(snapshot)
+    if not path:
+        diagnostics.append(diagnostic("info", "memory image", snapshot.get("id", "?"), "snapshot has no memory artefact"))
+        return None, None
+    path = Path(path)
+    if not path.is_file():
+        diagnostics.append(diagnostic("error", "memory image", path, "file not found"))
+        return None, fmt
+    if _is_elf(path):
+        return path, fmt or "elf"
+    derived = Path(ctx.derived_dir) / "memory"
+    target = derived / (f"{path.name}.{internal}.elf" if internal else f"{path.name}.elf")
+    if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
+        return target, fmt
+    try:
+        from toolkit.memory.convert import to_elf
+    except ImportError as excp:
+        diagnostics.append(diagnostic("error", "memory image", path,
+                                 f"format {fmt or 'unknown'} needs toolkit.memory.convert, unavailable: {excp}"))
+        return None, fmt
+    derived.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")   # never reuse a half-written image
+    try:
+        result = to_elf(path, partial, snapshot=internal, derived_dir=derived) or {}
+    except Exception as excp:  # a converter failure is this image's problem, not the run's
+        partial.unlink(missing_ok=True)
+        diagnostics.append(diagnostic("error", "memory image conversion", path, f"{type(excp).__name__}: {excp}"))
+        return None, fmt
+    os.replace(partial, target)
+    for d in result.get("diagnostics", []) or []:
+        diagnostics.append({k: str(d.get(k, "")) for k in ("severity", "what", "where", "why")})
+    diagnostics.append(diagnostic("info", "memory image", path, f"converted {result.get('format') or fmt} to ELF "
+                             f"{target} (sha256 {result.get('dst_sha256')})"))
+    return target, result.get("format") or fmt
+
+
+def _isf_dir(isf_path: str, sha256: str, ctx: EngineContext) -> Path:
+    """A directory holding only the chosen ISF (linked into the case).
+
+    Volatility indexes every file under a symbol dir; one file keeps that
+    index instant, and the case keeps the exact ISF it was analysed with.
+    One dir per ISF for the whole case, not per snapshot: Volatility parses
+    and hashes every ISF at a location new to its identifier cache (~2 s for
+    a kernel ISF), so the clones of an audit share the first one's entry.
+    """
+    isf = Path(isf_path)
+    target_dir = ctx.derived_root / "isf" / sha256[:16]
+    target = target_dir / isf.name
+    if not target.exists():
+        target_dir.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}-{time.monotonic_ns()}.part")
+        try:
+            os.link(isf, partial)
+        except OSError:
+            shutil.copy2(isf, partial)
+        os.replace(partial, target)  # parallel workers: the file appears whole or not at all
+    return target_dir
+
+
+
+
+def _symbol_set_listing(symbol_dirs) -> str:
+    """Every file under the symbol dirs with size and mtime: Volatility re-indexes
+    (writes its cache) when this changes, so the unlocked fast path must not run."""
+    lines = []
+    for d in symbol_dirs:
+        for path in [Path(d)] if Path(d).is_file() else sorted(Path(d).rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                lines.append(f"{path}\t{st.st_size}\t{st.st_mtime_ns}")
+    return "\n".join(lines) + "\n"
+
+
+def _volatility_cache(cache_dir: Path, symbol_dirs) -> Path:
+    """Volatility's cache dir for one set of symbol dirs.
+
+    Volatility's identifier cache drops every location not on the current
+    symbol path; one cache per symbol set means snapshots of different
+    kernels never rewrite each other's entries, and once a set's cache is
+    filled later sessions only read it.
+    """
+    key = hashlib.sha256("\0".join(sorted(str(Path(d).resolve()) for d in symbol_dirs)).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "volatility" / key
+
+
+def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, list]:
+    """Normalise, resolve symbols and find the kernel; cached per process.
+
+    Returns (session or None, info row, diagnostics). The YARA engine calls
+    this (through process_regions) and gets the memory engine's session.
+    """
+    diagnostics: list[dict] = []
+    profile = ctx.profile
+    os_name = profile.get("profile", {}).get("os", "linux")
+    info = {"os": os_name, "profile": profile.get("profile", {}).get("name"),
+            "volatility_version": volatility.volatility_version(), "pakunoda_version": _pakunoda_version()}
+    image, fmt = normalise_image(snapshot, ctx, diagnostics)
+    info.update(image_path=str(image) if image else None, image_format=fmt)
+    if image is None:
+        return None, info, diagnostics
+    cache_dir = Path(ctx.cache_dir or symbols.default_cache_dir())
+    user_symbols = [Path(p) for p in ctx.symbols]
+    progress = ctx.progress
+    if os_name == "linux":
+        try:
+            # ISFs are cached across cases (keyed by banner) and validated once per host;
+            # Volatility's own caches live in the case, one per symbol set.
+            symbols_cache = Path(ctx.symbols_cache or symbols.default_cache_dir())
+            # Parallel audit workers share the cache: one builds a banner's ISF, the others wait for it.
+            with file_lock(symbols_cache / "symbols.lock"):
+                found = symbols.resolve_isf(image, user_paths=user_symbols, cache_dir=symbols_cache,
+                                                build=ctx.build_symbols, progress=progress)
+        except SymbolsError as excp:
+            diagnostics.extend(excp.diagnostics)
+            diagnostics.append(diagnostic("error", "linux symbols", image, str(excp)))
+            return None, info, diagnostics
+        diagnostics.extend(found["diagnostics"])
+        info.update(banner=found["banner"], isf_path=found["isf_path"], isf_sha256=found["sha256"],
+                    isf_origin=found["origin"])
+        symbol_dirs = [_isf_dir(found["isf_path"], found["sha256"], ctx)]
+        vol_cache = _volatility_cache(cache_dir, symbol_dirs)
+        with file_lock(vol_cache.with_suffix(".lock")):
+            problem = volatility.prevalidate_isf(found["isf_path"], found["sha256"], vol_cache,
+                                                  host_cache=symbols_cache)
+        if problem:
+            diagnostics.append(diagnostic("error", "linux symbols", found["isf_path"], problem))
+            return None, info, diagnostics
+    else:
+        symbol_dirs = user_symbols + [symbols.PROFILE_SYMBOLS]
+        vol_cache = _volatility_cache(cache_dir, symbol_dirs)
+        info.update(isf_path=";".join(map(str, symbol_dirs)), isf_origin="user" if user_symbols else "profiles")
+    key = (str(image), tuple(map(str, symbol_dirs)), os_name)
+    if key not in _SESSIONS:
+        # The memory and YARA engines of one snapshot share a session; a batch
+        # of many snapshots must not keep every context alive.
+        while len(_SESSIONS) >= KEEP_SESSIONS:
+            _SESSIONS.pop(next(iter(_SESSIONS)))
+        # Volatility fills its identifier cache on the first session of a symbol set; two
+        # processes doing that at once made one of them find no kernel. Later sessions of
+        # the set, with the same files in it, only read the filled cache, so they run in
+        # parallel unlocked. Threads of one process (a Dask worker) always take turns:
+        # opening a session re-points Volatility's process-wide symbol path and caches.
+        filled = vol_cache / "snapscope-identifiers-filled"
+        listing = _symbol_set_listing(symbol_dirs)
+        ready = filled.is_file() and filled.read_text() == listing
+        lock = contextlib.nullcontext() if ready else file_lock(vol_cache.with_suffix(".lock"))
+        try:
+            with _OPEN_LOCK, lock:
+                _SESSIONS[key] = volatility.open_session(image, os_name=os_name, symbol_dirs=symbol_dirs,
+                                                          cache_dir=vol_cache, progress=progress)
+                if not ready:
+                    filled.write_text(listing)
+        except VolatilityError as excp:
+            diagnostics.append(diagnostic("error", f"{os_name} kernel", image, str(excp)))
+            diagnostics.extend(diagnostic("error", "volatility", image, d) for d in excp.details)
+            return None, info, diagnostics
+    session = _SESSIONS[key]
+    info.update(dtb=session["dtb"], kernel_virtual_offset=session["kernel_virtual_offset"])
+    info["banner"] = info.get("banner") or session["banner"]
+    diagnostics.extend(diagnostic("warning", "volatility", "kernel discovery", w) for w in session["warnings"])
+    return session, info, diagnostics
+
+
+def _pakunoda_version():
+    try:
+        return metadata.version("pakunoda")
+    except metadata.PackageNotFoundError:
+        return None
+
+

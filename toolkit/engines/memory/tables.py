@@ -1,0 +1,382 @@
+"""Volatility plugin output -> snapscope tables (rows as plain dicts).
+
+Each builder takes ``outputs`` (plugin name -> run_plugin result, see
+toolkit.engines.memory.volatility) and returns the rows of one declared table, or None when none of
+the plugins it reads ran. Column names of Volatility's TreeGrids are read here
+and nowhere else, for Linux and Windows alike, so correlation sees one shape.
+
+Example::
+
+    rows = processes_rows({"linux.pslist.PsList": pslist_result,
+                           "linux.psscan.PsScan": psscan_result}, enrich={})
+    rows[0]   # {'pid': 1, 'ppid': 0, 'process': 'init', 'in_list': True, 'in_scan': True, ...}
+"""
+from __future__ import annotations
+
+import re
+
+from toolkit.schemas import diagnostic, split_deleted
+
+
+def _rows(outputs: dict, *names: str) -> list[dict] | None:
+    """Rows of the first of ``names`` that ran (even partially), else None."""
+    for name in names:
+        if name in outputs and (outputs[name]["rows"] or not outputs[name]["error"]):
+            return outputs[name]["rows"]
+    return None
+
+
+def _int(value):
+    """Ints stay ints; numeric strings ('8443') become ints; anything else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _source(*plugins):
+    return "volatility/" + "+".join(plugins)
+
+
+# --- processes ---------------------------------------------------------------
+
+LIST = {"linux": "linux.pslist.PsList", "windows": "windows.pslist.PsList"}
+SCAN = {"linux": "linux.psscan.PsScan", "windows": "windows.psscan.PsScan"}
+
+
+def _process_fields(row: dict) -> dict:
+    """Normalise one pslist/psscan row (Linux or Windows column names)."""
+    name = row.get("COMM", row.get("ImageFileName"))
+    offset = next((row[k] for k in ("OFFSET (V)", "OFFSET (P)", "Offset(V)", "Offset(P)") if k in row), None)
+    return {
+        "pid": row.get("PID"), "tid": row.get("TID", row.get("PID")), "ppid": row.get("PPID"),
+        "process": name, "uid": row.get("UID"), "gid": row.get("GID"),
+        "start_ts": row.get("CREATION TIME", row.get("CreateTime")),
+        "exit_state": row.get("EXIT_STATE") or (("exited" if row.get("ExitTime") else None)),
+        "threads": row.get("Threads"), "task_offset": offset,
+    }
+
+
+def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[dict] | None:
+    """pslist and psscan merged on (pid, name): in_list / in_scan say who saw it.
+
+    ``enrich`` maps pid -> {is_kernel_thread, exe_path, exe_deleted} from the
+    snapscope task walk (tasks.task_details); Windows has no such walk.
+    """
+    listed, scanned = _rows(outputs, LIST[os_name]), _rows(outputs, SCAN[os_name])
+    if listed is None and scanned is None:
+        return None
+    merged: dict[tuple, dict] = {}
+    for row in listed or []:
+        fields = _process_fields(row)
+        fields.update(in_list=True, in_scan=False if scanned is not None else None)
+        merged[(fields["pid"], fields["process"])] = fields
+    for row in scanned or []:
+        fields = _process_fields(row)
+        if fields["tid"] != fields["pid"]:   # threads: the leader stands for the process
+            continue
+        key = (fields["pid"], fields["process"])
+        if key in merged:
+            merged[key]["in_scan"] = True
+            merged[key]["exit_state"] = merged[key]["exit_state"] or fields["exit_state"]
+        else:
+            fields.update(in_list=False if listed is not None else None, in_scan=True)
+            merged[key] = fields
+    out = []
+    plugins = [p for p in (LIST[os_name], SCAN[os_name]) if p in outputs]
+    for fields in merged.values():
+        extra = enrich.get(fields["pid"], {}) if fields["in_list"] else {}
+        fields.pop("tid")
+        fields["is_kernel_thread"] = extra.get("is_kernel_thread")
+        fields["exe_path"], fields["exe_deleted"] = extra.get("exe_path"), extra.get("exe_deleted")
+        fields["source"] = _source(*plugins)
+        out.append(fields)
+    return sorted(out, key=lambda r: (r["pid"] is None, r["pid"] or 0))
+
+
+DEAD_STATES = ("EXIT_DEAD", "EXIT_ZOMBIE", "exited")
+
+
+def process_cross_view(rows: list[dict] | None) -> list[dict]:
+    """Diagnostics when the task list and the scan disagree about live tasks.
+
+    Exited tasks linger in freed memory and are expected to be scan-only; a
+    *running* scan-only task means a hidden process or a damaged list, and an
+    empty list beside a non-empty scan means the list could not be walked at
+    all (then only scan-based facts exist: other plugins walk the same list).
+    """
+    if not rows:
+        return []
+    listed = [r for r in rows if r["in_list"]]
+    live_scan_only = [r for r in rows if r["in_scan"] and r["in_list"] is False
+                      and r.get("exit_state") not in DEAD_STATES]
+    out = []
+    if not listed and any(r["in_scan"] for r in rows):
+        out.append(diagnostic("error", "kernel task list", "linux.pslist.PsList", f"walking the task list gave no process but scanning found {len(rows)}: "
+                           "the list is damaged or unreadable; plugins that walk it (cmdlines, maps, "
+                           "sockets, open files) have nothing to report"))
+    elif live_scan_only:
+        named = ", ".join(f"{r['pid']} {r['process']}" for r in live_scan_only[:10])
+        out.append(diagnostic("warning", "processes missing from the task list", "linux.psscan.PsScan", f"{len(live_scan_only)} live task(s) found only by scanning ({named}): "
+                           "hidden processes or a damaged task list"))
+    return out
+
+
+def cmdlines_rows(outputs: dict) -> list[dict] | None:
+    rows = _rows(outputs, "linux.psaux.PsAux", "windows.cmdline.CmdLine")
+    if rows is None:
+        return None
+    return [{"pid": r.get("PID"), "ppid": r.get("PPID"), "process": r.get("COMM", r.get("Process")),
+             "args": r.get("ARGS", r.get("Args"))} for r in rows]
+
+
+def maps_rows(outputs: dict) -> list[dict] | None:
+    rows = _rows(outputs, "linux.proc.Maps")
+    if rows is None:
+        return None
+    out = []
+    for r in rows:
+        path, deleted = split_deleted(r.get("File Path"))
+        out.append({"pid": r.get("PID"), "process": r.get("Process"), "start": r.get("Start"),
+                    "end": r.get("End"), "flags": r.get("Flags"), "pgoff": r.get("PgOff"),
+                    "major": r.get("Major"), "minor": r.get("Minor"), "inode": r.get("Inode"),
+                    "path": path, "deleted": deleted})
+    return out
+
+
+# --- sockets -----------------------------------------------------------------
+
+_SOCKET_INODE = re.compile(r"socket:\[(\d+)\]")
+
+
+def _proto(value):
+    """'TCP', 'TCPv4', 'UDPv6' -> 'tcp' / 'udp'; others lower-cased."""
+    if not value:
+        return None
+    value = str(value).lower()
+    return re.sub(r"v[46]$", "", value)
+
+
+def sockets_rows(outputs: dict) -> list[dict] | None:
+    linux = _rows(outputs, "linux.sockstat.Sockstat")
+    windows = _rows(outputs, "windows.netscan.NetScan")
+    if linux is None and windows is None:
+        return None
+    # sockstat prints no inode; lsof does ("socket:[1234]"), keyed by pid + fd.
+    inodes = {}
+    for r in _rows(outputs, "linux.lsof.Lsof") or []:
+        match = _SOCKET_INODE.fullmatch(str(r.get("Path") or ""))
+        if match:
+            inodes[(r.get("PID"), r.get("FD"))] = int(match.group(1))
+    out = []
+    for r in linux or []:
+        out.append({"pid": r.get("PID"), "tid": r.get("TID"), "process": r.get("Process Name"),
+                    "fd": r.get("FD"), "family": r.get("Family"), "type": r.get("Type"),
+                    "proto": _proto(r.get("Proto")), "src_ip": r.get("Source Addr"),
+                    "src_port": _int(r.get("Source Port")), "dst_ip": r.get("Destination Addr"),
+                    "dst_port": _int(r.get("Destination Port")), "state": r.get("State"),
+                    "inode": inodes.get((r.get("PID"), r.get("FD"))), "netns": r.get("NetNS"),
+                    "sock_offset": r.get("Sock Offset"), "source": _source("linux.sockstat.Sockstat")})
+    for r in windows or []:
+        proto = str(r.get("Proto") or "")
+        out.append({"pid": r.get("PID"), "process": r.get("Owner"), "proto": _proto(proto),
+                    "family": "AF_INET6" if proto.endswith("v6") else "AF_INET",
+                    "src_ip": r.get("LocalAddr"), "src_port": _int(r.get("LocalPort")),
+                    "dst_ip": r.get("ForeignAddr"), "dst_port": _int(r.get("ForeignPort")),
+                    "state": r.get("State"), "sock_offset": r.get("Offset"),
+                    "created_ts": r.get("Created"), "source": _source("windows.netscan.NetScan")})
+    return out
+
+
+def open_files_rows(outputs: dict) -> list[dict] | None:
+    rows = _rows(outputs, "linux.lsof.Lsof")
+    if rows is None:
+        return None
+    out = []
+    for r in rows:
+        path, deleted = split_deleted(r.get("Path"))
+        out.append({"pid": r.get("PID"), "tid": r.get("TID"), "process": r.get("Process"),
+                    "fd": r.get("FD"), "path": path, "deleted": deleted, "device": r.get("Device"),
+                    "inode": r.get("Inode"), "type": r.get("Type"), "mode_text": r.get("Mode"),
+                    "ctime": r.get("Changed"), "mtime": r.get("Modified"), "atime": r.get("Accessed"),
+                    "size": r.get("Size")})
+    return out
+
+
+def shell_history_rows(outputs: dict) -> list[dict] | None:
+    rows = _rows(outputs, "linux.bash.Bash")
+    if rows is None:
+        return None
+    return [{"pid": r.get("PID"), "process": r.get("Process"), "ts": r.get("CommandTime"),
+             "command": r.get("Command")} for r in rows]
+
+
+def malfind_rows(outputs: dict) -> list[dict] | None:
+    rows = _rows(outputs, "linux.malware.malfind.Malfind", "windows.malware.malfind.Malfind")
+    if rows is None:
+        return None
+    return [{"pid": r.get("PID"), "process": r.get("Process"),
+             "start": r.get("Start", r.get("Start VPN")), "end": r.get("End", r.get("End VPN")),
+             "path": r.get("Path", r.get("Tag")), "protection": r.get("Protection"),
+             "hexdump": r.get("Hexdump"), "disasm": r.get("Disasm")} for r in rows]
+
+
+# --- modules and kernel checks -------------------------------------------------
+
+MODULE_PLUGINS = ("linux.lsmod.Lsmod", "linux.malware.check_modules.Check_modules",
+                  "linux.malware.hidden_modules.Hidden_modules", "windows.modules.Modules",
+                  "windows.modscan.ModScan")
+
+
+def modules_rows(outputs: dict) -> list[dict] | None:
+    """lsmod (the list) plus the cross-views: check_modules lists modules
+    missing from sysfs, hidden_modules lists modules carved from memory but
+    absent from the list. Windows: modules (list) + modscan (scan)."""
+    if not any(p in outputs for p in MODULE_PLUGINS):
+        return None
+    ran = lambda p: p in outputs and not outputs[p]["error"]  # noqa: E731
+    merged: dict[str, dict] = {}
+
+    def add(row, **flags):
+        name = row.get("Module Name", row.get("Name"))
+        entry = merged.setdefault(name, {
+            "name": name, "offset": row.get("Offset"), "base": row.get("Base"),
+            "size": row.get("Code Size", row.get("Size")), "path": row.get("Path"),
+            "taints": row.get("Taints"), "args": row.get("Load Arguments"),
+            "in_list": False if ran("linux.lsmod.Lsmod") or ran("windows.modules.Modules") else None,
+            "in_sysfs": True if ran("linux.malware.check_modules.Check_modules") else None,
+            "hidden": False if ran("linux.malware.hidden_modules.Hidden_modules") or ran("windows.modscan.ModScan") else None})
+        entry.update(flags)
+
+    for r in _rows(outputs, "linux.lsmod.Lsmod", "windows.modules.Modules") or []:
+        add(r, in_list=True)
+    for r in _rows(outputs, "linux.malware.check_modules.Check_modules") or []:
+        add(r, in_sysfs=False)
+    for r in _rows(outputs, "linux.malware.hidden_modules.Hidden_modules") or []:
+        add(r, hidden=True)
+    for r in _rows(outputs, "windows.modscan.ModScan") or []:
+        name = r.get("Name")
+        if name not in merged:
+            add(r, hidden=True)
+    return list(merged.values())
+
+
+def _unknown(symbol) -> bool:
+    return symbol in (None, "", "UNKNOWN")
+
+
+# How Volatility's module lookup names the kernel image itself.
+KERNEL_MODULE_NAMES = (None, "kernel", "__kernel__")
+
+
+def kernel_checks_rows(outputs: dict, modules: list[dict] | None) -> list[dict] | None:
+    """One row per check result; ``suspicious`` is the verdict, ``detail`` the reason."""
+    out = []
+    seen = False
+    if "linux.malware.check_syscall.Check_syscall" in outputs:
+        seen = True
+        for r in _rows(outputs, "linux.malware.check_syscall.Check_syscall") or []:
+            symbol = r.get("Handler Symbol")
+            out.append({"check": "check_syscall", "item": f"{r.get('Table Name')}[{r.get('Index')}]",
+                        "address": r.get("Handler Address"), "symbol": symbol,
+                        "suspicious": _unknown(symbol),
+                        "detail": "handler outside any known kernel symbol" if _unknown(symbol) else None})
+    if "linux.malware.check_idt.Check_idt" in outputs:
+        seen = True
+        for r in _rows(outputs, "linux.malware.check_idt.Check_idt") or []:
+            address, symbol, module = r.get("Address"), r.get("Symbol"), r.get("Module")
+            bad = bool(address) and _unknown(symbol)
+            out.append({"check": "check_idt", "item": f"idt[{r.get('Index'):#x}]" if r.get("Index") is not None else "idt",
+                        "address": address, "module": module, "symbol": symbol, "suspicious": bad,
+                        "detail": "IDT entry points outside known kernel/module symbols" if bad else None})
+    if "linux.malware.tty_check.Tty_Check" in outputs:
+        seen = True
+        for r in _rows(outputs, "linux.malware.tty_check.Tty_Check") or []:
+            symbol, module = r.get("Symbol"), r.get("Module")
+            bad = _unknown(symbol) or module not in KERNEL_MODULE_NAMES
+            out.append({"check": "tty_check", "item": r.get("Name"), "address": r.get("Address"),
+                        "module": module, "symbol": symbol, "suspicious": bad,
+                        "detail": f"receive_buf handler in {module or 'unknown code'}" if bad else None})
+    for m in modules or []:
+        if m.get("in_sysfs") is None and m.get("hidden") is None:
+            continue
+        seen = True
+        reasons = [why for flag, why in ((m.get("hidden"), "carved from memory but not on the module list"),
+                                          (m.get("in_sysfs") is False, "on the list but missing from sysfs"))
+                   if flag]
+        out.append({"check": "modules", "item": m["name"], "address": m.get("offset"), "module": m["name"],
+                    "suspicious": bool(reasons), "detail": "; ".join(reasons) or None})
+    return out if seen else None
+
+
+# --- everything else -------------------------------------------------------------
+
+def _kind(value) -> str:
+    for kind, types in (("absent", type(None)), ("bool", bool), ("int", int), ("float", float),
+                        ("bytes", bytes), ("str", str)):
+        if isinstance(value, types):
+            return kind
+    return "time" if hasattr(value, "isoformat") else "str"
+
+
+def plugin_rows(plugin: str, result: dict) -> list[dict]:
+    """Long form (one row per cell) for plugins without a dedicated table."""
+    out = []
+    for row in result["rows"]:
+        for column in result["columns"]:
+            value = row.get(column)
+            kind = _kind(value)
+            text = (value.hex() if kind == "bytes" else value.isoformat() if kind == "time"
+                    else None if kind == "absent" else str(value))
+            out.append({"plugin": plugin, "row_id": row["row_id"], "parent_row_id": row["parent_row_id"],
+                        "column": column, "kind": kind, "value": text})
+    return out
+
+
+# plugin name -> the table its output lands in (anything else: memory/plugin_rows)
+DEDICATED = {
+    "linux.pslist.PsList": "memory/processes", "linux.psscan.PsScan": "memory/processes",
+    "windows.pslist.PsList": "memory/processes", "windows.psscan.PsScan": "memory/processes",
+    "linux.psaux.PsAux": "memory/cmdlines", "windows.cmdline.CmdLine": "memory/cmdlines",
+    "linux.proc.Maps": "memory/maps",
+    "linux.sockstat.Sockstat": "memory/sockets", "windows.netscan.NetScan": "memory/sockets",
+    "linux.lsof.Lsof": "memory/open_files", "linux.bash.Bash": "memory/shell_history",
+    "linux.malware.malfind.Malfind": "memory/malfind", "windows.malware.malfind.Malfind": "memory/malfind",
+    **{p: "memory/modules" for p in MODULE_PLUGINS},
+    "linux.malware.check_syscall.Check_syscall": "memory/kernel_checks",
+    "linux.malware.check_idt.Check_idt": "memory/kernel_checks",
+    "linux.malware.tty_check.Tty_Check": "memory/kernel_checks",
+}
+
+
+def table_sources(outputs: dict) -> dict[str, str]:
+    """table -> provenance string naming the plugins whose output built it."""
+    sources: dict[str, list[str]] = {}
+    for plugin in outputs:
+        sources.setdefault(DEDICATED.get(plugin, "memory/plugin_rows"), []).append(plugin)
+    return {table: _source(*plugins) for table, plugins in sources.items()}
+
+
+def build_all(outputs: dict, enrich: dict, os_name: str) -> dict[str, list[dict]]:
+    """Every table the outputs can fill: table name -> rows."""
+    modules = modules_rows(outputs)
+    tables = {
+        "memory/processes": processes_rows(outputs, enrich, os_name),
+        "memory/cmdlines": cmdlines_rows(outputs),
+        "memory/maps": maps_rows(outputs),
+        "memory/sockets": sockets_rows(outputs),
+        "memory/open_files": open_files_rows(outputs),
+        "memory/shell_history": shell_history_rows(outputs),
+        "memory/malfind": malfind_rows(outputs),
+        "memory/modules": modules,
+        "memory/kernel_checks": kernel_checks_rows(outputs, modules),
+    }
+    generic = [row for name, result in outputs.items() if name not in DEDICATED
+               for row in plugin_rows(name, result)]
+    if generic or any(name not in DEDICATED for name in outputs):
+        tables["memory/plugin_rows"] = generic
+    return {name: rows for name, rows in tables.items() if rows is not None}

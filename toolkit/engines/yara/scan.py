@@ -1,0 +1,323 @@
+"""Chunked YARA scanning of memory regions, physical memory, files and streams.
+
+Nothing is read whole: every target is scanned in windows of ``chunk_size``
+bytes plus ``overlap`` bytes of look-ahead, and a match belongs to the window
+in which it *starts*.
+
+Why no match across a chunk boundary is missed (and none is reported twice):
+window k reads ``[s_k, e_k + overlap)`` and owns ``[s_k, e_k)``; the owned
+ranges partition the target. A string match at absolute offset p of length
+L <= overlap has an owner window k with s_k <= p < e_k, so p + L <= e_k +
+overlap: the whole match lies inside window k's buffer and the engine sees it.
+Matches a window finds in its look-ahead tail (p >= e_k) are held back; if the
+next window (which owns p) finds the same (engine, rule, string, p) it reports
+it with its fuller view, otherwise the held one is reported. Every match is
+reported once, keyed by absolute offset.
+
+The bound: L <= overlap (default 64 KiB). Both engines cap a regular
+expression match at 4096 bytes (rules.REGEX_MATCH_LIMIT), so literal
+strings, regexes and hex strings with bounded jumps totalling under 64 KiB are
+always found. Hex strings with unbounded jumps (``[-]``, ``[n-]``) can be
+longer under yara-python; those spanning a boundary are found only when they
+fit in the overlap (the rule compiler lists such files in diagnostics).
+Conditions are evaluated per window: a rule needing two strings more than
+``overlap`` bytes apart across a boundary, or ``filesize``/offset-0 checks,
+see one window — which is why a file smaller than a chunk is scanned whole.
+
+Example::
+
+    rules = compile_rules()
+    matches, diags = scan_file(rules, "/evidence/extracted/implant")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import yara_x
+
+from toolkit.memory.image import merge_runs
+from toolkit.schemas import diagnostic
+
+CHUNK_SIZE = 16 * 1024 * 1024
+OVERLAP = 64 * 1024
+MATCH_DATA_CAP = 64                    # bytes of matched data kept per row
+MAX_FILE_SIZE = 512 * 1024 * 1024      # scan_files skips larger files (listed in diagnostics)
+TIMEOUT = 120                          # seconds per window
+
+
+def _meta(pairs) -> dict:
+    return {str(k): v for k, v in (pairs.items() if isinstance(pairs, dict) else pairs)}
+
+
+def _scanner(rules: dict):
+    # one yara-x Scanner per rule set: building it per window costs more than the scan of small regions
+    if rules.get("_xscanner") is None:
+        rules["_xscanner"] = yara_x.Scanner(rules["yarax"])
+        rules["_xscanner"].set_timeout(TIMEOUT)
+    return rules["_xscanner"]
+
+
+def scan_buffer(rules: dict, buf: bytes) -> list[dict]:
+    """Every string match of every matching rule in ``buf`` (offsets relative to buf).
+
+    Example: ``scan_buffer(rules, b"...X5O!P%@AP...")`` -> ``[{"rule": "EICAR_test_file", "offset": 3, ...}]``
+    """
+    hits = []
+    if rules.get("yarax") is not None:
+        for rule in _scanner(rules).scan(buf).matching_rules:
+            meta = _meta(rule.metadata)
+            for pattern in rule.patterns:
+                for m in pattern.matches:
+                    hits.append({"engine": "yara-x", "namespace": rule.namespace, "rule": rule.identifier,
+                                 "tags": list(rule.tags), "meta": meta, "string_id": pattern.identifier,
+                                 "offset": m.offset, "length": m.length})
+    if rules.get("yarapy") is not None:
+        for rule in rules["yarapy"].match(data=buf, timeout=TIMEOUT):
+            meta = _meta(rule.meta)
+            for s in rule.strings:
+                for inst in s.instances:
+                    hits.append({"engine": "yara-python", "namespace": rule.namespace, "rule": rule.rule,
+                                 "tags": list(rule.tags), "meta": meta, "string_id": s.identifier,
+                                 "offset": inst.offset, "length": inst.matched_length})
+    return hits
+
+
+def _row(hit: dict, buf: bytes, base: int, where: dict) -> dict:
+    meta = hit["meta"]
+    rel = hit["offset"]
+    return {**where, "rule": hit["rule"], "namespace": hit["namespace"], "tags": ",".join(hit["tags"]) or None,
+            "severity": meta.get("severity"), "attack_id": meta.get("attack_id"),
+            "description": meta.get("description"), "engine": hit["engine"],
+            "offset": base + rel, "string_id": hit["string_id"], "match_length": hit["length"],
+            "matched": bytes(buf[rel:rel + min(hit["length"], MATCH_DATA_CAP)])}
+
+
+def scan_range(rules: dict, read, start: int, end: int, where: dict, diagnostics: list, *,
+               chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, on_owned=None):
+    """Yield match rows for ``[start, end)`` read through ``read(addr, length)``.
+
+    ``where`` holds the columns common to every row (target, pid, path...).
+    ``on_owned(bytes)`` sees each window's owned part in order (used to hash
+    files in the same pass). Example::
+
+        rows = list(scan_range(rules, image.read, 0, 1 << 20, {"target": "physical"}, diags))
+    """
+    if not 0 < overlap < chunk_size:
+        raise ValueError(f"overlap ({overlap}) must be positive and smaller than chunk_size ({chunk_size})")
+    label = where.get("path") or where.get("flow_id") or where.get("process") or where.get("target")
+    pending: dict = {}
+    pos = start
+    while pos < end:
+        owned_end = min(pos + chunk_size, end)
+        want = min(owned_end + overlap, end) - pos
+        try:
+            buf = read(pos, want) or b""
+        except Exception as exc:  # one unreadable window must not end the scan
+            diagnostics.append(diagnostic("warning", f"read of {want} bytes", f"{label}@{pos:#x}", f"{type(exc).__name__}: {exc}"))
+            buf = b""
+        if len(buf) < want:
+            diagnostics.append(diagnostic("warning", f"short read ({len(buf)} of {want} bytes)", f"{label}@{pos:#x}", "source ended or is unreadable here; the rest of this window was not scanned"))
+        if on_owned is not None:
+            on_owned(buf[:owned_end - pos])
+        try:
+            hits = scan_buffer(rules, buf) if buf else []
+        except Exception as exc:  # timeouts and engine errors become data
+            diagnostics.append(diagnostic("warning", "YARA scan of a window", f"{label}@{pos:#x}", f"{type(exc).__name__}: {exc}"))
+            hits = []
+        held = {}
+        for hit in hits:
+            key = (hit["engine"], hit["namespace"], hit["rule"], hit["string_id"], pos + hit["offset"])
+            if pos + hit["offset"] < owned_end:
+                pending.pop(key, None)
+                yield _row(hit, buf, pos, where)
+            else:
+                held[key] = _row(hit, buf, pos, where)
+        yield from pending.values()   # tail matches of the previous window this one did not confirm
+        pending = held
+        pos = owned_end
+    yield from pending.values()
+
+
+def scan_regions(rules: dict, regions, *, chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP):
+    """Scan memory regions; returns ``(match_rows, diagnostic_rows)``.
+
+    Each region is a dict ``{target: "process"|"kernel"|"physical", pid, process,
+    start, end, protection, path, read}`` where ``read(addr, length)`` takes an
+    absolute address in ``[start, end)`` and may return fewer bytes (unmapped).
+    Offsets in the rows are absolute (virtual addresses for processes).
+
+    Example::
+
+        rows, diags = scan_regions(rules, [{"target": "process", "pid": 42, "process": "sshd",
+            "start": 0x400000, "end": 0x401000, "protection": "r-x", "path": "/usr/sbin/sshd",
+            "read": lambda addr, n: layer.read(addr, n, pad=True)}])
+    """
+    rows, diagnostics = [], []
+    for region in regions:
+        where = {"target": region.get("target", "process"), "pid": region.get("pid"),
+                 "process": region.get("process"), "path": region.get("path"),
+                 "region_start": region["start"], "region_end": region["end"],
+                 "protection": region.get("protection")}
+        rows += scan_range(rules, region["read"], region["start"], region["end"], where, diagnostics,
+                           chunk_size=chunk_size, overlap=overlap)
+    return rows, diagnostics
+
+
+def scan_physical(rules: dict, image, *, chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP):
+    """Scan guest-physical memory of an image with ``.runs`` and ``.read(gpa, n)``.
+
+    Offsets are GPAs. Example: ``rows, diags = scan_physical(rules, memory_image)``
+    """
+    regions = [{"target": "physical", "start": gpa, "end": gpa + length, "read": image.read}
+               for gpa, length in merge_runs(image.runs)]
+    return scan_regions(rules, regions, chunk_size=chunk_size, overlap=overlap)
+
+
+def _file_source(item):
+    """(display path, size, opener) for a path or a {path, size?, open?} dict."""
+    if isinstance(item, dict):
+        path = str(item["path"])
+        opener = item.get("open") or (lambda: open(path, "rb"))
+        size = item.get("size")
+        return path, size, opener
+    path = str(item)
+    return path, None, lambda: open(path, "rb")
+
+
+def _scan_file(rules: dict, item, *, max_file_size, chunk_size, overlap, target):
+    """(rows, diagnostics, sha256 of the bytes scanned or None when the file was not scanned)."""
+    path, size, opener = _file_source(item)
+    diagnostics: list = []
+    try:
+        fh = opener()
+        try:
+            if size is None:
+                size = fh.seek(0, 2)
+            if max_file_size is not None and size > max_file_size:
+                diagnostics.append(diagnostic("warning", f"file of {size} bytes not scanned", path, f"larger than max_file_size ({max_file_size}); raise it to scan"))
+                return [], diagnostics, None
+            digest = hashlib.sha256()
+
+            def read(offset, length):
+                fh.seek(offset)
+                return fh.read(length)
+            where = {"target": target, "path": path}
+            rows = list(scan_range(rules, read, 0, size, where, diagnostics, chunk_size=chunk_size,
+                                   overlap=overlap, on_owned=digest.update))
+        finally:
+            fh.close()
+    except OSError as exc:
+        diagnostics.append(diagnostic("warning", "file not scanned", path, f"{type(exc).__name__}: {exc.strerror or exc}"))
+        return [], diagnostics, None
+    sha = digest.hexdigest()
+    for row in rows:
+        row["sha256"] = sha
+    return rows, diagnostics, sha
+
+
+def scan_file(rules: dict, item, *, max_file_size: int | None = MAX_FILE_SIZE,
+              chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, target: str = "file"):
+    """Scan one file (a path, or ``{"path", "size", "open"}`` for files inside a disk image).
+
+    Returns ``(match_rows, diagnostic_rows)``; rows carry the file's sha256,
+    computed in the same pass. Files over ``max_file_size`` (None: no limit)
+    are skipped with a diagnostic. Example: ``scan_file(rules, "/tmp/x.elf")``
+    """
+    rows, diagnostics, _ = _scan_file(rules, item, max_file_size=max_file_size, chunk_size=chunk_size,
+                                      overlap=overlap, target=target)
+    return rows, diagnostics
+
+
+# Per-content cache of file matches. Linked clones hold the same files as their
+# base, so the same bytes under the same rules are scanned once per cache_dir.
+# What decides a file's rows: its bytes (sha256), the compiled rule set (its
+# key covers engine versions and every rule file's content) and the windowing.
+FILE_CACHE_VERSION = 1
+
+
+def file_cache_dir(cache_dir, rules: dict, chunk_size: int, overlap: int) -> Path | None:
+    """``<cache_dir>/yara-files/<key>`` for this rule set and windowing, or None (no cache)."""
+    if not cache_dir or not rules.get("key"):
+        return None
+    blob = json.dumps({"v": FILE_CACHE_VERSION, "rules": rules["key"], "chunk": chunk_size, "overlap": overlap,
+                       "cap": MATCH_DATA_CAP}, sort_keys=True)
+    return Path(cache_dir).expanduser() / "yara-files" / hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cached_rows(folder: Path, sha: str, path: str, target: str) -> list[dict] | None:
+    try:
+        stored = json.loads((folder / sha[:2] / f"{sha}.json").read_text())
+    except (OSError, ValueError):
+        return None  # absent or broken: scan
+    return [{"target": target, "path": path, **{k: (bytes.fromhex(v) if k == "matched" else v) for k, v in r.items()},
+             "sha256": sha} for r in stored]
+
+
+def _store_rows(folder: Path, sha: str, rows: list[dict]) -> None:
+    dest = folder / sha[:2] / f"{sha}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    keep = [{k: (v.hex() if k == "matched" else v) for k, v in r.items() if k not in ("target", "path", "sha256")}
+            for r in rows]
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(keep))
+    os.replace(tmp, dest)  # atomic: parallel audit workers share the cache
+
+
+def scan_files(rules: dict, items, *, cache_dir=None, max_file_size: int | None = MAX_FILE_SIZE,
+               chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, target: str = "file"):
+    """Scan many files; see :func:`scan_file`. Example: ``scan_files(rules, Path("x").rglob("*"))``
+
+    With ``cache_dir``, items that state their content (``{"path", "size",
+    "sha256", "open"}``, as the disk engine offers them) reuse the rows of an
+    earlier scan of the same bytes with the same rules instead of being read.
+    """
+    rows, diagnostics = [], []
+    folder = file_cache_dir(cache_dir, rules, chunk_size, overlap)
+    hits = 0
+    for item in items:
+        if not isinstance(item, dict) and not Path(item).is_file():
+            continue
+        known = item.get("sha256") if isinstance(item, dict) else None
+        size = item.get("size") if isinstance(item, dict) else None
+        if folder is not None and known and size is not None and (max_file_size is None or size <= max_file_size):
+            cached = _cached_rows(folder, known, str(item["path"]), target)
+            if cached is not None:
+                rows += cached
+                hits += 1
+                continue
+        r, d, sha = _scan_file(rules, item, max_file_size=max_file_size, chunk_size=chunk_size,
+                               overlap=overlap, target=target)
+        if folder is not None and sha is not None and not d:  # only complete, clean scans are reusable
+            _store_rows(folder, sha, r)
+        rows += r
+        diagnostics += d
+    if hits:
+        diagnostics.append(diagnostic("info", f"{hits} files not rescanned", str(folder), "same content (sha256) already scanned with the same rules: matches reused"))
+    return rows, diagnostics
+
+
+STREAM_KEYS = ("flow_id", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "direction")
+
+
+def scan_streams(rules: dict, streams, *, chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP):
+    """Scan reassembled payload streams spooled to files by the network engine.
+
+    Each stream is ``{"path", flow_id, src_ip, src_port, dst_ip, dst_port, proto,
+    direction}`` (the flow's 5-tuple with the initiator as src; ``direction``
+    says which side sent these bytes). Offsets are stream offsets.
+    Example: ``scan_streams(rules, iter_streams(tables["network/flows"]))``
+    """
+    rows, diagnostics = [], []
+    for stream in streams:
+        r, d = scan_file(rules, stream["path"], max_file_size=None, chunk_size=chunk_size,
+                         overlap=overlap, target="stream")
+        for row in r:
+            row.update({k: stream.get(k) for k in STREAM_KEYS})
+            row["path"] = None      # the spool file is ours, not evidence: keep `path` for guest files
+            row["sha256"] = None
+        rows += r
+        diagnostics += d
+    return rows, diagnostics
