@@ -48,6 +48,7 @@ Usage::
     .venv/bin/python benchmarks/analyze_vs_manual.py --cold --out /tmp/bench.json
     .venv/bin/python benchmarks/analyze_vs_manual.py --lab ~/.cache/snapscope/lab/<key> --no-equal-work
 """
+
 from __future__ import annotations
 
 import argparse
@@ -192,8 +193,14 @@ print(json.dumps({"flows": len(flows), "dns": len(dns), "http": len(http), "tls_
 
 def newest_lab() -> Path:
     root = Path(os.environ.get("SNAPSCOPE_LAB_DIR") or Path.home() / ".cache" / "snapscope" / "lab")
-    labs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "fleet-"))
-            and (d / "ground_truth.json").is_file() and (d / "qemu" / "memory.elf").is_file()]
+    labs = [
+        d
+        for d in root.iterdir()
+        if d.is_dir()
+        and not d.name.startswith((".", "fleet-"))
+        and (d / "ground_truth.json").is_file()
+        and (d / "qemu" / "memory.elf").is_file()
+    ]
     if not labs:
         raise SystemExit(f"no lab under {root}: run `python fixtures/build_lab.py` first")
     return max(labs, key=lambda d: (d / "ground_truth.json").stat().st_mtime)
@@ -225,35 +232,45 @@ def timed(cmd, *, stdout=None, env=None, cwd=None, check=True) -> dict:
     err = done.stderr.decode("utf-8", "replace")
     if check and done.returncode:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(map(str, cmd))}\n{err[-3000:]}")
-    return {"seconds": seconds, "rc": done.returncode, "stderr": err[-400:],
-            "stdout": done.stdout.decode("utf-8", "replace") if not stdout else None}
+    return {
+        "seconds": seconds,
+        "rc": done.returncode,
+        "stderr": err[-400:],
+        "stdout": done.stdout.decode("utf-8", "replace") if not stdout else None,
+    }
 
 
 def case_facts(case: Path) -> dict:
     """What a snapscope case holds: snapshots, ISF used, engine seconds, row counts."""
     import pandas as pd
+
     t = case / "tables"
 
     def frames(name):
         files = sorted((t / name).glob("*.parquet"))
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
     info, runs, yara = frames("memory/info"), frames("memory/plugin_runs"), frames("yara/matches")
-    return {"snapshots": sorted(info.snapshot_id) if len(info) else [],
-            "isf_path": info.isf_path.iloc[0] if len(info) else None,
-            "isf_origin": sorted(set(info.isf_origin)) if len(info) else [],
-            "memory_engine_seconds": {r.snapshot_id: round(float(r.seconds), 1) for r in info.itertuples()},
-            "plugins_failed": int(info.plugins_failed.sum()) if len(info) else None,
-            "plugin_seconds": {f"{r.snapshot_id}:{r.plugin}": round(float(r.seconds), 2) for r in runs.itertuples()},
-            "yara_string_matches": len(yara),
-            "yara_by_target": {f"{k[0]}:{k[1]}": int(v) for k, v in
-                               yara.groupby(["snapshot_id", "target"]).size().items()} if len(yara) else {}}
+    return {
+        "snapshots": sorted(info.snapshot_id) if len(info) else [],
+        "isf_path": info.isf_path.iloc[0] if len(info) else None,
+        "isf_origin": sorted(set(info.isf_origin)) if len(info) else [],
+        "memory_engine_seconds": {r.snapshot_id: round(float(r.seconds), 1) for r in info.itertuples()},
+        "plugins_failed": int(info.plugins_failed.sum()) if len(info) else None,
+        "plugin_seconds": {f"{r.snapshot_id}:{r.plugin}": round(float(r.seconds), 2) for r in runs.itertuples()},
+        "yara_string_matches": len(yara),
+        "yara_by_target": {f"{k[0]}:{k[1]}": int(v) for k, v in yara.groupby(["snapshot_id", "target"]).size().items()}
+        if len(yara)
+        else {},
+    }
 
 
 def run_snapscope(paths, case: Path, profile: str, env=None) -> dict:
     shutil.rmtree(case, ignore_errors=True)
     load_before = load()
-    r = timed([SNAPSCOPE, "analyze", *paths, "--case", case, "--profile", profile],
-              stdout=case.with_suffix(".log"), env=env)
+    r = timed(
+        [SNAPSCOPE, "analyze", *paths, "--case", case, "--profile", profile], stdout=case.with_suffix(".log"), env=env
+    )
     return {"seconds": r["seconds"], "load_before": load_before, "load_after": load(), **case_facts(case)}
 
 
@@ -263,12 +280,16 @@ def equal_work_disk(qemu: Path, work: Path) -> Path | None:
         return None
     dst = work / "equal-work"
     dst.mkdir()
-    listed = subprocess.run(["qemu-img", "info", "--output=json", "--backing-chain", str(qemu / "disk.qcow2")],
-                            capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        ["qemu-img", "info", "--output=json", "--backing-chain", str(qemu / "disk.qcow2")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     chain = json.loads(listed.stdout)
     if any(Path(layer["filename"]).parent != qemu for layer in chain):
-        return None              # only the lab's layout (backing file beside the overlay) is handled
-    for layer in chain:          # every layer first: qemu-img opens the chain to delete a snapshot
+        return None  # only the lab's layout (backing file beside the overlay) is handled
+    for layer in chain:  # every layer first: qemu-img opens the chain to delete a snapshot
         src = Path(layer["filename"])
         shutil.copy2(src, dst / src.name)
         os.chmod(dst / src.name, 0o644)
@@ -302,8 +323,15 @@ def run_manual(qemu: Path, profile: dict, isf_dir: Path, vol_cache: Path, work: 
 
     def step(group, name, cmd, stdout=None, check=True):
         r = timed(cmd, stdout=stdout, env=env, check=check)
-        steps.append({"group": group, "name": name, "seconds": r["seconds"], "rc": r["rc"],
-                      "error": r["stderr"].strip().splitlines()[-1] if r["rc"] and r["stderr"].strip() else None})
+        steps.append(
+            {
+                "group": group,
+                "name": name,
+                "seconds": r["seconds"],
+                "rc": r["rc"],
+                "error": r["stderr"].strip().splitlines()[-1] if r["rc"] and r["stderr"].strip() else None,
+            }
+        )
         return r
 
     evidence = [image, disk, *(p for p in sorted(qemu.glob("*.qcow2")) if p != disk), pcap]
@@ -311,46 +339,96 @@ def run_manual(qemu: Path, profile: dict, isf_dir: Path, vol_cache: Path, work: 
     for p in profile["memory"]["plugins"]:
         if p["name"].startswith("snapscope."):
             continue
-        step("memory", f"vol {p['name']}", vol_cmd(image, isf_dir, vol_cache, p["name"]),
-             stdout=man / "vol" / f"{p['name']}.json", check=False)
+        step(
+            "memory",
+            f"vol {p['name']}",
+            vol_cmd(image, isf_dir, vol_cache, p["name"]),
+            stdout=man / "vol" / f"{p['name']}.json",
+            check=False,
+        )
     for fn in expand_functions(profile["disk"].get("functions") or []):
-        if fn == "groups":   # snapscope reads /etc/group itself; by hand: target-fs cat
-            step("disk", "target-fs cat /etc/group", [BIN / "target-fs", "-q", disk, "cat", "/etc/group"],
-                 stdout=man / "disk" / "groups.txt", check=False)
+        if fn == "groups":  # snapscope reads /etc/group itself; by hand: target-fs cat
+            step(
+                "disk",
+                "target-fs cat /etc/group",
+                [BIN / "target-fs", "-q", disk, "cat", "/etc/group"],
+                stdout=man / "disk" / "groups.txt",
+                check=False,
+            )
             continue
-        step("disk", f"target-query {fn}", [TARGET_QUERY, "-q", "-j", "-f", fn, disk],
-             stdout=man / "disk" / f"{fn}.jsonl", check=False)
-        steps[-1]["records"] = sum(1 for line in (man / "disk" / f"{fn}.jsonl").read_text(errors="replace")
-                                   .splitlines() if '"_type": "record"' in line)
+        step(
+            "disk",
+            f"target-query {fn}",
+            [TARGET_QUERY, "-q", "-j", "-f", fn, disk],
+            stdout=man / "disk" / f"{fn}.jsonl",
+            check=False,
+        )
+        steps[-1]["records"] = sum(
+            1
+            for line in (man / "disk" / f"{fn}.jsonl").read_text(errors="replace").splitlines()
+            if '"_type": "record"' in line
+        )
     hash_cfg = profile["disk"].get("hash") or {}
-    r = step("files", "extract (dissect walk + copy)",
-             [PY, "-c", EXTRACT, disk, man / "files", man / "files.jsonl", hash_cfg.get("max_size", 64 << 20),
-              *(hash_cfg.get("paths") or [])])
+    r = step(
+        "files",
+        "extract (dissect walk + copy)",
+        [
+            PY,
+            "-c",
+            EXTRACT,
+            disk,
+            man / "files",
+            man / "files.jsonl",
+            hash_cfg.get("max_size", 64 << 20),
+            *(hash_cfg.get("paths") or []),
+        ],
+    )
     extracted = json.loads(r["stdout"].strip().splitlines()[-1])
-    step("files", "sha256sum extracted", ["sh", "-c", 'find "$1" -type f -exec sha256sum {} +', "sh", man / "files"],
-         stdout=man / "files.sha256")
+    step(
+        "files",
+        "sha256sum extracted",
+        ["sh", "-c", 'find "$1" -type f -exec sha256sum {} +', "sh", man / "files"],
+        stdout=man / "files.sha256",
+    )
     r = step("network", "dpkt flows script", [PY, "-c", PCAP, pcap, man / "streams"])
     net = json.loads(r["stdout"].strip().splitlines()[-1])
     rules = [f"{f.stem}:{f}" for f in sorted(Path(DEFAULT_RULES_DIR).glob("*.yar"))]
     step("yara", "yara memory.elf", ["yara", "-w", "-s", *rules, image], stdout=man / "yara" / "memory.txt")
-    step("yara", "yara extracted files", ["yara", "-w", "-s", "-r", *rules, man / "files"],
-         stdout=man / "yara" / "files.txt")
-    step("yara", "yara tcp payloads", ["yara", "-w", "-s", "-r", *rules, man / "streams"],
-         stdout=man / "yara" / "streams.txt")
+    step(
+        "yara",
+        "yara extracted files",
+        ["yara", "-w", "-s", "-r", *rules, man / "files"],
+        stdout=man / "yara" / "files.txt",
+    )
+    step(
+        "yara",
+        "yara tcp payloads",
+        ["yara", "-w", "-s", "-r", *rules, man / "streams"],
+        stdout=man / "yara" / "streams.txt",
+    )
 
-    def yara_hits(name):   # `yara -s`: "RULE TARGET" lines, then "0xOFFSET:$id: data" lines
+    def yara_hits(name):  # `yara -s`: "RULE TARGET" lines, then "0xOFFSET:$id: data" lines
         lines = (man / "yara" / name).read_text(errors="replace").splitlines()
-        return {"rule_hits": sum(1 for x in lines if x and not x.startswith("0x")),
-                "string_matches": sum(1 for x in lines if x.startswith("0x"))}
+        return {
+            "rule_hits": sum(1 for x in lines if x and not x.startswith("0x")),
+            "string_matches": sum(1 for x in lines if x.startswith("0x")),
+        }
+
     # A responder would not run functions that fail or find nothing on this guest (runkeys/tasks are
     # Windows-only; initd is no target-query function here): the conservative total leaves them out.
     idle = [s for s in steps if s["group"] == "disk" and (s["rc"] or s.get("records") == 0)]
-    return {"seconds": sum(s["seconds"] for s in steps),
-            "seconds_conservative": sum(s["seconds"] for s in steps if s not in idle),
-            "left_out_of_conservative": [s["name"] for s in idle], "steps": steps, "load_before": load_before,
-            "load_after": load(), "extracted": extracted, "network": net,
-            "yara_hits": {k: yara_hits(f"{k}.txt") for k in ("memory", "files", "streams")},
-            "failed": [s["name"] for s in steps if s["rc"]]}
+    return {
+        "seconds": sum(s["seconds"] for s in steps),
+        "seconds_conservative": sum(s["seconds"] for s in steps if s not in idle),
+        "left_out_of_conservative": [s["name"] for s in idle],
+        "steps": steps,
+        "load_before": load_before,
+        "load_after": load(),
+        "extracted": extracted,
+        "network": net,
+        "yara_hits": {k: yara_hits(f"{k}.txt") for k in ("memory", "files", "streams")},
+        "failed": [s["name"] for s in steps if s["rc"]],
+    }
 
 
 def table(result: dict) -> str:
@@ -379,10 +457,14 @@ def table(result: dict) -> str:
     add("-" * 68)
     for label, run in (("as issued", lit), ("equal work", eq)):
         if run:
-            add(f"ratio manual / snapscope {label + ':':12} {man['seconds'] / run['seconds']:.2f}x "
-                f"(conservative manual: {man['seconds_conservative'] / run['seconds']:.2f}x)")
-    add("snapscope memory engine seconds per snapshot: " + ", ".join(
-        f"{k} {v}" for k, v in lit["memory_engine_seconds"].items()))
+            add(
+                f"ratio manual / snapscope {label + ':':12} {man['seconds'] / run['seconds']:.2f}x "
+                f"(conservative manual: {man['seconds_conservative'] / run['seconds']:.2f}x)"
+            )
+    add(
+        "snapscope memory engine seconds per snapshot: "
+        + ", ".join(f"{k} {v}" for k, v in lit["memory_engine_seconds"].items())
+    )
     cold = result.get("cold")
     if cold:
         add("cold (separately): " + ", ".join(f"{k} {v:.1f} s" for k, v in cold.items() if isinstance(v, float)))
@@ -405,16 +487,23 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="analyze-vs-manual-", dir="/tmp"))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     paths = [qemu / "memory.elf", qemu / "disk.qcow2", qemu / "net.pcap"]
-    result = {"lab": str(lab), "profile": args.profile, "cpus": os.cpu_count(), "load_start": load(),
-              "evidence_mib": {p.name: round(p.stat().st_size / 2**20, 1) for p in paths}}
+    result = {
+        "lab": str(lab),
+        "profile": args.profile,
+        "cpus": os.cpu_count(),
+        "load_start": load(),
+        "evidence_mib": {p.name: round(p.stat().st_size / 2**20, 1) for p in paths},
+    }
     try:
         eq_disk = None if args.no_equal_work else equal_work_disk(qemu, work)
         cache = snapscope_cache(env)
         result["isf_cache"] = {"dir": str(cache / "symbols"), "files_before": [str(p) for p in isf_files(cache)]}
         result["isf_cache"]["warm"] = bool(result["isf_cache"]["files_before"])
-        log = (lambda *a: print(*a, file=sys.stderr, flush=True))
-        log(f"lab {lab}; ISF cache {'warm' if result['isf_cache']['warm'] else 'EMPTY'}; work {work}; "
-            f"load {load()}")
+
+        def log(*a):
+            return print(*a, file=sys.stderr, flush=True)
+
+        log(f"lab {lab}; ISF cache {'warm' if result['isf_cache']['warm'] else 'EMPTY'}; work {work}; load {load()}")
 
         cold = {}
         if args.cold:
@@ -445,17 +534,21 @@ def main(argv=None):
         if eq_disk:
             eq_paths = [qemu / "memory.elf", eq_disk, qemu / "net.pcap"]
             warm["snapscope_equal_work"] = run_snapscope(eq_paths, work / "case-equal", args.profile, env=env)
-            log(f"snapscope equal work: {warm['snapscope_equal_work']['seconds']:.1f} s, "
-                f"snapshots {warm['snapscope_equal_work']['snapshots']}")
+            log(
+                f"snapscope equal work: {warm['snapscope_equal_work']['seconds']:.1f} s, "
+                f"snapshots {warm['snapscope_equal_work']['snapshots']}"
+            )
         result.update(warm=warm, cold=cold, load_end=load(), isf_used=str(isf_path))
         result["ratio_manual_over_snapscope"] = round(warm["manual"]["seconds"] / warm["snapscope"]["seconds"], 2)
         result["ratio_conservative_manual_over_snapscope"] = round(
-            warm["manual"]["seconds_conservative"] / warm["snapscope"]["seconds"], 2)
+            warm["manual"]["seconds_conservative"] / warm["snapscope"]["seconds"], 2
+        )
         if eq_disk:
             eq_s = warm["snapscope_equal_work"]["seconds"]
             result["ratio_manual_over_snapscope_equal_work"] = round(warm["manual"]["seconds"] / eq_s, 2)
             result["ratio_conservative_manual_over_snapscope_equal_work"] = round(
-                warm["manual"]["seconds_conservative"] / eq_s, 2)
+                warm["manual"]["seconds_conservative"] / eq_s, 2
+            )
         print(json.dumps(result, indent=2, default=str))
         print()
         print(table(result))

@@ -51,6 +51,7 @@ Usage::
     python benchmarks/audit_scaling.py --fleet ~/.cache/snapscope/lab/fleet-<key> --cache warm
     python benchmarks/audit_scaling.py --counts 1 2 --jobs 2 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,7 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-SITECUSTOMIZE = r'''
+SITECUSTOMIZE = r"""
 import atexit, os
 _dir = os.environ.get("SNAPSCOPE_BENCH_IODIR")
 def _dump():
@@ -82,7 +83,7 @@ def _dump():
         pass
 if _dir:
     atexit.register(_dump)
-'''
+"""
 
 
 def _parse_io(text: str) -> dict:
@@ -100,8 +101,11 @@ def measure(argv: list[str], *, env_extra: dict | None = None, cwd=None) -> dict
     sitedir = iodir / "site"
     sitedir.mkdir()
     (sitedir / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = dict(os.environ, SNAPSCOPE_BENCH_IODIR=str(iodir),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(sitedir), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        SNAPSCOPE_BENCH_IODIR=str(iodir),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(sitedir), os.environ.get("PYTHONPATH")])),
+    )
     env.update(env_extra or {})
     load = os.getloadavg()
     sampled: dict[int, dict] = {}
@@ -132,32 +136,45 @@ def measure(argv: list[str], *, env_extra: dict | None = None, cwd=None) -> dict
     out_chunks, err_chunks = [], []
     t_out = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
     t_err = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-    t_out.start(); t_err.start()
+    t_out.start()
+    t_err.start()
     _pid, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    stop.set(); th.join(); t_out.join(); t_err.join()
+    stop.set()
+    th.join()
+    t_out.join()
+    t_err.join()
     final = {int(p.stem): _parse_io(p.read_text()) for p in iodir.glob("*.io")}
     per_pid = {}
     for pid in set(sampled) | set(final):
         if pid in final:
-            per_pid[pid] = {"rchar": final[pid].get("rchar", 0), "read_bytes": final[pid].get("read_bytes", 0),
-                            "exact": True}
+            per_pid[pid] = {
+                "rchar": final[pid].get("rchar", 0),
+                "read_bytes": final[pid].get("read_bytes", 0),
+                "exact": True,
+            }
         else:
             per_pid[pid] = {**{k: sampled[pid][k] for k in ("rchar", "read_bytes")}, "exact": False}
     shutil.rmtree(iodir, ignore_errors=True)
-    return {"argv": argv, "rc": proc.returncode, "wall": wall,
-            "read_bytes": ru.ru_inblock * 512,  # whole tree (waited-for descendants included)
-            # Linux adds a reaped child's I/O counters to its parent's (wait_task_zombie), so the root's
-            # final /proc/<pid>/io already holds every descendant it (transitively) reaped: that is the
-            # tree's rchar. Summing all processes would count reaped children twice.
-            "rchar": (final.get(proc.pid) or sampled.get(proc.pid) or {}).get("rchar", 0),
-            "rchar_root_is_final": proc.pid in final,
-            "rchar_per_process": {pid: v["rchar"] for pid, v in per_pid.items()},
-            "processes": len(per_pid),
-            "cpu": ru.ru_utime + ru.ru_stime, "maxrss_mib": ru.ru_maxrss / 1024, "load_before": load,
-            "stdout": (out_chunks[0] if out_chunks else b"").decode(errors="replace")[-4000:],
-            "stderr": (err_chunks[0] if err_chunks else b"").decode(errors="replace")[-4000:]}
+    return {
+        "argv": argv,
+        "rc": proc.returncode,
+        "wall": wall,
+        "read_bytes": ru.ru_inblock * 512,  # whole tree (waited-for descendants included)
+        # Linux adds a reaped child's I/O counters to its parent's (wait_task_zombie), so the root's
+        # final /proc/<pid>/io already holds every descendant it (transitively) reaped: that is the
+        # tree's rchar. Summing all processes would count reaped children twice.
+        "rchar": (final.get(proc.pid) or sampled.get(proc.pid) or {}).get("rchar", 0),
+        "rchar_root_is_final": proc.pid in final,
+        "rchar_per_process": {pid: v["rchar"] for pid, v in per_pid.items()},
+        "processes": len(per_pid),
+        "cpu": ru.ru_utime + ru.ru_stime,
+        "maxrss_mib": ru.ru_maxrss / 1024,
+        "load_before": load,
+        "stdout": (out_chunks[0] if out_chunks else b"").decode(errors="replace")[-4000:],
+        "stderr": (err_chunks[0] if err_chunks else b"").decode(errors="replace")[-4000:],
+    }
 
 
 def evict(paths) -> None:
@@ -184,10 +201,9 @@ print("AUDIT-RESULT " + json.dumps(s["fleet"][["vm", "status"]].to_dict("records
 
 
 def run_audit(dirs, case, jobs) -> dict:
-    r = measure([sys.executable, "-c", AUDIT_CODE, json.dumps([str(d) for d in dirs]), str(case), str(jobs)],
-                cwd=REPO)
+    r = measure([sys.executable, "-c", AUDIT_CODE, json.dumps([str(d) for d in dirs]), str(case), str(jobs)], cwd=REPO)
     line = next((ln for ln in r["stdout"].splitlines() if ln.startswith("AUDIT-RESULT ")), None)
-    rows = json.loads(line[len("AUDIT-RESULT "):]) if line else []
+    rows = json.loads(line[len("AUDIT-RESULT ") :]) if line else []
     r["analysed"] = sum(row["status"] == "analysed" for row in rows)
     r["fleet_rows"] = rows
     return r
@@ -225,7 +241,7 @@ def vm_dirs(fleet: Path, n_max: int, scratch: Path) -> tuple[list[Path], list[st
     k = 0
     while len(dirs) < n_max:
         src = good[k % len(good)]
-        dup = scratch / "dups" / fleet.name   # base.qcow2 linked here too: "../base.qcow2" resolves either way
+        dup = scratch / "dups" / fleet.name  # base.qcow2 linked here too: "../base.qcow2" resolves either way
         dup.mkdir(parents=True, exist_ok=True)
         if not (dup / "base.qcow2").exists():
             (dup / "base.qcow2").symlink_to(fleet / "base.qcow2")
@@ -259,7 +275,7 @@ def build_temp_fleet(count: int, scratch: Path, progress) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     default = Path(os.environ.get("SNAPSCOPE_LAB_DIR") or "~/.cache/snapscope/lab").expanduser() / "downloads"
     if default.is_dir() and not (root / "downloads").exists():
-        (root / "downloads").symlink_to(default)   # reuse the kernel download, read-only once complete
+        (root / "downloads").symlink_to(default)  # reuse the kernel download, read-only once complete
     return build_fleet(out_root=root, progress=progress, count=count)
 
 
@@ -267,6 +283,7 @@ def plugin_seconds(case_dir: Path) -> dict:
     """Mean seconds per Volatility plugin over the case's snapshots (where the memory time goes)."""
     try:
         from toolkit.case import Case
+
         runs = Case.open(case_dir).table("memory/plugin_runs")
     except Exception:
         return {}
@@ -291,7 +308,7 @@ def page_overlap(dirs) -> list[dict]:
                 for off in range(0, length, 1 << 20):
                     buf = img.read(gpa + off, min(1 << 20, length - off))
                     for i in range(0, len(buf), 4096):
-                        h = hashlib.blake2b(buf[i:i + 4096], digest_size=16).digest()
+                        h = hashlib.blake2b(buf[i : i + 4096], digest_size=16).digest()
                         pages += 1
                         if h == zero:
                             zeros += 1
@@ -299,8 +316,16 @@ def page_overlap(dirs) -> list[dict]:
                             shared += 1
                         mine.add(h)
         seen |= mine
-        rows.append({"vm": d.name, "pages": pages, "zero": zeros, "nonzero_shared": shared,
-                     "nonzero_new": pages - zeros - shared, "hash_cpu_s": round(time.process_time() - started, 2)})
+        rows.append(
+            {
+                "vm": d.name,
+                "pages": pages,
+                "zero": zeros,
+                "nonzero_shared": shared,
+                "nonzero_new": pages - zeros - shared,
+                "hash_cpu_s": round(time.process_time() - started, 2),
+            }
+        )
     return rows
 
 
@@ -363,31 +388,52 @@ def main(argv=None) -> int:
             progress(f"N={n}: audit {a['wall']:.1f}s, analyze x{n} {b['wall']:.1f}s")
         base = results[0]["audit"]["wall"] if results and results[0]["n"] == 1 else None
         print(f"\nfleet: {fleet}  cache: {args.cache}  jobs: {args.jobs}  cpus: {os.cpu_count()}")
-        print("N | audit s | audit read_bytes | audit rchar | audit cpu s | N×analyze s | N×analyze read_bytes | "
-              "N×analyze rchar | N×analyze cpu s | audit/N×analyze | audit(N)/audit(1) | load1 before")
+        print(
+            "N | audit s | audit read_bytes | audit rchar | audit cpu s | N×analyze s | N×analyze read_bytes | "
+            "N×analyze rchar | N×analyze cpu s | audit/N×analyze | audit(N)/audit(1) | load1 before"
+        )
         print("--|---|---|---|---|---|---|---|---|---|---|---")
         for r in results:
             a, b = r["audit"], r["analyze"]
             ratio = f"{a['wall'] / base:.2f}x" if base else "-"
-            print(f"{r['n']} | {a['wall']:.1f} | {fmt_bytes(a['read_bytes'])} | {fmt_bytes(a['rchar'])} | {a['cpu']:.1f} | "
-                  f"{b['wall']:.1f} | {fmt_bytes(b['read_bytes'])} | {fmt_bytes(b['rchar'])} | {b['cpu']:.1f} | "
-                  f"{a['wall'] / b['wall']:.2f} | {ratio} | {a['load_before'][0]:.2f} / {b['load_before'][0]:.2f}")
+            print(
+                f"{r['n']} | {a['wall']:.1f} | {fmt_bytes(a['read_bytes'])} | {fmt_bytes(a['rchar'])} | "
+                f"{a['cpu']:.1f} | "
+                f"{b['wall']:.1f} | {fmt_bytes(b['read_bytes'])} | {fmt_bytes(b['rchar'])} | {b['cpu']:.1f} | "
+                f"{a['wall'] / b['wall']:.2f} | {ratio} | {a['load_before'][0]:.2f} / {b['load_before'][0]:.2f}"
+            )
         for r in results:
             if not r["audit"]["rchar_root_is_final"]:
                 print(f"  N={r['n']}: the audit root's final /proc io was not captured: rchar is a sample")
         print(f"load average at end: {os.getloadavg()}")
         if results:
-            print("\nmean seconds per plugin and snapshot, audit N=%d:" % results[-1]["n"],
-                  json.dumps(results[-1]["audit"].get("plugin_seconds", {})))
+            print(
+                f"\nmean seconds per plugin and snapshot, audit N={results[-1]['n']}:",
+                json.dumps(results[-1]["audit"].get("plugin_seconds", {})),
+            )
         overlap = page_overlap(dirs)
         print("\nVM | 4 KiB pages | zero | non-zero seen in an earlier clone | non-zero new | hashing CPU s")
         print("--|---|---|---|---|---")
         for r in overlap:
-            print(f"{r['vm']} | {r['pages']} | {r['zero']} | {r['nonzero_shared']} | {r['nonzero_new']} | {r['hash_cpu_s']}")
+            print(
+                f"{r['vm']} | {r['pages']} | {r['zero']} | {r['nonzero_shared']} | {r['nonzero_new']} | "
+                f"{r['hash_cpu_s']}"
+            )
         if args.json:
-            args.json.write_text(json.dumps({"fleet": str(fleet), "cache": args.cache, "jobs": args.jobs,
-                                             "notes": notes, "results": results, "page_overlap": overlap},
-                                            indent=1, default=str))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "fleet": str(fleet),
+                        "cache": args.cache,
+                        "jobs": args.jobs,
+                        "notes": notes,
+                        "results": results,
+                        "page_overlap": overlap,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
     finally:
         if not args.keep and not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)

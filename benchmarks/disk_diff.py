@@ -8,6 +8,7 @@ prints the figures.
 
 Usage:  python benchmarks/disk_diff.py [--work DIR] [--size-mb 1024] [--repeat 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,20 @@ def build(work: Path, size_mb: int) -> tuple[Path, Path]:
     (work / "drop.bin").write_bytes(rnd.randbytes(3 << 20))
     (work / "small").write_bytes(b"changed config\n")
     victim = next(p for p in sorted(files) if p.startswith("usr/lib/pkg7/"))
-    new_raw = b.edit_ext4(base_raw, work / "new.raw", [
-        "mkdir /var/tmp", "mkdir /var/tmp/.cache", f"write {work / 'drop.bin'} /var/tmp/.cache/.kworker-upd",
-        "rm /etc/hostname", f"write {work / 'small'} /etc/hostname", "rm /var/log/syslog",
-        f"rm /{victim}", f"write {work / 'drop.bin'} /{victim}"])
+    new_raw = b.edit_ext4(
+        base_raw,
+        work / "new.raw",
+        [
+            "mkdir /var/tmp",
+            "mkdir /var/tmp/.cache",
+            f"write {work / 'drop.bin'} /var/tmp/.cache/.kworker-upd",
+            "rm /etc/hostname",
+            f"write {work / 'small'} /etc/hostname",
+            "rm /var/log/syslog",
+            f"rm /{victim}",
+            f"write {work / 'drop.bin'} /{victim}",
+        ],
+    )
     block = b.block_of(new_raw, "/usr/lib/x/implant")
     with open(new_raw, "r+b") as fh:
         fh.seek(block * 4096)
@@ -61,13 +72,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "snapscope-bench-disk")
     ap.add_argument("--size-mb", type=int, default=1024)
-    ap.add_argument("--repeat", type=int, default=2, help="runs per method; the fastest counts (first run pays imports)")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="runs per method; the fastest counts (first run pays imports)"
+    )
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     base, overlay = build(a.work, a.size_mb)
-    print(f"images ready in {time.perf_counter() - t0:.1f}s: base {base.stat().st_size >> 20} MiB file, "
-          f"overlay {overlay.stat().st_size >> 20} MiB file")
+    print(
+        f"images ready in {time.perf_counter() - t0:.1f}s: base {base.stat().st_size >> 20} MiB file, "
+        f"overlay {overlay.stat().st_size >> 20} MiB file"
+    )
     timings = {"allocated-clusters": [], "full-walk": []}
     results = {}
     for _ in range(a.repeat):
@@ -78,12 +93,17 @@ def main(argv=None):
             results[method] = df
     fast, slow = (min(timings[m]) for m in ("allocated-clusters", "full-walk"))
     key = ["change", "path", "sha256_a", "sha256_b"]
-    agree = results["allocated-clusters"][key].astype(str).values.tolist() == \
-        results["full-walk"][key].astype(str).values.tolist()
-    print(f"changes found: {len(results['allocated-clusters'])} "
-          f"({results['allocated-clusters']['change'].value_counts().to_dict()}); methods agree: {agree}")
-    print(f"allocated-cluster diff: {fast:.2f}s   full walk + hash both trees: {slow:.2f}s   "
-          f"speed-up: {slow / fast:.1f}x")
+    agree = (
+        results["allocated-clusters"][key].astype(str).values.tolist()
+        == results["full-walk"][key].astype(str).values.tolist()
+    )
+    print(
+        f"changes found: {len(results['allocated-clusters'])} "
+        f"({results['allocated-clusters']['change'].value_counts().to_dict()}); methods agree: {agree}"
+    )
+    print(
+        f"allocated-cluster diff: {fast:.2f}s   full walk + hash both trees: {slow:.2f}s   speed-up: {slow / fast:.1f}x"
+    )
     return 0 if agree else 1
 
 

@@ -25,6 +25,7 @@ it as vmstate, and an ELF core (content: distinct non-zero pages, one in eight
 zero), for when no large real guest is at hand. Outputs go to ``--outdir``
 (default /dev/shm, so the disk's write speed is not measured) and are deleted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,6 +45,7 @@ PS = 4096
 
 def _pages(n_distinct=64):
     import random
+
     rnd = random.Random(7)
     return [bytes(rnd.getrandbits(8) for _ in range(PS)) for _ in range(n_distinct)]
 
@@ -78,9 +80,17 @@ def synthesize(workdir, gib):
         while block := src.read(1 << 24):
             out.write(block)
     elf = workdir / "synthetic.elf"
-    subprocess.run([sys.executable, "-c", "import sys; from toolkit.memory.convert import to_elf; "
-                    "to_elf(sys.argv[1], sys.argv[2], hash=False)", str(qevm), str(elf)],
-                   check=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from toolkit.memory.convert import to_elf; to_elf(sys.argv[1], sys.argv[2], hash=False)",
+            str(qevm),
+            str(elf),
+        ],
+        check=True,
+        cwd=REPO,
+    )
     qcow = workdir / "synthetic.qcow2"
     qcow2_around(qevm, qcow)
     return [elf, qevm, save, qcow]
@@ -91,22 +101,22 @@ def qcow2_around(qevm, out, cluster_bits=16, disk_size=1 << 20):
     ``qevm``, in host-contiguous clusters as savevm mostly leaves it."""
     C = 1 << cluster_bits
     l2_entries = C // 8
-    span = C * l2_entries                       # guest bytes one L2 table maps
-    vm_off = -(-disk_size // span) * span       # where qcow2 puts the vmstate
+    span = C * l2_entries  # guest bytes one L2 table maps
+    vm_off = -(-disk_size // span) * span  # where qcow2 puts the vmstate
     vm_size = qevm.stat().st_size
     nclusters = -(-vm_size // C)
     nl1 = (vm_off + vm_size) // span + 1
     n_l2 = -(-nclusters // l2_entries)
-    l1_at, l2_at = 2 * C, 3 * C                 # cluster 0 header, 1 snapshot table
+    l1_at, l2_at = 2 * C, 3 * C  # cluster 0 header, 1 snapshot table
     data_at = l2_at + n_l2 * C
     head = bytearray(data_at)
-    struct.pack_into(">4sIQIIQIIQQIIQ", head, 0, b"QFI\xfb", 3, 0, 0, cluster_bits, disk_size,
-                     0, 0, 0, 0, 0, 1, C)
+    struct.pack_into(">4sIQIIQIIQQIIQ", head, 0, b"QFI\xfb", 3, 0, 0, cluster_bits, disk_size, 0, 0, 0, 0, 0, 1, C)
     struct.pack_into(">QQQII", head, 72, 0, 0, 0, 4, 104)
     extra = struct.pack(">QQ", vm_size, disk_size)
-    struct.pack_into(">QIHHIIQII", head, C, l1_at, nl1, 1, 5, int(time.time()), 0, 0,
-                     vm_size if vm_size < 1 << 32 else 0, len(extra))
-    head[C + 40:C + 40 + len(extra) + 6] = extra + b"1bench"
+    struct.pack_into(
+        ">QIHHIIQII", head, C, l1_at, nl1, 1, 5, int(time.time()), 0, 0, vm_size if vm_size < 1 << 32 else 0, len(extra)
+    )
+    head[C + 40 : C + 40 + len(extra) + 6] = extra + b"1bench"
     for k in range(n_l2):
         struct.pack_into(">Q", head, l1_at + 8 * (vm_off // span + k), (l2_at + k * C) | 1 << 63)
     for c in range(nclusters):
@@ -154,8 +164,12 @@ print(json.dumps({"seconds": time.perf_counter() - t, "format": r["format"], "by
 def convert_child(path, out, derived, mode):
     out.unlink(missing_ok=True)
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(out), str(derived), mode],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(out), str(derived), mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
@@ -181,9 +195,13 @@ def main(argv=None):
     ap.add_argument("paths", nargs="*", type=Path)
     ap.add_argument("--synthetic-gib", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--outdir", type=Path, default=None,
-                    help="where converted ELFs go (default /dev/shm, else the workdir): a tmpfs "
-                         "measures the converter rather than the disk's write speed")
+    ap.add_argument(
+        "--outdir",
+        type=Path,
+        default=None,
+        help="where converted ELFs go (default /dev/shm, else the workdir): a tmpfs "
+        "measures the converter rather than the disk's write speed",
+    )
     ap.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best is shown")
     ap.add_argument("--modes", default="none,output,full", help="hash modes to run")
     ap.add_argument("--keep", action="store_true", help="keep synthetic inputs")
@@ -196,10 +214,14 @@ def main(argv=None):
         paths += existing if all(p.exists() for p in existing) else synthesize(workdir, args.synthetic_gib)
     if not paths:
         ap.error("give artefact paths or --synthetic-gib")
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; sha256 {sha256_rate():.2f} GB/s; "
-          f"output to {outdir}; best of {args.repeat}")
-    print(f"{'artefact':22} {'format':15} {'GiB':>5} {'cat s':>6} {'copy s':>6} {'hash':>6} {'conv s':>6} "
-          f"{'x cat':>6} {'x copy':>6} {'proc s':>6} {'MiB/s':>6} {'RSS MiB':>7}")
+    print(
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; sha256 {sha256_rate():.2f} GB/s; "
+        f"output to {outdir}; best of {args.repeat}"
+    )
+    print(
+        f"{'artefact':22} {'format':15} {'GiB':>5} {'cat s':>6} {'copy s':>6} {'hash':>6} {'conv s':>6} "
+        f"{'x cat':>6} {'x copy':>6} {'proc s':>6} {'MiB/s':>6} {'RSS MiB':>7}"
+    )
     try:
         for path in paths:
             out = outdir / (path.name + ".bench.elf")
@@ -211,11 +233,13 @@ def main(argv=None):
                 runs = [convert_child(path, out, workdir / "derived", mode) for _ in range(args.repeat)]
                 best = min(runs, key=lambda r: r["seconds"])
                 digests.update(r["dst_sha256"] for r in runs if r["dst_sha256"])
-                print(f"{path.name[:22]:22} {best['format'][:15]:15} {size / 2**30:5.2f} {cat:6.2f} {copy:6.2f} "
-                      f"{mode:>6} {best['seconds']:6.2f} {best['seconds'] / cat:6.1f} "
-                      f"{best['seconds'] / copy:6.1f} {min(r['proc_seconds'] for r in runs):6.2f} "
-                      f"{best['bytes'] / 2**20 / best['seconds']:6.0f} {max(r['rss_mib'] for r in runs):7.0f}",
-                      flush=True)
+                print(
+                    f"{path.name[:22]:22} {best['format'][:15]:15} {size / 2**30:5.2f} {cat:6.2f} {copy:6.2f} "
+                    f"{mode:>6} {best['seconds']:6.2f} {best['seconds'] / cat:6.1f} "
+                    f"{best['seconds'] / copy:6.1f} {min(r['proc_seconds'] for r in runs):6.2f} "
+                    f"{best['bytes'] / 2**20 / best['seconds']:6.0f} {max(r['rss_mib'] for r in runs):7.0f}",
+                    flush=True,
+                )
             if len(digests) > 1:
                 raise SystemExit(f"{path}: output sha256 differs between runs: {digests}")
         print(f"load average {os.getloadavg()[0]:.2f} at the end")

@@ -10,6 +10,7 @@ Usage::
     python benchmarks/pcap_throughput.py               # ~220 MB capture
     python benchmarks/pcap_throughput.py --mb 50 --concurrent 200 --keep /tmp/bench
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ def generate(path: Path, target_mb: int, concurrent: int, segment: int) -> dict:
             ts += 1
             fh.write(REC.pack(ts // 1_000_000, ts % 1_000_000, len(frame), len(frame)) + frame)
             packets += 1
+
         active = []
         while fh.tell() < target:
             while len(active) < concurrent:
@@ -99,11 +101,16 @@ def main(argv=None) -> int:
         flows = out["network/flows"]
         mb = facts["bytes"] / 1e6
         print(f"capture: {mb:.1f} MB, {facts['packets']} packets, {facts['flows']} flows (generated in {gen_s:.1f} s)")
-        print(f"network.run: {run_s:.1f} s = {mb / run_s:.1f} MB/s, {facts['packets'] / run_s:,.0f} packets/s "
-              f"(CPU {cpu_s:.1f} s = {mb / cpu_s:.1f} MB/s; the gap is I/O and other load, load avg {os.getloadavg()[0]:.1f})")
-        print(f"flows found: {len(flows)} (closed: {(flows.state == 'CLOSED').sum()}), "
-              f"stream bytes: {int(flows.src_stream_bytes.sum() + flows.dst_stream_bytes.sum()) / 1e6:.1f} MB, "
-              f"diagnostics: {len(out['diagnostics'])}")
+        print(
+            f"network.run: {run_s:.1f} s = {mb / run_s:.1f} MB/s, {facts['packets'] / run_s:,.0f} packets/s "
+            f"(CPU {cpu_s:.1f} s = {mb / cpu_s:.1f} MB/s; the gap is I/O and other load, "
+            f"load avg {os.getloadavg()[0]:.1f})"
+        )
+        print(
+            f"flows found: {len(flows)} (closed: {(flows.state == 'CLOSED').sum()}), "
+            f"stream bytes: {int(flows.src_stream_bytes.sum() + flows.dst_stream_bytes.sum()) / 1e6:.1f} MB, "
+            f"diagnostics: {len(out['diagnostics'])}"
+        )
         return 0 if len(flows) == facts["flows"] else 1
     finally:
         if not args.keep:

@@ -15,6 +15,7 @@ Usage::
     .venv/bin/python benchmarks/vol_triage.py                 # the lab's qemu/memory.elf
     .venv/bin/python benchmarks/vol_triage.py --image dump.elf --out bench.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,13 +57,19 @@ print(json.dumps({"engine_seconds": time.monotonic() - t0, "failed": runs[runs.s
 def default_image() -> Path:
     sys.path.insert(0, str(REPO / "fixtures"))
     from build_lab import build_lab
+
     return Path(build_lab()) / "qemu" / "memory.elf"
 
 
 def run_snapscope(image, profile, cache, derived, isf_dir, env):
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", SNAPSCOPE_RUN, str(image), profile, str(cache), str(derived),
-                           str(isf_dir)], capture_output=True, text=True, env=env, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", SNAPSCOPE_RUN, str(image), profile, str(cache), str(derived), str(isf_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     wall = time.monotonic() - started
     if done.returncode:
         raise SystemExit(f"snapscope run failed:\n{done.stderr[-3000:]}")
@@ -70,12 +77,34 @@ def run_snapscope(image, profile, cache, derived, isf_dir, env):
 
 
 def run_vol(image, plugin, isf_dir, cache, env):
-    cache.mkdir(parents=True, exist_ok=True)   # vol --cache-path expects an existing directory
+    cache.mkdir(parents=True, exist_ok=True)  # vol --cache-path expects an existing directory
     started = time.monotonic()
-    done = subprocess.run([str(VOL), "-q", "--offline", "--cache-path", str(cache), "-s", str(isf_dir),
-                           "-f", str(image), "-r", "csv", plugin], capture_output=True, text=True, env=env)
-    return {"plugin": plugin, "seconds": time.monotonic() - started, "ok": done.returncode == 0,
-            "rows": max(0, len(done.stdout.splitlines()) - 1), "error": done.stderr[-300:] if done.returncode else None}
+    done = subprocess.run(
+        [
+            str(VOL),
+            "-q",
+            "--offline",
+            "--cache-path",
+            str(cache),
+            "-s",
+            str(isf_dir),
+            "-f",
+            str(image),
+            "-r",
+            "csv",
+            plugin,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return {
+        "plugin": plugin,
+        "seconds": time.monotonic() - started,
+        "ok": done.returncode == 0,
+        "rows": max(0, len(done.stdout.splitlines()) - 1),
+        "error": done.stderr[-300:] if done.returncode else None,
+    }
 
 
 def main(argv=None):
@@ -89,15 +118,19 @@ def main(argv=None):
     work = Path(args.work or tempfile.mkdtemp(prefix="vol-triage-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, XDG_CACHE_HOME=str(work / "xdg"), PYTHONPATH=str(REPO))
-    plugins = [p["name"] for p in load_profile(args.profile)["memory"]["plugins"] if not p["name"].startswith("snapscope.")]
+    plugins = [
+        p["name"] for p in load_profile(args.profile)["memory"]["plugins"] if not p["name"].startswith("snapscope.")
+    ]
 
     # The same ISF for both sides, resolved (or built) once and outside the timings.
     found = symbols.resolve_isf(image, cache_dir=work / "symbols-cache")
     isf_dir = work / "isf"
     isf_dir.mkdir(exist_ok=True)
     shutil.copy2(found["isf_path"], isf_dir / Path(found["isf_path"]).name)
-    print(f"image {image} ({image.stat().st_size / 2**20:.0f} MiB), ISF {found['origin']}, {len(plugins)} plugins",
-          file=sys.stderr)
+    print(
+        f"image {image} ({image.stat().st_size / 2**20:.0f} MiB), ISF {found['origin']}, {len(plugins)} plugins",
+        file=sys.stderr,
+    )
 
     snap_cache, vol_cache = work / "snapscope-cache", work / "vol-cache"
     for d in (snap_cache, vol_cache, work / "derived"):
@@ -106,22 +139,33 @@ def main(argv=None):
     cold_vol = run_vol(image, plugins[0], isf_dir, vol_cache, env)
     if not cold_vol["ok"]:
         raise SystemExit(f"vol {plugins[0]} failed:\n{cold_vol['error']}")
-    print(f"cold: snapscope {cold_snapscope['wall_seconds']:.1f} s (whole profile); "
-          f"vol {cold_vol['seconds']:.1f} s ({plugins[0]} only)", file=sys.stderr)
+    print(
+        f"cold: snapscope {cold_snapscope['wall_seconds']:.1f} s (whole profile); "
+        f"vol {cold_vol['seconds']:.1f} s ({plugins[0]} only)",
+        file=sys.stderr,
+    )
 
     warm_snapscope = run_snapscope(image, args.profile, snap_cache, work / "derived", isf_dir, env)
     warm_vol = [run_vol(image, p, isf_dir, vol_cache, env) for p in plugins]
     vol_total = sum(r["seconds"] for r in warm_vol)
     result = {
-        "image": str(image), "image_mib": round(image.stat().st_size / 2**20), "profile": args.profile,
-        "plugins": plugins, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
-        "cold": {"snapscope_profile_seconds": round(cold_snapscope["wall_seconds"], 1),
-                 "vol_first_plugin_seconds": round(cold_vol["seconds"], 1)},
-        "warm": {"snapscope_seconds": round(warm_snapscope["wall_seconds"], 1),
-                 "snapscope_plugin_seconds": warm_snapscope["plugin_seconds"],
-                 "vol_seconds": round(vol_total, 1),
-                 "vol_per_plugin": {r["plugin"]: round(r["seconds"], 1) for r in warm_vol},
-                 "ratio_vol_over_snapscope": round(vol_total / warm_snapscope["wall_seconds"], 2)},
+        "image": str(image),
+        "image_mib": round(image.stat().st_size / 2**20),
+        "profile": args.profile,
+        "plugins": plugins,
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "cold": {
+            "snapscope_profile_seconds": round(cold_snapscope["wall_seconds"], 1),
+            "vol_first_plugin_seconds": round(cold_vol["seconds"], 1),
+        },
+        "warm": {
+            "snapscope_seconds": round(warm_snapscope["wall_seconds"], 1),
+            "snapscope_plugin_seconds": warm_snapscope["plugin_seconds"],
+            "vol_seconds": round(vol_total, 1),
+            "vol_per_plugin": {r["plugin"]: round(r["seconds"], 1) for r in warm_vol},
+            "ratio_vol_over_snapscope": round(vol_total / warm_snapscope["wall_seconds"], 2),
+        },
         "failures": {"snapscope": warm_snapscope["failed"], "vol": [r["plugin"] for r in warm_vol if not r["ok"]]},
     }
     print(json.dumps(result, indent=2))

@@ -38,6 +38,7 @@ Usage::
     python benchmarks/yara_2gib.py --ram 2048 --rounds 2 --keep --scratch /tmp/y2g
     python benchmarks/yara_2gib.py --dump /tmp/y2g/memory.elf --implant-pid 123   # reuse a kept dump
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,9 +86,16 @@ def boot_and_dump(fleet: Path, work: Path, ram_mib: int, progress) -> dict:
     disk.make_overlay(work / "disk.qcow2", str(fleet / "base.qcow2"))  # absolute backing: only QEMU reads it
     cmdline = f"{scenario.KERNEL_CMDLINE} lab.scenario=infected"
     t0 = time.time()
-    with qemu_run.booted_guest(work, guest / "vmlinuz", guest / "initrd.img", ram_mib=ram_mib, cmdline=cmdline,
-                               mac="52:54:00:5c:02:01", label=f"yara2g ({ram_mib} MiB)",
-                               progress=progress) as g:
+    with qemu_run.booted_guest(
+        work,
+        guest / "vmlinuz",
+        guest / "initrd.img",
+        ram_mib=ram_mib,
+        cmdline=cmdline,
+        mac="52:54:00:5c:02:01",
+        label=f"yara2g ({ram_mib} MiB)",
+        progress=progress,
+    ) as g:
         boot_s = time.time() - t0
         time.sleep(scenario.BEACON_WAIT)
         g.qmp.cmd("stop")
@@ -99,8 +107,13 @@ def boot_and_dump(fleet: Path, work: Path, ram_mib: int, progress) -> dict:
     implants = gtmod.find_implant(gt)
     if not implants:
         raise SystemExit("the guest reports no implant process")
-    return {"dump": work / "memory.elf", "implant_pid": implants[0]["pid"], "boot_s": boot_s, "dump_s": dump_s,
-            "argv": g.argv}
+    return {
+        "dump": work / "memory.elf",
+        "implant_pid": implants[0]["pid"],
+        "boot_s": boot_s,
+        "dump_s": dump_s,
+        "argv": g.argv,
+    }
 
 
 class TimedReader:
@@ -118,6 +131,7 @@ class TimedReader:
                 return read(addr, n)
             finally:
                 counter[0] += time.perf_counter() - t
+
         return timed
 
 
@@ -134,8 +148,12 @@ def flat_scan(rules: dict, dump: Path) -> tuple[float, collections.Counter]:
 
 def snapscope_setup(dump: Path, work: Path) -> tuple[dict, list, dict]:
     snapshot = {"id": "yara2g", "name": "yara2g", "memory": {"path": str(dump), "format": "elf-core"}}
-    ctx = EngineContext(snapshot_id="yara2g", cache_dir=work / "case-cache", derived_dir=work / "derived",
-                        profile=load_profile("linux-triage"))
+    ctx = EngineContext(
+        snapshot_id="yara2g",
+        cache_dir=work / "case-cache",
+        derived_dir=work / "derived",
+        profile=load_profile("linux-triage"),
+    )
     for d in (ctx.cache_dir, ctx.derived_dir):
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -144,10 +162,18 @@ def snapscope_setup(dump: Path, work: Path) -> tuple[dict, list, dict]:
     if session is None:
         raise SystemExit(f"open_memory failed: {diags}")
     t1 = time.perf_counter()
-    regions = list(memory.process_regions(snapshot, ctx))   # cached session: only the task/VMA walk
+    regions = list(memory.process_regions(snapshot, ctx))  # cached session: only the task/VMA walk
     t_regions = time.perf_counter() - t1
-    return session, regions, {"open_memory_s": t_open, "process_regions_s": t_regions,
-                              "isf_origin": info.get("isf_origin"), "banner": info.get("banner")}
+    return (
+        session,
+        regions,
+        {
+            "open_memory_s": t_open,
+            "process_regions_s": t_regions,
+            "isf_origin": info.get("isf_origin"),
+            "banner": info.get("banner"),
+        },
+    )
 
 
 def snapscope_scan(rules: dict, session: dict, regions: list) -> dict:
@@ -164,11 +190,18 @@ def snapscope_scan(rules: dict, session: dict, regions: list) -> dict:
         xrow, xdiag = scan_physical(rules, timed)
         physical_bytes = sum(n for _, n in merge_runs(img.runs))
     t_phys = time.perf_counter() - t1
-    return {"scan_regions_s": t_proc, "scan_regions_read_s": vol_read[0], "scan_physical_s": t_phys,
-            "scan_physical_read_s": phys_read[0], "open_image_s": t_open_img,
-            "process_rows": prow, "physical_rows": xrow, "diagnostics": len(pdiag) + len(xdiag),
-            "region_bytes": sum(r["end"] - r["start"] for r in regions),
-            "physical_bytes": physical_bytes}
+    return {
+        "scan_regions_s": t_proc,
+        "scan_regions_read_s": vol_read[0],
+        "scan_physical_s": t_phys,
+        "scan_physical_read_s": phys_read[0],
+        "open_image_s": t_open_img,
+        "process_rows": prow,
+        "physical_rows": xrow,
+        "diagnostics": len(pdiag) + len(xdiag),
+        "region_bytes": sum(r["end"] - r["start"] for r in regions),
+        "physical_bytes": physical_bytes,
+    }
 
 
 def warm_page_cache(path: Path) -> float:
@@ -225,8 +258,10 @@ def main(argv=None) -> int:
         flats.append(flat_s)
         progress(f"(a) {flat_s:.1f}s; (b) Volatility set-up")
         session, regions, setup = snapscope_setup(dump, work)
-        progress(f"(b) set-up {setup['open_memory_s']:.1f}s + {setup['process_regions_s']:.1f}s "
-                 f"({len(regions)} regions); scanning")
+        progress(
+            f"(b) set-up {setup['open_memory_s']:.1f}s + {setup['process_regions_s']:.1f}s "
+            f"({len(regions)} regions); scanning"
+        )
         scan = snapscope_scan(rules, session, regions)
         scans.append(scan)
         for _ in range(args.rounds - 1):
@@ -240,48 +275,74 @@ def main(argv=None) -> int:
         marker_proc = [r for r in proc_rows if r["rule"] == MARKER_RULE]
         marker_pids = collections.Counter(r["pid"] for r in marker_proc)
         marker_procs = sorted({(r["pid"], r["process"]) for r in marker_proc})
-        out.update(setup, flat_s=flats, scan_s=scan_tot, regions=len(regions), region_bytes=scan["region_bytes"],
-                   physical_bytes=scan["physical_bytes"], diagnostics=scan["diagnostics"],
-                   marker_hits_by_pid=dict(marker_pids),
-                   marker_attributed_to_implant=implant_pid in marker_pids,
-                   load_end=os.getloadavg())
+        out.update(
+            setup,
+            flat_s=flats,
+            scan_s=scan_tot,
+            regions=len(regions),
+            region_bytes=scan["region_bytes"],
+            physical_bytes=scan["physical_bytes"],
+            diagnostics=scan["diagnostics"],
+            marker_hits_by_pid=dict(marker_pids),
+            marker_attributed_to_implant=implant_pid in marker_pids,
+            load_end=os.getloadavg(),
+        )
         mb = size / 1e6
-        ram = f"guest RAM {args.ram} MiB, boot {out['boot_s']:.0f}s, dump {out['dump_s']:.0f}s" if "boot_s" in out \
+        ram = (
+            f"guest RAM {args.ram} MiB, boot {out['boot_s']:.0f}s, dump {out['dump_s']:.0f}s"
+            if "boot_s" in out
             else "given dump"
+        )
         print(f"\ndump: {dump} ({size} bytes = {size / (1 << 30):.2f} GiB), {ram}, implant pid {implant_pid}")
-        print(f"rules: {len(rules['files'])} files, engines {out['rule_engines']}; compile {out['compile_s']:.2f}s "
-              "(not counted on either side)")
+        print(
+            f"rules: {len(rules['files'])} files, engines {out['rule_engines']}; compile {out['compile_s']:.2f}s "
+            "(not counted on either side)"
+        )
         print(f"load average: start {out['load_start']}, end {out['load_end']}")
         print("\nstep | seconds | note")
         print("---|---|---")
-        print(f"(a) flat yara-x scan_file | {flat_best:.1f} | {mb / flat_best:.0f} MB/s over the whole file"
-              + (f"; rounds {', '.join(f'{x:.1f}' for x in flats)}" if len(flats) > 1 else ""))
+        print(
+            f"(a) flat yara-x scan_file | {flat_best:.1f} | {mb / flat_best:.0f} MB/s over the whole file"
+            + (f"; rounds {', '.join(f'{x:.1f}' for x in flats)}" if len(flats) > 1 else "")
+        )
         print(f"(b) open_memory (ISF lookup, kernel discovery) | {setup['open_memory_s']:.1f} | Volatility set-up")
-        print(f"(b) process_regions (tasks + VMAs) | {setup['process_regions_s']:.1f} | {len(regions)} regions, "
-              f"{scan['region_bytes'] / 1e6:.0f} MB of virtual ranges")
-        print(f"(b) scan_regions | {scan['scan_regions_s']:.1f} | of which Volatility reads "
-              f"{scan['scan_regions_read_s']:.1f}s")
-        print(f"(b) open_image + scan_physical | {scan['scan_physical_s']:.1f} | of which reads "
-              f"{scan['scan_physical_read_s']:.1f}s; {scan['physical_bytes'] / 1e6:.0f} MB of RAM runs")
-        print(f"(b) total | {b_total:.1f} | set-up {setup_s:.1f}s ({100 * setup_s / b_total:.0f}%), scanning "
-              f"{scan_best:.1f}s" + (f"; scan rounds {', '.join(f'{x:.1f}' for x in scan_tot)}" if len(scans) > 1 else ""))
-        print(f"\n(b)/(a) = {b_total / flat_best:.2f}x   (scanning only, without Volatility set-up: "
-              f"{scan_best / flat_best:.2f}x; physical scan alone: {scans[0]['scan_physical_s'] / flat_best:.2f}x)")
-        print(f"\nmatches per rule: flat (file) | snapscope process | snapscope physical")
+        print(
+            f"(b) process_regions (tasks + VMAs) | {setup['process_regions_s']:.1f} | {len(regions)} regions, "
+            f"{scan['region_bytes'] / 1e6:.0f} MB of virtual ranges"
+        )
+        print(
+            f"(b) scan_regions | {scan['scan_regions_s']:.1f} | of which Volatility reads "
+            f"{scan['scan_regions_read_s']:.1f}s"
+        )
+        print(
+            f"(b) open_image + scan_physical | {scan['scan_physical_s']:.1f} | of which reads "
+            f"{scan['scan_physical_read_s']:.1f}s; {scan['physical_bytes'] / 1e6:.0f} MB of RAM runs"
+        )
+        print(
+            f"(b) total | {b_total:.1f} | set-up {setup_s:.1f}s ({100 * setup_s / b_total:.0f}%), scanning "
+            f"{scan_best:.1f}s" + (f"; scan rounds {', '.join(f'{x:.1f}' for x in scan_tot)}" if len(scans) > 1 else "")
+        )
+        print(
+            f"\n(b)/(a) = {b_total / flat_best:.2f}x   (scanning only, without Volatility set-up: "
+            f"{scan_best / flat_best:.2f}x; physical scan alone: {scans[0]['scan_physical_s'] / flat_best:.2f}x)"
+        )
+        print("\nmatches per rule: flat (file) | snapscope process | snapscope physical")
         pc = collections.Counter(r["rule"] for r in proc_rows)
         xc = collections.Counter(r["rule"] for r in phys_rows)
         for rule in sorted(set(flat_counts) | set(pc) | set(xc)):
             print(f"  {rule:45} {flat_counts.get(rule, 0):6} | {pc.get(rule, 0):6} | {xc.get(rule, 0):6}")
         print(f"\nmarker hits in process memory by (pid, process): {marker_procs} counts {dict(marker_pids)}")
-        print(f"marker attributed to the implant's pid {implant_pid}: "
-              f"{'YES' if out['marker_attributed_to_implant'] else 'NO'}")
+        print(
+            f"marker attributed to the implant's pid {implant_pid}: "
+            f"{'YES' if out['marker_attributed_to_implant'] else 'NO'}"
+        )
         if args.json:
             args.json.write_text(json.dumps(out, indent=1, default=str))
     finally:
         if not args.keep and not args.scratch:
             shutil.rmtree(work, ignore_errors=True)
         elif not args.keep:
-            for path in created:     # only what this run made: never a --dump given by the caller
+            for path in created:  # only what this run made: never a --dump given by the caller
                 path.unlink(missing_ok=True)
     return 0
 

@@ -12,6 +12,7 @@ Usage::
     python benchmarks/yara_memory.py DUMP.elf [--rules DIR ...]
     python benchmarks/yara_memory.py --synthetic 256   # builds a 256 MiB ELF core with planted markers
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,12 @@ def synthetic_elf(path: Path, mib: int) -> int:
     size = mib * 1024 * 1024
     low = min(size, 0xA0000)
     loads = [(0, low), (0x100000, size - low)]
-    hdr = 64 + 56 * len(loads)
-    ehdr = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HHIQQQIHHHHHH", 4, 0x3E, 1, 0, 64, 0, 0, 64, 56,
-                                                            len(loads), 64, 0, 0)
+    64 + 56 * len(loads)
+    ehdr = (
+        b"\x7fELF\x02\x01\x01"
+        + b"\0" * 9
+        + struct.pack("<HHIQQQIHHHHHH", 4, 0x3E, 1, 0, 64, 0, 0, 64, 56, len(loads), 64, 0, 0)
+    )
     phdrs, off = b"", 4096
     for gpa, n in loads:
         phdrs += struct.pack("<IIQQQQQQ", 1, 7, off, gpa, gpa, n, n, 4096)
@@ -51,20 +55,20 @@ def synthetic_elf(path: Path, mib: int) -> int:
     with open(path, "wb") as fh:
         fh.write((ehdr + phdrs).ljust(4096, b"\0"))
         written = 0
-        for gpa, n in loads:
+        for _gpa, n in loads:
             end, seg_start = written + n, written
             while written < end:
-                chunk = bytearray(block[:min(len(block), end - written)])
+                chunk = bytearray(block[: min(len(block), end - written)])
                 spot = 3 * 1024 * 1024
                 if written // spot != (written + len(chunk)) // spot and len(chunk) > len(MARKER) + 64:
-                    chunk[16:16 + len(MARKER)] = MARKER
+                    chunk[16 : 16 + len(MARKER)] = MARKER
                     markers += 1
                 boundary = 16 * 1024 * 1024
                 # a marker crossing a 16 MiB scan-window edge (windows start at each run's GPA)
                 edge = seg_start + ((written - seg_start) // boundary + 1) * boundary - 20
                 if written <= edge < written + len(chunk) - len(MARKER):
                     rel = edge - written
-                    chunk[rel:rel + len(MARKER)] = MARKER
+                    chunk[rel : rel + len(MARKER)] = MARKER
                     markers += 1
                 fh.write(chunk)
                 written += len(chunk)

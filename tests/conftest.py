@@ -1,6 +1,7 @@
 """Shared fixtures. `lab` builds (or reuses, in seconds) the real lab guest's
 snapshots once per session, `fleet` the fleet of its linked clones; tests
 marked `lab` use them."""
+
 from __future__ import annotations
 
 import json

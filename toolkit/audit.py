@@ -19,6 +19,7 @@ Example::
 
     summary = audit([Path("/var/lib/libvirt")], Path("fleet-case"), jobs=2)
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -72,8 +73,7 @@ def discover_fleet(sources, search_paths=()) -> tuple[list[dict], list[dict]]:
         try:
             found = discover(group, search_paths=search_paths)
         except Exception as exc:  # one unreadable or hostile VM must not stop the fleet
-            failures.append({"vm": group[0].name, "status": "failed", "reason": str(exc),
-                             "source_path": str(group[0])})
+            failures.append({"vm": group[0].name, "status": "failed", "reason": str(exc), "source_path": str(group[0])})
             continue
         for snap in found:
             if snap["id"] in seen:
@@ -92,7 +92,7 @@ def _executor(spec: str, jobs: int):
             from distributed import Client
         except ImportError:
             raise SnapscopeError("the dask executor needs the 'dask' extra: pip install 'snapscope[dask]'") from None
-        client = Client(spec[len("dask://"):], timeout="30s")
+        client = Client(spec[len("dask://") :], timeout="30s")
         return client.get_executor(pure=False), client
     raise SnapscopeError(f"unknown executor {spec!r}: use 'local' or 'dask://HOST:PORT'")
 
@@ -122,12 +122,28 @@ def compare_with_previous(case: Case, snapshot_ids: list[str], previous_case: Pa
         now, before = finding_keys(now_findings, sid), finding_keys(before_findings, sid)
         for key, r in now.items():
             if key not in before:
-                rows.append({"vm": sid, "change": "new finding", "rule_id": r.rule_id, "severity": r.severity,
-                             "entity_label": r.entity_label, "explanation": r.explanation})
+                rows.append(
+                    {
+                        "vm": sid,
+                        "change": "new finding",
+                        "rule_id": r.rule_id,
+                        "severity": r.severity,
+                        "entity_label": r.entity_label,
+                        "explanation": r.explanation,
+                    }
+                )
         for key, r in before.items():
             if key not in now:
-                rows.append({"vm": sid, "change": "resolved finding", "rule_id": r.rule_id, "severity": r.severity,
-                             "entity_label": r.entity_label, "explanation": r.explanation})
+                rows.append(
+                    {
+                        "vm": sid,
+                        "change": "resolved finding",
+                        "rule_id": r.rule_id,
+                        "severity": r.severity,
+                        "entity_label": r.entity_label,
+                        "explanation": r.explanation,
+                    }
+                )
         files_now, files_before = file_hashes(case, sid), file_hashes(prev, sid)
         for path in sorted(set(files_now) | set(files_before)):
             if path not in files_before:
@@ -139,18 +155,40 @@ def compare_with_previous(case: Case, snapshot_ids: list[str], previous_case: Pa
     return rows
 
 
-def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jobs: int = 2,
-          executor: str = "local", io_slots: int = 1, previous: Path | None = None, search_paths=(),
-          symbols=(), rule_paths=(), progress=no_progress) -> dict:
+def audit(
+    sources: list[Path],
+    case_dir: Path,
+    *,
+    profile: str | None = None,
+    jobs: int = 2,
+    executor: str = "local",
+    io_slots: int = 1,
+    previous: Path | None = None,
+    search_paths=(),
+    symbols=(),
+    rule_paths=(),
+    progress=no_progress,
+) -> dict:
     """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary."""
     case_dir = Path(case_dir)
     snapshots, failures = discover_fleet([Path(s) for s in sources], search_paths)
     pool, client = _executor(executor, jobs)
     try:
-        result = run_snapshots(snapshots, case_dir, kind="audit", inputs=sources, profile=profile,
-                               search_paths=search_paths, symbols=symbols, rule_paths=rule_paths,
-                               progress=progress, pool=pool, warm_up=jobs if executor == "local" else 0,
-                               io_slots=io_slots, use_hash_cache=True)
+        result = run_snapshots(
+            snapshots,
+            case_dir,
+            kind="audit",
+            inputs=sources,
+            profile=profile,
+            search_paths=search_paths,
+            symbols=symbols,
+            rule_paths=rule_paths,
+            progress=progress,
+            pool=pool,
+            warm_up=jobs if executor == "local" else 0,
+            io_slots=io_slots,
+            use_hash_cache=True,
+        )
     finally:
         pool.shutdown(wait=True)
         if client is not None:
@@ -165,9 +203,15 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
             continue
         counts = findings[findings["snapshot_id"] == sid]["severity"].value_counts().to_dict() if len(findings) else {}
         errors = (result["entries"].get(sid) or {}).get("errors") or []
-        fleet_rows.append({"vm": sid, "status": statuses[sid], "source_path": snap.get("source_path"),
-                           "reason": "; ".join(errors[:3]) or None,
-                           **{sev: int(counts.get(sev, 0)) for sev in SEVERITIES}})
+        fleet_rows.append(
+            {
+                "vm": sid,
+                "status": statuses[sid],
+                "source_path": snap.get("source_path"),
+                "reason": "; ".join(errors[:3]) or None,
+                **{sev: int(counts.get(sev, 0)) for sev in SEVERITIES},
+            }
+        )
     fleet_rows += result["failures"] + failures
     fleet = make_table("audit/fleet", fleet_rows, snapshot_id="fleet", source="audit")
     with case_lock(case_dir):
@@ -175,7 +219,11 @@ def audit(sources: list[Path], case_dir: Path, *, profile: str | None = None, jo
         changes = None
         if previous is not None:
             analysed = [sid for sid, status in statuses.items() if status != "failed"]
-            changes = make_table("audit/changes", compare_with_previous(case, analysed, Path(previous)),
-                                 snapshot_id="fleet", source="audit")
+            changes = make_table(
+                "audit/changes",
+                compare_with_previous(case, analysed, Path(previous)),
+                snapshot_id="fleet",
+                source="audit",
+            )
             write_table(case_dir, "audit/changes", "fleet", changes)
     return {"case": str(case_dir), "fleet": fleet, "changes": changes}

@@ -10,6 +10,7 @@ Example::
     info = elf_identity(open("/bin/ls", "rb").read(65536))
     info["build_id"], info["first_page_sha256"]
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,25 +32,25 @@ def parse_build_id(data: bytes) -> str | None:
     is64, endian = data[4] == 2, "<" if data[5] == 1 else ">"
     try:
         if is64:
-            phoff, = struct.unpack_from(endian + "Q", data, 0x20)
+            (phoff,) = struct.unpack_from(endian + "Q", data, 0x20)
             phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x36)
         else:
-            phoff, = struct.unpack_from(endian + "I", data, 0x1C)
+            (phoff,) = struct.unpack_from(endian + "I", data, 0x1C)
             phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x2A)
         for i in range(min(phnum, 256)):
             off = phoff + i * phentsize
             if off + phentsize > len(data):
                 break
-            p_type, = struct.unpack_from(endian + "I", data, off)
+            (p_type,) = struct.unpack_from(endian + "I", data, off)
             if p_type != PT_NOTE:
                 continue
             if is64:
-                p_offset, = struct.unpack_from(endian + "Q", data, off + 8)
-                p_filesz, = struct.unpack_from(endian + "Q", data, off + 32)
+                (p_offset,) = struct.unpack_from(endian + "Q", data, off + 8)
+                (p_filesz,) = struct.unpack_from(endian + "Q", data, off + 32)
             else:
-                p_offset, = struct.unpack_from(endian + "I", data, off + 4)
-                p_filesz, = struct.unpack_from(endian + "I", data, off + 16)
-            found = _build_id_in_notes(data[p_offset:p_offset + p_filesz], endian)
+                (p_offset,) = struct.unpack_from(endian + "I", data, off + 4)
+                (p_filesz,) = struct.unpack_from(endian + "I", data, off + 16)
+            found = _build_id_in_notes(data[p_offset : p_offset + p_filesz], endian)
             if found:
                 return found
     except struct.error:
@@ -65,8 +66,8 @@ def _build_id_in_notes(notes: bytes, endian: str) -> str | None:
         desc_end = name_end + ((descsz + 3) & ~3)
         if desc_end > len(notes) or namesz > 256 or descsz > 1024:
             return None
-        if ntype == NT_GNU_BUILD_ID and notes[pos + 12:pos + 12 + namesz].rstrip(b"\0") == b"GNU":
-            return notes[name_end:name_end + descsz].hex()
+        if ntype == NT_GNU_BUILD_ID and notes[pos + 12 : pos + 12 + namesz].rstrip(b"\0") == b"GNU":
+            return notes[name_end : name_end + descsz].hex()
         pos = desc_end
     return None
 
@@ -74,6 +75,8 @@ def _build_id_in_notes(notes: bytes, endian: str) -> str | None:
 def elf_identity(data: bytes) -> dict:
     """{'is_elf', 'build_id', 'first_page_sha256'} of an image's leading bytes."""
     is_elf = data[:4] == b"\x7fELF"
-    return {"is_elf": is_elf,
-            "build_id": parse_build_id(data) if is_elf else None,
-            "first_page_sha256": hashlib.sha256(data[:PAGE]).hexdigest() if is_elf and len(data) >= PAGE else None}
+    return {
+        "is_elf": is_elf,
+        "build_id": parse_build_id(data) if is_elf else None,
+        "first_page_sha256": hashlib.sha256(data[:PAGE]).hexdigest() if is_elf and len(data) >= PAGE else None,
+    }

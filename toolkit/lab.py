@@ -4,6 +4,7 @@ The lab is a test and demo asset, not part of the installed library: it is
 only available from a source checkout (snapscope is installed editable by
 scripts/setup).
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -58,8 +58,9 @@ def refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
         for item in snap["evidence"]:
             path = Path(item["path"]).resolve()
             if path == root or root in path.parents:
-                raise CaseError(f"{item['path']}: evidence lies inside the case directory {case_dir}; "
-                                "refusing to analyse it")
+                raise CaseError(
+                    f"{item['path']}: evidence lies inside the case directory {case_dir}; refusing to analyse it"
+                )
 
 
 def evidence_files(snapshots: list[dict]) -> dict[str, dict]:
@@ -94,9 +95,18 @@ def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.D
             try:
                 tables = module.run(snapshot, ctx)
             except Exception as exc:  # one engine failing must not lose the others' tables
-                tables = {"diagnostics": make_table("diagnostics", [diagnostic(
-                    "error", f"engine {entry['name']}", snapshot["id"], f"{type(exc).__name__}: {exc}")],
-                    snapshot_id=snapshot["id"], source=f"engine/{entry['name']}")}
+                tables = {
+                    "diagnostics": make_table(
+                        "diagnostics",
+                        [
+                            diagnostic(
+                                "error", f"engine {entry['name']}", snapshot["id"], f"{type(exc).__name__}: {exc}"
+                            )
+                        ],
+                        snapshot_id=snapshot["id"],
+                        source=f"engine/{entry['name']}",
+                    )
+                }
             for table, df in tables.items():
                 produced.setdefault(table, []).append(df)
     finally:
@@ -120,9 +130,19 @@ def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict, 
     """What a snapshot's tables depend on: evidence bytes, profile, rules, symbols, tool versions."""
     evidence = sorted(hashes[str(Path(e["path"]).resolve())] for e in snapshot["evidence"])
     user_rules = list(profile.get("yara", {}).get("rule_dirs") or []) + list(options.get("rule_paths") or [])
-    payload = json.dumps({"evidence": evidence, "profile": profile, "rules": shipped.content_digest(),
-                          "user_rules": _file_digest(user_rules), "symbols": _file_digest(options.get("symbols") or []),
-                          "tools": tool_versions(), "engines": engine_names()}, sort_keys=True, default=str)
+    payload = json.dumps(
+        {
+            "evidence": evidence,
+            "profile": profile,
+            "rules": shipped.content_digest(),
+            "user_rules": _file_digest(user_rules),
+            "symbols": _file_digest(options.get("symbols") or []),
+            "tools": tool_versions(),
+            "engines": engine_names(),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -132,9 +152,14 @@ def _intake_diagnostics(snap: dict) -> list[dict]:
     for skipped in snap.get("skipped") or []:
         # a recognised format that could not be read is lost evidence; an unknown file is just noted
         damaged = str(skipped.get("reason", "")).startswith("unreadable")
-        rows.append(diagnostic("error" if damaged else "info",
-                               f"{Path(skipped.get('path', '')).name} unreadable" if damaged else "file not used",
-                               skipped.get("path"), skipped.get("reason")))
+        rows.append(
+            diagnostic(
+                "error" if damaged else "info",
+                f"{Path(skipped.get('path', '')).name} unreadable" if damaged else "file not used",
+                skipped.get("path"),
+                skipped.get("reason"),
+            )
+        )
     return rows
 
 
@@ -145,32 +170,54 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile: dict, hashes: dict[str
     processes; the caller owns case.json. ``options``: search_paths, symbols,
     rule_paths, engine_names, progress (see :func:`run_snapshots`).
     """
-    ctx = EngineContext(snapshot_id=snap["id"], case_dir=case_dir, derived_dir=case_dir / "derived" / snap["id"],
-                        cache_dir=case_dir / "derived" / "cache", profile=profile,
-                        progress=options.get("progress") or no_progress,
-                        search_paths=tuple(Path(p) for p in options.get("search_paths") or ()),
-                        symbols=tuple(Path(p) for p in options.get("symbols") or ()),
-                        rule_paths=tuple(Path(p) for p in options.get("rule_paths") or ()),
-                        # content keys for caches shared between snapshots (a linked clones' base image)
-                        evidence_hashes=hashes)
+    ctx = EngineContext(
+        snapshot_id=snap["id"],
+        case_dir=case_dir,
+        derived_dir=case_dir / "derived" / snap["id"],
+        cache_dir=case_dir / "derived" / "cache",
+        profile=profile,
+        progress=options.get("progress") or no_progress,
+        search_paths=tuple(Path(p) for p in options.get("search_paths") or ()),
+        symbols=tuple(Path(p) for p in options.get("symbols") or ()),
+        rule_paths=tuple(Path(p) for p in options.get("rule_paths") or ()),
+        # content keys for caches shared between snapshots (a linked clones' base image)
+        evidence_hashes=hashes,
+    )
     ctx.derived_dir.mkdir(parents=True, exist_ok=True)
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     tables = run_engines(snap, ctx, options.get("engine_names"))
     intake = _intake_diagnostics(snap)
     if intake:
-        tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"), make_table(
-            "diagnostics", intake, snapshot_id=snap["id"], source="intake")) if df is not None], ignore_index=True)
-    evidence_rows = [{"path": str(Path(e["path"]).resolve()), "format": e.get("format"),
-                      "size": Path(e["path"]).stat().st_size, "sha256": hashes[str(Path(e["path"]).resolve())],
-                      "role": e.get("role")} for e in snap["evidence"]]
+        tables["diagnostics"] = pd.concat(
+            [
+                df
+                for df in (
+                    tables.get("diagnostics"),
+                    make_table("diagnostics", intake, snapshot_id=snap["id"], source="intake"),
+                )
+                if df is not None
+            ],
+            ignore_index=True,
+        )
+    evidence_rows = [
+        {
+            "path": str(Path(e["path"]).resolve()),
+            "format": e.get("format"),
+            "size": Path(e["path"]).stat().st_size,
+            "sha256": hashes[str(Path(e["path"]).resolve())],
+            "role": e.get("role"),
+        }
+        for e in snap["evidence"]
+    ]
     tables["evidence"] = make_table("evidence", evidence_rows, snapshot_id=snap["id"], source="intake")
     # Correlation reads the engines' tables only, never the evidence.
     findings, problems, _graph = correlate_snapshot(tables, snap["id"])
     tables["findings"] = findings
     times = snapshot_times(snap)
     tables["timeline"] = build_timeline(tables, snap["id"], times)
-    tables["diagnostics"] = pd.concat([df for df in (tables.get("diagnostics"), problems) if df is not None],
-                                      ignore_index=True)
+    tables["diagnostics"] = pd.concat(
+        [df for df in (tables.get("diagnostics"), problems) if df is not None], ignore_index=True
+    )
     # A table this run no longer produces must not survive from an earlier run.
     for stale in (case_dir / "tables").rglob(f"{snap['id']}.parquet"):
         if str(stale.parent.relative_to(case_dir / "tables")) not in tables:
@@ -178,8 +225,11 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile: dict, hashes: dict[str
     for name, df in tables.items():
         write_table(case_dir, name, snap["id"], df)
     return {
-        "name": snap["name"], "domain": snap.get("domain"),
-        "memory": snap.get("memory"), "disks": snap.get("disks"), "pcaps": snap.get("pcaps"),
+        "name": snap["name"],
+        "domain": snap.get("domain"),
+        "memory": snap.get("memory"),
+        "disks": snap.get("disks"),
+        "pcaps": snap.get("pcaps"),
         "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
         "tables": {name: len(df) for name, df in tables.items()},
         "findings": findings["severity"].value_counts().to_dict(),
@@ -216,8 +266,11 @@ def may_have_work(case_dir: Path, snapshots: list[dict], manifest: dict, profile
             hashes[path] = entry["sha256"]
     except (OSError, ValueError, TypeError, KeyError):
         return True  # only a guess: hashing (which reports real problems) comes next
-    return any((manifest["snapshots"].get(s["id"]) or {}).get("fingerprint")
-               != snapshot_fingerprint(s, hashes, profile, options) for s in snapshots)
+    return any(
+        (manifest["snapshots"].get(s["id"]) or {}).get("fingerprint")
+        != snapshot_fingerprint(s, hashes, profile, options)
+        for s in snapshots
+    )
 
 
 def _open_case(case_dir: Path) -> None:
@@ -231,9 +284,23 @@ def _open_case(case_dir: Path) -> None:
         raise
 
 
-def run_snapshots(snapshots: list[dict], case_dir: Path, *, kind: str, inputs, profile: str | None = None,
-                  search_paths=(), symbols=(), rule_paths=(), engine_names=None, progress=no_progress,
-                  pool=None, warm_up: int = 0, io_slots: int = 1, use_hash_cache: bool = False) -> dict:
+def run_snapshots(
+    snapshots: list[dict],
+    case_dir: Path,
+    *,
+    kind: str,
+    inputs,
+    profile: str | None = None,
+    search_paths=(),
+    symbols=(),
+    rule_paths=(),
+    engine_names=None,
+    progress=no_progress,
+    pool=None,
+    warm_up: int = 0,
+    io_slots: int = 1,
+    use_hash_cache: bool = False,
+) -> dict:
     """Analyse ``snapshots`` into ``case_dir``: the one run path (see the module doc).
 
     ``kind`` ("analyze", "audit") names the run in custody and the manifest.
@@ -250,18 +317,37 @@ def run_snapshots(snapshots: list[dict], case_dir: Path, *, kind: str, inputs, p
     refuse_evidence_inside_case(snapshots, case_dir)
     profile_dict = load_profile(profile or DEFAULT_PROFILE)  # an unknown plugin fails here, before any read
     _open_case(case_dir)
-    options = {"search_paths": [str(p) for p in search_paths], "symbols": [str(p) for p in symbols],
-               "rule_paths": [str(p) for p in rule_paths], "engine_names": engine_names}
+    options = {
+        "search_paths": [str(p) for p in search_paths],
+        "symbols": [str(p) for p in symbols],
+        "rule_paths": [str(p) for p in rule_paths],
+        "engine_names": engine_names,
+    }
     with case_lock(case_dir):
-        return _run_locked(snapshots, case_dir, kind, [str(p) for p in inputs], profile_dict, options,
-                           progress, pool, warm_up, io_slots, use_hash_cache)
+        return _run_locked(
+            snapshots,
+            case_dir,
+            kind,
+            [str(p) for p in inputs],
+            profile_dict,
+            options,
+            progress,
+            pool,
+            warm_up,
+            io_slots,
+            use_hash_cache,
+        )
 
 
-def _run_locked(snapshots, case_dir, kind, inputs, profile_dict, options, progress, pool, warm_up, io_slots,
-                use_hash_cache) -> dict:
+def _run_locked(
+    snapshots, case_dir, kind, inputs, profile_dict, options, progress, pool, warm_up, io_slots, use_hash_cache
+) -> dict:
     manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
-    custody.append_event(case_dir, action=f"{kind}.start", detail={
-        "inputs": inputs, "profile": profile_dict["profile"]["name"], "snapshots": len(snapshots)})
+    custody.append_event(
+        case_dir,
+        action=f"{kind}.start",
+        detail={"inputs": inputs, "profile": profile_dict["profile"]["name"], "snapshots": len(snapshots)},
+    )
     if pool is not None and warm_up and may_have_work(case_dir, snapshots, manifest, profile_dict, options):
         for _ in range(warm_up):
             pool.submit(warm_up_worker, profile_dict["profile"]["path"])  # imports overlap the hashing
@@ -269,8 +355,11 @@ def _run_locked(snapshots, case_dir, kind, inputs, profile_dict, options, progre
     before = hash_evidence(case_dir, files, "before", progress, io_slots=io_slots, use_cache=use_hash_cache)
     manifest["tools"] = tool_versions()
     for path, digest in before.items():
-        manifest["evidence"][path] = {"format": files[path].get("format"), "size": Path(path).stat().st_size,
-                                      "sha256": digest}
+        manifest["evidence"][path] = {
+            "format": files[path].get("format"),
+            "size": Path(path).stat().st_size,
+            "sha256": digest,
+        }
     statuses, failures, todo = {}, [], []
     for snap in snapshots:
         snap["fingerprint"] = snapshot_fingerprint(snap, before, profile_dict, options)
@@ -296,35 +385,63 @@ def _run_locked(snapshots, case_dir, kind, inputs, profile_dict, options, progre
     else:
         # Big snapshots first keeps every worker busy to the end instead of one straggler.
         todo.sort(key=lambda s: -sum(Path(e["path"]).stat().st_size for e in s["evidence"]))
-        futures = {pool.submit(_analyze_in_worker, snap, str(case_dir), profile_dict, before, options): snap
-                   for snap in todo}
+        futures = {
+            pool.submit(_analyze_in_worker, snap, str(case_dir), profile_dict, before, options): snap for snap in todo
+        }
         for n, future in enumerate(cf.as_completed(futures), start=1):
             snap = futures[future]
             try:
                 _sid, entry = future.result()
             except Exception as exc:  # one VM's failure must not stop the fleet: it becomes a fleet row
                 statuses[snap["id"]] = "failed"
-                failures.append({"vm": snap["id"], "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                                 "source_path": snap.get("source_path")})
+                failures.append(
+                    {
+                        "vm": snap["id"],
+                        "status": "failed",
+                        "reason": f"{type(exc).__name__}: {exc}",
+                        "source_path": snap.get("source_path"),
+                    }
+                )
                 continue
             finished(snap, entry)
             progress("analysing snapshots", n, len(futures))
     write_combined_tables(case_dir)
     after = hash_evidence(case_dir, files, "after", progress, io_slots=io_slots)
     changed = [p for p in before if before[p] != after[p]]
-    manifest["runs"].append({"at": now_iso(), "kind": kind, "profile": profile_dict["profile"]["name"],
-                             "inputs": inputs, "evidence_unchanged": not changed})
+    manifest["runs"].append(
+        {
+            "at": now_iso(),
+            "kind": kind,
+            "profile": profile_dict["profile"]["name"],
+            "inputs": inputs,
+            "evidence_unchanged": not changed,
+        }
+    )
     save_manifest(case_dir, manifest)
     custody.append_event(case_dir, action=f"{kind}.end", detail={"evidence_unchanged": not changed})
     if changed:
         raise CaseError(f"evidence changed during the {kind}: {', '.join(changed)}")
-    return {"case": str(case_dir), "profile": profile_dict, "statuses": statuses, "failures": failures,
-            "entries": {sid: manifest["snapshots"][sid] for sid in statuses if sid in manifest["snapshots"]},
-            "evidence_unchanged": True}
+    return {
+        "case": str(case_dir),
+        "profile": profile_dict,
+        "statuses": statuses,
+        "failures": failures,
+        "entries": {sid: manifest["snapshots"][sid] for sid in statuses if sid in manifest["snapshots"]},
+        "evidence_unchanged": True,
+    }
 
 
-def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, search_paths=(), symbols=(),
-            rule_paths=(), engine_names=None, progress=no_progress) -> dict:
+def analyze(
+    paths: list[Path],
+    case_dir: Path,
+    *,
+    profile: str | None = None,
+    search_paths=(),
+    symbols=(),
+    rule_paths=(),
+    engine_names=None,
+    progress=no_progress,
+) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
 
     Example::
@@ -333,12 +450,31 @@ def analyze(paths: list[Path], case_dir: Path, *, profile: str | None = None, se
         [s["id"] for s in summary["snapshots"]]
     """
     snapshots = discover([Path(p) for p in paths], search_paths=search_paths)
-    result = run_snapshots(snapshots, Path(case_dir), kind="analyze", inputs=paths, profile=profile,
-                           search_paths=search_paths, symbols=symbols, rule_paths=rule_paths,
-                           engine_names=engine_names, progress=progress)
-    return {"case": result["case"], "evidence_unchanged": result["evidence_unchanged"],
-            "snapshots": [{"id": s["id"], "name": s["name"], "tables": result["entries"][s["id"]]["tables"],
-                           "reused": result["statuses"][s["id"]] == "reused"} for s in snapshots]}
+    result = run_snapshots(
+        snapshots,
+        Path(case_dir),
+        kind="analyze",
+        inputs=paths,
+        profile=profile,
+        search_paths=search_paths,
+        symbols=symbols,
+        rule_paths=rule_paths,
+        engine_names=engine_names,
+        progress=progress,
+    )
+    return {
+        "case": result["case"],
+        "evidence_unchanged": result["evidence_unchanged"],
+        "snapshots": [
+            {
+                "id": s["id"],
+                "name": s["name"],
+                "tables": result["entries"][s["id"]]["tables"],
+                "reused": result["statuses"][s["id"]] == "reused",
+            }
+            for s in snapshots
+        ],
+    }
 
 
 def recorrelate(case_dir: Path) -> dict:

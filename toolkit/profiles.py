@@ -10,6 +10,7 @@ Example::
     [p["name"] for p in profile["memory"]["plugins"]][:2]
     # ['linux.pslist.PsList', 'linux.psscan.PsScan']
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,11 +40,12 @@ YARA_ENGINES = ("yara-x", "yara-python")
 DEFAULTS = {
     "profile": {"name": "", "os": "linux", "description": ""},
     "memory": {"plugins": []},
-    "disk": {"functions": list(DEFAULT_FUNCTIONS),
-             "hash": {"max_size": 64 * 1024 * 1024, "paths": [], "executables": True}},
+    "disk": {
+        "functions": list(DEFAULT_FUNCTIONS),
+        "hash": {"max_size": 64 * 1024 * 1024, "paths": [], "executables": True},
+    },
     "yara": {"rule_dirs": [], "engine": "yara-x", "max_file_size": 512 * 1024 * 1024},
 }
-
 
 
 def available_profiles() -> list[str]:
@@ -62,8 +64,9 @@ def load_profile(name_or_path: str | Path) -> dict:
     if not (path.suffix == ".toml" or path.exists()):
         path = PROFILES_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        raise ProfileError(f"profile {str(name_or_path)!r} not found; shipped profiles: "
-                           f"{', '.join(available_profiles())}")
+        raise ProfileError(
+            f"profile {str(name_or_path)!r} not found; shipped profiles: {', '.join(available_profiles())}"
+        )
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as excp:
@@ -109,8 +112,7 @@ def validate_profile(profile: dict) -> None:
     """
     unknown_sections = set(profile) - set(DEFAULTS)
     if unknown_sections:
-        raise ProfileError(f"unknown profile section(s): {sorted(unknown_sections)}; "
-                           f"expected {sorted(DEFAULTS)}")
+        raise ProfileError(f"unknown profile section(s): {sorted(unknown_sections)}; expected {sorted(DEFAULTS)}")
     os_name = profile.get("profile", {}).get("os")
     if os_name not in OSES:
         raise ProfileError(f"[profile] os = {os_name!r}: expected one of {list(OSES)}")
@@ -119,7 +121,7 @@ def validate_profile(profile: dict) -> None:
         raise ProfileError("[memory] plugins must be a list of {name=..., options={...}}")
     for entry in plugins:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise ProfileError(f"[memory] plugin entry {entry!r}: needs name = \"os.module.Class\"")
+            raise ProfileError(f'[memory] plugin entry {entry!r}: needs name = "os.module.Class"')
         name = entry["name"]
         if not isinstance(entry.get("options", {}), dict):
             raise ProfileError(f"[memory] plugin {name!r}: options must be a table")
@@ -131,8 +133,10 @@ def validate_profile(profile: dict) -> None:
         if first in ("linux", "windows", "mac") and first != os_name:
             raise ProfileError(f"memory plugin {name!r} is for {first}, but the profile's os is {os_name}")
         if not volatility_plugin_exists(name):
-            raise ProfileError(f"unknown memory plugin {name!r}: no such Volatility 3 plugin "
-                               "(spell it module.path.Class, e.g. linux.pslist.PsList)")
+            raise ProfileError(
+                f"unknown memory plugin {name!r}: no such Volatility 3 plugin "
+                "(spell it module.path.Class, e.g. linux.pslist.PsList)"
+            )
     _validate_disk(profile.get("disk", {}))
     yara = profile.get("yara", {})
     if not all(isinstance(d, str) for d in yara.get("rule_dirs", [])):

@@ -1,15 +1,20 @@
 """Versions of snapscope and of the engines it drives."""
+
 from __future__ import annotations
 
-from toolkit import __version__
+from importlib import metadata
+
+__version__ = "0.1.0"  # the package's version (pyproject.toml reads it from here)
+ENGINE_DISTRIBUTIONS = ("volatility3", "dissect.target", "yara-python", "yara-x", "pakunoda", "dpkt", "pandas")
 
 
 def tool_versions() -> dict:
-    """Versions of snapscope and the engines it drives (for case.json and --version)."""
-    from importlib import metadata
+    """Versions of snapscope and the engines it drives (for case.json and --version).
 
+    Example: ``tool_versions()["volatility3"]``  -> ``'2.26.2'``
+    """
     versions = {"snapscope": __version__}
-    for dist in ("volatility3", "dissect.target", "yara-python", "yara-x", "pakunoda", "dpkt", "pandas"):
+    for dist in ENGINE_DISTRIBUTIONS:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

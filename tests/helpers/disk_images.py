@@ -12,6 +12,7 @@ Example::
     new_raw = edit_ext4(base_raw, tmp / "new.raw", ["rm /etc/motd", "write /tmp/x /tmp/.x"])
     overlay_from(new_raw, tmp / "base.qcow2", tmp / "overlay.qcow2")
 """
+
 from __future__ import annotations
 
 import shutil
@@ -43,8 +44,7 @@ def write_tree(root: Path, files: dict) -> Path:
 
 def make_ext4(tree: Path, out: Path, size_mb: int = 64, block_size: int = 4096) -> Path:
     """An ext4 filesystem image (no partition table) holding tree."""
-    _run("mke2fs", "-q", "-F", "-t", "ext4", "-b", block_size, "-E", "root_owner=0:0", "-d", tree, out,
-         f"{size_mb}M")
+    _run("mke2fs", "-q", "-F", "-t", "ext4", "-b", block_size, "-E", "root_owner=0:0", "-d", tree, out, f"{size_mb}M")
     return Path(out)
 
 
@@ -65,8 +65,9 @@ def to_qcow2(raw: Path, out: Path, cluster_size: int = 65536) -> Path:
     return Path(out)
 
 
-def overlay_from(new_raw: Path, base: Path, out: Path, recorded_backing: str | None = None,
-                 base_raw: Path | None = None) -> Path:
+def overlay_from(
+    new_raw: Path, base: Path, out: Path, recorded_backing: str | None = None, base_raw: Path | None = None
+) -> Path:
     """A qcow2 overlay over base holding only the clusters where new_raw differs from base.
 
     Made the way a running guest makes one: an empty overlay, then qemu-io
@@ -117,7 +118,7 @@ def write_changes(image: Path, old_raw: Path, new_raw: Path, chunk: int = 65536)
                 cmds += ["-c", f"write -q -s {piece} {offset} {len(b)}"]
             offset += len(b)
         for i in range(0, len(cmds), 400):  # stay under argv limits
-            _run("qemu-io", "-f", "qcow2", *cmds[i:i + 400], image)
+            _run("qemu-io", "-f", "qcow2", *cmds[i : i + 400], image)
     return len(cmds) // 2
 
 
@@ -129,7 +130,7 @@ def sample_linux_files() -> dict:
     return {
         "etc/hostname": "victim\n",
         "etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
-                          'VERSION_ID="12"\nID=debian\n',
+        'VERSION_ID="12"\nID=debian\n',
         "etc/passwd": "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice,,,:/home/alice:/bin/bash\n",
         "etc/shadow": ("root:$6$x:19000:0:99999:7:::\nalice:$6$y:19000:0:99999:7:::\n", 0o640),
         "etc/group": "root:x:0:\nalice:x:1000:\n",
@@ -137,7 +138,7 @@ def sample_linux_files() -> dict:
         "etc/network/interfaces": "auto eth0\niface eth0 inet static\n  address 10.0.2.15/24\n",
         "etc/cron.d/sync": "*/5 * * * * root /usr/lib/x/implant --beacon\n",
         "etc/systemd/system/evil.service": "[Unit]\nDescription=x\n[Service]\nExecStart=/usr/lib/x/implant -d\n"
-                                           "[Install]\nWantedBy=multi-user.target\n",
+        "[Install]\nWantedBy=multi-user.target\n",
         "etc/ld.so.preload": "/usr/lib/x/libevil.so\n",
         "usr/lib/x/implant": (IMPLANT, 0o755),
         "usr/lib/x/libevil.so": (b"\x7fELFlibevil", 0o644),
@@ -146,7 +147,7 @@ def sample_linux_files() -> dict:
         "root/.bashrc": "alias ls='ls --color'\n",
         "home/alice/.ssh/authorized_keys": 'command="/tmp/.x/run" ssh-ed25519 AAAAC3Nz attacker@x\n',
         "var/log/auth.log": "Jan  5 10:00:01 victim sshd[123]: Accepted password for root from 10.0.2.2 "
-                            "port 5555 ssh2\n",
+        "port 5555 ssh2\n",
         "var/log/syslog": "Jan  5 10:00:02 victim CRON[200]: (root) CMD (/usr/lib/x/implant)\n",
         "var/lib/dpkg/status": "Package: bash\nStatus: install ok installed\nVersion: 5.2\nArchitecture: amd64\n\n",
         "tmp/.keep": "",

@@ -25,6 +25,6 @@ def complete_stream(machine="pc-i440fx-7.2", ram=16 * PS, extra_blocks=(("vga.vr
             q.zero("pc.ram", i * PS)
         else:
             q.page("pc.ram", i * PS, page(i))
-            expect[i * PS:(i + 1) * PS] = page(i)
+            expect[i * PS : (i + 1) * PS] = page(i)
     q.eos().end().page("vga.vram", 0, page(99)).eos().devices()
     return q.bytes(), bytes(expect)

@@ -3,6 +3,7 @@
 Each writer follows the byte layout in /work/shared/reference/formats.md and
 the upstream format descriptions, independently of the readers under test.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -21,7 +22,10 @@ PS = 4096
 # ---------------------------------------------------------------- ELF core
 def note(name, ntype, desc):
     n = name.encode() + b"\0"
-    pad = lambda b: b + bytes(-len(b) % 4)
+
+    def pad(b):
+        return b + bytes(-len(b) % 4)
+
     return struct.pack("<III", len(n), len(desc), ntype) + pad(n) + pad(desc)
 
 
@@ -54,11 +58,26 @@ def elf_core(path, segments, notes=b"", cls=64, xnum=False, filesz_cut=None):
     ident = b"\x7fELF" + bytes([2 if cls == 64 else 1, 1, 1]) + bytes(9)
     phnum = 0xFFFF if xnum else nph
     if cls == 64:
-        hdr = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, phoff, shoff, 0, eh, phsize,
-                                  phnum, shsize if xnum else 0, 1 if xnum else 0, 0)
+        hdr = ident + struct.pack(
+            "<HHIQQQIHHHHHH",
+            4,
+            62,
+            1,
+            0,
+            phoff,
+            shoff,
+            0,
+            eh,
+            phsize,
+            phnum,
+            shsize if xnum else 0,
+            1 if xnum else 0,
+            0,
+        )
     else:
-        hdr = ident + struct.pack("<HHIIIIIHHHHHH", 4, 3, 1, 0, phoff, shoff, 0, eh, phsize,
-                                  phnum, shsize if xnum else 0, 1 if xnum else 0, 0)
+        hdr = ident + struct.pack(
+            "<HHIIIIIHHHHHH", 4, 3, 1, 0, phoff, shoff, 0, eh, phsize, phnum, shsize if xnum else 0, 1 if xnum else 0, 0
+        )
     out = bytearray(hdr)
     for t, o, va, pa, fs, ms in phdrs:
         if cls == 64:
@@ -100,15 +119,14 @@ def lzo1x_literal(data):
 
 
 # ---------------------------------------------------------------- kdump
-def kdump(path, pages, max_mapnr, comp=None, flattened=True, notes=b"", vmcoreinfo=b"",
-          shuffle=False, version=6):
+def kdump(path, pages, max_mapnr, comp=None, flattened=True, notes=b"", vmcoreinfo=b"", shuffle=False, version=6):
     """pages: {pfn: 4096 bytes}; zero pages share one data page."""
     bs = PS
     hdr = bytearray(bs)
     hdr[0:8] = b"KDUMP   "
     struct.pack_into("<i", hdr, 8, version)
     for i, s in enumerate([b"Linux", b"guest", b"6.1.0-test", b"#1 SMP", b"x86_64", b""]):
-        hdr[12 + 65 * i:12 + 65 * i + len(s)] = s
+        hdr[12 + 65 * i : 12 + 65 * i + len(s)] = s
     bitmap_len = max(bs, -(-max_mapnr // 8 // bs) * bs)
     bitmap_blocks = 2 * bitmap_len // bs
     struct.pack_into("<IIIII", hdr, 428, bs, 1, bitmap_blocks, max_mapnr if version < 6 else 0, 0)
@@ -120,9 +138,25 @@ def kdump(path, pages, max_mapnr, comp=None, flattened=True, notes=b"", vmcorein
     data_at = desc_at + 24 * len(pfns)
     notes_at = data_at
     data_at += len(extra)
-    struct.pack_into("<QIIQQQQQQQQQQQ", sub, 0, 0, 31, 0, 0, 0,
-                     notes_at + len(notes) if vmcoreinfo else 0, len(vmcoreinfo),
-                     notes_at if notes else 0, len(notes), 0, 0, 0, max_mapnr, max_mapnr)
+    struct.pack_into(
+        "<QIIQQQQQQQQQQQ",
+        sub,
+        0,
+        0,
+        31,
+        0,
+        0,
+        0,
+        notes_at + len(notes) if vmcoreinfo else 0,
+        len(vmcoreinfo),
+        notes_at if notes else 0,
+        len(notes),
+        0,
+        0,
+        0,
+        max_mapnr,
+        max_mapnr,
+    )
     bm1 = bytearray(bitmap_len)
     bm2 = bytearray(bitmap_len)
     for p in pfns:
@@ -147,8 +181,14 @@ def kdump(path, pages, max_mapnr, comp=None, flattened=True, notes=b"", vmcorein
             flag, body = 0, page
         descs += struct.pack("<qIIQ", data_at + len(data), len(body), flag, 0)
         data += body
-    regions = [(0, bytes(hdr)), (bs, bytes(sub)), (2 * bs, bytes(bm1) + bytes(bm2)),
-               (desc_at, bytes(descs)), (notes_at, extra), (data_at, bytes(data))]
+    regions = [
+        (0, bytes(hdr)),
+        (bs, bytes(sub)),
+        (2 * bs, bytes(bm1) + bytes(bm2)),
+        (desc_at, bytes(descs)),
+        (notes_at, extra),
+        (data_at, bytes(data)),
+    ]
     if not flattened:
         out = bytearray()
         for off, blob in regions:
@@ -162,11 +202,11 @@ def kdump(path, pages, max_mapnr, comp=None, flattened=True, notes=b"", vmcorein
     recs = []
     for off, blob in regions:  # records of at most 3 pages, like QEMU's data cache
         for i in range(0, len(blob), 3 * PS):
-            recs.append((off + i, blob[i:i + 3 * PS]))
+            recs.append((off + i, blob[i : i + 3 * PS]))
     if shuffle:  # QEMU interleaves descriptor and data writes: order is not by offset
         recs = recs[::2] + recs[1::2]
         recs.append((0, bytes(hdr[:8]) + bytes(8)))  # an overlapping rewrite...
-        recs.append((0, bytes(hdr[:16])))            # ...then the final one wins
+        recs.append((0, bytes(hdr[:16])))  # ...then the final one wins
     for off, blob in recs:
         flat += struct.pack(">qq", off, len(blob)) + blob
     flat += struct.pack(">qq", -1, -1)
@@ -178,8 +218,9 @@ def kdump(path, pages, max_mapnr, comp=None, flattened=True, notes=b"", vmcorein
 class Qevm:
     """Builder for a QEMU migration stream (version 3)."""
 
-    def __init__(self, machine="pc-i440fx-7.2", caps=(), footer=True, uuid=False, page_bits=None,
-                 unknown_subsection=False):
+    def __init__(
+        self, machine="pc-i440fx-7.2", caps=(), footer=True, uuid=False, page_bits=None, unknown_subsection=False
+    ):
         self.footer = footer
         b = bytearray(b"QEVM" + struct.pack(">I", 3))
         b += b"\x07" + struct.pack(">I", len(machine)) + machine.encode()
@@ -201,7 +242,7 @@ class Qevm:
         return b"\x05" + bytes([len(name)]) + name.encode() + struct.pack(">I", 1)
 
     def start_ram(self, blocks, sid=2, mapped_ram=None):
-        total = sum(l for _, l in blocks)
+        total = sum(length for _, length in blocks)
         self.b += b"\x01" + struct.pack(">I", sid) + b"\x03ram" + struct.pack(">II", 0, 4)
         self.b += struct.pack(">Q", total | 0x04)
         for name, length in blocks:
@@ -272,6 +313,7 @@ class Qevm:
 
 def xbzrle_encode(old, new):
     """Encode new against old: (unchanged-run, changed-run, bytes) with ULEB128."""
+
     def uleb(v):
         out = bytearray()
         while True:
@@ -280,6 +322,7 @@ def xbzrle_encode(old, new):
             out.append(b | (0x80 if v else 0))
             if not v:
                 return bytes(out)
+
     out, i, n = bytearray(), 0, len(old)
     while i < n:
         z = i
@@ -306,8 +349,14 @@ COMPRESS = {
 FORMAT_NO = {"raw": 0, "gzip": 1, "bzip2": 2, "xz": 3, "lzop": 4, "zstd": 5, "sparse": 6}
 
 
-def libvirt_save(stream, compression="raw", part=False, xml="<domain type='qemu'><name>g</name></domain>",
-                 cookie="<qemu-migration/>", big_endian=False):
+def libvirt_save(
+    stream,
+    compression="raw",
+    part=False,
+    xml="<domain type='qemu'><name>g</name></domain>",
+    cookie="<qemu-migration/>",
+    big_endian=False,
+):
     area = bytearray(xml.encode() + b"\0")
     cookie_off = 0
     if cookie:
@@ -315,15 +364,29 @@ def libvirt_save(stream, compression="raw", part=False, xml="<domain type='qemu'
         area += cookie.encode() + b"\0"
     area += bytes(-len(area) % 512 + 100)  # libvirt pads the XML area
     order = ">" if big_endian else "<"
-    hdr = (b"LibvirtQemudPart" if part else b"LibvirtQemudSave") + \
-        struct.pack(order + "5I", 2, len(area), 1, FORMAT_NO[compression], cookie_off) + bytes(4 * 14)
+    hdr = (
+        (b"LibvirtQemudPart" if part else b"LibvirtQemudSave")
+        + struct.pack(order + "5I", 2, len(area), 1, FORMAT_NO[compression], cookie_off)
+        + bytes(4 * 14)
+    )
     assert len(hdr) == 0x5C
     return hdr + bytes(area) + COMPRESS[compression](stream)
 
 
 # ---------------------------------------------------------------- qcow2
-def qcow2(path, *, cluster_bits=12, virtual_size=1 << 20, snapshots=(), active=None,
-          backing=None, backing_format="qcow2", compress=None, extended_l2=False, version=3):
+def qcow2(
+    path,
+    *,
+    cluster_bits=12,
+    virtual_size=1 << 20,
+    snapshots=(),
+    active=None,
+    backing=None,
+    backing_format="qcow2",
+    compress=None,
+    extended_l2=False,
+    version=3,
+):
     """A minimal qcow2 (no refcounts needed by readers of snapshots).
 
     snapshots: [{"id", "name", "vmstate": bytes, "skip": set(cluster numbers
@@ -336,10 +399,12 @@ def qcow2(path, *, cluster_bits=12, virtual_size=1 << 20, snapshots=(), active=N
     l2_entries = C // esz
     span = C * l2_entries
     out = bytearray(4 * C)  # header, snapshot table, refcount table, spare
+
     def alloc(n, align=C):
         start = -(-len(out) // align) * align
         out.extend(bytes(start + n - len(out)))
         return start
+
     def build_l1(mapping, nl1):
         """mapping: {cluster_index_in_guest: ('data'|'zero'|'zlib'|'zstd', bytes)}"""
         l1 = [0] * nl1
@@ -353,7 +418,7 @@ def qcow2(path, *, cluster_bits=12, virtual_size=1 << 20, snapshots=(), active=N
             bitmap = 0
             if kind == "data":
                 host = alloc(C)
-                out[host:host + len(blob)] = blob
+                out[host : host + len(blob)] = blob
                 entry = host | (1 << 63)
                 bitmap = 0xFFFFFFFF
             elif kind == "zero":
@@ -366,7 +431,7 @@ def qcow2(path, *, cluster_bits=12, virtual_size=1 << 20, snapshots=(), active=N
                 else:
                     z = zstandard.ZstdCompressor().compress(blob)
                 host = alloc(len(z), 512)
-                out[host:host + len(z)] = z
+                out[host : host + len(z)] = z
                 x = 62 - (cluster_bits - 8)
                 sectors = -(-((host & 511) + len(z)) // 512)
                 entry = (1 << 62) | ((sectors - 1) << x) | host
@@ -377,6 +442,7 @@ def qcow2(path, *, cluster_bits=12, virtual_size=1 << 20, snapshots=(), active=N
         for i, e in enumerate(l1):
             struct.pack_into(">Q", out, l1_off + 8 * i, e)
         return l1_off
+
     vm_off = -(-virtual_size // span) * span
     nl1 = vm_off // span + 1 + max([len(s["vmstate"]) // span + 1 for s in snapshots] or [0])
     table = bytearray()
@@ -384,7 +450,7 @@ def qcow2(path, *, cluster_bits=12, virtual_size=1 << 20, snapshots=(), active=N
         data = s["vmstate"]
         mapping = {}
         for k in range(0, -(-len(data) // C)):
-            chunk = data[k * C:(k + 1) * C].ljust(C, b"\0")
+            chunk = data[k * C : (k + 1) * C].ljust(C, b"\0")
             if k in s.get("skip", ()):
                 continue
             if k in s.get("zero", ()):
@@ -394,16 +460,47 @@ def qcow2(path, *, cluster_bits=12, virtual_size=1 << 20, snapshots=(), active=N
         l1_off = build_l1(mapping, nl1)
         ident, name = s["id"].encode(), s["name"].encode()
         extra = struct.pack(">QQQ", len(data), virtual_size, 0)
-        ent = struct.pack(">QIHHIIQII", l1_off, nl1, len(ident), len(name), 1700000000 + len(table),
-                          5, 123456789, len(data) & 0xFFFFFFFF, len(extra)) + extra + ident + name
+        ent = (
+            struct.pack(
+                ">QIHHIIQII",
+                l1_off,
+                nl1,
+                len(ident),
+                len(name),
+                1700000000 + len(table),
+                5,
+                123456789,
+                len(data) & 0xFFFFFFFF,
+                len(extra),
+            )
+            + extra
+            + ident
+            + name
+        )
         table += ent + bytes(-len(ent) % 8)
     act = {off // C: ("data", blob.ljust(C, b"\0")) for off, blob in (active or {}).items()}
     active_l1 = build_l1(act, nl1)
-    out[C:C + len(table)] = table
+    out[C : C + len(table)] = table
     hdr = bytearray(C)
     incompat = (8 if compress == "zstd" else 0) | (16 if extended_l2 else 0)
-    struct.pack_into(">4sIQIIQIIQQIIQ", hdr, 0, b"QFI\xfb", version, 0, 0, cluster_bits, virtual_size,
-                     0, nl1, active_l1, 2 * C, 1, len(snapshots), C)
+    struct.pack_into(
+        ">4sIQIIQIIQQIIQ",
+        hdr,
+        0,
+        b"QFI\xfb",
+        version,
+        0,
+        0,
+        cluster_bits,
+        virtual_size,
+        0,
+        nl1,
+        active_l1,
+        2 * C,
+        1,
+        len(snapshots),
+        C,
+    )
     pos = 72
     if version == 3:
         struct.pack_into(">QQQII", hdr, 72, incompat, 0, 0, 4, 112)
@@ -412,14 +509,14 @@ def qcow2(path, *, cluster_bits=12, virtual_size=1 << 20, snapshots=(), active=N
     if backing:
         bf = backing_format.encode()
         struct.pack_into(">II", hdr, pos, 0xE2792ACA, len(bf))
-        hdr[pos + 8:pos + 8 + len(bf)] = bf
+        hdr[pos + 8 : pos + 8 + len(bf)] = bf
         pos += 8 + (-(-len(bf) // 8) * 8)
     struct.pack_into(">II", hdr, pos, 0, 0)
     pos += 8
     if backing:
         b = backing.encode()
         struct.pack_into(">QI", hdr, 8, pos, len(b))
-        hdr[pos:pos + len(b)] = b
+        hdr[pos : pos + len(b)] = b
     out[0:C] = hdr
     with open(path, "wb") as fh:
         fh.write(out)

@@ -1,4 +1,5 @@
 """Builders for synthetic captures used by the network and YARA tests (dpkt writers)."""
+
 from __future__ import annotations
 
 import socket
@@ -18,8 +19,14 @@ def mac(text: str) -> bytes:
 
 def _ip(src, dst, proto, l4):
     if ":" in src:
-        return dpkt.ip6.IP6(src=socket.inet_pton(socket.AF_INET6, src), dst=socket.inet_pton(socket.AF_INET6, dst),
-                            nxt=proto, hlim=64, data=l4, plen=len(bytes(l4))), dpkt.ethernet.ETH_TYPE_IP6
+        return dpkt.ip6.IP6(
+            src=socket.inet_pton(socket.AF_INET6, src),
+            dst=socket.inet_pton(socket.AF_INET6, dst),
+            nxt=proto,
+            hlim=64,
+            data=l4,
+            plen=len(bytes(l4)),
+        ), dpkt.ethernet.ETH_TYPE_IP6
     return dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=proto, data=l4), dpkt.ethernet.ETH_TYPE_IP
 
 
@@ -39,15 +46,17 @@ def udp(src, sport, dst, dport, data, **kw) -> bytes:
 
 def icmp_echo(src, dst, ident, reply=False, **kw) -> bytes:
     if ":" in src:
-        msg = dpkt.icmp6.ICMP6(type=129 if reply else 128, code=0,
-                               data=dpkt.icmp6.ICMP6.Echo(id=ident, seq=1, data=b"ping"))
+        msg = dpkt.icmp6.ICMP6(
+            type=129 if reply else 128, code=0, data=dpkt.icmp6.ICMP6.Echo(id=ident, seq=1, data=b"ping")
+        )
         return eth(src, dst, 58, msg, **kw)
     msg = dpkt.icmp.ICMP(type=0 if reply else 8, code=0, data=dpkt.icmp.ICMP.Echo(id=ident, seq=1, data=b"ping"))
     return eth(src, dst, 1, msg, **kw)
 
 
-def session(client, cport, server, sport, exchanges, isn_c=1000, isn_s=5000, close="fin", t0=1_700_000_000.0,
-            cmac=VM, smac=GW):
+def session(
+    client, cport, server, sport, exchanges, isn_c=1000, isn_s=5000, close="fin", t0=1_700_000_000.0, cmac=VM, smac=GW
+):
     """Frames of a full TCP session: handshake, (client_bytes, server_bytes) turns, FIN or RST."""
     kw_c, kw_s = {"smac": cmac, "dmac": smac}, {"smac": smac, "dmac": cmac}
     t, out = t0, []
@@ -57,6 +66,7 @@ def session(client, cport, server, sport, exchanges, isn_c=1000, isn_s=5000, clo
         nonlocal t
         out.append((t, frame))
         t += 0.001
+
     add(tcp(client, cport, server, sport, c, SYN, **kw_c))
     add(tcp(server, sport, client, cport, s, SYN | ACK, ack=c + 1, **kw_s))
     c, s = c + 1, s + 1
@@ -95,19 +105,32 @@ def write_pcapng(path, frames, linktype=1):
 
 def client_hello(sni="beacon.example", grease=True) -> tuple[bytes, str]:
     """A TLS 1.3-style ClientHello record and its expected JA3 string."""
+
     def ext(etype, data):
         return struct.pack("!HH", etype, len(data)) + data
+
     ciphers = ([0x0A0A] if grease else []) + [0x1301, 0x1302, 0xC02F]
     groups = ([0x1A1A] if grease else []) + [29, 23]
     name = sni.encode()
     sni_ext = ext(0, struct.pack("!HBH", len(name) + 3, 0, len(name)) + name)
-    exts = (ext(0x2A2A, b"") if grease else b"") + sni_ext + \
-        ext(10, struct.pack("!H", 2 * len(groups)) + b"".join(struct.pack("!H", g) for g in groups)) + \
-        ext(11, b"\x01\x00") + ext(16, b"\x00\x0c" + b"\x02h2" + b"\x08http/1.1") + \
-        ext(43, b"\x04" + struct.pack("!HH", 0x0304, 0x0303))
-    body = struct.pack("!H", 0x0303) + b"\x11" * 32 + b"\x00" + \
-        struct.pack("!H", 2 * len(ciphers)) + b"".join(struct.pack("!H", c) for c in ciphers) + \
-        b"\x01\x00" + struct.pack("!H", len(exts)) + exts
+    exts = (
+        (ext(0x2A2A, b"") if grease else b"")
+        + sni_ext
+        + ext(10, struct.pack("!H", 2 * len(groups)) + b"".join(struct.pack("!H", g) for g in groups))
+        + ext(11, b"\x01\x00")
+        + ext(16, b"\x00\x0c" + b"\x02h2" + b"\x08http/1.1")
+        + ext(43, b"\x04" + struct.pack("!HH", 0x0304, 0x0303))
+    )
+    body = (
+        struct.pack("!H", 0x0303)
+        + b"\x11" * 32
+        + b"\x00"
+        + struct.pack("!H", 2 * len(ciphers))
+        + b"".join(struct.pack("!H", c) for c in ciphers)
+        + b"\x01\x00"
+        + struct.pack("!H", len(exts))
+        + exts
+    )
     hs = b"\x01" + len(body).to_bytes(3, "big") + body
     record = b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
     ja3 = "771,4865-4866-49199,0-10-11-16-43,29-23,0"
@@ -116,8 +139,15 @@ def client_hello(sni="beacon.example", grease=True) -> tuple[bytes, str]:
 
 def server_hello() -> bytes:
     exts = struct.pack("!HH", 43, 2) + struct.pack("!H", 0x0304)
-    body = struct.pack("!H", 0x0303) + b"\x22" * 32 + b"\x00" + struct.pack("!H", 0x1301) + b"\x00" + \
-        struct.pack("!H", len(exts)) + exts
+    body = (
+        struct.pack("!H", 0x0303)
+        + b"\x22" * 32
+        + b"\x00"
+        + struct.pack("!H", 0x1301)
+        + b"\x00"
+        + struct.pack("!H", len(exts))
+        + exts
+    )
     hs = b"\x02" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x03" + struct.pack("!H", len(hs)) + hs
 

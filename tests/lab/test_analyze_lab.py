@@ -1,4 +1,5 @@
 """analyze on the real lab snapshot: custody, hashes, case layout (the foundation issue)."""
+
 import json
 import subprocess
 import sys
@@ -16,8 +17,11 @@ def test_evidence_unchanged_and_logged(lab_case):
     after = {p: sha256_file(p) for p in before}
     assert after == before
     manifest = json.loads((case_dir / "case.json").read_text())
-    logged = {e["path"]: e["sha256"] for e in map(json.loads, (case_dir / "custody.jsonl").read_text().splitlines())
-              if e["action"] == "evidence.hash.after"}
+    logged = {
+        e["path"]: e["sha256"]
+        for e in map(json.loads, (case_dir / "custody.jsonl").read_text().splitlines())
+        if e["action"] == "evidence.hash.after"
+    }
     for path, digest in logged.items():
         assert before[next(p for p in before if str(p.resolve()) == path)] == digest
     assert manifest["runs"][-1]["evidence_unchanged"] is True
@@ -39,7 +43,9 @@ def test_case_verify_detects_tampering(lab_case, tmp_path):
     import shutil
 
     case_dir, _ = lab_case
-    ok = subprocess.run([sys.executable, "-m", "toolkit.cli", "case", "verify", str(case_dir)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "case", "verify", str(case_dir)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     copy = tmp_path / "tampered"
     shutil.copytree(case_dir, copy, ignore=shutil.ignore_patterns("derived"))
@@ -48,6 +54,8 @@ def test_case_verify_detects_tampering(lab_case, tmp_path):
     record["sha256"] = "0" * 64
     lines[2] = json.dumps(record, sort_keys=True)
     (copy / "custody.jsonl").write_text("\n".join(lines) + "\n")
-    bad = subprocess.run([sys.executable, "-m", "toolkit.cli", "case", "verify", str(copy)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "case", "verify", str(copy)], capture_output=True, text=True
+    )
     assert bad.returncode == 2
     assert "line 3" in bad.stdout + bad.stderr

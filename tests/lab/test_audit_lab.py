@@ -1,5 +1,6 @@
 """Fleet audits on the lab fleet: linked clones of one base, infected, clean and one corrupt.
 Verdicts are checked against fleet_truth.json (what each guest itself reported)."""
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,11 @@ def test_killed_audit_resumes_without_redoing(fleet, truth, audited, tmp_path):
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        done = [e for e in custody.read_events(case_dir) if e["action"] == "snapshot.done"] \
-            if (case_dir / "custody.jsonl").exists() else []
+        done = (
+            [e for e in custody.read_events(case_dir) if e["action"] == "snapshot.done"]
+            if (case_dir / "custody.jsonl").exists()
+            else []
+        )
         if done:
             break
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -118,12 +122,31 @@ def test_dask_executor_gives_the_same_findings(fleet, truth, audited, tmp_path):
     names = [vm["name"] for vm in truth["vms"] if vm["scenario"] != "corrupt"][:3]
     port = _free_port()
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    scheduler = subprocess.Popen([str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                  "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True, env=env)
-    worker = subprocess.Popen([str(VENV_BIN / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
-                               "--nthreads", "1", "--no-dashboard", "--memory-limit", "6GiB"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    scheduler = subprocess.Popen(
+        [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    worker = subprocess.Popen(
+        [
+            str(VENV_BIN / "dask"),
+            "worker",
+            f"tcp://127.0.0.1:{port}",
+            "--nworkers",
+            "2",
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--memory-limit",
+            "6GiB",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
     try:
         case_dir = tmp_path / "dask-case"
         audit(_vm_dirs(fleet, truth, names), case_dir, jobs=2, executor=f"dask://127.0.0.1:{port}")
@@ -158,9 +181,22 @@ def test_audit_against_previous_reports_changes(fleet, truth, audited, tmp_path)
     files.to_parquet(files_file, index=False)
 
     # Through the CLI, as a responder runs it: the summary line counts the same changes.
-    cli = subprocess.run([str(VENV_BIN / "snapscope"), "audit", *map(str, _vm_dirs(fleet, truth, names)),
-                          "--case", str(tmp_path / "now"), "--jobs", "1", "--previous", str(previous)],
-                         capture_output=True, text=True, timeout=900)
+    cli = subprocess.run(
+        [
+            str(VENV_BIN / "snapscope"),
+            "audit",
+            *map(str, _vm_dirs(fleet, truth, names)),
+            "--case",
+            str(tmp_path / "now"),
+            "--jobs",
+            "1",
+            "--previous",
+            str(previous),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert cli.returncode == 0, cli.stderr
     assert "since the previous audit: 1 new, 0 resolved findings, 1 file changes" in " ".join(cli.stdout.split())
     changes = Case.open(tmp_path / "now").table("audit/changes")

@@ -3,6 +3,7 @@
 The cached path (base rows once, overlay re-walked where the allocated-cluster
 diff says) must give exactly the rows of a full walk, and leave the evidence alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,9 @@ from tests.helpers.contexts import engine_context
 from toolkit.engines.disk import run
 
 pytestmark = pytest.mark.lab
-PROFILE = {"disk": {"functions": ["users"],
-                    "hash": {"max_size": 64 << 20, "paths": ["/var/tmp", "/tmp"], "executables": True}}}
+PROFILE = {
+    "disk": {"functions": ["users"], "hash": {"max_size": 64 << 20, "paths": ["/var/tmp", "/tmp"], "executables": True}}
+}
 
 
 def _sha(path) -> str:
@@ -25,10 +27,13 @@ def _sha(path) -> str:
 
 
 def _tables(path, snapshot=None, cache_dir=None, work=None):
-    snap = {"id": f"{path.parent.name}-{snapshot or 'active'}",
-            "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": snapshot}]}
-    return run(snap, engine_context(work or Path(tempfile.mkdtemp()), PROFILE, snapshot_id=snap["id"],
-                                    cache_dir=cache_dir))
+    snap = {
+        "id": f"{path.parent.name}-{snapshot or 'active'}",
+        "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": snapshot}],
+    }
+    return run(
+        snap, engine_context(work or Path(tempfile.mkdtemp()), PROFILE, snapshot_id=snap["id"], cache_dir=cache_dir)
+    )
 
 
 def _files(t):

@@ -5,6 +5,7 @@ Layout used (fixtures/build_lab.py): qemu/base.qcow2 and qemu/disk.qcow2 (overla
 snap-internal) and libvirt/disk-ext.qcow2 + libvirt/snap-external.xml (external overlay whose
 backing is an absolute staging path that no longer exists).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,12 @@ from toolkit.engines.disk.diff import diff_disks
 from toolkit.evidence import discover
 
 pytestmark = pytest.mark.lab
-PROFILE = {"disk": {"functions": ["users", "cronjobs", "services", "history", "logs"],
-                    "hash": {"max_size": 64 << 20, "paths": ["/var/tmp", "/tmp"], "executables": True}}}
+PROFILE = {
+    "disk": {
+        "functions": ["users", "cronjobs", "services", "history", "logs"],
+        "hash": {"max_size": 64 << 20, "paths": ["/var/tmp", "/tmp"], "executables": True},
+    }
+}
 
 
 def _sha(path) -> str:
@@ -28,8 +33,10 @@ def _sha(path) -> str:
 
 
 def _disk_tables(lab, path, snapshot=None):
-    snap = {"id": f"lab-{path.parent.name}-{snapshot or 'active'}",
-            "disks": [{"path": lab / path, "format": "qcow2", "role": "disk", "snapshot": snapshot}]}
+    snap = {
+        "id": f"lab-{path.parent.name}-{snapshot or 'active'}",
+        "disks": [{"path": lab / path, "format": "qcow2", "role": "disk", "snapshot": snapshot}],
+    }
     before = _sha(lab / path)
     tables = run(snap, engine_context(Path(tempfile.mkdtemp()), PROFILE, snapshot_id=snap["id"]))
     assert _sha(lab / path) == before, "evidence changed"
@@ -71,12 +78,14 @@ def test_chain_rows_name_the_files_used(lab):
 def test_external_snapshot_overlay_named_in_xml(lab, ground_truth):
     # discover() names the disk as it was at the snapshot (role disk) and the
     # overlay libvirt created then (role overlay, written after the moment).
-    snap, = discover([lab / "libvirt" / "snap-external.xml"])
+    (snap,) = discover([lab / "libvirt" / "snap-external.xml"])
     overlay = [d for d in snap["disks"] if d["role"] == "overlay"]
     assert overlay and overlay[0]["path"] == str(lab / "libvirt" / "disk-ext.qcow2")
     # The overlay itself opens, its absolute staging-path backing file found beside it.
-    t = run({"id": "lab-ext", "disks": [{**overlay[0], "role": "disk"}]},
-            engine_context(Path(tempfile.mkdtemp()), PROFILE, snapshot_id="lab-ext"))
+    t = run(
+        {"id": "lab-ext", "disks": [{**overlay[0], "role": "disk"}]},
+        engine_context(Path(tempfile.mkdtemp()), PROFILE, snapshot_id="lab-ext"),
+    )
     assert t["disk/chain"]["resolved_by"].tolist()[1] == "basename-beside"
     assert t["disk/system"]["hostname"].iloc[0] == ground_truth["guest"]["hostname"]
     at_moment = run(snap, engine_context(Path(tempfile.mkdtemp()), PROFILE, snapshot_id=snap["id"]))
@@ -86,8 +95,9 @@ def test_external_snapshot_overlay_named_in_xml(lab, ground_truth):
 def test_diff_base_vs_overlay_matches_ground_truth(lab, ground_truth):
     df = diff_disks(lab / "qemu" / "base.qcow2", lab / "qemu" / "disk.qcow2")
     assert set(df["method"]) == {"allocated-clusters"}
-    content = df[(df["type"] == "file") & ((df["change"] == "added")
-                                          | df["changed"].fillna("").str.contains("content"))]
+    content = df[
+        (df["type"] == "file") & ((df["change"] == "added") | df["changed"].fillna("").str.contains("content"))
+    ]
     assert sorted(content["path"]) == sorted(ground_truth["diff_expected"])
     expected_sha = ground_truth["runs"]["qemu"]["disk_diff"]["sha256"]
     assert dict(zip(content["path"], content["sha256_b"])) == expected_sha

@@ -1,6 +1,7 @@
 """The product on the real lab: every planted element found, each with its evidence chain,
 all tied to the one implant process; the benign service raises nothing high.
 Checked against ground_truth.json (what the guest itself reported)."""
+
 import json
 
 import pytest
@@ -15,7 +16,9 @@ MARKER_RULE = "SnapscopeLab_Beacon_Marker"
 def lab_snapshot(lab_case):
     """(case, snapshot id) of the snapshot whose memory is the plain-QEMU ELF dump."""
     case = Case.open(lab_case[0])
-    sid = next(s for s, snap in case.snapshots.items() if (snap.get("memory") or {}).get("path", "").endswith("memory.elf"))
+    sid = next(
+        s for s, snap in case.snapshots.items() if (snap.get("memory") or {}).get("path", "").endswith("memory.elf")
+    )
     return case, sid
 
 
@@ -42,8 +45,12 @@ def test_beacon_flow_attributed_to_the_implant(lab_snapshot, ground_truth):
     case, sid = lab_snapshot
     beacon = ground_truth["runs"]["qemu"]["beacon"]
     flows = case.table("network/flows", snapshot=sid)
-    flow = flows[(flows["src_port"] == beacon["local_port"]) & (flows["dst_port"] == beacon["remote_port"])
-                 & (flows["dst_ip"] == beacon["remote_ip"]) & (flows["src_ip"] == beacon["local_ip"])]
+    flow = flows[
+        (flows["src_port"] == beacon["local_port"])
+        & (flows["dst_port"] == beacon["remote_port"])
+        & (flows["dst_ip"] == beacon["remote_ip"])
+        & (flows["src_ip"] == beacon["local_ip"])
+    ]
     assert len(flow) == 1
     outbound = _findings(case, sid, "net.unexpected_outbound")
     assert list(outbound["pid"]) == [beacon["pid"]]
@@ -61,8 +68,9 @@ def test_marker_in_memory_pcap_and_disk_tied_to_one_entity(lab_snapshot, ground_
     hits = hits[hits["rule"] == MARKER_RULE]
     assert set(hits[hits["target"] == "process"]["pid"]) == {pid}
     stream = hits[hits["target"] == "stream"]
-    assert {(r.src_ip, r.src_port, r.dst_ip, r.dst_port) for r in stream.itertuples()} == \
-        {(beacon["local_ip"], beacon["local_port"], beacon["remote_ip"], beacon["remote_port"])}
+    assert {(r.src_ip, r.src_port, r.dst_ip, r.dst_port) for r in stream.itertuples()} == {
+        (beacon["local_ip"], beacon["local_port"], beacon["remote_ip"], beacon["remote_port"])
+    }
     files = set(hits[hits["target"] == "file"]["path"])
     assert ground_truth["marker_in_implant_binary"], "the lab implant carries its tag in the binary"
     assert ground_truth["implant"]["hidden_copy_path"] in files
@@ -112,7 +120,8 @@ def test_findings_cli_shows_the_chain(lab_case):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "toolkit.cli", "findings", str(lab_case[0])],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "findings", str(lab_case[0])], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert "evidence chain" in out.stdout and "kworker" in out.stdout

@@ -1,6 +1,7 @@
 """The fleet lab (fixtures/lab/fleet.py): linked clones of one base image, each booted once, some
 infected, some clean, one deliberately corrupt. Its truth must be coherent with the files on disk, so
 batch-audit tests can trust it. Uses the session fixture `fleet` (tests/conftest.py)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,7 @@ def _qcow2_backing_as_written(path: Path) -> str:
     head = path.read_bytes()[:65536]
     assert head[:4] == b"QFI\xfb"
     off, size = struct.unpack(">QI", head[8:20])
-    return head[off:off + size].decode()
+    return head[off : off + size].decode()
 
 
 def test_plan_and_layout(truth, fleet):
@@ -67,11 +68,18 @@ def test_all_vms_are_linked_clones_of_one_base(truth, fleet):
         facts = next(a for a in v["artefacts"] if a["path"] == f"{v['dir']}/disk.qcow2")["facts"]
         assert facts["backing_file"] == "../base.qcow2" and not facts["backing_file_is_absolute"]
     healthy = next(v for v in truth["vms"] if v["scenario"] != "corrupt")
-    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", "--backing-chain",
-                                      str(fleet / healthy["dir"] / "disk.qcow2")],
-                                     capture_output=True, text=True, check=True).stdout)
-    assert [Path(i["filename"]).resolve() for i in info] == [(fleet / healthy["dir"] / "disk.qcow2").resolve(),
-                                                             base.resolve()]
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", "--backing-chain", str(fleet / healthy["dir"] / "disk.qcow2")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert [Path(i["filename"]).resolve() for i in info] == [
+        (fleet / healthy["dir"] / "disk.qcow2").resolve(),
+        base.resolve(),
+    ]
 
 
 @pytest.mark.parametrize("scenario", ["infected", "corrupt"])
@@ -102,8 +110,9 @@ def test_clean_vms_show_no_intrusion(truth):
         assert not [t for t in v["tcp"] if t["remote_ip"] == truth["peer"]["ip"]]
         svc = [p for p in v["processes"] if p["pid"] == v["service_pid"]]
         assert svc and svc[0]["exe"] == truth["service"]["path"]
-        assert any(t["state"] == "LISTEN" and t["local_port"] == 8080 and t["pid"] == v["service_pid"]
-                   for t in v["tcp"])
+        assert any(
+            t["state"] == "LISTEN" and t["local_port"] == 8080 and t["pid"] == v["service_pid"] for t in v["tcp"]
+        )
         assert v["files_written"] == v["diff_expected"] == [truth["shell_history"]["path"]]
         assert v["planted_hashes"][truth["shell_history"]["path"]] == hashlib.sha256(history).hexdigest()
         assert imp["hidden_copy_path"] not in v["planted_hashes"] and truth["cron"]["path"] not in v["planted_hashes"]
@@ -133,8 +142,12 @@ def test_the_corrupt_vm_is_really_corrupt(truth, fleet):
     for w in truth["vms"]:
         if w is not v:
             assert w["corruption"] is None and all(a["intact"] for a in w["artefacts"])
-            assert subprocess.run(["qemu-img", "check", "-U", str(fleet / w["dir"] / "disk.qcow2")],
-                                  capture_output=True).returncode == 0, w["name"]
+            assert (
+                subprocess.run(
+                    ["qemu-img", "check", "-U", str(fleet / w["dir"] / "disk.qcow2")], capture_output=True
+                ).returncode
+                == 0
+            ), w["name"]
 
 
 def test_artefacts_match_the_files(truth, fleet):

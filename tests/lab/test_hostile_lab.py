@@ -1,5 +1,6 @@
 """Strings planted inside the guest (a file and a process named with ANSI escapes and
 control characters) never reach a terminal, HTML or CSV raw."""
+
 import csv
 import io
 import subprocess
@@ -45,8 +46,11 @@ def test_terminal_output_is_escaped(lab_case, table):
 
 
 def test_findings_and_timeline_are_escaped(lab_case):
-    for args in (("findings", lab_case[0]), ("timeline", lab_case[0], "--limit", "100000"),
-                 ("sql", lab_case[0], "SELECT path FROM disk_files")):
+    for args in (
+        ("findings", lab_case[0]),
+        ("timeline", lab_case[0], "--limit", "100000"),
+        ("sql", lab_case[0], "SELECT path FROM disk_files"),
+    ):
         result = _snapscope(*args)
         assert result.returncode == 0, result.stderr
         _no_raw_controls(result.stdout)

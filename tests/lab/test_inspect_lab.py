@@ -1,6 +1,7 @@
 """identify() and discover() on the real lab artefacts, checked against the
 facts the lab builder recorded from other tools (qemu-img, its own header
 readers, the guest) in ground_truth.json — never against copied numbers."""
+
 from __future__ import annotations
 
 import re
@@ -42,11 +43,12 @@ def test_qcow2_facts(ground_truth, identified):
         f, want = identified[a["path"]]["facts"], a["facts"]
         assert f["virtual_size"] == want["virtual_size"], a["path"]
         assert f["cluster_size"] == want["cluster_size"], a["path"]
-        assert f["backing_file"] == want["backing_file"], a["path"]   # raw, as written
+        assert f["backing_file"] == want["backing_file"], a["path"]  # raw, as written
         assert f["backing_format"] == want["backing_format"], a["path"]
         assert f["version"] == {"0.10": 2, "1.1": 3}[want["compat"]], a["path"]
-        assert [(s["name"], s["id"], s["vm_state_size"], s["has_vm_state"]) for s in f["snapshots"]] == \
-               [(s["name"], s["id"], s["vm_state_size"], s["has_vm_state"]) for s in want["snapshots"]], a["path"]
+        assert [(s["name"], s["id"], s["vm_state_size"], s["has_vm_state"]) for s in f["snapshots"]] == [
+            (s["name"], s["id"], s["vm_state_size"], s["has_vm_state"]) for s in want["snapshots"]
+        ], a["path"]
 
 
 def test_elf_core_facts(ground_truth, identified):
@@ -71,8 +73,8 @@ def test_migration_stream_facts(ground_truth, identified):
     for a in of_format(ground_truth, "qemu-migration"):
         f, want = identified[a["path"]]["facts"], a["facts"]
         assert f["machine"] == want["machine"], a["path"]
-        assert f["ram_bytes"] == want["ram_mib"] << 20, a["path"]   # pc.ram used_length
-        assert f.get("compression") in (None, "raw"), a["path"]       # the lab's streams are bare
+        assert f["ram_bytes"] == want["ram_mib"] << 20, a["path"]  # pc.ram used_length
+        assert f.get("compression") in (None, "raw"), a["path"]  # the lab's streams are bare
 
 
 def test_libvirt_save_facts(ground_truth, identified):
@@ -130,6 +132,7 @@ def test_pcap_facts(ground_truth, identified):
 
 # ---------------------------------------------------------------- discover
 
+
 def _names(paths):
     return {Path(p).name for p in paths}
 
@@ -138,11 +141,19 @@ def test_discover_qemu_dir_finds_every_memory_artefact_with_the_disk_chain_and_p
     snaps = discover([lab / "qemu"])
     run = [a for a in ground_truth["artefacts"] if a["run"] == "qemu"]
     memory_files = {a["path"] for a in run if a["format"] in MEMORY}
-    internal = {(a["path"], s["name"]) for a in run if a["format"] == "qcow2"
-                for s in a["facts"]["snapshots"] if s["has_vm_state"]}
+    internal = {
+        (a["path"], s["name"])
+        for a in run
+        if a["format"] == "qcow2"
+        for s in a["facts"]["snapshots"]
+        if s["has_vm_state"]
+    }
     got_files = {str(Path(s["memory"]["path"]).relative_to(lab)) for s in snaps if s["memory"]["snapshot"] is None}
-    got_internal = {(str(Path(s["memory"]["path"]).relative_to(lab)), s["memory"]["snapshot"])
-                    for s in snaps if s["memory"]["snapshot"]}
+    got_internal = {
+        (str(Path(s["memory"]["path"]).relative_to(lab)), s["memory"]["snapshot"])
+        for s in snaps
+        if s["memory"]["snapshot"]
+    }
     assert (got_files, got_internal) == (memory_files, internal)
     assert len(snaps) == len(memory_files) + len(internal)
     assert len({s["id"] for s in snaps}) == len(snaps)

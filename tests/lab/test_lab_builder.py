@@ -1,6 +1,7 @@
 """The lab builder (fixtures/build_lab.py) itself: its ground truth is coherent
 and every artefact it lists is there. Uses the session fixture `lab` from
 tests/conftest.py (builds once, then reuses in well under a second)."""
+
 from __future__ import annotations
 
 import importlib
@@ -16,8 +17,17 @@ import pytest
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-FORMATS = {"elf-core", "kdump-flattened", "qemu-migration", "libvirt-save", "qcow2", "pcap",
-           "libvirt-domain-xml", "libvirt-snapshot-xml", "raw-disk"}
+FORMATS = {
+    "elf-core",
+    "kdump-flattened",
+    "qemu-migration",
+    "libvirt-save",
+    "qcow2",
+    "pcap",
+    "libvirt-domain-xml",
+    "libvirt-snapshot-xml",
+    "raw-disk",
+}
 
 
 def _builder():
@@ -33,8 +43,21 @@ def gt(lab) -> dict:
 
 
 def test_top_level_keys(gt, lab):
-    for k in ("lab_version", "key", "guest", "marker", "implant", "service", "cron", "shell_history",
-              "hostile_name", "peer", "runs", "diff_expected", "artefacts"):
+    for k in (
+        "lab_version",
+        "key",
+        "guest",
+        "marker",
+        "implant",
+        "service",
+        "cron",
+        "shell_history",
+        "hostile_name",
+        "peer",
+        "runs",
+        "diff_expected",
+        "artefacts",
+    ):
         assert k in gt, k
     assert gt["key"] == lab.name
     assert set(gt["runs"]) == {"qemu", "libvirt"}
@@ -53,8 +76,11 @@ def test_implant_masquerades_and_beacons(gt, run):
     assert p["cmdline"] == ["[kworker/0:2H]"]
     assert p["exe"] == gt["implant"]["download_path"] + " (deleted)"
     assert not p["kernel_thread"]
-    est = [t for t in r["tcp"] if (t["remote_ip"], t["remote_port"]) == (gt["peer"]["ip"], gt["peer"]["port"])
-           and t["state"] == "ESTABLISHED"]
+    est = [
+        t
+        for t in r["tcp"]
+        if (t["remote_ip"], t["remote_port"]) == (gt["peer"]["ip"], gt["peer"]["port"]) and t["state"] == "ESTABLISHED"
+    ]
     assert est and est[0]["remote_ip"] == "10.0.2.100" and est[0]["remote_port"] == 8443
     assert est[0]["pid"] == p["pid"]
     assert r["beacon"] == est[0]
@@ -70,8 +96,12 @@ def test_service_hostile_and_disk_truth(gt, run):
     assert hostile and "\x1b" in hostile[0]["comm"]
     assert r["planted_hashes"][gt["implant"]["hidden_copy_path"]] == gt["implant"]["sha256"]
     assert r["planted_hashes"][gt["service"]["path"]] == gt["service"]["sha256"]
-    for path in (gt["cron"]["path"], gt["shell_history"]["path"], gt["implant"]["hidden_copy_path"],
-                 gt["hostile_name"]["file_path"]):
+    for path in (
+        gt["cron"]["path"],
+        gt["shell_history"]["path"],
+        gt["implant"]["hidden_copy_path"],
+        gt["hostile_name"]["file_path"],
+    ):
         assert path in r["files_written"], path
         assert path in r["diff_expected"], path
     # what the guest says it wrote == what the host reads as changed on the disk
@@ -95,11 +125,24 @@ def test_artefacts_exist_non_empty(gt, lab):
         assert a["run"] in (None, "qemu", "libvirt")
         if a["moment"]:
             assert a["moment"] in {m["id"] for m in gt["runs"][a["run"]]["moments"]}, a
-    for need in ("qemu/memory.elf", "qemu/memory.kdump", "qemu/migration.qevm", "qemu/disk.qcow2",
-                 "qemu/base.qcow2", "qemu/net.pcap", "libvirt/memory.elf", "libvirt/disk.qcow2",
-                 "libvirt/disk-ext.qcow2", "libvirt/ext-mem.save", "libvirt/full.qevm", "libvirt/save.img",
-                 "libvirt/snap-internal.xml", "libvirt/snap-external.xml", "libvirt/domain.xml",
-                 "libvirt/net.pcap"):
+    for need in (
+        "qemu/memory.elf",
+        "qemu/memory.kdump",
+        "qemu/migration.qevm",
+        "qemu/disk.qcow2",
+        "qemu/base.qcow2",
+        "qemu/net.pcap",
+        "libvirt/memory.elf",
+        "libvirt/disk.qcow2",
+        "libvirt/disk-ext.qcow2",
+        "libvirt/ext-mem.save",
+        "libvirt/full.qevm",
+        "libvirt/save.img",
+        "libvirt/snap-internal.xml",
+        "libvirt/snap-external.xml",
+        "libvirt/domain.xml",
+        "libvirt/net.pcap",
+    ):
         assert need in paths, need
     assert (lab / "qemu" / "serial.log").stat().st_size > 0
     assert (lab / "libvirt" / "serial.log").stat().st_size > 0
@@ -133,19 +176,22 @@ def test_second_build_is_a_fast_reuse(lab):
     assert time.monotonic() - t0 < 15
 
 
-@pytest.mark.parametrize("how", [
-    # by path (toolkit/lab.py, these tests), from another directory, fixtures/ not on sys.path
-    "import importlib.util as u; s = u.spec_from_file_location('snapscope_build_lab', {entry!r}); "
-    "m = u.module_from_spec(s); s.loader.exec_module(m)",
-    # with fixtures/ on sys.path (benchmarks/vol_triage.py)
-    "import sys; sys.path.insert(0, {fixtures!r}); import build_lab as m",
-    # as a namespace package from the repository root (fixtures/README.md)
-    "import sys; sys.path.insert(0, {repo!r}); from fixtures import build_lab as m",
-], ids=["by-path", "fixtures-on-sys-path", "namespace-package"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        # by path (toolkit/lab.py, these tests), from another directory, fixtures/ not on sys.path
+        "import importlib.util as u; s = u.spec_from_file_location('snapscope_build_lab', {entry!r}); "
+        "m = u.module_from_spec(s); s.loader.exec_module(m)",
+        # with fixtures/ on sys.path (benchmarks/vol_triage.py)
+        "import sys; sys.path.insert(0, {fixtures!r}); import build_lab as m",
+        # as a namespace package from the repository root (fixtures/README.md)
+        "import sys; sys.path.insert(0, {repo!r}); from fixtures import build_lab as m",
+    ],
+    ids=["by-path", "fixtures-on-sys-path", "namespace-package"],
+)
 def test_entry_point_loads_however_it_is_imported(how, tmp_path):
     """build_lab.py finds its lab/ package next to itself, whatever the caller's cwd and sys.path."""
-    code = how.format(entry=str(REPO / "fixtures" / "build_lab.py"), fixtures=str(REPO / "fixtures"),
-                      repo=str(REPO))
+    code = how.format(entry=str(REPO / "fixtures" / "build_lab.py"), fixtures=str(REPO / "fixtures"), repo=str(REPO))
     code += "; print(callable(m.build_lab), callable(m.build_fleet), m.LabError.__name__)"
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -157,12 +203,14 @@ def test_cache_key_covers_every_input():
     cache = importlib.import_module("snapscope_fixtures_lab.cache")
     build = importlib.import_module("snapscope_fixtures_lab.build")
     fixtures = REPO / "fixtures"
-    everything = {fixtures / "build_lab.py", *(fixtures / "lab").glob("*.py"),
-                  *(p for p in (fixtures / "guest").iterdir() if p.is_file())}
+    everything = {
+        fixtures / "build_lab.py",
+        *(fixtures / "lab").glob("*.py"),
+        *(p for p in (fixtures / "guest").iterdir() if p.is_file()),
+    }
     assert set(cache.key_inputs()) == everything
     # the main lab never imports the fleet builder, so editing it does not rebuild the lab
     assert set(cache.key_inputs(exclude=build.LAB_KEY_EXCLUDES)) == everything - {fixtures / "lab" / "fleet.py"}
     kpkg = ("linux-image-x", "1")
     assert cache.compute_key(kpkg, cache.key_inputs()) != cache.compute_key(kpkg, cache.key_inputs()[:-1])
-    assert cache.compute_key(kpkg, cache.key_inputs()) != cache.compute_key(("linux-image-x", "2"),
-                                                                            cache.key_inputs())
+    assert cache.compute_key(kpkg, cache.key_inputs()) != cache.compute_key(("linux-image-x", "2"), cache.key_inputs())

@@ -5,6 +5,7 @@ Compared: guest RAM only (formats.md) — below the PCI hole / above 4 GiB,
 outside the legacy window 0xA0000-0xFFFFF, and not device memory (VRAM,
 BIOS ROM), which only the ELF dump carries.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,19 @@ pytestmark = pytest.mark.lab
 
 PS = 4096
 LEGACY = (0xA0000, 0x100000)
-MEMORY_FORMATS = {"elf-core", "elf", "kdump", "kdump-flattened", "qemu-migration",
-                  "compressed-qemu-migration", "libvirt-save", "qcow2-snapshot", "qcow2", "lime", "raw-memory"}
+MEMORY_FORMATS = {
+    "elf-core",
+    "elf",
+    "kdump",
+    "kdump-flattened",
+    "qemu-migration",
+    "compressed-qemu-migration",
+    "libvirt-save",
+    "qcow2-snapshot",
+    "qcow2",
+    "lime",
+    "raw-memory",
+}
 
 
 def _artefacts(lab, truth):
@@ -31,8 +43,7 @@ def _artefacts(lab, truth):
         path = path if path.is_absolute() else lab / path
         if a.get("format") not in MEMORY_FORMATS or not path.is_file():
             continue
-        if a["format"] == "qcow2" and not any(s["vm_state_size"] for s in
-                                               qcow2.read_header(path)["snapshots"]):
+        if a["format"] == "qcow2" and not any(s["vm_state_size"] for s in qcow2.read_header(path)["snapshots"]):
             continue  # a disk without VM state is not a memory artefact
         out.append(dict(a, path=path))
     return out
@@ -79,7 +90,7 @@ def _page_hashes(img, ranges):
         for at in range(lo, hi, 1 << 20):
             data = img.read(at, min(1 << 20, hi - at))
             for k in range(0, len(data), PS):
-                hashes[at + k] = hashlib.sha256(data[k:k + PS]).digest()
+                hashes[at + k] = hashlib.sha256(data[k : k + PS]).digest()
     return hashes
 
 
@@ -113,10 +124,12 @@ def test_converted_ram_matches_elf_of_same_moment(lab, ground_truth, tmp_path):
         out = tmp_path / (art["path"].name + ".elf")
         result = to_elf(art["path"], out, snapshot=_snapshot_of(art), derived_dir=tmp_path / "derived")
         assert result["bytes"] > 0
-        with M.open_image(out) as conv, M.open_image(ref["path"]) as elf, \
-                M.open_image(art["path"], snapshot=_snapshot_of(art), derived_dir=tmp_path / "derived") as src:
-            ram_bytes = src.info.get("ram_bytes") or sum(
-                n for s, n in elf.runs if s < 0xE0000000 or s >= 1 << 32)
+        with (
+            M.open_image(out) as conv,
+            M.open_image(ref["path"]) as elf,
+            M.open_image(art["path"], snapshot=_snapshot_of(art), derived_dir=tmp_path / "derived") as src,
+        ):
+            ram_bytes = src.info.get("ram_bytes") or sum(n for s, n in elf.runs if s < 0xE0000000 or s >= 1 << 32)
             ram = _ram_ranges(ram_bytes, src.info.get("machine"))
             conv_runs = [(s, s + n) for s, n in conv.runs]
             elf_runs = [(s, s + n) for s, n in elf.runs]

@@ -6,6 +6,7 @@ running from a deleted file, and every TCP/UDP socket from the guest's
 /proc/net/* is found with its owning pid. Symbols are built from the dump,
 offline, into a per-session cache (never ~/.cache).
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,8 +44,11 @@ def work(tmp_path_factory):
 
 def _profile(tmp: Path, plugins: list[str]) -> dict:
     path = tmp / "lab-small.toml"
-    path.write_text('[profile]\nos = "linux"\n[memory]\nplugins = [\n' +
-                    "".join(f'  {{ name = "{p}" }},\n' for p in plugins) + "]\n")
+    path.write_text(
+        '[profile]\nos = "linux"\n[memory]\nplugins = [\n'
+        + "".join(f'  {{ name = "{p}" }},\n' for p in plugins)
+        + "]\n"
+    )
     return load_profile(path)
 
 
@@ -62,14 +66,22 @@ def memory_artefacts(ground_truth: dict, kind: str) -> list[dict]:
 
 
 def _ctx(work, profile, tag, **more) -> EngineContext:
-    return EngineContext(snapshot_id=tag, derived_dir=work["derived_dir"] / tag, cache_dir=work["cache_dir"],
-                         symbols_cache=work["symbols_cache"], profile=profile, **more)
+    return EngineContext(
+        snapshot_id=tag,
+        derived_dir=work["derived_dir"] / tag,
+        cache_dir=work["cache_dir"],
+        symbols_cache=work["symbols_cache"],
+        profile=profile,
+        **more,
+    )
 
 
 def _analyse(lab, artefact, work, profile, tag):
     """(tables, the readers the engine left) for one memory artefact of the lab."""
-    snapshot = {"id": tag, "memory": {"path": str(lab / artefact["path"]), "format": artefact["format"],
-                                      "snapshot": artefact["snapshot"]}}
+    snapshot = {
+        "id": tag,
+        "memory": {"path": str(lab / artefact["path"]), "format": artefact["format"], "snapshot": artefact["snapshot"]},
+    }
     ctx = _ctx(work, profile, tag)
     return memory.run(snapshot, ctx), ctx.readers
 
@@ -90,7 +102,9 @@ def check_processes(tables, run: dict, all_processes: bool):
         if row is None:
             problems.append(f"pid {p['pid']} {p['comm']!r} missing")
         elif row.ppid != p["ppid"] or not same_name(p["comm"], row.process):
-            problems.append(f"pid {p['pid']}: guest ({p['ppid']}, {p['comm']!r}) != memory ({row.ppid}, {row.process!r})")
+            problems.append(
+                f"pid {p['pid']}: guest ({p['ppid']}, {p['comm']!r}) != memory ({row.ppid}, {row.process!r})"
+            )
     assert not problems, problems
     implant = listed[run["implant_pid"]]
     assert implant.exe_deleted == True and implant.exe_path == run["implant_exe"].removesuffix(" (deleted)")  # noqa: E712
@@ -103,13 +117,25 @@ def _ip(value):
 
 def check_sockets(tables, run: dict):
     socks = tables["memory/sockets"]
-    found = {(r.proto, _ip(r.src_ip), r.src_port, _ip(r.dst_ip), r.dst_port, r.pid, r.inode)
-             for r in socks.itertuples()}
+    found = {
+        (r.proto, _ip(r.src_ip), r.src_port, _ip(r.dst_ip), r.dst_port, r.pid, r.inode) for r in socks.itertuples()
+    }
     expected = [s for key in ("tcp", "udp", "tcp6", "udp6") for s in run[key]]
     assert expected, "ground truth lists no sockets"
-    missing = [s for s in expected
-               if (s["proto"].rstrip("6"), _ip(s["local_ip"]), s["local_port"], _ip(s["remote_ip"]),
-                   s["remote_port"], s["pid"], s["inode"]) not in found]
+    missing = [
+        s
+        for s in expected
+        if (
+            s["proto"].rstrip("6"),
+            _ip(s["local_ip"]),
+            s["local_port"],
+            _ip(s["remote_ip"]),
+            s["remote_port"],
+            s["pid"],
+            s["inode"],
+        )
+        not in found
+    ]
     assert not missing, (missing, socks.to_dict("records"))
     beacon = run["beacon"]
     row = socks[(socks["pid"] == beacon["pid"]) & (socks["dst_port"] == beacon["remote_port"])].iloc[0]
@@ -204,14 +230,15 @@ def test_every_memory_format(lab, ground_truth, work, tmp_path, kind):
 
 def _corrupt_task_list(src: Path, dst: Path, work) -> None:
     """Overwrite init_task.tasks (next and prev) in a copy of the dump."""
-    session, _info, _d = open_memory({"id": "corrupt", "memory": str(src)},
-                                     _ctx(work, load_profile("linux-triage"), "corrupt"))
+    session, _info, _d = open_memory(
+        {"id": "corrupt", "memory": str(src)}, _ctx(work, load_profile("linux-triage"), "corrupt")
+    )
     kernel = session["context"].modules[session["kernel"]]
     tasks = kernel.object_from_symbol("init_task").tasks.vol.offset
     phys, _ = session["context"].layers[session["layer"]].translate(tasks)
-    head = src.read_bytes()[:1 << 16]
-    phoff, = struct.unpack_from("<Q", head, 32)
-    phnum, = struct.unpack_from("<H", head, 56)
+    head = src.read_bytes()[: 1 << 16]
+    (phoff,) = struct.unpack_from("<Q", head, 32)
+    (phnum,) = struct.unpack_from("<H", head, 56)
     for i in range(phnum):
         p_type, _f, offset, _v, paddr, size = struct.unpack_from("<IIQQQQ", head, phoff + 56 * i)
         if p_type == 1 and paddr <= phys < paddr + size:
@@ -234,7 +261,7 @@ def test_damaged_task_list_still_yields_scan(lab, ground_truth, work, tmp_path, 
     run = ground_truth["runs"][artefact["run"]]
     implant = procs[procs["pid"] == run["implant_pid"]].iloc[0]
     assert implant["in_scan"] == True and implant["in_list"] == False  # noqa: E712
-    assert len(tables["memory/modules"]) == len(run["modules"])      # other structures still read
+    assert len(tables["memory/modules"]) == len(run["modules"])  # other structures still read
     diag = tables["diagnostics"]
     assert ((diag["severity"] == "error") & (diag["what"] == "kernel task list")).any(), diag.to_dict("records")
 
@@ -247,8 +274,10 @@ def test_wrong_user_isf_is_reported_and_not_used(lab, work, tmp_path, elf_triage
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "wrong.json").write_text(json.dumps(built))
     profile = _profile(tmp_path, ["linux.pslist.PsList"])
-    result = memory.run({"id": "wrong-isf", "memory": str(lab / artefact["path"])},
-                        _ctx(work, profile, "wrong-isf", symbols=(tmp_path / "user",)))
+    result = memory.run(
+        {"id": "wrong-isf", "memory": str(lab / artefact["path"])},
+        _ctx(work, profile, "wrong-isf", symbols=(tmp_path / "user",)),
+    )
     diag = result["diagnostics"]
     warning = diag[diag["what"] == "ISF does not match this kernel"]
     assert len(warning) == 1 and "5.10.0-99-other" in warning.iloc[0]["why"]
@@ -272,11 +301,13 @@ def test_symbol_build_offline(lab, ground_truth, tmp_path):
     artefact = memory_artefacts(ground_truth, "elf-core")[0]
     home = tmp_path / "home"
     home.mkdir()
-    script = ("import socket, sys\n"
-              "def refuse(*a, **k): raise OSError('network disabled by test')\n"
-              "socket.socket.connect = refuse\nsocket.create_connection = refuse\nsocket.getaddrinfo = refuse\n"
-              "from toolkit.cli.symbols import app\n"
-              "sys.argv = ['snapscope-symbols', 'build', sys.argv[1], '--out', sys.argv[2], '--json']\napp()\n")
+    script = (
+        "import socket, sys\n"
+        "def refuse(*a, **k): raise OSError('network disabled by test')\n"
+        "socket.socket.connect = refuse\nsocket.create_connection = refuse\nsocket.getaddrinfo = refuse\n"
+        "from toolkit.cli.symbols import app\n"
+        "sys.argv = ['snapscope-symbols', 'build', sys.argv[1], '--out', sys.argv[2], '--json']\napp()\n"
+    )
     cmd = [sys.executable, "-c", script, str(lab / artefact["path"]), str(tmp_path / "isf")]
     if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
         cmd = ["unshare", "-n"] + cmd

@@ -4,6 +4,7 @@ Ground truth (fixtures/build_lab.py, ``assemble``): ``guest.mac``, ``marker``,
 ``runs.<run>.beacon`` = the guest's own /proc/net/tcp row of the ESTABLISHED
 beacon socket (local_ip, local_port, remote_ip, remote_port).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,20 @@ def lab_network(lab, tmp_path_factory):
         if not pcap.exists():
             continue
         snap = {"id": f"lab-{run}", "pcaps": [{"path": str(pcap)}]}
-        if run == "qemu":   # guest.mac is the plain-QEMU run's NIC; libvirt may assign its own
+        if run == "qemu":  # guest.mac is the plain-QEMU run's NIC; libvirt may assign its own
             snap["domain"] = {"macs": [gt["guest"]["mac"].lower()]}
         out[run] = network.run(snap, {"derived_dir": tmp_path_factory.mktemp(f"net-{run}")})
     return gt, out
 
 
 def _beacon_flow(flows, beacon):
-    hit = flows[(flows.proto == "tcp") & (flows.src_ip == beacon["local_ip"]) & (flows.src_port == beacon["local_port"])
-                & (flows.dst_ip == beacon["remote_ip"]) & (flows.dst_port == beacon["remote_port"])]
+    hit = flows[
+        (flows.proto == "tcp")
+        & (flows.src_ip == beacon["local_ip"])
+        & (flows.src_port == beacon["local_port"])
+        & (flows.dst_ip == beacon["remote_ip"])
+        & (flows.dst_port == beacon["remote_port"])
+    ]
     assert len(hit) == 1, flows[["src_ip", "src_port", "dst_ip", "dst_port", "state"]]
     return hit
 
@@ -51,7 +57,7 @@ def test_beacon_flow_matches_guest_socket(lab_network, run):
     beacon = gt["runs"][run]["beacon"]
     assert (beacon["remote_ip"], beacon["remote_port"]) == ("10.0.2.100", 8443)
     flow = _beacon_flow(tables["network/flows"], beacon).iloc[0]
-    assert flow.handshake and flow.state == "ESTABLISHED"   # the guest reported it ESTABLISHED at pause
+    assert flow.handshake and flow.state == "ESTABLISHED"  # the guest reported it ESTABLISHED at pause
     if run == "qemu":
         assert flow.vm_mac == gt["guest"]["mac"].lower() and flow.src_mac == gt["guest"]["mac"].lower()
     assert flow.gaps == 0 and flow.src_stream_bytes > 0
@@ -70,7 +76,12 @@ def test_marker_in_reassembled_stream_with_guest_5tuple(lab_network, run):
     assert sent, "the guest's own beacon bytes carry the marker"
     for r in marks:
         assert r["matched"].startswith(gt["marker"].encode())
-        assert (r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["proto"]) == \
-            (beacon["local_ip"], beacon["local_port"], beacon["remote_ip"], beacon["remote_port"], "tcp")
+        assert (r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["proto"]) == (
+            beacon["local_ip"],
+            beacon["local_port"],
+            beacon["remote_ip"],
+            beacon["remote_port"],
+            "tcp",
+        )
     # every beacon line is one marker: the stream's first line starts at offset 0 with "BEACON "
     assert min(r["offset"] for r in sent) == len("BEACON ")

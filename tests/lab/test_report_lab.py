@@ -1,4 +1,5 @@
 """Reports and notebooks on the analysed lab case (the correlation issue)."""
+
 import json
 import os
 import shutil
@@ -15,7 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _snapscope(*args):
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_html_report_shows_top_finding_first_screen(lab_case, tmp_path):
@@ -29,10 +32,26 @@ def test_html_report_shows_top_finding_first_screen(lab_case, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is installed by scripts/setup"
     shot = tmp_path / "first-screen.png"
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1280,800",
-                          f"--screenshot={shot}", out.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--window-size=1280,800",
+            f"--screenshot={shot}",
+            out.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 1000, dom.stderr[-2000:]
     # Read the first screen (1280x800) back as text: the top finding's title must be on it.
     ocr = subprocess.run(["tesseract", str(shot), "-", "--psm", "3"], capture_output=True, text=True, timeout=120)
@@ -65,5 +84,7 @@ def test_notebooks_execute(lab_case, notebook):
     nb = nbformat.read(REPO / "notebooks" / notebook, as_version=4)
     os.environ["SNAPSCOPE_CASE"] = str(case_dir)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors

@@ -5,7 +5,7 @@ HOSTILE = "\x1b[31mred\x07bell\x9b2J\u202eevil\r\n"
 
 def test_terminal_safe_has_no_controls():
     out = terminal_safe(HOSTILE)
-    assert all(ord(c) >= 0x20 and not 0x7f <= ord(c) < 0xa0 for c in out)
+    assert all(ord(c) >= 0x20 and not 0x7F <= ord(c) < 0xA0 for c in out)
     assert "\\x1b[31mred" in out and "\\u202e" in out
 
 

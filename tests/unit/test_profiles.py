@@ -1,4 +1,5 @@
 """Profiles: shipped files load, and every mistake fails before any work, naming itself."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,12 @@ def test_linux_triage_has_at_least_eight_volatility_plugins():
 
 
 def _profile(plugins, os_name="linux", **sections):
-    base = {"profile": {"os": os_name}, "memory": {"plugins": plugins},
-            "disk": DEFAULTS["disk"], "yara": DEFAULTS["yara"]}
+    base = {
+        "profile": {"os": os_name},
+        "memory": {"plugins": plugins},
+        "disk": DEFAULTS["disk"],
+        "yara": DEFAULTS["yara"],
+    }
     base.update(sections)
     return base
 

@@ -1,4 +1,5 @@
 """Walk every registry: entries documented, schemas consistent (the design's contract)."""
+
 import dataclasses
 import importlib
 

@@ -35,5 +35,15 @@ from toolkit.case.store import (
     write_table,
 )
 
-__all__ = ["Case", "atomic_write_bytes", "atomic_write_parquet", "init_case", "is_case", "load_manifest",
-           "now_iso", "save_manifest", "write_combined_tables", "write_table"]
+__all__ = [
+    "Case",
+    "atomic_write_bytes",
+    "atomic_write_parquet",
+    "init_case",
+    "is_case",
+    "load_manifest",
+    "now_iso",
+    "save_manifest",
+    "write_combined_tables",
+    "write_table",
+]

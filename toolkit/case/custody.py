@@ -11,6 +11,7 @@ Example::
                  sha256="ab..", size=123)
     problems = verify(case_dir)   # [] when intact
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -46,9 +47,15 @@ def _last_record(fh) -> dict | None:
         block = min(end, block * 4)
 
 
-def append_event(case_dir: Path | str, *, action: str, path: str | None = None,
-                 sha256: str | None = None, size: int | None = None,
-                 detail: dict | None = None) -> dict:
+def append_event(
+    case_dir: Path | str,
+    *,
+    action: str,
+    path: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    detail: dict | None = None,
+) -> dict:
     """Append one event; safe across processes (an exclusive lock guards the tail)."""
     log = Path(case_dir) / LOG_NAME
     with open(log, "a+b") as fh:
@@ -57,7 +64,7 @@ def append_event(case_dir: Path | str, *, action: str, path: str | None = None,
             last = _last_record(fh)
             record = {
                 "seq": (last["seq"] + 1) if last else 1,
-                "ts": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "ts": dt.datetime.now(dt.UTC).isoformat(),
                 "action": action,
                 "path": None if path is None else str(path),
                 "sha256": sha256,

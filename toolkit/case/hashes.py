@@ -43,8 +43,15 @@ def load_hash_cache(case_dir: Path) -> dict:
     return json.loads(cache_file.read_text()) if cache_file.exists() else {}
 
 
-def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress=_no_progress, *,
-                  io_slots: int = 1, use_cache: bool = False) -> dict[str, str]:
+def hash_evidence(
+    case_dir: Path,
+    files: dict[str, dict],
+    phase: str,
+    progress=_no_progress,
+    *,
+    io_slots: int = 1,
+    use_cache: bool = False,
+) -> dict[str, str]:
     """Hash every evidence file once and log each hash in custody; returns {path: sha256}.
 
     ``io_slots`` bounds how many files are read at once (a host's storage is
@@ -76,7 +83,13 @@ def hash_evidence(case_dir: Path, files: dict[str, dict], phase: str, progress=_
         for path, digest, size, cached, key in pool.map(work, list(files)):
             hashes[path] = digest
             cache[path] = {"key": key, "sha256": digest}
-            custody.append_event(case_dir, action=f"evidence.hash.{phase}", path=path, sha256=digest, size=size,
-                                 detail={"format": files[path].get("format"), "cached": cached})
+            custody.append_event(
+                case_dir,
+                action=f"evidence.hash.{phase}",
+                path=path,
+                sha256=digest,
+                size=size,
+                detail={"format": files[path].get("format"), "cached": cached},
+            )
     atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
     return hashes

@@ -46,5 +46,6 @@ def case_lock(case_dir: Path, *, wait: bool = False):
         with file_lock(Path(case_dir) / LOCK_NAME, wait=wait):
             yield
     except BlockingIOError:
-        raise CaseError(f"{case_dir}: another snapscope run is using this case; "
-                        "wait for it to finish (or use another --case)") from None
+        raise CaseError(
+            f"{case_dir}: another snapscope run is using this case; wait for it to finish (or use another --case)"
+        ) from None

@@ -9,6 +9,7 @@ Example::
     write_table(Path("case"), "diagnostics", "lab", df)
     Case.open("case").table("diagnostics")
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,7 +31,7 @@ COMBINED_TABLES = {"findings": "findings.parquet", "timeline": "timeline.parquet
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -103,7 +104,9 @@ def load_manifest(case_dir: Path) -> dict:
 
 
 def save_manifest(case_dir: Path, manifest: dict) -> None:
-    atomic_write_bytes(Path(case_dir) / "case.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    atomic_write_bytes(
+        Path(case_dir) / "case.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+    )
 
 
 def write_table(case_dir: Path, name: str, snapshot_id: str, df: pd.DataFrame) -> Path:
@@ -131,7 +134,7 @@ class Case:
         self.manifest = load_manifest(self.path)
 
     @classmethod
-    def open(cls, path) -> "Case":
+    def open(cls, path) -> Case:
         """Open an existing case: ``Case.open("case/")``."""
         return cls(Path(path))
 
@@ -157,6 +160,7 @@ class Case:
         if not frames:
             if name in SCHEMAS:
                 from toolkit.schemas import empty
+
                 return empty(name)
             if not files:
                 raise KeyError(f"no table {name!r} in case {self.path} (have: {', '.join(self.tables())})")
@@ -184,7 +188,9 @@ class Case:
             for name in self.tables():
                 # DuckDB cannot bind parameters in DDL: quote the paths ourselves.
                 files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self._files(name))
-                con.execute(f'CREATE VIEW "{view_name(name)}" AS SELECT * FROM read_parquet([{files}], union_by_name=true)')
+                con.execute(
+                    f'CREATE VIEW "{view_name(name)}" AS SELECT * FROM read_parquet([{files}], union_by_name=true)'
+                )
             return con.execute(query).df()
         finally:
             con.close()

@@ -1,9 +1,9 @@
 """``snapscope analyze`` and ``snapscope demo``."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -17,16 +17,24 @@ def _print_summary(summary: dict) -> None:
         console.print(f"snapshot [bold]{rich_safe(snap['id'])}[/] ({rich_safe(snap['name'])})")
         for name, rows in sorted(snap["tables"].items()):
             console.print(f"  {name:<28} {rows:>7} rows")
-    console.print("evidence unchanged (sha256 before == after): "
-                  + ("[green]yes[/]" if summary.get("evidence_unchanged") else "[red]NO[/]"))
+    console.print(
+        "evidence unchanged (sha256 before == after): "
+        + ("[green]yes[/]" if summary.get("evidence_unchanged") else "[red]NO[/]")
+    )
 
 
 def analyze(
-    paths: List[Path] = typer.Argument(..., help="Evidence files, snapshot directories or libvirt domain XMLs."),
+    paths: list[Path] = typer.Argument(..., help="Evidence files, snapshot directories or libvirt domain XMLs."),
     case: Path = typer.Option(..., "--case", help="Case directory to create or add to."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Analysis profile name or file (see profiles/)."),
-    search_path: List[Path] = typer.Option([], "--search-path", help="Where to look for disks/backing files named by absolute host paths."),
-    symbols: List[Path] = typer.Option([], "--symbols", help="ISF symbol files or directories (Linux ISFs, Windows symbol packs); used before any automatic build."),
+    profile: str | None = typer.Option(None, "--profile", help="Analysis profile name or file (see profiles/)."),
+    search_path: list[Path] = typer.Option(
+        [], "--search-path", help="Where to look for disks/backing files named by absolute host paths."
+    ),
+    symbols: list[Path] = typer.Option(
+        [],
+        "--symbols",
+        help="ISF symbol files or directories (Linux ISFs, Windows symbol packs); used before any automatic build.",
+    ),
 ):
     """Analyse VM snapshots into a case: discover, hash, run the engines, store tables.
 
@@ -35,13 +43,16 @@ def analyze(
     from toolkit.pipeline import analyze as run_analysis
 
     with progress_bar() as progress:
-        summary = run_analysis(paths, case, profile=profile, search_paths=search_path, symbols=symbols,
-                               progress=progress)
+        summary = run_analysis(
+            paths, case, profile=profile, search_paths=search_path, symbols=symbols, progress=progress
+        )
     _print_summary(summary)
 
 
 def demo(
-    case: Path = typer.Option(Path("snapscope-demo-case"), "--case", help="Where to write the demo case (replaced if it is a case)."),
+    case: Path = typer.Option(
+        Path("snapscope-demo-case"), "--case", help="Where to write the demo case (replaced if it is a case)."
+    ),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the lab guest even if a cached build exists."),
 ):
     """Build (or reuse) the lab VM snapshot with its known intrusion and analyse it.

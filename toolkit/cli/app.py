@@ -4,6 +4,7 @@ Each command group lives in its own module and is registered here. Expected
 failures (bad evidence, unusable case) print one line and exit 2; nothing
 prints a traceback unless SNAPSCOPE_DEBUG=1.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,7 +16,7 @@ import typer
 app = typer.Typer(
     name="snapscope",
     help="Offline forensics for libvirt/QEMU VM snapshots: memory, disk and network, correlated.\n\n"
-         "Example: snapscope analyze /evidence/web01/ --case cases/web01",
+    "Example: snapscope analyze /evidence/web01/ --case cases/web01",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -32,8 +33,15 @@ def _version_callback(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                       help="Print snapscope's version and its engines' versions.")):
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version_callback,
+        is_eager=True,
+        help="Print snapscope's version and its engines' versions.",
+    ),
+):
     """Offline forensics for libvirt/QEMU VM snapshots."""
 
 

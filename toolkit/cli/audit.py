@@ -1,8 +1,8 @@
 """``snapscope audit``: every VM on a host, scanned once from outside."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import pandas as pd
 import typer
@@ -14,15 +14,21 @@ from toolkit.schemas import SEVERITIES
 
 
 def audit(
-    sources: List[Path] = typer.Argument(..., help="Snapshot directories (one VM per subdirectory), domain XMLs, or a copied libvirt tree."),
+    sources: list[Path] = typer.Argument(
+        ..., help="Snapshot directories (one VM per subdirectory), domain XMLs, or a copied libvirt tree."
+    ),
     case: Path = typer.Option(..., "--case", help="Case directory (re-running resumes it)."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Analysis profile name or file."),
+    profile: str | None = typer.Option(None, "--profile", help="Analysis profile name or file."),
     jobs: int = typer.Option(2, "--jobs", min=1, help="Snapshots analysed at once."),
     executor: str = typer.Option("local", "--executor", help="local, or dask://HOST:PORT for a Dask cluster."),
     io_slots: int = typer.Option(1, "--io-slots", min=1, help="Evidence files read at once while hashing."),
-    previous: Optional[Path] = typer.Option(None, "--previous", help="An earlier audit's case: report what changed."),
-    search_path: List[Path] = typer.Option([], "--search-path", help="Where to look for disks named by absolute host paths."),
-    symbols: List[Path] = typer.Option([], "--symbols", help="ISF symbol files or directories, used before any automatic build."),
+    previous: Path | None = typer.Option(None, "--previous", help="An earlier audit's case: report what changed."),
+    search_path: list[Path] = typer.Option(
+        [], "--search-path", help="Where to look for disks named by absolute host paths."
+    ),
+    symbols: list[Path] = typer.Option(
+        [], "--symbols", help="ISF symbol files or directories, used before any automatic build."
+    ),
 ):
     """Audit every VM snapshot found in SOURCES into one case, with a fleet summary.
 
@@ -33,8 +39,18 @@ def audit(
     from toolkit.audit import audit as run_audit
 
     with progress_bar() as progress:
-        summary = run_audit(sources, case, profile=profile, jobs=jobs, executor=executor, io_slots=io_slots,
-                            previous=previous, search_paths=search_path, symbols=symbols, progress=progress)
+        summary = run_audit(
+            sources,
+            case,
+            profile=profile,
+            jobs=jobs,
+            executor=executor,
+            io_slots=io_slots,
+            previous=previous,
+            search_paths=search_path,
+            symbols=symbols,
+            progress=progress,
+        )
     columns = ("vm", "status", *SEVERITIES[:-1], "reason")  # info counts stay in the table, not on screen
     table = Table(title="fleet")
     for col in columns:
@@ -50,6 +66,8 @@ def audit(
     changes = summary.get("changes")
     if changes is not None:
         counts = changes["change"].value_counts() if len(changes) else {}
-        console.print(f"since the previous audit: {int(counts.get('new finding', 0))} new, "
-                      f"{int(counts.get('resolved finding', 0))} resolved findings, "
-                      f"{sum(int(counts.get(k, 0)) for k in ('file added', 'file removed', 'file modified'))} file changes")
+        console.print(
+            f"since the previous audit: {int(counts.get('new finding', 0))} new, "
+            f"{int(counts.get('resolved finding', 0))} resolved findings, "
+            f"{sum(int(counts.get(k, 0)) for k in ('file added', 'file removed', 'file modified'))} file changes"
+        )

@@ -1,4 +1,5 @@
 """``snapscope case``: look after a case directory."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,9 @@ import typer
 from toolkit.cli.common import console, fail
 from toolkit.report.escape import rich_safe
 
-app = typer.Typer(help="Check and describe a case directory.\n\nExample: snapscope case verify cases/web01",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Check and describe a case directory.\n\nExample: snapscope case verify cases/web01", no_args_is_help=True
+)
 
 
 @app.command()
@@ -42,6 +44,7 @@ def info(case_dir: Path = typer.Argument(..., help="The case directory.")):
     Example: snapscope case info cases/web01
     """
     from toolkit.case import Case
+
     case = Case.open(case_dir)
     for sid, snap in case.snapshots.items():
         console.print(f"[bold]{rich_safe(sid)}[/] {rich_safe(snap.get('name'))}")

@@ -41,8 +41,15 @@ def progress_bar():
     One task per description, so hashing, conversion and each engine get
     their own line. Quiet when stderr is not a terminal.
     """
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                   console=err_console, transient=True, disable=not err_console.is_terminal)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
     tasks: dict[str, int] = {}
 
     def update(description, completed=None, total=None):

@@ -1,8 +1,8 @@
 """``snapscope diff``: files added, removed and modified between two states of one VM disk."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,7 +12,7 @@ from toolkit.report.escape import rich_safe
 app = typer.Typer(help="Disk images: compare two states of one VM disk.", no_args_is_help=True)
 
 
-def _spec(arg: str, snapshot: Optional[str]) -> dict:
+def _spec(arg: str, snapshot: str | None) -> dict:
     """``PATH`` or ``PATH@SNAPSHOT`` (qcow2 internal snapshot name or id) -> disk dict."""
     path = Path(arg)
     if snapshot is None and not path.exists() and "@" in arg:
@@ -26,12 +26,20 @@ def diff_command(
     a: str = typer.Argument(..., help="Older state: a disk image, or IMAGE@SNAPSHOT for a qcow2 internal snapshot."),
     b: str = typer.Argument(..., help="Newer state: a disk image (an overlay of A), or IMAGE@SNAPSHOT."),
     case: Path = typer.Option(..., "--case", help="Case directory; the diff is stored as table disk/diff."),
-    snapshot_a: Optional[str] = typer.Option(None, "--snapshot-a", help="Internal snapshot (name or id) of A."),
-    snapshot_b: Optional[str] = typer.Option(None, "--snapshot-b", help="Internal snapshot (name or id) of B."),
-    search_path: List[Path] = typer.Option([], "--search-path", help="Where to look for backing files named by absolute host paths."),
-    allow_missing_backing: bool = typer.Option(False, "--allow-missing-backing", help="Read a missing backing file as zeros (recorded as a diagnostic)."),
-    full_walk: bool = typer.Option(False, "--full-walk", help="Walk and hash both trees in full instead of reading only what the overlay allocated."),
-    max_size: Optional[int] = typer.Option(None, "--max-size", help="Do not hash files larger than this many bytes."),
+    snapshot_a: str | None = typer.Option(None, "--snapshot-a", help="Internal snapshot (name or id) of A."),
+    snapshot_b: str | None = typer.Option(None, "--snapshot-b", help="Internal snapshot (name or id) of B."),
+    search_path: list[Path] = typer.Option(
+        [], "--search-path", help="Where to look for backing files named by absolute host paths."
+    ),
+    allow_missing_backing: bool = typer.Option(
+        False, "--allow-missing-backing", help="Read a missing backing file as zeros (recorded as a diagnostic)."
+    ),
+    full_walk: bool = typer.Option(
+        False,
+        "--full-walk",
+        help="Walk and hash both trees in full instead of reading only what the overlay allocated.",
+    ),
+    max_size: int | None = typer.Option(None, "--max-size", help="Do not hash files larger than this many bytes."),
     limit: int = typer.Option(40, "--limit", help="Rows to print (all are stored)."),
 ):
     """Diff two states of one VM disk (base vs overlay, internal snapshot vs active, two external snapshots).
@@ -46,9 +54,16 @@ def diff_command(
     try:
         init_case(case)
         with progress_bar() as progress:
-            tables = diff_tables(spec_a, spec_b, search_paths=search_path, allow_missing_backing=allow_missing_backing,
-                                 full_walk=full_walk, max_size=max_size, progress=progress,
-                                 snapshot_id=_diff_id(spec_a, spec_b))
+            tables = diff_tables(
+                spec_a,
+                spec_b,
+                search_paths=search_path,
+                allow_missing_backing=allow_missing_backing,
+                full_walk=full_walk,
+                max_size=max_size,
+                progress=progress,
+                snapshot_id=_diff_id(spec_a, spec_b),
+            )
     except SnapscopeError as e:
         fail(str(e))
     sid = _diff_id(spec_a, spec_b)
@@ -60,6 +75,7 @@ def diff_command(
 def _diff_id(spec_a: dict, spec_b: dict) -> str:
     def part(spec):
         return Path(spec["path"]).name + (f"@{spec['snapshot']}" if spec["snapshot"] else "")
+
     return "diff_" + "".join(c if c.isalnum() or c in "._@-" else "_" for c in f"{part(spec_a)}__{part(spec_b)}")
 
 
@@ -70,16 +86,19 @@ def _print(tables: dict, limit: int = 40) -> None:
     df = tables["disk/diff"]
     counts = df["change"].value_counts().to_dict()
     method = df["method"].iloc[0] if len(df) else "-"
-    console.print(f"disk diff ({rich_safe(method)}): " + ", ".join(f"{counts.get(k, 0)} {k}"
-                                                                   for k in ("added", "removed", "modified")))
+    console.print(
+        f"disk diff ({rich_safe(method)}): "
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("added", "removed", "modified"))
+    )
     table = Table("change", "path", "what", "sha256 a", "sha256 b")
 
     def text(value, width=None):
         return "" if value is None or pd.isna(value) else rich_safe(str(value)[:width] if width else value)
 
     for row in df.head(limit).itertuples():
-        table.add_row(text(row.change), text(row.path), text(row.changed), text(row.sha256_a, 16),
-                      text(row.sha256_b, 16))
+        table.add_row(
+            text(row.change), text(row.path), text(row.changed), text(row.sha256_a, 16), text(row.sha256_b, 16)
+        )
     console.print(table)
     for diag in tables["diagnostics"].itertuples():
         console.print(f"[dim]{rich_safe(diag.severity)}: {rich_safe(diag.what)}: {rich_safe(diag.why)}[/]")

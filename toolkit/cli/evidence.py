@@ -1,9 +1,9 @@
 """``snapscope inspect``: identify evidence by content."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
 
 import typer
 from rich.table import Table
@@ -22,7 +22,9 @@ def _facts_lines(facts: dict) -> list[str]:
             value = short if len(short) <= 100 else f"[{len(value)} items: see --json]"
         elif isinstance(value, dict):
             short = json.dumps(value, default=str)
-            value = short if len(short) <= 100 else f"{{{', '.join(list(value)[:6])}{', ...' if len(value) > 6 else ''}}}"
+            value = (
+                short if len(short) <= 100 else f"{{{', '.join(list(value)[:6])}{', ...' if len(value) > 6 else ''}}}"
+            )
         elif isinstance(value, str) and len(value) > 100:
             value = f"<{len(value)} characters: see --json>"
         parts.append(f"{key}={value}")
@@ -30,9 +32,9 @@ def _facts_lines(facts: dict) -> list[str]:
 
 
 def inspect(
-    paths: List[Path] = typer.Argument(..., help="Evidence files, directories or libvirt domain XMLs."),
+    paths: list[Path] = typer.Argument(..., help="Evidence files, directories or libvirt domain XMLs."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
-    search_path: List[Path] = typer.Option([], "--search-path", help="Where to look for disks a domain XML names."),
+    search_path: list[Path] = typer.Option([], "--search-path", help="Where to look for disks a domain XML names."),
 ):
     """Identify every piece of evidence by its content and show its key facts.
 
@@ -73,8 +75,10 @@ def inspect(
     console.print(table)
     for snap in snapshots:
         memory = snap.get("memory") or {}
-        console.print(f"snapshot [bold]{rich_safe(snap['id'])}[/]: memory={rich_safe(memory.get('path'))} "
-                      f"disks={len(snap.get('disks') or [])} pcaps={len(snap.get('pcaps') or [])}")
+        console.print(
+            f"snapshot [bold]{rich_safe(snap['id'])}[/]: memory={rich_safe(memory.get('path'))} "
+            f"disks={len(snap.get('disks') or [])} pcaps={len(snap.get('pcaps') or [])}"
+        )
 
 
 def _looks_like_xml(path: Path) -> bool:

@@ -1,24 +1,28 @@
 """``snapscope memory``: look at and convert guest memory artefacts."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from toolkit.cli.common import console, fail, progress_bar
 from toolkit.report.escape import rich_safe
 
-app = typer.Typer(help="Guest memory artefacts (ELF, kdump, migration streams, libvirt saves, "
-                       "qcow2 snapshots) as one physical address space.\n\n"
-                       "Example: snapscope memory info /var/lib/libvirt/qemu/save/web01.save",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Guest memory artefacts (ELF, kdump, migration streams, libvirt saves, "
+    "qcow2 snapshots) as one physical address space.\n\n"
+    "Example: snapscope memory info /var/lib/libvirt/qemu/save/web01.save",
+    no_args_is_help=True,
+)
 
 
 @app.command()
-def info(path: Path = typer.Argument(..., help="A memory artefact."),
-         as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
+def info(
+    path: Path = typer.Argument(..., help="A memory artefact."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+):
     """Detect the format by content and print what the file says about itself.
 
     Example: snapscope memory info /evidence/web01/disk.qcow2 --json
@@ -46,13 +50,15 @@ def info(path: Path = typer.Argument(..., help="A memory artefact."),
 
 
 @app.command()
-def convert(src: Path = typer.Argument(..., help="Memory artefact to convert."),
-            dst: Path = typer.Argument(..., help="ELF core to write."),
-            snapshot: Optional[str] = typer.Option(None, "--snapshot", help="qcow2 internal snapshot name or id."),
-            case: Optional[Path] = typer.Option(None, "--case", help="Case directory: derived files go to "
-                                                "its derived/ and hashes to its custody log."),
-            search_path: List[Path] = typer.Option([], "--search-path",
-                                                   help="Directories to look for qcow2 backing files in.")):
+def convert(
+    src: Path = typer.Argument(..., help="Memory artefact to convert."),
+    dst: Path = typer.Argument(..., help="ELF core to write."),
+    snapshot: str | None = typer.Option(None, "--snapshot", help="qcow2 internal snapshot name or id."),
+    case: Path | None = typer.Option(
+        None, "--case", help="Case directory: derived files go to its derived/ and hashes to its custody log."
+    ),
+    search_path: list[Path] = typer.Option([], "--search-path", help="Directories to look for qcow2 backing files in."),
+):
     """Convert any supported memory artefact into an ELF core Volatility opens.
 
     Example: snapscope memory convert web01.save web01.elf --case cases/web01
@@ -72,17 +78,32 @@ def convert(src: Path = typer.Argument(..., help="Memory artefact to convert."),
         fail(str(exc))
     with img, progress_bar() as progress:
         try:
-            result = to_elf(src, dst, image=img,
-                            progress=lambda done, total: progress("converting", done, total))
+            result = to_elf(src, dst, image=img, progress=lambda done, total: progress("converting", done, total))
         except MemoryFormatError as exc:
             fail(str(exc))
     for d in result["diagnostics"]:
-        console.print(f"[yellow]{d['severity']}[/]: {rich_safe(d['what'])} ({rich_safe(d['where'])}): {rich_safe(d['why'])}")
+        console.print(
+            f"[yellow]{d['severity']}[/]: {rich_safe(d['what'])} ({rich_safe(d['where'])}): {rich_safe(d['why'])}"
+        )
     if case is not None:
         from toolkit.case.custody import append_event
-        append_event(case, action="memory.convert", path=str(src), sha256=result["src_sha256"],
-                     detail={"output": str(dst), "output_sha256": result["dst_sha256"],
-                             "format": result["format"], "snapshot": snapshot, "runs": result["runs"],
-                             "bytes": result["bytes"], "diagnostics": len(result["diagnostics"])})
-    console.print(f"{rich_safe(src)} ({result['format']}) -> {rich_safe(dst)}: {result['runs']} ranges, "
-                  f"{result['bytes'] / 2**20:.1f} MiB of guest memory; sha256 {result['dst_sha256']}")
+
+        append_event(
+            case,
+            action="memory.convert",
+            path=str(src),
+            sha256=result["src_sha256"],
+            detail={
+                "output": str(dst),
+                "output_sha256": result["dst_sha256"],
+                "format": result["format"],
+                "snapshot": snapshot,
+                "runs": result["runs"],
+                "bytes": result["bytes"],
+                "diagnostics": len(result["diagnostics"]),
+            },
+        )
+    console.print(
+        f"{rich_safe(src)} ({result['format']}) -> {rich_safe(dst)}: {result['runs']} ranges, "
+        f"{result['bytes'] / 2**20:.1f} MiB of guest memory; sha256 {result['dst_sha256']}"
+    )

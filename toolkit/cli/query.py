@@ -1,8 +1,8 @@
 """``snapscope table`` and ``snapscope sql``: read a case's tables."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -33,9 +33,9 @@ def print_frame(df, fmt: str, limit: int | None = None) -> None:
 
 def table(
     case_dir: Path = typer.Argument(..., help="The case directory."),
-    name: Optional[str] = typer.Argument(None, help="Table name, e.g. memory/processes. Omit to list tables."),
+    name: str | None = typer.Argument(None, help="Table name, e.g. memory/processes. Omit to list tables."),
     fmt: str = typer.Option("table", "--format", help="table, csv or json."),
-    snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Only this snapshot id."),
+    snapshot: str | None = typer.Option(None, "--snapshot", help="Only this snapshot id."),
     limit: int = typer.Option(50, "--limit", help="Rows shown in table format."),
 ):
     """Print one table of a case (or list the tables).

@@ -1,4 +1,5 @@
 """``snapscope findings``, ``snapscope timeline`` and ``snapscope report``."""
+
 from __future__ import annotations
 
 from pathlib import Path

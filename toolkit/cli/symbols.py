@@ -8,6 +8,7 @@ Examples::
     snapscope symbols build guest-memory.elf --out ./isf
     snapscope symbols list --symbols ./isf
 """
+
 from __future__ import annotations
 
 import json
@@ -18,19 +19,23 @@ from rich.table import Table
 
 from toolkit.cli.common import console, err_console, fail
 from toolkit.engines.memory import symbols as isf
-from toolkit.report.escape import rich_safe
 from toolkit.hashing import sha256_file
+from toolkit.report.escape import rich_safe
 
-app = typer.Typer(help="Linux kernel symbols (ISF) for memory analysis, built from the dump itself.\n\n"
-                       "Example: snapscope symbols build guest-memory.elf --out ./isf",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Linux kernel symbols (ISF) for memory analysis, built from the dump itself.\n\n"
+    "Example: snapscope symbols build guest-memory.elf --out ./isf",
+    no_args_is_help=True,
+)
 
 
 @app.command()
-def build(dump: Path = typer.Argument(..., help="memory image (ELF core, raw or LiME) of a Linux guest"),
-          out: Path = typer.Option(None, "--out", "-o", help="directory for the ISF (default: the snapscope cache)"),
-          force: bool = typer.Option(False, "--force", help="rebuild even if the cache already has this kernel"),
-          json_out: bool = typer.Option(False, "--json", help="print the result as JSON on stdout")):
+def build(
+    dump: Path = typer.Argument(..., help="memory image (ELF core, raw or LiME) of a Linux guest"),
+    out: Path = typer.Option(None, "--out", "-o", help="directory for the ISF (default: the snapscope cache)"),
+    force: bool = typer.Option(False, "--force", help="rebuild even if the cache already has this kernel"),
+    json_out: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+):
     """Build an ISF from DUMP's own BTF and kallsyms (offline, no debug packages).
 
     Example: snapscope symbols build memory.elf --out ./isf
@@ -63,8 +68,10 @@ def build(dump: Path = typer.Argument(..., help="memory image (ELF core, raw or 
 
 
 @app.command("list")
-def list_(symbols: list[Path] = typer.Option([], "--symbols", "-s", help="extra ISF files or dirs to include"),
-          json_out: bool = typer.Option(False, "--json", help="print rows as JSON on stdout")):
+def list_(
+    symbols: list[Path] = typer.Option([], "--symbols", "-s", help="extra ISF files or dirs to include"),
+    json_out: bool = typer.Option(False, "--json", help="print rows as JSON on stdout"),
+):
     """List the ISFs snapscope would use: user dirs, profiles/symbols, the cache.
 
     Example: snapscope symbols list --symbols ./isf
@@ -75,6 +82,10 @@ def list_(symbols: list[Path] = typer.Option([], "--symbols", "-s", help="extra 
         return
     table = Table("origin", "banner", "size", "path")
     for r in rows:
-        table.add_row(r["origin"], rich_safe((r["banner"] or "<no linux_banner>").strip()[:90]), f"{r['size']:,}",
-                      rich_safe(r["path"]))
+        table.add_row(
+            r["origin"],
+            rich_safe((r["banner"] or "<no linux_banner>").strip()[:90]),
+            f"{r['size']:,}",
+            rich_safe(r["path"]),
+        )
     console.print(table if rows else "no ISF files found")

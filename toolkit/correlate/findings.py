@@ -5,6 +5,7 @@ Example::
     tables = {name: case.table(name, snapshot="lab-qemu") for name in case.tables()}
     df = correlate_snapshot(tables, "lab-qemu")
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,17 +35,29 @@ def correlate_snapshot(tables: dict, snapshot_id: str, rules: dict | None = None
             entity = hit["entity"]
             node = graph["nodes"].get(entity, {})
             steps = chain(graph, entity) if entity in graph["nodes"] else []
-            rows.append({
-                "finding_id": _finding_id(snapshot_id, rule_id, entity, hit["explanation"]),
-                "rule_id": rule_id, "title": rule["title"], "severity": severity,
-                "severity_rank": SEVERITY_RANK.get(severity, 2), "confidence": hit.get("confidence", 0.5),
-                "attack_id": hit.get("attack_id") or rule.get("attack_id"),
-                "explanation": hit["explanation"], "entity": entity, "entity_label": node.get("label", entity),
-                "pid": node.get("pid"), "path": node.get("path") or node.get("exe"), "flow_id": node.get("flow_id"),
-                "evidence": json.dumps(hit["links"]),
-                "chain": json.dumps(steps, default=str),
-            })
+            rows.append(
+                {
+                    "finding_id": _finding_id(snapshot_id, rule_id, entity, hit["explanation"]),
+                    "rule_id": rule_id,
+                    "title": rule["title"],
+                    "severity": severity,
+                    "severity_rank": SEVERITY_RANK.get(severity, 2),
+                    "confidence": hit.get("confidence", 0.5),
+                    "attack_id": hit.get("attack_id") or rule.get("attack_id"),
+                    "explanation": hit["explanation"],
+                    "entity": entity,
+                    "entity_label": node.get("label", entity),
+                    "pid": node.get("pid"),
+                    "path": node.get("path") or node.get("exe"),
+                    "flow_id": node.get("flow_id"),
+                    "evidence": json.dumps(hit["links"]),
+                    "chain": json.dumps(steps, default=str),
+                }
+            )
     rows.sort(key=lambda r: (-r["severity_rank"], -r["confidence"], r["rule_id"], r["entity"]))
     source = "correlate"
-    return (make_table("findings", rows, snapshot_id=snapshot_id, source=source),
-            make_table("diagnostics", problems, snapshot_id=snapshot_id, source=source), graph)
+    return (
+        make_table("findings", rows, snapshot_id=snapshot_id, source=source),
+        make_table("diagnostics", problems, snapshot_id=snapshot_id, source=source),
+        graph,
+    )

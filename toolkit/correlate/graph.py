@@ -10,6 +10,7 @@ Example::
     g = build_graph(tables, "lab-qemu")
     chain(g, "process:812")   # the nodes reachable from the implant, with why
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -48,7 +49,7 @@ def new_graph(snapshot_id: str) -> dict:
 
 def add_node(graph, node_id: str, kind: str, label: str, links=(), **attrs) -> str:
     node = graph["nodes"].setdefault(node_id, {"id": node_id, "kind": kind, "label": label, "links": []})
-    node["links"].extend(l for l in links if l not in node["links"])
+    node["links"].extend(lk for lk in links if lk not in node["links"])
     node.update({k: v for k, v in attrs.items() if v is not None})
     return node_id
 
@@ -64,9 +65,17 @@ def _processes(graph, tables, sid):
         if pid is None:
             continue
         exe, deleted_suffix = split_deleted(value(row, "exe_path") or None)
-        add_node(graph, f"process:{pid}", "process", f"{value(row, 'process', '?')} (pid {pid})",
-                 [link("memory/processes", sid, i)], pid=int(pid), process=value(row, "process"),
-                 exe=exe, deleted=truthy(value(row, "exe_deleted")) or deleted_suffix)
+        add_node(
+            graph,
+            f"process:{pid}",
+            "process",
+            f"{value(row, 'process', '?')} (pid {pid})",
+            [link("memory/processes", sid, i)],
+            pid=int(pid),
+            process=value(row, "process"),
+            exe=exe,
+            deleted=truthy(value(row, "exe_deleted")) or deleted_suffix,
+        )
         ppid = pid_of(row, "ppid")
         if ppid is not None and f"process:{ppid}" in graph["nodes"]:
             add_edge(graph, f"process:{ppid}", f"process:{pid}", "parent of", [link("memory/processes", sid, i)])
@@ -101,43 +110,69 @@ def _executables(graph, tables, sid):
             matches += [(i, "same first-page hash") for i in by_first_page.get(value(r, "first_page_sha256"), [])]
         for i, why in matches:
             _file_node(graph, files, sid, i)
-            add_edge(graph, proc_id, f"file:{value(files.loc[i], 'path')}", f"image matches ({why})",
-                     [link("memory/executables", sid, j), link("disk/files", sid, i)])
+            add_edge(
+                graph,
+                proc_id,
+                f"file:{value(files.loc[i], 'path')}",
+                f"image matches ({why})",
+                [link("memory/executables", sid, j), link("disk/files", sid, i)],
+            )
 
 
 def _file_node(graph, files, sid, i) -> str:
     r = files.loc[i]
     path = value(r, "path")
-    return add_node(graph, f"file:{path}", "file", path, [link("disk/files", sid, i)],
-                    path=path, sha256=value(r, "sha256"))
+    return add_node(
+        graph, f"file:{path}", "file", path, [link("disk/files", sid, i)], path=path, sha256=value(r, "sha256")
+    )
 
 
 def _sockets_and_flows(graph, tables, sid):
     flows = frame(tables, "network/flows")
     flow_keys = {}
     for i, r in flows.iterrows():
-        key = endpoint_key(value(r, "src_ip"), value(r, "src_port"), value(r, "dst_ip"), value(r, "dst_port"), value(r, "proto"))
+        key = endpoint_key(
+            value(r, "src_ip"), value(r, "src_port"), value(r, "dst_ip"), value(r, "dst_port"), value(r, "proto")
+        )
         if key:
             flow_keys.setdefault(key, []).append(i)
         fid = value(r, "flow_id")
-        add_node(graph, f"flow:{fid}", "flow",
-                 f"{value(r, 'proto')} {value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:{value(r, 'dst_port')}",
-                 [link("network/flows", sid, i)], flow_id=fid)
+        add_node(
+            graph,
+            f"flow:{fid}",
+            "flow",
+            f"{value(r, 'proto')} {value(r, 'src_ip')}:{value(r, 'src_port')} -> "
+            f"{value(r, 'dst_ip')}:{value(r, 'dst_port')}",
+            [link("network/flows", sid, i)],
+            flow_id=fid,
+        )
     sockets = frame(tables, "memory/sockets")
     for j, r in sockets.iterrows():
         pid = pid_of(r)
         if value(r, "dst_port") in (None, 0):
             continue  # listening or unconnected: no flow to join
-        sock_id = add_node(graph, f"socket:{pid}:{value(r, 'src_ip')}:{value(r, 'src_port')}-{value(r, 'dst_ip')}:{value(r, 'dst_port')}",
-                           "socket", f"{value(r, 'proto')} {value(r, 'src_ip')}:{value(r, 'src_port')} -> "
-                           f"{value(r, 'dst_ip')}:{value(r, 'dst_port')} {value(r, 'state', '')}",
-                           [link("memory/sockets", sid, j)], pid=pid)
+        sock_id = add_node(
+            graph,
+            f"socket:{pid}:{value(r, 'src_ip')}:{value(r, 'src_port')}-{value(r, 'dst_ip')}:{value(r, 'dst_port')}",
+            "socket",
+            f"{value(r, 'proto')} {value(r, 'src_ip')}:{value(r, 'src_port')} -> "
+            f"{value(r, 'dst_ip')}:{value(r, 'dst_port')} {value(r, 'state', '')}",
+            [link("memory/sockets", sid, j)],
+            pid=pid,
+        )
         if f"process:{pid}" in graph["nodes"]:
             add_edge(graph, f"process:{pid}", sock_id, "owns socket", [link("memory/sockets", sid, j)])
-        key = endpoint_key(value(r, "src_ip"), value(r, "src_port"), value(r, "dst_ip"), value(r, "dst_port"), value(r, "proto"))
+        key = endpoint_key(
+            value(r, "src_ip"), value(r, "src_port"), value(r, "dst_ip"), value(r, "dst_port"), value(r, "proto")
+        )
         for i in flow_keys.get(key, []):
-            add_edge(graph, sock_id, f"flow:{value(flows.loc[i], 'flow_id')}", "same 5-tuple as capture flow",
-                     [link("memory/sockets", sid, j), link("network/flows", sid, i)])
+            add_edge(
+                graph,
+                sock_id,
+                f"flow:{value(flows.loc[i], 'flow_id')}",
+                "same 5-tuple as capture flow",
+                [link("memory/sockets", sid, j), link("network/flows", sid, i)],
+            )
 
 
 def _persistence(graph, tables, sid):
@@ -145,9 +180,15 @@ def _persistence(graph, tables, sid):
     files = frame(tables, "disk/files")
     by_path = {value(r, "path"): i for i, r in files.iterrows()} if len(files) else {}
     for i, r in pers.iterrows():
-        pid = add_node(graph, f"persistence:{i}", "persistence",
-                       f"{value(r, 'kind', 'persistence')} {value(r, 'path', '')}", [link("disk/persistence", sid, i)],
-                       program_path=value(r, "program_path"), program_sha256=value(r, "program_sha256"))
+        pid = add_node(
+            graph,
+            f"persistence:{i}",
+            "persistence",
+            f"{value(r, 'kind', 'persistence')} {value(r, 'path', '')}",
+            [link("disk/persistence", sid, i)],
+            program_path=value(r, "program_path"),
+            program_sha256=value(r, "program_sha256"),
+        )
         target = value(r, "program_path")
         if target:
             links = [link("disk/persistence", sid, i)]
@@ -206,8 +247,15 @@ def _yara(graph, tables, sid):
         where = owner or target
         node_id = f"yara:{value(r, 'rule')}@{where}"
         fresh = node_id not in graph["nodes"]
-        node = add_node(graph, node_id, "yara", f"YARA {value(r, 'rule')} in {target}", [link("yara/matches", sid, i)],
-                        rule=value(r, "rule"), severity=value(r, "severity"))
+        node = add_node(
+            graph,
+            node_id,
+            "yara",
+            f"YARA {value(r, 'rule')} in {target}",
+            [link("yara/matches", sid, i)],
+            rule=value(r, "rule"),
+            severity=value(r, "severity"),
+        )
         hits = graph["nodes"][node].setdefault("hits", 0) + 1
         graph["nodes"][node]["hits"] = hits
         graph["nodes"][node]["label"] = f"YARA {value(r, 'rule')} in {target}" + (f" ({hits} hits)" if hits > 1 else "")
@@ -215,7 +263,7 @@ def _yara(graph, tables, sid):
             if fresh:
                 add_edge(graph, owner, node, "YARA match", [link("yara/matches", sid, i)])
             else:
-                for a, b, rel, links in graph["edges"]:
+                for a, b, _rel, links in graph["edges"]:
                     if a == owner and b == node:
                         links.append(link("yara/matches", sid, i))
 
@@ -254,8 +302,15 @@ def neighbours(graph, node_id: str):
 def chain(graph, start: str, max_depth: int = 4) -> list[dict]:
     """Breadth-first walk from ``start``: each step says which node, how reached, and the proving rows."""
     seen = {start}
-    out = [{"node": start, "label": graph["nodes"].get(start, {}).get("label", start), "via": None, "from": None,
-            "links": graph["nodes"].get(start, {}).get("links", [])}]
+    out = [
+        {
+            "node": start,
+            "label": graph["nodes"].get(start, {}).get("label", start),
+            "via": None,
+            "from": None,
+            "links": graph["nodes"].get(start, {}).get("links", []),
+        }
+    ]
     frontier = [start]
     for _ in range(max_depth):
         nxt = []
@@ -268,8 +323,15 @@ def chain(graph, start: str, max_depth: int = 4) -> list[dict]:
                     continue
                 seen.add(other)
                 nxt.append(other)
-                out.append({"node": other, "label": graph["nodes"][other]["label"], "via": relation, "from": node,
-                            "links": links})
+                out.append(
+                    {
+                        "node": other,
+                        "label": graph["nodes"][other]["label"],
+                        "via": relation,
+                        "from": node,
+                        "links": links,
+                    }
+                )
         frontier = nxt
     return out
 
@@ -281,7 +343,7 @@ def owner_process(graph, node_id: str) -> str | None:
     for a, b, relation, _ in graph["edges"]:
         if b == node_id and a.startswith("process:") and relation != "parent of":
             return a
-    for a, b, relation, _ in graph["edges"]:
+    for a, b, _relation, _ in graph["edges"]:
         if b == node_id and a.startswith("socket:"):
             return owner_process(graph, a)
     return None

@@ -4,6 +4,7 @@ A *link* names one row of one stored table: ``{"table", "snapshot_id", "row"}``
 where ``row`` is the row's position in that snapshot's Parquet file (tables
 are written once per snapshot, so positions are stable).
 """
+
 from __future__ import annotations
 
 import pandas as pd

@@ -5,6 +5,7 @@ row values, "links": [row links], "confidence": 0..1, "severity": optional
 override}``. A rule states what the rows show and nothing more. The registry
 :data:`RULES` maps rule id -> metadata + function; a test walks it.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,7 +16,8 @@ from toolkit.schemas import SEVERITY_RANK, split_deleted
 
 KERNEL_THREAD_NAME = re.compile(
     r"^\[?(kworker/|ksoftirqd/|kthreadd|migration/|rcu_|kswapd|watchdog/|cpuhp/|khugepaged|kcompactd|"
-    r"jbd2/|kauditd|oom_reaper|writeback|kblockd|irq/|idle_inject/|scsi_eh_|ext4-rsv)")
+    r"jbd2/|kauditd|oom_reaper|writeback|kblockd|irq/|idle_inject/|scsi_eh_|ext4-rsv)"
+)
 SUSPICIOUS_DIRS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/shm/", "/var/run/", "/run/user/")
 DOWNLOADERS = re.compile(r"\b(wget|curl|tftp|scp|ftp|fetch|nc|ncat|busybox\s+wget)\b")
 SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh", "nc", "ncat", "socat", "python", "python3", "perl"}
@@ -50,9 +52,13 @@ def kernel_thread_masquerade(tables, graph, sid):
         name = value(r, "process") or ""
         if KERNEL_THREAD_NAME.match(name) and value(r, "is_kernel_thread") is False:
             exe = value(r, "exe_path")
-            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.9,
-                   "explanation": f"pid {pid_of(r)} is named {name!r} like a kernel worker thread, but it is a "
-                                  f"user-space process" + (f" running {exe!r}" if exe else "") + "."}
+            yield {
+                "entity": f"process:{pid_of(r)}",
+                "links": [link("memory/processes", sid, i)],
+                "confidence": 0.9,
+                "explanation": f"pid {pid_of(r)} is named {name!r} like a kernel worker thread, but it is a "
+                f"user-space process" + (f" running {exe!r}" if exe else "") + ".",
+            }
 
 
 def deleted_executable(tables, graph, sid):
@@ -60,9 +66,13 @@ def deleted_executable(tables, graph, sid):
     for i, r in _proc_rows(tables):
         exe, suffix_deleted = split_deleted(value(r, "exe_path") or None)
         if truthy(value(r, "exe_deleted")) or suffix_deleted:
-            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.9,
-                   "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) runs from {exe!r}, a file that was "
-                                  f"deleted after the process started."}
+            yield {
+                "entity": f"process:{pid_of(r)}",
+                "links": [link("memory/processes", sid, i)],
+                "confidence": 0.9,
+                "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) runs from {exe!r}, a file that was "
+                f"deleted after the process started.",
+            }
 
 
 def suspicious_exec_path(tables, graph, sid):
@@ -70,9 +80,13 @@ def suspicious_exec_path(tables, graph, sid):
     for i, r in _proc_rows(tables):
         exe, _ = split_deleted(value(r, "exe_path") or None)
         if exe and is_hidden_or_temp(exe):
-            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.7,
-                   "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) executes {exe!r}, a memfd, hidden "
-                                  f"or temporary location."}
+            yield {
+                "entity": f"process:{pid_of(r)}",
+                "links": [link("memory/processes", sid, i)],
+                "confidence": 0.7,
+                "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) executes {exe!r}, a memfd, hidden "
+                f"or temporary location.",
+            }
 
 
 def hidden_process(tables, graph, sid):
@@ -80,9 +94,13 @@ def hidden_process(tables, graph, sid):
     for i, r in _proc_rows(tables):
         exited = str(value(r, "exit_state") or "").startswith("EXIT_")  # a dead task's leftovers, not a hidden one
         if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited:
-            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/processes", sid, i)], "confidence": 0.6,
-                   "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
-                                  f"is missing from the kernel's task list."}
+            yield {
+                "entity": f"process:{pid_of(r)}",
+                "links": [link("memory/processes", sid, i)],
+                "confidence": 0.6,
+                "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
+                f"is missing from the kernel's task list.",
+            }
 
 
 def _suspicious_owner(graph, pid) -> str | None:
@@ -110,9 +128,13 @@ def unexpected_outbound(tables, graph, sid):
             continue
         why = _suspicious_owner(graph, pid_of(r))
         if why:
-            yield {"entity": f"process:{pid_of(r)}", "links": [link("memory/sockets", sid, i)], "confidence": 0.8,
-                   "explanation": f"pid {pid_of(r)} {why} and holds an {state} {value(r, 'proto')} connection "
-                                  f"{value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:{value(r, 'dst_port')}."}
+            yield {
+                "entity": f"process:{pid_of(r)}",
+                "links": [link("memory/sockets", sid, i)],
+                "confidence": 0.8,
+                "explanation": f"pid {pid_of(r)} {why} and holds an {state} {value(r, 'proto')} connection "
+                f"{value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:{value(r, 'dst_port')}.",
+            }
 
 
 def periodic_flows(tables, graph, sid):
@@ -123,11 +145,14 @@ def periodic_flows(tables, graph, sid):
         mean, cv = value(r, "beacon_interval_mean"), value(r, "beacon_interval_cv")
         if n is not None and mean is not None and cv is not None and n >= 3 and cv < 0.2:
             owner = _flow_owner(graph, value(r, "flow_id"))
-            yield {"entity": owner or f"flow:{value(r, 'flow_id')}", "links": [link("network/flows", sid, i)],
-                   "confidence": 0.7,
-                   "explanation": f"flow {value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:"
-                                  f"{value(r, 'dst_port')} sent {n + 1} payloads about every {mean:.1f}s "
-                                  f"(variation {cv:.0%}), like a beacon."}
+            yield {
+                "entity": owner or f"flow:{value(r, 'flow_id')}",
+                "links": [link("network/flows", sid, i)],
+                "confidence": 0.7,
+                "explanation": f"flow {value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:"
+                f"{value(r, 'dst_port')} sent {n + 1} payloads about every {mean:.1f}s "
+                f"(variation {cv:.0%}), like a beacon.",
+            }
 
 
 def _flow_owner(graph, flow_id) -> str | None:
@@ -147,19 +172,28 @@ def persistence_target(tables, graph, sid):
         if is_hidden_or_temp(target):
             reasons.append(f"runs {target!r}, a hidden or temporary file")
             severity = "high"
-        procs = [a for a, b, rel, l in graph["edges"] if b == f"file:{target}" and a.startswith("process:")]
+        procs = [a for a, b, _rel, _links in graph["edges"] if b == f"file:{target}" and a.startswith("process:")]
         for proc in procs:
             why = _suspicious_owner(graph, graph["nodes"][proc].get("pid"))
-            reasons.append(f"its program is the image of running {graph['nodes'][proc]['label']}"
-                           + (f", which {why}" if why else ""))
+            reasons.append(
+                f"its program is the image of running {graph['nodes'][proc]['label']}"
+                + (f", which {why}" if why else "")
+            )
             if why:
                 severity = "high"
-            links += [l for a, b, rel, ls in graph["edges"] if a == proc and b == f"file:{target}" for l in ls]
+            links += [lk for a, b, _rel, ls in graph["edges"] if a == proc and b == f"file:{target}" for lk in ls]
         if reasons:
             entity = procs[0] if procs else f"file:{target}"
-            yield {"entity": entity, "links": links, "confidence": 0.8 if procs else 0.6, "severity": severity,
-                   "explanation": f"{value(r, 'kind', 'persistence')} entry {value(r, 'path')!r} " + "; ".join(reasons)
-                                  + (f" (sha256 {value(r, 'program_sha256')})" if value(r, "program_sha256") else "") + "."}
+            yield {
+                "entity": entity,
+                "links": links,
+                "confidence": 0.8 if procs else 0.6,
+                "severity": severity,
+                "explanation": f"{value(r, 'kind', 'persistence')} entry {value(r, 'path')!r} "
+                + "; ".join(reasons)
+                + (f" (sha256 {value(r, 'program_sha256')})" if value(r, "program_sha256") else "")
+                + ".",
+            }
 
 
 def ld_preload(tables, graph, sid):
@@ -167,9 +201,13 @@ def ld_preload(tables, graph, sid):
     pers = frame(tables, "disk/persistence")
     for i, r in pers.iterrows():
         if str(value(r, "path", "")).endswith("ld.so.preload") and (value(r, "program") or value(r, "line")):
-            yield {"entity": f"file:{value(r, 'path')}", "links": [link("disk/persistence", sid, i)], "confidence": 0.9,
-                   "explanation": f"/etc/ld.so.preload is not empty: it loads {value(r, 'program') or value(r, 'line')!r} "
-                                  f"into every dynamically linked program."}
+            yield {
+                "entity": f"file:{value(r, 'path')}",
+                "links": [link("disk/persistence", sid, i)],
+                "confidence": 0.9,
+                "explanation": f"/etc/ld.so.preload is not empty: it loads {value(r, 'program') or value(r, 'line')!r} "
+                f"into every dynamically linked program.",
+            }
 
 
 def ssh_keys(tables, graph, sid):
@@ -177,9 +215,14 @@ def ssh_keys(tables, graph, sid):
     pers = frame(tables, "disk/persistence")
     for i, r in pers.iterrows():
         if "authorized_keys" in str(value(r, "path", "")):
-            yield {"entity": f"file:{value(r, 'path')}", "links": [link("disk/persistence", sid, i)], "confidence": 0.5,
-                   "explanation": f"an SSH key is authorised in {value(r, 'path')!r}"
-                                  + (f" for user {value(r, 'user')!r}" if value(r, "user") else "") + "."}
+            yield {
+                "entity": f"file:{value(r, 'path')}",
+                "links": [link("disk/persistence", sid, i)],
+                "confidence": 0.5,
+                "explanation": f"an SSH key is authorised in {value(r, 'path')!r}"
+                + (f" for user {value(r, 'user')!r}" if value(r, "user") else "")
+                + ".",
+            }
 
 
 def kernel_hooks(tables, graph, sid):
@@ -187,13 +230,22 @@ def kernel_hooks(tables, graph, sid):
     checks = frame(tables, "memory/kernel_checks")
     for i, r in checks.iterrows():
         if truthy(value(r, "suspicious")):
-            yield {"entity": f"kernel:{value(r, 'check')}", "links": [link("memory/kernel_checks", sid, i)], "confidence": 0.8,
-                   "explanation": f"kernel check {value(r, 'check')!r} flagged {value(r, 'name') or value(r, 'detail')!r}."}
+            yield {
+                "entity": f"kernel:{value(r, 'check')}",
+                "links": [link("memory/kernel_checks", sid, i)],
+                "confidence": 0.8,
+                "explanation": f"kernel check {value(r, 'check')!r} flagged "
+                f"{value(r, 'name') or value(r, 'detail')!r}.",
+            }
     mods = frame(tables, "memory/modules")
     for i, r in mods.iterrows():
         if truthy(value(r, "hidden")):
-            yield {"entity": f"module:{value(r, 'name')}", "links": [link("memory/modules", sid, i)], "confidence": 0.8,
-                   "explanation": f"kernel module {value(r, 'name')!r} is loaded but hidden from the module list."}
+            yield {
+                "entity": f"module:{value(r, 'name')}",
+                "links": [link("memory/modules", sid, i)],
+                "confidence": 0.8,
+                "explanation": f"kernel module {value(r, 'name')!r} is loaded but hidden from the module list.",
+            }
 
 
 def download_then_execute(tables, graph, sid):
@@ -209,11 +261,17 @@ def download_then_execute(tables, graph, sid):
             for path, j in list(downloaded.items()):
                 runs = any(w == path for w in command.split()) and not DOWNLOADERS.search(command)
                 if runs and not command.lstrip().startswith(("rm ", "chmod ", "ls ", "cat ")):
-                    entity = next((n["id"] for n in graph["nodes"].values()
-                                   if n["kind"] == "process" and n.get("exe") == path), f"file:{path}")
-                    yield {"entity": entity, "links": [link(table, sid, j), link(table, sid, i)], "confidence": 0.8,
-                           "explanation": f"shell history downloads {path!r} ({value(hist.loc[j], 'command')!r}) and "
-                                          f"then executes it ({command!r})."}
+                    entity = next(
+                        (n["id"] for n in graph["nodes"].values() if n["kind"] == "process" and n.get("exe") == path),
+                        f"file:{path}",
+                    )
+                    yield {
+                        "entity": entity,
+                        "links": [link(table, sid, j), link(table, sid, i)],
+                        "confidence": 0.8,
+                        "explanation": f"shell history downloads {path!r} ({value(hist.loc[j], 'command')!r}) and "
+                        f"then executes it ({command!r}).",
+                    }
                     del downloaded[path]
 
 
@@ -231,16 +289,21 @@ def yara_match(tables, graph, sid):
         target = value(r, "target")
         if target == "physical" and value(r, "rule") in elsewhere:
             continue
-        node = {"process": f"process:{pid_of(r)}", "file": f"file:{value(r, 'path')}",
-                "stream": f"flow:{value(r, 'flow_id')}"}.get(target, f"{target}:memory")
+        node = {
+            "process": f"process:{pid_of(r)}",
+            "file": f"file:{value(r, 'path')}",
+            "stream": f"flow:{value(r, 'flow_id')}",
+        }.get(target, f"{target}:memory")
         owner = owner_process(graph, node) or node
         key = (value(r, "rule"), owner)
         if key in seen:
             continue  # the other hits are in the entity's chain
         seen.add(key)
-        where = {"process": f"the memory of pid {pid_of(r)} ({value(r, 'process')!r})",
-                 "file": f"file {value(r, 'path')!r}", "stream": f"the network stream of flow {value(r, 'flow_id')}"
-                 }.get(target, f"{target} memory")
+        where = {
+            "process": f"the memory of pid {pid_of(r)} ({value(r, 'process')!r})",
+            "file": f"file {value(r, 'path')!r}",
+            "stream": f"the network stream of flow {value(r, 'flow_id')}",
+        }.get(target, f"{target} memory")
         also = int((physical["rule"] == value(r, "rule")).sum()) if target != "physical" else 0
         severity = value(r, "severity") or "medium"
         confidence, caveat = 0.7, ""
@@ -248,35 +311,84 @@ def yara_match(tables, graph, sid):
             # Bytes no process, file or stream holds: page cache, a tmpfs file or freed
             # memory. Worth a look, but the rows do not show anything running.
             severity = min(severity, "medium", key=lambda s: SEVERITY_RANK.get(s, 2))
-            confidence, caveat = 0.4, " (no process, file or stream holds these bytes: page cache, tmpfs or freed memory)"
-        yield {"entity": owner, "links": [link("yara/matches", sid, i)], "confidence": confidence,
-               "severity": severity, "attack_id": value(r, "attack_id"),
-               "explanation": f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
-                              f"in {where} at offset {value(r, 'offset')}{caveat}"
-                              + (f"; {also} more hits in physical memory" if also else "") + "."}
+            confidence, caveat = (
+                0.4,
+                " (no process, file or stream holds these bytes: page cache, tmpfs or freed memory)",
+            )
+        yield {
+            "entity": owner,
+            "links": [link("yara/matches", sid, i)],
+            "confidence": confidence,
+            "severity": severity,
+            "attack_id": value(r, "attack_id"),
+            "explanation": f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
+            f"in {where} at offset {value(r, 'offset')}{caveat}"
+            + (f"; {also} more hits in physical memory" if also else "")
+            + ".",
+        }
 
 
 RULES: dict[str, dict] = {
-    "proc.kernel_thread_masquerade": {"title": "User process posing as a kernel thread", "severity": "high",
-                                      "attack_id": "T1036.004", "fn": kernel_thread_masquerade},
-    "proc.deleted_executable": {"title": "Process running from a deleted file", "severity": "high",
-                                "attack_id": "T1070.004", "fn": deleted_executable},
-    "proc.suspicious_exec_path": {"title": "Execution from memfd, hidden or temporary path", "severity": "medium",
-                                  "attack_id": "T1564.001", "fn": suspicious_exec_path},
-    "proc.hidden": {"title": "Process only a memory scan finds", "severity": "high", "attack_id": "T1014",
-                    "fn": hidden_process},
-    "net.unexpected_outbound": {"title": "Outbound connection from a process that should not have one",
-                                "severity": "high", "attack_id": "T1071", "fn": unexpected_outbound},
-    "net.periodic_beacon": {"title": "Periodic beacon-like traffic", "severity": "medium", "attack_id": "T1071",
-                            "fn": periodic_flows},
-    "persist.suspicious_target": {"title": "Persistence runs a hidden file or a binary running now",
-                                  "severity": "high", "attack_id": "T1053.003", "fn": persistence_target},
-    "persist.ld_preload": {"title": "Non-empty /etc/ld.so.preload", "severity": "high", "attack_id": "T1574.006",
-                           "fn": ld_preload},
+    "proc.kernel_thread_masquerade": {
+        "title": "User process posing as a kernel thread",
+        "severity": "high",
+        "attack_id": "T1036.004",
+        "fn": kernel_thread_masquerade,
+    },
+    "proc.deleted_executable": {
+        "title": "Process running from a deleted file",
+        "severity": "high",
+        "attack_id": "T1070.004",
+        "fn": deleted_executable,
+    },
+    "proc.suspicious_exec_path": {
+        "title": "Execution from memfd, hidden or temporary path",
+        "severity": "medium",
+        "attack_id": "T1564.001",
+        "fn": suspicious_exec_path,
+    },
+    "proc.hidden": {
+        "title": "Process only a memory scan finds",
+        "severity": "high",
+        "attack_id": "T1014",
+        "fn": hidden_process,
+    },
+    "net.unexpected_outbound": {
+        "title": "Outbound connection from a process that should not have one",
+        "severity": "high",
+        "attack_id": "T1071",
+        "fn": unexpected_outbound,
+    },
+    "net.periodic_beacon": {
+        "title": "Periodic beacon-like traffic",
+        "severity": "medium",
+        "attack_id": "T1071",
+        "fn": periodic_flows,
+    },
+    "persist.suspicious_target": {
+        "title": "Persistence runs a hidden file or a binary running now",
+        "severity": "high",
+        "attack_id": "T1053.003",
+        "fn": persistence_target,
+    },
+    "persist.ld_preload": {
+        "title": "Non-empty /etc/ld.so.preload",
+        "severity": "high",
+        "attack_id": "T1574.006",
+        "fn": ld_preload,
+    },
     "persist.ssh_key": {"title": "SSH key authorised", "severity": "low", "attack_id": "T1098.004", "fn": ssh_keys},
-    "kernel.hooks": {"title": "Kernel hook or hidden module", "severity": "critical", "attack_id": "T1014",
-                     "fn": kernel_hooks},
-    "history.download_execute": {"title": "Download then execute in shell history", "severity": "high",
-                                 "attack_id": "T1105", "fn": download_then_execute},
+    "kernel.hooks": {
+        "title": "Kernel hook or hidden module",
+        "severity": "critical",
+        "attack_id": "T1014",
+        "fn": kernel_hooks,
+    },
+    "history.download_execute": {
+        "title": "Download then execute in shell history",
+        "severity": "high",
+        "attack_id": "T1105",
+        "fn": download_then_execute,
+    },
     "yara.match": {"title": "YARA rule match", "severity": "medium", "attack_id": None, "fn": yara_match},
 }

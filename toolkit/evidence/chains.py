@@ -10,6 +10,7 @@ Example::
     lookup = Lookup(search_paths=["/mnt/images"])
     lookup.find("/var/lib/libvirt/images/base.qcow2", Path("/cases/web01"), "disk.qcow2", "backing file")
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,13 @@ class Lookup:
             try:
                 self.identify(found)
             except EvidenceError:
-                self.ids[str(found)] = {"path": str(found), "format": "vmdk-extent", "size": found.stat().st_size,
-                                        "facts": {"descriptor": os.fspath(owner)}, "problems": []}
+                self.ids[str(found)] = {
+                    "path": str(found),
+                    "format": "vmdk-extent",
+                    "size": found.stat().st_size,
+                    "facts": {"descriptor": os.fspath(owner)},
+                    "problems": [],
+                }
         return self.find(ref, base, owner, "extent")
 
 
@@ -69,10 +75,18 @@ def chain(lookup: Lookup, ident: dict, depth: int = 0) -> list[dict]:
     facts, base = ident["facts"], Path(ident["path"]).parent
     out = []
     if ident["format"] == "vmdk":
-        out += [entry(lookup.find_extent(e["file"], base, ident["path"]), "extent")
-                for e in facts.get("extents", []) if e.get("file")]
-    parent = facts.get("backing_file") if ident["format"] == "qcow2" else \
-        facts.get("parent_file") if ident["format"] == "vmdk" else None
+        out += [
+            entry(lookup.find_extent(e["file"], base, ident["path"]), "extent")
+            for e in facts.get("extents", [])
+            if e.get("file")
+        ]
+    parent = (
+        facts.get("backing_file")
+        if ident["format"] == "qcow2"
+        else facts.get("parent_file")
+        if ident["format"] == "vmdk"
+        else None
+    )
     if parent:
         sub = lookup.find(parent, base, ident["path"], "backing file")
         out += [entry(sub, "backing")] + chain(lookup, sub, depth + 1)
@@ -89,7 +103,7 @@ def domain_disks(lookup: Lookup, dom: dict) -> list[dict]:
     out = []
     for disk in dom["facts"]["disks"]:
         if not disk.get("source") or disk.get("type") not in (None, "file", "block"):
-            continue   # an empty CD drive, or a network/volume disk with no file to read
+            continue  # an empty CD drive, or a network/volume disk with no file to read
         out += with_chain(lookup, lookup.find(disk["source"], base, dom["path"], f"disk {disk.get('target')!r}"))
     return merge(out)
 
@@ -120,8 +134,11 @@ def embedded_domain(ident: dict) -> dict | None:
     if isinstance(dom, dict) and (dom.get("name") or dom.get("uuid")):
         return {"name": dom.get("name"), "uuid": dom.get("uuid"), "macs": list(dom.get("macs") or [])}
     if facts.get("domain_name") or facts.get("domain_uuid"):
-        return {"name": facts.get("domain_name"), "uuid": facts.get("domain_uuid"),
-                "macs": list(facts.get("domain_macs") or [])}
+        return {
+            "name": facts.get("domain_name"),
+            "uuid": facts.get("domain_uuid"),
+            "macs": list(facts.get("domain_macs") or []),
+        }
     return None
 
 

@@ -57,6 +57,7 @@ Example::
     >>> [s["id"] for s in discover([Path("/evidence/web01")])]   # doctest: +SKIP
     ['web01-before-upgrade', 'web01-memory.elf']
 """
+
 from __future__ import annotations
 
 import os
@@ -94,6 +95,7 @@ def slug(text: str | None) -> str:
 
 # ------------------------------------------------------------------ grouping
 
+
 def _scan(directory: Path) -> list[Path]:
     """Regular files in ``directory`` and in its immediate subdirectories, sorted."""
     files = []
@@ -106,7 +108,7 @@ def _scan(directory: Path) -> list[Path]:
             try:
                 files += sorted(p for p in child.iterdir() if p.is_file())
             except OSError:
-                continue   # an unreadable subdirectory is not this snapshot's business
+                continue  # an unreadable subdirectory is not this snapshot's business
         elif child.is_file():
             files.append(child)
     return files
@@ -130,8 +132,11 @@ def _collect(ctx: Lookup, paths) -> tuple[dict[str, list[dict]], list[dict], set
                 groups.setdefault(str(Path(ident["path"]).parent), []).append(ident)
                 found += 1
             if not found:
-                raise EvidenceError(path, "directory holds no recognisable evidence"
-                                    + (f" ({len(skipped)} files skipped)" if skipped else ""))
+                raise EvidenceError(
+                    path,
+                    "directory holds no recognisable evidence"
+                    + (f" ({len(skipped)} files skipped)" if skipped else ""),
+                )
         else:
             ident = ctx.identify(path)
             groups.setdefault("<explicit>", []).append(ident)
@@ -159,12 +164,16 @@ def _beside_domain_xml(ctx: Lookup, dom: dict) -> list[dict]:
 
 
 def _domain_ref(ident: dict, facts: dict) -> dict:
-    return {"name": facts.get("name"), "uuid": facts.get("uuid"),
-            "macs": list(facts.get("macs") or []), "xml_path": ident["path"]}
+    return {
+        "name": facts.get("name"),
+        "uuid": facts.get("uuid"),
+        "macs": list(facts.get("macs") or []),
+        "xml_path": ident["path"],
+    }
 
 
 def _group_snapshots(ctx: Lookup, idents: list[dict], name_hint: str) -> list[dict]:
-    by = lambda formats: [i for i in idents if i["format"] in formats]   # noqa: E731
+    by = lambda formats: [i for i in idents if i["format"] in formats]  # noqa: E731
     domains = by({"libvirt-domain-xml"})
     pcaps = [{"path": i["path"], "format": i["format"]} for i in by(PCAP_FORMATS)]
     dom_disks = {d["path"]: domain_disks(ctx, d) for d in domains}
@@ -198,10 +207,17 @@ def _group_snapshots(ctx: Lookup, idents: list[dict], name_hint: str) -> list[di
         embedded = embedded_domain(mem) if mem["format"] == "libvirt-save" else None
         dom, disks = domain_for(embedded)
         if dom is None and embedded:
-            dom = {**embedded, "xml_path": None}   # the save image names its VM; no XML beside it
-        snaps.append(_snapshot(Path(mem["path"]).name, dom,
-                               {"path": mem["path"], "format": mem["format"], "snapshot": None},
-                               disks if disks is not None else shared_disks, pcaps, [mem]))
+            dom = {**embedded, "xml_path": None}  # the save image names its VM; no XML beside it
+        snaps.append(
+            _snapshot(
+                Path(mem["path"]).name,
+                dom,
+                {"path": mem["path"], "format": mem["format"], "snapshot": None},
+                disks if disks is not None else shared_disks,
+                pcaps,
+                [mem],
+            )
+        )
 
     # any qcow2 of the group or its chains, whatever its role now: a disk that
     # became an overlay's backing file still holds its internal snapshots
@@ -216,16 +232,30 @@ def _group_snapshots(ctx: Lookup, idents: list[dict], name_hint: str) -> list[di
             # disk of the VM that has an internal snapshot of the same name
             # (libvirt snapshots every qcow2 disk under one name)
             at = [with_chain(ctx, ident, snapshot=name)]
-            at += [with_chain(ctx, ctx.ids[e["path"]], snapshot=name) for e in (disks or shared_disks)
-                   if e["role"] == "disk" and e["path"] != ident["path"] and name in _internal_names(ctx, e)]
-            snaps.append(_snapshot(name, dom, {"path": ident["path"], "format": "qcow2", "snapshot": name},
-                                   merge(*at), pcaps, []))
+            at += [
+                with_chain(ctx, ctx.ids[e["path"]], snapshot=name)
+                for e in (disks or shared_disks)
+                if e["role"] == "disk" and e["path"] != ident["path"] and name in _internal_names(ctx, e)
+            ]
+            snaps.append(
+                _snapshot(
+                    name, dom, {"path": ident["path"], "format": "qcow2", "snapshot": name}, merge(*at), pcaps, []
+                )
+            )
 
     if not snaps and (shared_disks or pcaps or domains):
         if domains:
             for d in domains:
-                snaps.append(_snapshot(d["facts"].get("name") or name_hint, _domain_ref(d, d["facts"]), None,
-                                       dom_disks[d["path"]], pcaps, []))
+                snaps.append(
+                    _snapshot(
+                        d["facts"].get("name") or name_hint,
+                        _domain_ref(d, d["facts"]),
+                        None,
+                        dom_disks[d["path"]],
+                        pcaps,
+                        [],
+                    )
+                )
         else:
             snaps.append(_snapshot(name_hint, None, None, shared_disks, pcaps, []))
     for snap in snaps:
@@ -241,17 +271,25 @@ def _internal_names(ctx: Lookup, entry: dict) -> set[str]:
 
 
 def _snapshot(name, domain, memory, disks, pcaps, extra_evidence) -> dict:
-    return {"id": None, "name": name, "domain": domain, "memory": memory, "disks": list(disks),
-            "pcaps": list(pcaps), "snapshot_xml": None, "evidence": list(extra_evidence),
-            "skipped": [], "problems": []}
+    return {
+        "id": None,
+        "name": name,
+        "domain": domain,
+        "memory": memory,
+        "disks": list(disks),
+        "pcaps": list(pcaps),
+        "snapshot_xml": None,
+        "evidence": list(extra_evidence),
+        "skipped": [],
+        "problems": [],
+    }
 
 
 def _from_snapshot_xml(ctx: Lookup, sx: dict, domains: list[dict], dom_disks: dict) -> dict:
     facts, base = sx["facts"], Path(sx["path"]).parent
     embedded = facts.get("domain") or {}
     match = [d for d in domains if same_domain(embedded, d["facts"])]
-    domain = _domain_ref(match[0], match[0]["facts"]) if match else (
-        _domain_ref(sx, embedded) if embedded else None)
+    domain = _domain_ref(match[0], match[0]["facts"]) if match else (_domain_ref(sx, embedded) if embedded else None)
     sources = {d.get("target"): d for d in embedded.get("disks", [])}
     disks, memory, internal_disk, problems = [], None, None, []
     for d in facts.get("disks", []):
@@ -328,7 +366,7 @@ def discover(paths, *, search_paths=(), hints=None) -> list[dict]:
         base = slug(snap["name"])
         base = base if base == owner else f"{owner}-{base}"
         sid, n = base, 1
-        while sid in taken:   # inputs are sorted, so the suffixes are stable too
+        while sid in taken:  # inputs are sorted, so the suffixes are stable too
             n += 1
             sid = f"{base}-{n}"
         taken.add(sid)

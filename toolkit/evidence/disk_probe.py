@@ -14,6 +14,7 @@ Example::
     >>> detect(b"vhdxfile" + bytes(100))
     'vhdx'
 """
+
 from __future__ import annotations
 
 import re
@@ -45,9 +46,10 @@ def detect(head: bytes) -> str | None:
 
 # ---------------------------------------------------------------- raw disks
 
+
 def _filesystem(block: bytes) -> dict | None:
     """The filesystem whose superblock/boot sector starts ``block``, if any."""
-    if len(block) >= 1024 + 264 and block[1024 + 56:1024 + 58] == b"\x53\xef":
+    if len(block) >= 1024 + 264 and block[1024 + 56 : 1024 + 58] == b"\x53\xef":
         sb = block[1024:]
         log_block, rev = struct.unpack_from("<I", sb, 24)[0], struct.unpack_from("<I", sb, 76)[0]
         inodes = struct.unpack_from("<I", sb, 0)[0]
@@ -56,12 +58,15 @@ def _filesystem(block: bytes) -> dict | None:
             compat, incompat = struct.unpack_from("<II", sb, 92)
             name = "ext4" if incompat & 0x2C0 else "ext3" if compat & 0x4 else "ext2"
             blocks = struct.unpack_from("<I", sb, 4)[0]
-            if incompat & 0x80:   # 64bit: high half of the block count
+            if incompat & 0x80:  # 64bit: high half of the block count
                 blocks |= struct.unpack_from("<I", sb, 0x150)[0] << 32
-            return {"filesystem": name, "block_size": 1024 << log_block,
-                    "fs_size": blocks * (1024 << log_block),
-                    "fs_uuid": str(uuid.UUID(bytes=bytes(sb[104:120]))),
-                    "fs_label": bytes(sb[120:136]).split(b"\0", 1)[0].decode("utf-8", "replace")}
+            return {
+                "filesystem": name,
+                "block_size": 1024 << log_block,
+                "fs_size": blocks * (1024 << log_block),
+                "fs_uuid": str(uuid.UUID(bytes=bytes(sb[104:120]))),
+                "fs_label": bytes(sb[120:136]).split(b"\0", 1)[0].decode("utf-8", "replace"),
+            }
     if block[:4] == b"XFSB":
         return {"filesystem": "xfs"}
     if len(block) >= 512 and block[510:512] == b"\x55\xaa":
@@ -92,13 +97,13 @@ def _mbr(head: bytes) -> list[dict] | None:
 def raw_layout(head: bytes) -> dict | None:
     """Partition table and/or filesystem facts if ``head`` starts like a disk."""
     for sector in (512, 4096):
-        if head[sector:sector + 8] == b"EFI PART":
+        if head[sector : sector + 8] == b"EFI PART":
             return {"partition_table": "gpt", "sector_size": sector}
     parts = _mbr(head)
     fs = _filesystem(head)
-    if parts and not fs:   # a FAT/NTFS boot sector has 55AA too; its fields are not entries
+    if parts and not fs:  # a FAT/NTFS boot sector has 55AA too; its fields are not entries
         if any(p["type"] == "0xee" for p in parts):
-            return None    # protective MBR without a GPT header: damaged, not a disk we can name
+            return None  # protective MBR without a GPT header: damaged, not a disk we can name
         return {"partition_table": "mbr", "partitions": parts}
     if fs:
         return {"partition_table": None, **fs}
@@ -115,13 +120,19 @@ def _gpt_partitions(f, sector: int) -> list[dict]:
     table = f.read(count * esize)
     parts = []
     for i in range(len(table) // esize):
-        e = table[i * esize:(i + 1) * esize]
+        e = table[i * esize : (i + 1) * esize]
         if e[:16] == bytes(16):
             continue
         first, last = struct.unpack_from("<QQ", e, 32)
-        parts.append({"index": i + 1, "type": str(uuid.UUID(bytes_le=bytes(e[:16]))),
-                      "name": e[56:128].decode("utf-16-le", "replace").rstrip("\0"),
-                      "start": first * sector, "size": (last - first + 1) * sector})
+        parts.append(
+            {
+                "index": i + 1,
+                "type": str(uuid.UUID(bytes_le=bytes(e[:16]))),
+                "name": e[56:128].decode("utf-16-le", "replace").rstrip("\0"),
+                "start": first * sector,
+                "size": (last - first + 1) * sector,
+            }
+        )
     return parts
 
 
@@ -142,6 +153,7 @@ def probe_raw(path, head: bytes) -> dict:
 
 # ---------------------------------------------------------------- VMDK
 
+
 def parse_vmdk_descriptor(text: str) -> dict:
     """Facts of VMDK descriptor text (raw strings as found).
 
@@ -157,9 +169,14 @@ def parse_vmdk_descriptor(text: str) -> dict:
         elif "=" in line and not line.startswith("#"):
             k, v = line.split("=", 1)
             keys[k.strip()] = v.strip().strip('"')
-    return {"create_type": keys.get("createType"), "cid": keys.get("CID"),
-            "parent_cid": keys.get("parentCID"), "parent_file": keys.get("parentFileNameHint"),
-            "extents": extents, "virtual_size": sum(e["sectors"] for e in extents) * 512}
+    return {
+        "create_type": keys.get("createType"),
+        "cid": keys.get("CID"),
+        "parent_cid": keys.get("parentCID"),
+        "parent_file": keys.get("parentFileNameHint"),
+        "extents": extents,
+        "virtual_size": sum(e["sectors"] for e in extents) * 512,
+    }
 
 
 def probe_vmdk(path, head: bytes) -> dict:
@@ -192,7 +209,7 @@ _PARENT_LOCATOR = uuid.UUID("a8d35f2d-b30b-454d-abf7-d3d84834ab0c").bytes_le
 def probe_vhdx(path, head: bytes) -> dict:
     facts = {"creator": head[8:520].decode("utf-16-le", "replace").split("\0", 1)[0]}
     with open(path, "rb") as f:
-        f.seek(192 << 10)   # region table (a copy at 256 KiB)
+        f.seek(192 << 10)  # region table (a copy at 256 KiB)
         regions = f.read(64 << 10)
         if len(regions) < 16 or regions[:4] != b"regi":
             raise EvidenceError(path, "VHDX without a region table at 192 KiB (truncated or damaged)")
@@ -211,7 +228,7 @@ def probe_vhdx(path, head: bytes) -> dict:
     items = {}
     for i in range(min(struct.unpack_from("<H", table, 10)[0], 2047)):
         guid, off, length = struct.unpack_from("<16sII", table, 32 + 32 * i)
-        items[guid] = table[off:off + length]
+        items[guid] = table[off : off + length]
     if len(items.get(_VIRTUAL_SIZE, b"")) >= 8:
         facts["virtual_size"] = struct.unpack_from("<Q", items[_VIRTUAL_SIZE])[0]
     if len(items.get(_FILE_PARAMS, b"")) >= 8:
@@ -230,8 +247,8 @@ def _vhdx_parent(loc: bytes) -> dict:
         if 20 + 12 * (i + 1) > len(loc):
             break
         koff, voff, klen, vlen = struct.unpack_from("<IIHH", loc, 20 + 12 * i)
-        key = loc[koff:koff + klen].decode("utf-16-le", "replace")
-        out[key] = loc[voff:voff + vlen].decode("utf-16-le", "replace")
+        key = loc[koff : koff + klen].decode("utf-16-le", "replace")
+        out[key] = loc[voff : voff + vlen].decode("utf-16-le", "replace")
     return out
 
 
@@ -245,12 +262,14 @@ def probe_vdi(path, head: bytes) -> dict:
         raise EvidenceError(path, f"truncated VDI header ({len(head)} of 456 bytes)")
     version = struct.unpack_from("<I", head, 0x44)[0]
     if version >> 16 != 1:
-        return {"version": f"{version >> 16}.{version & 0xFFFF}"}   # pre-1.1 layouts differ
+        return {"version": f"{version >> 16}.{version & 0xFFFF}"}  # pre-1.1 layouts differ
     image_type = struct.unpack_from("<I", head, 0x4C)[0]
     parent = bytes(head[0x1A8:0x1B8])
-    return {"version": f"{version >> 16}.{version & 0xFFFF}",
-            "image_type": _VDI_TYPES.get(image_type, image_type),
-            "virtual_size": struct.unpack_from("<Q", head, 0x170)[0],
-            "block_size": struct.unpack_from("<I", head, 0x178)[0],
-            "uuid": str(uuid.UUID(bytes_le=bytes(head[0x188:0x198]))),
-            "parent_uuid": str(uuid.UUID(bytes_le=parent)) if any(parent) else None}
+    return {
+        "version": f"{version >> 16}.{version & 0xFFFF}",
+        "image_type": _VDI_TYPES.get(image_type, image_type),
+        "virtual_size": struct.unpack_from("<Q", head, 0x170)[0],
+        "block_size": struct.unpack_from("<I", head, 0x178)[0],
+        "uuid": str(uuid.UUID(bytes_le=bytes(head[0x188:0x198]))),
+        "parent_uuid": str(uuid.UUID(bytes_le=parent)) if any(parent) else None,
+    }

@@ -16,6 +16,7 @@ Example::
     >>> info["format"], info["facts"]["vcpus"]                # doctest: +SKIP
     ('elf-core', 1)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,6 +44,7 @@ def _probe_xml(kind):
         data = _read_all(path, libvirt_xml.MAX_XML_BYTES + 1)
         parse = libvirt_xml.parse_domain if kind == "domain" else libvirt_xml.parse_snapshot
         return parse(data, path), []
+
     return probe
 
 
@@ -57,23 +59,55 @@ def _local(probe):
 # The formats this package parses itself, in detection order. Each entry:
 # name, detect(head) -> bool, probe(path, head) -> (facts, problems), doc.
 LOCAL_FORMATS: list[dict] = [
-    {"name": "pcap", "detect": lambda h: pcap_probe.detect(h) == "pcap", "probe": _probe_pcap,
-     "doc": "libpcap capture (QEMU filter-dump writes these)"},
-    {"name": "pcapng", "detect": lambda h: pcap_probe.detect(h) == "pcapng", "probe": _probe_pcap,
-     "doc": "pcapng capture"},
-    {"name": "libvirt-domain-xml", "detect": lambda h: libvirt_xml.detect(h) == "libvirt-domain-xml",
-     "probe": _probe_xml("domain"), "doc": "libvirt <domain> definition (virsh dumpxml)"},
-    {"name": "libvirt-snapshot-xml", "detect": lambda h: libvirt_xml.detect(h) == "libvirt-snapshot-xml",
-     "probe": _probe_xml("snapshot"), "doc": "libvirt <domainsnapshot> metadata (virsh snapshot-dumpxml)"},
-    {"name": "vmdk", "detect": lambda h: disk_probe.detect(h) == "vmdk", "probe": _local(disk_probe.probe_vmdk),
-     "doc": "VMware disk: descriptor text or KDMV sparse extent"},
-    {"name": "vhdx", "detect": lambda h: disk_probe.detect(h) == "vhdx", "probe": _local(disk_probe.probe_vhdx),
-     "doc": "Hyper-V VHDX disk"},
-    {"name": "vdi", "detect": lambda h: disk_probe.detect(h) == "vdi", "probe": _local(disk_probe.probe_vdi),
-     "doc": "VirtualBox VDI disk"},
+    {
+        "name": "pcap",
+        "detect": lambda h: pcap_probe.detect(h) == "pcap",
+        "probe": _probe_pcap,
+        "doc": "libpcap capture (QEMU filter-dump writes these)",
+    },
+    {
+        "name": "pcapng",
+        "detect": lambda h: pcap_probe.detect(h) == "pcapng",
+        "probe": _probe_pcap,
+        "doc": "pcapng capture",
+    },
+    {
+        "name": "libvirt-domain-xml",
+        "detect": lambda h: libvirt_xml.detect(h) == "libvirt-domain-xml",
+        "probe": _probe_xml("domain"),
+        "doc": "libvirt <domain> definition (virsh dumpxml)",
+    },
+    {
+        "name": "libvirt-snapshot-xml",
+        "detect": lambda h: libvirt_xml.detect(h) == "libvirt-snapshot-xml",
+        "probe": _probe_xml("snapshot"),
+        "doc": "libvirt <domainsnapshot> metadata (virsh snapshot-dumpxml)",
+    },
+    {
+        "name": "vmdk",
+        "detect": lambda h: disk_probe.detect(h) == "vmdk",
+        "probe": _local(disk_probe.probe_vmdk),
+        "doc": "VMware disk: descriptor text or KDMV sparse extent",
+    },
+    {
+        "name": "vhdx",
+        "detect": lambda h: disk_probe.detect(h) == "vhdx",
+        "probe": _local(disk_probe.probe_vhdx),
+        "doc": "Hyper-V VHDX disk",
+    },
+    {
+        "name": "vdi",
+        "detect": lambda h: disk_probe.detect(h) == "vdi",
+        "probe": _local(disk_probe.probe_vdi),
+        "doc": "VirtualBox VDI disk",
+    },
     # last: it is the weakest signature
-    {"name": "raw-disk", "detect": lambda h: disk_probe.detect(h) == "raw-disk", "probe": _local(disk_probe.probe_raw),
-     "doc": "raw disk image with an MBR/GPT partition table or a filesystem at offset 0"},
+    {
+        "name": "raw-disk",
+        "detect": lambda h: disk_probe.detect(h) == "raw-disk",
+        "probe": _local(disk_probe.probe_raw),
+        "doc": "raw disk image with an MBR/GPT partition table or a filesystem at offset 0",
+    },
 ]
 
 
@@ -85,7 +119,7 @@ def _public_name(reader: str, facts: dict) -> str:
     if reader == "kdump":
         return "kdump-flattened" if facts.get("flattened") else "kdump"
     if reader == "compressed-qemu-migration":
-        return "qemu-migration"   # facts["compression"] says how it is wrapped
+        return "qemu-migration"  # facts["compression"] says how it is wrapped
     return reader
 
 
@@ -126,13 +160,22 @@ def _memory_formats() -> list[dict]:
     for entry in registry.FORMATS:
         if entry["name"] == "qcow2-snapshot":
             continue
+
         # the adapter binds `entry` now, not the loop variable at call time
         def probe(path, head, _entry=entry):
             facts = dict(_entry["probe"](path))
             problems = list(facts.pop("problems", []) or [])
             return _memory_extras(path, _entry["name"], facts, problems)
-        entries.append({"name": entry["name"], "detect": None if entry["name"] == "raw" else entry["detect"],
-                        "probe": probe, "doc": entry.get("doc", ""), "public_name": _public_name})
+
+        entries.append(
+            {
+                "name": entry["name"],
+                "detect": None if entry["name"] == "raw" else entry["detect"],
+                "probe": probe,
+                "doc": entry.get("doc", ""),
+                "public_name": _public_name,
+            }
+        )
     return entries
 
 
@@ -165,8 +208,12 @@ def _probe_qcow2(path, head):
     return facts, problems
 
 
-QCOW2_FORMAT = {"name": "qcow2", "detect": lambda h: h[:4] == QCOW2_MAGIC, "probe": _probe_qcow2,
-                "doc": "QEMU qcow2 disk; internal snapshots may carry VM state (parsed by toolkit.memory.qcow2)"}
+QCOW2_FORMAT = {
+    "name": "qcow2",
+    "detect": lambda h: h[:4] == QCOW2_MAGIC,
+    "probe": _probe_qcow2,
+    "doc": "QEMU qcow2 disk; internal snapshots may carry VM state (parsed by toolkit.memory.qcow2)",
+}
 
 
 def memory_format_names() -> set[str]:
@@ -219,7 +266,7 @@ def identify(path, *, hint: str | None = None) -> dict:
     path = Path(path)
     size = _check_file(path)
     try:
-        with open(path, "rb") as f:   # read-only, always
+        with open(path, "rb") as f:  # read-only, always
             head = f.read(HEAD_BYTES)
     except OSError as exc:
         raise EvidenceError(path, f"cannot read: {exc.strerror}") from None
@@ -234,24 +281,32 @@ def identify(path, *, hint: str | None = None) -> dict:
     else:
         entry = next((e for e in table if e.get("detect") and e["detect"](head)), None)
         if entry is None:
-            raise EvidenceError(path, "not a recognised evidence format"
-                                + (" (raw memory needs an explicit format hint)" if size >= 1 << 20 else ""))
+            raise EvidenceError(
+                path,
+                "not a recognised evidence format"
+                + (" (raw memory needs an explicit format hint)" if size >= 1 << 20 else ""),
+            )
     try:
         facts, found = entry["probe"](path, head)
     except EvidenceError:
         raise
-    except (SnapscopeError, *_PARSE_ERRORS) as exc:   # the memory layer's own error type among them
+    except (SnapscopeError, *_PARSE_ERRORS) as exc:  # the memory layer's own error type among them
         raise EvidenceError(path, f"unreadable {entry['name']}: {_without_path(str(exc), path)}") from None
     except OSError as exc:
         raise EvidenceError(path, f"cannot read {entry['name']}: {exc.strerror or exc}") from None
     name = entry["public_name"](entry["name"], facts) if "public_name" in entry else entry["name"]
-    return {"path": os.path.abspath(path), "format": name, "size": size, "facts": facts,
-            "problems": problems + list(found)}
+    return {
+        "path": os.path.abspath(path),
+        "format": name,
+        "size": size,
+        "facts": facts,
+        "problems": problems + list(found),
+    }
 
 
 def _without_path(message: str, path: Path) -> str:
     # parsers in toolkit.memory name the file themselves; EvidenceError adds it once
     for prefix in (f"{path}: ", f"{os.path.abspath(path)}: "):
         if message.startswith(prefix):
-            return message[len(prefix):]
+            return message[len(prefix) :]
     return message

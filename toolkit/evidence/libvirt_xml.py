@@ -12,6 +12,7 @@ Example::
     >>> facts["name"], facts["memory_bytes"]
     ('web1', 335544320)
 """
+
 from __future__ import annotations
 
 import re
@@ -25,19 +26,35 @@ MAX_XML_BYTES = 8 << 20
 
 # libvirt's scaled-integer units (docs/formatdomain: "memory" element).
 _UNITS = {
-    "b": 1, "bytes": 1,
-    "kb": 1000, "k": 1024, "kib": 1024,
-    "mb": 1000**2, "m": 1024**2, "mib": 1024**2,
-    "gb": 1000**3, "g": 1024**3, "gib": 1024**3,
-    "tb": 1000**4, "t": 1024**4, "tib": 1024**4,
-    "pb": 1000**5, "p": 1024**5, "pib": 1024**5,
-    "eb": 1000**6, "e": 1024**6, "eib": 1024**6,
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "pb": 1000**5,
+    "p": 1024**5,
+    "pib": 1024**5,
+    "eb": 1000**6,
+    "e": 1024**6,
+    "eib": 1024**6,
 }
 
 # BOM, XML declaration, comments and a DOCTYPE may precede the root element;
 # the DOCTYPE is recognised here so that load() can refuse it by name.
-_PROLOGUE = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*\?>\s*)?(?:<!--.*?-->\s*)*"
-                       rb"(?:<!DOCTYPE[^\[>]*(?:\[.*?\])?\s*>\s*)?(?:<!--.*?-->\s*)*<([A-Za-z_][\w.-]*)", re.S)
+_PROLOGUE = re.compile(
+    rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*\?>\s*)?(?:<!--.*?-->\s*)*"
+    rb"(?:<!DOCTYPE[^\[>]*(?:\[.*?\])?\s*>\s*)?(?:<!--.*?-->\s*)*<([A-Za-z_][\w.-]*)",
+    re.S,
+)
 
 
 def root_tag(head: bytes) -> str | None:
@@ -113,22 +130,25 @@ def domain_facts(root: ET.Element) -> dict:
     if devices is not None:
         for disk in devices.findall("disk"):
             target, driver = disk.find("target"), disk.find("driver")
-            disks.append({
-                "target": target.get("dev") if target is not None else None,
-                "device": disk.get("device", "disk"),
-                "type": disk.get("type"),
-                "source": _source(disk),
-                "driver_type": driver.get("type") if driver is not None else None,
-                "readonly": disk.find("readonly") is not None,
-                "backing": _backing_chain(disk),
-            })
+            disks.append(
+                {
+                    "target": target.get("dev") if target is not None else None,
+                    "device": disk.get("device", "disk"),
+                    "type": disk.get("type"),
+                    "source": _source(disk),
+                    "driver_type": driver.get("type") if driver is not None else None,
+                    "readonly": disk.find("readonly") is not None,
+                    "backing": _backing_chain(disk),
+                }
+            )
         for nic in devices.findall("interface"):
             mac, model = nic.find("mac"), nic.find("model")
             address = mac.get("address") if mac is not None else None
             if address is not None:
                 macs.append(address)
-            nics.append({"mac": address, "type": nic.get("type"),
-                         "model": model.get("type") if model is not None else None})
+            nics.append(
+                {"mac": address, "type": nic.get("type"), "model": model.get("type") if model is not None else None}
+            )
     for mac in _passthrough_macs(root):
         if mac not in macs:
             macs.append(mac)
@@ -194,12 +214,14 @@ def parse_snapshot(data: bytes, path) -> dict:
     disks = []
     for disk in root.findall("disks/disk"):
         driver = disk.find("driver")
-        disks.append({
-            "name": disk.get("name"),
-            "snapshot": disk.get("snapshot"),
-            "source": _source(disk),
-            "driver_type": driver.get("type") if driver is not None else None,
-        })
+        disks.append(
+            {
+                "name": disk.get("name"),
+                "snapshot": disk.get("snapshot"),
+                "source": _source(disk),
+                "driver_type": driver.get("type") if driver is not None else None,
+            }
+        )
     # A running domain's snapshot embeds <domain>; an inactive one may carry
     # <inactiveDomain> too. The active definition is the one at that moment.
     dom = root.find("domain")

@@ -13,6 +13,7 @@ Example::
     >>> facts["link_type"], facts["packets"]               # doctest: +SKIP
     (1, 42)
 """
+
 from __future__ import annotations
 
 import mmap
@@ -22,8 +23,10 @@ from toolkit.errors import EvidenceError
 
 # magic as read little-endian -> (byte order, ticks per second)
 PCAP_MAGICS = {
-    0xA1B2C3D4: ("<", 10**6), 0xD4C3B2A1: (">", 10**6),
-    0xA1B23C4D: ("<", 10**9), 0x4D3CB2A1: (">", 10**9),
+    0xA1B2C3D4: ("<", 10**6),
+    0xD4C3B2A1: (">", 10**6),
+    0xA1B23C4D: ("<", 10**9),
+    0x4D3CB2A1: (">", 10**9),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _BOM = 0x1A2B3C4D
@@ -67,7 +70,7 @@ def _pcap(buf, path) -> tuple[dict, list[str]]:
         raise EvidenceError(path, f"truncated pcap header ({len(buf)} of 24 bytes)")
     order, ticks = PCAP_MAGICS[struct.unpack_from("<I", buf)[0]]
     major, minor, _zone, _sig, snaplen, network = struct.unpack_from(order + "HHiIII", buf, 4)
-    link = network & 0x0FFFFFFF   # upper bits carry FCS length, not the link type
+    link = network & 0x0FFFFFFF  # upper bits carry FCS length, not the link type
     rec = struct.Struct(order + "IIII")
     problems, count, first, last, off, end = [], 0, None, None, 24, len(buf)
     scale = 10**9 // ticks
@@ -87,9 +90,16 @@ def _pcap(buf, path) -> tuple[dict, list[str]]:
         last = ts
         count += 1
         off += 16 + incl
-    facts = {"version": f"{major}.{minor}", "link_type": link, "link_type_name": LINK_NAMES.get(link),
-             "snaplen": snaplen, "ts_resolution": "ns" if ticks == 10**9 else "us",
-             "packets": count, "first_ts_ns": first, "last_ts_ns": last}
+    facts = {
+        "version": f"{major}.{minor}",
+        "link_type": link,
+        "link_type_name": LINK_NAMES.get(link),
+        "snaplen": snaplen,
+        "ts_resolution": "ns" if ticks == 10**9 else "us",
+        "packets": count,
+        "first_ts_ns": first,
+        "last_ts_ns": last,
+    }
     return facts, problems
 
 
@@ -100,11 +110,11 @@ def _tsresol(opts: bytes, order: str) -> tuple[int, int]:
         code, length = struct.unpack_from(order + "HH", opts, off)
         if code == 0:
             break
-        value = opts[off + 4: off + 4 + length]
-        if code == 9 and length >= 1:      # if_tsresol
+        value = opts[off + 4 : off + 4 + length]
+        if code == 9 and length >= 1:  # if_tsresol
             v = value[0]
-            ticks = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
-        elif code == 14 and length >= 8:   # if_tsoffset
+            ticks = 2 ** (v & 0x7F) if v & 0x80 else 10**v
+        elif code == 14 and length >= 8:  # if_tsoffset
             offset = struct.unpack_from(order + "q", value)[0]
         off += 4 + ((length + 3) & ~3)
     return ticks, offset
@@ -118,7 +128,7 @@ def _pcapng(buf, path) -> tuple[dict, list[str]]:
         if off + 12 > end:
             problems.append(f"truncated block header at offset {off}")
             break
-        if buf[off:off + 4] == PCAPNG_SHB:
+        if buf[off : off + 4] == PCAPNG_SHB:
             # each section may switch byte order and restarts interface numbering
             order = "<" if struct.unpack_from("<I", buf, off + 8)[0] == _BOM else ">"
             interfaces = []
@@ -130,11 +140,11 @@ def _pcapng(buf, path) -> tuple[dict, list[str]]:
             problems.append(f"last block truncated at offset {off} ({off + blen - end} bytes missing)")
             break
         body = off + 8
-        if btype == 1 and blen >= 20:                         # interface description
+        if btype == 1 and blen >= 20:  # interface description
             link, _res, snaplen = struct.unpack_from(order + "HHI", buf, body)
-            ticks, tsoff = _tsresol(bytes(buf[body + 8: off + blen - 4]), order)
+            ticks, tsoff = _tsresol(bytes(buf[body + 8 : off + blen - 4]), order)
             interfaces.append({"link_type": link, "snaplen": snaplen, "ticks": ticks, "offset": tsoff})
-        elif btype in (6, 2) and blen >= 32:                   # enhanced / obsolete packet
+        elif btype in (6, 2) and blen >= 32:  # enhanced / obsolete packet
             if btype == 6:
                 iface, hi, lo = struct.unpack_from(order + "III", buf, body)
             else:
@@ -148,11 +158,17 @@ def _pcapng(buf, path) -> tuple[dict, list[str]]:
             else:
                 problems.append(f"packet at offset {off} names undeclared interface {iface}")
             count += 1
-        elif btype == 3:                                      # simple packet: no timestamp
+        elif btype == 3:  # simple packet: no timestamp
             count += 1
         off += blen
     link = interfaces[0]["link_type"] if interfaces else None
-    facts = {"link_type": link, "link_type_name": LINK_NAMES.get(link),
-             "interfaces": len(interfaces), "link_types": sorted({i["link_type"] for i in interfaces}),
-             "packets": count, "first_ts_ns": first, "last_ts_ns": last}
+    facts = {
+        "link_type": link,
+        "link_type_name": LINK_NAMES.get(link),
+        "interfaces": len(interfaces),
+        "link_types": sorted({i["link_type"] for i in interfaces}),
+        "packets": count,
+        "first_ts_ns": first,
+        "last_ts_ns": last,
+    }
     return facts, problems

@@ -4,6 +4,7 @@
 >>> with mem.open_image("vm.save", derived_dir="case/derived") as img:  # doctest: +SKIP
 ...     img.format, img.runs[:1], img.read(0x1000, 8)
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ def _head(path):
     try:
         with open(path, "rb") as fh:
             from toolkit.memory.registry import HEAD_SIZE
+
             return fh.read(HEAD_SIZE)
     except IsADirectoryError:
         raise MemoryFormatError(path, 0, "is a directory, not a memory file") from None
@@ -32,6 +34,7 @@ def detect(path):
     'elf-core'
     """
     from toolkit.memory.registry import FORMATS
+
     head = _head(path)
     return next(f for f in FORMATS if f["detect"](head))
 
@@ -60,6 +63,7 @@ def open_image(path, *, snapshot=None, derived_dir=None, format=None, search_pat
     ...     img.read(0x100000, 16)
     """
     from toolkit.memory.registry import BY_NAME
+
     path = os.fspath(path)
     entry = BY_NAME[format] if format else detect(path)
     opts = {"derived_dir": derived_dir}
@@ -77,11 +81,20 @@ def _guard(path, fn, *args, **kwargs):
         raise
     except OSError as exc:
         raise MemoryFormatError(path, "I/O", f"{exc.strerror or exc}") from exc
-    except (ValueError, struct_error(), IndexError, KeyError, OverflowError, MemoryError,
-            UnicodeError, EOFError) as exc:
+    except (
+        ValueError,
+        struct_error(),
+        IndexError,
+        KeyError,
+        OverflowError,
+        MemoryError,
+        UnicodeError,
+        EOFError,
+    ) as exc:
         raise MemoryFormatError(path, "unknown offset", f"malformed input ({type(exc).__name__}: {exc})") from exc
 
 
 def struct_error():
     import struct
+
     return struct.error

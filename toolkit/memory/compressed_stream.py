@@ -7,6 +7,7 @@ the decompressed stream starting with ``QEVM``.
 >>> import gzip; detect(gzip.compress(b"QEVM\\0\\0\\0\\3"))
 True
 """
+
 from __future__ import annotations
 
 from toolkit.errors import MemoryFormatError
@@ -26,8 +27,7 @@ def probe(path):
     src = FileSource(path)
     try:
         codec = streams.codec_of(src.pread(0, 16))
-        return {"format": "compressed-qemu-migration", "compression": codec,
-                "compressed_bytes": src.size}
+        return {"format": "compressed-qemu-migration", "compression": codec, "compressed_bytes": src.size}
     finally:
         src.close()
 
@@ -47,5 +47,6 @@ def open(path, *, derived_dir=None, **_opts):
     if codec is None:
         raise MemoryFormatError(path, 0, "no known compression magic")
     st = streams.index_compressed(path, 0, codec, derived_dir)
-    return migration_image.build_image(path, st, fmt="compressed-qemu-migration",
-                                       info={"compression": codec, "derived": st.get("derived")})
+    return migration_image.build_image(
+        path, st, fmt="compressed-qemu-migration", info={"compression": codec, "derived": st.get("derived")}
+    )

@@ -37,6 +37,7 @@ benchmarks/memory_convert.py for the figures):
 >>> to_elf("vm.save", "vm.elf", derived_dir="case/derived")["runs"]  # doctest: +SKIP
 3
 """
+
 from __future__ import annotations
 
 import bisect
@@ -54,10 +55,10 @@ from toolkit.memory import open_image
 from toolkit.memory.image import FileSource
 from toolkit.memory.pages import EXT_READ, EXT_ZERO
 
-CHUNK = 8 << 20   # output buffer: per-call costs amortised, RSS small
-GAP = 64 << 10    # source pieces this close are fetched with one read (skipping the gap)
-ALIGN = 64        # kernel copies are fast when source and destination agree modulo this
-LONG_RUN = 32     # pieces in a constant-stride run before a numpy strided copy beats a loop
+CHUNK = 8 << 20  # output buffer: per-call costs amortised, RSS small
+GAP = 64 << 10  # source pieces this close are fetched with one read (skipping the gap)
+ALIGN = 64  # kernel copies are fast when source and destination agree modulo this
+LONG_RUN = 32  # pieces in a constant-stride run before a numpy strided copy beats a loop
 PAGE = 4096
 MAX_LOADS = 0xFFFE - 1  # leaves room for the PT_NOTE below PN_XNUM
 ZERO_PAGE = bytes(PAGE)
@@ -75,7 +76,6 @@ def _coalesce(runs, limit=MAX_LOADS):
                 merged.append((start, n))
         runs, gap = merged, gap * 4
     return runs
-
 
 
 def _in_thread(fn, *args):
@@ -96,6 +96,7 @@ def _in_thread(fn, *args):
         if "error" in box:
             raise box["error"]
         return box["value"]
+
     return result
 
 
@@ -146,15 +147,15 @@ def _readinto(src, off, mv):
         while got < len(mv):
             n = os.preadv(src.fd, [mv[got:]], off + got)
             if n <= 0:
-                mv[got:] = _ZEROS[:len(mv) - got]
+                mv[got:] = _ZEROS[: len(mv) - got]
                 break
             got += n
     elif hasattr(src, "readinto"):
         src.readinto(off, mv)
     else:
         data = src.pread(off, len(mv))
-        mv[:len(data)] = data
-        mv[len(data):] = _ZEROS[:len(mv) - len(data)]
+        mv[: len(data)] = data
+        mv[len(data) :] = _ZEROS[: len(mv) - len(data)]
 
 
 def _slices(img, gpa, length):
@@ -190,11 +191,11 @@ def _fill(img, gpa, mv, stage):
         e[:, 0] += base
         for rel, n, where in e[e[:, 2] < 0].tolist():
             if where == EXT_ZERO:
-                mv[rel:rel + n] = _ZEROS[:n]
+                mv[rel : rel + n] = _ZEROS[:n]
             else:
                 data = seg["read"](gpa + rel - seg["gpa"], n)
-                mv[rel:rel + len(data)] = data
-                mv[rel + len(data):rel + n] = _ZEROS[:n - len(data)]
+                mv[rel : rel + len(data)] = data
+                mv[rel + len(data) : rel + n] = _ZEROS[: n - len(data)]
         e = e[e[:, 2] >= 0]
         if len(e):
             _copy_windows(seg["source"], e[:, 0], e[:, 1], e[:, 2], mv, stage)
@@ -215,10 +216,10 @@ def _copy_windows(src, rel, n, where, mv, stage):
             top = lo + max(1, int(np.searchsorted(end[lo:hi], where[lo] + limit, side="right")))
             w0, w1 = int(where[lo]), int(end[top - 1])
             if top - lo == 1 and (w0 - int(rel[lo])) % ALIGN == 0:
-                _readinto(src, w0, mv[int(rel[lo]):int(rel[lo]) + w1 - w0])
+                _readinto(src, w0, mv[int(rel[lo]) : int(rel[lo]) + w1 - w0])
             else:
                 a = w0 % PAGE
-                _readinto(src, w0, stage[a:a + w1 - w0])
+                _readinto(src, w0, stage[a : a + w1 - w0])
                 _scatter(stage, where[lo:top] + (a - w0), mv, rel[lo:top], n[lo:top])
             lo = top
 
@@ -243,10 +244,10 @@ def _scatter(stage, at, mv, rel, n):
         src, dst = np.frombuffer(stage, dtype=np.uint8), np.frombuffer(mv, dtype=np.uint8)
         for s, k in zip(starts[big].tolist(), sizes[big].tolist()):
             r, m, o = int(rel[s]), int(n[s]), int(at[s])
-            dst[r:r + k * m].reshape(k, m)[:] = np.ndarray((k, m), np.uint8, src, o, (int(at[s + 1]) - o, 1))
+            dst[r : r + k * m].reshape(k, m)[:] = np.ndarray((k, m), np.uint8, src, o, (int(at[s + 1]) - o, 1))
         loop = ~np.repeat(big, sizes)
     for r, m, o in zip(rel[loop].tolist(), n[loop].tolist(), at[loop].tolist()):
-        mv[r:r + m] = stage[o:o + m]
+        mv[r : r + m] = stage[o : o + m]
 
 
 def _write_sparse(fd, at, mv):
@@ -326,9 +327,16 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
             pos = foff + n
         os.ftruncate(fd, total_out)  # a trailing hole still counts as file length
         dst_sha, sink = sink.close(), None
-        return {"src_sha256": src_sha(), "dst_sha256": dst_sha, "runs": len(runs), "path": str(dst),
-                "bytes": total, "ranges": runs, "format": img.format,
-                "diagnostics": list(img.diagnostics)}
+        return {
+            "src_sha256": src_sha(),
+            "dst_sha256": dst_sha,
+            "runs": len(runs),
+            "path": str(dst),
+            "bytes": total,
+            "ranges": runs,
+            "format": img.format,
+            "diagnostics": list(img.diagnostics),
+        }
     finally:
         if sink is not None:
             sink.close()

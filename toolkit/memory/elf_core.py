@@ -9,6 +9,7 @@ count in section header 0's sh_info.
 >>> elf_core.detect(b"\\x7fELF\\x02\\x01\\x01" + bytes(9) + b"\\x04\\x00")
 True
 """
+
 from __future__ import annotations
 
 import struct
@@ -20,21 +21,24 @@ from toolkit.schemas import diagnostic
 PT_LOAD, PT_NOTE = 1, 4
 PN_XNUM = 0xFFFF
 QEMU_CR3_OFFSET = 416  # QEMUCPUState: version, size, 16 GPRs, rip, rflags, 10 segments, cr[0..4]
-MAX_PHNUM = 1 << 22    # a bound so a lying count cannot make us allocate forever
+MAX_PHNUM = 1 << 22  # a bound so a lying count cannot make us allocate forever
 
 
 def detect(head):
     # ET_CORE only: an ELF executable is not a memory image.
-    return (len(head) >= 18 and head[:4] == b"\x7fELF" and head[4] in (1, 2)
-            and head[5] == 1 and struct.unpack_from("<H", head, 16)[0] == 4)
+    return (
+        len(head) >= 18
+        and head[:4] == b"\x7fELF"
+        and head[4] in (1, 2)
+        and head[5] == 1
+        and struct.unpack_from("<H", head, 16)[0] == 4
+    )
 
 
 def _layout(cls):
     if cls == 2:
-        return {"ehdr": "<16sHHIQQQIHHHHHH", "phdr": "<IIQQQQQQ", "phsize": 56,
-                "sh_info_at": 44, "shsize": 64}
-    return {"ehdr": "<16sHHIIIIIHHHHHH", "phdr": "<IIIIIIII", "phsize": 32,
-            "sh_info_at": 28, "shsize": 40}
+        return {"ehdr": "<16sHHIQQQIHHHHHH", "phdr": "<IIQQQQQQ", "phsize": 56, "sh_info_at": 44, "shsize": 64}
+    return {"ehdr": "<16sHHIIIIIHHHHHH", "phdr": "<IIIIIIII", "phsize": 32, "sh_info_at": 28, "shsize": 40}
 
 
 def _phdr(cls, raw):
@@ -42,8 +46,7 @@ def _phdr(cls, raw):
         p_type, p_flags, off, vaddr, paddr, filesz, memsz, _ = struct.unpack("<IIQQQQQQ", raw)
     else:
         p_type, off, vaddr, paddr, filesz, memsz, p_flags, _ = struct.unpack("<IIIIIIII", raw)
-    return {"type": p_type, "offset": off, "vaddr": vaddr, "paddr": paddr,
-            "filesz": filesz, "memsz": memsz}
+    return {"type": p_type, "offset": off, "vaddr": vaddr, "paddr": paddr, "filesz": filesz, "memsz": memsz}
 
 
 def read_headers(src, path):
@@ -56,21 +59,20 @@ def read_headers(src, path):
     size = struct.calcsize(lay["ehdr"])
     if len(head) < size:
         raise MemoryFormatError(path, len(head), "truncated ELF header")
-    (_, e_type, e_machine, _, _, e_phoff, e_shoff, _, _, e_phentsize, e_phnum,
-     e_shentsize, _, _) = struct.unpack_from(lay["ehdr"], head)
+    (_, e_type, e_machine, _, _, e_phoff, e_shoff, _, _, e_phentsize, e_phnum, e_shentsize, _, _) = struct.unpack_from(
+        lay["ehdr"], head
+    )
     if e_phnum == PN_XNUM:
         sh0 = src.pread(e_shoff, lay["shsize"])
         if e_shoff == 0 or len(sh0) < lay["shsize"]:
             raise MemoryFormatError(path, e_shoff, "PN_XNUM set but section header 0 is missing")
         e_phnum = struct.unpack_from("<I", sh0, lay["sh_info_at"])[0]
     if e_phentsize != lay["phsize"] and e_phnum:
-        raise MemoryFormatError(path, 0x36 if cls == 2 else 0x2A,
-                                f"e_phentsize {e_phentsize} is not {lay['phsize']}")
+        raise MemoryFormatError(path, 0x36 if cls == 2 else 0x2A, f"e_phentsize {e_phentsize} is not {lay['phsize']}")
     if e_phnum > MAX_PHNUM or e_phoff + e_phnum * lay["phsize"] > src.size:
         raise MemoryFormatError(path, e_phoff, f"{e_phnum} program headers do not fit in the file")
     table = src.pread(e_phoff, e_phnum * lay["phsize"])
-    phdrs = [_phdr(cls, table[i:i + lay["phsize"]])
-             for i in range(0, len(table), lay["phsize"])]
+    phdrs = [_phdr(cls, table[i : i + lay["phsize"]]) for i in range(0, len(table), lay["phsize"])]
     return {"class": cls, "machine": e_machine, "phoff": e_phoff, "phdrs": phdrs}
 
 
@@ -84,9 +86,8 @@ def parse_notes(data, path="", base=0):
         end = desc_at + ((descsz + 3) & ~3)
         if end > len(data) + 3 or namesz > 4096:
             raise MemoryFormatError(path, base + pos, "ELF note runs past its segment")
-        name = data[name_at:name_at + namesz].rstrip(b"\0").decode("ascii", "replace")
-        notes.append({"name": name, "type": ntype, "desc": data[desc_at:desc_at + descsz],
-                      "offset": base + pos})
+        name = data[name_at : name_at + namesz].rstrip(b"\0").decode("ascii", "replace")
+        notes.append({"name": name, "type": ntype, "desc": data[desc_at : desc_at + descsz], "offset": base + pos})
         pos = end
     return notes
 
@@ -128,9 +129,13 @@ def probe(path):
     src, hdr, notes_raw = _scan(path)
     try:
         loads = [p for p in hdr["phdrs"] if p["type"] == PT_LOAD]
-        facts = {"format": "elf-core", "elf_class": 64 if hdr["class"] == 2 else 32,
-                 "machine": hdr["machine"], "loads": len(loads),
-                 "ram_bytes": sum(p["memsz"] for p in loads)}
+        facts = {
+            "format": "elf-core",
+            "elf_class": 64 if hdr["class"] == 2 else 32,
+            "machine": hdr["machine"],
+            "loads": len(loads),
+            "ram_bytes": sum(p["memsz"] for p in loads),
+        }
         facts.update(note_facts(parse_notes(notes_raw, path)))
         return facts
     finally:
@@ -151,25 +156,49 @@ def open(path, **_opts):
                 continue
             have = max(0, min(ph["filesz"], src.size - ph["offset"]))
             if have < ph["filesz"]:
-                diags.append(diagnostic(
-                    "error", "memory range missing", f"{path}@{src.size:#x}",
-                    "file truncated inside a PT_LOAD segment",
-                    missing=[(ph["paddr"] + have, ph["filesz"] - have)]))
+                diags.append(
+                    diagnostic(
+                        "error",
+                        "memory range missing",
+                        f"{path}@{src.size:#x}",
+                        "file truncated inside a PT_LOAD segment",
+                        missing=[(ph["paddr"] + have, ph["filesz"] - have)],
+                    )
+                )
             # "extents"/"source": where the bytes lie, so a bulk copier
             # (convert.to_elf) can read straight from the file.
-            segs.append({"gpa": ph["paddr"], "length": have,
-                         "read": _file_reader(src, ph["offset"]), "runs": None, "source": src,
-                         "extents": (lambda base: lambda o, n: [(0, n, base + o)])(ph["offset"])})
+            segs.append(
+                {
+                    "gpa": ph["paddr"],
+                    "length": have,
+                    "read": _file_reader(src, ph["offset"]),
+                    "runs": None,
+                    "source": src,
+                    "extents": (lambda base: lambda o, n: [(0, n, base + o)])(ph["offset"]),
+                }
+            )
             if ph["memsz"] > ph["filesz"]:  # ELF semantics: the tail is zero
-                segs.append({"gpa": ph["paddr"] + ph["filesz"],
-                             "length": ph["memsz"] - ph["filesz"],
-                             "read": lambda o, n: bytes(n), "runs": None,
-                             "extents": lambda o, n: [(0, n, -1)]})
+                segs.append(
+                    {
+                        "gpa": ph["paddr"] + ph["filesz"],
+                        "length": ph["memsz"] - ph["filesz"],
+                        "read": lambda o, n: bytes(n),
+                        "runs": None,
+                        "extents": lambda o, n: [(0, n, -1)],
+                    }
+                )
         notes = parse_notes(notes_raw, path)
         info = {"elf_class": 64 if hdr["class"] == 2 else 32, "machine": hdr["machine"]}
         info.update(note_facts(notes))
-        return MemoryImage(format="elf-core", path=path, info=info, segments=segs,
-                           diagnostics=diags, notes=notes_raw, closers=[src.close])
+        return MemoryImage(
+            format="elf-core",
+            path=path,
+            info=info,
+            segments=segs,
+            diagnostics=diags,
+            notes=notes_raw,
+            closers=[src.close],
+        )
     except BaseException:
         src.close()
         raise

@@ -14,6 +14,7 @@ memory, not guest RAM, and get no address here.
 >>> guest_ram_pieces("pc-q35-7.2", [("pc.ram", 0xC0000000)])
 [(0, 'pc.ram', 0, 2147483648), (4294967296, 'pc.ram', 2147483648, 1073741824)]
 """
+
 from __future__ import annotations
 
 import re

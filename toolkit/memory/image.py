@@ -15,6 +15,7 @@ Example::
     >>> img.runs
     [(4096, 4)]
 """
+
 from __future__ import annotations
 
 import bisect
@@ -70,8 +71,7 @@ class MemoryImage:
     b'\\x00\\x00'
     """
 
-    def __init__(self, *, format, path, info, segments, diagnostics=None,
-                 notes=b"", closers=()):
+    def __init__(self, *, format, path, info, segments, diagnostics=None, notes=b"", closers=()):
         self.format = format
         self.path = str(path)
         self.info = info
@@ -83,8 +83,7 @@ class MemoryImage:
         segs = sorted((s for s in segments if s["length"] > 0), key=lambda s: s["gpa"])
         for a, b in zip(segs, segs[1:]):
             if a["gpa"] + a["length"] > b["gpa"]:
-                raise MemoryFormatError(path, "segment table",
-                                        f"overlapping ranges at gpa {b['gpa']:#x}")
+                raise MemoryFormatError(path, "segment table", f"overlapping ranges at gpa {b['gpa']:#x}")
         self._segs = segs
         self._starts = [s["gpa"] for s in segs]
         runs = []
@@ -115,7 +114,7 @@ class MemoryImage:
             hi = min(end, s["gpa"] + s["length"])
             if lo < hi:
                 data = s["read"](lo - s["gpa"], hi - lo)
-                out[lo - gpa:lo - gpa + len(data)] = data
+                out[lo - gpa : lo - gpa + len(data)] = data
             i += 1
         return bytes(out)
 

@@ -17,6 +17,7 @@ PFN = guest-physical address >> 12 for QEMU-written dumps.
 >>> detect(b"KDUMP   "), detect(b"makedumpfile\\0\\0\\0\\0")
 (True, True)
 """
+
 from __future__ import annotations
 
 import bisect
@@ -69,9 +70,14 @@ class FlatFile:
         while True:
             rec = self.src.pread(pos, 16)
             if len(rec) < 16:
-                self.diagnostics.append(diagnostic(
-                    "error", "flattened stream truncated", f"{self.path}@{pos:#x}",
-                    "file ends before the end marker (offset = size = -1)"))
+                self.diagnostics.append(
+                    diagnostic(
+                        "error",
+                        "flattened stream truncated",
+                        f"{self.path}@{pos:#x}",
+                        "file ends before the end marker (offset = size = -1)",
+                    )
+                )
                 break
             off, size = struct.unpack(">qq", rec)
             if off == -1 and size == -1:
@@ -80,9 +86,14 @@ class FlatFile:
                 raise MemoryFormatError(self.path, pos, f"record offset {off} / size {size} is negative")
             have = min(size, self.src.size - pos - 16)
             if have < size:
-                self.diagnostics.append(diagnostic(
-                    "error", "flattened stream truncated", f"{self.path}@{self.src.size:#x}",
-                    f"record at {pos:#x} announces {size} bytes, {have} present"))
+                self.diagnostics.append(
+                    diagnostic(
+                        "error",
+                        "flattened stream truncated",
+                        f"{self.path}@{self.src.size:#x}",
+                        f"record at {pos:#x} announces {size} bytes, {have} present",
+                    )
+                )
             records.append((off, have, pos + 16))
             if have < size:
                 break
@@ -97,7 +108,7 @@ class FlatFile:
             vstart, n, fpos = self._pieces[i]
             lo, hi = max(offset, vstart), min(end, vstart + n)
             if lo < hi:
-                out[lo - offset:hi - offset] = self.src.pread(fpos + lo - vstart, hi - lo)
+                out[lo - offset : hi - offset] = self.src.pread(fpos + lo - vstart, hi - lo)
             i += 1
         return bytes(out)
 
@@ -148,16 +159,14 @@ def _header(f, path):
     h = f.pread(0, 464)
     if len(h) < 464 or h[:8] not in (b"KDUMP   ", b"DISKDUMP"):
         raise MemoryFormatError(path, 0, "no KDUMP disk_dump_header")
-    uts = [h[12 + 65 * i:12 + 65 * (i + 1)].split(b"\0")[0].decode("ascii", "replace")
-           for i in range(6)]
+    uts = [h[12 + 65 * i : 12 + 65 * (i + 1)].split(b"\0")[0].decode("ascii", "replace") for i in range(6)]
     (version,) = struct.unpack_from("<i", h, 8)
     block_size, sub_blocks, bitmap_blocks, mapnr32 = struct.unpack_from("<IIII", h, 428)
     (nr_cpus,) = struct.unpack_from("<I", h, 460)
     # struct timeval timestamp at 408 (after the 390-byte utsname, 8-aligned), status flags at 424
     tv_sec, _tv_usec, status = struct.unpack_from("<qqI", h, 408)
     if block_size not in (4096, 8192, 16384, 65536) or bitmap_blocks == 0:
-        raise MemoryFormatError(path, 428, f"block_size {block_size} / bitmap_blocks "
-                                           f"{bitmap_blocks} are not plausible")
+        raise MemoryFormatError(path, 428, f"block_size {block_size} / bitmap_blocks {bitmap_blocks} are not plausible")
     sub = f.pread(block_size, 104)
     if len(sub) < 104:
         raise MemoryFormatError(path, block_size, "kdump sub-header missing")
@@ -171,14 +180,22 @@ def _header(f, path):
         raise MemoryFormatError(path, 436, f"bitmap_blocks {bitmap_blocks} run past the end of the dump")
     if max_mapnr > half * 8 or max_mapnr > MAX_PAGES:
         raise MemoryFormatError(path, 440, f"max_mapnr {max_mapnr} exceeds the bitmap ({half * 8} bits)")
-    return {"version": version, "utsname": dict(zip(
-                ("sysname", "nodename", "release", "version", "machine", "domainname"), uts)),
-            "block_size": block_size, "max_mapnr": max_mapnr, "nr_cpus": nr_cpus,
-            "status": status, "timestamp": tv_sec,
-            "phys_base": phys_base, "dump_level": dump_level,
-            "vmcoreinfo_at": (off_vmci, size_vmci), "notes_at": (off_note, size_note),
-            "bitmap2_at": bitmap_at + half, "bitmap_half": half,
-            "desc_at": bitmap_at + bitmap_blocks * block_size}
+    return {
+        "version": version,
+        "utsname": dict(zip(("sysname", "nodename", "release", "version", "machine", "domainname"), uts)),
+        "block_size": block_size,
+        "max_mapnr": max_mapnr,
+        "nr_cpus": nr_cpus,
+        "status": status,
+        "timestamp": tv_sec,
+        "phys_base": phys_base,
+        "dump_level": dump_level,
+        "vmcoreinfo_at": (off_vmci, size_vmci),
+        "notes_at": (off_note, size_note),
+        "bitmap2_at": bitmap_at + half,
+        "bitmap_half": half,
+        "desc_at": bitmap_at + bitmap_blocks * block_size,
+    }
 
 
 def _read_extra(f, at, limit=16 << 20):
@@ -201,13 +218,19 @@ def probe(path):
     f, flat = _container(path)
     try:
         h = _header(f, path)
-        facts = {"format": "kdump", "flattened": flat, "header_version": h["version"],
-                 "utsname": h["utsname"], "block_size": h["block_size"],
-                 "max_mapnr": h["max_mapnr"], "nr_cpus": h["nr_cpus"],
-                 "compression": status_compression(h["status"]),
-                 "incomplete": bool(h["status"] & STATUS_INCOMPLETE)}
+        facts = {
+            "format": "kdump",
+            "flattened": flat,
+            "header_version": h["version"],
+            "utsname": h["utsname"],
+            "block_size": h["block_size"],
+            "max_mapnr": h["max_mapnr"],
+            "nr_cpus": h["nr_cpus"],
+            "compression": status_compression(h["status"]),
+            "incomplete": bool(h["status"] & STATUS_INCOMPLETE),
+        }
         if h["timestamp"] > 0:
-            facts["captured_at"] = dt.datetime.fromtimestamp(h["timestamp"], dt.timezone.utc).isoformat()
+            facts["captured_at"] = dt.datetime.fromtimestamp(h["timestamp"], dt.UTC).isoformat()
         notes = parse_notes(_read_extra(f, h["notes_at"]), path)
         facts.update(note_facts(notes))
         return facts
@@ -239,21 +262,37 @@ def _build_index(f, h, path, diags):
             continue
         desc_raw = f.pread(h["desc_at"] + rank * 24, len(pfns) * 24)
         got = len(desc_raw) // 24
-        d = np.frombuffer(desc_raw[:got * 24], DESC)
+        d = np.frombuffer(desc_raw[: got * 24], DESC)
         if got < len(pfns):
             lost = pfns[got:]
-            diags.append(diagnostic("error", "memory range missing", f"{path}@{h['desc_at'] + (rank + got) * 24:#x}",
-                                    "page descriptor table ends early",
-                                    missing=_pfn_ranges(lost, bs)))
+            diags.append(
+                diagnostic(
+                    "error",
+                    "memory range missing",
+                    f"{path}@{h['desc_at'] + (rank + got) * 24:#x}",
+                    "page descriptor table ends early",
+                    missing=_pfn_ranges(lost, bs),
+                )
+            )
             pfns = pfns[:got]
         # Compressed data may exceed a page only in theory (writers store such
         # pages raw); allow some slack, refuse what cannot be a page.
-        bad = (d["offset"] < 0) | (d["size"] == 0) | (d["size"] > 2 * bs) | \
-              (d["offset"] + d["size"].astype(np.int64) > f.size)
+        bad = (
+            (d["offset"] < 0)
+            | (d["size"] == 0)
+            | (d["size"] > 2 * bs)
+            | (d["offset"] + d["size"].astype(np.int64) > f.size)
+        )
         if bad.any():
-            diags.append(diagnostic("error", "memory range missing", f"{path}@{h['desc_at'] + rank * 24:#x}",
-                                    "page descriptors point outside the file or have impossible sizes",
-                                    missing=_pfn_ranges(pfns[bad], bs)))
+            diags.append(
+                diagnostic(
+                    "error",
+                    "memory range missing",
+                    f"{path}@{h['desc_at'] + rank * 24:#x}",
+                    "page descriptors point outside the file or have impossible sizes",
+                    missing=_pfn_ranges(pfns[bad], bs),
+                )
+            )
         ranks = np.arange(rank, rank + len(pfns), dtype=np.int64)
         plain = ~bad & (d["flags"] == 0) & (d["size"] == bs)
         pm.loc[pfns[plain]] = enc(KIND_SRC, 0) | d["offset"][plain]
@@ -266,13 +305,11 @@ def _build_index(f, h, path, diags):
             off = int(off)
             if off not in zero_offs:
                 j = int(np.flatnonzero(d["offset"] == off)[0])
-                zero_offs[off] = _page(f, int(d["offset"][j]), int(d["size"][j]),
-                                       int(d["flags"][j]), bs) == bytes(bs)
+                zero_offs[off] = _page(f, int(d["offset"][j]), int(d["size"][j]), int(d["flags"][j]), bs) == bytes(bs)
             if zero_offs[off]:
                 pm.loc[pfns[~bad & (d["offset"] == off)]] = enc(KIND_FILL, 0)
         rank += len(pfns)
-    names = [n for bit, n in ((ZLIB, "zlib"), (LZO, "lzo"), (SNAPPY, "snappy"))
-             if any(fl & bit for fl in seen_flags)]
+    names = [n for bit, n in ((ZLIB, "zlib"), (LZO, "lzo"), (SNAPPY, "snappy")) if any(fl & bit for fl in seen_flags)]
     return pm, names
 
 
@@ -322,17 +359,33 @@ def open(path, **_opts):
         try:
             return _page(f, where, int(rec["size"]), int(rec["flags"]), bs)
         except Exception as exc:  # any codec error: the page is lost, the rest is not
-            diags.append(diagnostic("error", "corrupt compressed page", f"{path}@{where:#x}",
-                                    f"pfn {page_no:#x}: {exc}", missing=[(page_no * bs, bs)]))
+            diags.append(
+                diagnostic(
+                    "error",
+                    "corrupt compressed page",
+                    f"{path}@{where:#x}",
+                    f"pfn {page_no:#x}: {exc}",
+                    missing=[(page_no * bs, bs)],
+                )
+            )
             return bytes(bs)
 
-    info = {"flattened": flat, "header_version": h["version"], "utsname": h["utsname"],
-            "block_size": bs, "max_mapnr": h["max_mapnr"], "nr_cpus": h["nr_cpus"],
-            "phys_base": h["phys_base"], "dump_level": h["dump_level"], "compression": comp}
+    info = {
+        "flattened": flat,
+        "header_version": h["version"],
+        "utsname": h["utsname"],
+        "block_size": bs,
+        "max_mapnr": h["max_mapnr"],
+        "nr_cpus": h["nr_cpus"],
+        "phys_base": h["phys_base"],
+        "dump_level": h["dump_level"],
+        "compression": comp,
+    }
     info.update(note_facts(parse_notes(notes_raw, path)))
     if vmci and "vmcoreinfo" not in info:
         text = vmci.decode("utf-8", "replace").rstrip("\0")
-        info["vmcoreinfo"] = dict(l.split("=", 1) for l in text.splitlines() if "=" in l)
+        info["vmcoreinfo"] = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     seg = {"gpa": 0, "length": pm.npages * bs, "read": pm.reader(fetch), "runs": pm.runs()}
-    return MemoryImage(format="kdump", path=path, info=info, segments=[seg],
-                       diagnostics=diags, notes=notes_raw, closers=[f.close])
+    return MemoryImage(
+        format="kdump", path=path, info=info, segments=[seg], diagnostics=diags, notes=notes_raw, closers=[f.close]
+    )

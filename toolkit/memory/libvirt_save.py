@@ -11,6 +11,7 @@ words. Then the domain XML (NUL-terminated), an optional cookie XML at
 >>> detect(b"LibvirtQemudSave"), detect(b"LibvirtQemudPart")
 (True, True)
 """
+
 from __future__ import annotations
 
 import struct
@@ -52,17 +53,30 @@ def read_header(src, path):
     xml_end = cookie_off if cookie_off else data_len
     xml = area[:xml_end].split(b"\0")[0].decode("utf-8", "replace")
     cookie = area[cookie_off:].split(b"\0")[0].decode("utf-8", "replace") if cookie_off else None
-    return {"complete": raw[:16] == MAGIC, "version": version, "was_running": bool(was_running),
-            "compression": FORMATS[fmt], "byte_order": "little" if order == "<" else "big",
-            "domain_xml": xml, "cookie": cookie, "stream_offset": HEADER_SIZE + data_len}
+    return {
+        "complete": raw[:16] == MAGIC,
+        "version": version,
+        "was_running": bool(was_running),
+        "compression": FORMATS[fmt],
+        "byte_order": "little" if order == "<" else "big",
+        "domain_xml": xml,
+        "cookie": cookie,
+        "stream_offset": HEADER_SIZE + data_len,
+    }
 
 
 def _part_diag(path, hdr):
     if hdr["complete"]:
         return []
-    return [diagnostic("warning", "incomplete evidence", f"{path}@0x0",
-                       "magic is LibvirtQemudPart: libvirt had not finished writing this "
-                       "save image; the memory it holds may be partial")]
+    return [
+        diagnostic(
+            "warning",
+            "incomplete evidence",
+            f"{path}@0x0",
+            "magic is LibvirtQemudPart: libvirt had not finished writing this "
+            "save image; the memory it holds may be partial",
+        )
+    ]
 
 
 def probe(path):
@@ -97,8 +111,11 @@ def open(path, *, derived_dir=None, **_opts):
         hdr = read_header(src, path)
         diags = _part_diag(path, hdr)
         if hdr["compression"] in ("raw", "sparse"):
-            st = migration.index_stream(Cursor(path, source=src, start=hdr["stream_offset"]),
-                                        source=src, spill_factory=migration_image._temp_spill)
+            st = migration.index_stream(
+                Cursor(path, source=src, start=hdr["stream_offset"]),
+                source=src,
+                spill_factory=migration_image._temp_spill,
+            )
             closers, source = [src.close], src
         else:
             src.close()
@@ -106,10 +123,17 @@ def open(path, *, derived_dir=None, **_opts):
             closers, source = [], None
             hdr["derived"] = st.get("derived")
             if derived_dir is None:
-                diags.append(diagnostic("info", "decompressed to a temporary file", path,
-                                        "no derived directory given; the index is not kept"))
-        return migration_image.build_image(path, st, fmt="libvirt-save", info=hdr,
-                                           diagnostics=diags, closers=closers, source=source)
+                diags.append(
+                    diagnostic(
+                        "info",
+                        "decompressed to a temporary file",
+                        path,
+                        "no derived directory given; the index is not kept",
+                    )
+                )
+        return migration_image.build_image(
+            path, st, fmt="libvirt-save", info=hdr, diagnostics=diags, closers=closers, source=source
+        )
     except BaseException:
         src.close()
         raise

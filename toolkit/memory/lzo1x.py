@@ -9,6 +9,7 @@ wrapper turns every decoding failure into ValueError.
 >>> decompress(b"\\x01abcd\\x11\\x00\\x00", 4)
 b'abcd'
 """
+
 from __future__ import annotations
 
 from dissect.util.compression import lzo as _lzo

@@ -13,6 +13,7 @@ has ended (its END section); everything needed is before that point.
 >>> detect(b"QEVM\\x00\\x00\\x00\\x03")
 True
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,17 @@ from toolkit.schemas import diagnostic
 
 MAGIC = b"QEVM"
 EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIG, COMMAND, FOOTER = (
-    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x7E)
+    0x00,
+    0x01,
+    0x02,
+    0x03,
+    0x04,
+    0x05,
+    0x06,
+    0x07,
+    0x08,
+    0x7E,
+)
 F_FULL, F_ZERO, F_MEM_SIZE, F_PAGE, F_EOS, F_CONTINUE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 F_XBZRLE, F_HOOK, F_COMPRESS, F_MULTIFD_FLUSH = 0x40, 0x80, 0x100, 0x200
 _PAGE_KINDS = F_ZERO | F_PAGE | F_XBZRLE | F_COMPRESS
@@ -109,8 +120,9 @@ def _mem_size(cur, st, total):
         name = cur.read(cur.u8()).decode("ascii", "replace")
         length = cur.be64()
         if length > total or length > MAX_BLOCK:
-            raise MemoryFormatError(cur.path, at, f"RAM block {name!r} length {length:#x} exceeds "
-                                                  f"the announced total {total:#x}")
+            raise MemoryFormatError(
+                cur.path, at, f"RAM block {name!r} length {length:#x} exceeds the announced total {total:#x}"
+            )
         if "x-ignore-shared" in caps:
             cur.be64()  # host region address: irrelevant offline
         pm = PageMap((length + ps - 1) // ps, ps)
@@ -125,22 +137,29 @@ def _mapped_ram_block(cur, st, name, length, pm):
     version = cur.be32()
     page_size, bitmap_off, pages_off = cur.be64(), cur.be64(), cur.be64()
     if version != 1 or page_size != pm.page_size:
-        raise MemoryFormatError(cur.path, at, f"mapped-ram header version {version} / page size "
-                                              f"{page_size} unsupported")
+        raise MemoryFormatError(
+            cur.path, at, f"mapped-ram header version {version} / page size {page_size} unsupported"
+        )
     src = st["source"]
     nbytes = (pm.npages + 63) // 64 * 8
     if bitmap_off + nbytes > src.size:
         raise MemoryFormatError(cur.path, at + 12, f"mapped-ram bitmap at {bitmap_off:#x} lies past the end")
-    bits = np.unpackbits(np.frombuffer(src.pread(bitmap_off, nbytes), np.uint8),
-                         bitorder="little")[:pm.npages].astype(bool)
+    bits = np.unpackbits(np.frombuffer(src.pread(bitmap_off, nbytes), np.uint8), bitorder="little")[: pm.npages].astype(
+        bool
+    )
     idx = np.arange(pm.npages, dtype=np.int64)
     pm.loc[:] = np.where(bits, enc(KIND_SRC, 0) | (pages_off + idx * page_size), enc(KIND_FILL, 0))
     beyond = bits & (pages_off + (idx + 1) * page_size > src.size)
     if beyond.any():
         pm.loc[beyond] = 0  # absent
-        st["diagnostics"].append(diagnostic(
-            "error", "memory range missing", f"{cur.path}@{src.size:#x}",
-            f"mapped-ram pages of block {name!r} lie past the end of the file"))
+        st["diagnostics"].append(
+            diagnostic(
+                "error",
+                "memory range missing",
+                f"{cur.path}@{src.size:#x}",
+                f"mapped-ram pages of block {name!r} lie past the end of the file",
+            )
+        )
     # QEMU continues the stream after the block's page area.
     cur.seek(pages_off + length)
 
@@ -175,8 +194,7 @@ def _ram_records(cur, st):
             page = addr // ps
             loc = block["map"].loc
             if page >= len(loc):
-                raise MemoryFormatError(cur.path, at, f"page offset {addr:#x} beyond block length "
-                                                      f"{block['length']:#x}")
+                raise MemoryFormatError(cur.path, at, f"page offset {addr:#x} beyond block length {block['length']:#x}")
             if flags & F_PAGE:
                 if seekable:
                     where = cur.tell()
@@ -290,7 +308,7 @@ def xbzrle_decode(src, old, path="", at=0):
         n = uleb()
         if n == 0 or d + n > len(out) or i + n > len(src):
             raise MemoryFormatError(path, at, "XBZRLE run overflows the page")
-        out[d:d + n] = src[i:i + n]
+        out[d : d + n] = src[i : i + n]
         d += n
         i += n
     return bytes(out)
@@ -308,9 +326,17 @@ def index_stream(cur, *, spill_factory=None, source=None):
     Traceback (most recent call last):
     toolkit.memory.image.MemoryFormatError: x: at offset 0x8: stream ends before the RAM section completed
     """
-    st = {"machine": None, "page_size": 4096, "capabilities": [], "blocks": {},
-          "complete": False, "diagnostics": [], "source": source, "spill_obj": None,
-          "mapped_ram": False}
+    st = {
+        "machine": None,
+        "page_size": 4096,
+        "capabilities": [],
+        "blocks": {},
+        "complete": False,
+        "diagnostics": [],
+        "source": source,
+        "spill_obj": None,
+        "mapped_ram": False,
+    }
 
     def spill():
         if st["spill_obj"] is None:
@@ -344,8 +370,9 @@ def index_stream(cur, *, spill_factory=None, source=None):
                 cur.be32()
                 sver = cur.be32()
                 if name != "ram":
-                    raise MemoryFormatError(cur.path, at, f"section {name!r} before RAM completed "
-                                                          "(its layout is not self-describing)")
+                    raise MemoryFormatError(
+                        cur.path, at, f"section {name!r} before RAM completed (its layout is not self-describing)"
+                    )
                 if sver != 4:
                     raise MemoryFormatError(cur.path, at, f"ram section version {sver} (4 expected)")
                 ram_id = sid
@@ -374,8 +401,14 @@ def index_stream(cur, *, spill_factory=None, source=None):
     except MemoryFormatError as exc:
         if not st["blocks"]:
             raise
-        st["diagnostics"].append(diagnostic("error", "stream incomplete", f"{exc.path}@{exc.offset:#x}"
-                                            if isinstance(exc.offset, int) else exc.path, exc.message))
+        st["diagnostics"].append(
+            diagnostic(
+                "error",
+                "stream incomplete",
+                f"{exc.path}@{exc.offset:#x}" if isinstance(exc.offset, int) else exc.path,
+                exc.message,
+            )
+        )
     st["stream_end"] = cur.tell()
     return st
 

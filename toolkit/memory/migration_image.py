@@ -8,6 +8,7 @@ qcow2 snapshot's vmstate.
 >>> migration_image.detect(b"QEVM\\0\\0\\0\\3")
 True
 """
+
 from __future__ import annotations
 
 from toolkit.errors import MemoryFormatError
@@ -24,13 +25,23 @@ def stream_facts(st):
     blocks = [(n, b["length"]) for n, b in st["blocks"].items()]
     pieces = guest_layout.guest_ram_pieces(st["machine"], blocks)
     ram = guest_layout.ram_blocks(blocks)
-    return {"machine": st["machine"], "chipset": guest_layout.chipset(st["machine"]),
-            "page_size": st["page_size"], "capabilities": st["capabilities"],
-            "uuid": st.get("uuid"), "mapped_ram": st["mapped_ram"],
-            "ram_bytes": sum(dict(blocks)[n] for n in ram),
-            "ram_blocks": [{"name": n, "length": l, "guest_ram": n in ram} for n, l in blocks],
-            "gpa_map": [{"gpa": g, "block": b, "offset": o, "length": l} for g, b, o, l in pieces],
-            "complete": st["complete"]}
+    return {
+        "machine": st["machine"],
+        "chipset": guest_layout.chipset(st["machine"]),
+        "page_size": st["page_size"],
+        "capabilities": st["capabilities"],
+        "uuid": st.get("uuid"),
+        "mapped_ram": st["mapped_ram"],
+        "ram_bytes": sum(dict(blocks)[n] for n in ram),
+        "ram_blocks": [{"name": n, "length": length, "guest_ram": n in ram} for n, length in blocks],
+        "gpa_map": [{"gpa": g, "block": b, "offset": o, "length": length} for g, b, o, length in pieces],
+        "complete": st["complete"],
+    }
+
+
+def _shifted(fn, base):
+    """``fn(offset, n)`` seen from ``base``: a segment's reads in its RAM block's offsets."""
+    return lambda offset, n: fn(base + offset, n)
 
 
 def build_image(path, st, *, fmt, info=None, diagnostics=(), closers=(), source=None):
@@ -48,40 +59,74 @@ def build_image(path, st, *, fmt, info=None, diagnostics=(), closers=(), source=
     facts = stream_facts(st)
     diags = list(diagnostics) + st["diagnostics"]
     if not facts["gpa_map"] and st["blocks"]:
-        diags.append(diagnostic("error", "no guest RAM block", path,
-                                f"none of the RAM blocks {list(st['blocks'])} is pc.ram or ram-nodeN"))
+        diags.append(
+            diagnostic(
+                "error",
+                "no guest RAM block",
+                path,
+                f"none of the RAM blocks {list(st['blocks'])} is pc.ram or ram-nodeN",
+            )
+        )
     if facts["chipset"] == "other" and st["blocks"]:
-        diags.append(diagnostic("warning", "unknown machine type", path,
-                                f"{st['machine']!r}: RAM mapped linearly from 0, no PCI hole"))
+        diags.append(
+            diagnostic(
+                "warning", "unknown machine type", path, f"{st['machine']!r}: RAM mapped linearly from 0, no PCI hole"
+            )
+        )
     segs = []
     for gpa, name, off, length in guest_layout.guest_ram_pieces(
-            st["machine"], [(n, b["length"]) for n, b in st["blocks"].items()]):
+        st["machine"], [(n, b["length"]) for n, b in st["blocks"].items()]
+    ):
         pm = st["blocks"][name]["map"]
         read = pm.reader(fetch)
-        runs = [(max(o, off) - off, min(o + n, off + length) - max(o, off))
-                for o, n in pm.runs() if o < off + length and o + n > off]
-        missing = [(gpa + max(o, off) - off, min(o + n, off + length) - max(o, off))
-                   for o, n in pm.missing() if o < off + length and o + n > off]
+        runs = [
+            (max(o, off) - off, min(o + n, off + length) - max(o, off))
+            for o, n in pm.runs()
+            if o < off + length and o + n > off
+        ]
+        missing = [
+            (gpa + max(o, off) - off, min(o + n, off + length) - max(o, off))
+            for o, n in pm.missing()
+            if o < off + length and o + n > off
+        ]
         if missing:
-            diags.append(diagnostic("error", "memory range missing", path,
-                                    f"block {name!r}: pages never present in the stream",
-                                    missing=missing[:256]))
-        segs.append({"gpa": gpa, "length": length, "runs": runs,
-                     "read": (lambda r, base: lambda o, n: r(base + o, n))(read, off),
-                     # For bulk copiers (convert.to_elf): see PageMap.extents.
-                     "source": source,
-                     "extents": (lambda pm, base: lambda o, n: pm.extents(base + o, n))(pm, off)})
+            diags.append(
+                diagnostic(
+                    "error",
+                    "memory range missing",
+                    path,
+                    f"block {name!r}: pages never present in the stream",
+                    missing=missing[:256],
+                )
+            )
+        segs.append(
+            {
+                "gpa": gpa,
+                "length": length,
+                "runs": runs,
+                "read": _shifted(read, off),
+                # For bulk copiers (convert.to_elf): see PageMap.extents.
+                "source": source,
+                "extents": _shifted(pm.extents, off),
+            }
+        )
     merged = dict(facts)
     merged.update(info or {})
     closers = list(closers) + ([spill.close] if spill else [])
-    return MemoryImage(format=fmt, path=path, info=merged, segments=segs,
-                       diagnostics=diags, closers=closers)
+    return MemoryImage(format=fmt, path=path, info=merged, segments=segs, diagnostics=diags, closers=closers)
 
 
 def probe_preamble(cur, source=None):
     """Machine type and RAM block list from the head of a stream, no page pass."""
-    st = {"machine": None, "page_size": 4096, "capabilities": [], "blocks": {},
-          "diagnostics": [], "source": source, "mapped_ram": False}
+    st = {
+        "machine": None,
+        "page_size": 4096,
+        "capabilities": [],
+        "blocks": {},
+        "diagnostics": [],
+        "source": source,
+        "mapped_ram": False,
+    }
     if cur.read(4) != migration.MAGIC:
         raise MemoryFormatError(cur.path, cur.tell() - 4, "QEVM magic missing")
     version = cur.be32()
@@ -104,9 +149,13 @@ def probe_preamble(cur, source=None):
         migration._mem_size(cur, st, word & ~0xFFF)
     blocks = [(n, b["length"]) for n, b in st["blocks"].items()]
     ram = guest_layout.ram_blocks(blocks)
-    return {"machine": st["machine"], "capabilities": st["capabilities"],
-            "mapped_ram": st["mapped_ram"], "ram_bytes": sum(dict(blocks)[n] for n in ram),
-            "ram_blocks": [{"name": n, "length": l} for n, l in blocks]}
+    return {
+        "machine": st["machine"],
+        "capabilities": st["capabilities"],
+        "mapped_ram": st["mapped_ram"],
+        "ram_bytes": sum(dict(blocks)[n] for n in ram),
+        "ram_blocks": [{"name": n, "length": length} for n, length in blocks],
+    }
 
 
 def probe(path):
@@ -128,8 +177,7 @@ def open(path, **_opts):
     """
     src = FileSource(path)
     try:
-        st = migration.index_stream(Cursor(path, source=src), source=src,
-                                    spill_factory=_temp_spill)
+        st = migration.index_stream(Cursor(path, source=src), source=src, spill_factory=_temp_spill)
         return build_image(path, st, fmt="qemu-migration", closers=[src.close], source=src)
     except BaseException:
         src.close()
@@ -140,4 +188,5 @@ def _temp_spill():
     # XBZRLE/COMPRESS_PAGE records in a seekable stream: few pages, an
     # anonymous temporary file is enough (deleted on close).
     import tempfile
+
     return migration.Spill(tempfile.TemporaryFile())

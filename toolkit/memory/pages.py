@@ -17,6 +17,7 @@ Encoding of ``PageMap.loc`` entries (int64)::
 >>> pm.loc[1] = enc(KIND_FILL, 0); pm.runs()
 [(4096, 4096)]
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -75,9 +76,12 @@ class PageMap:
         ps = self.page_size
         if offset % ps or length % ps or length <= 0:
             return np.array([(0, length, EXT_READ)] if length > 0 else [], dtype=np.int64).reshape(-1, 3)
-        loc = self.loc[offset // ps:(offset + length) // ps]
-        where = np.where(loc >> _SHIFT == KIND_SRC, loc & _VALUE_MASK,
-                         np.where((loc == ABSENT) | (loc == enc(KIND_FILL, 0)), EXT_ZERO, EXT_READ))
+        loc = self.loc[offset // ps : (offset + length) // ps]
+        where = np.where(
+            loc >> _SHIFT == KIND_SRC,
+            loc & _VALUE_MASK,
+            np.where((loc == ABSENT) | (loc == enc(KIND_FILL, 0)), EXT_ZERO, EXT_READ),
+        )
         # A piece continues while the source stays contiguous (src) or the kind repeats.
         prev, cur = where[:-1], where[1:]
         joins = np.where(cur >= 0, (prev >= 0) & (cur == prev + ps), cur == prev)
@@ -103,7 +107,7 @@ class PageMap:
             # conversion to Python ints per call, since indexing numpy scalars
             # page by page costs more than the page copies themselves.
             out = bytearray((last - first + 1) * ps)
-            locs = loc[first:last + 1].tolist()
+            locs = loc[first : last + 1].tolist()
             i, count = 0, len(locs)
             while i < count:
                 v = locs[i]
@@ -112,19 +116,19 @@ class PageMap:
                     n = 1
                     while i + n < count and locs[i + n] == v + n * ps:
                         n += 1
-                    out[i * ps:(i + n) * ps] = fetch(KIND_SRC, v & _VALUE_MASK, first + i, n)
+                    out[i * ps : (i + n) * ps] = fetch(KIND_SRC, v & _VALUE_MASK, first + i, n)
                     i += n
                     continue
                 if kind == KIND_FILL:
                     if v & 0xFF:
-                        out[i * ps:(i + 1) * ps] = bytes([v & 0xFF]) * ps
+                        out[i * ps : (i + 1) * ps] = bytes([v & 0xFF]) * ps
                 elif v != ABSENT:
-                    out[i * ps:(i + 1) * ps] = fetch(kind, v & _VALUE_MASK, first + i, 1)
+                    out[i * ps : (i + 1) * ps] = fetch(kind, v & _VALUE_MASK, first + i, 1)
                 i += 1
             skip = offset - first * ps
             if skip == 0 and length == len(out):
                 return bytes(out)
-            return bytes(out[skip:skip + length])
+            return bytes(out[skip : skip + length])
 
         return read
 
@@ -184,25 +188,28 @@ class Cursor:
                 raise
             except Exception as exc:  # noqa: BLE001 - codecs raise assorted types
                 # gzip/bz2/lzma/zstd raise these for corrupt or cut-off data.
-                raise MemoryFormatError(self.path, self.tell() + have + got,
-                                        f"compressed stream unreadable: {exc}") from None
+                raise MemoryFormatError(
+                    self.path, self.tell() + have + got, f"compressed stream unreadable: {exc}"
+                ) from None
             if not piece:
                 break
             parts.append(piece)
             got += len(piece)
         more = b"".join(parts)
         self._base += self._bpos
-        self._buf = self._buf[self._bpos:] + more
+        self._buf = self._buf[self._bpos :] + more
         self._bpos = 0
 
     def read(self, n):
         if len(self._buf) - self._bpos < n:
             self._fill(n)
             if len(self._buf) - self._bpos < n:
-                raise MemoryFormatError(self.path, self.tell(),
-                                        f"truncated: needed {n} bytes, file ends at "
-                                        f"{self._base + len(self._buf):#x}")
-        b = self._buf[self._bpos:self._bpos + n]
+                raise MemoryFormatError(
+                    self.path,
+                    self.tell(),
+                    f"truncated: needed {n} bytes, file ends at {self._base + len(self._buf):#x}",
+                )
+        b = self._buf[self._bpos : self._bpos + n]
         self._bpos += n
         return b
 
@@ -212,9 +219,9 @@ class Cursor:
         elif self.seekable:
             target = self.tell() + n
             if self.source.size is not None and target > self.source.size:
-                raise MemoryFormatError(self.path, self.tell(),
-                                        f"truncated: {n} bytes announced, file ends at "
-                                        f"{self.source.size:#x}")
+                raise MemoryFormatError(
+                    self.path, self.tell(), f"truncated: {n} bytes announced, file ends at {self.source.size:#x}"
+                )
             self.seek(target)
         else:
             while n > 0:  # a stream: read through in bounded pieces
@@ -226,7 +233,7 @@ class Cursor:
         """Up to n bytes without consuming them (b'' at end of data)."""
         if len(self._buf) - self._bpos < n:
             self._fill(n)
-        return self._buf[self._bpos:self._bpos + n]
+        return self._buf[self._bpos : self._bpos + n]
 
     def u8(self):
         return self.read(1)[0]

@@ -11,6 +11,7 @@ QEVM stream, handed to the migration reader as a seekable source.
 >>> [s["name"] for s in hdr["snapshots"]]  # doctest: +SKIP
 ['before-implant']
 """
+
 from __future__ import annotations
 
 import builtins
@@ -18,7 +19,7 @@ import mmap
 import os
 import struct
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import zstandard
@@ -47,16 +48,38 @@ def _hdr(src, path):
     raw = src.pread(0, 112)
     if len(raw) < 72 or raw[:4] != MAGIC:
         raise MemoryFormatError(path, 0, "not a qcow2 image (magic missing)")
-    (version, backing_off, backing_size, cluster_bits, size, _crypt, l1_size, l1_off,
-     _rt_off, _rt_clusters, nb_snap, snap_off) = struct.unpack_from(">IQIIQIIQQIIQ", raw, 4)
+    (
+        version,
+        backing_off,
+        backing_size,
+        cluster_bits,
+        size,
+        _crypt,
+        l1_size,
+        l1_off,
+        _rt_off,
+        _rt_clusters,
+        nb_snap,
+        snap_off,
+    ) = struct.unpack_from(">IQIIQIIQQIIQ", raw, 4)
     if version not in (2, 3):
         raise MemoryFormatError(path, 4, f"qcow2 version {version} unsupported")
     if not 9 <= cluster_bits <= 21:
         raise MemoryFormatError(path, 20, f"cluster_bits {cluster_bits} out of range")
-    h = {"version": version, "cluster_bits": cluster_bits, "virtual_size": size,
-         "l1_size": l1_size, "l1_table_offset": l1_off, "nb_snapshots": nb_snap,
-         "snapshots_offset": snap_off, "incompatible_features": 0, "compression_type": 0,
-         "header_length": 72, "backing_file": None, "backing_format": None}
+    h = {
+        "version": version,
+        "cluster_bits": cluster_bits,
+        "virtual_size": size,
+        "l1_size": l1_size,
+        "l1_table_offset": l1_off,
+        "nb_snapshots": nb_snap,
+        "snapshots_offset": snap_off,
+        "incompatible_features": 0,
+        "compression_type": 0,
+        "header_length": 72,
+        "backing_file": None,
+        "backing_format": None,
+    }
     if version == 3:
         if len(raw) < 104:
             raise MemoryFormatError(path, len(raw), "qcow2 v3 header truncated")
@@ -94,8 +117,7 @@ def _snapshots(src, path, h):
         fixed = src.pread(pos, 40)
         if len(fixed) < 40:
             raise MemoryFormatError(path, pos, "snapshot table truncated")
-        l1_off, l1_size, id_len, name_len, dsec, dnsec, clock, vm32, extra_len = \
-            struct.unpack(">QIHHIIQII", fixed)
+        l1_off, l1_size, id_len, name_len, dsec, dnsec, clock, vm32, extra_len = struct.unpack(">QIHHIIQII", fixed)
         if extra_len > 1024:
             raise MemoryFormatError(path, pos + 36, f"snapshot extra data size {extra_len} implausible")
         extra = src.pread(pos + 40, extra_len)
@@ -104,13 +126,20 @@ def _snapshots(src, path, h):
         names = src.pread(pos + 40 + extra_len, id_len + name_len)
         if len(names) < id_len + name_len:
             raise MemoryFormatError(path, pos, "snapshot table truncated")
-        out.append({"id": names[:id_len].decode("utf-8", "replace"),
-                    "name": names[id_len:].decode("utf-8", "replace"),
-                    "date": datetime.fromtimestamp(dsec + dnsec / 1e9, timezone.utc).isoformat(),
-                    "vm_clock_ns": clock, "vm_state_size": vm_size, "disk_size": disk_size,
-                    "l1_table_offset": l1_off, "l1_size": l1_size,
-                    "vm_state_offset": -(-disk_size >> (h["cluster_bits"] + l2_bits))
-                    << (h["cluster_bits"] + l2_bits), "table_offset": pos})
+        out.append(
+            {
+                "id": names[:id_len].decode("utf-8", "replace"),
+                "name": names[id_len:].decode("utf-8", "replace"),
+                "date": datetime.fromtimestamp(dsec + dnsec / 1e9, UTC).isoformat(),
+                "vm_clock_ns": clock,
+                "vm_state_size": vm_size,
+                "disk_size": disk_size,
+                "l1_table_offset": l1_off,
+                "l1_size": l1_size,
+                "vm_state_offset": -(-disk_size >> (h["cluster_bits"] + l2_bits)) << (h["cluster_bits"] + l2_bits),
+                "table_offset": pos,
+            }
+        )
         pos += (40 + extra_len + id_len + name_len + 7) & ~7
     return out
 
@@ -159,12 +188,16 @@ class Qcow2:
                     raise MemoryFormatError(self.path, 8, "backing chain deeper than 32 (a loop?)")
                 found = resolve_backing(self.path, self.h["backing_file"], search_path)
                 if found is None:
-                    self.diagnostics.append(diagnostic(
-                        "error", "backing file not found", f"{self.path}@0x8",
-                        f"{self.h['backing_file']!r}: clusters it would supply read as zeros"))
+                    self.diagnostics.append(
+                        diagnostic(
+                            "error",
+                            "backing file not found",
+                            f"{self.path}@0x8",
+                            f"{self.h['backing_file']!r}: clusters it would supply read as zeros",
+                        )
+                    )
                 elif self.h["backing_format"] in (None, "qcow2") and _magic(found) == MAGIC:
-                    self.backing = Qcow2(found, search_path=search_path, depth=depth + 1,
-                                         diagnostics=self.diagnostics)
+                    self.backing = Qcow2(found, search_path=search_path, depth=depth + 1, diagnostics=self.diagnostics)
                 else:
                     self.backing = FileSource(found)
         except BaseException:
@@ -223,7 +256,7 @@ class Qcow2:
         i = ((offset >> cb) & (self.l2_entries - 1)) * self.entry
         (e,) = struct.unpack_from(">Q", t, i)
         if e & COMPRESSED:
-            return self._compressed(e)[within:within + n]
+            return self._compressed(e)[within : within + n]
         host = e & OFFSET_MASK
         if self.entry == 8:
             if e & 1:
@@ -293,7 +326,7 @@ class Qcow2:
             raise MemoryFormatError(self.path, host, f"compressed cluster corrupt: {exc}") from None
         if len(data) < self.cluster:
             raise MemoryFormatError(self.path, host, "compressed cluster inflates short")
-        self._zcache = (host, data[:self.cluster])
+        self._zcache = (host, data[: self.cluster])
         return self._zcache[1]
 
     def close(self):
@@ -335,8 +368,8 @@ class VmStateSource:
         while pos < n:
             host, step = self.img.host_run(self.l1, self.base + offset + pos, n - pos)
             if host is None:
-                mv[pos:pos + step] = self.img.pread_l1(self.l1, self.base + offset + pos, step)
-            elif os.preadv(self.img.src.fd, [mv[pos:pos + step]], host) < step:
+                mv[pos : pos + step] = self.img.pread_l1(self.l1, self.base + offset + pos, step)
+            elif os.preadv(self.img.src.fd, [mv[pos : pos + step]], host) < step:
                 raise MemoryFormatError(self.img.path, host, "data cluster lies past the end of the file")
             pos += step
         return len(mv)
@@ -350,14 +383,16 @@ def pick_snapshot(path, snaps, wanted):
                 if not s["vm_state_size"]:
                     raise MemoryFormatError(path, s["table_offset"], f"snapshot {wanted!r} has no VM state")
                 return s
-        raise MemoryFormatError(path, 64, f"no snapshot named or numbered {wanted!r}; have "
-                                          f"{[s['name'] for s in snaps]}")
+        raise MemoryFormatError(
+            path, 64, f"no snapshot named or numbered {wanted!r}; have {[s['name'] for s in snaps]}"
+        )
     if len(with_state) == 1:
         return with_state[0]
     if not with_state:
         raise MemoryFormatError(path, 60, "no internal snapshot with VM state in this qcow2")
-    raise MemoryFormatError(path, 64, "several snapshots hold VM state, choose one with "
-                                      f"snapshot=: {[s['name'] for s in with_state]}")
+    raise MemoryFormatError(
+        path, 64, f"several snapshots hold VM state, choose one with snapshot=: {[s['name'] for s in with_state]}"
+    )
 
 
 def probe(path):
@@ -378,13 +413,18 @@ def open(path, *, snapshot=None, search_path=(), **_opts):
     try:
         snap = pick_snapshot(path, img.h["snapshots"], snapshot)
         src = VmStateSource(img, snap)
-        st = migration.index_stream(Cursor(f"{path} [vmstate of snapshot {snap['name']!r}]",
-                                           source=src), source=src,
-                                    spill_factory=migration_image._temp_spill)
-        info = {"snapshot": {k: snap[k] for k in ("id", "name", "date", "vm_state_size", "disk_size")},
-                "backing_file": img.h["backing_file"]}
-        return migration_image.build_image(path, st, fmt="qcow2-snapshot", info=info,
-                                           diagnostics=diags, closers=[img.close], source=src)
+        st = migration.index_stream(
+            Cursor(f"{path} [vmstate of snapshot {snap['name']!r}]", source=src),
+            source=src,
+            spill_factory=migration_image._temp_spill,
+        )
+        info = {
+            "snapshot": {k: snap[k] for k in ("id", "name", "date", "vm_state_size", "disk_size")},
+            "backing_file": img.h["backing_file"],
+        }
+        return migration_image.build_image(
+            path, st, fmt="qcow2-snapshot", info=info, diagnostics=diags, closers=[img.close], source=src
+        )
     except BaseException:
         img.close()
         raise

@@ -7,6 +7,7 @@ each followed by end-start+1 bytes of memory.
 >>> lime_detect(b"EMiL\\x01\\x00\\x00\\x00")
 True
 """
+
 from __future__ import annotations
 
 import struct
@@ -39,8 +40,7 @@ def raw_open(path, **_opts):
     """
     src = FileSource(path)
     seg = {"gpa": 0, "length": src.size, "read": lambda o, n: src.pread(o, n), "runs": None}
-    return MemoryImage(format="raw", path=path, info={"ram_bytes": src.size},
-                       segments=[seg], closers=[src.close])
+    return MemoryImage(format="raw", path=path, info={"ram_bytes": src.size}, segments=[seg], closers=[src.close])
 
 
 def lime_detect(head):
@@ -52,21 +52,29 @@ def _lime_ranges(src, path):
     while pos < src.size:
         hdr = src.pread(pos, 32)
         if len(hdr) < 32:
-            diags.append(diagnostic("warning", "trailing bytes", f"{path}@{pos:#x}",
-                                    "fewer than 32 bytes after the last LiME range"))
+            diags.append(
+                diagnostic(
+                    "warning", "trailing bytes", f"{path}@{pos:#x}", "fewer than 32 bytes after the last LiME range"
+                )
+            )
             break
         magic, version, start, end = struct.unpack_from("<4sIQQ", hdr)
         if magic != LIME_MAGIC:
             raise MemoryFormatError(path, pos, f"LiME header magic {magic!r} is not b'EMiL'")
         if version != 1 or end < start:
-            raise MemoryFormatError(path, pos, f"LiME header version {version} / range "
-                                               f"{start:#x}-{end:#x} is invalid")
+            raise MemoryFormatError(path, pos, f"LiME header version {version} / range {start:#x}-{end:#x} is invalid")
         length = end - start + 1
         have = min(length, src.size - pos - 32)
         if have < length:
-            diags.append(diagnostic("error", "memory range missing", f"{path}@{src.size:#x}",
-                                    "file truncated inside a LiME range",
-                                    missing=[(start + have, length - have)]))
+            diags.append(
+                diagnostic(
+                    "error",
+                    "memory range missing",
+                    f"{path}@{src.size:#x}",
+                    "file truncated inside a LiME range",
+                    missing=[(start + have, length - have)],
+                )
+            )
         ranges.append((start, have, pos + 32))
         if len(ranges) > MAX_LIME_RANGES:
             raise MemoryFormatError(path, pos, "implausibly many LiME ranges")
@@ -96,8 +104,10 @@ def lime_open(path, **_opts):
     except BaseException:
         src.close()
         raise
-    segs = [{"gpa": start, "length": n, "runs": None,
-             "read": (lambda base: lambda o, k: src.pread(base + o, k))(off)}
-            for start, n, off in ranges]
-    return MemoryImage(format="lime", path=path, info={"ranges": len(ranges)},
-                       segments=segs, diagnostics=diags, closers=[src.close])
+    segs = [
+        {"gpa": start, "length": n, "runs": None, "read": (lambda base: lambda o, k: src.pread(base + o, k))(off)}
+        for start, n, off in ranges
+    ]
+    return MemoryImage(
+        format="lime", path=path, info={"ranges": len(ranges)}, segments=segs, diagnostics=diags, closers=[src.close]
+    )

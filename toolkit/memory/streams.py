@@ -12,6 +12,7 @@ source's path, size, mtime and stream offset, so a re-run reuses them.
 >>> codec_of(b"\\x1f\\x8b\\x08"), codec_of(b"(\\xb5/\\xfd"), codec_of(b"QEVM")
 ('gzip', 'zstd', None)
 """
+
 from __future__ import annotations
 
 import builtins
@@ -35,8 +36,13 @@ from toolkit.memory import lzo1x, migration
 from toolkit.memory.pages import Cursor, PageMap
 
 LZOP_MAGIC = b"\x89LZO\x00\r\n\x1a\n"
-MAGICS = [("gzip", b"\x1f\x8b"), ("bzip2", b"BZh"), ("xz", b"\xfd7zXZ\x00"),
-          ("lzop", LZOP_MAGIC), ("zstd", b"\x28\xb5\x2f\xfd")]
+MAGICS = [
+    ("gzip", b"\x1f\x8b"),
+    ("bzip2", b"BZh"),
+    ("xz", b"\xfd7zXZ\x00"),
+    ("lzop", LZOP_MAGIC),
+    ("zstd", b"\x28\xb5\x2f\xfd"),
+]
 LZOP_MAX_BLOCK = 64 << 20
 INDEX_VERSION = 2  # bump when the page-index encoding changes
 
@@ -190,8 +196,9 @@ def index_compressed(path, offset, codec, derived_dir=None):
     try:
         raw.seek(offset)
         stream = decompressor(codec, raw, path)
-        st = migration.index_stream(Cursor(path, stream=stream, start=0),
-                                    spill_factory=lambda: migration.Spill(spill_file))
+        st = migration.index_stream(
+            Cursor(path, stream=stream, start=0), spill_factory=lambda: migration.Spill(spill_file)
+        )
         if st["spill_obj"] is None:
             st["spill_obj"] = migration.Spill(spill_file)
     except BaseException:
@@ -206,8 +213,7 @@ def index_compressed(path, offset, codec, derived_dir=None):
         spill_file.flush()
         os.replace(f"{base}.pages.tmp", f"{base}.pages")
         _save(base, st)
-        st["derived"] = {"pages": f"{base}.pages", "index": f"{base}.npz", "meta": f"{base}.json",
-                         "reused": False}
+        st["derived"] = {"pages": f"{base}.pages", "index": f"{base}.npz", "meta": f"{base}.json", "reused": False}
     return st
 
 
@@ -244,6 +250,5 @@ def _load(base):
         st["spill_obj"] = migration.Spill(builtins.open(f"{base}.pages", "rb"))
     except (OSError, ValueError, KeyError):
         return None
-    st["derived"] = {"pages": f"{base}.pages", "index": f"{base}.npz", "meta": f"{base}.json",
-                     "reused": True}
+    st["derived"] = {"pages": f"{base}.pages", "index": f"{base}.npz", "meta": f"{base}.json", "reused": True}
     return st

@@ -10,6 +10,7 @@ Examples::
     terminal_safe("\\x1b[2Jevil")   -> '\\\\x1b[2Jevil'
     csv_safe("=cmd|' /C calc'!A0")  -> "'=cmd|' /C calc'!A0"
 """
+
 from __future__ import annotations
 
 import html

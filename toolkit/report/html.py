@@ -5,6 +5,7 @@ its explanation, the exact evidence rows and — for high and critical — an SV
 picture of its entity chain. A timeline follows. Every guest string goes
 through html_safe.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,14 @@ from toolkit.report.tabular import plain_value
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}
 h1{margin:0 0 .2em}.meta{color:#666;margin-bottom:1em}
-.sev{display:inline-block;min-width:5.5em;text-align:center;border-radius:3px;padding:1px 4px;font-weight:bold;color:#fff}
-.critical{background:#7b0000}.high{background:#c62828}.medium{background:#ef8f00}.low{background:#1565c0}.info{background:#777}
+.sev{display:inline-block;min-width:5.5em;text-align:center;border-radius:3px;padding:1px 4px;
+font-weight:bold;color:#fff}
+.critical{background:#7b0000}.high{background:#c62828}.medium{background:#ef8f00}.low{background:#1565c0}
+.info{background:#777}
 details{border:1px solid #ddd;border-radius:4px;margin:.4em 0;padding:.3em .6em}
 summary{cursor:pointer;font-size:1.05em}
-table{border-collapse:collapse;font-size:.85em;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 5px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
+td,th{border:1px solid #ccc;padding:2px 5px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.expl{margin:.4em 0 .6em}.mono{font-family:monospace;word-break:break-all}
 svg text{font-family:monospace;font-size:11px}
 """
@@ -63,8 +67,10 @@ def chain_svg(steps: list[dict]) -> str:
     visit(steps[0], 0)
     row_h, box_h, indent, width = 44, 24, 36, 900
     height = len(ordered) * row_h
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="entity chain">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="entity chain">'
+    ]
     y_of: dict[str, tuple[float, int]] = {}
     for n, (step, depth) in enumerate(ordered):
         x, y = 10 + depth * indent, n * row_h + 16
@@ -76,7 +82,9 @@ def chain_svg(steps: list[dict]) -> str:
             px = 10 + pdepth * indent + 12
             parts.append(f'<path d="M{px},{py + box_h} V{y + box_h / 2} H{x}" fill="none" stroke="#345"/>')
             parts.append(f'<text x="{x}" y="{y - 3}" fill="#456">{html_safe(step["via"])}</text>')
-        parts.append(f'<rect x="{x}" y="{y}" width="{width - x - 10}" height="{box_h}" rx="4" fill="{fill}" stroke="#567"/>')
+        parts.append(
+            f'<rect x="{x}" y="{y}" width="{width - x - 10}" height="{box_h}" rx="4" fill="{fill}" stroke="#567"/>'
+        )
         parts.append(f'<text x="{x + 8}" y="{y + 16}">{html_safe(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -84,15 +92,15 @@ def chain_svg(steps: list[dict]) -> str:
 
 def _evidence_rows(case, links: list[dict]) -> str:
     by_table: dict[str, list] = {}
-    for l in links:
-        by_table.setdefault(l["table"], []).append(l)
+    for lk in links:
+        by_table.setdefault(lk["table"], []).append(lk)
     out = []
     for table, ls in by_table.items():
         try:
             df = case.table(table)
         except KeyError:
             continue
-        wanted = {(l["snapshot_id"], l["row"]) for l in ls}
+        wanted = {(lk["snapshot_id"], lk["row"]) for lk in ls}
         # row links are positions within a snapshot's file
         df = df.assign(_row=df.groupby("snapshot_id").cumcount())
         picked = df[[(s, r) in wanted for s, r in zip(df["snapshot_id"], df["_row"])]].drop(columns="_row")
@@ -104,35 +112,46 @@ def render_html(case) -> str:
     findings = case.findings
     timeline = case.timeline
     title = f"snapscope report — {', '.join(case.snapshots) or case.path.name}"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html_safe(title)}</title>"
-             f"<style>{STYLE}</style></head><body>",
-             f"<h1>{html_safe(title)}</h1>",
-             f"<div class=meta>{len(findings)} findings · {len(case.snapshots)} snapshot(s) · case {html_safe(case.path)}</div>",
-             "<h2>Findings</h2>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html_safe(title)}</title>"
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{html_safe(title)}</h1>",
+        f"<div class=meta>{len(findings)} findings · {len(case.snapshots)} snapshot(s) · "
+        f"case {html_safe(case.path)}</div>",
+        "<h2>Findings</h2>",
+    ]
     if not len(findings):
         parts.append("<p>No findings.</p>")
     ordered = findings.sort_values(["severity_rank", "confidence"], ascending=False, kind="stable")
     for n, row in enumerate(ordered.itertuples(index=False)):
         links = json.loads(row.evidence or "[]")
         steps = json.loads(row.chain or "[]")
-        chain_links = [l for s in steps for l in s.get("links", [])]
+        chain_links = [lk for s in steps for lk in s.get("links", [])]
         open_attr = " open" if n == 0 else ""
+        attack = " · " + html_safe(row.attack_id) if isinstance(row.attack_id, str) else ""
         parts.append(
-            f"<details{open_attr}><summary><span class='sev {html_safe(row.severity)}'>{html_safe(row.severity.upper())}</span> "
+            f"<details{open_attr}><summary>"
+            f"<span class='sev {html_safe(row.severity)}'>{html_safe(row.severity.upper())}</span> "
             f"<b>{html_safe(row.title)}</b> — {html_safe(row.entity_label)} "
-            f"<small>({html_safe(row.rule_id)}{' · ' + html_safe(row.attack_id) if isinstance(row.attack_id, str) else ''}"
+            f"<small>({html_safe(row.rule_id)}{attack}"
             f" · {html_safe(row.snapshot_id)} · confidence {row.confidence:.0%})</small></summary>"
-            f"<p class=expl>{html_safe(row.explanation)}</p>")
+            f"<p class=expl>{html_safe(row.explanation)}</p>"
+        )
         if row.severity_rank >= 3:
             parts.append(chain_svg(steps))
         parts.append("<h3>Evidence rows</h3>" + _evidence_rows(case, links))
         if len(steps) > 1:
-            parts.append("<details><summary>rows behind the chain</summary>" + _evidence_rows(case, chain_links) + "</details>")
+            parts.append(
+                "<details><summary>rows behind the chain</summary>" + _evidence_rows(case, chain_links) + "</details>"
+            )
         parts.append("</details>")
     parts.append("<h2>Timeline</h2>")
     shown = timeline.head(2000)
-    parts.append(_row_table(shown[["ts", "kind", "description", "table", "row", "pid", "path", "snapshot_id"]]
-                            if len(shown) else shown))
+    parts.append(
+        _row_table(
+            shown[["ts", "kind", "description", "table", "row", "pid", "path", "snapshot_id"]] if len(shown) else shown
+        )
+    )
     if len(timeline) > len(shown):
         parts.append(f"<p>{len(timeline) - len(shown)} more events: see the timesketch or CSV export.</p>")
     parts.append("</body></html>")

@@ -8,6 +8,7 @@ Example::
 
     write_frame(df, Path("procs.csv"), "csv")
 """
+
 from __future__ import annotations
 
 import csv

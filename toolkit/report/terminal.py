@@ -1,4 +1,5 @@
 """Terminal summary: findings by severity, then the chain behind each (rich)."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,11 @@ def render_findings(console: Console, findings, *, chains: bool = True, min_rank
         if row.severity_rank < min_rank:
             continue
         style = SEVERITY_STYLE.get(row.severity, "")
-        head = (f"[{style}]{row.severity.upper()}[/] [bold]{rich_safe(row.title)}[/] "
-                f"({rich_safe(row.rule_id)}{', ' + rich_safe(row.attack_id) if isinstance(row.attack_id, str) else ''}) "
-                f"[dim]{rich_safe(row.snapshot_id)}[/]")
+        head = (
+            f"[{style}]{row.severity.upper()}[/] [bold]{rich_safe(row.title)}[/] "
+            f"({rich_safe(row.rule_id)}{', ' + rich_safe(row.attack_id) if isinstance(row.attack_id, str) else ''}) "
+            f"[dim]{rich_safe(row.snapshot_id)}[/]"
+        )
         tree = Tree(head)
         tree.add(rich_safe(row.explanation))
         if chains:
@@ -40,6 +43,8 @@ def render_findings(console: Console, findings, *, chains: bool = True, min_rank
             if len(steps) > 1:
                 branch = tree.add("[dim]evidence chain[/]")
                 for step in steps[1:]:
-                    tables = sorted({f"{l['table']}#{l['row']}" for l in step.get("links", [])})
-                    branch.add(f"{rich_safe(step['via'])} → {rich_safe(step['label'])} [dim]{rich_safe(' '.join(tables))}[/]")
+                    tables = sorted({f"{lk['table']}#{lk['row']}" for lk in step.get("links", [])})
+                    branch.add(
+                        f"{rich_safe(step['via'])} → {rich_safe(step['label'])} [dim]{rich_safe(' '.join(tables))}[/]"
+                    )
         console.print(tree)

@@ -1,4 +1,5 @@
 """Timesketch-compatible JSON lines: message, datetime, timestamp (µs), timestamp_desc."""
+
 from __future__ import annotations
 
 import json

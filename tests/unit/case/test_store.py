@@ -14,8 +14,12 @@ from toolkit.schemas import make_table
 def test_write_and_read_tables(tmp_path):
     case_store.init_case(tmp_path / "c")
     for sid in ("a", "b"):
-        df = make_table("diagnostics", [{"severity": "warning", "what": "x", "where": sid, "why": "y"}],
-                        snapshot_id=sid, source="test")
+        df = make_table(
+            "diagnostics",
+            [{"severity": "warning", "what": "x", "where": sid, "why": "y"}],
+            snapshot_id=sid,
+            source="test",
+        )
         case_store.write_table(tmp_path / "c", "diagnostics", sid, df)
     case = case_store.Case.open(tmp_path / "c")
     assert case.tables() == ["diagnostics"]
@@ -44,8 +48,9 @@ def test_killed_writer_leaves_no_partial_table(tmp_path):
     """SIGKILL in the middle of writing a big table: the old file stays whole, no temp file is visible as a table."""
     target = tmp_path / "c"
     case_store.init_case(target)
-    small = make_table("diagnostics", [{"severity": "info", "what": "old", "where": "", "why": ""}],
-                       snapshot_id="s", source="t")
+    small = make_table(
+        "diagnostics", [{"severity": "info", "what": "old", "where": "", "why": ""}], snapshot_id="s", source="t"
+    )
     case_store.write_table(target, "diagnostics", "s", small)
     code = (
         "import sys; from toolkit import case as c; from toolkit.schemas import make_table\n"
@@ -68,5 +73,5 @@ def test_64bit_addresses_survive_missing_values():
 
     if "test/addresses" not in SCHEMAS:
         declare("test/addresses", {"address": UINT}, doc="test only")
-    df = make_table("test/addresses", [{"address": 0xffffffff81000001}, {"address": None}], snapshot_id="s", source="t")
-    assert df["address"][0] == 0xffffffff81000001 and df["address"].isna()[1]
+    df = make_table("test/addresses", [{"address": 0xFFFFFFFF81000001}, {"address": None}], snapshot_id="s", source="t")
+    assert df["address"][0] == 0xFFFFFFFF81000001 and df["address"].isna()[1]

@@ -1,4 +1,5 @@
 """Bad input: one clear line naming the file, exit code 2, no traceback, no case left behind."""
+
 import os
 import subprocess
 import sys
@@ -29,7 +30,8 @@ def _cases(tmp_path):
     (tmp_path / "domain.xml").write_text(
         "<domain type='qemu'><name>web01</name><uuid>1b4e28ba-2fa1-11d2-883f-0016d3cca427</uuid>"
         "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-        "<source file='/var/lib/libvirt/images/web01-missing.qcow2'/><target dev='vda'/></disk></devices></domain>")
+        "<source file='/var/lib/libvirt/images/web01-missing.qcow2'/><target dev='vda'/></disk></devices></domain>"
+    )
     return {
         "missing": (tmp_path / "nope.elf", "nope.elf"),
         "empty file": (tmp_path / "empty.bin", "empty.bin"),
@@ -42,8 +44,19 @@ def _cases(tmp_path):
     }
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty file", "random bytes", "empty dir", "truncated qcow2",
-                                  "truncated save", "truncated elf", "xml with missing disk"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing",
+        "empty file",
+        "random bytes",
+        "empty dir",
+        "truncated qcow2",
+        "truncated save",
+        "truncated elf",
+        "xml with missing disk",
+    ],
+)
 def test_inspect_and_analyze_refuse_cleanly(tmp_path, kind):
     path, needle = _cases(tmp_path)[kind]
     _assert_clean_failure(run("inspect", path), needle)
@@ -57,7 +70,6 @@ def test_evidence_inside_case_is_refused(tmp_path):
 
     case = tmp_path / "case"
     init_case(case)
-    (case / "derived" / "x.pcap").write_bytes(
-        bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    (case / "derived" / "x.pcap").write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
     result = run("analyze", case / "derived" / "x.pcap", "--case", case)
     _assert_clean_failure(result, "inside the case directory")

@@ -1,4 +1,5 @@
 """Every command and group has help text with an example (sqlite-utils style)."""
+
 import typer.main
 from typer.testing import CliRunner
 
@@ -16,7 +17,7 @@ def test_every_command_has_help_with_example():
     root = typer.main.get_command(app)
     runner = CliRunner()
     seen = 0
-    for path, command in _walk(root):
+    for path, _command in _walk(root):
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert "Example" in result.output, f"{' '.join(path) or 'snapscope'} --help has no example"

@@ -1,4 +1,5 @@
 """`snapscope symbols` commands (toolkit/cli/symbols.py) on small real-format files."""
+
 from __future__ import annotations
 
 import base64
@@ -14,8 +15,15 @@ BANNER = "Linux version 6.1.0-99-test (builder@example) (gcc 12) #1 SMP Debian 6
 def test_list_shows_user_isf_with_banner(tmp_path, monkeypatch):
     monkeypatch.setenv("SNAPSCOPE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "isf").mkdir()
-    (tmp_path / "isf" / "k.json").write_text(json.dumps({"symbols": {"linux_banner": {
-        "address": 1, "constant_data": base64.b64encode(BANNER.encode() + b"\0").decode()}}}))
+    (tmp_path / "isf" / "k.json").write_text(
+        json.dumps(
+            {
+                "symbols": {
+                    "linux_banner": {"address": 1, "constant_data": base64.b64encode(BANNER.encode() + b"\0").decode()}
+                }
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["list", "--symbols", str(tmp_path / "isf"), "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)

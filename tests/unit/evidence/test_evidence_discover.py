@@ -1,5 +1,6 @@
 """discover(): grouping files into snapshots, following what XMLs and images
 name, and failing with one clear line when a named part is missing."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,7 +46,7 @@ def test_one_level_of_subdirectories_each_its_own_group(tmp_path):
         (tmp_path / sub).mkdir()
         synth.write(tmp_path / sub / "disk.img", synth.mbr())
     (tmp_path / "vm1" / "deeper").mkdir()
-    synth.write(tmp_path / "vm1" / "deeper" / "other.img", synth.mbr())   # two levels down: not scanned
+    synth.write(tmp_path / "vm1" / "deeper" / "other.img", synth.mbr())  # two levels down: not scanned
     snaps = discover([tmp_path])
     assert sorted(s["id"] for s in snaps) == ["vm1", "vm2"]
     assert all(roles(s) == [("disk.img", "disk", None)] for s in snaps)
@@ -53,12 +54,13 @@ def test_one_level_of_subdirectories_each_its_own_group(tmp_path):
 
 def test_domain_xml_resolves_recorded_host_paths_beside_the_xml(tmp_path):
     synth.write(tmp_path / "web01.img", synth.mbr())
-    xml = synth.write(tmp_path / "web01.xml", synth.domain_xml(disks=[
-        ("vda", "/var/lib/libvirt/images/web01.img", "raw")]))
+    xml = synth.write(
+        tmp_path / "web01.xml", synth.domain_xml(disks=[("vda", "/var/lib/libvirt/images/web01.img", "raw")])
+    )
     [snap] = discover([xml])
     assert snap["domain"] == {"name": "web01", "uuid": UUID, "macs": ["52:54:00:12:34:56"], "xml_path": str(xml)}
     assert roles(snap) == [("web01.img", "disk", None)]
-    assert snap["id"] == "web01"   # a disk-only snapshot is named after its domain
+    assert snap["id"] == "web01"  # a disk-only snapshot is named after its domain
     assert names(snap["evidence"]) == ["web01.img", "web01.xml"]
 
 
@@ -67,8 +69,9 @@ def test_domain_xml_disk_found_through_search_paths(tmp_path):
     images.mkdir()
     synth.write(images / "web01.img", synth.mbr())
     (tmp_path / "xml").mkdir()
-    xml = synth.write(tmp_path / "xml" / "web01.xml", synth.domain_xml(disks=[
-        ("vda", "/var/lib/libvirt/images/web01.img", "raw")]))
+    xml = synth.write(
+        tmp_path / "xml" / "web01.xml", synth.domain_xml(disks=[("vda", "/var/lib/libvirt/images/web01.img", "raw")])
+    )
     [snap] = discover([xml], search_paths=[images])
     assert snap["disks"][0]["path"] == str(images / "web01.img")
 
@@ -83,7 +86,9 @@ def test_domain_xml_naming_a_missing_disk_is_an_error_naming_it(tmp_path):
 
 def test_hostile_domain_name_is_kept_raw_but_the_id_is_safe(tmp_path):
     synth.write(tmp_path / "d.img", synth.mbr())
-    xml = synth.write(tmp_path / "d.xml", synth.domain_xml(name="../../etc/pass wd&#10;x", disks=[("vda", "d.img", "raw")]))
+    xml = synth.write(
+        tmp_path / "d.xml", synth.domain_xml(name="../../etc/pass wd&#10;x", disks=[("vda", "d.img", "raw")])
+    )
     [snap] = discover([xml])
     assert snap["domain"]["name"] == "../../etc/pass wd\nx"
     assert snap["id"] == "etc-pass-wd-x"
@@ -114,18 +119,20 @@ def test_explicit_unrecognised_file_is_fatal(tmp_path):
 
 def test_vmdk_descriptor_brings_its_flat_extent(tmp_path):
     synth.write(tmp_path / "disk.vmdk", synth.VMDK_DESCRIPTOR.encode())
-    synth.write(tmp_path / "disk-flat.vmdk", bytes(2048 * 512))   # raw data: no signature
+    synth.write(tmp_path / "disk-flat.vmdk", bytes(2048 * 512))  # raw data: no signature
     [snap] = discover([tmp_path])
     assert roles(snap) == [("disk.vmdk", "disk", None), ("disk-flat.vmdk", "extent", None)]
-    assert snap["skipped"] == []   # the extent has no signature, but it is used, so not skipped
+    assert snap["skipped"] == []  # the extent has no signature, but it is used, so not skipped
 
 
 # ---------------------------------------------------------------- with qcow2 and memory formats
 
+
 def test_qcow2_chain_follows_absolute_backing_by_base_name(tmp_path):
     synth.write(tmp_path / "base.qcow2", synth.qcow2())
-    synth.write(tmp_path / "top.qcow2", synth.qcow2(backing="/var/lib/libvirt/images/base.qcow2",
-                                                     backing_format="qcow2"))
+    synth.write(
+        tmp_path / "top.qcow2", synth.qcow2(backing="/var/lib/libvirt/images/base.qcow2", backing_format="qcow2")
+    )
     [snap] = discover([tmp_path])
     assert roles(snap) == [("top.qcow2", "disk", None), ("base.qcow2", "backing", None)]
 
@@ -138,8 +145,10 @@ def test_qcow2_missing_backing_file_is_an_error(tmp_path):
 
 
 def test_qcow2_internal_snapshots_with_vm_state_are_snapshots(tmp_path):
-    synth.write(tmp_path / "vm.qcow2", synth.qcow2(snapshots=[("1", "before", 123456), ("2", "disk-only", 0),
-                                                             ("3", "after", 654321)]))
+    synth.write(
+        tmp_path / "vm.qcow2",
+        synth.qcow2(snapshots=[("1", "before", 123456), ("2", "disk-only", 0), ("3", "after", 654321)]),
+    )
     snaps = discover([tmp_path])
     assert [s["name"] for s in snaps] == ["before", "after"]
     assert snaps[0]["memory"] == {"path": str(tmp_path / "vm.qcow2"), "format": "qcow2", "snapshot": "before"}
@@ -166,7 +175,7 @@ def test_snapshot_xml_names_memory_file_and_overlay(tmp_path):
     synth.write(tmp_path / "snap1.mem", synth.lime())
     sx = synth.write(tmp_path / "snap1.xml", synth.snapshot_xml())
     snaps = discover([tmp_path])
-    [snap] = snaps   # the memory file and the overlay belong to the snapshot XML, not to a snapshot of their own
+    [snap] = snaps  # the memory file and the overlay belong to the snapshot XML, not to a snapshot of their own
     assert snap["snapshot_xml"] == str(sx)
     assert snap["memory"] == {"path": str(tmp_path / "snap1.mem"), "format": "lime", "snapshot": None}
     assert roles(snap) == [("web01.qcow2", "disk", None), ("web01.snap1", "overlay", None)]
@@ -189,9 +198,10 @@ def test_raw_memory_by_hint(tmp_path):
 
 def test_internal_snapshot_xml_is_one_snapshot_of_the_qcow2(tmp_path):
     synth.write(tmp_path / "web01.qcow2", synth.qcow2(snapshots=[("1", "snap1", 4096)]))
-    sx = synth.write(tmp_path / "snap1.xml", synth.snapshot_xml(memory=("internal", None),
-                                                                disks=[("vda", "internal", None)]))
-    [snap] = discover([tmp_path])   # not a second snapshot from the qcow2's own table
+    sx = synth.write(
+        tmp_path / "snap1.xml", synth.snapshot_xml(memory=("internal", None), disks=[("vda", "internal", None)])
+    )
+    [snap] = discover([tmp_path])  # not a second snapshot from the qcow2's own table
     assert snap["memory"] == {"path": str(tmp_path / "web01.qcow2"), "format": "qcow2", "snapshot": "snap1"}
     assert roles(snap) == [("web01.qcow2", "disk", "snap1")]
     assert snap["snapshot_xml"] == str(sx)
@@ -221,8 +231,9 @@ def test_external_snapshot_whose_overlay_is_gone_keeps_the_disk_as_it_was(tmp_pa
 def test_save_image_is_tied_to_the_domain_it_embeds(tmp_path):
     synth.write(tmp_path / "web01.img", synth.mbr())
     synth.write(tmp_path / "web01.xml", synth.domain_xml(disks=[("vda", "/x/web01.img", "raw")]))
-    synth.write(tmp_path / "other.xml", synth.domain_xml(name="other", uuid_="00000000-0000-0000-0000-000000000001",
-                                                         disks=[]))
+    synth.write(
+        tmp_path / "other.xml", synth.domain_xml(name="other", uuid_="00000000-0000-0000-0000-000000000001", disks=[])
+    )
     synth.write(tmp_path / "web01.save", synth.libvirt_save(synth.domain_xml()))
     snaps = discover([tmp_path])
     save = next(s for s in snaps if s["memory"])
@@ -235,8 +246,10 @@ def test_explicit_domain_xml_brings_its_directory_but_not_other_domains_artefact
     synth.write(tmp_path / "web01.img", synth.mbr())
     xml = synth.write(tmp_path / "web01.xml", synth.domain_xml(disks=[("vda", "/x/web01.img", "raw")]))
     synth.write(tmp_path / "web01.save", synth.libvirt_save(synth.domain_xml()))
-    synth.write(tmp_path / "db.save", synth.libvirt_save(synth.domain_xml(
-        name="db", uuid_="00000000-0000-0000-0000-000000000002")))
+    synth.write(
+        tmp_path / "db.save",
+        synth.libvirt_save(synth.domain_xml(name="db", uuid_="00000000-0000-0000-0000-000000000002")),
+    )
     synth.write(tmp_path / "dump.lime", synth.lime())
     synth.write(tmp_path / "net.pcap", synth.pcap([(1, 0, b"x")]))
     snaps = discover([xml])

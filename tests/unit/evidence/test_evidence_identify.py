@@ -1,5 +1,6 @@
 """identify(): formats owned by toolkit.evidence, on synthetic files, and the
 one-line EvidenceError for every kind of bad input."""
+
 from __future__ import annotations
 
 import os
@@ -21,10 +22,12 @@ def only_line(exc: EvidenceError, path) -> str:
 
 # ---------------------------------------------------------------- pcap / pcapng
 
+
 def test_pcap_counts_packets_and_keeps_first_and_last_time(tmp_path):
-    path = synth.write(tmp_path / "capture.bin",
-                       synth.pcap([(1700000000, 250000, b"a" * 60), (1700000001, 0, b"b" * 1500),
-                                   (1700000005, 999999, b"c" * 42)]))
+    path = synth.write(
+        tmp_path / "capture.bin",
+        synth.pcap([(1700000000, 250000, b"a" * 60), (1700000001, 0, b"b" * 1500), (1700000005, 999999, b"c" * 42)]),
+    )
     info = identify(path)
     assert info["format"] == "pcap"
     assert info["size"] == path.stat().st_size
@@ -65,7 +68,7 @@ def test_pcap_truncated_global_header(tmp_path):
 def test_pcapng_default_and_explicit_resolution(tmp_path):
     us = identify(synth.write(tmp_path / "a", synth.pcapng([(1700000000_000001, b"x" * 60)], simple=2)))
     assert us["format"] == "pcapng"
-    assert (us["facts"]["packets"], us["facts"]["link_type"]) == (3, 1)   # simple packets count too
+    assert (us["facts"]["packets"], us["facts"]["link_type"]) == (3, 1)  # simple packets count too
     assert us["facts"]["first_ts_ns"] == 1700000000_000001000
     ns = identify(synth.write(tmp_path / "b", synth.pcapng([(5_000000009, b"x"), (6_000000000, b"y")], tsresol=9)))
     assert (ns["facts"]["first_ts_ns"], ns["facts"]["last_ts_ns"]) == (5_000000009, 6_000000000)
@@ -80,12 +83,14 @@ def test_pcapng_truncated_block(tmp_path):
 
 # ---------------------------------------------------------------- disks
 
+
 def test_raw_disk_with_mbr(tmp_path):
     info = identify(synth.write(tmp_path / "disk.img", synth.mbr()))
     assert info["format"] == "raw-disk"
     assert info["facts"]["partition_table"] == "mbr"
     assert info["facts"]["partitions"] == [
-        {"index": 1, "type": "0x83", "start": 2048 * 512, "size": 4096 * 512, "filesystem": None}]
+        {"index": 1, "type": "0x83", "start": 2048 * 512, "size": 4096 * 512, "filesystem": None}
+    ]
 
 
 def test_raw_disk_with_gpt(tmp_path):
@@ -106,7 +111,7 @@ def test_raw_disk_with_ext4_at_offset_zero(tmp_path):
 def test_ext_magic_alone_is_not_a_disk(tmp_path):
     data = bytearray(os.urandom(8192))
     struct.pack_into("<H", data, 1080, 0xEF53)
-    struct.pack_into("<I", data, 1024 + 24, 99)   # absurd block size: not a superblock
+    struct.pack_into("<I", data, 1024 + 24, 99)  # absurd block size: not a superblock
     with pytest.raises(EvidenceError, match="not a recognised evidence format"):
         identify(synth.write(tmp_path / "noise", bytes(data)))
 
@@ -118,7 +123,11 @@ def test_vmdk_descriptor_and_sparse(tmp_path):
     assert desc["facts"]["extents"] == [{"access": "RW", "sectors": 2048, "type": "FLAT", "file": "disk-flat.vmdk"}]
     assert desc["facts"]["virtual_size"] == 2048 * 512
     sparse = identify(synth.write(tmp_path / "s.bin", synth.vmdk_sparse(4096)))
-    assert (sparse["format"], sparse["facts"]["variant"], sparse["facts"]["virtual_size"]) == ("vmdk", "sparse", 4096 * 512)
+    assert (sparse["format"], sparse["facts"]["variant"], sparse["facts"]["virtual_size"]) == (
+        "vmdk",
+        "sparse",
+        4096 * 512,
+    )
 
 
 def test_vhdx(tmp_path):
@@ -135,11 +144,14 @@ def test_vdi(tmp_path):
     assert f["uuid"] == "11111111-2222-3333-4444-555555555555"
 
 
-@pytest.mark.parametrize("name,data,message", [
-    ("vhdx", b"vhdxfile" + bytes(100), "region table"),
-    ("vdi", synth.vdi()[:0x60], "truncated VDI header"),
-    ("vmdk", synth.vmdk_sparse()[:40], "truncated VMDK sparse header"),
-])
+@pytest.mark.parametrize(
+    "name,data,message",
+    [
+        ("vhdx", b"vhdxfile" + bytes(100), "region table"),
+        ("vdi", synth.vdi()[:0x60], "truncated VDI header"),
+        ("vmdk", synth.vmdk_sparse()[:40], "truncated VMDK sparse header"),
+    ],
+)
 def test_truncated_disk_headers(tmp_path, name, data, message):
     path = synth.write(tmp_path / name, data)
     with pytest.raises(EvidenceError) as exc:
@@ -149,15 +161,21 @@ def test_truncated_disk_headers(tmp_path, name, data, message):
 
 # ---------------------------------------------------------------- libvirt XML
 
+
 def test_domain_xml(tmp_path):
     info = identify(synth.write(tmp_path / "web01.conf", synth.domain_xml()))
     assert info["format"] == "libvirt-domain-xml"
     f = info["facts"]
     assert (f["name"], f["uuid"], f["memory_bytes"], f["machine"]) == (
-        "web01", "c7a5fdbd-cdaf-9455-926a-d65c16db1809", 320 << 20, "pc-i440fx-7.2")
+        "web01",
+        "c7a5fdbd-cdaf-9455-926a-d65c16db1809",
+        320 << 20,
+        "pc-i440fx-7.2",
+    )
     assert f["macs"] == ["52:54:00:12:34:56"]
     assert [(d["target"], d["source"], d["driver_type"]) for d in f["disks"]] == [
-        ("vda", "/var/lib/libvirt/images/web01.qcow2", "qcow2")]
+        ("vda", "/var/lib/libvirt/images/web01.qcow2", "qcow2")
+    ]
 
 
 def test_snapshot_xml(tmp_path):
@@ -166,15 +184,19 @@ def test_snapshot_xml(tmp_path):
     f = info["facts"]
     assert (f["name"], f["state"], f["creation_time"]) == ("snap1", "paused", 1700000000)
     assert f["memory"] == {"snapshot": "external", "file": "/var/lib/libvirt/qemu/snap1.mem"}
-    assert f["disks"] == [{"name": "vda", "snapshot": "external", "source": "/var/lib/libvirt/images/web01.snap1",
-                           "driver_type": "qcow2"}]
+    assert f["disks"] == [
+        {"name": "vda", "snapshot": "external", "source": "/var/lib/libvirt/images/web01.snap1", "driver_type": "qcow2"}
+    ]
     assert (f["domain"]["name"], f["domain"]["uuid"]) == ("web01", "c7a5fdbd-cdaf-9455-926a-d65c16db1809")
 
 
-@pytest.mark.parametrize("data,message", [
-    (b"<domain type='kvm'><name>x</na", "malformed XML"),
-    (b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a 'aaaa'>]><domain>&a;</domain>", "DOCTYPE"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"<domain type='kvm'><name>x</na", "malformed XML"),
+        (b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a 'aaaa'>]><domain>&a;</domain>", "DOCTYPE"),
+    ],
+)
 def test_bad_xml(tmp_path, data, message):
     path = synth.write(tmp_path / "bad.xml", data)
     with pytest.raises(EvidenceError) as exc:
@@ -189,6 +211,7 @@ def test_other_xml_is_not_evidence(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
+
 def test_empty_file(tmp_path):
     path = synth.write(tmp_path / "empty", b"")
     with pytest.raises(EvidenceError) as exc:
@@ -197,7 +220,7 @@ def test_empty_file(tmp_path):
 
 
 def test_random_bytes(tmp_path):
-    path = synth.write(tmp_path / "random.elf", os.urandom(70000))   # the name says nothing
+    path = synth.write(tmp_path / "random.elf", os.urandom(70000))  # the name says nothing
     with pytest.raises(EvidenceError) as exc:
         identify(path)
     assert "not a recognised evidence format" in only_line(exc.value, path)
@@ -229,11 +252,13 @@ def test_identify_never_writes(tmp_path):
 
 
 def test_domain_xml_macs_include_qemu_commandline_nics(tmp_path):
-    xml = (b"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>x</name>"
-           b"<devices><interface type='user'><mac address='52:54:00:00:00:01'/></interface></devices>"
-           b"<qemu:commandline><qemu:arg value='-device'/>"
-           b"<qemu:arg value='virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bus=pci.0'/>"
-           b"</qemu:commandline></domain>")
+    xml = (
+        b"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>x</name>"
+        b"<devices><interface type='user'><mac address='52:54:00:00:00:01'/></interface></devices>"
+        b"<qemu:commandline><qemu:arg value='-device'/>"
+        b"<qemu:arg value='virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bus=pci.0'/>"
+        b"</qemu:commandline></domain>"
+    )
     f = identify(synth.write(tmp_path / "d.xml", xml))["facts"]
     assert f["macs"] == ["52:54:00:00:00:01", "52:54:00:12:34:56"]
     assert f["nics"][1] == {"mac": "52:54:00:12:34:56", "type": "qemu-commandline", "model": None}

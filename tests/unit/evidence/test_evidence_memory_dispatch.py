@@ -1,6 +1,7 @@
 """identify() on memory artefacts: detection and facts come from
 toolkit.memory's registry; identify names them in inspect's vocabulary and
 adds what inspect needs (embedded domain, incomplete-save problem)."""
+
 from __future__ import annotations
 
 import gzip
@@ -55,17 +56,20 @@ def test_raw_memory_only_by_hint(tmp_path):
     assert identify(path, hint="raw")["format"] == "raw"
 
 
-@pytest.mark.parametrize("name,data", [
-    ("elf", b"\x7fELF\x02\x01\x01" + bytes(20)),
-    ("kdump", b"makedumpfile" + bytes(10)),
-    ("save", b"LibvirtQemudSave" + bytes(8)),
-    ("qevm", b"QEVM" + struct.pack(">I", 3) + b"\x07"),
-    ("qcow2", b"QFI\xfb" + struct.pack(">I", 3) + bytes(8)),
-])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("elf", b"\x7fELF\x02\x01\x01" + bytes(20)),
+        ("kdump", b"makedumpfile" + bytes(10)),
+        ("save", b"LibvirtQemudSave" + bytes(8)),
+        ("qevm", b"QEVM" + struct.pack(">I", 3) + b"\x07"),
+        ("qcow2", b"QFI\xfb" + struct.pack(">I", 3) + bytes(8)),
+    ],
+)
 def test_truncated_memory_headers_are_one_line_errors(tmp_path, name, data):
     path = synth.write(tmp_path / name, data)
     with pytest.raises(EvidenceError) as exc:
         identify(path)
     text = str(exc.value)
     assert text.startswith(f"{path}: ") and "\n" not in text
-    assert text.count(str(path)) == 1   # the reader's own path prefix is not repeated
+    assert text.count(str(path)) == 1  # the reader's own path prefix is not repeated

@@ -2,11 +2,11 @@ import json
 import struct
 
 import pytest
-from tests.helpers.memory_samples import PS, page
 from typer.testing import CliRunner
 
 import toolkit.memory as M
 from tests.helpers import memory_writers as W
+from tests.helpers.memory_samples import PS, page
 from toolkit.cli.memory import app
 from toolkit.memory.convert import _coalesce, to_elf
 from toolkit.memory.registry import FORMATS
@@ -24,13 +24,11 @@ def test_registry_entries_are_documented_and_raw_is_last():
 def test_to_elf_roundtrip(tmp_path, stream, kind):
     src = tmp_path / "src"
     if kind == "kdump":
-        W.kdump(src, {0: page(0), 1: bytes(PS), 7: page(7)}, 16, comp="zlib",
-                notes=W.qemu_cpu_note(0x9000))
+        W.kdump(src, {0: page(0), 1: bytes(PS), 7: page(7)}, 16, comp="zlib", notes=W.qemu_cpu_note(0x9000))
     elif kind == "save-zstd":
         src.write_bytes(W.libvirt_save(stream[0], "zstd"))
     else:
-        W.elf_core(src, [(0, page(1), None), (0x100000, page(2) + bytes(PS), None)],
-                   notes=W.qemu_cpu_note(0x7000))
+        W.elf_core(src, [(0, page(1), None), (0x100000, page(2) + bytes(PS), None)], notes=W.qemu_cpu_note(0x7000))
     dst = tmp_path / "out.elf"
     r = to_elf(src, dst, derived_dir=tmp_path / "d")
     with M.open_image(src, derived_dir=tmp_path / "d") as a, M.open_image(dst) as b:
@@ -40,6 +38,7 @@ def test_to_elf_roundtrip(tmp_path, stream, kind):
         assert b.info.get("cr3", []) == a.info.get("cr3", [])
     assert r["runs"] == len(a.runs) and r["bytes"] == sum(n for _, n in a.runs)
     import hashlib
+
     assert r["dst_sha256"] == hashlib.sha256(dst.read_bytes()).hexdigest()
     assert r["src_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     raw = dst.read_bytes()
@@ -49,6 +48,7 @@ def test_to_elf_roundtrip(tmp_path, stream, kind):
 def test_output_opens_in_volatility_elf_layer(tmp_path, stream):
     from volatility3.framework import contexts
     from volatility3.framework.layers import elf, physical
+
     src = tmp_path / "s.qevm"
     src.write_bytes(stream[0])
     dst = tmp_path / "o.elf"
@@ -58,7 +58,7 @@ def test_output_opens_in_volatility_elf_layer(tmp_path, stream):
     ctx.add_layer(physical.FileLayer(ctx, "base", "base"))
     ctx.config["elf.base_layer"] = "base"
     layer = elf.Elf64Layer(ctx, "elf", "elf")
-    assert layer.read(PS, PS) == stream[1][PS:2 * PS]
+    assert layer.read(PS, PS) == stream[1][PS : 2 * PS]
 
 
 def test_coalesce_keeps_segment_count_below_pn_xnum():
@@ -77,7 +77,7 @@ def test_cli_info_and_convert_with_custody(tmp_path, stream):
     case.mkdir()
     res = runner.invoke(app, ["convert", str(src), str(tmp_path / "vm.elf"), "--case", str(case)])
     assert res.exit_code == 0, res.output
-    events = [json.loads(l) for l in (case / "custody.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (case / "custody.jsonl").read_text().splitlines()]
     assert events[-1]["action"] == "memory.convert" and events[-1]["detail"]["output_sha256"]
     assert list((case / "derived").glob("vm.save.*.pages"))
     res = runner.invoke(app, ["convert", str(tmp_path / "missing"), str(tmp_path / "x.elf")])

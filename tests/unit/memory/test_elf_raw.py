@@ -1,15 +1,18 @@
 import struct
 
 import pytest
-from tests.helpers.memory_samples import PS, page
 
 import toolkit.memory as M
 from tests.helpers import memory_writers as W
+from tests.helpers.memory_samples import PS, page
 
 
 def _notes():
-    return W.note("CORE", 1, bytes(336)) + W.qemu_cpu_note(0x1AB000) + \
-        W.note("VMCOREINFO", 0, b"OSRELEASE=6.1.0-13-cloud-amd64\nPAGESIZE=4096\n")
+    return (
+        W.note("CORE", 1, bytes(336))
+        + W.qemu_cpu_note(0x1AB000)
+        + W.note("VMCOREINFO", 0, b"OSRELEASE=6.1.0-13-cloud-amd64\nPAGESIZE=4096\n")
+    )
 
 
 @pytest.mark.parametrize("cls", [64, 32])
@@ -42,7 +45,7 @@ def test_elf_pn_xnum(tmp_path):
 def test_elf_truncated_segment_is_a_diagnostic(tmp_path):
     p = tmp_path / "cut.elf"
     full = W.elf_core(p, [(0, page(1) + page(2), None)])
-    p.write_bytes(full[:-PS + 100])
+    p.write_bytes(full[: -PS + 100])
     with M.open_image(p) as img:
         assert img.read(0, PS) == page(1)
         (d,) = img.diagnostics
@@ -60,7 +63,10 @@ def test_elf_bad_headers(tmp_path):
 
 def test_lime(tmp_path):
     p = tmp_path / "g.lime"
-    hdr = lambda s, e: struct.pack("<4sIQQQ", b"EMiL", 1, s, e, 0)
+
+    def hdr(s, e):
+        return struct.pack("<4sIQQQ", b"EMiL", 1, s, e, 0)
+
     p.write_bytes(hdr(0, PS - 1) + page(1) + hdr(0x100000, 0x100000 + 2 * PS - 1) + page(2) + page(3))
     with M.open_image(p) as img:
         assert img.format == "lime" and img.runs == [(0, PS), (0x100000, 2 * PS)]

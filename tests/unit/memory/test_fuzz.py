@@ -1,16 +1,17 @@
 """Property-based fuzzing: any damage to any format yields a MemoryFormatError
 naming the file, or an image that reads without error — never another
 exception type, never a hang."""
+
 import os
 import struct
 
 import pytest
-from tests.helpers.memory_samples import PS, complete_stream, page
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import toolkit.memory as M
 from tests.helpers import memory_writers as W
+from tests.helpers.memory_samples import PS, complete_stream, page
 
 STREAM = complete_stream(ram=8 * PS)[0]
 
@@ -18,12 +19,14 @@ STREAM = complete_stream(ram=8 * PS)[0]
 def _samples(tmp):
     out = {}
     p = tmp / "e.elf"
-    out["elf"] = W.elf_core(p, [(0, page(1), None), (0x10000, page(2), 2 * PS)],
-                            notes=W.qemu_cpu_note(0x1000), xnum=True)
+    out["elf"] = W.elf_core(
+        p, [(0, page(1), None), (0x10000, page(2), 2 * PS)], notes=W.qemu_cpu_note(0x1000), xnum=True
+    )
     for flat in (True, False):
         p = tmp / "k"
-        W.kdump(p, {0: page(0), 1: bytes(PS), 3: page(3)}, 8, comp="zlib", flattened=flat,
-                notes=W.qemu_cpu_note(0x1000))
+        W.kdump(
+            p, {0: page(0), 1: bytes(PS), 3: page(3)}, 8, comp="zlib", flattened=flat, notes=W.qemu_cpu_note(0x1000)
+        )
         out[f"kdump-{flat}"] = p.read_bytes()
     out["qevm"] = STREAM
     out["save-raw"] = W.libvirt_save(STREAM, "raw")
@@ -54,7 +57,11 @@ def _exercise(path):
 
 
 NAMES = ["elf", "kdump-True", "kdump-False", "qevm", "save-raw", "save-zstd", "save-lzop", "qcow2", "lime"]
-FUZZ = settings(max_examples=int(os.environ.get("SNAPSCOPE_FUZZ_EXAMPLES", 25)), deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=int(os.environ.get("SNAPSCOPE_FUZZ_EXAMPLES", 25)),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 @pytest.mark.timeout(120)
@@ -64,7 +71,7 @@ FUZZ = settings(max_examples=int(os.environ.get("SNAPSCOPE_FUZZ_EXAMPLES", 25)),
 def test_truncation_and_byte_damage(tmp_path_factory, samples, name, data):
     blob = bytearray(samples[name])
     if data.draw(st.booleans()):
-        blob = blob[:data.draw(st.integers(0, len(blob)))]
+        blob = blob[: data.draw(st.integers(0, len(blob)))]
     else:
         for _ in range(data.draw(st.integers(1, 8))):
             if not blob:

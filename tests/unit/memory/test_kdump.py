@@ -2,11 +2,11 @@ import struct
 import subprocess
 
 import pytest
-from tests.helpers.memory_samples import PS, page
 from dissect.util.compression import lzo
 
 import toolkit.memory as M
 from tests.helpers import memory_writers as W
+from tests.helpers.memory_samples import PS, page
 
 PAGES = {0: page(0), 1: bytes(PS), 2: page(2), 9: page(9), 10: bytes(PS), 63: page(63)}
 
@@ -15,8 +15,16 @@ PAGES = {0: page(0), 1: bytes(PS), 2: page(2), 9: page(9), 10: bytes(PS), 63: pa
 @pytest.mark.parametrize("comp", [None, "zlib", "lzo", "snappy"])
 def test_kdump_pages(tmp_path, flat, comp):
     p = tmp_path / "g.kdump"
-    W.kdump(p, PAGES, 64, comp=comp, flattened=flat, notes=W.qemu_cpu_note(0x42000),
-            vmcoreinfo=b"OSRELEASE=6.1.0\n", shuffle=flat)
+    W.kdump(
+        p,
+        PAGES,
+        64,
+        comp=comp,
+        flattened=flat,
+        notes=W.qemu_cpu_note(0x42000),
+        vmcoreinfo=b"OSRELEASE=6.1.0\n",
+        shuffle=flat,
+    )
     with M.open_image(p) as img:
         assert img.format == "kdump" and img.info["flattened"] is flat
         assert img.info["compression"] == ([comp] if comp else [])
@@ -41,7 +49,7 @@ def test_kdump_lzo_pages_made_by_lzop(tmp_path):
     out = subprocess.run(["lzop", "-c"], input=data, capture_output=True, check=True).stdout
     block = 0x22 + out[0x21] + 4  # after the file name and the header checksum
     dst_len, src_len = struct.unpack_from(">II", out, block)
-    body = out[block + 12:block + 12 + src_len]  # lengths, then the adler32 of the data
+    body = out[block + 12 : block + 12 + src_len]  # lengths, then the adler32 of the data
     assert dst_len == PS and src_len < PS
     assert lzo.decompress(body, False, PS) == data
     p = tmp_path / "lzop.kdump"
@@ -49,7 +57,7 @@ def test_kdump_lzo_pages_made_by_lzop(tmp_path):
     raw = bytearray(p.read_bytes())
     desc_at = PS * 4
     off = struct.unpack_from("<q", raw, desc_at)[0]
-    raw[off:off + len(body)] = body
+    raw[off : off + len(body)] = body
     struct.pack_into("<qII", raw, desc_at, off, len(body), 2)
     p.write_bytes(raw)
     with M.open_image(p) as img:
@@ -61,7 +69,7 @@ def test_kdump_corrupt_page_is_a_diagnostic(tmp_path):
     W.kdump(p, {0: page(0), 1: page(1)}, 8, comp="zlib", flattened=False)
     raw = bytearray(p.read_bytes())
     off, size = struct.unpack_from("<qI", raw, PS * 4 + 24)
-    raw[off:off + 8] = b"\xde\xad\xbe\xef" * 2
+    raw[off : off + 8] = b"\xde\xad\xbe\xef" * 2
     p.write_bytes(raw)
     with M.open_image(p) as img:
         assert img.read(0, PS) == page(0)
@@ -75,7 +83,7 @@ def test_kdump_flattened_truncated_keeps_what_is_there(tmp_path):
     p = tmp_path / "cut.kdump"
     W.kdump(p, {i: page(i) for i in range(8)}, 8, flattened=True)
     raw = p.read_bytes()
-    p.write_bytes(raw[:len(raw) - 3 * PS])
+    p.write_bytes(raw[: len(raw) - 3 * PS])
     with M.open_image(p) as img:
         assert img.read(0, PS) == page(0)
         assert any(d["what"] == "flattened stream truncated" for d in img.diagnostics)
@@ -97,7 +105,8 @@ def test_kdump_lying_header(tmp_path):
 
 def test_flattened_negative_record(tmp_path):
     p = tmp_path / "neg.kdump"
-    p.write_bytes(b"makedumpfile".ljust(16, b"\0") + struct.pack(">qq", 1, 1) + bytes(PS - 32)
-                  + struct.pack(">qq", -5, 10))
+    p.write_bytes(
+        b"makedumpfile".ljust(16, b"\0") + struct.pack(">qq", 1, 1) + bytes(PS - 32) + struct.pack(">qq", -5, 10)
+    )
     with pytest.raises(M.MemoryFormatError, match="at offset 0x1000: record offset -5"):
         M.open_image(p)

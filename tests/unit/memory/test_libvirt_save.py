@@ -43,7 +43,7 @@ def test_compressed_without_derived_dir_uses_a_temporary_file(tmp_path, stream):
 def test_part_magic_is_incomplete_evidence(tmp_path, stream):
     data, expect = stream
     p = tmp_path / "vm.part"
-    p.write_bytes(W.libvirt_save(data[:len(data) // 2], "raw", part=True))
+    p.write_bytes(W.libvirt_save(data[: len(data) // 2], "raw", part=True))
     with M.open_image(p) as img:
         assert img.info["complete"] is False
         whats = [d["what"] for d in img.diagnostics]
@@ -74,7 +74,7 @@ def test_lying_header(tmp_path, stream):
 
 def test_corrupt_compressed_stream(tmp_path, stream):
     blob = bytearray(W.libvirt_save(stream[0], "gzip"))
-    blob[len(blob) // 2:len(blob) // 2 + 64] = bytes(64)
+    blob[len(blob) // 2 : len(blob) // 2 + 64] = bytes(64)
     p = tmp_path / "corrupt.save"
     p.write_bytes(blob)
     try:

@@ -1,10 +1,10 @@
 import struct
 
 import pytest
-from tests.helpers.memory_samples import PS, complete_stream, page
 
 import toolkit.memory as M
 from tests.helpers import memory_writers as W
+from tests.helpers.memory_samples import PS, complete_stream, page
 from toolkit.memory import guest_layout, migration
 
 GIB = 1 << 30
@@ -37,11 +37,11 @@ def test_every_record_type_and_last_copy_wins(tmp_path):
     q.zero("pc.ram", 0).eos()
     q.end().zero("pc.ram", 5 * PS).zero("pc.ram", 6 * PS).zero("pc.ram", 7 * PS).eos().devices()
     with _open(tmp_path, q.bytes()) as img:
-        assert img.read(0, PS) == bytes(PS)           # PAGE then ZERO: the zero wins
-        assert img.read(PS, PS) == b"\x5a" * PS        # ZERO with a fill byte
-        assert img.read(2 * PS, PS) == new             # XBZRLE against the earlier copy
-        assert img.read(3 * PS, PS) == page(3)         # COMPRESS_PAGE
-        assert img.read(4 * PS, PS) == page(44)        # repeated page
+        assert img.read(0, PS) == bytes(PS)  # PAGE then ZERO: the zero wins
+        assert img.read(PS, PS) == b"\x5a" * PS  # ZERO with a fill byte
+        assert img.read(2 * PS, PS) == new  # XBZRLE against the earlier copy
+        assert img.read(3 * PS, PS) == page(3)  # COMPRESS_PAGE
+        assert img.read(4 * PS, PS) == page(44)  # repeated page
         assert img.diagnostics == [] and img.info["uuid"] == bytes(range(16)).hex()
 
 
@@ -84,12 +84,15 @@ def test_numa_blocks_concatenate_in_node_order(tmp_path):
         assert img.runs == [(0, 4 * PS)]
 
 
-@pytest.mark.parametrize("machine,ram,low", [
-    ("pc-i440fx-7.2", 0xE0000000, 0xC0000000),
-    ("pc-i440fx-7.2", 0xD0000000, 0xD0000000),
-    ("pc-q35-7.2", 0xB0000000, 0x80000000),
-    ("pc-q35-7.2", 0xA0000000, 0xA0000000),
-])
+@pytest.mark.parametrize(
+    "machine,ram,low",
+    [
+        ("pc-i440fx-7.2", 0xE0000000, 0xC0000000),
+        ("pc-i440fx-7.2", 0xD0000000, 0xD0000000),
+        ("pc-q35-7.2", 0xB0000000, 0x80000000),
+        ("pc-q35-7.2", 0xA0000000, 0xA0000000),
+    ],
+)
 def test_pci_hole_split(tmp_path, machine, ram, low):
     q = W.Qevm(machine=machine).start_ram([("pc.ram", ram)])
     q.page("pc.ram", low - PS, page(1))
@@ -101,8 +104,7 @@ def test_pci_hole_split(tmp_path, machine, ram, low):
         if ram > low:
             assert img.read(4 * GIB, PS) == page(2)
             assert img.read(low, PS) == bytes(PS)  # the PCI hole holds no RAM
-            assert img.info["gpa_map"][1] == {"gpa": 4 * GIB, "block": "pc.ram", "offset": low,
-                                              "length": ram - low}
+            assert img.info["gpa_map"][1] == {"gpa": 4 * GIB, "block": "pc.ram", "offset": low, "length": ram - low}
         assert img.runs == [(low - PS, 2 * PS)] if ram > low and low == 4 * GIB else True
         missing = [d for d in img.diagnostics if d["what"] == "memory range missing"]
         assert missing  # the stream sent 1-2 pages of a large block: said, not hidden
@@ -110,9 +112,14 @@ def test_pci_hole_split(tmp_path, machine, ram, low):
 
 def test_layout_rules_directly():
     assert guest_layout.guest_ram_pieces("pc-i440fx-2.0", [("pc.ram", 4 * GIB)]) == [
-        (0, "pc.ram", 0, 3 * GIB), (4 * GIB, "pc.ram", 3 * GIB, GIB)]
+        (0, "pc.ram", 0, 3 * GIB),
+        (4 * GIB, "pc.ram", 3 * GIB, GIB),
+    ]
     assert guest_layout.guest_ram_pieces("pc-q35-8.0", [("ram-node0", GIB), ("ram-node1", 2 * GIB)]) == [
-        (0, "ram-node0", 0, GIB), (GIB, "ram-node1", 0, GIB), (4 * GIB, "ram-node1", GIB, GIB)]
+        (0, "ram-node0", 0, GIB),
+        (GIB, "ram-node1", 0, GIB),
+        (4 * GIB, "ram-node1", GIB, GIB),
+    ]
 
 
 def mapped_ram(blocks_pages):
@@ -129,8 +136,8 @@ def mapped_ram(blocks_pages):
         for i, data in blocks_pages[name].items():
             bitmap[i // 8] |= 1 << (i % 8)
             at = pages_off - base + i * PS
-            body[at:at + PS] = data
-        body[:len(bitmap)] = bitmap
+            body[at : at + PS] = data
+        body[: len(bitmap)] = bitmap
         return struct.pack(">IQQQ", 1, PS, base, pages_off) + bytes(body)
 
     q.start_ram([(n, 8 * PS) for n in blocks_pages], mapped_ram=header)
@@ -143,10 +150,10 @@ def test_mapped_ram(tmp_path):
     with _open(tmp_path, data) as img:
         assert img.info["mapped_ram"] is True
         assert img.read(0, PS) == page(0) and img.read(5 * PS, PS) == page(5)
-        assert img.read(PS, PS) == bytes(PS)   # bit clear: a zero page
+        assert img.read(PS, PS) == bytes(PS)  # bit clear: a zero page
         assert img.runs == [(0, 8 * PS)] and img.diagnostics == []
     cut = tmp_path / "cut.qevm"
-    cut.write_bytes(data[:len(data) - 12 * PS])
+    cut.write_bytes(data[: len(data) - 12 * PS])
     with M.open_image(cut) as img:
         assert img.read(0, PS) == page(0)
         assert any(d["what"] == "memory range missing" for d in img.diagnostics)
@@ -156,18 +163,21 @@ def test_truncated_stream_lists_missing_ranges(tmp_path, stream):
     data, expect = stream
     cut = data.index(page(8)) + 100  # inside page 8's payload
     with _open(tmp_path, data[:cut]) as img:
-        assert img.read(0, 8 * PS) == expect[:8 * PS]
+        assert img.read(0, 8 * PS) == expect[: 8 * PS]
         whats = [d["what"] for d in img.diagnostics]
         assert whats == ["stream incomplete", "memory range missing"]
         assert img.diagnostics[1]["missing"] == [(8 * PS, 8 * PS)]
         assert img.runs == [(0, 8 * PS)]
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda b: b"QEVX" + b[4:], "QEVM magic missing"),
-    (lambda b: b[:4] + struct.pack(">I", 2) + b[8:], "stream version 2"),
-    (lambda b: b[:8], "stream ends before the RAM section"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda b: b"QEVX" + b[4:], "QEVM magic missing"),
+        (lambda b: b[:4] + struct.pack(">I", 2) + b[8:], "stream version 2"),
+        (lambda b: b[:8], "stream ends before the RAM section"),
+    ],
+)
 def test_bad_stream_head(tmp_path, stream, mutate, match):
     with pytest.raises(M.MemoryFormatError, match=match):
         _open(tmp_path, mutate(stream[0]), name="bad.qevm", format="qemu-migration")

@@ -14,12 +14,20 @@ C = 4096
 def test_snapshot_vmstate(tmp_path, stream, compress, extended):
     data, expect = stream
     p = tmp_path / "disk.qcow2"
-    W.qcow2(p, snapshots=[{"id": "1", "name": "clean", "vmstate": b"junk" * 10},
-                          {"id": "2", "name": "implant", "vmstate": data, "zero": set()}],
-            compress=compress, extended_l2=extended)
+    W.qcow2(
+        p,
+        snapshots=[
+            {"id": "1", "name": "clean", "vmstate": b"junk" * 10},
+            {"id": "2", "name": "implant", "vmstate": data, "zero": set()},
+        ],
+        compress=compress,
+        extended_l2=extended,
+    )
     hdr = qcow2.read_header(p)
-    assert [(s["id"], s["name"], s["vm_state_size"]) for s in hdr["snapshots"]] == \
-        [("1", "clean", 40), ("2", "implant", len(data))]
+    assert [(s["id"], s["name"], s["vm_state_size"]) for s in hdr["snapshots"]] == [
+        ("1", "clean", 40),
+        ("2", "implant", len(data)),
+    ]
     assert hdr["extended_l2"] is extended and hdr["cluster_bits"] == 12
     with M.open_image(p, snapshot="implant") as img:
         assert img.format == "qcow2-snapshot" and img.info["snapshot"]["id"] == "2"
@@ -30,8 +38,9 @@ def test_snapshot_vmstate(tmp_path, stream, compress, extended):
 
 def test_snapshot_choice_errors(tmp_path, stream):
     p = tmp_path / "disk.qcow2"
-    W.qcow2(p, snapshots=[{"id": "1", "name": "a", "vmstate": stream[0]},
-                          {"id": "2", "name": "b", "vmstate": stream[0]}])
+    W.qcow2(
+        p, snapshots=[{"id": "1", "name": "a", "vmstate": stream[0]}, {"id": "2", "name": "b", "vmstate": stream[0]}]
+    )
     with pytest.raises(M.MemoryFormatError, match="several snapshots hold VM state"):
         M.open_image(p)
     with pytest.raises(M.MemoryFormatError, match="no snapshot named or numbered 'zz'"):
@@ -52,10 +61,13 @@ def test_backing_chain_fallthrough(tmp_path, stream):
     data, expect = stream
     (tmp_path / "images").mkdir()
     overlay = tmp_path / "images" / "overlay.qcow2"
-    vm_off = W.qcow2(overlay, snapshots=[{"id": "1", "name": "s", "vmstate": data, "skip": {1, 3}}],
-                     backing="/var/lib/libvirt/images/base.qcow2")  # recorded path absent here
+    vm_off = W.qcow2(
+        overlay,
+        snapshots=[{"id": "1", "name": "s", "vmstate": data, "skip": {1, 3}}],
+        backing="/var/lib/libvirt/images/base.qcow2",
+    )  # recorded path absent here
     base = tmp_path / "images" / "base.qcow2"
-    W.qcow2(base, active={vm_off + k * C: data[k * C:(k + 1) * C] for k in (1, 3)})
+    W.qcow2(base, active={vm_off + k * C: data[k * C : (k + 1) * C] for k in (1, 3)})
     with M.open_image(overlay) as img:
         assert img.read(0, len(expect)) == expect and img.diagnostics == []
     # elsewhere, found through an explicit search path

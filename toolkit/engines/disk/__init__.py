@@ -20,6 +20,7 @@ Example::
     tables = run({"id": "web01", "disks": [{"path": "disk.qcow2", "format": "qcow2",
                                             "role": "disk", "snapshot": None}]}, ctx)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,7 +56,9 @@ def _disk_path(disk: dict, search_paths) -> tuple[Path, list[dict]]:
     found, how, tried = resolve_reference(str(path), path.parent, search_paths)
     if found is None:
         raise DiskError(f"disk {str(path)!r} not found (tried: {', '.join(tried)}); pass --search-path DIR")
-    return found, [diagnostic("info", f"disk {path}", str(found), f"recorded path does not exist here; used {found} ({how})")]
+    return found, [
+        diagnostic("info", f"disk {path}", str(found), f"recorded path does not exist here; used {found} ({how})")
+    ]
 
 
 def open_snapshot_disks(snapshot: dict, ctx: EngineContext) -> tuple[list[dict], list[dict]]:
@@ -71,9 +74,15 @@ def open_snapshot_disks(snapshot: dict, ctx: EngineContext) -> tuple[list[dict],
             path, notes = _disk_path(disk, search)
             diags += notes
             fmt = disk.get("format")
-            opened.append(open_disk(path, fmt=fmt if fmt in ("qcow2", "raw") else None,
-                                    snapshot=disk.get("snapshot"), search_paths=search,
-                                    allow_missing_backing=ctx.allow_missing_backing))
+            opened.append(
+                open_disk(
+                    path,
+                    fmt=fmt if fmt in ("qcow2", "raw") else None,
+                    snapshot=disk.get("snapshot"),
+                    search_paths=search,
+                    allow_missing_backing=ctx.allow_missing_backing,
+                )
+            )
             diags += opened[-1]["diagnostics"]
         except DiskError as e:
             diags.append(diagnostic("error", f"disk {disk.get('path')}", "disk/open", str(e)))
@@ -95,7 +104,14 @@ def run(snapshot: dict, ctx: EngineContext) -> dict:
     opened, diags = open_snapshot_disks(snapshot, ctx)
     chain = [row for d in opened for row in d["chain"]]
     for fn in missing_group_members():
-        diags.append(diagnostic("info", f"dissect function {fn}", "dissect", "not available in this dissect install (journal needs backports.zstd)"))
+        diags.append(
+            diagnostic(
+                "info",
+                f"dissect function {fn}",
+                "dissect",
+                "not available in this dissect install (journal needs backports.zstd)",
+            )
+        )
     out = {"disk/chain": table("disk/chain", chain, "open")}
     try:
         if not opened:
@@ -111,16 +127,16 @@ def run(snapshot: dict, ctx: EngineContext) -> dict:
         out["disk/system"] = table("disk/system", [system_row(target)], "os")
         out["disk/users"] = table("disk/users", user_rows(records), "users")
         progress("disk: persistence", 2, 4)
-        out["disk/persistence"] = table("disk/persistence", persistence_rows(target, records, max_size),
-                                        "persistence")
+        out["disk/persistence"] = table("disk/persistence", persistence_rows(target, records, max_size), "persistence")
         out["disk/shell_history"] = table("disk/shell_history", history_rows(records), "commandhistory")
         out["disk/logs"] = table("disk/logs", log_rows(records), "logs")
         out["disk/packages"] = table("disk/packages", package_rows(records), "packages")
         out["disk/records"] = table("disk/records", other_rows(records), "records")
         progress("disk: files", 3, 4)
         # linked clones: the base's rows from the cache, only the overlay's changes re-walked
-        rows, d3 = files_rows(opened, target, profile.get("hash"), cache_dir=ctx.cache_dir,
-                              evidence_hashes=ctx.evidence_hashes)
+        rows, d3 = files_rows(
+            opened, target, profile.get("hash"), cache_dir=ctx.cache_dir, evidence_hashes=ctx.evidence_hashes
+        )
         diags += d3
         out["disk/files"] = table("disk/files", rows, "files")
         progress("disk: done", 4, 4)
@@ -142,7 +158,14 @@ def _offer_files_for_scanning(ctx: EngineContext, target, rows: list[dict], open
     stay open until the pipeline closes the snapshot's readers."""
     fs = target.fs
     # sha256 lets YARA reuse matches for content it already scanned (another clone, the base)
-    ctx.readers.disk_files = [{"path": r["path"], "size": r.get("size"), "sha256": r["sha256"],
-                               "open": (lambda p=r["path"]: fs.get(p).open())}
-                              for r in rows if r.get("sha256")]
+    ctx.readers.disk_files = [
+        {
+            "path": r["path"],
+            "size": r.get("size"),
+            "sha256": r["sha256"],
+            "open": (lambda p=r["path"]: fs.get(p).open()),
+        }
+        for r in rows
+        if r.get("sha256")
+    ]
     ctx.readers.closers.extend(lambda d=d: close_disk(d) for d in opened)

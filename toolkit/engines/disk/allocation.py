@@ -16,6 +16,7 @@ Example::
     alloc = allocation_map(qcow2, qcow2.l1_table, file_size, "disk.qcow2")
     ranges = clusters_to_ranges(alloc.keys(), qcow2.cluster_size)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,6 @@ OFLAG_COMPRESSED = 1 << 62
 ENTRY_COMPARE_MASK = (1 << 63) - 1
 
 
-
 def _l2_tables(q, l1_table, file_size: int, where: str):
     """Yield (first guest cluster index, entries, bitmaps) per allocated L2 table."""
     entry_words = q._l2_entry_size // 8
@@ -44,7 +44,8 @@ def _l2_tables(q, l1_table, file_size: int, where: str):
         if l2_offset + l2_bytes > file_size:
             raise DiskError(
                 f"{where}: L1 entry {l1_index} points to an L2 table at 0x{l2_offset:x}, "
-                f"outside the file (size {file_size}): the image is corrupt or truncated")
+                f"outside the file (size {file_size}): the image is corrupt or truncated"
+            )
         first = l1_index << q.l2_bits
         if first >= guest_clusters:
             continue
@@ -68,19 +69,24 @@ def _check_entries(q, first: int, entries, file_size: int, where: str) -> None:
         i = int(bad[0])
         raise DiskError(
             f"{where}: L2 entry for guest offset 0x{(first + i) << q.cluster_bits:x} points to host "
-            f"offset 0x{int(host[i]):x}, outside the file (size {file_size}): the image is corrupt")
+            f"offset 0x{int(host[i]):x}, outside the file (size {file_size}): the image is corrupt"
+        )
 
 
 def check_header(q, file_size: int, where: str) -> None:
     """Refuse headers whose tables lie outside the file (before any read trusts them)."""
     h = q.header
     if h.l1_table_offset + h.l1_size * 8 > file_size:
-        raise DiskError(f"{where}: L1 table (0x{h.l1_table_offset:x}, {h.l1_size} entries) lies outside "
-                        f"the file (size {file_size}): corrupt or truncated qcow2")
+        raise DiskError(
+            f"{where}: L1 table (0x{h.l1_table_offset:x}, {h.l1_size} entries) lies outside "
+            f"the file (size {file_size}): corrupt or truncated qcow2"
+        )
     needed_l1 = -(-h.size // (q.cluster_size << q.l2_bits))
     if h.l1_size < needed_l1:
-        raise DiskError(f"{where}: L1 table has {h.l1_size} entries but the disk size {h.size} "
-                        f"needs {needed_l1}: corrupt qcow2 header")
+        raise DiskError(
+            f"{where}: L1 table has {h.l1_size} entries but the disk size {h.size} "
+            f"needs {needed_l1}: corrupt qcow2 header"
+        )
     if h.nb_snapshots and h.snapshots_offset >= file_size:
         raise DiskError(f"{where}: snapshot table at 0x{h.snapshots_offset:x} lies outside the file")
 
@@ -155,8 +161,8 @@ def changed_ranges(da: dict, db: dict) -> tuple[list[tuple[int, int]] | None, st
         common += 1
     if common == 0 and not (da["layers"] and db["layers"] and ida[-1][0] == idb[-1][0]):
         return None, "the two disks share no backing layer"
-    excl_a = da["layers"][:len(ida) - common]
-    excl_b = db["layers"][:len(idb) - common]
+    excl_a = da["layers"][: len(ida) - common]
+    excl_b = db["layers"][: len(idb) - common]
     for la in excl_a + excl_b:
         if la["format"] != "qcow2":
             return None, f"{la['path']} is {la['format']}: its allocation is unknown"

@@ -40,6 +40,7 @@ def stream_reader(stream):
     def read(offset: int, length: int) -> bytes:
         stream.seek(offset)
         return stream.read(length)
+
     return read
 
 
@@ -50,6 +51,7 @@ def find_ext_offsets(stream) -> list[int]:
         return [0]
     try:
         from dissect.volume.disk import Disk
+
         parts = Disk(stream).partitions
     except Exception:
         return []
@@ -90,7 +92,12 @@ def ext_state(fs: dict, changed: list[int], other: dict | None) -> dict:
         if ino < fs["first_ino"] and ino not in (2, 8):
             continue  # reserved inodes (resize, quota...) are no files; 8 is the journal
         prev = other["nodes"].get(ino) if other else None
-        if prev is not None and prev == node and ino in other["maps"] and not _hits_any(changed, other["maps"][ino][1], []):
+        if (
+            prev is not None
+            and prev == node
+            and ino in other["maps"]
+            and not _hits_any(changed, other["maps"][ino][1], [])
+        ):
             maps[ino] = other["maps"][ino]
         else:
             try:
@@ -119,8 +126,15 @@ def ext_state(fs: dict, changed: list[int], other: dict | None) -> dict:
             if child in listings and child not in seen:
                 seen.add(child)
                 todo.append((child, path))
-    return {"fs": fs, "nodes": nodes, "maps": maps, "listings": listings, "paths": paths,
-            "ino_paths": ino_paths, "owners": owners}
+    return {
+        "fs": fs,
+        "nodes": nodes,
+        "maps": maps,
+        "listings": listings,
+        "paths": paths,
+        "ino_paths": ino_paths,
+        "owners": owners,
+    }
 
 
 def _hits_any(changed: list[int], meta: list[int], runs: list) -> bool:
@@ -166,11 +180,21 @@ def content_may_differ(sa: dict, sb: dict, ia: int, ib: int, changed: list[int])
     return False
 
 
-def ext_diff(read_a, read_b, fs_offset: int, ranges, *, prefix: str = "", max_size: int | None = None,
-             method: str = "allocated-clusters") -> tuple[list[dict], list[dict]]:
+def ext_diff(
+    read_a,
+    read_b,
+    fs_offset: int,
+    ranges,
+    *,
+    prefix: str = "",
+    max_size: int | None = None,
+    method: str = "allocated-clusters",
+) -> tuple[list[dict], list[dict]]:
     """Diff rows for one ext filesystem given the guest ranges that may differ."""
     fa, fb = open_ext(read_a, fs_offset), open_ext(read_b, fs_offset)
-    if fa["block_size"] != fb["block_size"] or [g["itable"] for g in fa["groups"]] != [g["itable"] for g in fb["groups"]]:
+    if fa["block_size"] != fb["block_size"] or [g["itable"] for g in fa["groups"]] != [
+        g["itable"] for g in fb["groups"]
+    ]:
         raise NotMappable("the two states have different inode-table layouts (resized or re-created fs)")
     changed = changed_blocks(ranges, fs_offset, fb["block_size"], max(fa["blocks"], fb["blocks"]))
     sb = ext_state(fb, changed, None)
@@ -201,11 +225,18 @@ def ext_diff(read_a, read_b, fs_offset: int, ranges, *, prefix: str = "", max_si
         if na is None and nb is None:
             continue
         row = {"path": prefix + path if prefix else path, "method": method}
-        for side, st, ino, node in (("a", sa, ia, na), ("b", sb, ib, nb)):
+        for side, ino, node in (("a", ia, na), ("b", ib, nb)):
             if node is not None:
-                row.update({f"inode_{side}": ino, f"size_{side}": node["size"], f"mode_{side}": node["mode"] & 0o7777,
-                            f"uid_{side}": node["uid"], f"gid_{side}": node["gid"],
-                            f"mtime_{side}": ts_ns(node["mtime"])})
+                row.update(
+                    {
+                        f"inode_{side}": ino,
+                        f"size_{side}": node["size"],
+                        f"mode_{side}": node["mode"] & 0o7777,
+                        f"uid_{side}": node["uid"],
+                        f"gid_{side}": node["gid"],
+                        f"mtime_{side}": ts_ns(node["mtime"]),
+                    }
+                )
         kinds = {file_type(n["mode"]) for n in (na, nb) if n is not None}
         row["type"] = "/".join(sorted(kinds))
         if na is None or nb is None:
@@ -252,8 +283,12 @@ def ext_diff(read_a, read_b, fs_offset: int, ranges, *, prefix: str = "", max_si
     problems = []
     if len(changed) > len(owned):
         # Tampering with free space or slack shows up here, not as a file.
-        problems.append(diagnostic("info", f"{len(changed) - len(owned)} changed fs blocks", f"ext filesystem at disk offset {fs_offset}", "belong to no inode in either state (superblock, descriptors, bitmaps, "
-                                "or unallocated space)"))
+        problems.append(
+            diagnostic(
+                "info",
+                f"{len(changed) - len(owned)} changed fs blocks",
+                f"ext filesystem at disk offset {fs_offset}",
+                "belong to no inode in either state (superblock, descriptors, bitmaps, or unallocated space)",
+            )
+        )
     return rows, problems
-
-

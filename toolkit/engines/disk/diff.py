@@ -31,8 +31,7 @@ from toolkit.schemas import diagnostic, make_table
 
 def _tree(stream, where: str, max_size):
     t = open_target([stream], where)
-    rows, problems = walk_tree(t.fs, "/", should_hash=lambda p, st: True, max_size=max_size,
-                               skip_prefixes=())
+    rows, problems = walk_tree(t.fs, "/", should_hash=lambda p, st: True, max_size=max_size, skip_prefixes=())
     return {r["path"]: r for r in rows}, problems
 
 
@@ -50,9 +49,17 @@ def full_walk_rows(stream_a, stream_b, *, max_size=None, progress=None) -> tuple
         row = {"path": path, "method": "full-walk"}
         for side, r in (("a", ra), ("b", rb)):
             if r:
-                row.update({f"size_{side}": r["size"], f"mode_{side}": r["mode"], f"uid_{side}": r["uid"],
-                            f"gid_{side}": r["gid"], f"mtime_{side}": r["mtime"], f"inode_{side}": r["inode"],
-                            f"sha256_{side}": r.get("sha256")})
+                row.update(
+                    {
+                        f"size_{side}": r["size"],
+                        f"mode_{side}": r["mode"],
+                        f"uid_{side}": r["uid"],
+                        f"gid_{side}": r["gid"],
+                        f"mtime_{side}": r["mtime"],
+                        f"inode_{side}": r["inode"],
+                        f"sha256_{side}": r.get("sha256"),
+                    }
+                )
         row["type"] = "/".join(sorted({r["type"] for r in (ra, rb) if r}))
         if ra is None or rb is None:
             row["change"] = "added" if ra is None else "removed"
@@ -75,13 +82,27 @@ def full_walk_rows(stream_a, stream_b, *, max_size=None, progress=None) -> tuple
 
 def _open(spec, search_paths, allow_missing_backing):
     if isinstance(spec, dict):
-        return open_disk(spec["path"], fmt=spec.get("format"), snapshot=spec.get("snapshot"),
-                         search_paths=search_paths, allow_missing_backing=allow_missing_backing)
+        return open_disk(
+            spec["path"],
+            fmt=spec.get("format"),
+            snapshot=spec.get("snapshot"),
+            search_paths=search_paths,
+            allow_missing_backing=allow_missing_backing,
+        )
     return open_disk(spec, search_paths=search_paths, allow_missing_backing=allow_missing_backing)
 
 
-def diff_tables(a, b, *, search_paths=(), allow_missing_backing: bool = False, full_walk: bool = False,
-                max_size: int | None = None, snapshot_id: str = "diff", progress=None) -> dict:
+def diff_tables(
+    a,
+    b,
+    *,
+    search_paths=(),
+    allow_missing_backing: bool = False,
+    full_walk: bool = False,
+    max_size: int | None = None,
+    snapshot_id: str = "diff",
+    progress=None,
+) -> dict:
     """``disk/diff``, ``disk/chain`` and ``diagnostics`` for two disk states.
 
     ``a`` and ``b`` are paths or dicts {path, format, snapshot}. Example::
@@ -106,17 +127,37 @@ def diff_tables(a, b, *, search_paths=(), allow_missing_backing: bool = False, f
             try:
                 for off in offsets:
                     prefix = "" if len(offsets) == 1 else f"/$part@{off}"
-                    r, p = ext_diff(stream_reader(da["stream"]), stream_reader(db["stream"]), off, ranges, prefix=prefix,
-                                    max_size=max_size)
+                    r, p = ext_diff(
+                        stream_reader(da["stream"]),
+                        stream_reader(db["stream"]),
+                        off,
+                        ranges,
+                        prefix=prefix,
+                        max_size=max_size,
+                    )
                     rows += r
                     diags += p
-                diags.append(diagnostic("info", "disk diff", f"{da['path']} -> {db['path']}", f"allocated-cluster diff: {sum(e - s for s, e in ranges)} bytes of "
-                                     f"{len(ranges)} guest ranges mapped to files via ext metadata"))
+                diags.append(
+                    diagnostic(
+                        "info",
+                        "disk diff",
+                        f"{da['path']} -> {db['path']}",
+                        f"allocated-cluster diff: {sum(e - s for s, e in ranges)} bytes of "
+                        f"{len(ranges)} guest ranges mapped to files via ext metadata",
+                    )
+                )
             except NotMappable as e:
                 why, ranges, rows = f"ext mapping impossible: {e}", None, []
         if ranges is None:
             if not full_walk:
-                diags.append(diagnostic("warning", "disk diff", f"{da['path']} -> {db['path']}", f"fell back to walking and hashing both trees in full: {why}"))
+                diags.append(
+                    diagnostic(
+                        "warning",
+                        "disk diff",
+                        f"{da['path']} -> {db['path']}",
+                        f"fell back to walking and hashing both trees in full: {why}",
+                    )
+                )
             r, p = full_walk_rows(da["stream"], db["stream"], max_size=max_size, progress=progress)
             rows, diags = r, diags + p
     finally:
@@ -124,8 +165,7 @@ def diff_tables(a, b, *, search_paths=(), allow_missing_backing: bool = False, f
         close_disk(db)
     return {
         "disk/diff": make_table("disk/diff", rows, snapshot_id=snapshot_id, source="disk/diff"),
-        "disk/chain": make_table("disk/chain", da["chain"] + db["chain"], snapshot_id=snapshot_id,
-                                 source="disk/open"),
+        "disk/chain": make_table("disk/chain", da["chain"] + db["chain"], snapshot_id=snapshot_id, source="disk/open"),
         "diagnostics": make_table("diagnostics", diags, snapshot_id=snapshot_id, source="disk/diff"),
     }
 

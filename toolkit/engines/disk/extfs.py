@@ -12,6 +12,7 @@ Example::
     node = read_inode(fs, 2)      # the root directory
     entries = read_dir(fs, node)  # [(name_bytes, inode, file_type), ...]
 """
+
 from __future__ import annotations
 
 import struct
@@ -44,8 +45,9 @@ def open_ext(read, fs_offset: int = 0) -> dict:
     sb = read(fs_offset + 1024, 1024)
     if len(sb) < 1024 or struct.unpack_from("<H", sb, 56)[0] != EXT_MAGIC:
         raise NotMappable("no ext superblock")
-    (inodes_count, blocks_lo, _, _, _, first_data_block, log_bs, log_cs, blocks_per_group, _,
-     inodes_per_group) = struct.unpack_from("<11I", sb, 0)
+    (inodes_count, blocks_lo, _, _, _, first_data_block, log_bs, log_cs, blocks_per_group, _, inodes_per_group) = (
+        struct.unpack_from("<11I", sb, 0)
+    )
     rev = struct.unpack_from("<I", sb, 76)[0]
     first_ino, inode_size = struct.unpack_from("<IH", sb, 84) if rev else (11, 128)
     compat, incompat, ro_compat = struct.unpack_from("<3I", sb, 92)
@@ -74,10 +76,19 @@ def open_ext(read, fs_offset: int = 0) -> dict:
             unused |= struct.unpack_from("<H", gdt, o + 0x32)[0] << 16
         used = 0 if flags & 0x1 else inodes_per_group - (unused if ro_compat & 0x410 else 0)
         groups.append({"itable": itable, "used": max(0, min(used, inodes_per_group))})
-    return {"read": read, "offset": fs_offset, "block_size": bs, "blocks": blocks,
-            "inodes_per_group": inodes_per_group, "inode_size": inode_size, "first_ino": first_ino,
-            "inodes_count": inodes_count, "filetype": bool(incompat & INCOMPAT_FILETYPE),
-            "groups": groups, "inodes_per_block": bs // inode_size}
+    return {
+        "read": read,
+        "offset": fs_offset,
+        "block_size": bs,
+        "blocks": blocks,
+        "inodes_per_group": inodes_per_group,
+        "inode_size": inode_size,
+        "first_ino": first_ino,
+        "inodes_count": inodes_count,
+        "filetype": bool(incompat & INCOMPAT_FILETYPE),
+        "groups": groups,
+        "inodes_per_block": bs // inode_size,
+    }
 
 
 def itable_blocks(fs: dict) -> dict[int, tuple[int, int]]:
@@ -112,11 +123,22 @@ def parse_inode(fs: dict, ino: int, raw: bytes) -> dict | None:
         # fields past 128 bytes exist only when i_extra_isize covers them
         return struct.unpack_from("<I", raw, off)[0] if len(raw) >= off + 4 and 128 + extra >= off + 4 else None
 
-    return {"ino": ino, "mode": mode, "uid": uid_lo | uid_hi << 16, "gid": gid_lo | gid_hi << 16,
-            "size": size_lo | size_hi << 32, "links": links, "flags": flags,
-            "atime": _ts(atime, ex(140)), "ctime": _ts(ctime, ex(132)), "mtime": _ts(mtime, ex(136)),
-            "btime": _ts(struct.unpack_from("<I", raw, 144)[0], ex(148)) if ex(144) is not None else None,
-            "xattr_block": acl_lo | acl_hi << 32, "i_block": bytes(raw[40:100]), "raw": bytes(raw[:128])}
+    return {
+        "ino": ino,
+        "mode": mode,
+        "uid": uid_lo | uid_hi << 16,
+        "gid": gid_lo | gid_hi << 16,
+        "size": size_lo | size_hi << 32,
+        "links": links,
+        "flags": flags,
+        "atime": _ts(atime, ex(140)),
+        "ctime": _ts(ctime, ex(132)),
+        "mtime": _ts(mtime, ex(136)),
+        "btime": _ts(struct.unpack_from("<I", raw, 144)[0], ex(148)) if ex(144) is not None else None,
+        "xattr_block": acl_lo | acl_hi << 32,
+        "i_block": bytes(raw[40:100]),
+        "raw": bytes(raw[:128]),
+    }
 
 
 def read_itable_block(fs: dict, block: int, first: int, count: int) -> dict[int, dict]:
@@ -125,7 +147,7 @@ def read_itable_block(fs: dict, block: int, first: int, count: int) -> dict[int,
     buf = fs["read"](fs["offset"] + block * fs["block_size"], count * isz)
     out = {}
     for k in range(count):
-        node = parse_inode(fs, first + k, buf[k * isz:(k + 1) * isz])
+        node = parse_inode(fs, first + k, buf[k * isz : (k + 1) * isz])
         if node:
             out[first + k] = node
     return out
@@ -153,13 +175,14 @@ def _extent_node(fs: dict, buf: bytes, runs: list, meta: list, depth_left: int) 
             _, leaf_lo, leaf_hi = struct.unpack_from("<IIH", buf, o)
             child = (leaf_hi << 32) | leaf_lo
             meta.append(child)
-            _extent_node(fs, fs["read"](fs["offset"] + child * fs["block_size"], fs["block_size"]),
-                         runs, meta, depth_left - 1)
+            _extent_node(
+                fs, fs["read"](fs["offset"] + child * fs["block_size"], fs["block_size"]), runs, meta, depth_left - 1
+            )
 
 
 def _indirect(fs: dict, block: int, level: int, runs: list, meta: list, lblock: int, remaining: int) -> int:
     per = fs["block_size"] // 4
-    span = per ** level
+    span = per**level
     if block == 0:
         return lblock + span
     meta.append(block)
@@ -244,7 +267,7 @@ def read_dir(fs: dict, node: dict, runs: list) -> list[tuple[bytes, int, int]]:
                 if not fs["filetype"]:
                     name_len |= ftype << 8
                     ftype = 0
-                name = buf[base + o + 8: base + o + 8 + name_len]
+                name = buf[base + o + 8 : base + o + 8 + name_len]
                 if ino and name not in (b".", b"..") and 0 < ino <= fs["inodes_count"]:
                     out.append((name, ino, ftype))
                 o += rec_len

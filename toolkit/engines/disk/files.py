@@ -30,6 +30,7 @@ Example::
 
     rows, diags = files_rows(opened, target, hash_cfg, cache_dir=ctx.cache_dir, evidence_hashes=ctx.evidence_hashes)
 """
+
 from __future__ import annotations
 
 import gzip
@@ -48,12 +49,13 @@ from toolkit.errors import DiskError
 from toolkit.schemas import diagnostic
 
 CACHE_VERSION = 1
-SKIP = ("/proc", "/sys", "/$fs$/")   # same as walk_tree's default: equality with the full walk needs it
+SKIP = ("/proc", "/sys", "/$fs$/")  # same as walk_tree's default: equality with the full walk needs it
 TIME_KEYS = ("mtime", "atime", "ctime", "btime")
 
 
 def _digest(obj) -> str:
     import hashlib
+
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -134,12 +136,13 @@ def changed_paths(base_disk: dict, overlay_disk: dict) -> tuple[dict | None, str
     try:
         fa = open_ext(stream_reader(base_disk["stream"]), 0)
         fb = open_ext(stream_reader(overlay_disk["stream"]), 0)
-        if fa["block_size"] != fb["block_size"] or \
-                [g["itable"] for g in fa["groups"]] != [g["itable"] for g in fb["groups"]]:
+        if fa["block_size"] != fb["block_size"] or [g["itable"] for g in fa["groups"]] != [
+            g["itable"] for g in fb["groups"]
+        ]:
             return None, "base and overlay have different inode-table layouts (resized or re-created fs)"
         changed = changed_blocks(ranges, 0, fb["block_size"], max(fa["blocks"], fb["blocks"]))
         sb = ext_state(fb, changed, None)
-        sa = ext_state(fa, changed, sb)   # base: unchanged inode-table and directory blocks reused from sb
+        sa = ext_state(fa, changed, sb)  # base: unchanged inode-table and directory blocks reused from sb
     except NotMappable as e:
         return None, f"ext mapping impossible: {e}"
     # A qcow2 cluster holds 16+ fs blocks: most inodes "in a changed block" are
@@ -155,8 +158,11 @@ def changed_paths(base_disk: dict, overlay_disk: dict) -> tuple[dict | None, str
     out: set = set()
     for ino in cand:
         na, nb = sa["nodes"].get(ino), sb["nodes"].get(ino)
-        differs = na != nb or (ino in owners and nb["mode"] & S_IFMT != S_IFDIR and not (
-            ino in sa["maps"] and ino in sb["maps"] and not content_may_differ(sa, sb, ino, ino, changed)))
+        differs = na != nb or (
+            ino in owners
+            and nb["mode"] & S_IFMT != S_IFDIR
+            and not (ino in sa["maps"] and ino in sb["maps"] and not content_may_differ(sa, sb, ino, ino, changed))
+        )
         if differs:  # a directory's data is its entries: those show up as path -> inode changes below
             for st in (sa, sb):
                 out.update(st["ino_paths"].get(ino, ()))
@@ -169,10 +175,17 @@ def changed_paths(base_disk: dict, overlay_disk: dict) -> tuple[dict | None, str
         if ib is None:
             return "removed"
         na, nb = sa["nodes"].get(ia), sb["nodes"].get(ib)
-        if na is not None and nb is not None and na["mode"] & S_IFMT == S_IFREG == nb["mode"] & S_IFMT \
-                and ia in sa["maps"] and ib in sb["maps"] and not content_may_differ(sa, sb, ia, ib, changed):
+        if (
+            na is not None
+            and nb is not None
+            and na["mode"] & S_IFMT == S_IFREG == nb["mode"] & S_IFMT
+            and ia in sa["maps"]
+            and ib in sb["maps"]
+            and not content_may_differ(sa, sb, ia, ib, changed)
+        ):
             return "same-content"
         return "changed"
+
     how = f"{sum(e - s for s, e in ranges)} bytes in {len(ranges)} ranges"
     return {p: state(p) for p in out if not skipped(p, SKIP)}, how
 
@@ -187,25 +200,48 @@ def _base_layer(disk: dict) -> dict | None:
     return layers[-1]
 
 
-def _base_rows(layer: dict, cache_dir: Path, evidence_hashes: dict, hash_cfg, should_hash, max_size, diags) -> tuple[list | None, object]:
+def _base_rows(
+    layer: dict, cache_dir: Path, evidence_hashes: dict, hash_cfg, should_hash, max_size, diags
+) -> tuple[list | None, object]:
     """(base rows, opened base disk) from the cache or by walking the base once."""
     key, how = base_key(layer["path"], evidence_hashes)
     entry = Path(cache_dir) / "disk" / key / f"files-{policy_key(hash_cfg)}.json.gz"
     base = open_disk(layer["path"], fmt=layer["format"] if layer["format"] in ("qcow2", "raw") else None)
     rows = load_rows(entry)
     if rows is not None:
-        diags.append(diagnostic("info", "disk/files", str(layer["path"]), f"{len(rows)} base rows from the cache ({entry.parent.name}, keyed by {how})"))
+        diags.append(
+            diagnostic(
+                "info",
+                "disk/files",
+                str(layer["path"]),
+                f"{len(rows)} base rows from the cache ({entry.parent.name}, keyed by {how})",
+            )
+        )
         return rows, base
-    rows, problems = walk_tree(open_target([base["stream"]], f"base {layer['path']}").fs, "/",
-                               should_hash=should_hash, max_size=max_size, skip_prefixes=SKIP)
+    rows, problems = walk_tree(
+        open_target([base["stream"]], f"base {layer['path']}").fs,
+        "/",
+        should_hash=should_hash,
+        max_size=max_size,
+        skip_prefixes=SKIP,
+    )
     if problems:  # a half-readable base is walked per snapshot so its warnings stay with each one
         return None, base
     save_rows(entry, rows, {"base": str(layer["path"]), "key": key, "how": how})
-    diags.append(diagnostic("info", "disk/files", str(layer["path"]), f"base walked once ({len(rows)} rows) and cached as {entry.parent.name} (keyed by {how})"))
+    diags.append(
+        diagnostic(
+            "info",
+            "disk/files",
+            str(layer["path"]),
+            f"base walked once ({len(rows)} rows) and cached as {entry.parent.name} (keyed by {how})",
+        )
+    )
     return rows, base
 
 
-def overlay_rows(disk: dict, target, hash_cfg, *, cache_dir: Path, evidence_hashes: dict) -> tuple[list[dict] | None, list[dict], str]:
+def overlay_rows(
+    disk: dict, target, hash_cfg, *, cache_dir: Path, evidence_hashes: dict
+) -> tuple[list[dict] | None, list[dict], str]:
     """(rows, diagnostics, why) for an overlay from cached base rows; rows None means "walk in full because why"."""
     should_hash, max_size = hash_policy(hash_cfg)
     layer = _base_layer(disk)
@@ -237,22 +273,31 @@ def overlay_rows(disk: dict, target, hash_cfg, *, cache_dir: Path, evidence_hash
         if state == "same-content" and path in hashes:
             known = {k: hashes[path].get(k) for k in ("sha256", "build_id", "first_page_sha256")}
             reused += 1
-        row, _ = entry_row(path, lambda p=path: fs.get(p), should_hash=should_hash, max_size=max_size,
-                           problems=problems, known=known)
+        row, _ = entry_row(
+            path, lambda p=path: fs.get(p), should_hash=should_hash, max_size=max_size, problems=problems, known=known
+        )
         if row is None:
             return None, [], f"{path}: dissect cannot stat a path the diff names ({problems[-1]['why']})"
         merged[path] = row
     if problems:  # unreadable content: the full walk reports it the same way, with its own context
         return None, [], "a changed file could not be read for hashing"
-    diags.append(diagnostic("info", "disk/files", str(disk["path"]), f"{len(paths)} paths re-stat'ed from the overlay (allocated-cluster diff: {how}), "
-                         f"{reused} of them with content proven unchanged (base hashes kept); "
-                         f"the other {len(merged) - sum(s != 'removed' for s in paths.values())} "
-                         f"rows are the base's"))
+    diags.append(
+        diagnostic(
+            "info",
+            "disk/files",
+            str(disk["path"]),
+            f"{len(paths)} paths re-stat'ed from the overlay (allocated-cluster diff: {how}), "
+            f"{reused} of them with content proven unchanged (base hashes kept); "
+            f"the other {len(merged) - sum(s != 'removed' for s in paths.values())} "
+            f"rows are the base's",
+        )
+    )
     return sorted(merged.values(), key=lambda r: r["path"]), diags, "allocated-cluster diff"
 
 
-def files_rows(opened: list[dict], target, hash_cfg, *, cache_dir: Path | None,
-               evidence_hashes: dict | None = None) -> tuple[list[dict], list[dict]]:
+def files_rows(
+    opened: list[dict], target, hash_cfg, *, cache_dir: Path | None, evidence_hashes: dict | None = None
+) -> tuple[list[dict], list[dict]]:
     """``disk/files`` rows for a snapshot's opened disks: base cache + overlay diff when possible.
 
     ``evidence_hashes`` ({resolved path: sha256}) keys the base cache by content when given.
@@ -260,13 +305,18 @@ def files_rows(opened: list[dict], target, hash_cfg, *, cache_dir: Path | None,
     """
     if cache_dir and len(opened) == 1 and _base_layer(opened[0]) is not None:
         try:
-            rows, diags, why = overlay_rows(opened[0], target, hash_cfg, cache_dir=cache_dir,
-                                            evidence_hashes=evidence_hashes or {})
+            rows, diags, why = overlay_rows(
+                opened[0], target, hash_cfg, cache_dir=cache_dir, evidence_hashes=evidence_hashes or {}
+            )
         except DiskError as e:  # the base read alone failed: the overlay's own walk still stands
             rows, diags, why = None, [], str(e)
         if rows is not None:
             return rows, diags
-        note = [diagnostic("info", "disk/files", str(opened[0]["path"]), f"full walk of the overlay, base cache not used: {why}")]
+        note = [
+            diagnostic(
+                "info", "disk/files", str(opened[0]["path"]), f"full walk of the overlay, base cache not used: {why}"
+            )
+        ]
     else:
         note = []
     should_hash, max_size = hash_policy(hash_cfg)

@@ -15,6 +15,7 @@ Example::
     functions = expand_functions(["users", "cronjobs", "history"])
     records, diags = run_functions(target, functions)
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,17 @@ GROUPS = {
     "persistence": ["cronjobs", "services", "ssh.authorized_keys", "initd", "runkeys", "tasks"],
 }
 TABLE_OF = {
-    "users": "disk/users", "commandhistory": "disk/shell_history", "bashhistory": "disk/shell_history",
-    "authlog": "disk/logs", "syslog": "disk/logs", "messages": "disk/logs", "securelog": "disk/logs",
-    "journal": "disk/logs", "dpkg.status": "disk/packages",
-    **{f: "disk/persistence" for f in GROUPS["persistence"]}, "ssh": "disk/persistence",
+    "users": "disk/users",
+    "commandhistory": "disk/shell_history",
+    "bashhistory": "disk/shell_history",
+    "authlog": "disk/logs",
+    "syslog": "disk/logs",
+    "messages": "disk/logs",
+    "securelog": "disk/logs",
+    "journal": "disk/logs",
+    "dpkg.status": "disk/packages",
+    **{f: "disk/persistence" for f in GROUPS["persistence"]},
+    "ssh": "disk/persistence",
 }
 # What the disk engine runs when a profile names no functions (profiles.DEFAULTS reads it too).
 DEFAULT_FUNCTIONS = ("users", "cronjobs", "services", "ssh.authorized_keys", "history", "logs", "packages")
@@ -43,6 +51,7 @@ SYSTEM_FUNCTIONS = ["hostname", "domain", "os", "version", "architecture", "time
 
 def _os_exports() -> set[str]:
     from dissect.target import plugin
+
     names: set[str] = set()
     for desc in plugin.os_plugins():
         try:
@@ -54,6 +63,7 @@ def _os_exports() -> set[str]:
 
 def function_exists(name: str) -> bool:
     from dissect.target import plugin
+
     return bool(list(plugin.lookup(name))) or name in _os_exports()
 
 
@@ -73,8 +83,10 @@ def expand_functions(names) -> list[str]:
         else:
             unknown.append(name)
     if unknown:
-        raise DiskError(f"unknown dissect function(s) in profile: {', '.join(map(repr, unknown))} "
-                        f"(see `target-query --list`, or use one of {', '.join(sorted(GROUPS))})")
+        raise DiskError(
+            f"unknown dissect function(s) in profile: {', '.join(map(repr, unknown))} "
+            f"(see `target-query --list`, or use one of {', '.join(sorted(GROUPS))})"
+        )
     return list(dict.fromkeys(out))
 
 
@@ -96,6 +108,7 @@ def _plain(value):
 def record_dict(rec) -> dict:
     """A flow.record as a plain dict: paths and addresses become str, times stay datetimes."""
     import datetime as dt
+
     keep = (str, int, float, bool, bytes, list, dt.datetime, type(None))
     d = {k: (v if isinstance(v, keep) else str(v)) for k, v in rec._asdict().items() if not k.startswith("_")}
     d["_type"] = rec._desc.name
@@ -105,6 +118,7 @@ def record_dict(rec) -> dict:
 def run_functions(target, functions) -> tuple[dict[str, list[dict]], list[dict]]:
     """Call each function; records as dicts per function, plus diagnostics."""
     from dissect.target.exceptions import UnsupportedPluginError
+
     records: dict[str, list[dict]] = {}
     diags = []
     for fn in functions:
@@ -127,7 +141,14 @@ def run_functions(target, functions) -> tuple[dict[str, list[dict]], list[dict]]
                     diags.append(diagnostic("warning", f"record of {fn}", "dissect", f"{type(e).__name__}: {e}"))
             records[fn] = rows
         except UnsupportedPluginError:
-            diags.append(diagnostic("info", f"dissect function {fn}", "dissect", "does not apply to this guest (no artefacts or other OS)"))
+            diags.append(
+                diagnostic(
+                    "info",
+                    f"dissect function {fn}",
+                    "dissect",
+                    "does not apply to this guest (no artefacts or other OS)",
+                )
+            )
         except Exception as e:  # one broken plugin must not cost the other tables
             diags.append(diagnostic("warning", f"dissect function {fn}", "dissect", f"failed: {type(e).__name__}: {e}"))
     return records, diags
@@ -142,8 +163,15 @@ def _groups(target) -> list[dict]:
     for line in text.splitlines():
         parts = line.split(":")
         if len(parts) >= 4:
-            out.append({"_type": "snapscope/group", "name": parts[0], "gid": parts[2], "members": parts[3],
-                        "source": "/etc/group"})
+            out.append(
+                {
+                    "_type": "snapscope/group",
+                    "name": parts[0],
+                    "gid": parts[2],
+                    "members": parts[3],
+                    "source": "/etc/group",
+                }
+            )
     return out
 
 
@@ -166,26 +194,50 @@ def system_row(target) -> dict:
     def joined(v):
         return ",".join(str(x) for x in v) if isinstance(v, list) else (None if v is None else str(v))
 
-    return {"hostname": joined(facts["hostname"]), "domain": joined(facts["domain"]), "os": joined(facts["os"]),
-            "os_version": joined(facts["version"]), "architecture": joined(facts["architecture"]),
-            "timezone": joined(facts["timezone"]), "ips": joined(facts["ips"]),
-            "dns": joined(facts["network.dns"]), "gateways": joined(facts["network.gateways"]),
-            "interfaces": json.dumps(_plain(facts["network.interfaces"] or [])) if facts["network.interfaces"]
-            else None}
+    return {
+        "hostname": joined(facts["hostname"]),
+        "domain": joined(facts["domain"]),
+        "os": joined(facts["os"]),
+        "os_version": joined(facts["version"]),
+        "architecture": joined(facts["architecture"]),
+        "timezone": joined(facts["timezone"]),
+        "ips": joined(facts["ips"]),
+        "dns": joined(facts["network.dns"]),
+        "gateways": joined(facts["network.gateways"]),
+        "interfaces": json.dumps(_plain(facts["network.interfaces"] or [])) if facts["network.interfaces"] else None,
+    }
 
 
 def user_rows(records) -> list[dict]:
-    return [{"user": r.get("name"), "uid": r.get("uid"), "gid": r.get("gid"), "gecos": r.get("gecos"),
-             "home": _plain(r.get("home")), "shell": r.get("shell"), "sid": r.get("sid"),
-             "path": _plain(r.get("source"))} for r in records.get("users", [])]
+    return [
+        {
+            "user": r.get("name"),
+            "uid": r.get("uid"),
+            "gid": r.get("gid"),
+            "gecos": r.get("gecos"),
+            "home": _plain(r.get("home")),
+            "shell": r.get("shell"),
+            "sid": r.get("sid"),
+            "path": _plain(r.get("source")),
+        }
+        for r in records.get("users", [])
+    ]
 
 
 def history_rows(records) -> list[dict]:
     rows = []
     for fn in ("commandhistory", "bashhistory"):
         for r in records.get(fn, []):
-            rows.append({"user": r.get("username"), "shell": r.get("shell"), "order": r.get("order"),
-                         "command": r.get("command"), "ts": r.get("ts"), "path": _plain(r.get("source"))})
+            rows.append(
+                {
+                    "user": r.get("username"),
+                    "shell": r.get("shell"),
+                    "order": r.get("order"),
+                    "command": r.get("command"),
+                    "ts": r.get("ts"),
+                    "path": _plain(r.get("source")),
+                }
+            )
     return rows
 
 
@@ -198,16 +250,32 @@ def log_rows(records) -> list[dict]:
             if key in seen:  # securelog and authlog both read auth.log on Debian
                 continue
             seen.add(key)
-            rows.append({"ts": r.get("ts"), "log": fn, "service": r.get("service") or r.get("syslog_identifier"),
-                         "pid": r.get("pid"), "message": r.get("message"),
-                         "path": _plain(r.get("source"))})
+            rows.append(
+                {
+                    "ts": r.get("ts"),
+                    "log": fn,
+                    "service": r.get("service") or r.get("syslog_identifier"),
+                    "pid": r.get("pid"),
+                    "message": r.get("message"),
+                    "path": _plain(r.get("source")),
+                }
+            )
     return rows
 
 
 def package_rows(records) -> list[dict]:
-    return [{"name": r.get("name"), "version": r.get("version"), "architecture": r.get("arch"),
-             "status": r.get("status"), "manager": "dpkg", "ts": r.get("ts"),
-             "path": "/var/lib/dpkg/status"} for r in records.get("dpkg.status", [])]
+    return [
+        {
+            "name": r.get("name"),
+            "version": r.get("version"),
+            "architecture": r.get("arch"),
+            "status": r.get("status"),
+            "manager": "dpkg",
+            "ts": r.get("ts"),
+            "path": "/var/lib/dpkg/status",
+        }
+        for r in records.get("dpkg.status", [])
+    ]
 
 
 def other_rows(records) -> list[dict]:
@@ -220,6 +288,12 @@ def other_rows(records) -> list[dict]:
             if fn == "ssh" and "authorized_keys" in str(r.get("_type")):
                 continue
             fields = {k: _plain(v) for k, v in r.items() if k != "_type"}
-            rows.append({"function": fn, "record_type": r.get("_type"), "ts": r.get("ts"),
-                         "fields": json.dumps(fields, default=str, ensure_ascii=False)})
+            rows.append(
+                {
+                    "function": fn,
+                    "record_type": r.get("_type"),
+                    "ts": r.get("ts"),
+                    "fields": json.dumps(fields, default=str, ensure_ascii=False),
+                }
+            )
     return rows

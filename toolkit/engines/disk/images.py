@@ -18,6 +18,7 @@ Example::
     disk["stream"].seek(0); mbr = disk["stream"].read(512)
     close_disk(disk)
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,6 @@ from toolkit.references import resolve_reference
 
 QCOW2_MAGIC = b"QFI\xfb"
 MAX_CHAIN = 64  # a loop in backing references must end in an error, not a hang
-
 
 
 def detect_format(path: Path) -> str:
@@ -91,13 +91,29 @@ def describe_snapshots(path) -> list[dict]:
     path = Path(path)
     with open(path, "rb") as fh:
         q = _qcow2_layer(path, fh, str(path))
-        return [{"id": s.id, "name": s.name, "date": s.header.date_sec,
-                 "vm_state_size": s.header.vm_state_size, "disk_size": s.extra.disk_size}
-                for s in q.snapshots]
+        return [
+            {
+                "id": s.id,
+                "name": s.name,
+                "date": s.header.date_sec,
+                "vm_state_size": s.header.vm_state_size,
+                "disk_size": s.extra.disk_size,
+            }
+            for s in q.snapshots
+        ]
 
 
-def _open_layer(path: Path, fmt: str | None, snapshot, search_paths, allow_missing: bool,
-                state: dict, depth: int, recorded: str | None, how: str):
+def _open_layer(
+    path: Path,
+    fmt: str | None,
+    snapshot,
+    search_paths,
+    allow_missing: bool,
+    state: dict,
+    depth: int,
+    recorded: str | None,
+    how: str,
+):
     """Open one layer and, recursively, everything below it; return its stream."""
     if depth >= MAX_CHAIN:
         raise DiskError(f"{path}: backing chain deeper than {MAX_CHAIN} (a loop?)")
@@ -107,8 +123,16 @@ def _open_layer(path: Path, fmt: str | None, snapshot, search_paths, allow_missi
     state["seen"].add(real)
     fmt = fmt or detect_format(path)
     file_size = path.stat().st_size
-    row = {"disk": state["disk"], "depth": depth, "path": str(path), "recorded_path": recorded,
-           "resolved_by": how, "format": fmt, "snapshot": snapshot, "size": file_size}
+    row = {
+        "disk": state["disk"],
+        "depth": depth,
+        "path": str(path),
+        "recorded_path": recorded,
+        "resolved_by": how,
+        "format": fmt,
+        "snapshot": snapshot,
+        "size": file_size,
+    }
     state["chain"].append(row)
 
     if fmt != "qcow2":
@@ -118,18 +142,21 @@ def _open_layer(path: Path, fmt: str | None, snapshot, search_paths, allow_missi
             fh = open(path, "rb")
             state["handles"].append(fh)
             row["virtual_size"] = file_size
-            state["layers"].append({"path": real, "format": fmt, "snapshot": None, "qcow2": None,
-                                    "l1": None, "file_size": file_size})
+            state["layers"].append(
+                {"path": real, "format": fmt, "snapshot": None, "qcow2": None, "l1": None, "file_size": file_size}
+            )
             return fh, file_size
         from dissect.target import container
+
         try:
             c = container.open(path)
         except Exception as e:
             raise DiskError(f"{path}: cannot open {fmt} image ({type(e).__name__}: {e})") from None
         state["handles"].append(c)
         row["virtual_size"] = c.size
-        state["layers"].append({"path": real, "format": fmt, "snapshot": None, "qcow2": None,
-                                "l1": None, "file_size": file_size})
+        state["layers"].append(
+            {"path": real, "format": fmt, "snapshot": None, "qcow2": None, "l1": None, "file_size": file_size}
+        )
         return c, c.size
 
     fh = open(path, "rb")
@@ -147,8 +174,7 @@ def _open_layer(path: Path, fmt: str | None, snapshot, search_paths, allow_missi
         row["snapshot"] = f"{snap.id}:{snap.name}"
     # Every pointer checked once, up front: later reads can then trust them.
     validate_tables(q, l1, file_size, where)
-    layer = {"path": real, "format": "qcow2", "snapshot": row["snapshot"], "qcow2": q, "l1": l1,
-             "file_size": file_size}
+    layer = {"path": real, "format": "qcow2", "snapshot": row["snapshot"], "qcow2": q, "l1": l1, "file_size": file_size}
     state["layers"].append(layer)
 
     if q.needs_data_file:
@@ -165,27 +191,46 @@ def _open_layer(path: Path, fmt: str | None, snapshot, search_paths, allow_missi
             if not allow_missing:
                 raise DiskError(
                     f"{where}: backing file {wanted!r} not found (tried: {', '.join(tried)}); "
-                    f"pass --search-path DIR, or --allow-missing-backing to read it as zeros")
-            state["diagnostics"].append({
-                "severity": "warning", "what": f"backing file {wanted}", "where": where,
-                "why": "not found; its clusters read as zeros (allow_missing_backing)"})
-            state["chain"].append({"disk": state["disk"], "depth": depth + 1, "path": None,
-                                   "recorded_path": wanted, "resolved_by": "missing-zeros",
-                                   "format": None, "snapshot": None, "size": None, "virtual_size": None})
+                    f"pass --search-path DIR, or --allow-missing-backing to read it as zeros"
+                )
+            state["diagnostics"].append(
+                {
+                    "severity": "warning",
+                    "what": f"backing file {wanted}",
+                    "where": where,
+                    "why": "not found; its clusters read as zeros (allow_missing_backing)",
+                }
+            )
+            state["chain"].append(
+                {
+                    "disk": state["disk"],
+                    "depth": depth + 1,
+                    "path": None,
+                    "recorded_path": wanted,
+                    "resolved_by": "missing-zeros",
+                    "format": None,
+                    "snapshot": None,
+                    "size": None,
+                    "virtual_size": None,
+                }
+            )
             q.backing_file = None
         else:
             bfmt = (q.backing_format or "").lower() or None
             if bfmt not in (None, "qcow2", "raw"):
                 bfmt = None  # let the magic decide for vmdk & co.
-            q.backing_file, _ = _open_layer(below, bfmt, None, search_paths, allow_missing, state,
-                                            depth + 1, wanted, below_how)
+            q.backing_file, _ = _open_layer(
+                below, bfmt, None, search_paths, allow_missing, state, depth + 1, wanted, below_how
+            )
 
     from dissect.hypervisor.disk.qcow2 import QCow2Stream
+
     return QCow2Stream(q, l1), q.header.size
 
 
-def open_disk(path, *, fmt: str | None = None, snapshot=None, search_paths=(),
-              allow_missing_backing: bool = False) -> dict:
+def open_disk(
+    path, *, fmt: str | None = None, snapshot=None, search_paths=(), allow_missing_backing: bool = False
+) -> dict:
     """Open a disk image and its whole backing chain read-only.
 
     ``snapshot`` selects a qcow2 internal snapshot by name or id instead of the
@@ -205,16 +250,25 @@ def open_disk(path, *, fmt: str | None = None, snapshot=None, search_paths=(),
         raise DiskError(f"{path}: not a regular file")
     state = {"disk": str(path), "chain": [], "layers": [], "handles": [], "diagnostics": [], "seen": set()}
     try:
-        stream, size = _open_layer(path, fmt, snapshot, list(search_paths), allow_missing_backing,
-                                   state, 0, None, "given")
+        stream, size = _open_layer(
+            path, fmt, snapshot, list(search_paths), allow_missing_backing, state, 0, None, "given"
+        )
     except DiskError:
         _close(state["handles"])
         raise
     except OSError as e:
         _close(state["handles"])
         raise DiskError(f"{path}: {e.strerror or e}") from None
-    return {"path": path, "stream": stream, "size": size, "chain": state["chain"], "layers": state["layers"],
-            "diagnostics": state["diagnostics"], "handles": state["handles"], "snapshot": snapshot}
+    return {
+        "path": path,
+        "stream": stream,
+        "size": size,
+        "chain": state["chain"],
+        "layers": state["layers"],
+        "diagnostics": state["diagnostics"],
+        "handles": state["handles"],
+        "snapshot": snapshot,
+    }
 
 
 def _close(handles) -> None:

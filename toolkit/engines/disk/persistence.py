@@ -13,6 +13,7 @@ Example::
 
     rows, diags = persistence_rows(target, records_by_function, max_size=1 << 26)
 """
+
 from __future__ import annotations
 
 import shlex
@@ -21,8 +22,21 @@ from toolkit.engines.disk.walk import ts_ns
 from toolkit.hashing import sha256_stream
 
 SYSTEM_CRONTABS = ("/etc/crontab", "/etc/cron.d/", "/etc/anacrontab")
-WRAPPERS = {"env", "nohup", "exec", "nice", "setsid", "ionice", "chrt", "stdbuf", "flock", "timeout", "sudo",
-            "busybox", "start-stop-daemon"}
+WRAPPERS = {
+    "env",
+    "nohup",
+    "exec",
+    "nice",
+    "setsid",
+    "ionice",
+    "chrt",
+    "stdbuf",
+    "flock",
+    "timeout",
+    "sudo",
+    "busybox",
+    "start-stop-daemon",
+}
 SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh"}
 GUEST_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 RC_FILES = ["/etc/profile", "/etc/bash.bashrc", "/etc/zsh/zshrc", "/etc/environment", "/etc/rc.local"]
@@ -123,8 +137,16 @@ def _from_records(records: dict) -> list[dict]:
     for rec in records.get("cronjobs", []):
         user, cmd = split_cron_user(rec.get("source") or "", rec.get("command") or "")
         sched = " ".join(str(rec.get(k) or "") for k in ("minute", "hour", "day", "month", "weekday")).strip()
-        rows.append({"kind": "cron", "path": rec.get("source"), "user": user or rec.get("username"),
-                     "schedule": sched, "command": cmd, "program": program_of(cmd)})
+        rows.append(
+            {
+                "kind": "cron",
+                "path": rec.get("source"),
+                "user": user or rec.get("username"),
+                "schedule": sched,
+                "command": cmd,
+                "program": program_of(cmd),
+            }
+        )
     units = {}
     for fn in ("services",):
         for rec in records.get(fn, []):
@@ -133,40 +155,78 @@ def _from_records(records: dict) -> list[dict]:
     for name, rec in units.items():
         if rec.get("type") not in (None, "systemd") or "imagepath" in {k.lower() for k in rec}:
             cmd = _first(rec, "imagepath", "servicedll", "command")
-            rows.append({"kind": "service", "path": rec.get("key") or rec.get("source"), "user":
-                         _first(rec, "objectname", "user"), "schedule": _first(rec, "start"),
-                         "command": cmd, "program": program_of(cmd) if cmd and cmd.startswith("/") else cmd,
-                         "detail": name})
+            rows.append(
+                {
+                    "kind": "service",
+                    "path": rec.get("key") or rec.get("source"),
+                    "user": _first(rec, "objectname", "user"),
+                    "schedule": _first(rec, "start"),
+                    "command": cmd,
+                    "program": program_of(cmd) if cmd and cmd.startswith("/") else cmd,
+                    "detail": name,
+                }
+            )
             continue
         if name.endswith(".timer"):
             svc = _first(rec, "Timer_Unit") or name[:-6] + ".service"
             cmd = _first(units.get(svc, {}), "Service_ExecStart")
             sched = ", ".join(f"{k[6:]}={v}" for k, v in rec.items() if k.startswith("Timer_On") and v)
-            rows.append({"kind": "timer", "path": rec.get("source"), "schedule": sched, "command": cmd,
-                         "program": program_of(cmd), "detail": f"{name} -> {svc}",
-                         "user": _first(units.get(svc, {}), "Service_User")})
+            rows.append(
+                {
+                    "kind": "timer",
+                    "path": rec.get("source"),
+                    "schedule": sched,
+                    "command": cmd,
+                    "program": program_of(cmd),
+                    "detail": f"{name} -> {svc}",
+                    "user": _first(units.get(svc, {}), "Service_User"),
+                }
+            )
         elif name.endswith(".service") or name.endswith(".socket") or name.endswith(".path"):
             cmd = _first(rec, "Service_ExecStart", "Service_ExecStartPre", "Socket_ExecStartPre")
             if cmd or name.endswith(".service"):
-                rows.append({"kind": "systemd", "path": rec.get("source"), "user": _first(rec, "Service_User"),
-                             "schedule": _first(rec, "Install_WantedBy"), "command": cmd,
-                             "program": program_of(cmd), "detail": name})
-    for rec in records.get("ssh.authorized_keys", []) + [r for r in records.get("ssh", [])
-                                                          if "authorized_keys" in str(r.get("_type", ""))]:
+                rows.append(
+                    {
+                        "kind": "systemd",
+                        "path": rec.get("source"),
+                        "user": _first(rec, "Service_User"),
+                        "schedule": _first(rec, "Install_WantedBy"),
+                        "command": cmd,
+                        "program": program_of(cmd),
+                        "detail": name,
+                    }
+                )
+    for rec in records.get("ssh.authorized_keys", []) + [
+        r for r in records.get("ssh", []) if "authorized_keys" in str(r.get("_type", ""))
+    ]:
         opts = rec.get("options") or ""
         forced = None
         if "command=" in str(opts):
             forced = str(opts).split("command=", 1)[1].strip('"').split('",')[0].strip('"')
-        rows.append({"kind": "authorized_keys", "path": str(rec.get("path") or rec.get("source") or ""),
-                     "user": rec.get("username"), "command": forced, "program": program_of(forced),
-                     "detail": f"{rec.get('key_type')} {rec.get('comment') or ''}".strip()})
+        rows.append(
+            {
+                "kind": "authorized_keys",
+                "path": str(rec.get("path") or rec.get("source") or ""),
+                "user": rec.get("username"),
+                "command": forced,
+                "program": program_of(forced),
+                "detail": f"{rec.get('key_type')} {rec.get('comment') or ''}".strip(),
+            }
+        )
     for fn, kind in (("runkeys", "runkey"), ("tasks", "task"), ("initd", "initd")):
         for rec in records.get(fn, []):
             cmd = _first(rec, "command", "exec_command", "action", "path", "source")
             args = _first(rec, "exec_arguments", "arguments")
-            rows.append({"kind": kind, "path": _first(rec, "key", "uri", "source", "path"), "user":
-                         _first(rec, "username", "author", "user"), "command": f"{cmd} {args}" if args else cmd,
-                         "program": cmd if kind != "initd" else program_of(cmd), "detail": _first(rec, "name")})
+            rows.append(
+                {
+                    "kind": kind,
+                    "path": _first(rec, "key", "uri", "source", "path"),
+                    "user": _first(rec, "username", "author", "user"),
+                    "command": f"{cmd} {args}" if args else cmd,
+                    "program": cmd if kind != "initd" else program_of(cmd),
+                    "detail": _first(rec, "name"),
+                }
+            )
     return rows
 
 
@@ -179,8 +239,7 @@ def _builtin(target) -> list[dict]:
         if preload.is_file():
             for line in preload.read_bytes().decode("utf-8", "surrogateescape").splitlines():
                 for lib in line.split("#", 1)[0].split():
-                    rows.append({"kind": "ld_preload", "path": "/etc/ld.so.preload", "command": line,
-                                 "program": lib})
+                    rows.append({"kind": "ld_preload", "path": "/etc/ld.so.preload", "command": line, "program": lib})
     except Exception:
         pass
     rc_paths = list(RC_FILES)
@@ -202,11 +261,20 @@ def _builtin(target) -> list[dict]:
                 continue
         except Exception:
             continue
-        kind = "initd" if path.startswith("/etc/init.d/") else (
-            "cron" if path.startswith("/etc/cron.") else ("rc" if path == "/etc/rc.local" else "shell_rc"))
-        rows.append({"kind": kind, "path": path, "program": path,
-                     "user": path.split("/")[2] if path.startswith("/home/") else None,
-                     "schedule": path.split("/")[2] if kind == "cron" else None})
+        kind = (
+            "initd"
+            if path.startswith("/etc/init.d/")
+            else ("cron" if path.startswith("/etc/cron.") else ("rc" if path == "/etc/rc.local" else "shell_rc"))
+        )
+        rows.append(
+            {
+                "kind": kind,
+                "path": path,
+                "program": path,
+                "user": path.split("/")[2] if path.startswith("/home/") else None,
+                "schedule": path.split("/")[2] if kind == "cron" else None,
+            }
+        )
     return rows
 
 

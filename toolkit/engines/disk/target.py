@@ -5,6 +5,7 @@ Example::
     target = open_target([disk["stream"]], "snapshot web01")
     target.hostname, target.os
 """
+
 from __future__ import annotations
 
 from toolkit.errors import DiskError

@@ -9,6 +9,7 @@ Example::
 
     rows, problems = walk_tree(target.fs, "/", should_hash=lambda p, st: True, max_size=None)
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -18,25 +19,41 @@ from toolkit.elfinfo import elf_identity
 from toolkit.hashing import sha256_stream
 from toolkit.schemas import diagnostic
 
-TYPES = {statmod.S_IFREG: "file", statmod.S_IFDIR: "dir", statmod.S_IFLNK: "symlink",
-         statmod.S_IFCHR: "chardev", statmod.S_IFBLK: "blockdev", statmod.S_IFIFO: "fifo",
-         statmod.S_IFSOCK: "socket"}
+TYPES = {
+    statmod.S_IFREG: "file",
+    statmod.S_IFDIR: "dir",
+    statmod.S_IFLNK: "symlink",
+    statmod.S_IFCHR: "chardev",
+    statmod.S_IFBLK: "blockdev",
+    statmod.S_IFIFO: "fifo",
+    statmod.S_IFSOCK: "socket",
+}
 
 # Where an intruder drops things, and places a user hides them; the profile
 # may replace this list (profile["disk"]["hash"]["paths"]).
-DEFAULT_HASH_GLOBS = ["/tmp/*", "/var/tmp/*", "/dev/shm/*", "/run/*", "/var/spool/cron/*", "/etc/cron*",
-                      "/etc/systemd/system/*", "/home/*", "/root/*", "*/.*"]
+DEFAULT_HASH_GLOBS = [
+    "/tmp/*",
+    "/var/tmp/*",
+    "/dev/shm/*",
+    "/run/*",
+    "/var/spool/cron/*",
+    "/etc/cron*",
+    "/etc/systemd/system/*",
+    "/home/*",
+    "/root/*",
+    "*/.*",
+]
 
 
 def ts_ns(value):
     """Integer nanoseconds since the epoch -> UTC Timestamp (exact; a float would round)."""
     import pandas as pd
+
     return None if value is None else pd.Timestamp(value, unit="ns", tz="UTC")
 
 
 def file_type(mode: int) -> str:
     return TYPES.get(statmod.S_IFMT(mode), "unknown")
-
 
 
 def hash_policy(hash_cfg: dict | None):
@@ -46,8 +63,9 @@ def hash_policy(hash_cfg: dict | None):
     """
     cfg = hash_cfg or {}
     # profile entries are directory prefixes ("/tmp") or globs ("*/.*")
-    globs = [g if any(ch in g for ch in "*?[") else g.rstrip("/") + "/*"
-             for g in cfg.get("paths") or DEFAULT_HASH_GLOBS]
+    globs = [
+        g if any(ch in g for ch in "*?[") else g.rstrip("/") + "/*" for g in cfg.get("paths") or DEFAULT_HASH_GLOBS
+    ]
     executables = cfg.get("executables", True)
     everything = cfg.get("all", False)
 
@@ -67,10 +85,20 @@ def _stat_row(path: str, st) -> dict:
         if v is None and getattr(st, name, None) is not None:
             v = int(getattr(st, name) * 1e9)  # filesystems without ns fields (fat, some ntfs paths)
         return ts_ns(v)
-    return {"path": path, "type": file_type(st.st_mode), "size": st.st_size, "uid": st.st_uid,
-            "gid": st.st_gid, "mode": st.st_mode & 0o7777, "inode": st.st_ino,
-            "mtime": ns("st_mtime"), "atime": ns("st_atime"), "ctime": ns("st_ctime"),
-            "btime": ns("st_birthtime")}
+
+    return {
+        "path": path,
+        "type": file_type(st.st_mode),
+        "size": st.st_size,
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mode": st.st_mode & 0o7777,
+        "inode": st.st_ino,
+        "mtime": ns("st_mtime"),
+        "atime": ns("st_atime"),
+        "ctime": ns("st_ctime"),
+        "btime": ns("st_birthtime"),
+    }
 
 
 ELF_HEAD = 65536
@@ -81,8 +109,9 @@ def skipped(path: str, skip_prefixes) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in skip_prefixes)
 
 
-def entry_row(path: str, get_entry, *, should_hash=None, max_size: int | None = None, problems: list,
-              known: dict | None = None):
+def entry_row(
+    path: str, get_entry, *, should_hash=None, max_size: int | None = None, problems: list, known: dict | None = None
+):
     """(row, stat) for one path, or (None, None) when it cannot be stat'ed.
 
     ``get_entry()`` returns the dissect FilesystemEntry (lstat, open, readlink):
@@ -106,8 +135,7 @@ def entry_row(path: str, get_entry, *, should_hash=None, max_size: int | None = 
             row["link_target"] = entry.readlink()
         except Exception:
             pass
-    elif kind == "file" and should_hash and should_hash(path, st) and (
-            max_size is None or st.st_size <= max_size):
+    elif kind == "file" and should_hash and should_hash(path, st) and (max_size is None or st.st_size <= max_size):
         if known is not None:
             row.update(known)
             return row, st
@@ -120,12 +148,20 @@ def entry_row(path: str, get_entry, *, should_hash=None, max_size: int | None = 
                 ident = elf_identity(fh.read(ELF_HEAD))
                 row["build_id"], row["first_page_sha256"] = ident["build_id"], ident["first_page_sha256"]
         except Exception as e:
-            problems.append(diagnostic("warning", f"file {path}", "disk/files", f"cannot read for hashing: {type(e).__name__}: {e}"))
+            problems.append(
+                diagnostic("warning", f"file {path}", "disk/files", f"cannot read for hashing: {type(e).__name__}: {e}")
+            )
     return row, st
 
 
-def walk_tree(root_fs, start: str = "/", *, should_hash=None, max_size: int | None = None,
-              skip_prefixes=("/proc", "/sys", "/$fs$/")) -> tuple[list[dict], list[dict]]:
+def walk_tree(
+    root_fs,
+    start: str = "/",
+    *,
+    should_hash=None,
+    max_size: int | None = None,
+    skip_prefixes=("/proc", "/sys", "/$fs$/"),
+) -> tuple[list[dict], list[dict]]:
     """Every entry below start (no symlink following) -> (rows, diagnostics).
 
     Rows carry times as integer nanoseconds (UTC epoch); ``sha256`` is filled for
@@ -140,10 +176,12 @@ def walk_tree(root_fs, start: str = "/", *, should_hash=None, max_size: int | No
         try:
             entries = list(root_fs.get(dirpath).scandir())
         except Exception as e:  # an unreadable directory is data, not a crash
-            problems.append(diagnostic("warning", f"directory {dirpath}", "disk/files", f"cannot list: {type(e).__name__}: {e}"))
+            problems.append(
+                diagnostic("warning", f"directory {dirpath}", "disk/files", f"cannot list: {type(e).__name__}: {e}")
+            )
             continue
         for entry in entries:
-            path = (dirpath.rstrip("/") + "/" + entry.name)
+            path = dirpath.rstrip("/") + "/" + entry.name
             if skipped(path, skip_prefixes):
                 continue
             row, st = entry_row(path, entry.get, should_hash=should_hash, max_size=max_size, problems=problems)

@@ -51,11 +51,24 @@ def run_plugins(session: dict, plugins: list[dict], progress=None) -> tuple[dict
         result = volatility.run_plugin(session, name, entry.get("options") or {})
         outputs[name] = result
         status = "ok" if not result["error"] else ("partial" if result["rows"] else "failed")
-        runs.append({"plugin": name, "status": status, "rows": len(result["rows"]),
-                     "seconds": result["seconds"], "error": result["error"]})
+        runs.append(
+            {
+                "plugin": name,
+                "status": status,
+                "rows": len(result["rows"]),
+                "seconds": result["seconds"],
+                "error": result["error"],
+            }
+        )
         if result["error"]:
-            diagnostics.append(diagnostic("warning" if result["rows"] else "error", f"plugin {name}", name,
-                                     result["error"] + (" (rows before the failure kept)" if result["rows"] else "")))
+            diagnostics.append(
+                diagnostic(
+                    "warning" if result["rows"] else "error",
+                    f"plugin {name}",
+                    name,
+                    result["error"] + (" (rows before the failure kept)" if result["rows"] else ""),
+                )
+            )
         diagnostics.extend(diagnostic("warning", f"plugin {name}", name, w) for w in dict.fromkeys(result["warnings"]))
     return outputs, runs, diagnostics
 
@@ -81,18 +94,35 @@ def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
         if any(p["name"] == "snapscope.executables" for p in plugins) and os_name == "linux":
             t0 = time.monotonic()
             tables["memory/executables"] = tasks.executables(session, diagnostics)
-            runs.append({"plugin": "snapscope.executables", "status": "ok",
-                         "rows": len(tables["memory/executables"]), "seconds": time.monotonic() - t0})
+            runs.append(
+                {
+                    "plugin": "snapscope.executables",
+                    "status": "ok",
+                    "rows": len(tables["memory/executables"]),
+                    "seconds": time.monotonic() - t0,
+                }
+            )
         _leave_readers(ctx, session, diagnostics)
         if "memory/shell_history" in tables and not tables["memory/shell_history"]:
-            diagnostics.append(diagnostic("info", "shell history", "linux.bash.Bash",
-                                     "no bash history in memory (shells such as busybox sh keep none)"))
-    info.update(plugins_ok=sum(r["status"] == "ok" for r in runs),
-                plugins_failed=sum(r["status"] != "ok" for r in runs), seconds=time.monotonic() - started)
+            diagnostics.append(
+                diagnostic(
+                    "info",
+                    "shell history",
+                    "linux.bash.Bash",
+                    "no bash history in memory (shells such as busybox sh keep none)",
+                )
+            )
+    info.update(
+        plugins_ok=sum(r["status"] == "ok" for r in runs),
+        plugins_failed=sum(r["status"] != "ok" for r in runs),
+        seconds=time.monotonic() - started,
+    )
     sources = plugin_tables.table_sources(outputs)
     sources["memory/executables"] = "snapscope/executables"
-    out = {name: make_table(name, rows, snapshot_id=sid, source=sources.get(name) or "volatility")
-           for name, rows in tables.items()}
+    out = {
+        name: make_table(name, rows, snapshot_id=sid, source=sources.get(name) or "volatility")
+        for name, rows in tables.items()
+    }
     out["memory/info"] = make_table("memory/info", [info], snapshot_id=sid, source="volatility")
     out["memory/plugin_runs"] = make_table("memory/plugin_runs", runs, snapshot_id=sid, source="volatility")
     out["diagnostics"] = make_table("diagnostics", diagnostics, snapshot_id=sid, source="volatility")
@@ -107,8 +137,9 @@ def _leave_readers(ctx: EngineContext, session: dict, diagnostics: list) -> None
     try:
         ctx.readers.memory_image = open_image(session["image"])
     except Exception as excp:  # YARA then scans processes only; the memory tables stand regardless
-        diagnostics.append(diagnostic("warning", "physical memory reader for YARA", session["image"],
-                                      f"{type(excp).__name__}: {excp}"))
+        diagnostics.append(
+            diagnostic("warning", "physical memory reader for YARA", session["image"], f"{type(excp).__name__}: {excp}")
+        )
 
 
 def process_regions(snapshot: dict, ctx: EngineContext, pids=None):

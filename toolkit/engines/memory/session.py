@@ -60,7 +60,9 @@ def normalise_image(snapshot: dict, ctx: EngineContext, diagnostics: list) -> tu
     """
     path, fmt, internal = _memory_entry(snapshot)
     if not path:
-        diagnostics.append(diagnostic("info", "memory image", snapshot.get("id", "?"), "snapshot has no memory artefact"))
+        diagnostics.append(
+            diagnostic("info", "memory image", snapshot.get("id", "?"), "snapshot has no memory artefact")
+        )
         return None, None
     path = Path(path)
     if not path.is_file():
@@ -75,11 +77,17 @@ def normalise_image(snapshot: dict, ctx: EngineContext, diagnostics: list) -> tu
     try:
         from toolkit.memory.convert import to_elf
     except ImportError as excp:
-        diagnostics.append(diagnostic("error", "memory image", path,
-                                 f"format {fmt or 'unknown'} needs toolkit.memory.convert, unavailable: {excp}"))
+        diagnostics.append(
+            diagnostic(
+                "error",
+                "memory image",
+                path,
+                f"format {fmt or 'unknown'} needs toolkit.memory.convert, unavailable: {excp}",
+            )
+        )
         return None, fmt
     derived.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")   # never reuse a half-written image
+    partial = target.with_name(target.name + ".part")  # never reuse a half-written image
     try:
         result = to_elf(path, partial, snapshot=internal, derived_dir=derived) or {}
     except Exception as excp:  # a converter failure is this image's problem, not the run's
@@ -89,8 +97,14 @@ def normalise_image(snapshot: dict, ctx: EngineContext, diagnostics: list) -> tu
     os.replace(partial, target)
     for d in result.get("diagnostics", []) or []:
         diagnostics.append({k: str(d.get(k, "")) for k in ("severity", "what", "where", "why")})
-    diagnostics.append(diagnostic("info", "memory image", path, f"converted {result.get('format') or fmt} to ELF "
-                             f"{target} (sha256 {result.get('dst_sha256')})"))
+    diagnostics.append(
+        diagnostic(
+            "info",
+            "memory image",
+            path,
+            f"converted {result.get('format') or fmt} to ELF {target} (sha256 {result.get('dst_sha256')})",
+        )
+    )
     return target, result.get("format") or fmt
 
 
@@ -115,8 +129,6 @@ def _isf_dir(isf_path: str, sha256: str, ctx: EngineContext) -> Path:
             shutil.copy2(isf, partial)
         os.replace(partial, target)  # parallel workers: the file appears whole or not at all
     return target_dir
-
-
 
 
 def _symbol_set_listing(symbol_dirs) -> str:
@@ -152,8 +164,12 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
     diagnostics: list[dict] = []
     profile = ctx.profile
     os_name = profile.get("profile", {}).get("os", "linux")
-    info = {"os": os_name, "profile": profile.get("profile", {}).get("name"),
-            "volatility_version": volatility.volatility_version(), "pakunoda_version": _pakunoda_version()}
+    info = {
+        "os": os_name,
+        "profile": profile.get("profile", {}).get("name"),
+        "volatility_version": volatility.volatility_version(),
+        "pakunoda_version": _pakunoda_version(),
+    }
     image, fmt = normalise_image(snapshot, ctx, diagnostics)
     info.update(image_path=str(image) if image else None, image_format=fmt)
     if image is None:
@@ -168,20 +184,23 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
             symbols_cache = Path(ctx.symbols_cache or symbols.default_cache_dir())
             # Parallel audit workers share the cache: one builds a banner's ISF, the others wait for it.
             with file_lock(symbols_cache / "symbols.lock"):
-                found = symbols.resolve_isf(image, user_paths=user_symbols, cache_dir=symbols_cache,
-                                                build=ctx.build_symbols, progress=progress)
+                found = symbols.resolve_isf(
+                    image, user_paths=user_symbols, cache_dir=symbols_cache, build=ctx.build_symbols, progress=progress
+                )
         except SymbolsError as excp:
             diagnostics.extend(excp.diagnostics)
             diagnostics.append(diagnostic("error", "linux symbols", image, str(excp)))
             return None, info, diagnostics
         diagnostics.extend(found["diagnostics"])
-        info.update(banner=found["banner"], isf_path=found["isf_path"], isf_sha256=found["sha256"],
-                    isf_origin=found["origin"])
+        info.update(
+            banner=found["banner"], isf_path=found["isf_path"], isf_sha256=found["sha256"], isf_origin=found["origin"]
+        )
         symbol_dirs = [_isf_dir(found["isf_path"], found["sha256"], ctx)]
         vol_cache = _volatility_cache(cache_dir, symbol_dirs)
         with file_lock(vol_cache.with_suffix(".lock")):
-            problem = volatility.prevalidate_isf(found["isf_path"], found["sha256"], vol_cache,
-                                                  host_cache=symbols_cache)
+            problem = volatility.prevalidate_isf(
+                found["isf_path"], found["sha256"], vol_cache, host_cache=symbols_cache
+            )
         if problem:
             diagnostics.append(diagnostic("error", "linux symbols", found["isf_path"], problem))
             return None, info, diagnostics
@@ -206,8 +225,9 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
         lock = contextlib.nullcontext() if ready else file_lock(vol_cache.with_suffix(".lock"))
         try:
             with _OPEN_LOCK, lock:
-                _SESSIONS[key] = volatility.open_session(image, os_name=os_name, symbol_dirs=symbol_dirs,
-                                                          cache_dir=vol_cache, progress=progress)
+                _SESSIONS[key] = volatility.open_session(
+                    image, os_name=os_name, symbol_dirs=symbol_dirs, cache_dir=vol_cache, progress=progress
+                )
                 if not ready:
                     filled.write_text(listing)
         except VolatilityError as excp:
@@ -226,5 +246,3 @@ def _pakunoda_version():
         return metadata.version("pakunoda")
     except metadata.PackageNotFoundError:
         return None
-
-

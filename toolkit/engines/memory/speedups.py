@@ -36,6 +36,7 @@ Example::
     >>> list(literal_matches([b"ab", b"abc", b"x"], b"xxabcab"))
     [(0, b'x'), (1, b'x'), (2, b'abc'), (5, b'ab')]
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -118,12 +119,13 @@ def index_symbol_locations(table) -> bool:
             return True  # Volatility already built it
         # the delegate's config is what its get_symbol reads the mask from
         mask = table._delegate.config.get("symbol_mask", 0) or 0
-        index = sorted(((entry["address"] & mask) if mask else entry["address"], name)
-                       for name, entry in raw.items() if entry)
+        index = sorted(
+            ((entry["address"] & mask) if mask else entry["address"], name) for name, entry in raw.items() if entry
+        )
     except (AttributeError, KeyError, TypeError):
         return False
     try:
-        for address, name in index[::max(1, len(index) // 32)]:
+        for address, name in index[:: max(1, len(index) // 32)]:
             if table.get_symbol(name).address != address:
                 return False
     except Exception:  # a symbol Volatility cannot build: leave the index to Volatility (and its errors)
@@ -135,7 +137,7 @@ def index_symbol_locations(table) -> bool:
 # Parsed ISFs kept per process: a kernel ISF is ~13 MB of text, ~150 MB parsed;
 # the clones of an audit share one kernel, and a long-lived worker keeps one.
 ISF_MEMO_ENTRIES = 1
-ISF_MEMO_MIN_CHARS = 1 << 20   # small ISFs parse in milliseconds: not worth keeping
+ISF_MEMO_MIN_CHARS = 1 << 20  # small ISFs parse in milliseconds: not worth keeping
 
 
 def install_isf_memo(intermed_module, schemas_module) -> None:
@@ -149,7 +151,7 @@ def install_isf_memo(intermed_module, schemas_module) -> None:
     if getattr(intermed_module.json, "_snapscope_memo", False):
         return
     parsed: dict[bytes, object] = {}
-    hashes: dict[tuple[int, str], str] = {}   # (id of a parsed object, schema digest) -> hash
+    hashes: dict[tuple[int, str], str] = {}  # (id of a parsed object, schema digest) -> hash
 
     def load(fp, **kwargs):
         text = fp.read()

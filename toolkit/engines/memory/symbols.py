@@ -16,6 +16,7 @@ Example::
     found = resolve_isf("memory.elf", user_paths=["~/isf"], cache_dir="~/.cache/snapscope")
     found["origin"], found["isf_path"], found["sha256"]   # ('built', '.../1f3a9c.json', '9b1e...')
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,7 +46,6 @@ _BANNER = re.compile(rb"Linux version [0-9][\x20-\x7e]{10,400}\n\x00")
 _ISF_BANNER = re.compile(rb'"linux_banner"\s*:\s*\{')
 
 
-
 def find_banners(image: str | Path) -> list[str]:
     """Linux kernel banners in a memory image, most frequent first.
 
@@ -65,7 +65,7 @@ def find_banners(image: str | Path) -> list[str]:
             for match in _BANNER.finditer(data):
                 # a printk copy running straight into the real banner: keep the last start
                 banner = match.group(0)
-                banner = banner[banner.rfind(b"Linux version "):]
+                banner = banner[banner.rfind(b"Linux version ") :]
                 counts[banner] = counts.get(banner, 0) + 1
     ordered = sorted(counts, key=lambda b: -counts[b])
     return [b[:-1].decode("latin-1") for b in ordered]
@@ -132,7 +132,7 @@ def _json_object_at(data: bytes, start: int):
             depth -= 1
             if depth == 0:
                 try:
-                    return json.loads(data[start:i + 1])
+                    return json.loads(data[start : i + 1])
                 except ValueError:
                     return None
     return None
@@ -150,10 +150,14 @@ def isf_files(paths) -> list[Path]:
         if p.is_file():
             found.append(p)
         elif p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(ISF_SUFFIXES)
-                                and "windows" not in f.relative_to(p).parts[:-1]))
+            found.extend(
+                sorted(
+                    f
+                    for f in p.rglob("*")
+                    if f.is_file() and f.name.endswith(ISF_SUFFIXES) and "windows" not in f.relative_to(p).parts[:-1]
+                )
+            )
     return found
-
 
 
 def cache_dir_for(cache_dir: str | Path) -> Path:
@@ -166,8 +170,15 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "snapscope"
 
 
-def resolve_isf(image: str | Path, *, user_paths=(), cache_dir: str | Path, build: bool = True,
-                profile_symbols: Path = PROFILE_SYMBOLS, progress=None) -> dict:
+def resolve_isf(
+    image: str | Path,
+    *,
+    user_paths=(),
+    cache_dir: str | Path,
+    build: bool = True,
+    profile_symbols: Path = PROFILE_SYMBOLS,
+    progress=None,
+) -> dict:
     """Find (or build) the ISF matching the image's kernel banner.
 
     Returns {"banner", "isf_path", "sha256", "origin", "diagnostics"}; raises
@@ -180,10 +191,12 @@ def resolve_isf(image: str | Path, *, user_paths=(), cache_dir: str | Path, buil
         raise SymbolsError(
             f"no Linux kernel banner in {Path(image).name}: not a Linux guest's memory, "
             "or a format that must be converted to ELF first",
-            [diagnostic("error", "linux kernel banner", image, "no 'Linux version ...\\n\\0' string in the image")])
+            [diagnostic("error", "linux kernel banner", image, "no 'Linux version ...\\n\\0' string in the image")],
+        )
     if len(banners) > 1:
-        diagnostics.append(diagnostic("info", "kernel banners", image,
-                                 f"{len(banners)} distinct banners; trying each: {banners[:3]}"))
+        diagnostics.append(
+            diagnostic("info", "kernel banners", image, f"{len(banners)} distinct banners; trying each: {banners[:3]}")
+        )
     for origin, paths in (("user", list(user_paths)), ("profiles", [profile_symbols])):
         mismatched = []
         for isf in isf_files(paths):
@@ -197,31 +210,52 @@ def resolve_isf(image: str | Path, *, user_paths=(), cache_dir: str | Path, buil
             mismatched.append((isf, found))
         if origin == "user" and user_paths:
             for isf, found in mismatched:
-                diagnostics.append(diagnostic("warning", "ISF does not match this kernel", isf,
-                                         f"ISF banner {found!r} != image banner {banners[0]!r}; ignored"))
+                diagnostics.append(
+                    diagnostic(
+                        "warning",
+                        "ISF does not match this kernel",
+                        isf,
+                        f"ISF banner {found!r} != image banner {banners[0]!r}; ignored",
+                    )
+                )
             if not mismatched and not isf_files(paths):
-                diagnostics.append(diagnostic("warning", "no ISF files", ", ".join(map(str, user_paths)),
-                                         f"nothing ending in {ISF_SUFFIXES} there"))
+                diagnostics.append(
+                    diagnostic(
+                        "warning",
+                        "no ISF files",
+                        ", ".join(map(str, user_paths)),
+                        f"nothing ending in {ISF_SUFFIXES} there",
+                    )
+                )
     cache = cache_dir_for(cache_dir)
     for banner in banners:
         cached = cache / f"{banner_key(banner)}.json"
         if cached.is_file():
             return _answer(banner, cached, "cache", diagnostics)
     if not build:
-        raise SymbolsError("no ISF matches this kernel and building is disabled", diagnostics + [
-            diagnostic("error", "linux symbols", image, f"no ISF for banner {banners[0]!r}")])
+        raise SymbolsError(
+            "no ISF matches this kernel and building is disabled",
+            diagnostics + [diagnostic("error", "linux symbols", image, f"no ISF for banner {banners[0]!r}")],
+        )
     built = build_isf(image, cache, progress=progress)
     diagnostics.extend(built["diagnostics"])
     if not built["isf_path"]:
-        raise SymbolsError(f"could not build symbols from {Path(image).name}: "
-                           f"{built['diagnostics'][-1]['why'] if built['diagnostics'] else 'unknown'}",
-                           diagnostics)
+        raise SymbolsError(
+            f"could not build symbols from {Path(image).name}: "
+            f"{built['diagnostics'][-1]['why'] if built['diagnostics'] else 'unknown'}",
+            diagnostics,
+        )
     return _answer(built["banner"], Path(built["isf_path"]), "built", diagnostics)
 
 
 def _answer(banner, isf: Path, origin, diagnostics):
-    return {"banner": banner, "isf_path": str(isf.resolve()), "sha256": sha256_file(isf),
-            "origin": origin, "diagnostics": diagnostics}
+    return {
+        "banner": banner,
+        "isf_path": str(isf.resolve()),
+        "sha256": sha256_file(isf),
+        "origin": origin,
+        "diagnostics": diagnostics,
+    }
 
 
 def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_s: float = 900) -> dict:
@@ -242,21 +276,25 @@ def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = (lambda name, elapsed: progress(f"pakunoda: {name}", 0, 0)) if progress else None
-    result = pakunoda.extract_isf(Path(image), offline=True, skip_donor=True,
-                                  progress=stage, timeout_s=timeout_s)
+    result = pakunoda.extract_isf(Path(image), offline=True, skip_donor=True, progress=stage, timeout_s=timeout_s)
     diagnostics = [diagnostic("info", "pakunoda warning", image, w) for w in result.warnings[:20]]
     if result.isf_json is None:
         why = "; ".join(result.errors) or "pakunoda produced no ISF"
         diagnostics.append(diagnostic("error", "symbol build", image, why))
-        return {"banner": None, "isf_path": None, "seconds": time.monotonic() - started,
-                "diagnostics": diagnostics}
+        return {"banner": None, "isf_path": None, "seconds": time.monotonic() - started, "diagnostics": diagnostics}
     constant = result.isf_json.get("symbols", {}).get("linux_banner", {}).get("constant_data")
     if constant:
         banner = base64.b64decode(constant).rstrip(b"\x00").decode("latin-1")
     else:
         banner = (result.banner_bytes or b"").rstrip(b"\x00").decode("latin-1")
-        diagnostics.append(diagnostic("warning", "ISF banner", image,
-                                 "pakunoda's ISF has no linux_banner constant; Volatility may not match it"))
+        diagnostics.append(
+            diagnostic(
+                "warning",
+                "ISF banner",
+                image,
+                "pakunoda's ISF has no linux_banner constant; Volatility may not match it",
+            )
+        )
     target = out_dir / f"{banner_key(banner)}.json"
     tmp = target.with_suffix(f".tmp{os.getpid()}")
     with open(tmp, "w") as fh:
@@ -265,8 +303,12 @@ def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_
     loadability = getattr(result, "loadability", None)
     if loadability is not None and not getattr(loadability, "loadable", True):
         diagnostics.append(diagnostic("warning", "ISF loadability", target, str(loadability)))
-    return {"banner": banner, "isf_path": str(target), "seconds": time.monotonic() - started,
-            "diagnostics": diagnostics}
+    return {
+        "banner": banner,
+        "isf_path": str(target),
+        "seconds": time.monotonic() - started,
+        "diagnostics": diagnostics,
+    }
 
 
 def list_isfs(cache_dir: str | Path, extra_paths=()) -> list[dict]:
@@ -277,8 +319,11 @@ def list_isfs(cache_dir: str | Path, extra_paths=()) -> list[dict]:
         [r["banner"] for r in list_isfs(default_cache_dir())]
     """
     rows = []
-    for origin, paths in (("user", list(extra_paths)), ("profiles", [PROFILE_SYMBOLS]),
-                          ("cache", [cache_dir_for(cache_dir)])):
+    for origin, paths in (
+        ("user", list(extra_paths)),
+        ("profiles", [PROFILE_SYMBOLS]),
+        ("cache", [cache_dir_for(cache_dir)]),
+    ):
         for isf in isf_files(paths):
             try:
                 banner = isf_banner(isf)

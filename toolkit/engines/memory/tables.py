@@ -11,6 +11,7 @@ Example::
                            "linux.psscan.PsScan": psscan_result}, enrich={})
     rows[0]   # {'pid': 1, 'ppid': 0, 'process': 'init', 'in_list': True, 'in_scan': True, ...}
 """
+
 from __future__ import annotations
 
 import re
@@ -53,11 +54,16 @@ def _process_fields(row: dict) -> dict:
     name = row.get("COMM", row.get("ImageFileName"))
     offset = next((row[k] for k in ("OFFSET (V)", "OFFSET (P)", "Offset(V)", "Offset(P)") if k in row), None)
     return {
-        "pid": row.get("PID"), "tid": row.get("TID", row.get("PID")), "ppid": row.get("PPID"),
-        "process": name, "uid": row.get("UID"), "gid": row.get("GID"),
+        "pid": row.get("PID"),
+        "tid": row.get("TID", row.get("PID")),
+        "ppid": row.get("PPID"),
+        "process": name,
+        "uid": row.get("UID"),
+        "gid": row.get("GID"),
         "start_ts": row.get("CREATION TIME", row.get("CreateTime")),
-        "exit_state": row.get("EXIT_STATE") or (("exited" if row.get("ExitTime") else None)),
-        "threads": row.get("Threads"), "task_offset": offset,
+        "exit_state": row.get("EXIT_STATE") or ("exited" if row.get("ExitTime") else None),
+        "threads": row.get("Threads"),
+        "task_offset": offset,
     }
 
 
@@ -77,7 +83,7 @@ def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[
         merged[(fields["pid"], fields["process"])] = fields
     for row in scanned or []:
         fields = _process_fields(row)
-        if fields["tid"] != fields["pid"]:   # threads: the leader stands for the process
+        if fields["tid"] != fields["pid"]:  # threads: the leader stands for the process
             continue
         key = (fields["pid"], fields["process"])
         if key in merged:
@@ -112,17 +118,32 @@ def process_cross_view(rows: list[dict] | None) -> list[dict]:
     if not rows:
         return []
     listed = [r for r in rows if r["in_list"]]
-    live_scan_only = [r for r in rows if r["in_scan"] and r["in_list"] is False
-                      and r.get("exit_state") not in DEAD_STATES]
+    live_scan_only = [
+        r for r in rows if r["in_scan"] and r["in_list"] is False and r.get("exit_state") not in DEAD_STATES
+    ]
     out = []
     if not listed and any(r["in_scan"] for r in rows):
-        out.append(diagnostic("error", "kernel task list", "linux.pslist.PsList", f"walking the task list gave no process but scanning found {len(rows)}: "
-                           "the list is damaged or unreadable; plugins that walk it (cmdlines, maps, "
-                           "sockets, open files) have nothing to report"))
+        out.append(
+            diagnostic(
+                "error",
+                "kernel task list",
+                "linux.pslist.PsList",
+                f"walking the task list gave no process but scanning found {len(rows)}: "
+                "the list is damaged or unreadable; plugins that walk it (cmdlines, maps, "
+                "sockets, open files) have nothing to report",
+            )
+        )
     elif live_scan_only:
         named = ", ".join(f"{r['pid']} {r['process']}" for r in live_scan_only[:10])
-        out.append(diagnostic("warning", "processes missing from the task list", "linux.psscan.PsScan", f"{len(live_scan_only)} live task(s) found only by scanning ({named}): "
-                           "hidden processes or a damaged task list"))
+        out.append(
+            diagnostic(
+                "warning",
+                "processes missing from the task list",
+                "linux.psscan.PsScan",
+                f"{len(live_scan_only)} live task(s) found only by scanning ({named}): "
+                "hidden processes or a damaged task list",
+            )
+        )
     return out
 
 
@@ -130,8 +151,15 @@ def cmdlines_rows(outputs: dict) -> list[dict] | None:
     rows = _rows(outputs, "linux.psaux.PsAux", "windows.cmdline.CmdLine")
     if rows is None:
         return None
-    return [{"pid": r.get("PID"), "ppid": r.get("PPID"), "process": r.get("COMM", r.get("Process")),
-             "args": r.get("ARGS", r.get("Args"))} for r in rows]
+    return [
+        {
+            "pid": r.get("PID"),
+            "ppid": r.get("PPID"),
+            "process": r.get("COMM", r.get("Process")),
+            "args": r.get("ARGS", r.get("Args")),
+        }
+        for r in rows
+    ]
 
 
 def maps_rows(outputs: dict) -> list[dict] | None:
@@ -141,10 +169,21 @@ def maps_rows(outputs: dict) -> list[dict] | None:
     out = []
     for r in rows:
         path, deleted = split_deleted(r.get("File Path"))
-        out.append({"pid": r.get("PID"), "process": r.get("Process"), "start": r.get("Start"),
-                    "end": r.get("End"), "flags": r.get("Flags"), "pgoff": r.get("PgOff"),
-                    "major": r.get("Major"), "minor": r.get("Minor"), "inode": r.get("Inode"),
-                    "path": path, "deleted": deleted})
+        out.append(
+            {
+                "pid": r.get("PID"),
+                "process": r.get("Process"),
+                "start": r.get("Start"),
+                "end": r.get("End"),
+                "flags": r.get("Flags"),
+                "pgoff": r.get("PgOff"),
+                "major": r.get("Major"),
+                "minor": r.get("Minor"),
+                "inode": r.get("Inode"),
+                "path": path,
+                "deleted": deleted,
+            }
+        )
     return out
 
 
@@ -174,21 +213,44 @@ def sockets_rows(outputs: dict) -> list[dict] | None:
             inodes[(r.get("PID"), r.get("FD"))] = int(match.group(1))
     out = []
     for r in linux or []:
-        out.append({"pid": r.get("PID"), "tid": r.get("TID"), "process": r.get("Process Name"),
-                    "fd": r.get("FD"), "family": r.get("Family"), "type": r.get("Type"),
-                    "proto": _proto(r.get("Proto")), "src_ip": r.get("Source Addr"),
-                    "src_port": _int(r.get("Source Port")), "dst_ip": r.get("Destination Addr"),
-                    "dst_port": _int(r.get("Destination Port")), "state": r.get("State"),
-                    "inode": inodes.get((r.get("PID"), r.get("FD"))), "netns": r.get("NetNS"),
-                    "sock_offset": r.get("Sock Offset"), "source": _source("linux.sockstat.Sockstat")})
+        out.append(
+            {
+                "pid": r.get("PID"),
+                "tid": r.get("TID"),
+                "process": r.get("Process Name"),
+                "fd": r.get("FD"),
+                "family": r.get("Family"),
+                "type": r.get("Type"),
+                "proto": _proto(r.get("Proto")),
+                "src_ip": r.get("Source Addr"),
+                "src_port": _int(r.get("Source Port")),
+                "dst_ip": r.get("Destination Addr"),
+                "dst_port": _int(r.get("Destination Port")),
+                "state": r.get("State"),
+                "inode": inodes.get((r.get("PID"), r.get("FD"))),
+                "netns": r.get("NetNS"),
+                "sock_offset": r.get("Sock Offset"),
+                "source": _source("linux.sockstat.Sockstat"),
+            }
+        )
     for r in windows or []:
         proto = str(r.get("Proto") or "")
-        out.append({"pid": r.get("PID"), "process": r.get("Owner"), "proto": _proto(proto),
-                    "family": "AF_INET6" if proto.endswith("v6") else "AF_INET",
-                    "src_ip": r.get("LocalAddr"), "src_port": _int(r.get("LocalPort")),
-                    "dst_ip": r.get("ForeignAddr"), "dst_port": _int(r.get("ForeignPort")),
-                    "state": r.get("State"), "sock_offset": r.get("Offset"),
-                    "created_ts": r.get("Created"), "source": _source("windows.netscan.NetScan")})
+        out.append(
+            {
+                "pid": r.get("PID"),
+                "process": r.get("Owner"),
+                "proto": _proto(proto),
+                "family": "AF_INET6" if proto.endswith("v6") else "AF_INET",
+                "src_ip": r.get("LocalAddr"),
+                "src_port": _int(r.get("LocalPort")),
+                "dst_ip": r.get("ForeignAddr"),
+                "dst_port": _int(r.get("ForeignPort")),
+                "state": r.get("State"),
+                "sock_offset": r.get("Offset"),
+                "created_ts": r.get("Created"),
+                "source": _source("windows.netscan.NetScan"),
+            }
+        )
     return out
 
 
@@ -199,11 +261,24 @@ def open_files_rows(outputs: dict) -> list[dict] | None:
     out = []
     for r in rows:
         path, deleted = split_deleted(r.get("Path"))
-        out.append({"pid": r.get("PID"), "tid": r.get("TID"), "process": r.get("Process"),
-                    "fd": r.get("FD"), "path": path, "deleted": deleted, "device": r.get("Device"),
-                    "inode": r.get("Inode"), "type": r.get("Type"), "mode_text": r.get("Mode"),
-                    "ctime": r.get("Changed"), "mtime": r.get("Modified"), "atime": r.get("Accessed"),
-                    "size": r.get("Size")})
+        out.append(
+            {
+                "pid": r.get("PID"),
+                "tid": r.get("TID"),
+                "process": r.get("Process"),
+                "fd": r.get("FD"),
+                "path": path,
+                "deleted": deleted,
+                "device": r.get("Device"),
+                "inode": r.get("Inode"),
+                "type": r.get("Type"),
+                "mode_text": r.get("Mode"),
+                "ctime": r.get("Changed"),
+                "mtime": r.get("Modified"),
+                "atime": r.get("Accessed"),
+                "size": r.get("Size"),
+            }
+        )
     return out
 
 
@@ -211,25 +286,40 @@ def shell_history_rows(outputs: dict) -> list[dict] | None:
     rows = _rows(outputs, "linux.bash.Bash")
     if rows is None:
         return None
-    return [{"pid": r.get("PID"), "process": r.get("Process"), "ts": r.get("CommandTime"),
-             "command": r.get("Command")} for r in rows]
+    return [
+        {"pid": r.get("PID"), "process": r.get("Process"), "ts": r.get("CommandTime"), "command": r.get("Command")}
+        for r in rows
+    ]
 
 
 def malfind_rows(outputs: dict) -> list[dict] | None:
     rows = _rows(outputs, "linux.malware.malfind.Malfind", "windows.malware.malfind.Malfind")
     if rows is None:
         return None
-    return [{"pid": r.get("PID"), "process": r.get("Process"),
-             "start": r.get("Start", r.get("Start VPN")), "end": r.get("End", r.get("End VPN")),
-             "path": r.get("Path", r.get("Tag")), "protection": r.get("Protection"),
-             "hexdump": r.get("Hexdump"), "disasm": r.get("Disasm")} for r in rows]
+    return [
+        {
+            "pid": r.get("PID"),
+            "process": r.get("Process"),
+            "start": r.get("Start", r.get("Start VPN")),
+            "end": r.get("End", r.get("End VPN")),
+            "path": r.get("Path", r.get("Tag")),
+            "protection": r.get("Protection"),
+            "hexdump": r.get("Hexdump"),
+            "disasm": r.get("Disasm"),
+        }
+        for r in rows
+    ]
 
 
 # --- modules and kernel checks -------------------------------------------------
 
-MODULE_PLUGINS = ("linux.lsmod.Lsmod", "linux.malware.check_modules.Check_modules",
-                  "linux.malware.hidden_modules.Hidden_modules", "windows.modules.Modules",
-                  "windows.modscan.ModScan")
+MODULE_PLUGINS = (
+    "linux.lsmod.Lsmod",
+    "linux.malware.check_modules.Check_modules",
+    "linux.malware.hidden_modules.Hidden_modules",
+    "windows.modules.Modules",
+    "windows.modscan.ModScan",
+)
 
 
 def modules_rows(outputs: dict) -> list[dict] | None:
@@ -243,13 +333,23 @@ def modules_rows(outputs: dict) -> list[dict] | None:
 
     def add(row, **flags):
         name = row.get("Module Name", row.get("Name"))
-        entry = merged.setdefault(name, {
-            "name": name, "offset": row.get("Offset"), "base": row.get("Base"),
-            "size": row.get("Code Size", row.get("Size")), "path": row.get("Path"),
-            "taints": row.get("Taints"), "args": row.get("Load Arguments"),
-            "in_list": False if ran("linux.lsmod.Lsmod") or ran("windows.modules.Modules") else None,
-            "in_sysfs": True if ran("linux.malware.check_modules.Check_modules") else None,
-            "hidden": False if ran("linux.malware.hidden_modules.Hidden_modules") or ran("windows.modscan.ModScan") else None})
+        entry = merged.setdefault(
+            name,
+            {
+                "name": name,
+                "offset": row.get("Offset"),
+                "base": row.get("Base"),
+                "size": row.get("Code Size", row.get("Size")),
+                "path": row.get("Path"),
+                "taints": row.get("Taints"),
+                "args": row.get("Load Arguments"),
+                "in_list": False if ran("linux.lsmod.Lsmod") or ran("windows.modules.Modules") else None,
+                "in_sysfs": True if ran("linux.malware.check_modules.Check_modules") else None,
+                "hidden": False
+                if ran("linux.malware.hidden_modules.Hidden_modules") or ran("windows.modscan.ModScan")
+                else None,
+            },
+        )
         entry.update(flags)
 
     for r in _rows(outputs, "linux.lsmod.Lsmod", "windows.modules.Modules") or []:
@@ -281,43 +381,85 @@ def kernel_checks_rows(outputs: dict, modules: list[dict] | None) -> list[dict] 
         seen = True
         for r in _rows(outputs, "linux.malware.check_syscall.Check_syscall") or []:
             symbol = r.get("Handler Symbol")
-            out.append({"check": "check_syscall", "item": f"{r.get('Table Name')}[{r.get('Index')}]",
-                        "address": r.get("Handler Address"), "symbol": symbol,
-                        "suspicious": _unknown(symbol),
-                        "detail": "handler outside any known kernel symbol" if _unknown(symbol) else None})
+            out.append(
+                {
+                    "check": "check_syscall",
+                    "item": f"{r.get('Table Name')}[{r.get('Index')}]",
+                    "address": r.get("Handler Address"),
+                    "symbol": symbol,
+                    "suspicious": _unknown(symbol),
+                    "detail": "handler outside any known kernel symbol" if _unknown(symbol) else None,
+                }
+            )
     if "linux.malware.check_idt.Check_idt" in outputs:
         seen = True
         for r in _rows(outputs, "linux.malware.check_idt.Check_idt") or []:
             address, symbol, module = r.get("Address"), r.get("Symbol"), r.get("Module")
             bad = bool(address) and _unknown(symbol)
-            out.append({"check": "check_idt", "item": f"idt[{r.get('Index'):#x}]" if r.get("Index") is not None else "idt",
-                        "address": address, "module": module, "symbol": symbol, "suspicious": bad,
-                        "detail": "IDT entry points outside known kernel/module symbols" if bad else None})
+            out.append(
+                {
+                    "check": "check_idt",
+                    "item": f"idt[{r.get('Index'):#x}]" if r.get("Index") is not None else "idt",
+                    "address": address,
+                    "module": module,
+                    "symbol": symbol,
+                    "suspicious": bad,
+                    "detail": "IDT entry points outside known kernel/module symbols" if bad else None,
+                }
+            )
     if "linux.malware.tty_check.Tty_Check" in outputs:
         seen = True
         for r in _rows(outputs, "linux.malware.tty_check.Tty_Check") or []:
             symbol, module = r.get("Symbol"), r.get("Module")
             bad = _unknown(symbol) or module not in KERNEL_MODULE_NAMES
-            out.append({"check": "tty_check", "item": r.get("Name"), "address": r.get("Address"),
-                        "module": module, "symbol": symbol, "suspicious": bad,
-                        "detail": f"receive_buf handler in {module or 'unknown code'}" if bad else None})
+            out.append(
+                {
+                    "check": "tty_check",
+                    "item": r.get("Name"),
+                    "address": r.get("Address"),
+                    "module": module,
+                    "symbol": symbol,
+                    "suspicious": bad,
+                    "detail": f"receive_buf handler in {module or 'unknown code'}" if bad else None,
+                }
+            )
     for m in modules or []:
         if m.get("in_sysfs") is None and m.get("hidden") is None:
             continue
         seen = True
-        reasons = [why for flag, why in ((m.get("hidden"), "carved from memory but not on the module list"),
-                                          (m.get("in_sysfs") is False, "on the list but missing from sysfs"))
-                   if flag]
-        out.append({"check": "modules", "item": m["name"], "address": m.get("offset"), "module": m["name"],
-                    "suspicious": bool(reasons), "detail": "; ".join(reasons) or None})
+        reasons = [
+            why
+            for flag, why in (
+                (m.get("hidden"), "carved from memory but not on the module list"),
+                (m.get("in_sysfs") is False, "on the list but missing from sysfs"),
+            )
+            if flag
+        ]
+        out.append(
+            {
+                "check": "modules",
+                "item": m["name"],
+                "address": m.get("offset"),
+                "module": m["name"],
+                "suspicious": bool(reasons),
+                "detail": "; ".join(reasons) or None,
+            }
+        )
     return out if seen else None
 
 
 # --- everything else -------------------------------------------------------------
 
+
 def _kind(value) -> str:
-    for kind, types in (("absent", type(None)), ("bool", bool), ("int", int), ("float", float),
-                        ("bytes", bytes), ("str", str)):
+    for kind, types in (
+        ("absent", type(None)),
+        ("bool", bool),
+        ("int", int),
+        ("float", float),
+        ("bytes", bytes),
+        ("str", str),
+    ):
         if isinstance(value, types):
             return kind
     return "time" if hasattr(value, "isoformat") else "str"
@@ -330,22 +472,43 @@ def plugin_rows(plugin: str, result: dict) -> list[dict]:
         for column in result["columns"]:
             value = row.get(column)
             kind = _kind(value)
-            text = (value.hex() if kind == "bytes" else value.isoformat() if kind == "time"
-                    else None if kind == "absent" else str(value))
-            out.append({"plugin": plugin, "row_id": row["row_id"], "parent_row_id": row["parent_row_id"],
-                        "column": column, "kind": kind, "value": text})
+            text = (
+                value.hex()
+                if kind == "bytes"
+                else value.isoformat()
+                if kind == "time"
+                else None
+                if kind == "absent"
+                else str(value)
+            )
+            out.append(
+                {
+                    "plugin": plugin,
+                    "row_id": row["row_id"],
+                    "parent_row_id": row["parent_row_id"],
+                    "column": column,
+                    "kind": kind,
+                    "value": text,
+                }
+            )
     return out
 
 
 # plugin name -> the table its output lands in (anything else: memory/plugin_rows)
 DEDICATED = {
-    "linux.pslist.PsList": "memory/processes", "linux.psscan.PsScan": "memory/processes",
-    "windows.pslist.PsList": "memory/processes", "windows.psscan.PsScan": "memory/processes",
-    "linux.psaux.PsAux": "memory/cmdlines", "windows.cmdline.CmdLine": "memory/cmdlines",
+    "linux.pslist.PsList": "memory/processes",
+    "linux.psscan.PsScan": "memory/processes",
+    "windows.pslist.PsList": "memory/processes",
+    "windows.psscan.PsScan": "memory/processes",
+    "linux.psaux.PsAux": "memory/cmdlines",
+    "windows.cmdline.CmdLine": "memory/cmdlines",
     "linux.proc.Maps": "memory/maps",
-    "linux.sockstat.Sockstat": "memory/sockets", "windows.netscan.NetScan": "memory/sockets",
-    "linux.lsof.Lsof": "memory/open_files", "linux.bash.Bash": "memory/shell_history",
-    "linux.malware.malfind.Malfind": "memory/malfind", "windows.malware.malfind.Malfind": "memory/malfind",
+    "linux.sockstat.Sockstat": "memory/sockets",
+    "windows.netscan.NetScan": "memory/sockets",
+    "linux.lsof.Lsof": "memory/open_files",
+    "linux.bash.Bash": "memory/shell_history",
+    "linux.malware.malfind.Malfind": "memory/malfind",
+    "windows.malware.malfind.Malfind": "memory/malfind",
     **{p: "memory/modules" for p in MODULE_PLUGINS},
     "linux.malware.check_syscall.Check_syscall": "memory/kernel_checks",
     "linux.malware.check_idt.Check_idt": "memory/kernel_checks",
@@ -375,8 +538,7 @@ def build_all(outputs: dict, enrich: dict, os_name: str) -> dict[str, list[dict]
         "memory/modules": modules,
         "memory/kernel_checks": kernel_checks_rows(outputs, modules),
     }
-    generic = [row for name, result in outputs.items() if name not in DEDICATED
-               for row in plugin_rows(name, result)]
+    generic = [row for name, result in outputs.items() if name not in DEDICATED for row in plugin_rows(name, result)]
     if generic or any(name not in DEDICATED for name in outputs):
         tables["memory/plugin_rows"] = generic
     return {name: rows for name, rows in tables.items() if rows is not None}

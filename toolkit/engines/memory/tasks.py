@@ -15,6 +15,7 @@ Example::
     for region in process_regions(session, pids=[1]):
         region["path"], region["protection"], region["read"](region["start"], 4)   # ..., 'r--', b'\\x7fELF'
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,13 +27,14 @@ from toolkit.engines.memory.volatility import task_objects
 from toolkit.schemas import diagnostic
 
 PAGE = 4096
-HEAD = 16 * PAGE   # build-id notes sit in the first pages of every toolchain's output
+HEAD = 16 * PAGE  # build-id notes sit in the first pages of every toolchain's output
 
 
 def _comm(task) -> str:
     # Imported here: importing volatility3 before toolkit.engines.memory.volatility redirects its
     # cache would create ~/.cache/volatility3.
     from volatility3.framework.objects import utility
+
     return utility.array_to_string(task.comm)
 
 
@@ -42,6 +44,7 @@ def _invalid(session):
 
 def _exe_file_path(session, task):
     from volatility3.framework.symbols import linux
+
     mm = task.mm
     if not mm or not mm.is_readable() or not mm.exe_file:
         return None
@@ -103,15 +106,24 @@ def process_regions(session: dict, pids=None):
         for vma in vmas:
             start, end = int(vma.vm_start), int(vma.vm_end)
             path, deleted = split_deleted(vma.get_name(context, task))
-            yield {"target": "process", "pid": int(task.tgid), "process": comm, "start": start, "end": end,
-                   "protection": vma.get_protection(), "path": path, "deleted": deleted,
-                   "read": _reader(layer, start, end)}
+            yield {
+                "target": "process",
+                "pid": int(task.tgid),
+                "process": comm,
+                "start": start,
+                "end": end,
+                "protection": vma.get_protection(),
+                "path": path,
+                "deleted": deleted,
+                "read": _reader(layer, start, end),
+            }
 
 
 def _reader(layer, start, end):
     def read(addr: int, length: int) -> bytes:
         length = max(0, min(length, end - addr))
         return layer.read(addr, length, pad=True) if start <= addr < end else b""
+
     return read
 
 
@@ -160,7 +172,7 @@ def _image_reader(layer, image_vmas, exe):
         if not all(i in cache for i in range(first, last + 1)):
             return None
         data = b"".join(cache[i] for i in range(first, last + 1))
-        return data[offset - first * PAGE: offset - first * PAGE + size]
+        return data[offset - first * PAGE : offset - first * PAGE + size]
 
     def read(offset, size):
         for start, end, file_offset in image_vmas:
@@ -190,8 +202,11 @@ def executables(session: dict, diagnostics: list) -> list[dict]:
             exe = task.mm.exe_file
             layer_name = task.add_process_layer()
             path, deleted = split_deleted(_exe_file_path(session, task))
-            image_vmas = sorted((int(v.vm_start), int(v.vm_end), int(v.vm_pgoff) * PAGE)
-                                for v in task.mm.get_vma_iter() if exe and v.vm_file == exe)
+            image_vmas = sorted(
+                (int(v.vm_start), int(v.vm_end), int(v.vm_pgoff) * PAGE)
+                for v in task.mm.get_vma_iter()
+                if exe and v.vm_file == exe
+            )
         except invalid as excp:
             diagnostics.append(diagnostic("info", "process image", f"pid {pid}", f"unreadable: {excp}"))
             continue
@@ -209,9 +224,19 @@ def executables(session: dict, diagnostics: list) -> list[dict]:
         if len(head) >= PAGE:
             # The same identity function the disk engine applies to files, so the two sides join.
             identity = elfinfo.elf_identity(head)
-            row.update(elf_header_fields(head), build_id=identity["build_id"],
-                       first_page_sha256=hashlib.sha256(head[:PAGE]).hexdigest(),
-                       first_page_from="+".join(sorted(used)))
+            row.update(
+                elf_header_fields(head),
+                build_id=identity["build_id"],
+                first_page_sha256=hashlib.sha256(head[:PAGE]).hexdigest(),
+                first_page_from="+".join(sorted(used)),
+            )
         else:
-            diagnostics.append(diagnostic("info", "process image first page", f"pid {pid} {path}", "not in the process's page tables nor in the page cache"))
+            diagnostics.append(
+                diagnostic(
+                    "info",
+                    "process image first page",
+                    f"pid {pid} {path}",
+                    "not in the process's page tables nor in the page cache",
+                )
+            )
     return rows

@@ -18,6 +18,7 @@ Example::
     result["columns"]  # ['OFFSET (V)', 'PID', 'TID', 'PPID', 'COMM', ...]
     result["rows"][0]  # {'PID': 1, 'COMM': 'init', ..., 'row_id': 0, 'parent_row_id': None}
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,7 +40,6 @@ _LOCK = threading.Lock()
 # Which plugin proves that the kernel is found, per OS: its requirements are
 # exactly the kernel module every other plugin of that OS needs.
 PROBE_PLUGIN = {"linux": "linux.pslist.PsList", "windows": "windows.pslist.PsList"}
-
 
 
 def _framework(cache_dir: Path | None = None) -> dict:
@@ -81,12 +81,22 @@ def _framework(cache_dir: Path | None = None) -> dict:
             # psscan & co. scan all of physical memory for a few literal needles.
             from volatility3.framework.layers import scanners
             from volatility3.framework.symbols import intermed
+
             speedups.install(scanners)
             speedups.install_isf_memo(intermed, schemas)
-            _VOL.update(automagic=automagic, constants=constants, contexts=contexts, exceptions=exceptions,
-                        renderers=renderers, stacker=stacker, format_hints=format_hints, schemas=schemas,
-                        vol_symbols=volatility3.symbols, builtin_symbols=builtin,
-                        plugin_list=framework.list_plugins())
+            _VOL.update(
+                automagic=automagic,
+                constants=constants,
+                contexts=contexts,
+                exceptions=exceptions,
+                renderers=renderers,
+                stacker=stacker,
+                format_hints=format_hints,
+                schemas=schemas,
+                vol_symbols=volatility3.symbols,
+                builtin_symbols=builtin,
+                plugin_list=framework.list_plugins(),
+            )
         constants = _VOL["constants"]
         # Evidence machines are offline: never fetch ISFs or PDBs, never ask a remote index.
         constants.OFFLINE = True
@@ -146,6 +156,7 @@ def prevalidate_isf(isf_path: str | Path, sha256: str, cache_dir: Path, host_cac
         except ImportError:
             return None  # Volatility validates it itself, slowly
         from toolkit.engines.memory.symbols import read_isf_bytes
+
         data = json.loads(read_isf_bytes(Path(isf_path)))
         fmt = data.get("metadata", {}).get("format")
         schema_file = Path(schemas.__file__).parent / f"schema-{fmt}.json"
@@ -184,6 +195,7 @@ def _recorded_validation(record: Path | None, key: str) -> str | None:
 
 def volatility_version() -> str:
     from importlib.metadata import version
+
     return version("volatility3")
 
 
@@ -224,8 +236,7 @@ def _progress_adapter(progress, label):
     return lambda percent, description=None: progress(description or label, percent, 100)
 
 
-def open_session(image: str | Path, *, os_name: str, symbol_dirs=(), cache_dir: str | Path,
-                 progress=None) -> dict:
+def open_session(image: str | Path, *, os_name: str, symbol_dirs=(), cache_dir: str | Path, progress=None) -> dict:
     """Find the kernel in ``image`` once and return a session for ``run_plugin``.
 
     ``symbol_dirs`` are searched before Volatility's bundled symbols (Linux
@@ -257,8 +268,9 @@ def open_session(image: str | Path, *, os_name: str, symbol_dirs=(), cache_dir: 
     base = "snapscope.kernel"
     started = time.monotonic()
     with _captured_logs() as warnings:
-        errors = vol["automagic"].run(automagics, context, probe, base,
-                                      progress_callback=_progress_adapter(progress, "finding the kernel"))
+        errors = vol["automagic"].run(
+            automagics, context, probe, base, progress_callback=_progress_adapter(progress, "finding the kernel")
+        )
     path = f"{base}.{probe.__name__}"
     kernel = context.config.get(f"{path}.kernel")
     if probe.unsatisfied(context, path) or not isinstance(kernel, str):
@@ -268,13 +280,19 @@ def open_session(image: str | Path, *, os_name: str, symbol_dirs=(), cache_dir: 
     layer = context.layers[module.layer_name]
     speedups.index_symbol_locations(context.symbol_space[module.symbol_table_name])
     return {
-        "context": context, "automagics": automagics, "vol": vol, "os": os_name,
-        "image": str(image), "kernel": kernel, "layer": module.layer_name,
+        "context": context,
+        "automagics": automagics,
+        "vol": vol,
+        "os": os_name,
+        "image": str(image),
+        "kernel": kernel,
+        "layer": module.layer_name,
         "symbol_table": module.symbol_table_name,
         "dtb": layer.config.get("page_map_offset"),
         "kernel_virtual_offset": layer.config.get("kernel_virtual_offset"),
         "banner": layer.config.get("kernel_banner"),
-        "open_seconds": time.monotonic() - started, "runs": 0,
+        "open_seconds": time.monotonic() - started,
+        "runs": 0,
         "warnings": warnings,
     }
 
@@ -366,8 +384,12 @@ def raw_value(value):
 
         raw_value(format_hints.Hex(16))   # 16
     """
-    if value is None or type(value).__name__ in ("UnreadableValue", "UnparsableValue",
-                                                 "NotApplicableValue", "NotAvailableValue"):
+    if value is None or type(value).__name__ in (
+        "UnreadableValue",
+        "UnparsableValue",
+        "NotApplicableValue",
+        "NotAvailableValue",
+    ):
         return None
     if isinstance(value, bool):
         return value
@@ -376,7 +398,7 @@ def raw_value(value):
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, dt.datetime):
-        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
     if isinstance(value, (str, float)):
         return value
     name = type(value).__name__
@@ -410,4 +432,5 @@ def task_objects(session: dict):
     For collectors that need more than a plugin prints (exe path, mm).
     """
     from volatility3.plugins.linux import pslist
+
     return pslist.PsList.list_tasks(session["context"], session["kernel"], include_threads=False)

@@ -16,6 +16,7 @@ Example::
                  EngineContext(snapshot_id="web1", derived_dir=Path("case/derived/web1"), profile=profile))
     tables["network/flows"][["src_ip", "src_port", "dst_ip", "dst_port", "state"]]
 """
+
 from __future__ import annotations
 
 import os
@@ -38,18 +39,43 @@ PROGRESS_EVERY = 20_000
 def _summaries(tr: dict, label: str) -> list[dict]:
     """Diagnostics from the tracker's counters: one row per kind of problem, not per packet."""
     rows, c = [], tr["counts"]
-    for what, why, sev in (("malformed", "frames dpkt could not decode (truncated or corrupt headers) were skipped", "warning"),
-                           ("fragments", "IPv4 fragments are not reassembled; their payload is not in any stream", "info"),
-                           ("other_l4", "IP packets of protocols other than TCP/UDP/ICMP were not tracked", "info")):
+    for what, why, sev in (
+        ("malformed", "frames dpkt could not decode (truncated or corrupt headers) were skipped", "warning"),
+        ("fragments", "IPv4 fragments are not reassembled; their payload is not in any stream", "info"),
+        ("other_l4", "IP packets of protocols other than TCP/UDP/ICMP were not tracked", "info"),
+    ):
         if c[what]:
-            rows.append(diagnostic(sev, f"{c[what]} frames: {what}", f"{label}@{tr['first_bad'].get(what, 0)} (first)", why))
+            rows.append(
+                diagnostic(sev, f"{c[what]} frames: {what}", f"{label}@{tr['first_bad'].get(what, 0)} (first)", why)
+            )
     for linktype, (where, offset, n) in tr["bad_links"].items():
-        rows.append(diagnostic("error", f"{n} frames with {link_name(linktype)}", f"{where}@{offset}", f"link type {linktype} ({link_name(linktype)}) cannot be decoded into IP packets; "
-                            "these frames are not in any flow"))
+        rows.append(
+            diagnostic(
+                "error",
+                f"{n} frames with {link_name(linktype)}",
+                f"{where}@{offset}",
+                f"link type {linktype} ({link_name(linktype)}) cannot be decoded into IP packets; "
+                "these frames are not in any flow",
+            )
+        )
     if tr["macs"] and c["foreign"]:
-        rows.append(diagnostic("info", f"{c['foreign']} frames of other hosts", label, "capture is shared: kept only frames to/from " + ", ".join(sorted(tr["macs"]))))
+        rows.append(
+            diagnostic(
+                "info",
+                f"{c['foreign']} frames of other hosts",
+                label,
+                "capture is shared: kept only frames to/from " + ", ".join(sorted(tr["macs"])),
+            )
+        )
     if tr["macs"] and c["frames"] and c["foreign"] == c["frames"]:
-        rows.append(diagnostic("warning", "no frame of this VM", label, "none of the VM's MACs (" + ", ".join(sorted(tr["macs"])) + ") appear in the capture"))
+        rows.append(
+            diagnostic(
+                "warning",
+                "no frame of this VM",
+                label,
+                "none of the VM's MACs (" + ", ".join(sorted(tr["macs"])) + ") appear in the capture",
+            )
+        )
     return rows
 
 
@@ -61,7 +87,14 @@ def analyze_captures(paths, *, spool_dir: Path | None, macs=None, progress=None)
     """
     tr = new_tracker(spool_dir, macs)
     if spool_dir is None:
-        tr["diagnostics"].append(diagnostic("info", "payload streams not kept", "network", "no derived directory given: only the first bytes of each stream were parsed"))
+        tr["diagnostics"].append(
+            diagnostic(
+                "info",
+                "payload streams not kept",
+                "network",
+                "no derived directory given: only the first bytes of each stream were parsed",
+            )
+        )
     sizes = {str(p): (os.path.getsize(p) if os.path.isfile(p) else 0) for p in paths}
     total, done = sum(sizes.values()), 0
     for path in paths:
@@ -72,7 +105,7 @@ def analyze_captures(paths, *, spool_dir: Path | None, macs=None, progress=None)
                 progress(f"network: {Path(path).name}", done + rec["offset"], total)
         tr["diagnostics"] += _summaries(tr, path)
         for key in ("malformed", "fragments", "other_l4", "foreign", "frames"):
-            tr["counts"][key] = 0   # summaries are per capture file
+            tr["counts"][key] = 0  # summaries are per capture file
         tr["first_bad"], tr["bad_links"] = {}, {}
         done += sizes[path]
         if progress:

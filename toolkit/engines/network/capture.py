@@ -12,6 +12,7 @@ Example::
     for rec in iter_records("net.pcap", diags):
         src_mac, dst_mac, ip = decode_frame(rec["linktype"], rec["data"])
 """
+
 from __future__ import annotations
 
 import struct
@@ -21,20 +22,39 @@ import dpkt
 from toolkit.schemas import diagnostic
 
 # Link types we decode (LINKTYPE_* numbers from the tcpdump registry).
-LINKTYPES = {0: "null (BSD loopback)", 1: "ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP",
-             108: "OpenBSD loopback", 113: "Linux cooked (SLL)", 228: "raw IPv4", 229: "raw IPv6",
-             276: "Linux cooked v2 (SLL2)"}
+LINKTYPES = {
+    0: "null (BSD loopback)",
+    1: "ethernet",
+    12: "raw IP",
+    14: "raw IP",
+    101: "raw IP",
+    108: "OpenBSD loopback",
+    113: "Linux cooked (SLL)",
+    228: "raw IPv4",
+    229: "raw IPv6",
+    276: "Linux cooked v2 (SLL2)",
+}
 # Some link types that captures on a host commonly carry but we cannot split into flows.
-OTHER_LINKTYPES = {105: "IEEE 802.11", 127: "802.11 radiotap", 9: "PPP", 220: "USB Linux mmapped",
-                   192: "PPI", 147: "user0"}
+OTHER_LINKTYPES = {
+    105: "IEEE 802.11",
+    127: "802.11 radiotap",
+    9: "PPP",
+    220: "USB Linux mmapped",
+    192: "PPI",
+    147: "user0",
+}
 
 # A frame on a virtual NIC is at most a 64 KiB GSO segment plus headers;
 # anything much larger is a corrupt length field, not a packet.
 MAX_RECORD = 256 * 1024
 _READ = 1024 * 1024
 
-PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
-              b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}  # value: ns per fraction tick
+PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}  # value: ns per fraction tick
 PCAPNG_SHB = 0x0A0D0D0A
 
 
@@ -59,21 +79,41 @@ def _pcap_records(fh, path, header, diagnostics):
         if not head:
             return
         if len(head) < 16:
-            _diag(diagnostics, path, offset, "truncated record header",
-                  f"file ends {len(head)} bytes into a 16-byte record header; flows up to here are kept")
+            _diag(
+                diagnostics,
+                path,
+                offset,
+                "truncated record header",
+                f"file ends {len(head)} bytes into a 16-byte record header; flows up to here are kept",
+            )
             return
         sec, frac, caplen, wirelen = rec.unpack(head)
         if caplen > limit:
-            _diag(diagnostics, path, offset, "corrupt record length",
-                  f"record claims {caplen} captured bytes (limit {limit}); the rest of the file is not read")
+            _diag(
+                diagnostics,
+                path,
+                offset,
+                "corrupt record length",
+                f"record claims {caplen} captured bytes (limit {limit}); the rest of the file is not read",
+            )
             return
         data = fh.read(caplen)
         if len(data) < caplen:
-            _diag(diagnostics, path, offset, "truncated record",
-                  f"record needs {caplen} bytes, file has {len(data)}; this last packet is dropped")
+            _diag(
+                diagnostics,
+                path,
+                offset,
+                "truncated record",
+                f"record needs {caplen} bytes, file has {len(data)}; this last packet is dropped",
+            )
             return
-        yield {"ts": sec * 1_000_000_000 + frac * tick_ns, "linktype": linktype, "data": data,
-               "wirelen": wirelen, "offset": offset}
+        yield {
+            "ts": sec * 1_000_000_000 + frac * tick_ns,
+            "linktype": linktype,
+            "data": data,
+            "wirelen": wirelen,
+            "offset": offset,
+        }
         offset += 16 + caplen
 
 
@@ -81,13 +121,13 @@ def _tsresol(options: bytes, endian: str) -> tuple[int, int]:
     """(ticks per second, offset seconds) from an Interface Description Block's options."""
     per_second, tsoffset, pos = 1_000_000, 0, 0
     while pos + 4 <= len(options):
-        code, length = struct.unpack(endian + "HH", options[pos:pos + 4])
-        value = options[pos + 4:pos + 4 + length]
+        code, length = struct.unpack(endian + "HH", options[pos : pos + 4])
+        value = options[pos + 4 : pos + 4 + length]
         if code == 0:
             break
         if code == 9 and length >= 1:
             v = value[0]
-            per_second = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
+            per_second = 2 ** (v & 0x7F) if v & 0x80 else 10**v
         elif code == 14 and length == 8:
             tsoffset = struct.unpack(endian + "q", value)[0]
         pos += 4 + length + (-length % 4)
@@ -117,13 +157,23 @@ def _pcapng_records(fh, path, diagnostics):
             btype, blen = struct.unpack(endian + "II", head)
             body_len = blen - 8
         if blen < 12 or blen % 4 or blen > MAX_RECORD + 4096:
-            _diag(diagnostics, path, offset, "corrupt block length",
-                  f"block type {btype:#x} claims {blen} bytes; the rest of the file is not read")
+            _diag(
+                diagnostics,
+                path,
+                offset,
+                "corrupt block length",
+                f"block type {btype:#x} claims {blen} bytes; the rest of the file is not read",
+            )
             return
         body = fh.read(body_len)
         if len(body) < body_len:
-            _diag(diagnostics, path, offset, "truncated block",
-                  f"block type {btype:#x} needs {blen} bytes, file ends first; this last block is dropped")
+            _diag(
+                diagnostics,
+                path,
+                offset,
+                "truncated block",
+                f"block type {btype:#x} needs {blen} bytes, file ends first; this last block is dropped",
+            )
             return
         if btype == 1:  # Interface Description Block
             linktype, _, snaplen = struct.unpack(endian + "HHI", body[:8])
@@ -135,19 +185,34 @@ def _pcapng_records(fh, path, diagnostics):
             else:
                 ifid, _drops, hi, lo, caplen, wirelen = struct.unpack(endian + "HHIIII", body[:20])
             if ifid >= len(interfaces):
-                _diag(diagnostics, path, offset, "packet for unknown interface",
-                      f"interface id {ifid} was never described; packet skipped")
+                _diag(
+                    diagnostics,
+                    path,
+                    offset,
+                    "packet for unknown interface",
+                    f"interface id {ifid} was never described; packet skipped",
+                )
             else:
                 linktype, per_second, tsoffset = interfaces[ifid]
                 ticks = (hi << 32) | lo
                 ts = tsoffset * 1_000_000_000 + ticks * 1_000_000_000 // per_second
-                yield {"ts": ts, "linktype": linktype, "data": body[20:20 + caplen], "wirelen": wirelen,
-                       "offset": offset}
+                yield {
+                    "ts": ts,
+                    "linktype": linktype,
+                    "data": body[20 : 20 + caplen],
+                    "wirelen": wirelen,
+                    "offset": offset,
+                }
         elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
             if interfaces:
                 wirelen = struct.unpack(endian + "I", body[:4])[0]
-                yield {"ts": None, "linktype": interfaces[0][0], "data": body[4:4 + min(wirelen, len(body) - 8)],
-                       "wirelen": wirelen, "offset": offset}
+                yield {
+                    "ts": None,
+                    "linktype": interfaces[0][0],
+                    "data": body[4 : 4 + min(wirelen, len(body) - 8)],
+                    "wirelen": wirelen,
+                    "offset": offset,
+                }
         offset += blen
 
 
@@ -173,8 +238,14 @@ def iter_records(path, diagnostics: list):
         elif header[:4] in PCAP_MAGIC:
             _diag(diagnostics, path, 0, "truncated capture", f"pcap header is {len(header)} of 24 bytes", "error")
         else:
-            _diag(diagnostics, path, 0, "not a capture",
-                  f"starts with {header[:4].hex() or 'nothing'}: neither pcap nor pcapng", "error")
+            _diag(
+                diagnostics,
+                path,
+                0,
+                "not a capture",
+                f"starts with {header[:4].hex() or 'nothing'}: neither pcap nor pcapng",
+                "error",
+            )
 
 
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
@@ -193,17 +264,17 @@ def _fast_ipv4(data: bytes, off: int):
     ihl = (vihl & 0x0F) * 4
     if vihl >> 4 != 4 or ihl < 20 or frag & 0x3FFF:
         return None
-    end = off + total if total else len(data)   # total 0: a TSO frame captured before segmentation
+    end = off + total if total else len(data)  # total 0: a TSO frame captured before segmentation
     l4 = off + ihl
     if proto == 6 and len(data) >= l4 + 20:
         sport, dport, seq, _ack, doff, flags = _TCP.unpack_from(data, l4)
         hl = (doff >> 4) * 4
         if hl < 20 or len(data) < l4 + hl:
             return None
-        return ("tcp", 4, src, dst, sport, dport, flags, seq, data[l4 + hl:end], None, None)
+        return ("tcp", 4, src, dst, sport, dport, flags, seq, data[l4 + hl : end], None, None)
     if proto == 17 and len(data) >= l4 + 8:
         sport, dport = _PORTS.unpack_from(data, l4)
-        return ("udp", 4, src, dst, sport, dport, 0, 0, data[l4 + 8:end], None, None)
+        return ("udp", 4, src, dst, sport, dport, 0, 0, data[l4 + 8 : end], None, None)
     return None
 
 
@@ -221,7 +292,7 @@ def _from_dpkt(ip):
         echo = isinstance(l4.data, (dpkt.icmp.ICMP.Echo, dpkt.icmp6.ICMP6.Echo)) and l4.type in (0, 8, 128, 129)
         ident = ("echo", l4.data.id) if echo else ("type", l4.type, l4.code)
         return (kind, version, ip.src, ip.dst, None, None, 0, 0, b"", ident, l4.type)
-    known = ip.p in (1, 6, 17, 58)   # a known protocol dpkt left undecoded: its header is broken
+    known = ip.p in (1, 6, 17, 58)  # a known protocol dpkt left undecoded: its header is broken
     return ("malformed" if known else "other", version, ip.src, ip.dst, None, None, 0, 0, b"", None, None)
 
 
@@ -270,12 +341,12 @@ def _decode_dpkt(linktype: int, data: bytes):
         return None, None, None
     if linktype == 113:
         sll = dpkt.sll.SLL(data)
-        src = _mac(sll.hdr[:sll.hlen]) if sll.hlen == 6 else None
+        src = _mac(sll.hdr[: sll.hlen]) if sll.hlen == 6 else None
         ip = sll.data if isinstance(sll.data, (dpkt.ip.IP, dpkt.ip6.IP6)) else None
         return src, None, ip  # the SLL address is always the sender's, whatever the direction
     if linktype == 276:
         sll = dpkt.sll2.SLL2(data)
-        src = _mac(sll.hdr[:sll.hlen]) if sll.hlen == 6 else None
+        src = _mac(sll.hdr[: sll.hlen]) if sll.hlen == 6 else None
         ip = sll.data if isinstance(sll.data, (dpkt.ip.IP, dpkt.ip6.IP6)) else None
         return src, None, ip
     raise ValueError(f"{link_name(linktype)} frames cannot be decoded into IP packets")

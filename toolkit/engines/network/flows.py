@@ -13,6 +13,7 @@ Example::
         add_record(tr, rec)
     tables = finish(tr)   # {"flows": [...], "dns": [...], "http": [...], "tls": [...]}
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,9 +29,16 @@ from toolkit.engines.network import streams as S
 from toolkit.engines.network.capture import decode_frame
 from toolkit.schemas import diagnostic
 
-TCP_FLAG_NAMES = [(dpkt.tcp.TH_SYN, "SYN"), (dpkt.tcp.TH_ACK, "ACK"), (dpkt.tcp.TH_PUSH, "PSH"),
-                  (dpkt.tcp.TH_FIN, "FIN"), (dpkt.tcp.TH_RST, "RST"), (dpkt.tcp.TH_URG, "URG"),
-                  (dpkt.tcp.TH_ECE, "ECE"), (dpkt.tcp.TH_CWR, "CWR")]
+TCP_FLAG_NAMES = [
+    (dpkt.tcp.TH_SYN, "SYN"),
+    (dpkt.tcp.TH_ACK, "ACK"),
+    (dpkt.tcp.TH_PUSH, "PSH"),
+    (dpkt.tcp.TH_FIN, "FIN"),
+    (dpkt.tcp.TH_RST, "RST"),
+    (dpkt.tcp.TH_URG, "URG"),
+    (dpkt.tcp.TH_ECE, "ECE"),
+    (dpkt.tcp.TH_CWR, "CWR"),
+]
 DIRS = ("src_to_dst", "dst_to_src")
 DNS_PORTS = {53, 5353, 5355}
 # Memory bounds: every HOUSEKEEPING frames, unwritten stream bytes over
@@ -50,10 +58,21 @@ def new_tracker(spool_dir: Path | None, macs=None) -> dict:
     """Empty tracking state; streams spool under ``spool_dir`` (None: heads only)."""
     if spool_dir is not None:
         Path(spool_dir).mkdir(parents=True, exist_ok=True)
-    return {"spool_dir": Path(spool_dir) if spool_dir else None, "macs": {m.lower() for m in macs or []},
-            "flows": {}, "done": [], "dns": [], "http": [], "tls": [], "diagnostics": [],
-            "counts": {"frames": 0, "foreign": 0, "non_ip": 0, "malformed": 0, "fragments": 0, "other_l4": 0},
-            "first_bad": {}, "bad_links": {}, "last_ts": 0, "serial": 0}
+    return {
+        "spool_dir": Path(spool_dir) if spool_dir else None,
+        "macs": {m.lower() for m in macs or []},
+        "flows": {},
+        "done": [],
+        "dns": [],
+        "http": [],
+        "tls": [],
+        "diagnostics": [],
+        "counts": {"frames": 0, "foreign": 0, "non_ip": 0, "malformed": 0, "fragments": 0, "other_l4": 0},
+        "first_bad": {},
+        "bad_links": {},
+        "last_ts": 0,
+        "serial": 0,
+    }
 
 
 def _ip(raw: bytes) -> str:
@@ -79,8 +98,11 @@ def _housekeeping(tr, now) -> None:
     if sum(len(s["pending"]) for s in streams) > PENDING_BUDGET:
         for s in streams:
             S.flush(s)
-    for key in [k for k, f in flows.items()
-                if now - f["last"] > (DGRAM_IDLE if f["proto"] != "tcp" else TCP_IDLE if f["settled"] else float("inf"))]:
+    for key in [
+        k
+        for k, f in flows.items()
+        if now - f["last"] > (DGRAM_IDLE if f["proto"] != "tcp" else TCP_IDLE if f["settled"] else float("inf"))
+    ]:
         tr["done"].append(_row(tr, flows.pop(key)))
 
 
@@ -125,7 +147,7 @@ def add_record(tr: dict, rec: dict, where: str = "") -> None:
         elif proto in ("tcp", "udp"):
             forward = _client_first(sport, dport)
         else:
-            forward = icmp_type not in (0, 129)   # an echo reply's sender is the responder
+            forward = icmp_type not in (0, 129)  # an echo reply's sender is the responder
         flow = _new_flow(tr, proto, (a, b) if forward else (b, a), ts, ipv)
         tr["flows"][key] = flow
         flow["icmp_type"] = icmp_type
@@ -147,12 +169,33 @@ def _new_flow(tr, proto, ends, ts, ipv) -> dict:
     (src, sport), (dst, dport) = ends
     tr["serial"] += 1
     ident = f"{proto}|{_ip(src)}|{sport}|{_ip(dst)}|{dport}|{ts}|{tr['serial']}"
-    return {"id": hashlib.sha1(ident.encode()).hexdigest()[:16], "proto": proto, "src": (src, sport),
-            "dst": (dst, dport), "ipv": ipv, "first": ts, "last": ts,
-            "packets": [0, 0], "bytes": [0, 0], "payload": [0, 0], "flags": 0, "syn": False, "synack": False,
-            "established": False, "fin": [False, False], "rst": False, "settled": False, "macs": [None, None],
-            "vm_mac": None, "streams": [None, None], "last_talker": None, "icmp_type": None, "app": set(),
-            "stats": {}, "bursts": []}
+    return {
+        "id": hashlib.sha1(ident.encode()).hexdigest()[:16],
+        "proto": proto,
+        "src": (src, sport),
+        "dst": (dst, dport),
+        "ipv": ipv,
+        "first": ts,
+        "last": ts,
+        "packets": [0, 0],
+        "bytes": [0, 0],
+        "payload": [0, 0],
+        "flags": 0,
+        "syn": False,
+        "synack": False,
+        "established": False,
+        "fin": [False, False],
+        "rst": False,
+        "settled": False,
+        "macs": [None, None],
+        "vm_mac": None,
+        "streams": [None, None],
+        "last_talker": None,
+        "icmp_type": None,
+        "app": set(),
+        "stats": {},
+        "bursts": [],
+    }
 
 
 def _stream(tr, flow, d) -> dict:
@@ -184,8 +227,11 @@ def burst_stats(times: list) -> dict:
         return {"beacon_intervals": 0, "beacon_interval_mean": None, "beacon_interval_cv": None}
     mean = sum(gaps) / len(gaps)
     var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
-    return {"beacon_intervals": len(gaps), "beacon_interval_mean": mean,
-            "beacon_interval_cv": (var ** 0.5) / mean if mean > 0 else None}
+    return {
+        "beacon_intervals": len(gaps),
+        "beacon_interval_mean": mean,
+        "beacon_interval_cv": (var**0.5) / mean if mean > 0 else None,
+    }
 
 
 def _tcp(tr, flow, d, flags, seq, payload, ts) -> None:
@@ -221,20 +267,34 @@ def _udp(tr, flow, d, data, ts) -> None:
 
 
 def _ends(flow) -> dict:
-    return {"flow_id": flow["id"], "src_ip": _ip(flow["src"][0]), "src_port": flow["src"][1] if flow["proto"] in ("tcp", "udp") else None,
-            "dst_ip": _ip(flow["dst"][0]), "dst_port": flow["dst"][1] if flow["proto"] in ("tcp", "udp") else None,
-            "proto": flow["proto"]}
+    return {
+        "flow_id": flow["id"],
+        "src_ip": _ip(flow["src"][0]),
+        "src_port": flow["src"][1] if flow["proto"] in ("tcp", "udp") else None,
+        "dst_ip": _ip(flow["dst"][0]),
+        "dst_port": flow["dst"][1] if flow["proto"] in ("tcp", "udp") else None,
+        "proto": flow["proto"],
+    }
 
 
 def _dns_rows(flow, msg, ts) -> list[dict]:
-    base = {**_ends(flow), "ts": ts, "dns_id": msg["id"], "qr": msg["qr"], "opcode": msg["opcode"],
-            "rcode": msg["rcode"] if msg["qr"] == "response" else None, "malformed": msg["truncated"]}
+    base = {
+        **_ends(flow),
+        "ts": ts,
+        "dns_id": msg["id"],
+        "qr": msg["qr"],
+        "opcode": msg["opcode"],
+        "rcode": msg["rcode"] if msg["qr"] == "response" else None,
+        "malformed": msg["truncated"],
+    }
     q = msg["questions"][0] if msg["questions"] else {"qname": None, "qtype": None}
     base.update({"qname": q["qname"], "qtype": q["qtype"]})
     if msg["qr"] == "query" or not msg["answers"]:
         return [base]
-    return [{**base, "rname": a["rname"], "rtype": a["rtype"], "ttl": a["ttl"], "answer": a["answer"]}
-            for a in msg["answers"]]
+    return [
+        {**base, "rname": a["rname"], "rtype": a["rtype"], "ttl": a["ttl"], "answer": a["answer"]}
+        for a in msg["answers"]
+    ]
 
 
 def _open_stream(stream):
@@ -254,7 +314,14 @@ def _settle(tr, flow) -> None:
             continue
         S.close_stream(stream)
         if stream["error"]:
-            tr["diagnostics"].append(diagnostic("warning", f"stream {flow['id']}.{DIRS[d]}", str(stream["spool"]), f"spool write failed: {stream['error']}"))
+            tr["diagnostics"].append(
+                diagnostic(
+                    "warning",
+                    f"stream {flow['id']}.{DIRS[d]}",
+                    str(stream["spool"]),
+                    f"spool write failed: {stream['error']}",
+                )
+            )
     client, server = flow["streams"]
     if flow["proto"] == "tcp" and client is not None:
         head = bytes(client["head"])
@@ -268,8 +335,11 @@ def _settle(tr, flow) -> None:
             _tls(tr, flow, client, server)
         elif head[:1].isupper():
             _http(tr, flow, client, server)
-    flow["stats"] = {d: {k: s[k] for k in ("size", "gaps", "gap_bytes", "retrans", "overlap_bytes", "spool", "file_bytes")}
-                     for d, s in enumerate(flow["streams"]) if s is not None}
+    flow["stats"] = {
+        d: {k: s[k] for k in ("size", "gaps", "gap_bytes", "retrans", "overlap_bytes", "spool", "file_bytes")}
+        for d, s in enumerate(flow["streams"])
+        if s is not None
+    }
     flow["streams"] = [None, None]
 
 
@@ -298,11 +368,21 @@ def _http(tr, flow, client, server) -> None:
         method, target, version = (P.text(x) for x in req["start_line"])
         h = req["headers"]
         resp = responses[i] if i < len(responses) else None
-        tr["http"].append({**_ends(flow), "ts": S.ts_at(client, req["offset"]), "method": method,
-                           "host": h.get("host"), "url_path": target, "http_version": version,
-                           "user_agent": h.get("user-agent"), "referer": h.get("referer"),
-                           "content_type": h.get("content-type"), "stream_offset": req["offset"],
-                           "status_code": int(resp["start_line"][1]) if resp else None})
+        tr["http"].append(
+            {
+                **_ends(flow),
+                "ts": S.ts_at(client, req["offset"]),
+                "method": method,
+                "host": h.get("host"),
+                "url_path": target,
+                "http_version": version,
+                "user_agent": h.get("user-agent"),
+                "referer": h.get("referer"),
+                "content_type": h.get("content-type"),
+                "stream_offset": req["offset"],
+                "status_code": int(resp["start_line"][1]) if resp else None,
+            }
+        )
 
 
 def _state(flow) -> str | None:
@@ -326,18 +406,32 @@ def _state(flow) -> str | None:
 def _row(tr, flow) -> dict:
     _settle(tr, flow)
     st = flow["stats"]
-    row = {**_ends(flow), "ip_version": flow["ipv"], "first_ts": flow["first"], "last_ts": flow["last"],
-           "src_packets": flow["packets"][0], "dst_packets": flow["packets"][1],
-           "src_bytes": flow["bytes"][0], "dst_bytes": flow["bytes"][1],
-           "src_payload_bytes": flow["payload"][0], "dst_payload_bytes": flow["payload"][1],
-           "tcp_flags": ",".join(n for bit, n in TCP_FLAG_NAMES if flow["flags"] & bit) if flow["proto"] == "tcp" else None,
-           "state": _state(flow), "handshake": flow["syn"] and flow["synack"] if flow["proto"] == "tcp" else None,
-           "src_mac": flow["macs"][0], "dst_mac": flow["macs"][1], "vm_mac": flow["vm_mac"],
-           "icmp_type": flow["icmp_type"], "app_proto": ",".join(sorted(flow["app"])) or None,
-           "retransmits": sum(s["retrans"] for s in st.values()) if st else 0,
-           "gaps": sum(s["gaps"] for s in st.values()) if st else 0,
-           "gap_bytes": sum(s["gap_bytes"] for s in st.values()) if st else 0,
-           **burst_stats(flow["bursts"])}
+    row = {
+        **_ends(flow),
+        "ip_version": flow["ipv"],
+        "first_ts": flow["first"],
+        "last_ts": flow["last"],
+        "src_packets": flow["packets"][0],
+        "dst_packets": flow["packets"][1],
+        "src_bytes": flow["bytes"][0],
+        "dst_bytes": flow["bytes"][1],
+        "src_payload_bytes": flow["payload"][0],
+        "dst_payload_bytes": flow["payload"][1],
+        "tcp_flags": ",".join(n for bit, n in TCP_FLAG_NAMES if flow["flags"] & bit)
+        if flow["proto"] == "tcp"
+        else None,
+        "state": _state(flow),
+        "handshake": flow["syn"] and flow["synack"] if flow["proto"] == "tcp" else None,
+        "src_mac": flow["macs"][0],
+        "dst_mac": flow["macs"][1],
+        "vm_mac": flow["vm_mac"],
+        "icmp_type": flow["icmp_type"],
+        "app_proto": ",".join(sorted(flow["app"])) or None,
+        "retransmits": sum(s["retrans"] for s in st.values()) if st else 0,
+        "gaps": sum(s["gaps"] for s in st.values()) if st else 0,
+        "gap_bytes": sum(s["gap_bytes"] for s in st.values()) if st else 0,
+        **burst_stats(flow["bursts"]),
+    }
     for d, prefix in ((0, "src"), (1, "dst")):
         s = st.get(d)
         row[f"{prefix}_stream_bytes"] = s["size"] if s else 0
@@ -351,4 +445,3 @@ def finish(tr: dict) -> dict:
         tr["done"].append(_row(tr, flow))
     tr["flows"] = {}
     return {"flows": tr["done"], "dns": tr["dns"], "http": tr["http"], "tls": tr["tls"]}
-

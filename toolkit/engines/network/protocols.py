@@ -11,6 +11,7 @@ Example::
     hello = tls_client_hello(client_head)
     hello["sni"], hello["ja3"]       # "example.org", "e7d705a3286e19ea42f587b344ee6865"
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,19 @@ import re
 import socket
 import struct
 
-DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
-             33: "SRV", 65: "HTTPS", 255: "ANY"}
+DNS_TYPES = {
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    65: "HTTPS",
+    255: "ANY",
+}
 DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 MAX_DNS_RECORDS = 256
 
@@ -48,7 +60,7 @@ def _name(buf: bytes, pos: int) -> tuple[str, int]:
         pos += 1
         if n == 0:
             break
-        labels.append(text(buf[pos:pos + n]))
+        labels.append(text(buf[pos : pos + n]))
         total += n + 1
         if total > 255 or pos + n > len(buf):
             raise ValueError("name too long")
@@ -57,7 +69,7 @@ def _name(buf: bytes, pos: int) -> tuple[str, int]:
 
 
 def _rdata(buf: bytes, rtype: int, start: int, length: int) -> str:
-    data = buf[start:start + length]
+    data = buf[start : start + length]
     if rtype == 1 and length == 4:
         return socket.inet_ntop(socket.AF_INET, data)
     if rtype == 28 and length == 16:
@@ -69,7 +81,7 @@ def _rdata(buf: bytes, rtype: int, start: int, length: int) -> str:
     if rtype == 16:
         parts, pos = [], 0
         while pos < len(data):
-            parts.append(text(data[pos + 1:pos + 1 + data[pos]]))
+            parts.append(text(data[pos + 1 : pos + 1 + data[pos]]))
             pos += 1 + data[pos]
         return "".join(parts)
     return data.hex()
@@ -83,23 +95,36 @@ def parse_dns(buf: bytes) -> dict | None:
     if len(buf) < 12:
         return None
     ident, flags, qd, an, ns, ar = struct.unpack("!HHHHHH", buf[:12])
-    msg = {"id": ident, "qr": "response" if flags & 0x8000 else "query", "opcode": (flags >> 11) & 0xF,
-           "rcode": DNS_RCODES.get(flags & 0xF, str(flags & 0xF)), "questions": [], "answers": [], "truncated": False}
+    msg = {
+        "id": ident,
+        "qr": "response" if flags & 0x8000 else "query",
+        "opcode": (flags >> 11) & 0xF,
+        "rcode": DNS_RCODES.get(flags & 0xF, str(flags & 0xF)),
+        "questions": [],
+        "answers": [],
+        "truncated": False,
+    }
     pos = 12
     try:
         for _ in range(min(qd, MAX_DNS_RECORDS)):
             qname, pos = _name(buf, pos)
-            qtype, _qclass = struct.unpack("!HH", buf[pos:pos + 4])
+            qtype, _qclass = struct.unpack("!HH", buf[pos : pos + 4])
             pos += 4
             msg["questions"].append({"qname": qname, "qtype": DNS_TYPES.get(qtype, str(qtype))})
         for _ in range(min(an, MAX_DNS_RECORDS)):
             rname, pos = _name(buf, pos)
-            rtype, _rclass, ttl, rdlen = struct.unpack("!HHIH", buf[pos:pos + 10])
+            rtype, _rclass, ttl, rdlen = struct.unpack("!HHIH", buf[pos : pos + 10])
             pos += 10
             if pos + rdlen > len(buf):
                 raise ValueError("record runs past the message")
-            msg["answers"].append({"rname": rname, "rtype": DNS_TYPES.get(rtype, str(rtype)), "ttl": ttl,
-                                   "answer": _rdata(buf, rtype, pos, rdlen)})
+            msg["answers"].append(
+                {
+                    "rname": rname,
+                    "rtype": DNS_TYPES.get(rtype, str(rtype)),
+                    "ttl": ttl,
+                    "answer": _rdata(buf, rtype, pos, rdlen),
+                }
+            )
             pos += rdlen
     except (ValueError, struct.error, IndexError):
         msg["truncated"] = True
@@ -112,10 +137,10 @@ def dns_over_tcp(head: bytes):
     """DNS messages from a TCP stream (2-byte length prefix each)."""
     pos = 0
     while pos + 2 <= len(head):
-        n = struct.unpack("!H", head[pos:pos + 2])[0]
+        n = struct.unpack("!H", head[pos : pos + 2])[0]
         if n == 0 or pos + 2 + n > len(head):
             return
-        msg = parse_dns(head[pos + 2:pos + 2 + n])
+        msg = parse_dns(head[pos + 2 : pos + 2 + n])
         if msg:
             yield msg
         pos += 2 + n
@@ -189,7 +214,7 @@ def http_messages(fh, kind: str):
         elif kind == "response":
             status = int(m.group(2))
             if not (100 <= status < 200 or status in (204, 304)):
-                return   # body runs to the end of the connection
+                return  # body runs to the end of the connection
 
 
 # --- TLS ----------------------------------------------------------------------
@@ -202,31 +227,36 @@ def _handshake(head: bytes, wanted: int) -> bytes | None:
     """The body of the first handshake message of type ``wanted``, joined across records."""
     pos, hs = 0, bytearray()
     while pos + 5 <= len(head) and len(hs) < MAX_HEAD:
-        ctype, major, _minor, length = head[pos], head[pos + 1], head[pos + 2], struct.unpack("!H", head[pos + 3:pos + 5])[0]
+        ctype, major, _minor, length = (
+            head[pos],
+            head[pos + 1],
+            head[pos + 2],
+            struct.unpack("!H", head[pos + 3 : pos + 5])[0],
+        )
         if ctype != 22 or major != 3:
             break
-        hs += head[pos + 5:pos + 5 + length]
+        hs += head[pos + 5 : pos + 5 + length]
         pos += 5 + length
         if len(hs) >= 4 and len(hs) >= 4 + int.from_bytes(hs[1:4], "big"):
             break
     if len(hs) < 4 or hs[0] != wanted:
         return None
-    return bytes(hs[4:4 + int.from_bytes(hs[1:4], "big")])
+    return bytes(hs[4 : 4 + int.from_bytes(hs[1:4], "big")])
 
 
 def _u16s(data: bytes) -> list[int]:
-    return [v for (v,) in struct.iter_unpack("!H", data[:len(data) // 2 * 2])]
+    return [v for (v,) in struct.iter_unpack("!H", data[: len(data) // 2 * 2])]
 
 
 def _extensions(body: bytes, pos: int) -> list[tuple[int, bytes]]:
     out = []
     if pos + 2 > len(body):
         return out
-    end = min(len(body), pos + 2 + struct.unpack("!H", body[pos:pos + 2])[0])
+    end = min(len(body), pos + 2 + struct.unpack("!H", body[pos : pos + 2])[0])
     pos += 2
     while pos + 4 <= end:
-        etype, elen = struct.unpack("!HH", body[pos:pos + 4])
-        out.append((etype, body[pos + 4:pos + 4 + elen]))
+        etype, elen = struct.unpack("!HH", body[pos : pos + 4])
+        out.append((etype, body[pos + 4 : pos + 4 + elen]))
         pos += 4 + elen
     return out
 
@@ -244,8 +274,8 @@ def tls_client_hello(head: bytes) -> dict | None:
     try:
         version = struct.unpack("!H", body[:2])[0]
         pos = 34 + 1 + body[34]
-        nciph = struct.unpack("!H", body[pos:pos + 2])[0]
-        ciphers = [c for c in _u16s(body[pos + 2:pos + 2 + nciph]) if not _grease(c)]
+        nciph = struct.unpack("!H", body[pos : pos + 2])[0]
+        ciphers = [c for c in _u16s(body[pos + 2 : pos + 2 + nciph]) if not _grease(c)]
         pos += 2 + nciph
         pos += 1 + body[pos]
         exts = _extensions(body, pos)
@@ -255,22 +285,29 @@ def tls_client_hello(head: bytes) -> dict | None:
     groups, formats = [], []
     for etype, data in exts:
         if etype == 0 and len(data) >= 5 and data[2] == 0:
-            out["sni"] = text(data[5:5 + struct.unpack("!H", data[3:5])[0]])
+            out["sni"] = text(data[5 : 5 + struct.unpack("!H", data[3:5])[0]])
         elif etype == 10:
             groups = [g for g in _u16s(data[2:]) if not _grease(g)]
         elif etype == 11 and data:
-            formats = list(data[1:1 + data[0]])
+            formats = list(data[1 : 1 + data[0]])
         elif etype == 16 and len(data) > 2:
             names, p = [], 2
             while p < len(data):
-                names.append(text(data[p + 1:p + 1 + data[p]]))
+                names.append(text(data[p + 1 : p + 1 + data[p]]))
                 p += 1 + data[p]
             out["alpn"] = ",".join(names)
         elif etype == 43 and data:
-            out["supported_versions"] = ",".join(str(v) for v in _u16s(data[1:1 + data[0]]) if not _grease(v))
+            out["supported_versions"] = ",".join(str(v) for v in _u16s(data[1 : 1 + data[0]]) if not _grease(v))
     ext_ids = [e for e, _ in exts if not _grease(e)]
-    ja3 = ",".join([str(version), "-".join(map(str, ciphers)), "-".join(map(str, ext_ids)),
-                    "-".join(map(str, groups)), "-".join(map(str, formats))])
+    ja3 = ",".join(
+        [
+            str(version),
+            "-".join(map(str, ciphers)),
+            "-".join(map(str, ext_ids)),
+            "-".join(map(str, groups)),
+            "-".join(map(str, formats)),
+        ]
+    )
     out.update({"ja3_string": ja3, "ja3": hashlib.md5(ja3.encode()).hexdigest()})
     return out
 
@@ -283,7 +320,7 @@ def tls_server_hello(head: bytes) -> dict | None:
     try:
         version = struct.unpack("!H", body[:2])[0]
         pos = 34 + 1 + body[34]
-        cipher = struct.unpack("!H", body[pos:pos + 2])[0]
+        cipher = struct.unpack("!H", body[pos : pos + 2])[0]
         exts = _extensions(body, pos + 3)
     except (struct.error, IndexError):
         return None

@@ -22,22 +22,38 @@ Example::
     tcp_segment(s, seq=1000, payload=b"GET / HTTP/1.1\\r\\n", ts=0, syn=False)
     close_stream(s)   # drains the out-of-order buffer, flushes to disk
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-HEAD_BYTES = 16 * 1024          # kept in memory per direction for DNS-over-TCP/TLS parsing (a ClientHello fits)
-FLUSH_BYTES = 1024 * 1024       # write to the spool file in batches of this size
-OOO_LIMIT = 8 * 1024 * 1024     # out-of-order bytes held per direction before a hole is declared lost
-MAX_MARKS = 100_000             # timestamp checkpoints per direction (see mark())
+HEAD_BYTES = 16 * 1024  # kept in memory per direction for DNS-over-TCP/TLS parsing (a ClientHello fits)
+FLUSH_BYTES = 1024 * 1024  # write to the spool file in batches of this size
+OOO_LIMIT = 8 * 1024 * 1024  # out-of-order bytes held per direction before a hole is declared lost
+MAX_MARKS = 100_000  # timestamp checkpoints per direction (see mark())
 _WRAP = 1 << 32
 
 
 def new_stream(spool: Path | None) -> dict:
     """An empty stream that will spool to ``spool`` (None: keep only the head)."""
-    return {"spool": spool, "next": None, "raw_next": None, "base": None, "size": 0, "pending": bytearray(),
-            "head": bytearray(), "ooo": {}, "ooo_bytes": 0, "gaps": 0, "gap_bytes": 0,
-            "retrans": 0, "overlap_bytes": 0, "marks": [], "file_bytes": 0, "error": None}
+    return {
+        "spool": spool,
+        "next": None,
+        "raw_next": None,
+        "base": None,
+        "size": 0,
+        "pending": bytearray(),
+        "head": bytearray(),
+        "ooo": {},
+        "ooo_bytes": 0,
+        "gaps": 0,
+        "gap_bytes": 0,
+        "retrans": 0,
+        "overlap_bytes": 0,
+        "marks": [],
+        "file_bytes": 0,
+        "error": None,
+    }
 
 
 def mark(stream: dict, ts: int) -> None:
@@ -66,7 +82,7 @@ def deliver(stream: dict, data: bytes) -> None:
     if not data:
         return
     if len(stream["head"]) < HEAD_BYTES:
-        stream["head"] += data[:HEAD_BYTES - len(stream["head"])]
+        stream["head"] += data[: HEAD_BYTES - len(stream["head"])]
     stream["size"] += len(data)
     if stream["spool"] is not None and stream["error"] is None:
         stream["pending"] += data
@@ -109,7 +125,7 @@ def _drain(stream: dict) -> None:
         stream["ooo_bytes"] -= len(data)
         end = first + len(data)
         if end > stream["next"]:
-            deliver(stream, data[stream["next"] - first:])
+            deliver(stream, data[stream["next"] - first :])
             _set_next(stream, end)
 
 
@@ -141,7 +157,7 @@ def tcp_segment(stream: dict, seq: int, payload: bytes, syn: bool) -> None:
         return
     if start < stream["next"]:
         stream["overlap_bytes"] += stream["next"] - start
-        payload = payload[stream["next"] - start:]
+        payload = payload[stream["next"] - start :]
         start = stream["next"]
     if start == stream["next"]:
         deliver(stream, payload)

@@ -39,8 +39,10 @@ from toolkit.schemas import make_table
 
 def to_tables(rows, diagnostics, *, snapshot_id: str, source: str) -> dict[str, pd.DataFrame]:
     """``{"yara/matches", "diagnostics"}`` frames from scan rows. Example: see the module doc."""
-    return {"yara/matches": make_table("yara/matches", rows, snapshot_id=snapshot_id, source=source),
-            "diagnostics": make_table("diagnostics", diagnostics, snapshot_id=snapshot_id, source=source)}
+    return {
+        "yara/matches": make_table("yara/matches", rows, snapshot_id=snapshot_id, source=source),
+        "diagnostics": make_table("diagnostics", diagnostics, snapshot_id=snapshot_id, source=source),
+    }
 
 
 def iter_streams(flows: pd.DataFrame):
@@ -61,12 +63,14 @@ def iter_streams(flows: pd.DataFrame):
 
 def _settings(ctx: EngineContext) -> dict:
     profile = ctx.profile.get("yara") or {}
-    return {"rule_dirs": [DEFAULT_RULES_DIR] + [Path(p).expanduser() for p in
-                                                list(profile.get("rule_dirs") or []) + list(ctx.rule_paths)],
-            "prefer": profile.get("engine", "yara-x"),
-            "chunk_size": int(profile.get("chunk_size", CHUNK_SIZE)),
-            "overlap": int(profile.get("overlap", OVERLAP)),
-            "max_file_size": profile.get("max_file_size", MAX_FILE_SIZE)}
+    return {
+        "rule_dirs": [DEFAULT_RULES_DIR]
+        + [Path(p).expanduser() for p in list(profile.get("rule_dirs") or []) + list(ctx.rule_paths)],
+        "prefer": profile.get("engine", "yara-x"),
+        "chunk_size": int(profile.get("chunk_size", CHUNK_SIZE)),
+        "overlap": int(profile.get("overlap", OVERLAP)),
+        "max_file_size": profile.get("max_file_size", MAX_FILE_SIZE),
+    }
 
 
 def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
@@ -86,8 +90,7 @@ def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
     sid = ctx.snapshot_id
     cfg = _settings(ctx)
     progress = ctx.progress
-    rules = compile_rules(cfg["rule_dirs"], cache_dir=ctx.cache_dir, prefer=cfg["prefer"],
-                          overlap=cfg["overlap"])
+    rules = compile_rules(cfg["rule_dirs"], cache_dir=ctx.cache_dir, prefer=cfg["prefer"], overlap=cfg["overlap"])
     sizes = {"chunk_size": cfg["chunk_size"], "overlap": cfg["overlap"]}
     frames, diagnostics = [], list(rules["diagnostics"])
 
@@ -109,12 +112,20 @@ def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
     if readers.disk_files is not None:
         progress("yara: disk files", None, None)
         # cache_dir: a file's matches are reused across clones by (content sha256, rule set)
-        collect("files", scan_files(rules, readers.disk_files, max_file_size=cfg["max_file_size"],
-                                    cache_dir=ctx.cache_dir, **sizes))
+        collect(
+            "files",
+            scan_files(rules, readers.disk_files, max_file_size=cfg["max_file_size"], cache_dir=ctx.cache_dir, **sizes),
+        )
 
     frames = [f for f in frames if len(f)]
-    matches = pd.concat(frames, ignore_index=True) if frames else make_table("yara/matches", [], snapshot_id=sid, source="yara")
+    matches = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else make_table("yara/matches", [], snapshot_id=sid, source="yara")
+    )
     rule_rows = [{k: f[k] for k in ("path", "namespace", "sha256", "engine")} for f in rules["files"]]
-    return {"yara/matches": matches,
-            "yara/rules": make_table("yara/rules", rule_rows, snapshot_id=sid, source="yara/compile"),
-            "diagnostics": make_table("diagnostics", diagnostics, snapshot_id=sid, source="yara")}
+    return {
+        "yara/matches": matches,
+        "yara/rules": make_table("yara/rules", rule_rows, snapshot_id=sid, source="yara/compile"),
+        "diagnostics": make_table("diagnostics", diagnostics, snapshot_id=sid, source="yara"),
+    }

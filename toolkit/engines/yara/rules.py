@@ -17,6 +17,7 @@ Example::
                           cache_dir=Path("~/.cache/snapscope").expanduser())
     rules["files"][0]  # {"path": ..., "namespace": "lab", "sha256": ..., "engine": "yara-x"}
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,6 @@ _BOUNDED_JUMP = re.compile(rb"\[\s*(\d+)\s*(?:-\s*(\d+)\s*)?\]")
 _PY_ERROR = re.compile(r"^(?P<path>.*)\((?P<line>\d+)\): (?P<msg>.*)$", re.S)
 
 
-
 def find_rule_files(paths) -> list[tuple[Path, str]]:
     """Rule files under ``paths`` (directories or single files) with their namespaces.
 
@@ -61,13 +61,16 @@ def find_rule_files(paths) -> list[tuple[Path, str]]:
         if root.is_file():
             items = [(root, root.stem)]
         elif root.is_dir():
-            items = [(p, p.relative_to(root).with_suffix("").as_posix())
-                     for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in RULE_SUFFIXES]
+            items = [
+                (p, p.relative_to(root).with_suffix("").as_posix())
+                for p in sorted(root.rglob("*"))
+                if p.is_file() and p.suffix.lower() in RULE_SUFFIXES
+            ]
         else:
             raise RuleError(f"{root}: no such rule file or directory")
         for path, namespace in items:
             name, n = namespace, 2
-            while name in used:          # two directories may both hold "linux.yar"
+            while name in used:  # two directories may both hold "linux.yar"
                 name, n = f"{namespace}~{n}", n + 1
             used.add(name)
             found.append((path, name))
@@ -85,8 +88,10 @@ def _versions() -> dict:
 
 
 def _cache_key(files: list[dict], prefer: str) -> str:
-    blob = json.dumps({"versions": _versions(), "prefer": prefer,
-                       "files": [(f["namespace"], f["sha256"]) for f in files]}, sort_keys=True)
+    blob = json.dumps(
+        {"versions": _versions(), "prefer": prefer, "files": [(f["namespace"], f["sha256"]) for f in files]},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -113,10 +118,24 @@ def _lint(path: Path, raw: bytes, overlap: int) -> list[dict]:
     """Diagnostics for strings whose matches may outgrow the chunk overlap."""
     rows = []
     if _UNBOUNDED_JUMP.search(raw):
-        rows.append(diagnostic("info", "unbounded hex jump", str(path), f"a match spanning a chunk boundary is guaranteed only up to {overlap} bytes long"))
+        rows.append(
+            diagnostic(
+                "info",
+                "unbounded hex jump",
+                str(path),
+                f"a match spanning a chunk boundary is guaranteed only up to {overlap} bytes long",
+            )
+        )
     widest = max((int(b or a) for a, b in _BOUNDED_JUMP.findall(raw)), default=0)
     if widest > overlap:
-        rows.append(diagnostic("info", f"hex jump of {widest} bytes", str(path), f"longer than the {overlap}-byte chunk overlap: boundary-spanning matches may be missed"))
+        rows.append(
+            diagnostic(
+                "info",
+                f"hex jump of {widest} bytes",
+                str(path),
+                f"longer than the {overlap}-byte chunk overlap: boundary-spanning matches may be missed",
+            )
+        )
     return rows
 
 
@@ -165,8 +184,15 @@ def compile_rules(paths=None, *, cache_dir=None, prefer: str = "yara-x", overlap
     files, diagnostics = [], []
     for path, namespace in entries:
         raw = path.read_bytes()
-        files.append({"path": str(path), "namespace": namespace, "sha256": hashlib.sha256(raw).hexdigest(),
-                      "engine": None, "raw": raw})
+        files.append(
+            {
+                "path": str(path),
+                "namespace": namespace,
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                "engine": None,
+                "raw": raw,
+            }
+        )
         diagnostics += _lint(path, raw, overlap)
     key = _cache_key(files, prefer)
     folder = Path(cache_dir).expanduser() / "yara" / key if cache_dir else None
@@ -201,15 +227,28 @@ def compile_rules(paths=None, *, cache_dir=None, prefer: str = "yara-x", overlap
             f["engine"] = "yara-python"
             if prefer == "yara-x":
                 first = why.strip().splitlines()
-                diagnostics.append(diagnostic("info", "rules scanned with yara-python", f["path"], "yara-x rejects the file: " + " ".join(x.strip() for x in first[:2])))
+                diagnostics.append(
+                    diagnostic(
+                        "info",
+                        "rules scanned with yara-python",
+                        f["path"],
+                        "yara-x rejects the file: " + " ".join(x.strip() for x in first[:2]),
+                    )
+                )
     for f in files:
         del f["raw"]
     if folder:
-        manifest = {"key": key, "has_yarax": compiled["yarax"] is not None,
-                    "has_yarapy": compiled["yarapy"] is not None,
-                    "engines": {f["namespace"]: f["engine"] for f in files}, "files": files}
+        manifest = {
+            "key": key,
+            "has_yarax": compiled["yarax"] is not None,
+            "has_yarapy": compiled["yarapy"] is not None,
+            "engines": {f["namespace"]: f["engine"] for f in files},
+            "files": files,
+        }
         try:
             _save_cached(folder, compiled, manifest)
         except OSError as exc:
-            diagnostics.append(diagnostic("warning", "YARA rule cache", str(folder), f"could not write the compiled rules: {exc}"))
+            diagnostics.append(
+                diagnostic("warning", "YARA rule cache", str(folder), f"could not write the compiled rules: {exc}")
+            )
     return {**compiled, "files": files, "key": key, "cached": False, "diagnostics": diagnostics}

@@ -29,6 +29,7 @@ Example::
     rules = compile_rules()
     matches, diags = scan_file(rules, "/evidence/extracted/implant")
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,9 +44,9 @@ from toolkit.schemas import diagnostic
 
 CHUNK_SIZE = 16 * 1024 * 1024
 OVERLAP = 64 * 1024
-MATCH_DATA_CAP = 64                    # bytes of matched data kept per row
-MAX_FILE_SIZE = 512 * 1024 * 1024      # scan_files skips larger files (listed in diagnostics)
-TIMEOUT = 120                          # seconds per window
+MATCH_DATA_CAP = 64  # bytes of matched data kept per row
+MAX_FILE_SIZE = 512 * 1024 * 1024  # scan_files skips larger files (listed in diagnostics)
+TIMEOUT = 120  # seconds per window
 
 
 def _meta(pairs) -> dict:
@@ -71,32 +72,69 @@ def scan_buffer(rules: dict, buf: bytes) -> list[dict]:
             meta = _meta(rule.metadata)
             for pattern in rule.patterns:
                 for m in pattern.matches:
-                    hits.append({"engine": "yara-x", "namespace": rule.namespace, "rule": rule.identifier,
-                                 "tags": list(rule.tags), "meta": meta, "string_id": pattern.identifier,
-                                 "offset": m.offset, "length": m.length})
+                    hits.append(
+                        {
+                            "engine": "yara-x",
+                            "namespace": rule.namespace,
+                            "rule": rule.identifier,
+                            "tags": list(rule.tags),
+                            "meta": meta,
+                            "string_id": pattern.identifier,
+                            "offset": m.offset,
+                            "length": m.length,
+                        }
+                    )
     if rules.get("yarapy") is not None:
         for rule in rules["yarapy"].match(data=buf, timeout=TIMEOUT):
             meta = _meta(rule.meta)
             for s in rule.strings:
                 for inst in s.instances:
-                    hits.append({"engine": "yara-python", "namespace": rule.namespace, "rule": rule.rule,
-                                 "tags": list(rule.tags), "meta": meta, "string_id": s.identifier,
-                                 "offset": inst.offset, "length": inst.matched_length})
+                    hits.append(
+                        {
+                            "engine": "yara-python",
+                            "namespace": rule.namespace,
+                            "rule": rule.rule,
+                            "tags": list(rule.tags),
+                            "meta": meta,
+                            "string_id": s.identifier,
+                            "offset": inst.offset,
+                            "length": inst.matched_length,
+                        }
+                    )
     return hits
 
 
 def _row(hit: dict, buf: bytes, base: int, where: dict) -> dict:
     meta = hit["meta"]
     rel = hit["offset"]
-    return {**where, "rule": hit["rule"], "namespace": hit["namespace"], "tags": ",".join(hit["tags"]) or None,
-            "severity": meta.get("severity"), "attack_id": meta.get("attack_id"),
-            "description": meta.get("description"), "engine": hit["engine"],
-            "offset": base + rel, "string_id": hit["string_id"], "match_length": hit["length"],
-            "matched": bytes(buf[rel:rel + min(hit["length"], MATCH_DATA_CAP)])}
+    return {
+        **where,
+        "rule": hit["rule"],
+        "namespace": hit["namespace"],
+        "tags": ",".join(hit["tags"]) or None,
+        "severity": meta.get("severity"),
+        "attack_id": meta.get("attack_id"),
+        "description": meta.get("description"),
+        "engine": hit["engine"],
+        "offset": base + rel,
+        "string_id": hit["string_id"],
+        "match_length": hit["length"],
+        "matched": bytes(buf[rel : rel + min(hit["length"], MATCH_DATA_CAP)]),
+    }
 
 
-def scan_range(rules: dict, read, start: int, end: int, where: dict, diagnostics: list, *,
-               chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, on_owned=None):
+def scan_range(
+    rules: dict,
+    read,
+    start: int,
+    end: int,
+    where: dict,
+    diagnostics: list,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    overlap: int = OVERLAP,
+    on_owned=None,
+):
     """Yield match rows for ``[start, end)`` read through ``read(addr, length)``.
 
     ``where`` holds the columns common to every row (target, pid, path...).
@@ -116,16 +154,27 @@ def scan_range(rules: dict, read, start: int, end: int, where: dict, diagnostics
         try:
             buf = read(pos, want) or b""
         except Exception as exc:  # one unreadable window must not end the scan
-            diagnostics.append(diagnostic("warning", f"read of {want} bytes", f"{label}@{pos:#x}", f"{type(exc).__name__}: {exc}"))
+            diagnostics.append(
+                diagnostic("warning", f"read of {want} bytes", f"{label}@{pos:#x}", f"{type(exc).__name__}: {exc}")
+            )
             buf = b""
         if len(buf) < want:
-            diagnostics.append(diagnostic("warning", f"short read ({len(buf)} of {want} bytes)", f"{label}@{pos:#x}", "source ended or is unreadable here; the rest of this window was not scanned"))
+            diagnostics.append(
+                diagnostic(
+                    "warning",
+                    f"short read ({len(buf)} of {want} bytes)",
+                    f"{label}@{pos:#x}",
+                    "source ended or is unreadable here; the rest of this window was not scanned",
+                )
+            )
         if on_owned is not None:
-            on_owned(buf[:owned_end - pos])
+            on_owned(buf[: owned_end - pos])
         try:
             hits = scan_buffer(rules, buf) if buf else []
         except Exception as exc:  # timeouts and engine errors become data
-            diagnostics.append(diagnostic("warning", "YARA scan of a window", f"{label}@{pos:#x}", f"{type(exc).__name__}: {exc}"))
+            diagnostics.append(
+                diagnostic("warning", "YARA scan of a window", f"{label}@{pos:#x}", f"{type(exc).__name__}: {exc}")
+            )
             hits = []
         held = {}
         for hit in hits:
@@ -135,7 +184,7 @@ def scan_range(rules: dict, read, start: int, end: int, where: dict, diagnostics
                 yield _row(hit, buf, pos, where)
             else:
                 held[key] = _row(hit, buf, pos, where)
-        yield from pending.values()   # tail matches of the previous window this one did not confirm
+        yield from pending.values()  # tail matches of the previous window this one did not confirm
         pending = held
         pos = owned_end
     yield from pending.values()
@@ -157,12 +206,25 @@ def scan_regions(rules: dict, regions, *, chunk_size: int = CHUNK_SIZE, overlap:
     """
     rows, diagnostics = [], []
     for region in regions:
-        where = {"target": region.get("target", "process"), "pid": region.get("pid"),
-                 "process": region.get("process"), "path": region.get("path"),
-                 "region_start": region["start"], "region_end": region["end"],
-                 "protection": region.get("protection")}
-        rows += scan_range(rules, region["read"], region["start"], region["end"], where, diagnostics,
-                           chunk_size=chunk_size, overlap=overlap)
+        where = {
+            "target": region.get("target", "process"),
+            "pid": region.get("pid"),
+            "process": region.get("process"),
+            "path": region.get("path"),
+            "region_start": region["start"],
+            "region_end": region["end"],
+            "protection": region.get("protection"),
+        }
+        rows += scan_range(
+            rules,
+            region["read"],
+            region["start"],
+            region["end"],
+            where,
+            diagnostics,
+            chunk_size=chunk_size,
+            overlap=overlap,
+        )
     return rows, diagnostics
 
 
@@ -171,8 +233,10 @@ def scan_physical(rules: dict, image, *, chunk_size: int = CHUNK_SIZE, overlap: 
 
     Offsets are GPAs. Example: ``rows, diags = scan_physical(rules, memory_image)``
     """
-    regions = [{"target": "physical", "start": gpa, "end": gpa + length, "read": image.read}
-               for gpa, length in merge_runs(image.runs)]
+    regions = [
+        {"target": "physical", "start": gpa, "end": gpa + length, "read": image.read}
+        for gpa, length in merge_runs(image.runs)
+    ]
     return scan_regions(rules, regions, chunk_size=chunk_size, overlap=overlap)
 
 
@@ -197,20 +261,41 @@ def _scan_file(rules: dict, item, *, max_file_size, chunk_size, overlap, target)
             if size is None:
                 size = fh.seek(0, 2)
             if max_file_size is not None and size > max_file_size:
-                diagnostics.append(diagnostic("warning", f"file of {size} bytes not scanned", path, f"larger than max_file_size ({max_file_size}); raise it to scan"))
+                diagnostics.append(
+                    diagnostic(
+                        "warning",
+                        f"file of {size} bytes not scanned",
+                        path,
+                        f"larger than max_file_size ({max_file_size}); raise it to scan",
+                    )
+                )
                 return [], diagnostics, None
             digest = hashlib.sha256()
 
             def read(offset, length):
                 fh.seek(offset)
                 return fh.read(length)
+
             where = {"target": target, "path": path}
-            rows = list(scan_range(rules, read, 0, size, where, diagnostics, chunk_size=chunk_size,
-                                   overlap=overlap, on_owned=digest.update))
+            rows = list(
+                scan_range(
+                    rules,
+                    read,
+                    0,
+                    size,
+                    where,
+                    diagnostics,
+                    chunk_size=chunk_size,
+                    overlap=overlap,
+                    on_owned=digest.update,
+                )
+            )
         finally:
             fh.close()
     except OSError as exc:
-        diagnostics.append(diagnostic("warning", "file not scanned", path, f"{type(exc).__name__}: {exc.strerror or exc}"))
+        diagnostics.append(
+            diagnostic("warning", "file not scanned", path, f"{type(exc).__name__}: {exc.strerror or exc}")
+        )
         return [], diagnostics, None
     sha = digest.hexdigest()
     for row in rows:
@@ -218,16 +303,24 @@ def _scan_file(rules: dict, item, *, max_file_size, chunk_size, overlap, target)
     return rows, diagnostics, sha
 
 
-def scan_file(rules: dict, item, *, max_file_size: int | None = MAX_FILE_SIZE,
-              chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, target: str = "file"):
+def scan_file(
+    rules: dict,
+    item,
+    *,
+    max_file_size: int | None = MAX_FILE_SIZE,
+    chunk_size: int = CHUNK_SIZE,
+    overlap: int = OVERLAP,
+    target: str = "file",
+):
     """Scan one file (a path, or ``{"path", "size", "open"}`` for files inside a disk image).
 
     Returns ``(match_rows, diagnostic_rows)``; rows carry the file's sha256,
     computed in the same pass. Files over ``max_file_size`` (None: no limit)
     are skipped with a diagnostic. Example: ``scan_file(rules, "/tmp/x.elf")``
     """
-    rows, diagnostics, _ = _scan_file(rules, item, max_file_size=max_file_size, chunk_size=chunk_size,
-                                      overlap=overlap, target=target)
+    rows, diagnostics, _ = _scan_file(
+        rules, item, max_file_size=max_file_size, chunk_size=chunk_size, overlap=overlap, target=target
+    )
     return rows, diagnostics
 
 
@@ -242,8 +335,16 @@ def file_cache_dir(cache_dir, rules: dict, chunk_size: int, overlap: int) -> Pat
     """``<cache_dir>/yara-files/<key>`` for this rule set and windowing, or None (no cache)."""
     if not cache_dir or not rules.get("key"):
         return None
-    blob = json.dumps({"v": FILE_CACHE_VERSION, "rules": rules["key"], "chunk": chunk_size, "overlap": overlap,
-                       "cap": MATCH_DATA_CAP}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "v": FILE_CACHE_VERSION,
+            "rules": rules["key"],
+            "chunk": chunk_size,
+            "overlap": overlap,
+            "cap": MATCH_DATA_CAP,
+        },
+        sort_keys=True,
+    )
     return Path(cache_dir).expanduser() / "yara-files" / hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -252,22 +353,39 @@ def _cached_rows(folder: Path, sha: str, path: str, target: str) -> list[dict] |
         stored = json.loads((folder / sha[:2] / f"{sha}.json").read_text())
     except (OSError, ValueError):
         return None  # absent or broken: scan
-    return [{"target": target, "path": path, **{k: (bytes.fromhex(v) if k == "matched" else v) for k, v in r.items()},
-             "sha256": sha} for r in stored]
+    return [
+        {
+            "target": target,
+            "path": path,
+            **{k: (bytes.fromhex(v) if k == "matched" else v) for k, v in r.items()},
+            "sha256": sha,
+        }
+        for r in stored
+    ]
 
 
 def _store_rows(folder: Path, sha: str, rows: list[dict]) -> None:
     dest = folder / sha[:2] / f"{sha}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    keep = [{k: (v.hex() if k == "matched" else v) for k, v in r.items() if k not in ("target", "path", "sha256")}
-            for r in rows]
+    keep = [
+        {k: (v.hex() if k == "matched" else v) for k, v in r.items() if k not in ("target", "path", "sha256")}
+        for r in rows
+    ]
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(keep))
     os.replace(tmp, dest)  # atomic: parallel audit workers share the cache
 
 
-def scan_files(rules: dict, items, *, cache_dir=None, max_file_size: int | None = MAX_FILE_SIZE,
-               chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP, target: str = "file"):
+def scan_files(
+    rules: dict,
+    items,
+    *,
+    cache_dir=None,
+    max_file_size: int | None = MAX_FILE_SIZE,
+    chunk_size: int = CHUNK_SIZE,
+    overlap: int = OVERLAP,
+    target: str = "file",
+):
     """Scan many files; see :func:`scan_file`. Example: ``scan_files(rules, Path("x").rglob("*"))``
 
     With ``cache_dir``, items that state their content (``{"path", "size",
@@ -288,14 +406,22 @@ def scan_files(rules: dict, items, *, cache_dir=None, max_file_size: int | None 
                 rows += cached
                 hits += 1
                 continue
-        r, d, sha = _scan_file(rules, item, max_file_size=max_file_size, chunk_size=chunk_size,
-                               overlap=overlap, target=target)
+        r, d, sha = _scan_file(
+            rules, item, max_file_size=max_file_size, chunk_size=chunk_size, overlap=overlap, target=target
+        )
         if folder is not None and sha is not None and not d:  # only complete, clean scans are reusable
             _store_rows(folder, sha, r)
         rows += r
         diagnostics += d
     if hits:
-        diagnostics.append(diagnostic("info", f"{hits} files not rescanned", str(folder), "same content (sha256) already scanned with the same rules: matches reused"))
+        diagnostics.append(
+            diagnostic(
+                "info",
+                f"{hits} files not rescanned",
+                str(folder),
+                "same content (sha256) already scanned with the same rules: matches reused",
+            )
+        )
     return rows, diagnostics
 
 
@@ -312,11 +438,12 @@ def scan_streams(rules: dict, streams, *, chunk_size: int = CHUNK_SIZE, overlap:
     """
     rows, diagnostics = [], []
     for stream in streams:
-        r, d = scan_file(rules, stream["path"], max_file_size=None, chunk_size=chunk_size,
-                         overlap=overlap, target="stream")
+        r, d = scan_file(
+            rules, stream["path"], max_file_size=None, chunk_size=chunk_size, overlap=overlap, target="stream"
+        )
         for row in r:
             row.update({k: stream.get(k) for k in STREAM_KEYS})
-            row["path"] = None      # the spool file is ours, not evidence: keep `path` for guest files
+            row["path"] = None  # the spool file is ours, not evidence: keep `path` for guest files
             row["sha256"] = None
         rows += r
         diagnostics += d

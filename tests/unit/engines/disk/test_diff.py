@@ -1,4 +1,5 @@
 """Snapshot diff on real images: allocated-cluster mapping vs a full walk, every relation libvirt makes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,10 +14,17 @@ from toolkit.schemas import validate
 
 TAMPER = b"tampered in place, inode untouched"
 EXPECTED = {
-    ("added", "/opt"), ("added", "/opt/newdir"), ("added", "/opt/newdir/f"), ("added", "/tmp/.x"),
-    ("added", "/tmp/.x/run"), ("added", "/usr/bin/ls2"),
-    ("removed", "/var/log/syslog"), ("removed", "/usr/bin/ls"),
-    ("modified", "/etc/hostname"), ("modified", "/etc/shadow"), ("modified", "/usr/lib/x/implant"),
+    ("added", "/opt"),
+    ("added", "/opt/newdir"),
+    ("added", "/opt/newdir/f"),
+    ("added", "/tmp/.x"),
+    ("added", "/tmp/.x/run"),
+    ("added", "/usr/bin/ls2"),
+    ("removed", "/var/log/syslog"),
+    ("removed", "/usr/bin/ls"),
+    ("modified", "/etc/hostname"),
+    ("modified", "/etc/shadow"),
+    ("modified", "/usr/lib/x/implant"),
 }
 
 
@@ -32,12 +40,23 @@ def imgs(tmp_path_factory):
     (d / "host").write_bytes(b"victim-renamed\n")
     base_raw = b.make_ext4(tree, d / "base.raw", 48)
     b.to_qcow2(base_raw, d / "base.qcow2")
-    mid_raw = b.edit_ext4(base_raw, d / "mid.raw", [
-        "mkdir /tmp/.x", f"write {d / 'payload'} /tmp/.x/run", "rm /var/log/syslog"])
-    new_raw = b.edit_ext4(mid_raw, d / "new.raw", [
-        "rm /etc/hostname", f"write {d / 'host'} /etc/hostname", "set_inode_field /etc/shadow mode 0100600",
-        "mkdir /opt", "mkdir /opt/newdir", f"write {d / 'host'} /opt/newdir/f",
-        "ln /usr/bin/ls /usr/bin/ls2", "unlink /usr/bin/ls"])
+    mid_raw = b.edit_ext4(
+        base_raw, d / "mid.raw", ["mkdir /tmp/.x", f"write {d / 'payload'} /tmp/.x/run", "rm /var/log/syslog"]
+    )
+    new_raw = b.edit_ext4(
+        mid_raw,
+        d / "new.raw",
+        [
+            "rm /etc/hostname",
+            f"write {d / 'host'} /etc/hostname",
+            "set_inode_field /etc/shadow mode 0100600",
+            "mkdir /opt",
+            "mkdir /opt/newdir",
+            f"write {d / 'host'} /opt/newdir/f",
+            "ln /usr/bin/ls /usr/bin/ls2",
+            "unlink /usr/bin/ls",
+        ],
+    )
     # in-place overwrite of the implant's data block: no inode, time or size change
     block = b.block_of(new_raw, "/usr/lib/x/implant")
     with open(new_raw, "r+b") as fh:
@@ -45,8 +64,13 @@ def imgs(tmp_path_factory):
         fh.write(TAMPER)
     b.overlay_from(mid_raw, d / "base.qcow2", d / "mid.qcow2", base_raw=base_raw)
     b.overlay_from(new_raw, d / "mid.qcow2", d / "new.qcow2", base_raw=mid_raw)
-    b.overlay_from(new_raw, d / "base.qcow2", d / "overlay.qcow2", base_raw=base_raw,
-                   recorded_backing="/var/lib/libvirt/images/base.qcow2")
+    b.overlay_from(
+        new_raw,
+        d / "base.qcow2",
+        d / "overlay.qcow2",
+        base_raw=base_raw,
+        recorded_backing="/var/lib/libvirt/images/base.qcow2",
+    )
     b.to_qcow2(base_raw, d / "standalone.qcow2")
     b.snapshot(d / "standalone.qcow2", "clean")
     b.write_changes(d / "standalone.qcow2", base_raw, new_raw)
@@ -70,7 +94,7 @@ def test_overlay_over_base_maps_allocated_clusters(imgs):
     row = df.set_index("path").loc["/usr/lib/x/implant"]
     assert row["changed"] == "content"  # found although its inode never changed
     assert row["sha256_a"] == hashlib.sha256(b.IMPLANT).hexdigest()
-    tampered = TAMPER + b.IMPLANT[len(TAMPER):]
+    tampered = TAMPER + b.IMPLANT[len(TAMPER) :]
     assert row["sha256_b"] == hashlib.sha256(tampered).hexdigest()
     assert df.set_index("path").loc["/etc/shadow", "changed"] == "mode"
     added = df.set_index("path").loc["/tmp/.x/run"]
@@ -83,8 +107,22 @@ def test_full_walk_agrees(imgs):
     d = imgs["dir"]
     fast = diff_disks(d / "base.qcow2", d / "overlay.qcow2")
     slow = diff_disks(d / "base.qcow2", d / "overlay.qcow2", full_walk=True)
-    cols = ["change", "path", "type", "changed", "size_a", "size_b", "sha256_a", "sha256_b", "mtime_a",
-            "mtime_b", "mode_a", "mode_b", "uid_a", "uid_b"]
+    cols = [
+        "change",
+        "path",
+        "type",
+        "changed",
+        "size_a",
+        "size_b",
+        "sha256_a",
+        "sha256_b",
+        "mtime_a",
+        "mtime_b",
+        "mode_a",
+        "mode_b",
+        "uid_a",
+        "uid_b",
+    ]
     assert fast[cols].astype(str).values.tolist() == slow[cols].astype(str).values.tolist()
 
 
@@ -129,12 +167,14 @@ def test_cli_diff_writes_the_table(imgs, tmp_path):
 
     d = imgs["dir"]
     runner = CliRunner()
-    res = runner.invoke(app, ["diff", str(d / "standalone.qcow2@clean"), str(d / "standalone.qcow2"),
-                              "--case", str(tmp_path / "case")])
+    res = runner.invoke(
+        app, ["diff", str(d / "standalone.qcow2@clean"), str(d / "standalone.qcow2"), "--case", str(tmp_path / "case")]
+    )
     assert res.exit_code == 0, res.output
     assert "6 added, 2 removed, 3 modified" in res.output
     assert changes(Case.open(tmp_path / "case").table("disk/diff")) == EXPECTED
-    bad = runner.invoke(app, ["diff", str(d / "overlay.qcow2"), str(d / "missing.qcow2"), "--case",
-                              str(tmp_path / "case")])
+    bad = runner.invoke(
+        app, ["diff", str(d / "overlay.qcow2"), str(d / "missing.qcow2"), "--case", str(tmp_path / "case")]
+    )
     assert bad.exit_code == 2 and "missing.qcow2: disk image not found" in bad.output
     assert "Traceback" not in bad.output

@@ -1,5 +1,6 @@
 """Linked clones on real images: base rows cached once, each overlay re-walked only where it changed,
 and YARA file matches reused by content. The cached path must give exactly the full walk's rows."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,13 +34,25 @@ def clones(tmp_path_factory):
     (d / "host").write_bytes(b"clone-a\n")
     base_raw = b.make_ext4(tree, d / "base.raw", 48)
     b.to_qcow2(base_raw, d / "base.qcow2")
-    a_raw = b.edit_ext4(base_raw, d / "a.raw", [
-        "mkdir /tmp/.x", f"write {d / 'payload'} /tmp/.x/run", "rm /var/log/syslog",
-        "rm /etc/hostname", f"write {d / 'host'} /etc/hostname", "set_inode_field /etc/shadow mode 0100600",
-        "ln /usr/bin/ls /usr/bin/ls2", "unlink /usr/bin/ls",
-        # a read in the guest: only the atime moves, which disk/diff does not call a modification
-        "set_inode_field /usr/lib/pkg/mod07.so atime 20240101000000",
-        "mkdir /opt", "mkdir /opt/newdir", f"write {d / 'host'} /opt/newdir/f"])
+    a_raw = b.edit_ext4(
+        base_raw,
+        d / "a.raw",
+        [
+            "mkdir /tmp/.x",
+            f"write {d / 'payload'} /tmp/.x/run",
+            "rm /var/log/syslog",
+            "rm /etc/hostname",
+            f"write {d / 'host'} /etc/hostname",
+            "set_inode_field /etc/shadow mode 0100600",
+            "ln /usr/bin/ls /usr/bin/ls2",
+            "unlink /usr/bin/ls",
+            # a read in the guest: only the atime moves, which disk/diff does not call a modification
+            "set_inode_field /usr/lib/pkg/mod07.so atime 20240101000000",
+            "mkdir /opt",
+            "mkdir /opt/newdir",
+            f"write {d / 'host'} /opt/newdir/f",
+        ],
+    )
     block = b.block_of(a_raw, "/usr/lib/x/implant")
     with open(a_raw, "r+b") as fh:  # in-place overwrite: no inode, time or size change
         fh.seek(block * 4096)
@@ -90,6 +103,7 @@ def test_overlay_rows_equal_full_walk_cold_and_warm(clones, tmp_path):
 
 def test_only_changed_paths_are_rewalked(clones, tmp_path, monkeypatch):
     from toolkit.engines.disk import files as disk_files
+
     cache = tmp_path / "cache"
     _run(clones / "a" / "disk.qcow2", cache)  # fills the base entry
     seen = []
@@ -112,8 +126,10 @@ def test_cache_keyed_by_hash_policy_and_base_sha(clones, tmp_path):
     pd.testing.assert_frame_equal(_files(full), _files(t))
     assert len(list((cache / "disk").rglob("files-*.json.gz"))) == 2
     hashes = {str((clones / "base.qcow2").resolve()): sha(clones / "base.qcow2")}
-    run({"id": path.parent.name, "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": None}]},
-        engine_context(path.parent / "work", PROFILE, cache_dir=cache, evidence_hashes=hashes))
+    run(
+        {"id": path.parent.name, "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": None}]},
+        engine_context(path.parent / "work", PROFILE, cache_dir=cache, evidence_hashes=hashes),
+    )
     assert (cache / "disk" / f"sha256-{hashes[str((clones / 'base.qcow2').resolve())]}").is_dir()
 
 
@@ -156,8 +172,16 @@ def test_yara_file_matches_cached_by_content(tmp_path, monkeypatch):
 
     def items(prefix):
         import io
-        return [{"path": prefix + p[4:], "size": len(v), "sha256": hashlib.sha256(v).hexdigest(),
-                 "open": (lambda v=v: io.BytesIO(v))} for p, v in data.items()]
+
+        return [
+            {
+                "path": prefix + p[4:],
+                "size": len(v),
+                "sha256": hashlib.sha256(v).hexdigest(),
+                "open": (lambda v=v: io.BytesIO(v)),
+            }
+            for p, v in data.items()
+        ]
 
     first, d1 = scan_files(rules, items("/vm1"), cache_dir=tmp_path / "cache")
     assert sorted(calls) == ["/vm1/clean", "/vm1/implant"] and d1 == []

@@ -1,4 +1,5 @@
 """The disk engine on a real Linux-like image reached through a qcow2 chain with an absolute backing path."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,14 +29,24 @@ def tables(tmp_path_factory):
     b.to_qcow2(base_raw, d / "images" / "base.qcow2")
     new_raw = b.edit_ext4(base_raw, d / "new.raw", [f"write {d / 'tree/etc/hostname'} /tmp/dropped"])
     (d / "vm").mkdir()
-    b.overlay_from(new_raw, d / "images" / "base.qcow2", d / "vm" / "disk.qcow2", base_raw=base_raw,
-                   recorded_backing="/var/lib/libvirt/images/base.qcow2")
+    b.overlay_from(
+        new_raw,
+        d / "images" / "base.qcow2",
+        d / "vm" / "disk.qcow2",
+        base_raw=base_raw,
+        recorded_backing="/var/lib/libvirt/images/base.qcow2",
+    )
     before = hashlib.sha256((d / "vm" / "disk.qcow2").read_bytes()).hexdigest()
-    snapshot = {"id": "s1", "disks": [{"path": "/var/lib/libvirt/images/disk.qcow2", "format": "qcow2",
-                                       "role": "disk", "snapshot": None}]}
-    profile = {"disk": {"functions": ["users", "cronjobs", "services", "ssh", "history", "logs", "packages",
-                                      "groups"],
-                        "hash": {"max_size": 1 << 20, "paths": ["/tmp"], "executables": True}}}
+    snapshot = {
+        "id": "s1",
+        "disks": [{"path": "/var/lib/libvirt/images/disk.qcow2", "format": "qcow2", "role": "disk", "snapshot": None}],
+    }
+    profile = {
+        "disk": {
+            "functions": ["users", "cronjobs", "services", "ssh", "history", "logs", "packages", "groups"],
+            "hash": {"max_size": 1 << 20, "paths": ["/tmp"], "executables": True},
+        }
+    }
     out = run(snapshot, engine_context(d / "work", profile, snapshot_id="s1", search_paths=(d / "vm", d / "images")))
     assert hashlib.sha256((d / "vm" / "disk.qcow2").read_bytes()).hexdigest() == before
     return out
@@ -63,8 +74,11 @@ def test_system_and_users(tables):
 def test_cron_entry_names_its_program_with_user_split(tables):
     p = tables["disk/persistence"]
     cron = p[(p.kind == "cron") & (p.path == "/etc/cron.d/sync")].iloc[0]
-    assert (cron["user"], cron["command"], cron["program"]) == ("root", "/usr/lib/x/implant --beacon",
-                                                                "/usr/lib/x/implant")
+    assert (cron["user"], cron["command"], cron["program"]) == (
+        "root",
+        "/usr/lib/x/implant --beacon",
+        "/usr/lib/x/implant",
+    )
     assert cron["program_path"] == "/usr/lib/x/implant" and cron["program_sha256"] == IMPLANT_SHA
     unit = p[p.kind == "systemd"].iloc[0]
     assert unit["program_sha256"] == IMPLANT_SHA and unit["schedule"] == "multi-user.target"
@@ -94,18 +108,23 @@ def test_files_hash_executables_and_writable_places_and_keep_hostile_names(table
 
 def test_unknown_function_refused_before_any_work(tmp_path):
     with pytest.raises(DiskError, match="unknown dissect function.*'no_such_fn'"):
-        run({"id": "x", "disks": [{"path": "/nonexistent.qcow2"}]},
-            engine_context(tmp_path, {"disk": {"functions": ["users", "no_such_fn"]}}))
+        run(
+            {"id": "x", "disks": [{"path": "/nonexistent.qcow2"}]},
+            engine_context(tmp_path, {"disk": {"functions": ["users", "no_such_fn"]}}),
+        )
     assert expand_functions(["history", "runkeys"]) == ["commandhistory", "runkeys"]
 
 
-@pytest.mark.parametrize("command, program", [
-    ("/usr/lib/x/implant --beacon", "/usr/lib/x/implant"),
-    ("FOO=1 nohup /bin/sh -c '/tmp/.x/run -d' >/dev/null 2>&1", "/tmp/.x/run"),
-    ("-/usr/sbin/sshd -D", "/usr/sbin/sshd"),
-    ("bash -c \"curl x | sh", "curl"),   # unbalanced quote from a hostile line: no crash
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "command, program",
+    [
+        ("/usr/lib/x/implant --beacon", "/usr/lib/x/implant"),
+        ("FOO=1 nohup /bin/sh -c '/tmp/.x/run -d' >/dev/null 2>&1", "/tmp/.x/run"),
+        ("-/usr/sbin/sshd -D", "/usr/sbin/sshd"),
+        ('bash -c "curl x | sh', "curl"),  # unbalanced quote from a hostile line: no crash
+        ("", None),
+    ],
+)
 def test_program_of(command, program):
     assert program_of(command) == program
 

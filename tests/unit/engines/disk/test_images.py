@@ -1,4 +1,5 @@
 """Opening qcow2 chains, internal snapshots and other formats read-only, on real images."""
+
 from __future__ import annotations
 
 import hashlib
@@ -95,7 +96,7 @@ def test_other_formats_read_through_dissect(images, tmp_path, fmt):
     assert detect_format(out) == fmt
     disk = open_disk(out)
     try:
-        assert read_all(disk)[:1 << 20] == images["base_raw"].read_bytes()[:1 << 20]
+        assert read_all(disk)[: 1 << 20] == images["base_raw"].read_bytes()[: 1 << 20]
     finally:
         close_disk(disk)
 
@@ -119,7 +120,7 @@ def test_corrupt_header(images, tmp_path):
     with pytest.raises(DiskError, match=r"corrupt qcow2 header \(file truncated\)"):
         open_disk(trunc)
     l1_offset = struct.unpack(">Q", src.read_bytes()[40:48])[0]
-    trunc.write_bytes(src.read_bytes()[:l1_offset + 4])
+    trunc.write_bytes(src.read_bytes()[: l1_offset + 4])
     with pytest.raises(DiskError, match="L1 table .* lies outside the file"):
         open_disk(trunc)
     garbage = tmp_path / "garbage.qcow2"
@@ -134,7 +135,7 @@ def test_l1_and_l2_entries_pointing_outside_the_file(images, tmp_path):
     bad_l1 = _patched(src, tmp_path / "l1.qcow2", l1_offset, struct.pack(">Q", (1 << 63) | (1 << 40)))
     with pytest.raises(DiskError, match=r"L1 entry 0 points to an L2 table at 0x10000000000, outside the file"):
         open_disk(bad_l1)
-    l2_offset = struct.unpack(">Q", src.read_bytes()[l1_offset:l1_offset + 8])[0] & 0x00FFFFFFFFFFFE00
+    l2_offset = struct.unpack(">Q", src.read_bytes()[l1_offset : l1_offset + 8])[0] & 0x00FFFFFFFFFFFE00
     bad_l2 = _patched(src, tmp_path / "l2.qcow2", l2_offset, struct.pack(">Q", (1 << 63) | (1 << 41)))
     with pytest.raises(DiskError, match=r"L2 entry for guest offset 0x0 points to host offset 0x20000000000"):
         open_disk(bad_l2)

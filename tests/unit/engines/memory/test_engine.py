@@ -1,6 +1,7 @@
 """The memory engine's contract on inputs that hold no kernel: clear
 diagnostics, the memory/info row, schema-valid tables, never an exception.
 (Real guests are covered by tests/lab/test_memory_lab.py.)"""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,10 @@ def test_snapshot_without_memory(tmp_path):
 
 
 def test_missing_memory_file(tmp_path):
-    tables = memory.run({"id": "gone", "memory": {"path": str(tmp_path / "gone.elf"), "format": "elf-core",
-                                                      "snapshot": None}},
-                            ctx(tmp_path, "linux-triage"))
+    tables = memory.run(
+        {"id": "gone", "memory": {"path": str(tmp_path / "gone.elf"), "format": "elf-core", "snapshot": None}},
+        ctx(tmp_path, "linux-triage"),
+    )
     _valid(tables)
     assert (tables["diagnostics"]["why"] == "file not found").any()
 
@@ -49,10 +51,9 @@ def test_no_windows_kernel(tmp_path):
     """Windows profiles run offline: with no kernel (and no symbol pack) the
     answer is a diagnostic, not a download attempt or a traceback."""
     junk = tmp_path / "junk.raw"
-    junk.write_bytes(b"\x7fELF" + bytes(1 << 20))   # ELF magic: opened as is, not converted
+    junk.write_bytes(b"\x7fELF" + bytes(1 << 20))  # ELF magic: opened as is, not converted
     tables = memory.run({"id": "win", "memory": str(junk)}, ctx(tmp_path, "windows-triage"))
     _valid(tables)
     errors = tables["diagnostics"][tables["diagnostics"]["severity"] == "error"]
     assert errors["why"].str.contains("no windows kernel found").any(), errors.to_dict("records")
-    assert list(memory.process_regions({"id": "win", "memory": str(junk)},
-                                           ctx(tmp_path, "windows-triage"))) == []
+    assert list(memory.process_regions({"id": "win", "memory": str(junk)}, ctx(tmp_path, "windows-triage"))) == []

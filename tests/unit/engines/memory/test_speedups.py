@@ -1,5 +1,6 @@
 """The find-based MultiStringScanner search must yield exactly what
 Volatility's own trie regex yields, on any needles and any haystack."""
+
 from __future__ import annotations
 
 import re
@@ -16,6 +17,7 @@ _bytes = st.binary(min_size=0, max_size=6).map(lambda b: bytes(x % 3 for x in b)
 
 def _volatility_scanner_class():
     from volatility3.framework.layers import scanners
+
     return scanners.MultiStringScanner
 
 
@@ -25,7 +27,10 @@ def _regex_matches(needles, haystack):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(_bytes.filter(bool), min_size=1, max_size=6), st.binary(max_size=200).map(lambda b: bytes(x % 3 for x in b)))
+@given(
+    st.lists(_bytes.filter(bool), min_size=1, max_size=6),
+    st.binary(max_size=200).map(lambda b: bytes(x % 3 for x in b)),
+)
 def test_same_matches_as_volatilitys_regex(needles, haystack):
     assert list(speedups.literal_matches(needles, haystack)) == _regex_matches(needles, haystack)
 
@@ -64,19 +69,30 @@ def _isf_table(tmp_path, symbols, symbol_mask=0):
     from volatility3.framework.symbols import intermed
 
     isf = tmp_path / "small.json"
-    isf.write_text(json.dumps({
-        "metadata": {"format": "6.2.0", "producer": {"name": "test", "version": "1"}},
-        "base_types": {"int": {"kind": "int", "size": 4, "signed": True, "endian": "little"},
-                       "pointer": {"kind": "int", "size": 8, "signed": False, "endian": "little"}},
-        "user_types": {}, "enums": {}, "symbols": symbols}))
+    isf.write_text(
+        json.dumps(
+            {
+                "metadata": {"format": "6.2.0", "producer": {"name": "test", "version": "1"}},
+                "base_types": {
+                    "int": {"kind": "int", "size": 4, "signed": True, "endian": "little"},
+                    "pointer": {"kind": "int", "size": 8, "signed": False, "endian": "little"},
+                },
+                "user_types": {},
+                "enums": {},
+                "symbols": symbols,
+            }
+        )
+    )
     context = vol["contexts"].Context()
     return intermed.IntermediateSymbolTable(context, "test.table", "small", isf.as_uri(), symbol_mask=symbol_mask)
 
 
 @pytest.mark.parametrize("mask", [0, 0xFFFF])
 def test_symbol_index_is_volatilitys_own(tmp_path, mask):
-    symbols = {f"sym{i}": {"address": (i * 7919) % 1000 + (1 << 20), "type": {"kind": "base", "name": "int"}}
-               for i in range(300)}
+    symbols = {
+        f"sym{i}": {"address": (i * 7919) % 1000 + (1 << 20), "type": {"kind": "base", "name": "int"}}
+        for i in range(300)
+    }
     symbols["same_place"] = {"address": symbols["sym5"]["address"]}
     ours = _isf_table(tmp_path, symbols, mask)
     assert speedups.index_symbol_locations(ours)

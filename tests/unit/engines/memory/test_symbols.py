@@ -1,4 +1,5 @@
 """Symbol resolution order and banner matching, on small real-format files."""
+
 from __future__ import annotations
 
 import base64
@@ -23,12 +24,22 @@ def _image(path, *banners, noise=b""):
 
 
 def _isf(path, banner, compress=False):
-    doc = {"metadata": {"format": "6.2.0"}, "base_types": {}, "user_types": {}, "enums": {},
-           "symbols": {"init_task": {"address": 1},
-                       # shaped like pakunoda's: a nested type (and a brace in a string) before the data
-                       "linux_banner": {"address": 2, "note": "a \\\"}\\\" b",
-                                        "type": {"kind": "array", "subtype": {"kind": "base", "name": "char"}},
-                                        "constant_data": base64.b64encode(banner.encode() + b"\x00").decode()}}}
+    doc = {
+        "metadata": {"format": "6.2.0"},
+        "base_types": {},
+        "user_types": {},
+        "enums": {},
+        "symbols": {
+            "init_task": {"address": 1},
+            # shaped like pakunoda's: a nested type (and a brace in a string) before the data
+            "linux_banner": {
+                "address": 2,
+                "note": 'a \\"}\\" b',
+                "type": {"kind": "array", "subtype": {"kind": "base", "name": "char"}},
+                "constant_data": base64.b64encode(banner.encode() + b"\x00").decode(),
+            },
+        },
+    }
     data = json.dumps(doc).encode()
     path.write_bytes(lzma.compress(data) if compress else data)
     return path
@@ -56,8 +67,9 @@ def test_user_isf_wins_over_cache(tmp_path):
     cache = tmp_path / "cache"
     symbols.cache_dir_for(cache).mkdir(parents=True)
     _isf(symbols.cache_dir_for(cache) / f"{symbols.banner_key(BANNER)}.json", BANNER)
-    found = symbols.resolve_isf(image, user_paths=[user], cache_dir=cache, build=False,
-                                    profile_symbols=tmp_path / "none")
+    found = symbols.resolve_isf(
+        image, user_paths=[user], cache_dir=cache, build=False, profile_symbols=tmp_path / "none"
+    )
     assert found["origin"] == "user" and found["isf_path"].endswith("mine.json.xz")
     assert found["banner"] == BANNER and len(found["sha256"]) == 64
 
@@ -68,8 +80,9 @@ def test_wrong_user_isf_is_reported_and_cache_used(tmp_path):
     cache = tmp_path / "cache"
     symbols.cache_dir_for(cache).mkdir(parents=True)
     _isf(symbols.cache_dir_for(cache) / f"{symbols.banner_key(BANNER)}.json", BANNER)
-    found = symbols.resolve_isf(image, user_paths=[wrong], cache_dir=cache, build=False,
-                                    profile_symbols=tmp_path / "none")
+    found = symbols.resolve_isf(
+        image, user_paths=[wrong], cache_dir=cache, build=False, profile_symbols=tmp_path / "none"
+    )
     assert found["origin"] == "cache"
     warning = [d for d in found["diagnostics"] if d["what"] == "ISF does not match this kernel"]
     assert len(warning) == 1 and "5.10.0-1-test" in warning[0]["why"] and "6.1.0-99-test" in warning[0]["why"]
@@ -80,8 +93,9 @@ def test_no_banner_and_no_isf_raise_with_diagnostics(tmp_path):
         symbols.resolve_isf(_image(tmp_path / "win.raw"), cache_dir=tmp_path, build=False)
     assert info.value.diagnostics[0]["severity"] == "error"
     with pytest.raises(SymbolsError, match="building is disabled"):
-        symbols.resolve_isf(_image(tmp_path / "m.raw", BANNER), cache_dir=tmp_path, build=False,
-                                profile_symbols=tmp_path / "none")
+        symbols.resolve_isf(
+            _image(tmp_path / "m.raw", BANNER), cache_dir=tmp_path, build=False, profile_symbols=tmp_path / "none"
+        )
 
 
 def test_list_isfs_reports_origin(tmp_path):

@@ -7,6 +7,7 @@ fed through a real TreeGrid and the same conversion path as a live run. What
 this verifies: column mapping, dtypes and merging. What it cannot: that the
 plugins run on a real Windows image with an offline symbol pack.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,23 +22,48 @@ from toolkit.engines.memory import tables as plugin_tables
 from toolkit.engines.memory import volatility
 from toolkit.schemas import make_table, split_deleted
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def frame(name, rows, snapshot_id):
     return make_table(name, rows, snapshot_id=snapshot_id, source="volatility")
+
+
 T0 = dt.datetime(2024, 5, 1, 8, 0, 0)
 
-WINDOWS_PSLIST = [("PID", int), ("PPID", int), ("ImageFileName", str), ("Offset(V)", "hex"),
-                  ("Threads", int), ("Handles", int), ("SessionId", int), ("Wow64", bool),
-                  ("CreateTime", dt.datetime), ("ExitTime", dt.datetime), ("File output", str)]
+WINDOWS_PSLIST = [
+    ("PID", int),
+    ("PPID", int),
+    ("ImageFileName", str),
+    ("Offset(V)", "hex"),
+    ("Threads", int),
+    ("Handles", int),
+    ("SessionId", int),
+    ("Wow64", bool),
+    ("CreateTime", dt.datetime),
+    ("ExitTime", dt.datetime),
+    ("File output", str),
+]
 WINDOWS_PSSCAN = [("Offset(P)" if n == "Offset(V)" else n, t) for n, t in WINDOWS_PSLIST]
-WINDOWS_NETSCAN = [("Offset", "hex"), ("Proto", str), ("LocalAddr", str), ("LocalPort", int),
-                   ("ForeignAddr", str), ("ForeignPort", int), ("State", str), ("PID", int),
-                   ("Owner", str), ("Created", dt.datetime)]
+WINDOWS_NETSCAN = [
+    ("Offset", "hex"),
+    ("Proto", str),
+    ("LocalAddr", str),
+    ("LocalPort", int),
+    ("ForeignAddr", str),
+    ("ForeignPort", int),
+    ("State", str),
+    ("PID", int),
+    ("Owner", str),
+    ("Created", dt.datetime),
+]
 WINDOWS_CMDLINE = [("PID", int), ("Process", str), ("Args", str)]
-SOURCES = {"windows/pslist.py": WINDOWS_PSLIST, "windows/psscan.py": WINDOWS_PSSCAN,
-           "windows/netscan.py": WINDOWS_NETSCAN, "windows/cmdline.py": WINDOWS_CMDLINE}
+SOURCES = {
+    "windows/pslist.py": WINDOWS_PSLIST,
+    "windows/psscan.py": WINDOWS_PSSCAN,
+    "windows/netscan.py": WINDOWS_NETSCAN,
+    "windows/cmdline.py": WINDOWS_CMDLINE,
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +93,19 @@ def test_recorded_columns_still_match_volatility_source():
 
 def test_windows_processes_merge_list_and_scan(vol):
     na = vol["renderers"].NotApplicableValue()
-    listed = [(4, 0, "System", 0xFFFFA000_00001000, 120, 0, na, False, T0, na, "Disabled"),
-              (612, 4, "smss.exe", 0xFFFFA000_00002000, 2, 30, na, False, T0, na, "Disabled")]
-    scanned = [(4, 0, "System", 0x1000, 120, 0, na, False, T0, na, "Disabled"),
-               (612, 4, "smss.exe", 0x2000, 2, 30, na, False, T0, na, "Disabled"),
-               (6666, 612, "evil.exe", 0x3000, 1, 5, 1, False, T0, T0, "Disabled")]
-    outputs = {"windows.pslist.PsList": _result(vol, "windows.pslist.PsList", WINDOWS_PSLIST, listed),
-               "windows.psscan.PsScan": _result(vol, "windows.psscan.PsScan", WINDOWS_PSSCAN, scanned)}
+    listed = [
+        (4, 0, "System", 0xFFFFA000_00001000, 120, 0, na, False, T0, na, "Disabled"),
+        (612, 4, "smss.exe", 0xFFFFA000_00002000, 2, 30, na, False, T0, na, "Disabled"),
+    ]
+    scanned = [
+        (4, 0, "System", 0x1000, 120, 0, na, False, T0, na, "Disabled"),
+        (612, 4, "smss.exe", 0x2000, 2, 30, na, False, T0, na, "Disabled"),
+        (6666, 612, "evil.exe", 0x3000, 1, 5, 1, False, T0, T0, "Disabled"),
+    ]
+    outputs = {
+        "windows.pslist.PsList": _result(vol, "windows.pslist.PsList", WINDOWS_PSLIST, listed),
+        "windows.psscan.PsScan": _result(vol, "windows.psscan.PsScan", WINDOWS_PSSCAN, scanned),
+    }
     tables = plugin_tables.build_all(outputs, {}, "windows")
     df = frame("memory/processes", tables["memory/processes"], "win")
     schemas.validate("memory/processes", df)
@@ -81,36 +113,51 @@ def test_windows_processes_merge_list_and_scan(vol):
     hidden = df[df["pid"] == 6666].iloc[0]
     assert (hidden["in_list"], hidden["in_scan"], hidden["process"]) == (False, True, "evil.exe")
     assert hidden["exit_state"] == "exited" and hidden["start_ts"] == T0.replace(tzinfo=UTC)
-    assert df.loc[0, "task_offset"] == 0xFFFFA000_00001000   # a 64-bit address survives intact
+    assert df.loc[0, "task_offset"] == 0xFFFFA000_00001000  # a 64-bit address survives intact
     assert df["source"].iloc[0] == "volatility/windows.pslist.PsList+windows.psscan.PsScan"
 
 
 def test_windows_netscan_to_sockets(vol):
-    rows = [(0xE0001, "TCPv4", "10.0.0.5", 49712, "203.0.113.9", 443, "ESTABLISHED", 6666, "evil.exe", T0),
-            (0xE0002, "UDPv6", "::", 5353, "*", 0, "", 1100, "svchost.exe", T0)]
+    rows = [
+        (0xE0001, "TCPv4", "10.0.0.5", 49712, "203.0.113.9", 443, "ESTABLISHED", 6666, "evil.exe", T0),
+        (0xE0002, "UDPv6", "::", 5353, "*", 0, "", 1100, "svchost.exe", T0),
+    ]
     outputs = {"windows.netscan.NetScan": _result(vol, "windows.netscan.NetScan", WINDOWS_NETSCAN, rows)}
     df = frame("memory/sockets", plugin_tables.build_all(outputs, {}, "windows")["memory/sockets"], "win")
     first = df.iloc[0]
-    assert (first["pid"], first["proto"], first["dst_ip"], first["dst_port"], first["family"]) == \
-        (6666, "tcp", "203.0.113.9", 443, "AF_INET")
+    assert (first["pid"], first["proto"], first["dst_ip"], first["dst_port"], first["family"]) == (
+        6666,
+        "tcp",
+        "203.0.113.9",
+        443,
+        "AF_INET",
+    )
     assert df.iloc[1]["family"] == "AF_INET6" and str(df["src_port"].dtype) == "Int64"
 
 
 def test_windows_cmdline(vol):
-    outputs = {"windows.cmdline.CmdLine": _result(vol, "windows.cmdline.CmdLine", WINDOWS_CMDLINE,
-                                                  [(6666, "evil.exe", "C:\\Temp\\evil.exe -c 203.0.113.9")])}
+    outputs = {
+        "windows.cmdline.CmdLine": _result(
+            vol, "windows.cmdline.CmdLine", WINDOWS_CMDLINE, [(6666, "evil.exe", "C:\\Temp\\evil.exe -c 203.0.113.9")]
+        )
+    }
     df = frame("memory/cmdlines", plugin_tables.build_all(outputs, {}, "windows")["memory/cmdlines"], "win")
     assert df.iloc[0]["args"].endswith("203.0.113.9")
 
 
 def test_unmapped_plugin_goes_long_form_with_tree_links(vol):
     hints, renderers = vol["format_hints"], vol["renderers"]
-    grid = renderers.TreeGrid([("PID", int), ("Name", str), ("Base", hints.Hex)],
-                              iter([(0, (1, "a", hints.Hex(16))), (1, (2, "b", renderers.UnreadableValue()))]))
+    grid = renderers.TreeGrid(
+        [("PID", int), ("Name", str), ("Base", hints.Hex)],
+        iter([(0, (1, "a", hints.Hex(16))), (1, (2, "b", renderers.UnreadableValue()))]),
+    )
     columns, rows, _ = volatility.grid_rows(grid)
     result = {"columns": columns, "rows": rows, "error": None}
-    df = frame("memory/plugin_rows", plugin_tables.build_all({"windows.pstree.PsTree": result}, {}, "windows")
-               ["memory/plugin_rows"], "win")
+    df = frame(
+        "memory/plugin_rows",
+        plugin_tables.build_all({"windows.pstree.PsTree": result}, {}, "windows")["memory/plugin_rows"],
+        "win",
+    )
     assert len(df) == 6
     child = df[(df["row_id"] == 1) & (df["column"] == "Base")].iloc[0]
     assert (child["parent_row_id"], child["kind"]) == (0, "absent") and child["value"] is pd.NA
@@ -118,12 +165,29 @@ def test_unmapped_plugin_goes_long_form_with_tree_links(vol):
 
 def test_linux_failed_and_partial_plugins():
     # A failed psscan still leaves pslist's rows, with in_scan unknown rather than False.
-    pslist = {"columns": [], "error": None, "rows": [
-        {"OFFSET (V)": 0xFFFF888000001000, "PID": 1, "TID": 1, "PPID": 0, "COMM": "init", "UID": 0, "GID": 0,
-         "CREATION TIME": T0.replace(tzinfo=UTC), "row_id": 0, "parent_row_id": None}]}
+    pslist = {
+        "columns": [],
+        "error": None,
+        "rows": [
+            {
+                "OFFSET (V)": 0xFFFF888000001000,
+                "PID": 1,
+                "TID": 1,
+                "PPID": 0,
+                "COMM": "init",
+                "UID": 0,
+                "GID": 0,
+                "CREATION TIME": T0.replace(tzinfo=UTC),
+                "row_id": 0,
+                "parent_row_id": None,
+            }
+        ],
+    }
     psscan = {"columns": [], "rows": [], "error": "InvalidAddressException: page not present"}
-    rows = plugin_tables.processes_rows({"linux.pslist.PsList": pslist, "linux.psscan.PsScan": psscan},
-                                     {1: {"is_kernel_thread": False, "exe_path": "/init", "exe_deleted": False}})
+    rows = plugin_tables.processes_rows(
+        {"linux.pslist.PsList": pslist, "linux.psscan.PsScan": psscan},
+        {1: {"is_kernel_thread": False, "exe_path": "/init", "exe_deleted": False}},
+    )
     df = frame("memory/processes", rows, "lab")
     assert df.iloc[0]["in_list"] == True and df.iloc[0]["in_scan"] is pd.NA  # noqa: E712
     assert df.iloc[0]["exe_path"] == "/init"

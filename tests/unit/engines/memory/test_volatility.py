@@ -1,5 +1,6 @@
 """The Volatility adapter on real Volatility objects: TreeGrid flattening, raw
 values, offline/cache switches, and a clear error for an image with no kernel."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,7 +25,7 @@ def test_raw_values(vol):
     assert volatility.raw_value(renderers.NotAvailableValue()) is None
     assert volatility.raw_value(hints.HexBytes(b"\x90\x90")) == b"\x90\x90"
     naive = dt.datetime(2024, 5, 1, 12, 0, 0)
-    assert volatility.raw_value(naive) == naive.replace(tzinfo=dt.timezone.utc)
+    assert volatility.raw_value(naive) == naive.replace(tzinfo=dt.UTC)
     assert volatility.raw_value(True) is True
 
 
@@ -76,8 +77,18 @@ def test_missing_image_and_unknown_os(tmp_path):
 
 def _write_isf(path: Path, base_types) -> Path:
     import json
-    path.write_text(json.dumps({"metadata": {"format": "6.2.0", "producer": {"name": "test", "version": "1"}},
-                                "base_types": base_types, "user_types": {}, "enums": {}, "symbols": {}}))
+
+    path.write_text(
+        json.dumps(
+            {
+                "metadata": {"format": "6.2.0", "producer": {"name": "test", "version": "1"}},
+                "base_types": base_types,
+                "user_types": {},
+                "enums": {},
+                "symbols": {},
+            }
+        )
+    )
     return path
 
 

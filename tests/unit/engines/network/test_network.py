@@ -1,4 +1,5 @@
 """Network engine on synthetic captures built with dpkt writers."""
+
 from __future__ import annotations
 
 import pytest
@@ -73,11 +74,14 @@ def test_retransmit_out_of_order_and_overlap(tmp_path):
     hs = session(C, 40002, S, 80, [], close=None)
     t = hs[-1][0]
     base = 1001
-    segs = [(base + 10, b"KLMNOPQRST"),          # ahead: waits out of order
-            (base, b"ABCDEFGHIJ"),               # fills the hole, drains the buffer
-            (base, b"ABCDEFGHIJ"),               # pure retransmission
-            (base + 15, b"PQRSTUVWXY"),          # overlaps delivered bytes: trimmed
-            (base + 30, b"!!"), (base + 25, b"ZZZZZ")]
+    segs = [
+        (base + 10, b"KLMNOPQRST"),  # ahead: waits out of order
+        (base, b"ABCDEFGHIJ"),  # fills the hole, drains the buffer
+        (base, b"ABCDEFGHIJ"),  # pure retransmission
+        (base + 15, b"PQRSTUVWXY"),  # overlaps delivered bytes: trimmed
+        (base + 30, b"!!"),
+        (base + 25, b"ZZZZZ"),
+    ]
     frames = hs + [(t + i * 0.01, tcp(C, 40002, S, 80, seq, ACK | PSH, data)) for i, (seq, data) in enumerate(segs)]
     f = _one(_run(tmp_path, frames)["network/flows"])
     assert _stream(f, "src") == b"ABCDEFGHIJKLMNOPQRSTUVWXYZZZZ!!"[:25] + b"ZZZZZ!!"
@@ -86,8 +90,10 @@ def test_retransmit_out_of_order_and_overlap(tmp_path):
 
 def test_gap_is_skipped_and_counted(tmp_path):
     hs = session(C, 40003, S, 80, [], close=None)
-    frames = hs + [(hs[-1][0] + 1, tcp(C, 40003, S, 80, 1001, ACK, b"first")),
-                   (hs[-1][0] + 2, tcp(C, 40003, S, 80, 1001 + 100, ACK, b"after-loss"))]
+    frames = hs + [
+        (hs[-1][0] + 1, tcp(C, 40003, S, 80, 1001, ACK, b"first")),
+        (hs[-1][0] + 2, tcp(C, 40003, S, 80, 1001 + 100, ACK, b"after-loss")),
+    ]
     f = _one(_run(tmp_path, frames)["network/flows"])
     assert (f.gaps, f.gap_bytes, f.src_stream_bytes) == (1, 95, 15)
     assert _stream(f, "src") == b"firstafter-loss"
@@ -107,33 +113,44 @@ def test_rst_and_open_states(tmp_path, close, state):
 
 
 def test_half_open_states_and_midstream(tmp_path):
-    frames = [(1.0, tcp(C, 40010, S, 443, 1, SYN)),
-              (1.1, tcp(C, 40011, S, 443, 1, SYN)), (1.2, tcp(S, 443, C, 40011, 9, SYN | ACK, ack=2)),
-              (2.0, tcp(S, 80, C, 40012, 77, ACK | PSH, b"late data"))]   # capture began mid-session
+    frames = [
+        (1.0, tcp(C, 40010, S, 443, 1, SYN)),
+        (1.1, tcp(C, 40011, S, 443, 1, SYN)),
+        (1.2, tcp(S, 443, C, 40011, 9, SYN | ACK, ack=2)),
+        (2.0, tcp(S, 80, C, 40012, 77, ACK | PSH, b"late data")),
+    ]  # capture began mid-session
     flows = _run(tmp_path, frames)["network/flows"]
     assert _one(flows, src_port=40010).state == "SYN_SENT"
     assert _one(flows, src_port=40011).state == "SYN_RECEIVED"
-    mid = _one(flows, src_port=40012)   # privileged port marks the server even though it spoke first
+    mid = _one(flows, src_port=40012)  # privileged port marks the server even though it spoke first
     assert (mid.state, mid.dst_port, mid.handshake) == ("MIDSTREAM", 80, False)
 
 
 def test_port_reuse_makes_two_flows(tmp_path):
-    frames = session(C, 40020, S, 8443, [(b"one", b"1")]) + \
-        session(C, 40020, S, 8443, [(b"two", b"2")], t0=1_700_000_100.0, isn_c=90_000)
+    frames = session(C, 40020, S, 8443, [(b"one", b"1")]) + session(
+        C, 40020, S, 8443, [(b"two", b"2")], t0=1_700_000_100.0, isn_c=90_000
+    )
     flows = _run(tmp_path, frames)["network/flows"].sort_values("first_ts")
     assert [_stream(r, "src") for _, r in flows.iterrows()] == [b"one", b"two"]
     assert flows.flow_id.is_unique
 
 
 def test_udp_dns_and_icmp_and_ipv6(tmp_path):
-    frames = [(1.0, udp(C, 53001, "10.0.2.3", 53, dns_query("beacon.example"))),
-              (1.1, udp("10.0.2.3", 53, C, 53001, dns_answer("beacon.example", ["10.0.2.100", "10.0.2.101"]), smac=GW, dmac=VM)),
-              (1.2, udp(C, 53002, "10.0.2.3", 53, dns_query("nx.example", ident=7))),
-              (1.3, udp("10.0.2.3", 53, C, 53002, dns_answer("nx.example", [], ident=7, rcode=3), smac=GW, dmac=VM)),
-              (2.0, icmp_echo(C, S, 9)), (2.1, icmp_echo(S, C, 9, reply=True, smac=GW, dmac=VM)),
-              (3.0, icmp_echo("fd00::15", "fd00::1", 4)), (3.1, icmp_echo("fd00::1", "fd00::15", 4, reply=True)),
-              (4.0, tcp("fd00::15", 40100, "fd00::1", 443, 10, SYN)),
-              (4.1, tcp("fd00::1", 443, "fd00::15", 40100, 50, SYN | ACK, ack=11))]
+    frames = [
+        (1.0, udp(C, 53001, "10.0.2.3", 53, dns_query("beacon.example"))),
+        (
+            1.1,
+            udp("10.0.2.3", 53, C, 53001, dns_answer("beacon.example", ["10.0.2.100", "10.0.2.101"]), smac=GW, dmac=VM),
+        ),
+        (1.2, udp(C, 53002, "10.0.2.3", 53, dns_query("nx.example", ident=7))),
+        (1.3, udp("10.0.2.3", 53, C, 53002, dns_answer("nx.example", [], ident=7, rcode=3), smac=GW, dmac=VM)),
+        (2.0, icmp_echo(C, S, 9)),
+        (2.1, icmp_echo(S, C, 9, reply=True, smac=GW, dmac=VM)),
+        (3.0, icmp_echo("fd00::15", "fd00::1", 4)),
+        (3.1, icmp_echo("fd00::1", "fd00::15", 4, reply=True)),
+        (4.0, tcp("fd00::15", 40100, "fd00::1", 443, 10, SYN)),
+        (4.1, tcp("fd00::1", 443, "fd00::15", 40100, 50, SYN | ACK, ack=11)),
+    ]
     out = _run(tmp_path, frames)
     flows = out["network/flows"]
     dns = _one(flows, src_port=53001)
@@ -153,6 +170,7 @@ def test_udp_dns_and_icmp_and_ipv6(tmp_path):
 
 def pd_na(value):
     import pandas as pd
+
     return value is pd.NA or pd.isna(value)
 
 
@@ -166,25 +184,32 @@ def test_http_requests_with_keepalive(tmp_path):
     assert list(http.method) == ["GET", "POST"] and list(http.status_code) == [200, 404]
     assert list(http.url_path) == ["/a?x=1", "/upload"] and set(http.host) == {"files.example"}
     assert http.iloc[0].user_agent == "curl/8.0"
-    assert http.iloc[1].user_agent == "\x1b[31mevil"   # raw in the table; renderers escape
+    assert http.iloc[1].user_agent == "\x1b[31mevil"  # raw in the table; renderers escape
     assert http.iloc[1].ts > http.iloc[0].ts and http.iloc[1].stream_offset == len(req1)
 
 
 def test_tls_client_hello_sni_and_ja3(tmp_path):
     import hashlib
+
     record, ja3 = client_hello()
-    half = len(record) // 2   # the ClientHello arrives in two TCP segments
+    half = len(record) // 2  # the ClientHello arrives in two TCP segments
     frames = session(C, 40040, S, 443, [(record[:half], None), (record[half:], server_hello())])
     tls = _one(_run(tmp_path, frames)["network/tls"])
-    assert (tls.sni, tls.alpn, tls.client_version, tls.supported_versions) == ("beacon.example", "h2,http/1.1", 771, "772,771")
+    assert (tls.sni, tls.alpn, tls.client_version, tls.supported_versions) == (
+        "beacon.example",
+        "h2,http/1.1",
+        771,
+        "772,771",
+    )
     assert tls.ja3_string == ja3 and tls.ja3 == hashlib.md5(ja3.encode()).hexdigest()
     assert tls.server_cipher == 0x1301 and tls.ja3s_string == "771,4865,43"
     assert (tls.src_port, tls.dst_port) == (40040, 443)
 
 
 def test_mac_split_keeps_only_this_vm(tmp_path):
-    frames = session(C, 40050, S, 8443, [(b"mine", b"ok")]) + \
-        session("10.0.2.16", 40051, S, 8443, [(b"theirs", b"ok")], cmac=OTHER_VM, t0=1_700_000_001.0)
+    frames = session(C, 40050, S, 8443, [(b"mine", b"ok")]) + session(
+        "10.0.2.16", 40051, S, 8443, [(b"theirs", b"ok")], cmac=OTHER_VM, t0=1_700_000_001.0
+    )
     out = _run(tmp_path, frames, macs=[VM.upper()])
     f = _one(out["network/flows"])
     assert (f.src_port, f.vm_mac) == (40050, VM)
@@ -201,7 +226,7 @@ def test_truncated_capture_keeps_flows_read_so_far(tmp_path):
     path.write_bytes(data[:-10])
     out = _run(tmp_path, path=path)
     f = _one(out["network/flows"])
-    assert f.src_packets == 4 and f.state == "CLOSED"   # only the final ACK was cut off
+    assert f.src_packets == 4 and f.state == "CLOSED"  # only the final ACK was cut off
     diag = _one(out["diagnostics"], what="truncated record")
     assert diag["where"].startswith(str(path) + "@") and int(diag["where"].rsplit("@", 1)[1]) > 24
 
@@ -209,7 +234,7 @@ def test_truncated_capture_keeps_flows_read_so_far(tmp_path):
 def test_corrupt_length_and_garbage(tmp_path):
     path = write_pcap(tmp_path / "c.pcap", session(C, 40061, S, 80, [(b"x", None)]))
     data = bytearray(path.read_bytes())
-    data[24 + 8:24 + 12] = (0x7FFFFFFF).to_bytes(4, "little")   # first record claims 2 GiB
+    data[24 + 8 : 24 + 12] = (0x7FFFFFFF).to_bytes(4, "little")  # first record claims 2 GiB
     path.write_bytes(bytes(data))
     out = _run(tmp_path, path=path)
     assert out["network/flows"].empty and "corrupt record length" in set(out["diagnostics"].what)
@@ -231,6 +256,7 @@ def test_pcapng_and_nanosecond_pcap(tmp_path):
 
 def test_unknown_link_type_and_raw_ip(tmp_path):
     import dpkt
+
     frames = session(C, 40080, S, 8443, [(b"raw", None)])
     out = _run(tmp_path, [(t, f) for t, f in frames], linktype=147)
     assert out["network/flows"].empty
@@ -256,6 +282,7 @@ def test_streams_feed_yara_with_flow_tuple(tmp_path):
     from toolkit.engines import yara
     from toolkit.engines.yara.rules import compile_rules
     from toolkit.engines.yara.scan import scan_streams
+
     marker = b"BEACON SNAPSCOPE-LAB-BEACON-7f3a9c seq=0 host=lab\n"
     frames = session(C, 40100, S, 8443, [(marker[:20], None), (marker[20:], marker)], close=None)
     flows = _run(tmp_path, frames)["network/flows"]
@@ -271,8 +298,9 @@ def test_parsers_never_raise_on_hostile_bytes(data):
     import io
 
     from toolkit.engines.network import protocols as P
+
     record, _ = client_hello()
-    for blob in (data, record[:len(data) % len(record)] + data, b"\x16\x03\x01" + data):
+    for blob in (data, record[: len(data) % len(record)] + data, b"\x16\x03\x01" + data):
         P.parse_dns(blob)
         list(P.dns_over_tcp(blob))
         P.tls_client_hello(blob)
@@ -284,10 +312,12 @@ def test_parsers_never_raise_on_hostile_bytes(data):
 @given(cut=st.integers(0, 400), noise=st.binary(min_size=1, max_size=64))
 def test_damaged_captures_never_raise(tmp_path_factory, cut, noise):
     d = tmp_path_factory.mktemp("fuzz")
-    data = write_pcap(d / "f.pcap", session(C, 40200, S, 80, [(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n")])).read_bytes()
+    data = write_pcap(
+        d / "f.pcap", session(C, 40200, S, 80, [(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n")])
+    ).read_bytes()
     damaged = bytearray(data)
     pos = 24 + cut % max(1, len(data) - 24)
-    damaged[pos:pos + len(noise)] = noise
+    damaged[pos : pos + len(noise)] = noise
     path = d / "damaged.pcap"
     path.write_bytes(bytes(damaged))
     # the reader and tracker, without the pandas tables (validated elsewhere): keeps the fuzz fast

@@ -1,4 +1,5 @@
 """YARA engine: chunk-boundary correctness, rule compilation, fallback, cache, tables."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,7 @@ from toolkit.engines.yara.scan import scan_buffer, scan_file, scan_files, scan_p
 from toolkit.errors import RuleError
 from toolkit.schemas import validate
 
-MARK = b"BOUNDARY-MARK-0123"   # 18 bytes
+MARK = b"BOUNDARY-MARK-0123"  # 18 bytes
 MARK_RULE = 'rule mark { meta: severity = "low" strings: $m = "BOUNDARY-MARK-0123" condition: $m }\n'
 
 
@@ -27,7 +28,7 @@ def _rules(tmp_path, text=MARK_RULE, prefer="yara-x", name="mark.yar"):
 
 
 def _reader(buf):
-    return lambda addr, n: bytes(buf[addr:addr + n])
+    return lambda addr, n: bytes(buf[addr : addr + n])
 
 
 @pytest.mark.parametrize("prefer", ["yara-x", "yara-python"])
@@ -39,36 +40,42 @@ def test_match_across_every_chunk_boundary(tmp_path, prefer):
     for k in range(1, n_chunks):
         # every boundary, straddled at a different split point each time (1..17 bytes before it)
         pos = k * chunk - 1 - (k % (len(MARK) - 1))
-        buf[pos:pos + len(MARK)] = MARK
+        buf[pos : pos + len(MARK)] = MARK
         planted.append(pos)
-    rows, diags = scan_range(rules, _reader(buf), 0, len(buf), {"target": "physical"}, [],
-                               chunk_size=chunk, overlap=overlap), []
+    rows, _diags = (
+        scan_range(rules, _reader(buf), 0, len(buf), {"target": "physical"}, [], chunk_size=chunk, overlap=overlap),
+        [],
+    )
     rows = list(rows)
     offsets = sorted(r["offset"] for r in rows)
-    assert offsets == planted                      # all found, exact, no duplicates
+    assert offsets == planted  # all found, exact, no duplicates
     assert all(r["matched"] == MARK and r["engine"] == prefer for r in rows)
 
 
 @settings(max_examples=40, deadline=None)
-@given(chunk=st.integers(64, 600), extra=st.integers(0, 40),
-       positions=st.lists(st.integers(0, 4000), min_size=1, max_size=12))
+@given(
+    chunk=st.integers(64, 600),
+    extra=st.integers(0, 40),
+    positions=st.lists(st.integers(0, 4000), min_size=1, max_size=12),
+)
 def test_chunked_equals_flat_scan(chunk, extra, positions):
     overlap = len(MARK) + extra
     buf = bytearray(b"-" * 4100)
     for p in positions:
-        buf[p:p + len(MARK)] = MARK
+        buf[p : p + len(MARK)] = MARK
     buf = buf[:4100]
     flat = sorted(h["offset"] for h in scan_buffer(_RULES, bytes(buf)))
-    chunked = sorted(r["offset"] for r in scan_range(_RULES, _reader(buf), 0, len(buf), {}, [],
-                                                         chunk_size=chunk, overlap=overlap))
+    chunked = sorted(
+        r["offset"] for r in scan_range(_RULES, _reader(buf), 0, len(buf), {}, [], chunk_size=chunk, overlap=overlap)
+    )
     assert chunked == flat
 
 
 def test_tail_match_reported_with_fuller_view(tmp_path):
-    rules = _rules(tmp_path, 'rule d { strings: $d = /DIGITS[0-9]{1,60}/ condition: $d }')
+    rules = _rules(tmp_path, "rule d { strings: $d = /DIGITS[0-9]{1,60}/ condition: $d }")
     buf = bytearray(b"x" * 400)
     buf[95:101] = b"DIGITS"
-    buf[101:141] = b"7" * 40            # window 0 owns [0,100) and sees up to 164: match starts in its tail
+    buf[101:141] = b"7" * 40  # window 0 owns [0,100) and sees up to 164: match starts in its tail
     rows = list(scan_range(rules, _reader(buf), 0, len(buf), {}, [], chunk_size=100, overlap=64))
     assert [(r["offset"], r["match_length"]) for r in rows] == [(95, 46)]
 
@@ -83,7 +90,9 @@ def test_syntax_error_names_file_and_line(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "good.yar").write_text(MARK_RULE)
-    (d / "broken.yar").write_text('rule ok { condition: true }\n\nrule bad {\n  strings: $a = "x"\n  condition: $a and\n}\n')
+    (d / "broken.yar").write_text(
+        'rule ok { condition: true }\n\nrule bad {\n  strings: $a = "x"\n  condition: $a and\n}\n'
+    )
     with pytest.raises(RuleError) as err:
         compile_rules([d])
     assert "broken.yar, line 6" in str(err.value) and "nothing was scanned" in str(err.value)
@@ -99,8 +108,10 @@ def test_yara_python_fallback_for_file_yarax_rejects(tmp_path):
     d.mkdir()
     (d / "modern.yar").write_text(MARK_RULE)
     # yara-x refuses unknown regex escapes such as \R; libyara accepts them
-    (d / "legacy.yar").write_text('rule legacy { meta: severity = "medium" strings: $a = /LEGACY\\Rx/ '
-                                  '$b = "FALLBACK-ONLY" condition: any of them }\n')
+    (d / "legacy.yar").write_text(
+        'rule legacy { meta: severity = "medium" strings: $a = /LEGACY\\Rx/ '
+        '$b = "FALLBACK-ONLY" condition: any of them }\n'
+    )
     rules = compile_rules([d])
     engines = {f["namespace"]: f["engine"] for f in rules["files"]}
     assert engines == {"legacy": "yara-python", "modern": "yara-x"}
@@ -138,42 +149,60 @@ def test_scan_file_hashes_and_respects_max_size(tmp_path):
 def test_scan_regions_and_physical_rows(tmp_path):
     rules = _rules(tmp_path)
     mem = bytearray(b"\0" * 0x3000)
-    mem[0x1ff8:0x1ff8 + len(MARK)] = MARK
-    region = {"target": "process", "pid": 42, "process": "kworker/0:2H", "start": 0x400000, "end": 0x403000,
-              "protection": "rw-", "path": None, "read": lambda a, n: bytes(mem[a - 0x400000:a - 0x400000 + n])}
+    mem[0x1FF8 : 0x1FF8 + len(MARK)] = MARK
+    region = {
+        "target": "process",
+        "pid": 42,
+        "process": "kworker/0:2H",
+        "start": 0x400000,
+        "end": 0x403000,
+        "protection": "rw-",
+        "path": None,
+        "read": lambda a, n: bytes(mem[a - 0x400000 : a - 0x400000 + n]),
+    }
     rows, diags = scan_regions(rules, [region], chunk_size=0x1000, overlap=0x100)
-    assert [(r["pid"], r["process"], r["offset"], r["protection"], r["region_start"]) for r in rows] == \
-        [(42, "kworker/0:2H", 0x401ff8, "rw-", 0x400000)]
+    assert [(r["pid"], r["process"], r["offset"], r["protection"], r["region_start"]) for r in rows] == [
+        (42, "kworker/0:2H", 0x401FF8, "rw-", 0x400000)
+    ]
 
-    class Image:   # two touching runs and one apart: the marker straddles the touching pair
+    class Image:  # two touching runs and one apart: the marker straddles the touching pair
         runs = [(0x1000, 0x1000), (0x2000, 0x1000), (0x100000, 0x1000)]
 
         def read(self, gpa, n):
-            return bytes(mem[gpa - 0x1000:gpa - 0x1000 + n]) if gpa < 0x100000 else b"\0" * n
+            return bytes(mem[gpa - 0x1000 : gpa - 0x1000 + n]) if gpa < 0x100000 else b"\0" * n
+
     mem = bytearray(b"\0" * 0x2000)
-    mem[0xff8:0xff8 + len(MARK)] = MARK   # GPA 0x1ff8: straddles the two touching runs
+    mem[0xFF8 : 0xFF8 + len(MARK)] = MARK  # GPA 0x1ff8: straddles the two touching runs
     rows, diags = scan_physical(rules, Image(), chunk_size=0x1000, overlap=0x100)
-    assert [(r["target"], r["offset"], r["region_start"], r["region_end"]) for r in rows] == \
-        [("physical", 0x1ff8, 0x1000, 0x3000)] and diags == []
+    assert [(r["target"], r["offset"], r["region_start"], r["region_end"]) for r in rows] == [
+        ("physical", 0x1FF8, 0x1000, 0x3000)
+    ] and diags == []
 
 
 def test_short_reads_become_diagnostics(tmp_path):
     rules = _rules(tmp_path)
-    rows, diags = scan_regions(rules, [{"start": 0, "end": 4096, "read": lambda a, n: b""},
-                                         {"start": 0, "end": 10, "read": lambda a, n: 1 / 0}])
+    rows, diags = scan_regions(
+        rules,
+        [{"start": 0, "end": 4096, "read": lambda a, n: b""}, {"start": 0, "end": 10, "read": lambda a, n: 1 / 0}],
+    )
     assert rows == [] and len(diags) == 3 and any("ZeroDivisionError" in d["why"] for d in diags)
 
 
 def _static_elf(payload: bytes) -> bytes:
     # a 64-bit ET_EXEC header with no program or section headers: static (no PT_INTERP), stripped (no .symtab)
-    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8 + struct.pack(
-        "<HHIQQQIHHHHHH", 2, 0x3E, 1, 0x401000, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+    header = (
+        b"\x7fELF"
+        + bytes([2, 1, 1, 0])
+        + b"\0" * 8
+        + struct.pack("<HHIQQQIHHHHHH", 2, 0x3E, 1, 0x401000, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+    )
     return header + payload
 
 
 def test_default_rules_metadata_and_samples(tmp_path):
     rules = compile_rules(cache_dir=tmp_path)
     import yara  # yara-python lists rules with their meta; yara-x does not
+
     for f in rules["files"]:
         for rule in yara.compile(filepath=f["path"]):
             assert rule.meta.get("description"), rule.identifier
@@ -202,10 +231,24 @@ def test_run_builds_valid_tables(tmp_path):
     spool = tmp_path / "s.bin"
     spool.write_bytes(b"BEACON SNAPSCOPE-LAB-BEACON-7f3a9c seq=0\n")
     import pandas as pd
-    flows = pd.DataFrame([{"flow_id": "f1", "src_ip": "10.0.2.15", "src_port": 40000, "dst_ip": "10.0.2.100",
-                           "dst_port": 8443, "proto": "tcp", "src_stream_file": str(spool), "dst_stream_file": None}])
-    ctx = engine_context(tmp_path, "linux-triage", snapshot_id="snap", cache_dir=tmp_path / "c",
-                         tables={"network/flows": flows})
+
+    flows = pd.DataFrame(
+        [
+            {
+                "flow_id": "f1",
+                "src_ip": "10.0.2.15",
+                "src_port": 40000,
+                "dst_ip": "10.0.2.100",
+                "dst_port": 8443,
+                "proto": "tcp",
+                "src_stream_file": str(spool),
+                "dst_stream_file": None,
+            }
+        ]
+    )
+    ctx = engine_context(
+        tmp_path, "linux-triage", snapshot_id="snap", cache_dir=tmp_path / "c", tables={"network/flows": flows}
+    )
     ctx.readers.disk_files = sorted(target.iterdir())
     out = yara.run({"id": "snap"}, ctx)
     for name, df in out.items():
@@ -223,6 +266,7 @@ _RULES = None
 def setup_module(module):
     import tempfile
     from pathlib import Path
+
     global _RULES
     d = Path(tempfile.mkdtemp())
     (d / "m.yar").write_text(MARK_RULE)
