@@ -127,7 +127,9 @@ def run(snapshot: dict, ctx: EngineContext) -> dict:
         out["disk/system"] = table("disk/system", [system_row(target)], "os")
         out["disk/users"] = table("disk/users", user_rows(records), "users")
         progress("disk: persistence", 2, 4)
-        out["disk/persistence"] = table("disk/persistence", persistence_rows(target, records, max_size), "persistence")
+        rows, problems = persistence_rows(target, records, max_size)
+        diags += problems
+        out["disk/persistence"] = table("disk/persistence", rows, "persistence")
         out["disk/shell_history"] = table("disk/shell_history", history_rows(records), "commandhistory")
         out["disk/logs"] = table("disk/logs", log_rows(records), "logs")
         out["disk/packages"] = table("disk/packages", package_rows(records), "packages")

@@ -53,7 +53,7 @@ def find_ext_offsets(stream) -> list[int]:
         from dissect.volume.disk import Disk
 
         parts = Disk(stream).partitions
-    except Exception:
+    except Exception:  # no partition table dissect knows: no ext filesystem at a fixed offset (a probe, not a failure)
         return []
     return [p.offset for p in parts if p.offset and probe_ext(read, p.offset)]
 

@@ -56,7 +56,7 @@ def _os_exports() -> set[str]:
     for desc in plugin.os_plugins():
         try:
             names |= set(getattr(plugin.load(desc), "__exports__", []) or [])
-        except Exception:
+        except Exception:  # an OS plugin dissect cannot load offers no function names; evidence is not involved
             continue
     return names
 
@@ -123,7 +123,7 @@ def run_functions(target, functions) -> tuple[dict[str, list[dict]], list[dict]]
     diags = []
     for fn in functions:
         if fn == "groups":
-            records[fn] = _groups(target)
+            records[fn] = _groups(target, diags)
             continue
         try:
             _, func = target.get_function(fn)
@@ -154,10 +154,14 @@ def run_functions(target, functions) -> tuple[dict[str, list[dict]], list[dict]]
     return records, diags
 
 
-def _groups(target) -> list[dict]:
+def _groups(target, diags: list) -> list[dict]:
+    """/etc/group read as a file (dissect has no function for it)."""
     try:
         text = target.fs.path("/etc/group").read_bytes().decode("utf-8", "surrogateescape")
-    except Exception:
+    except FileNotFoundError:
+        return []
+    except Exception as e:  # dissect raises many types for a damaged file
+        diags.append(diagnostic("warning", "groups", "/etc/group", f"unreadable: {type(e).__name__}: {e}"))
         return []
     out = []
     for line in text.splitlines():

@@ -20,6 +20,7 @@ import shlex
 
 from toolkit.engines.disk.walk import ts_ns
 from toolkit.hashing import sha256_stream
+from toolkit.schemas import diagnostic
 
 SYSTEM_CRONTABS = ("/etc/crontab", "/etc/cron.d/", "/etc/anacrontab")
 WRAPPERS = {
@@ -86,40 +87,60 @@ def program_of(command: str | None) -> str | None:
     return None
 
 
-def resolve_program(target, program: str | None) -> str | None:
-    """A path on the guest disk for program (symlinks followed inside the guest), or None."""
+# A path that is simply not on the disk: no diagnostic, it is an answer ("not found").
+ABSENT = (FileNotFoundError, NotADirectoryError)
+
+
+def _problem(problems: list, what: str, where, exc: Exception) -> None:
+    problems.append(diagnostic("warning", what, where, f"{type(exc).__name__}: {exc}"))
+
+
+def resolve_program(target, program: str | None, problems: list) -> str | None:
+    """A path on the guest disk for program (symlinks followed inside the guest), or None.
+
+    A candidate that cannot be looked at (a symlink loop, a name the filesystem
+    refuses) becomes a warning in ``problems`` rather than an exception.
+    """
     if not program:
         return None
     candidates = [program] if program.startswith("/") else [f"{d}/{program}" for d in GUEST_PATH]
     if "\\" in program or (len(program) > 1 and program[1] == ":"):
         try:  # Windows: dissect expands %SystemRoot% & co. and maps drive letters
             candidates = [str(target.resolve(program))]
-        except Exception:
+        except Exception as exc:  # dissect raises many types for an unmappable name
+            _problem(problems, "persistence program not resolved", program, exc)
             return None
     for cand in candidates:
         try:
             p = target.fs.path(cand)
             if p.is_file():
                 return str(p.resolve())
-        except Exception:  # a hostile path (loops, bad names) is simply not resolved
+        except ABSENT:
             continue
+        except Exception as exc:  # a hostile path (loops, bad names): said, not fatal
+            _problem(problems, "persistence program not resolved", cand, exc)
     return None
 
 
-def file_sha256(target, path: str | None, max_size: int | None) -> str | None:
+def file_sha256(target, path: str | None, max_size: int | None, problems: list) -> str | None:
+    """sha256 of a file on the guest disk (None when larger than ``max_size`` or unreadable, said in ``problems``)."""
     if not path:
         return None
     try:
         with target.fs.path(path).open("rb") as fh:
             return sha256_stream(fh, max_size)
-    except Exception:
+    except Exception as exc:  # dissect raises many types for damaged files
+        _problem(problems, "persistence program not hashed", path, exc)
         return None
 
 
-def _mtime(target, path: str | None):
+def _mtime(target, path: str | None, problems: list):
     try:
         return ts_ns(target.fs.path(path).lstat().st_mtime_ns)
-    except Exception:
+    except ABSENT:
+        return None
+    except Exception as exc:
+        _problem(problems, "persistence entry not stat'ed", path, exc)
         return None
 
 
@@ -230,7 +251,7 @@ def _from_records(records: dict) -> list[dict]:
     return rows
 
 
-def _builtin(target) -> list[dict]:
+def _builtin(target, problems: list) -> list[dict]:
     """Places dissect has no function for, read as files."""
     rows = []
     fs = target.fs
@@ -240,26 +261,33 @@ def _builtin(target) -> list[dict]:
             for line in preload.read_bytes().decode("utf-8", "surrogateescape").splitlines():
                 for lib in line.split("#", 1)[0].split():
                     rows.append({"kind": "ld_preload", "path": "/etc/ld.so.preload", "command": line, "program": lib})
-    except Exception:
+    except ABSENT:
         pass
+    except Exception as exc:  # dissect raises many types for damaged files
+        _problem(problems, "ld.so.preload unreadable", "/etc/ld.so.preload", exc)
     rc_paths = list(RC_FILES)
     homes = {"/root"}
     try:
-        homes |= {u.home for u in target.users() if getattr(u, "home", None)}
-    except Exception:
-        pass
+        homes |= {str(u.home) for u in target.users() if getattr(u, "home", None)}
+    except Exception as exc:  # users come from dissect's OS plugin, which may fail on a damaged passwd
+        _problem(problems, "home directories unknown (shell rc files of /root only)", "users", exc)
     for home in sorted(h for h in homes if h and h.startswith("/")):
         rc_paths += [f"{home.rstrip('/')}/{name}" for name in USER_RC]
     for d in ["/etc/profile.d", *CRON_DIRS]:
         try:
             rc_paths += [str(p) for p in sorted(fs.path(d).iterdir())]
-        except Exception:
+        except ABSENT:
             continue
+        except Exception as exc:
+            _problem(problems, "directory not listed", d, exc)
     for path in rc_paths:
         try:
             if not fs.path(path).is_file():
                 continue
-        except Exception:
+        except ABSENT:
+            continue
+        except Exception as exc:
+            _problem(problems, "file not examined", path, exc)
             continue
         kind = (
             "initd"
@@ -278,9 +306,10 @@ def _builtin(target) -> list[dict]:
     return rows
 
 
-def persistence_rows(target, records: dict, max_size: int | None) -> list[dict]:
-    """Rows for ``disk/persistence`` (records: function name -> list of record dicts)."""
-    rows = _from_records(records) + _builtin(target)
+def persistence_rows(target, records: dict, max_size: int | None) -> tuple[list[dict], list[dict]]:
+    """(rows for ``disk/persistence``, diagnostics); records: function name -> list of record dicts."""
+    problems: list[dict] = []
+    rows = _from_records(records) + _builtin(target, problems)
     seen = set()
     out = []
     for row in rows:
@@ -288,8 +317,8 @@ def persistence_rows(target, records: dict, max_size: int | None) -> list[dict]:
         if key in seen:  # initd via dissect and via the directory listing
             continue
         seen.add(key)
-        row["program_path"] = resolve_program(target, row.get("program"))
-        row["program_sha256"] = file_sha256(target, row["program_path"], max_size)
-        row["ts"] = _mtime(target, row["path"]) if (row.get("path") or "").startswith("/") else None
+        row["program_path"] = resolve_program(target, row.get("program"), problems)
+        row["program_sha256"] = file_sha256(target, row["program_path"], max_size, problems)
+        row["ts"] = _mtime(target, row["path"], problems) if (row.get("path") or "").startswith("/") else None
         out.append(row)
-    return out
+    return out, problems

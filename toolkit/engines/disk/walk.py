@@ -133,8 +133,10 @@ def entry_row(
     if kind == "symlink":
         try:
             row["link_target"] = entry.readlink()
-        except Exception:
-            pass
+        except Exception as e:  # dissect raises many types for a damaged inode
+            problems.append(
+                diagnostic("warning", f"symlink {path}", "disk/files", f"target unreadable: {type(e).__name__}: {e}")
+            )
     elif kind == "file" and should_hash and should_hash(path, st) and (max_size is None or st.st_size <= max_size):
         if known is not None:
             row.update(known)
