@@ -27,9 +27,7 @@ PROFILES_DIR = PROFILES
 
 # Collectors snapscope runs itself inside the Volatility context (no plugin
 # prints what they need); a profile lists them like plugins.
-SNAPSCOPE_COLLECTORS = {
-    "snapscope.executables": "ELF header, build-id and first-page sha256 of each process image",
-}
+SNAPSCOPE_COLLECTORS = {"snapscope.executables": "ELF header, build-id and first-page sha256 of each process image"}
 
 DEFAULT_PROFILE = "linux-triage"
 OSES = ("linux", "windows")

@@ -17,13 +17,16 @@ def test_evidence_unchanged_and_logged(lab_case):
     after = {p: sha256_file(p) for p in before}
     assert after == before
     manifest = json.loads((case_dir / "case.json").read_text())
-    logged = {
-        e["path"]: e["sha256"]
-        for e in map(json.loads, (case_dir / "custody.jsonl").read_text().splitlines())
-        if e["action"] == "evidence.hash.after"
-    }
-    for path, digest in logged.items():
-        assert before[next(p for p in before if str(p.resolve()) == path)] == digest
+    events = list(map(json.loads, (case_dir / "custody.jsonl").read_text().splitlines()))
+    ours = {str(p.resolve()): digest for p, digest in before.items()}
+    analysed = set(manifest["evidence"])
+    # the ELF, the disk overlay, its base image (found through the backing chain) and the capture
+    assert len(analysed) == 4 and analysed <= set(ours), analysed
+    for phase in ("before", "after"):
+        logged = {e["path"]: e["sha256"] for e in events if e["action"] == f"evidence.hash.{phase}"}
+        assert set(logged) == analysed, phase  # every evidence file, each hash as the test computed it
+        assert logged == {path: ours[path] for path in analysed}, phase
+    assert {path: entry["sha256"] for path, entry in manifest["evidence"].items()} == {p: ours[p] for p in analysed}
     assert manifest["runs"][-1]["evidence_unchanged"] is True
     assert manifest["tools"]["volatility3"]
 

@@ -64,15 +64,30 @@ def test_html_report_shows_top_finding_first_screen(lab_case, tmp_path):
 
 
 def test_other_report_formats(lab_case, tmp_path):
+    import csv
+
+    import pandas as pd
+
     case_dir, _ = lab_case
+    case = Case.open(case_dir)
+    findings, timeline = case.findings, case.timeline
     for fmt in ("json", "csv", "parquet", "timesketch"):
         out = tmp_path / f"report.{fmt}"
         result = _snapscope("report", case_dir, "--format", fmt, "--out", out)
         assert result.returncode == 0, result.stderr
-        assert out.stat().st_size > 0
-    lines = (tmp_path / "report.timesketch").read_text().splitlines()
-    event = json.loads(lines[0])
-    assert {"message", "datetime", "timestamp", "timestamp_desc"} <= set(event)
+    as_json = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(f["finding_id"] for f in as_json) == sorted(findings["finding_id"])
+    with open(tmp_path / "report.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["finding_id"] for r in rows) == sorted(findings["finding_id"])
+    assert set(rows[0]) == set(findings.columns)
+    back = pd.read_parquet(tmp_path / "report.parquet")
+    pd.testing.assert_frame_equal(back.reset_index(drop=True), findings.reset_index(drop=True), check_dtype=False)
+    events = [json.loads(line) for line in (tmp_path / "report.timesketch").read_text().splitlines()]
+    assert len(events) == timeline["ts"].notna().sum()
+    for event in events:
+        assert {"message", "datetime", "timestamp", "timestamp_desc"} <= set(event)
+        assert event["message"] and event["timestamp_desc"]
 
 
 @pytest.mark.parametrize("notebook", ["triage.ipynb", "timeline.ipynb"])

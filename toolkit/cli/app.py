@@ -63,9 +63,7 @@ GROUPS = [
     ("toolkit.cli.memory", "app", "memory"),
     ("toolkit.cli.symbols", "app", "symbols"),
 ]
-EXTRA_COMMANDS = [
-    ("toolkit.cli.disk", "diff_command", "diff"),
-]
+EXTRA_COMMANDS = [("toolkit.cli.disk", "diff_command", "diff")]
 
 
 def _register():

@@ -9,8 +9,6 @@ import typer
 from toolkit.cli.common import console, fail, progress_bar
 from toolkit.report.escape import rich_safe
 
-app = typer.Typer(help="Disk images: compare two states of one VM disk.", no_args_is_help=True)
-
 
 def _spec(arg: str, snapshot: str | None) -> dict:
     """``PATH`` or ``PATH@SNAPSHOT`` (qcow2 internal snapshot name or id) -> disk dict."""
@@ -102,14 +100,3 @@ def _print(tables: dict, limit: int = 40) -> None:
     console.print(table)
     for diag in tables["diagnostics"].itertuples():
         console.print(f"[dim]{rich_safe(diag.severity)}: {rich_safe(diag.what)}: {rich_safe(diag.why)}[/]")
-
-
-app.command("diff")(diff_command)
-
-
-@app.callback()
-def _group():
-    """Disk images: compare two states of one VM disk.
-
-    Example: snapscope diff base.qcow2 disk.qcow2 --case cases/web01
-    """

@@ -22,12 +22,7 @@ import struct
 from toolkit.errors import EvidenceError
 
 # magic as read little-endian -> (byte order, ticks per second)
-PCAP_MAGICS = {
-    0xA1B2C3D4: ("<", 10**6),
-    0xD4C3B2A1: (">", 10**6),
-    0xA1B23C4D: ("<", 10**9),
-    0x4D3CB2A1: (">", 10**9),
-}
+PCAP_MAGICS = {0xA1B2C3D4: ("<", 10**6), 0xD4C3B2A1: (">", 10**6), 0xA1B23C4D: ("<", 10**9), 0x4D3CB2A1: (">", 10**9)}
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _BOM = 0x1A2B3C4D
 

@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -45,27 +46,32 @@ def test_non_case_directory_refused(tmp_path):
 
 
 def test_killed_writer_leaves_no_partial_table(tmp_path):
-    """SIGKILL in the middle of writing a big table: the old file stays whole, no temp file is visible as a table."""
+    """SIGKILL while a big table is being written: the old file stays whole, the temp file is no table."""
     target = tmp_path / "c"
     case_store.init_case(target)
     small = make_table(
         "diagnostics", [{"severity": "info", "what": "old", "where": "", "why": ""}], snapshot_id="s", source="t"
     )
     case_store.write_table(target, "diagnostics", "s", small)
+    folder = target / "tables" / "diagnostics"
     code = (
-        "import sys; from toolkit import case as c; from toolkit.schemas import make_table\n"
+        "import pathlib; from toolkit.case import write_table; from toolkit.schemas import make_table\n"
         "rows=[{'severity':'info','what':'x'*200,'where':str(i),'why':''} for i in range(400000)]\n"
         "df=make_table('diagnostics', rows, snapshot_id='s', source='t')\n"
-        "print('ready', flush=True)\n"
-        f"c.write_table(__import__('pathlib').Path({str(target)!r}), 'diagnostics', 's', df)\n"
+        f"write_table(pathlib.Path({str(target)!r}), 'diagnostics', 's', df)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    assert proc.stdout.readline().strip() == b"ready"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    # kill the writer once its temporary file exists: the kill lands mid-write, not before it
+    deadline = time.monotonic() + 120
+    while not list(folder.glob(".*.tmp")):
+        assert proc.poll() is None, "the writer finished before the kill: the test proved nothing"
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    case = case_store.Case.open(target)
-    df = case.table("diagnostics")
-    assert len(df) in (1, 400000)  # old or new, never a torn file
+    assert list(folder.glob(".*.tmp")), "the temporary file is left, as a kill leaves it"
+    df = case_store.Case.open(target).table("diagnostics")
+    assert list(df["what"]) == ["old"]  # the old table, whole; the torn temp file is never read as a table
 
 
 def test_64bit_addresses_survive_missing_values():

