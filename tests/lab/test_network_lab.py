@@ -12,8 +12,8 @@ import json
 import pytest
 
 from toolkit.engines import network, yara
+from toolkit.engines.yara.files import scan_streams
 from toolkit.engines.yara.rules import compile_rules
-from toolkit.engines.yara.scan import scan_streams
 from toolkit.schemas import validate
 
 pytestmark = pytest.mark.lab

@@ -17,8 +17,9 @@ from toolkit.case.lock import case_lock
 from toolkit.engines import ENGINES, EngineContext
 from toolkit.errors import CaseError
 from toolkit.hashing import sha256_file
-from toolkit.pipeline import analyze, may_have_work, run_engines, snapshot_fingerprint
+from toolkit.pipeline import analyze, may_have_work, snapshot_fingerprint
 from toolkit.profiles import load_profile
+from toolkit.snapshot import run_engines
 
 MARK = b"PIPELINE-TEST-MARK-4417"
 RULE = 'rule pipeline_mark { meta: severity = "high" strings: $a = "PIPELINE-TEST-MARK-4417" condition: $a }\n'

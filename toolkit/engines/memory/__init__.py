@@ -10,8 +10,9 @@ still run. It leaves the physical address space and the process regions in
 
 Modules: ``session`` (open and cache per process), ``volatility`` (the only
 place that spells Volatility's configuration), ``symbols`` (ISF find/build),
-``tables`` (plugin output -> rows), ``tasks`` (what snapscope reads from
-task_structs itself), ``speedups`` (Volatility hot spots).
+``tables`` and ``kernel`` (plugin output -> rows, read through
+``plugin_output``), ``tasks`` (what snapscope reads from task_structs itself),
+``speedups`` (Volatility hot spots).
 
 Example::
 

@@ -16,32 +16,9 @@ from __future__ import annotations
 
 import re
 
+from toolkit.engines.memory.kernel import MODULE_PLUGINS, kernel_checks_rows, modules_rows
+from toolkit.engines.memory.plugin_output import as_int, plugin_output, source_of
 from toolkit.schemas import diagnostic, split_deleted
-
-
-def _rows(outputs: dict, *names: str) -> list[dict] | None:
-    """Rows of the first of ``names`` that ran (even partially), else None."""
-    for name in names:
-        if name in outputs and (outputs[name]["rows"] or not outputs[name]["error"]):
-            return outputs[name]["rows"]
-    return None
-
-
-def _int(value):
-    """Ints stay ints; numeric strings ('8443') become ints; anything else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return None
-
-
-def _source(*plugins):
-    return "volatility/" + "+".join(plugins)
-
 
 # --- processes ---------------------------------------------------------------
 
@@ -73,7 +50,7 @@ def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[
     ``enrich`` maps pid -> {is_kernel_thread, exe_path, exe_deleted} from the
     snapscope task walk (tasks.task_details); Windows has no such walk.
     """
-    listed, scanned = _rows(outputs, LIST[os_name]), _rows(outputs, SCAN[os_name])
+    listed, scanned = plugin_output(outputs, LIST[os_name]), plugin_output(outputs, SCAN[os_name])
     if listed is None and scanned is None:
         return None
     merged: dict[tuple, dict] = {}
@@ -99,7 +76,7 @@ def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[
         fields.pop("tid")
         fields["is_kernel_thread"] = extra.get("is_kernel_thread")
         fields["exe_path"], fields["exe_deleted"] = extra.get("exe_path"), extra.get("exe_deleted")
-        fields["source"] = _source(*plugins)
+        fields["source"] = source_of(*plugins)
         out.append(fields)
     return sorted(out, key=lambda r: (r["pid"] is None, r["pid"] or 0))
 
@@ -148,7 +125,7 @@ def process_cross_view(rows: list[dict] | None) -> list[dict]:
 
 
 def cmdlines_rows(outputs: dict) -> list[dict] | None:
-    rows = _rows(outputs, "linux.psaux.PsAux", "windows.cmdline.CmdLine")
+    rows = plugin_output(outputs, "linux.psaux.PsAux", "windows.cmdline.CmdLine")
     if rows is None:
         return None
     return [
@@ -163,7 +140,7 @@ def cmdlines_rows(outputs: dict) -> list[dict] | None:
 
 
 def maps_rows(outputs: dict) -> list[dict] | None:
-    rows = _rows(outputs, "linux.proc.Maps")
+    rows = plugin_output(outputs, "linux.proc.Maps")
     if rows is None:
         return None
     out = []
@@ -201,13 +178,13 @@ def _proto(value):
 
 
 def sockets_rows(outputs: dict) -> list[dict] | None:
-    linux = _rows(outputs, "linux.sockstat.Sockstat")
-    windows = _rows(outputs, "windows.netscan.NetScan")
+    linux = plugin_output(outputs, "linux.sockstat.Sockstat")
+    windows = plugin_output(outputs, "windows.netscan.NetScan")
     if linux is None and windows is None:
         return None
     # sockstat prints no inode; lsof does ("socket:[1234]"), keyed by pid + fd.
     inodes = {}
-    for r in _rows(outputs, "linux.lsof.Lsof") or []:
+    for r in plugin_output(outputs, "linux.lsof.Lsof") or []:
         match = _SOCKET_INODE.fullmatch(str(r.get("Path") or ""))
         if match:
             inodes[(r.get("PID"), r.get("FD"))] = int(match.group(1))
@@ -223,14 +200,14 @@ def sockets_rows(outputs: dict) -> list[dict] | None:
                 "type": r.get("Type"),
                 "proto": _proto(r.get("Proto")),
                 "src_ip": r.get("Source Addr"),
-                "src_port": _int(r.get("Source Port")),
+                "src_port": as_int(r.get("Source Port")),
                 "dst_ip": r.get("Destination Addr"),
-                "dst_port": _int(r.get("Destination Port")),
+                "dst_port": as_int(r.get("Destination Port")),
                 "state": r.get("State"),
                 "inode": inodes.get((r.get("PID"), r.get("FD"))),
                 "netns": r.get("NetNS"),
                 "sock_offset": r.get("Sock Offset"),
-                "source": _source("linux.sockstat.Sockstat"),
+                "source": source_of("linux.sockstat.Sockstat"),
             }
         )
     for r in windows or []:
@@ -242,20 +219,20 @@ def sockets_rows(outputs: dict) -> list[dict] | None:
                 "proto": _proto(proto),
                 "family": "AF_INET6" if proto.endswith("v6") else "AF_INET",
                 "src_ip": r.get("LocalAddr"),
-                "src_port": _int(r.get("LocalPort")),
+                "src_port": as_int(r.get("LocalPort")),
                 "dst_ip": r.get("ForeignAddr"),
-                "dst_port": _int(r.get("ForeignPort")),
+                "dst_port": as_int(r.get("ForeignPort")),
                 "state": r.get("State"),
                 "sock_offset": r.get("Offset"),
                 "created_ts": r.get("Created"),
-                "source": _source("windows.netscan.NetScan"),
+                "source": source_of("windows.netscan.NetScan"),
             }
         )
     return out
 
 
 def open_files_rows(outputs: dict) -> list[dict] | None:
-    rows = _rows(outputs, "linux.lsof.Lsof")
+    rows = plugin_output(outputs, "linux.lsof.Lsof")
     if rows is None:
         return None
     out = []
@@ -283,7 +260,7 @@ def open_files_rows(outputs: dict) -> list[dict] | None:
 
 
 def shell_history_rows(outputs: dict) -> list[dict] | None:
-    rows = _rows(outputs, "linux.bash.Bash")
+    rows = plugin_output(outputs, "linux.bash.Bash")
     if rows is None:
         return None
     return [
@@ -293,7 +270,7 @@ def shell_history_rows(outputs: dict) -> list[dict] | None:
 
 
 def malfind_rows(outputs: dict) -> list[dict] | None:
-    rows = _rows(outputs, "linux.malware.malfind.Malfind", "windows.malware.malfind.Malfind")
+    rows = plugin_output(outputs, "linux.malware.malfind.Malfind", "windows.malware.malfind.Malfind")
     if rows is None:
         return None
     return [
@@ -309,146 +286,6 @@ def malfind_rows(outputs: dict) -> list[dict] | None:
         }
         for r in rows
     ]
-
-
-# --- modules and kernel checks -------------------------------------------------
-
-MODULE_PLUGINS = (
-    "linux.lsmod.Lsmod",
-    "linux.malware.check_modules.Check_modules",
-    "linux.malware.hidden_modules.Hidden_modules",
-    "windows.modules.Modules",
-    "windows.modscan.ModScan",
-)
-
-
-def modules_rows(outputs: dict) -> list[dict] | None:
-    """lsmod (the list) plus the cross-views: check_modules lists modules
-    missing from sysfs, hidden_modules lists modules carved from memory but
-    absent from the list. Windows: modules (list) + modscan (scan)."""
-    if not any(p in outputs for p in MODULE_PLUGINS):
-        return None
-    ran = lambda p: p in outputs and not outputs[p]["error"]  # noqa: E731
-    merged: dict[str, dict] = {}
-
-    def add(row, **flags):
-        name = row.get("Module Name", row.get("Name"))
-        entry = merged.setdefault(
-            name,
-            {
-                "name": name,
-                "offset": row.get("Offset"),
-                "base": row.get("Base"),
-                "size": row.get("Code Size", row.get("Size")),
-                "path": row.get("Path"),
-                "taints": row.get("Taints"),
-                "args": row.get("Load Arguments"),
-                "in_list": False if ran("linux.lsmod.Lsmod") or ran("windows.modules.Modules") else None,
-                "in_sysfs": True if ran("linux.malware.check_modules.Check_modules") else None,
-                "hidden": False
-                if ran("linux.malware.hidden_modules.Hidden_modules") or ran("windows.modscan.ModScan")
-                else None,
-            },
-        )
-        entry.update(flags)
-
-    for r in _rows(outputs, "linux.lsmod.Lsmod", "windows.modules.Modules") or []:
-        add(r, in_list=True)
-    for r in _rows(outputs, "linux.malware.check_modules.Check_modules") or []:
-        add(r, in_sysfs=False)
-    for r in _rows(outputs, "linux.malware.hidden_modules.Hidden_modules") or []:
-        add(r, hidden=True)
-    for r in _rows(outputs, "windows.modscan.ModScan") or []:
-        name = r.get("Name")
-        if name not in merged:
-            add(r, hidden=True)
-    return list(merged.values())
-
-
-def _unknown(symbol) -> bool:
-    return symbol in (None, "", "UNKNOWN")
-
-
-# How Volatility's module lookup names the kernel image itself.
-KERNEL_MODULE_NAMES = (None, "kernel", "__kernel__")
-
-
-def kernel_checks_rows(outputs: dict, modules: list[dict] | None) -> list[dict] | None:
-    """One row per check result; ``suspicious`` is the verdict, ``detail`` the reason."""
-    out = []
-    seen = False
-    if "linux.malware.check_syscall.Check_syscall" in outputs:
-        seen = True
-        for r in _rows(outputs, "linux.malware.check_syscall.Check_syscall") or []:
-            symbol = r.get("Handler Symbol")
-            out.append(
-                {
-                    "check": "check_syscall",
-                    "item": f"{r.get('Table Name')}[{r.get('Index')}]",
-                    "address": r.get("Handler Address"),
-                    "symbol": symbol,
-                    "suspicious": _unknown(symbol),
-                    "detail": "handler outside any known kernel symbol" if _unknown(symbol) else None,
-                }
-            )
-    if "linux.malware.check_idt.Check_idt" in outputs:
-        seen = True
-        for r in _rows(outputs, "linux.malware.check_idt.Check_idt") or []:
-            address, symbol, module = r.get("Address"), r.get("Symbol"), r.get("Module")
-            bad = bool(address) and _unknown(symbol)
-            out.append(
-                {
-                    "check": "check_idt",
-                    "item": f"idt[{r.get('Index'):#x}]" if r.get("Index") is not None else "idt",
-                    "address": address,
-                    "module": module,
-                    "symbol": symbol,
-                    "suspicious": bad,
-                    "detail": "IDT entry points outside known kernel/module symbols" if bad else None,
-                }
-            )
-    if "linux.malware.tty_check.Tty_Check" in outputs:
-        seen = True
-        for r in _rows(outputs, "linux.malware.tty_check.Tty_Check") or []:
-            symbol, module = r.get("Symbol"), r.get("Module")
-            bad = _unknown(symbol) or module not in KERNEL_MODULE_NAMES
-            out.append(
-                {
-                    "check": "tty_check",
-                    "item": r.get("Name"),
-                    "address": r.get("Address"),
-                    "module": module,
-                    "symbol": symbol,
-                    "suspicious": bad,
-                    "detail": f"receive_buf handler in {module or 'unknown code'}" if bad else None,
-                }
-            )
-    for m in modules or []:
-        if m.get("in_sysfs") is None and m.get("hidden") is None:
-            continue
-        seen = True
-        reasons = [
-            why
-            for flag, why in (
-                (m.get("hidden"), "carved from memory but not on the module list"),
-                (m.get("in_sysfs") is False, "on the list but missing from sysfs"),
-            )
-            if flag
-        ]
-        out.append(
-            {
-                "check": "modules",
-                "item": m["name"],
-                "address": m.get("offset"),
-                "module": m["name"],
-                "suspicious": bool(reasons),
-                "detail": "; ".join(reasons) or None,
-            }
-        )
-    return out if seen else None
-
-
-# --- everything else -------------------------------------------------------------
 
 
 def _kind(value) -> str:
@@ -521,7 +358,7 @@ def table_sources(outputs: dict) -> dict[str, str]:
     sources: dict[str, list[str]] = {}
     for plugin in outputs:
         sources.setdefault(DEDICATED.get(plugin, "memory/plugin_rows"), []).append(plugin)
-    return {table: _source(*plugins) for table, plugins in sources.items()}
+    return {table: source_of(*plugins) for table, plugins in sources.items()}
 
 
 def build_all(outputs: dict, enrich: dict, os_name: str) -> dict[str, list[dict]]:

@@ -4,14 +4,14 @@
 engines made available (``ctx.readers``: physical memory, process regions,
 disk files; ``ctx.tables["network/flows"]``: reassembled streams). The
 primitives are plain functions over readers, for notebooks and benchmarks:
-``rules.compile_rules`` and, in ``scan``, ``scan_regions`` (process/kernel
-memory), ``scan_physical`` (guest-physical memory), ``scan_file(s)`` and
-``scan_streams``, each returning ``(match_rows, diagnostic_rows)``.
+``rules.compile_rules``; in ``scan``, ``scan_regions`` (process/kernel
+memory) and ``scan_physical`` (guest-physical memory); in ``files``,
+``scan_file(s)`` and ``scan_streams``; each returns ``(match_rows, diagnostic_rows)``.
 
 Example::
 
     from toolkit.engines.yara.rules import compile_rules
-    from toolkit.engines.yara.scan import scan_files
+    from toolkit.engines.yara.files import scan_files
     rules = compile_rules(cache_dir="~/.cache/snapscope")
     rows, diags = scan_files(rules, ["/tmp/suspect.elf"])
     tables = to_tables(rows, diags + rules["diagnostics"], snapshot_id="s1", source="yara/files")
@@ -24,16 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from toolkit.engines import EngineContext
+from toolkit.engines.yara.files import scan_files, scan_streams
 from toolkit.engines.yara.rules import DEFAULT_RULES_DIR, compile_rules
-from toolkit.engines.yara.scan import (
-    CHUNK_SIZE,
-    MAX_FILE_SIZE,
-    OVERLAP,
-    scan_files,
-    scan_physical,
-    scan_regions,
-    scan_streams,
-)
+from toolkit.engines.yara.scan import CHUNK_SIZE, MAX_FILE_SIZE, OVERLAP, scan_physical, scan_regions
 from toolkit.schemas import make_table
 
 

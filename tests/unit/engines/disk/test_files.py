@@ -11,9 +11,9 @@ import pytest
 from tests.helpers import disk_images as b
 from tests.helpers.contexts import engine_context
 from toolkit.engines.disk import run
-from toolkit.engines.yara import scan as yara_scan
+from toolkit.engines.yara import files as yara_files
+from toolkit.engines.yara.files import scan_files
 from toolkit.engines.yara.rules import compile_rules
-from toolkit.engines.yara.scan import scan_files
 
 PROFILE = {"disk": {"functions": ["users"], "hash": {"paths": ["/tmp", "/home", "/etc/cron*"], "executables": True}}}
 
@@ -167,8 +167,8 @@ def test_yara_file_matches_cached_by_content(tmp_path, monkeypatch):
     rules = compile_rules([tmp_path / "rules"])
     data = {"/vm1/implant": b.IMPLANT, "/vm1/clean": b"nothing here" * 10}
     calls = []
-    real = yara_scan.scan_range
-    monkeypatch.setattr(yara_scan, "scan_range", lambda *a, **k: calls.append(a[4]["path"]) or real(*a, **k))
+    real = yara_files.scan_range
+    monkeypatch.setattr(yara_files, "scan_range", lambda *a, **k: calls.append(a[4]["path"]) or real(*a, **k))
 
     def items(prefix):
         import io

@@ -280,8 +280,8 @@ def test_rerun_rewrites_streams_and_no_derived_dir(tmp_path):
 
 def test_streams_feed_yara_with_flow_tuple(tmp_path):
     from toolkit.engines import yara
+    from toolkit.engines.yara.files import scan_streams
     from toolkit.engines.yara.rules import compile_rules
-    from toolkit.engines.yara.scan import scan_streams
 
     marker = b"BEACON SNAPSCOPE-LAB-BEACON-7f3a9c seq=0 host=lab\n"
     frames = session(C, 40100, S, 8443, [(marker[:20], None), (marker[20:], marker)], close=None)

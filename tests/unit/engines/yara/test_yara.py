@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from tests.helpers.contexts import engine_context
 from toolkit.engines import yara
+from toolkit.engines.yara.files import scan_file, scan_files
 from toolkit.engines.yara.rules import compile_rules
-from toolkit.engines.yara.scan import scan_buffer, scan_file, scan_files, scan_physical, scan_range, scan_regions
+from toolkit.engines.yara.scan import scan_buffer, scan_physical, scan_range, scan_regions
 from toolkit.errors import RuleError
 from toolkit.schemas import validate
 

@@ -1,0 +1,172 @@
+"""One snapshot through the engines and correlation into its table files.
+
+:func:`analyze_snapshot` builds the snapshot's :class:`EngineContext`, runs
+the engines in ``ENGINES`` order (:func:`run_engines`: an engine crash
+becomes a diagnostic, readers are closed at the end), correlates the tables
+into findings and a timeline and writes this snapshot's table files only, so
+several snapshots can run in parallel processes. ``toolkit.pipeline`` owns
+the case around it (hashing, reuse, the manifest).
+
+Example::
+
+    entry = analyze_snapshot(snapshot, Path("case"), load_profile("linux-triage"), hashes, {})
+    entry["tables"]["memory/processes"]
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pandas as pd
+
+from toolkit.case.store import write_table
+from toolkit.correlate.findings import correlate_snapshot
+from toolkit.correlate.timeline import build_timeline
+from toolkit.engines import ENGINES, EngineContext, no_progress
+from toolkit.profiles import DEFAULT_PROFILE, load_profile
+from toolkit.schemas import diagnostic, make_table
+
+
+def snapshot_times(snapshot: dict) -> dict:
+    """Capture times the evidence itself states (memory dump, snapshot XML), for the timeline."""
+    times = {}
+    for item in snapshot.get("evidence", []):
+        facts = item.get("facts") or {}
+        for key in ("creation_time", "captured_at", "snapshot_time"):
+            if facts.get(key):
+                times[f"{item.get('format')} {key.replace('_', ' ')}"] = facts[key]
+    return times
+
+
+def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.DataFrame]:
+    """Run every applicable engine for one snapshot, in ENGINES order; an engine crash becomes a diagnostic."""
+    produced: dict[str, list[pd.DataFrame]] = {}
+    try:
+        for entry in ENGINES:
+            if (only is not None and entry["name"] not in only) or not entry["applies"](snapshot):
+                continue
+            module = importlib.import_module(entry["module"])
+            ctx.tables = {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
+            try:
+                tables = module.run(snapshot, ctx)
+            except Exception as exc:  # one engine failing must not lose the others' tables
+                tables = {
+                    "diagnostics": make_table(
+                        "diagnostics",
+                        [
+                            diagnostic(
+                                "error", f"engine {entry['name']}", snapshot["id"], f"{type(exc).__name__}: {exc}"
+                            )
+                        ],
+                        snapshot_id=snapshot["id"],
+                        source=f"engine/{entry['name']}",
+                    )
+                }
+            for table, df in tables.items():
+                produced.setdefault(table, []).append(df)
+    finally:
+        ctx.readers.close()
+    return {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
+
+
+def _intake_diagnostics(snap: dict) -> list[dict]:
+    """What discovery could not use is data too: a damaged file it set aside, a file it did not recognise."""
+    rows = [diagnostic("error", "evidence problem", snap["id"], p) for p in snap.get("problems") or []]
+    for skipped in snap.get("skipped") or []:
+        # a recognised format that could not be read is lost evidence; an unknown file is just noted
+        damaged = str(skipped.get("reason", "")).startswith("unreadable")
+        rows.append(
+            diagnostic(
+                "error" if damaged else "info",
+                f"{Path(skipped.get('path', '')).name} unreadable" if damaged else "file not used",
+                skipped.get("path"),
+                skipped.get("reason"),
+            )
+        )
+    return rows
+
+
+def analyze_snapshot(snap: dict, case_dir: Path, profile: dict, hashes: dict[str, str], options: dict) -> dict:
+    """Engines, correlation and table writes for one snapshot; returns its manifest entry.
+
+    Writes only this snapshot's table files, so several can run in parallel
+    processes; the caller owns case.json. ``options``: search_paths, symbols,
+    rule_paths, engine_names, progress (see :func:`run_snapshots`).
+    """
+    ctx = EngineContext(
+        snapshot_id=snap["id"],
+        case_dir=case_dir,
+        derived_dir=case_dir / "derived" / snap["id"],
+        cache_dir=case_dir / "derived" / "cache",
+        profile=profile,
+        progress=options.get("progress") or no_progress,
+        search_paths=tuple(Path(p) for p in options.get("search_paths") or ()),
+        symbols=tuple(Path(p) for p in options.get("symbols") or ()),
+        rule_paths=tuple(Path(p) for p in options.get("rule_paths") or ()),
+        # content keys for caches shared between snapshots (a linked clones' base image)
+        evidence_hashes=hashes,
+    )
+    ctx.derived_dir.mkdir(parents=True, exist_ok=True)
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    tables = run_engines(snap, ctx, options.get("engine_names"))
+    intake = _intake_diagnostics(snap)
+    if intake:
+        tables["diagnostics"] = pd.concat(
+            [
+                df
+                for df in (
+                    tables.get("diagnostics"),
+                    make_table("diagnostics", intake, snapshot_id=snap["id"], source="intake"),
+                )
+                if df is not None
+            ],
+            ignore_index=True,
+        )
+    evidence_rows = [
+        {
+            "path": str(Path(e["path"]).resolve()),
+            "format": e.get("format"),
+            "size": Path(e["path"]).stat().st_size,
+            "sha256": hashes[str(Path(e["path"]).resolve())],
+            "role": e.get("role"),
+        }
+        for e in snap["evidence"]
+    ]
+    tables["evidence"] = make_table("evidence", evidence_rows, snapshot_id=snap["id"], source="intake")
+    # Correlation reads the engines' tables only, never the evidence.
+    findings, problems, _graph = correlate_snapshot(tables, snap["id"])
+    tables["findings"] = findings
+    times = snapshot_times(snap)
+    tables["timeline"] = build_timeline(tables, snap["id"], times)
+    tables["diagnostics"] = pd.concat(
+        [df for df in (tables.get("diagnostics"), problems) if df is not None], ignore_index=True
+    )
+    # A table this run no longer produces must not survive from an earlier run.
+    for stale in (case_dir / "tables").rglob(f"{snap['id']}.parquet"):
+        if str(stale.parent.relative_to(case_dir / "tables")) not in tables:
+            stale.unlink()
+    for name, df in tables.items():
+        write_table(case_dir, name, snap["id"], df)
+    return {
+        "name": snap["name"],
+        "domain": snap.get("domain"),
+        "memory": snap.get("memory"),
+        "disks": snap.get("disks"),
+        "pcaps": snap.get("pcaps"),
+        "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
+        "tables": {name: len(df) for name, df in tables.items()},
+        "findings": findings["severity"].value_counts().to_dict(),
+        "times": times,  # capture times the evidence states, kept for re-correlation
+        "errors": [f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
+    }
+
+
+def warm_up_worker(profile_name: str | None) -> None:
+    """Import the engines and let each warm up (Volatility's plugin tree: ~10 s of CPU) in a
+    fresh worker while the parent still hashes the evidence, instead of after it."""
+    for entry in ENGINES:
+        warm_up = getattr(importlib.import_module(entry["module"]), "warm_up", None)
+        if callable(warm_up):
+            warm_up()
+    load_profile(profile_name or DEFAULT_PROFILE)
