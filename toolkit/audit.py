@@ -33,6 +33,7 @@ from toolkit.errors import SnapscopeError
 from toolkit.evidence import discover
 from toolkit.pipeline import run_snapshots
 from toolkit.schemas import SEVERITIES, make_table
+from toolkit.snapshot import RunOptions
 
 
 def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
@@ -159,30 +160,28 @@ def audit(
     sources: list[Path],
     case_dir: Path,
     *,
-    profile: str | None = None,
     jobs: int = 2,
     executor: str = "local",
     io_slots: int = 1,
     previous: Path | None = None,
-    search_paths=(),
-    symbols=(),
-    rule_paths=(),
     progress=no_progress,
+    **choices,
 ) -> dict:
-    """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary."""
+    """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary.
+
+    ``choices`` are :class:`toolkit.snapshot.RunOptions` fields (profile, search_paths, symbols, rule_paths).
+    """
     case_dir = Path(case_dir)
-    snapshots, failures = discover_fleet([Path(s) for s in sources], search_paths)
+    options = RunOptions.of(**choices)
+    snapshots, failures = discover_fleet([Path(s) for s in sources], options.search_paths)
     pool, client = _executor(executor, jobs)
     try:
         result = run_snapshots(
             snapshots,
             case_dir,
+            options,
             kind="audit",
             inputs=sources,
-            profile=profile,
-            search_paths=search_paths,
-            symbols=symbols,
-            rule_paths=rule_paths,
             progress=progress,
             pool=pool,
             warm_up=jobs if executor == "local" else 0,

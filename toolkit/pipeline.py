@@ -46,7 +46,7 @@ from toolkit.engines import engine_names, no_progress
 from toolkit.errors import CaseError
 from toolkit.evidence import discover
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
-from toolkit.snapshot import analyze_snapshot, warm_up_worker
+from toolkit.snapshot import RunOptions, analyze_snapshot, warm_up_worker
 from toolkit.versions import tool_versions
 
 
@@ -83,24 +83,20 @@ def _file_digest(paths) -> str:
     return digest.hexdigest()
 
 
-def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict, options: dict) -> str:
+def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict, options: RunOptions) -> str:
     """What a snapshot's tables depend on: evidence bytes, profile, rules, symbols, tool versions."""
     evidence = sorted(hashes[str(Path(e["path"]).resolve())] for e in snapshot["evidence"])
-    user_rules = list(profile.get("yara", {}).get("rule_dirs") or []) + list(options.get("rule_paths") or [])
-    payload = json.dumps(
-        {
-            "evidence": evidence,
-            "profile": profile,
-            "rules": shipped.content_digest(),
-            "user_rules": _file_digest(user_rules),
-            "symbols": _file_digest(options.get("symbols") or []),
-            "tools": tool_versions(),
-            "engines": engine_names(),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    user_rules = list(profile.get("yara", {}).get("rule_dirs") or []) + list(options.rule_paths)
+    payload = {
+        "evidence": evidence,
+        "profile": profile,
+        "rules": shipped.content_digest(),
+        "user_rules": _file_digest(user_rules),
+        "symbols": _file_digest(options.symbols),
+        "tools": tool_versions(),
+        "engines": engine_names(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _analyze_in_worker(snap, case_dir, profile, hashes, options):
@@ -108,7 +104,7 @@ def _analyze_in_worker(snap, case_dir, profile, hashes, options):
     return snap["id"], analyze_snapshot(snap, Path(case_dir), profile, hashes, options)
 
 
-def may_have_work(case_dir: Path, snapshots: list[dict], manifest: dict, profile: dict, options: dict) -> bool:
+def may_have_work(case_dir: Path, snapshots: list[dict], manifest: dict, profile: dict, options: RunOptions) -> bool:
     """False only when every snapshot is sure to be reused: its files unchanged
     since their cached hashes (stat identity) and its fingerprint as recorded."""
     try:
@@ -142,14 +138,10 @@ def _open_case(case_dir: Path) -> None:
 def run_snapshots(
     snapshots: list[dict],
     case_dir: Path,
+    options: RunOptions,
     *,
     kind: str,
     inputs,
-    profile: str | None = None,
-    search_paths=(),
-    symbols=(),
-    rule_paths=(),
-    engine_names=None,
     progress=no_progress,
     pool=None,
     warm_up: int = 0,
@@ -170,153 +162,137 @@ def run_snapshots(
     """
     case_dir = Path(case_dir)
     refuse_evidence_inside_case(snapshots, case_dir)
-    profile_dict = load_profile(profile or DEFAULT_PROFILE)  # an unknown plugin fails here, before any read
+    profile = load_profile(options.profile or DEFAULT_PROFILE)  # an unknown plugin fails here, before any read
     _open_case(case_dir)
-    options = {
-        "search_paths": [str(p) for p in search_paths],
-        "symbols": [str(p) for p in symbols],
-        "rule_paths": [str(p) for p in rule_paths],
-        "engine_names": engine_names,
-    }
     with case_lock(case_dir):
-        return _run_locked(
-            snapshots,
+        manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
+        custody.append_event(
             case_dir,
-            kind,
-            [str(p) for p in inputs],
-            profile_dict,
-            options,
-            progress,
-            pool,
-            warm_up,
-            io_slots,
-            use_hash_cache,
+            action=f"{kind}.start",
+            detail={
+                "inputs": [str(p) for p in inputs],
+                "profile": profile["profile"]["name"],
+                "snapshots": len(snapshots),
+            },
         )
-
-
-def _run_locked(
-    snapshots, case_dir, kind, inputs, profile_dict, options, progress, pool, warm_up, io_slots, use_hash_cache
-) -> dict:
-    manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
-    custody.append_event(
-        case_dir,
-        action=f"{kind}.start",
-        detail={"inputs": inputs, "profile": profile_dict["profile"]["name"], "snapshots": len(snapshots)},
-    )
-    if pool is not None and warm_up and may_have_work(case_dir, snapshots, manifest, profile_dict, options):
-        for _ in range(warm_up):
-            pool.submit(warm_up_worker, profile_dict["profile"]["path"])  # imports overlap the hashing
-    files = evidence_files(snapshots)
-    before = hash_evidence(case_dir, files, "before", progress, io_slots=io_slots, use_cache=use_hash_cache)
-    manifest["tools"] = tool_versions()
-    for path, digest in before.items():
-        manifest["evidence"][path] = {
-            "format": files[path].get("format"),
-            "size": Path(path).stat().st_size,
-            "sha256": digest,
+        if pool is not None and warm_up and may_have_work(case_dir, snapshots, manifest, profile, options):
+            for _ in range(warm_up):
+                pool.submit(warm_up_worker, profile["profile"]["path"])  # imports overlap the hashing
+        files = evidence_files(snapshots)
+        before = hash_evidence(case_dir, files, "before", progress, io_slots=io_slots, use_cache=use_hash_cache)
+        manifest["tools"] = tool_versions()
+        for path, digest in before.items():
+            manifest["evidence"][path] = {
+                "format": files[path].get("format"),
+                "size": Path(path).stat().st_size,
+                "sha256": digest,
+            }
+        statuses, todo = {}, []
+        for snap in snapshots:
+            snap["fingerprint"] = snapshot_fingerprint(snap, before, profile, options)
+            previous = manifest["snapshots"].get(snap["id"])
+            if previous and previous.get("fingerprint") == snap["fingerprint"]:
+                # Same evidence bytes, profile, rules and tool versions: the stored tables stand.
+                statuses[snap["id"]] = "reused"
+                custody.append_event(case_dir, action="snapshot.reuse", detail={"snapshot": snap["id"]})
+            else:
+                todo.append(snap)
+        run = {
+            "case_dir": case_dir,
+            "manifest": manifest,
+            "profile": profile,
+            "hashes": before,
+            "options": options,
+            "statuses": statuses,
+            "progress": progress,
         }
-    statuses, failures, todo = {}, [], []
-    for snap in snapshots:
-        snap["fingerprint"] = snapshot_fingerprint(snap, before, profile_dict, options)
-        previous = manifest["snapshots"].get(snap["id"])
-        if previous and previous.get("fingerprint") == snap["fingerprint"]:
-            # Same evidence bytes, profile, rules and tool versions: the stored tables stand.
-            statuses[snap["id"]] = "reused"
-            custody.append_event(case_dir, action="snapshot.reuse", detail={"snapshot": snap["id"]})
-        else:
-            todo.append(snap)
-
-    def finished(snap, entry):
-        entry["fingerprint"] = snap["fingerprint"]
-        manifest["snapshots"][snap["id"]] = entry
-        # Readable in part: say what could not be analysed, keep what could.
-        statuses[snap["id"]] = "partial" if entry.get("errors") else "analysed"
-        save_manifest(case_dir, manifest)  # resumable: an interrupted run keeps what it finished
-        custody.append_event(case_dir, action="snapshot.done", detail={"snapshot": snap["id"]})
-
-    if pool is None:
-        for snap in todo:
-            finished(snap, analyze_snapshot(snap, case_dir, profile_dict, before, {**options, "progress": progress}))
-    else:
-        # Big snapshots first keeps every worker busy to the end instead of one straggler.
-        todo.sort(key=lambda s: -sum(Path(e["path"]).stat().st_size for e in s["evidence"]))
-        futures = {
-            pool.submit(_analyze_in_worker, snap, str(case_dir), profile_dict, before, options): snap for snap in todo
-        }
-        for n, future in enumerate(cf.as_completed(futures), start=1):
-            snap = futures[future]
-            try:
-                _sid, entry = future.result()
-            except Exception as exc:  # one VM's failure must not stop the fleet: it becomes a fleet row
-                statuses[snap["id"]] = "failed"
-                failures.append(
-                    {
-                        "vm": snap["id"],
-                        "status": "failed",
-                        "reason": f"{type(exc).__name__}: {exc}",
-                        "source_path": snap.get("source_path"),
-                    }
-                )
-                continue
-            finished(snap, entry)
-            progress("analysing snapshots", n, len(futures))
-    write_combined_tables(case_dir)
-    after = hash_evidence(case_dir, files, "after", progress, io_slots=io_slots)
-    changed = [p for p in before if before[p] != after[p]]
-    manifest["runs"].append(
-        {
-            "at": now_iso(),
-            "kind": kind,
-            "profile": profile_dict["profile"]["name"],
-            "inputs": inputs,
-            "evidence_unchanged": not changed,
-        }
-    )
-    save_manifest(case_dir, manifest)
-    custody.append_event(case_dir, action=f"{kind}.end", detail={"evidence_unchanged": not changed})
+        failures = _analyse_inline(todo, run) if pool is None else _analyse_on(pool, todo, run)
+        write_combined_tables(case_dir)
+        after = hash_evidence(case_dir, files, "after", progress, io_slots=io_slots)
+        changed = [p for p in before if before[p] != after[p]]
+        manifest["runs"].append(
+            {
+                "at": now_iso(),
+                "kind": kind,
+                "profile": profile["profile"]["name"],
+                "inputs": [str(p) for p in inputs],
+                "evidence_unchanged": not changed,
+            }
+        )
+        save_manifest(case_dir, manifest)
+        custody.append_event(case_dir, action=f"{kind}.end", detail={"evidence_unchanged": not changed})
     if changed:
         raise CaseError(f"evidence changed during the {kind}: {', '.join(changed)}")
+    entries = {sid: manifest["snapshots"][sid] for sid in statuses if sid in manifest["snapshots"]}
     return {
         "case": str(case_dir),
-        "profile": profile_dict,
+        "profile": profile,
         "statuses": statuses,
         "failures": failures,
-        "entries": {sid: manifest["snapshots"][sid] for sid in statuses if sid in manifest["snapshots"]},
+        "entries": entries,
         "evidence_unchanged": True,
     }
 
 
-def analyze(
-    paths: list[Path],
-    case_dir: Path,
-    *,
-    profile: str | None = None,
-    search_paths=(),
-    symbols=(),
-    rule_paths=(),
-    engine_names=None,
-    progress=no_progress,
-) -> dict:
+def _finished(run: dict, snap: dict, entry: dict) -> None:
+    """Record one analysed snapshot in the manifest, saved at once so an interrupted run keeps it."""
+    entry["fingerprint"] = snap["fingerprint"]
+    run["manifest"]["snapshots"][snap["id"]] = entry
+    # Readable in part: say what could not be analysed, keep what could.
+    run["statuses"][snap["id"]] = "partial" if entry.get("errors") else "analysed"
+    save_manifest(run["case_dir"], run["manifest"])
+    custody.append_event(run["case_dir"], action="snapshot.done", detail={"snapshot": snap["id"]})
+
+
+def _analyse_inline(todo: list[dict], run: dict) -> list[dict]:
+    for snap in todo:
+        entry = analyze_snapshot(snap, run["case_dir"], run["profile"], run["hashes"], run["options"], run["progress"])
+        _finished(run, snap, entry)
+    return []
+
+
+def _analyse_on(pool, todo: list[dict], run: dict) -> list[dict]:
+    """Snapshots on an executor's workers; a snapshot that fails becomes a failure row, the others go on."""
+    failures = []
+    # Big snapshots first keeps every worker busy to the end instead of one straggler.
+    todo = sorted(todo, key=lambda s: -sum(Path(e["path"]).stat().st_size for e in s["evidence"]))
+    futures = {
+        pool.submit(_analyze_in_worker, snap, str(run["case_dir"]), run["profile"], run["hashes"], run["options"]): snap
+        for snap in todo
+    }
+    for n, future in enumerate(cf.as_completed(futures), start=1):
+        snap = futures[future]
+        try:
+            _sid, entry = future.result()
+        except Exception as exc:  # one VM's failure must not stop the fleet: it becomes a fleet row
+            run["statuses"][snap["id"]] = "failed"
+            failures.append(
+                {
+                    "vm": snap["id"],
+                    "status": "failed",
+                    "reason": f"{type(exc).__name__}: {exc}",
+                    "source_path": snap.get("source_path"),
+                }
+            )
+            continue
+        _finished(run, snap, entry)
+        run["progress"]("analysing snapshots", n, len(futures))
+    return failures
+
+
+def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choices) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
+
+    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths, engine_names).
 
     Example::
 
-        summary = analyze([Path("lab/qemu/memory.elf")], Path("case"))
+        summary = analyze([Path("lab/qemu/memory.elf")], Path("case"), profile="linux-triage")
         [s["id"] for s in summary["snapshots"]]
     """
-    snapshots = discover([Path(p) for p in paths], search_paths=search_paths)
-    result = run_snapshots(
-        snapshots,
-        Path(case_dir),
-        kind="analyze",
-        inputs=paths,
-        profile=profile,
-        search_paths=search_paths,
-        symbols=symbols,
-        rule_paths=rule_paths,
-        engine_names=engine_names,
-        progress=progress,
-    )
+    options = RunOptions.of(**choices)
+    snapshots = discover([Path(p) for p in paths], search_paths=options.search_paths)
+    result = run_snapshots(snapshots, Path(case_dir), options, kind="analyze", inputs=paths, progress=progress)
     return {
         "case": result["case"],
         "evidence_unchanged": result["evidence_unchanged"],

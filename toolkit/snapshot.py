@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,31 @@ from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import ENGINES, EngineContext, no_progress
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
 from toolkit.schemas import diagnostic, make_table
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user chose for a run, the same for every snapshot of it (picklable for workers).
+
+    Example: ``RunOptions.of(profile="linux-full", search_paths=["/mnt/images"])``
+    """
+
+    profile: str | None = None  # a shipped profile's name or a profile file
+    search_paths: tuple[str, ...] = ()  # where files that evidence names may be found
+    symbols: tuple[str, ...] = ()  # ISF files or directories, used before any automatic build
+    rule_paths: tuple[str, ...] = ()  # YARA rule files or directories added to the profile's
+    engine_names: tuple[str, ...] | None = None  # only these engines (None: every applicable one)
+
+    @classmethod
+    def of(cls, *, profile=None, search_paths=(), symbols=(), rule_paths=(), engine_names=None) -> RunOptions:
+        """RunOptions from CLI-style values (paths as Path or str, lists or tuples)."""
+        return cls(
+            profile=None if profile is None else str(profile),
+            search_paths=tuple(str(p) for p in search_paths),
+            symbols=tuple(str(p) for p in symbols),
+            rule_paths=tuple(str(p) for p in rule_paths),
+            engine_names=None if engine_names is None else tuple(engine_names),
+        )
 
 
 def snapshot_times(snapshot: dict) -> dict:
@@ -87,12 +113,13 @@ def _intake_diagnostics(snap: dict) -> list[dict]:
     return rows
 
 
-def analyze_snapshot(snap: dict, case_dir: Path, profile: dict, hashes: dict[str, str], options: dict) -> dict:
+def analyze_snapshot(
+    snap: dict, case_dir: Path, profile: dict, hashes: dict[str, str], options: RunOptions, progress=no_progress
+) -> dict:
     """Engines, correlation and table writes for one snapshot; returns its manifest entry.
 
     Writes only this snapshot's table files, so several can run in parallel
-    processes; the caller owns case.json. ``options``: search_paths, symbols,
-    rule_paths, engine_names, progress (see :func:`run_snapshots`).
+    processes; the caller owns case.json.
     """
     ctx = EngineContext(
         snapshot_id=snap["id"],
@@ -100,16 +127,16 @@ def analyze_snapshot(snap: dict, case_dir: Path, profile: dict, hashes: dict[str
         derived_dir=case_dir / "derived" / snap["id"],
         cache_dir=case_dir / "derived" / "cache",
         profile=profile,
-        progress=options.get("progress") or no_progress,
-        search_paths=tuple(Path(p) for p in options.get("search_paths") or ()),
-        symbols=tuple(Path(p) for p in options.get("symbols") or ()),
-        rule_paths=tuple(Path(p) for p in options.get("rule_paths") or ()),
+        progress=progress,
+        search_paths=tuple(map(Path, options.search_paths)),
+        symbols=tuple(map(Path, options.symbols)),
+        rule_paths=tuple(map(Path, options.rule_paths)),
         # content keys for caches shared between snapshots (a linked clones' base image)
         evidence_hashes=hashes,
     )
     ctx.derived_dir.mkdir(parents=True, exist_ok=True)
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-    tables = run_engines(snap, ctx, options.get("engine_names"))
+    tables = run_engines(snap, ctx, options.engine_names)
     intake = _intake_diagnostics(snap)
     if intake:
         tables["diagnostics"] = pd.concat(

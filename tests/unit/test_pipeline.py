@@ -19,7 +19,7 @@ from toolkit.errors import CaseError
 from toolkit.hashing import sha256_file
 from toolkit.pipeline import analyze, may_have_work, snapshot_fingerprint
 from toolkit.profiles import load_profile
-from toolkit.snapshot import run_engines
+from toolkit.snapshot import RunOptions, run_engines
 
 MARK = b"PIPELINE-TEST-MARK-4417"
 RULE = 'rule pipeline_mark { meta: severity = "high" strings: $a = "PIPELINE-TEST-MARK-4417" condition: $a }\n'
@@ -127,7 +127,7 @@ def test_workers_warm_up_only_when_a_snapshot_may_need_work(tmp_path):
     evidence.write_bytes(b"\x7fELF" + bytes(60))
     case = tmp_path / "case"
     snaps = [{"id": "vm01", "evidence": [{"path": str(evidence), "format": "elf-core"}]}]
-    profile, options = load_profile("linux-triage"), {}
+    profile, options = load_profile("linux-triage"), RunOptions()
     manifest = {"snapshots": {}}
     assert may_have_work(case, snaps, manifest, profile, options)  # nothing hashed yet
 

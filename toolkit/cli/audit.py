@@ -39,17 +39,16 @@ def audit(
     from toolkit.audit import audit as run_audit
 
     with progress_bar() as progress:
+        options = {"profile": profile, "search_paths": search_path, "symbols": symbols}
         summary = run_audit(
             sources,
             case,
-            profile=profile,
             jobs=jobs,
             executor=executor,
             io_slots=io_slots,
             previous=previous,
-            search_paths=search_path,
-            symbols=symbols,
             progress=progress,
+            **options,
         )
     columns = ("vm", "status", *SEVERITIES[:-1], "reason")  # info counts stay in the table, not on screen
     table = Table(title="fleet")

@@ -19,7 +19,7 @@ import shlex
 
 import pandas as pd
 
-from toolkit.correlate.links import frame, link, pid_of, truthy, value
+from toolkit.correlate.links import endpoints, frame, link, pid_of, truthy, value
 from toolkit.schemas import split_deleted
 
 
@@ -137,29 +137,17 @@ def _sockets_and_flows(graph, tables, sid):
         if key:
             flow_keys.setdefault(key, []).append(i)
         fid = value(r, "flow_id")
-        add_node(
-            graph,
-            f"flow:{fid}",
-            "flow",
-            f"{value(r, 'proto')} {value(r, 'src_ip')}:{value(r, 'src_port')} -> "
-            f"{value(r, 'dst_ip')}:{value(r, 'dst_port')}",
-            [link("network/flows", sid, i)],
-            flow_id=fid,
-        )
+        add_node(graph, f"flow:{fid}", "flow", endpoints(r), [link("network/flows", sid, i)], flow_id=fid)
     sockets = frame(tables, "memory/sockets")
     for j, r in sockets.iterrows():
         pid = pid_of(r)
         if value(r, "dst_port") in (None, 0):
             continue  # listening or unconnected: no flow to join
-        sock_id = add_node(
-            graph,
-            f"socket:{pid}:{value(r, 'src_ip')}:{value(r, 'src_port')}-{value(r, 'dst_ip')}:{value(r, 'dst_port')}",
-            "socket",
-            f"{value(r, 'proto')} {value(r, 'src_ip')}:{value(r, 'src_port')} -> "
-            f"{value(r, 'dst_ip')}:{value(r, 'dst_port')} {value(r, 'state', '')}",
-            [link("memory/sockets", sid, j)],
-            pid=pid,
+        node_id = (
+            f"socket:{pid}:{value(r, 'src_ip')}:{value(r, 'src_port')}-{value(r, 'dst_ip')}:{value(r, 'dst_port')}"
         )
+        label = f"{endpoints(r)} {value(r, 'state', '')}"
+        sock_id = add_node(graph, node_id, "socket", label, [link("memory/sockets", sid, j)], pid=pid)
         if f"process:{pid}" in graph["nodes"]:
             add_edge(graph, f"process:{pid}", sock_id, "owns socket", [link("memory/sockets", sid, j)])
         key = endpoint_key(

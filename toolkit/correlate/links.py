@@ -14,6 +14,23 @@ def link(table: str, snapshot_id: str, row: int) -> dict:
     return {"table": table, "snapshot_id": snapshot_id, "row": int(row)}
 
 
+def hit(entity: str, links: list[dict], confidence: float, explanation: str, **more) -> dict:
+    """What a rule yields: the entity it is about, the rows that prove it, how sure, and why.
+
+    ``more`` may set ``severity`` (overriding the rule's) or ``attack_id``.
+    Example: ``hit("process:77", [link("memory/processes", sid, 3)], 0.9, "pid 77 runs from a deleted file.")``
+    """
+    return {"entity": entity, "links": links, "confidence": confidence, "explanation": explanation, **more}
+
+
+def endpoints(row) -> str:
+    """``tcp 10.0.2.15:40000 -> 10.0.2.100:8443`` from a row with proto and the four address columns."""
+    return (
+        f"{value(row, 'proto')} {value(row, 'src_ip')}:{value(row, 'src_port')} -> "
+        f"{value(row, 'dst_ip')}:{value(row, 'dst_port')}"
+    )
+
+
 def frame(tables: dict, name: str) -> pd.DataFrame:
     """The table, or an empty frame when the engine did not produce it."""
     df = tables.get(name)

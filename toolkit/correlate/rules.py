@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from toolkit.correlate.graph import history_paths, owner_process
-from toolkit.correlate.links import frame, link, pid_of, truthy, value
+from toolkit.correlate.links import frame, hit, link, pid_of, truthy, value
 from toolkit.schemas import SEVERITY_RANK, split_deleted
 
 KERNEL_THREAD_NAME = re.compile(
@@ -46,19 +46,22 @@ def _proc_rows(tables):
     return procs.iterrows()
 
 
+def _process_hit(sid: str, i: int, row, confidence: float, explanation: str) -> dict:
+    """A hit about the process of ``memory/processes`` row ``i``, proven by that row."""
+    return hit(f"process:{pid_of(row)}", [link("memory/processes", sid, i)], confidence, explanation)
+
+
 def kernel_thread_masquerade(tables, graph, sid):
     """A process named like a kernel thread ([kworker/...]) that has user-space memory."""
     for i, r in _proc_rows(tables):
         name = value(r, "process") or ""
         if KERNEL_THREAD_NAME.match(name) and value(r, "is_kernel_thread") is False:
             exe = value(r, "exe_path")
-            yield {
-                "entity": f"process:{pid_of(r)}",
-                "links": [link("memory/processes", sid, i)],
-                "confidence": 0.9,
-                "explanation": f"pid {pid_of(r)} is named {name!r} like a kernel worker thread, but it is a "
-                f"user-space process" + (f" running {exe!r}" if exe else "") + ".",
-            }
+            why = (
+                f"pid {pid_of(r)} is named {name!r} like a kernel worker thread, but it is a "
+                f"user-space process" + (f" running {exe!r}" if exe else "") + "."
+            )
+            yield _process_hit(sid, i, r, 0.9, why)
 
 
 def deleted_executable(tables, graph, sid):
@@ -66,13 +69,11 @@ def deleted_executable(tables, graph, sid):
     for i, r in _proc_rows(tables):
         exe, suffix_deleted = split_deleted(value(r, "exe_path") or None)
         if truthy(value(r, "exe_deleted")) or suffix_deleted:
-            yield {
-                "entity": f"process:{pid_of(r)}",
-                "links": [link("memory/processes", sid, i)],
-                "confidence": 0.9,
-                "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) runs from {exe!r}, a file that was "
-                f"deleted after the process started.",
-            }
+            why = (
+                f"pid {pid_of(r)} ({value(r, 'process')!r}) runs from {exe!r}, a file that was "
+                f"deleted after the process started."
+            )
+            yield _process_hit(sid, i, r, 0.9, why)
 
 
 def suspicious_exec_path(tables, graph, sid):
@@ -80,13 +81,8 @@ def suspicious_exec_path(tables, graph, sid):
     for i, r in _proc_rows(tables):
         exe, _ = split_deleted(value(r, "exe_path") or None)
         if exe and is_hidden_or_temp(exe):
-            yield {
-                "entity": f"process:{pid_of(r)}",
-                "links": [link("memory/processes", sid, i)],
-                "confidence": 0.7,
-                "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) executes {exe!r}, a memfd, hidden "
-                f"or temporary location.",
-            }
+            why = f"pid {pid_of(r)} ({value(r, 'process')!r}) executes {exe!r}, a memfd, hidden or temporary location."
+            yield _process_hit(sid, i, r, 0.7, why)
 
 
 def hidden_process(tables, graph, sid):
@@ -94,13 +90,11 @@ def hidden_process(tables, graph, sid):
     for i, r in _proc_rows(tables):
         exited = str(value(r, "exit_state") or "").startswith("EXIT_")  # a dead task's leftovers, not a hidden one
         if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited:
-            yield {
-                "entity": f"process:{pid_of(r)}",
-                "links": [link("memory/processes", sid, i)],
-                "confidence": 0.6,
-                "explanation": f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
-                f"is missing from the kernel's task list.",
-            }
+            why = (
+                f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
+                f"is missing from the kernel's task list."
+            )
+            yield _process_hit(sid, i, r, 0.6, why)
 
 
 def _suspicious_owner(graph, pid) -> str | None:
@@ -126,15 +120,13 @@ def unexpected_outbound(tables, graph, sid):
         state = str(value(r, "state", "")).upper()
         if value(r, "dst_port") in (None, 0) or state not in ("ESTABLISHED", "SYN_SENT"):
             continue
-        why = _suspicious_owner(graph, pid_of(r))
-        if why:
-            yield {
-                "entity": f"process:{pid_of(r)}",
-                "links": [link("memory/sockets", sid, i)],
-                "confidence": 0.8,
-                "explanation": f"pid {pid_of(r)} {why} and holds an {state} {value(r, 'proto')} connection "
-                f"{value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:{value(r, 'dst_port')}.",
-            }
+        reason = _suspicious_owner(graph, pid_of(r))
+        if reason:
+            why = (
+                f"pid {pid_of(r)} {reason} and holds an {state} {value(r, 'proto')} connection "
+                f"{value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:{value(r, 'dst_port')}."
+            )
+            yield hit(f"process:{pid_of(r)}", [link("memory/sockets", sid, i)], 0.8, why)
 
 
 def periodic_flows(tables, graph, sid):
@@ -145,14 +137,12 @@ def periodic_flows(tables, graph, sid):
         mean, cv = value(r, "beacon_interval_mean"), value(r, "beacon_interval_cv")
         if n is not None and mean is not None and cv is not None and n >= 3 and cv < 0.2:
             owner = _flow_owner(graph, value(r, "flow_id"))
-            yield {
-                "entity": owner or f"flow:{value(r, 'flow_id')}",
-                "links": [link("network/flows", sid, i)],
-                "confidence": 0.7,
-                "explanation": f"flow {value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:"
+            why = (
+                f"flow {value(r, 'src_ip')}:{value(r, 'src_port')} -> {value(r, 'dst_ip')}:"
                 f"{value(r, 'dst_port')} sent {n + 1} payloads about every {mean:.1f}s "
-                f"(variation {cv:.0%}), like a beacon.",
-            }
+                f"(variation {cv:.0%}), like a beacon."
+            )
+            yield hit(owner or f"flow:{value(r, 'flow_id')}", [link("network/flows", sid, i)], 0.7, why)
 
 
 def _flow_owner(graph, flow_id) -> str | None:
@@ -174,26 +164,23 @@ def persistence_target(tables, graph, sid):
             severity = "high"
         procs = [a for a, b, _rel, _links in graph["edges"] if b == f"file:{target}" and a.startswith("process:")]
         for proc in procs:
-            why = _suspicious_owner(graph, graph["nodes"][proc].get("pid"))
+            owner_reason = _suspicious_owner(graph, graph["nodes"][proc].get("pid"))
             reasons.append(
                 f"its program is the image of running {graph['nodes'][proc]['label']}"
-                + (f", which {why}" if why else "")
+                + (f", which {owner_reason}" if owner_reason else "")
             )
-            if why:
+            if owner_reason:
                 severity = "high"
             links += [lk for a, b, _rel, ls in graph["edges"] if a == proc and b == f"file:{target}" for lk in ls]
         if reasons:
             entity = procs[0] if procs else f"file:{target}"
-            yield {
-                "entity": entity,
-                "links": links,
-                "confidence": 0.8 if procs else 0.6,
-                "severity": severity,
-                "explanation": f"{value(r, 'kind', 'persistence')} entry {value(r, 'path')!r} "
+            why = (
+                f"{value(r, 'kind', 'persistence')} entry {value(r, 'path')!r} "
                 + "; ".join(reasons)
                 + (f" (sha256 {value(r, 'program_sha256')})" if value(r, "program_sha256") else "")
-                + ".",
-            }
+                + "."
+            )
+            yield hit(entity, links, 0.8 if procs else 0.6, why, severity=severity)
 
 
 def ld_preload(tables, graph, sid):
@@ -201,13 +188,11 @@ def ld_preload(tables, graph, sid):
     pers = frame(tables, "disk/persistence")
     for i, r in pers.iterrows():
         if str(value(r, "path", "")).endswith("ld.so.preload") and (value(r, "program") or value(r, "line")):
-            yield {
-                "entity": f"file:{value(r, 'path')}",
-                "links": [link("disk/persistence", sid, i)],
-                "confidence": 0.9,
-                "explanation": f"/etc/ld.so.preload is not empty: it loads {value(r, 'program') or value(r, 'line')!r} "
-                f"into every dynamically linked program.",
-            }
+            why = (
+                f"/etc/ld.so.preload is not empty: it loads {value(r, 'program') or value(r, 'line')!r} "
+                f"into every dynamically linked program."
+            )
+            yield hit(f"file:{value(r, 'path')}", [link("disk/persistence", sid, i)], 0.9, why)
 
 
 def ssh_keys(tables, graph, sid):
@@ -215,14 +200,12 @@ def ssh_keys(tables, graph, sid):
     pers = frame(tables, "disk/persistence")
     for i, r in pers.iterrows():
         if "authorized_keys" in str(value(r, "path", "")):
-            yield {
-                "entity": f"file:{value(r, 'path')}",
-                "links": [link("disk/persistence", sid, i)],
-                "confidence": 0.5,
-                "explanation": f"an SSH key is authorised in {value(r, 'path')!r}"
+            why = (
+                f"an SSH key is authorised in {value(r, 'path')!r}"
                 + (f" for user {value(r, 'user')!r}" if value(r, "user") else "")
-                + ".",
-            }
+                + "."
+            )
+            yield hit(f"file:{value(r, 'path')}", [link("disk/persistence", sid, i)], 0.5, why)
 
 
 def kernel_hooks(tables, graph, sid):
@@ -230,22 +213,13 @@ def kernel_hooks(tables, graph, sid):
     checks = frame(tables, "memory/kernel_checks")
     for i, r in checks.iterrows():
         if truthy(value(r, "suspicious")):
-            yield {
-                "entity": f"kernel:{value(r, 'check')}",
-                "links": [link("memory/kernel_checks", sid, i)],
-                "confidence": 0.8,
-                "explanation": f"kernel check {value(r, 'check')!r} flagged "
-                f"{value(r, 'name') or value(r, 'detail')!r}.",
-            }
+            why = f"kernel check {value(r, 'check')!r} flagged {value(r, 'name') or value(r, 'detail')!r}."
+            yield hit(f"kernel:{value(r, 'check')}", [link("memory/kernel_checks", sid, i)], 0.8, why)
     mods = frame(tables, "memory/modules")
     for i, r in mods.iterrows():
         if truthy(value(r, "hidden")):
-            yield {
-                "entity": f"module:{value(r, 'name')}",
-                "links": [link("memory/modules", sid, i)],
-                "confidence": 0.8,
-                "explanation": f"kernel module {value(r, 'name')!r} is loaded but hidden from the module list.",
-            }
+            why = f"kernel module {value(r, 'name')!r} is loaded but hidden from the module list."
+            yield hit(f"module:{value(r, 'name')}", [link("memory/modules", sid, i)], 0.8, why)
 
 
 def download_then_execute(tables, graph, sid):
@@ -265,13 +239,11 @@ def download_then_execute(tables, graph, sid):
                         (n["id"] for n in graph["nodes"].values() if n["kind"] == "process" and n.get("exe") == path),
                         f"file:{path}",
                     )
-                    yield {
-                        "entity": entity,
-                        "links": [link(table, sid, j), link(table, sid, i)],
-                        "confidence": 0.8,
-                        "explanation": f"shell history downloads {path!r} ({value(hist.loc[j], 'command')!r}) and "
-                        f"then executes it ({command!r}).",
-                    }
+                    why = (
+                        f"shell history downloads {path!r} ({value(hist.loc[j], 'command')!r}) and "
+                        f"then executes it ({command!r})."
+                    )
+                    yield hit(entity, [link(table, sid, j), link(table, sid, i)], 0.8, why)
                     del downloaded[path]
 
 
@@ -315,17 +287,15 @@ def yara_match(tables, graph, sid):
                 0.4,
                 " (no process, file or stream holds these bytes: page cache, tmpfs or freed memory)",
             )
-        yield {
-            "entity": owner,
-            "links": [link("yara/matches", sid, i)],
-            "confidence": confidence,
-            "severity": severity,
-            "attack_id": value(r, "attack_id"),
-            "explanation": f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
+        why = (
+            f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
             f"in {where} at offset {value(r, 'offset')}{caveat}"
             + (f"; {also} more hits in physical memory" if also else "")
-            + ".",
-        }
+            + "."
+        )
+        yield hit(
+            owner, [link("yara/matches", sid, i)], confidence, why, severity=severity, attack_id=value(r, "attack_id")
+        )
 
 
 RULES: dict[str, dict] = {

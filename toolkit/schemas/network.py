@@ -130,12 +130,7 @@ declare(
         "string_id": STRING,
         "match_length": INT,  # true length of the match
         "matched": BYTES,  # the matched bytes, at most 64 of them
-        "flow_id": STRING,
-        "src_ip": STRING,
-        "src_port": INT,
-        "dst_ip": STRING,
-        "dst_port": INT,
-        "proto": STRING,
+        **_FIVE_TUPLE,
         "direction": STRING,  # stream matches: src_to_dst (initiator's bytes) | dst_to_src
         "sha256": STRING,  # file matches: sha256 of the whole file
     },

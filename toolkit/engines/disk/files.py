@@ -36,7 +36,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 
 from toolkit.engines.disk.allocation import changed_ranges
@@ -47,6 +46,7 @@ from toolkit.engines.disk.target import open_target
 from toolkit.engines.disk.walk import entry_row, hash_policy, skipped, ts_ns, walk_tree
 from toolkit.errors import DiskError
 from toolkit.schemas import diagnostic
+from toolkit.versions import distribution_versions
 
 CACHE_VERSION = 1
 SKIP = ("/proc", "/sys", "/$fs$/")  # same as walk_tree's default: equality with the full walk needs it
@@ -76,10 +76,7 @@ def base_key(path: Path, hashes: dict | None = None) -> tuple[str, str]:
 
 def policy_key(hash_cfg: dict | None) -> str:
     """Which rows a walk produces depends on the hash policy and the parser version."""
-    try:
-        dissect_version = metadata.version("dissect.target")
-    except metadata.PackageNotFoundError:
-        dissect_version = None
+    dissect_version = distribution_versions(["dissect.target"])["dissect.target"]
     return _digest({"v": CACHE_VERSION, "hash": hash_cfg or {}, "dissect": dissect_version, "skip": SKIP})
 
 

@@ -21,7 +21,6 @@ import os
 import shutil
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
 from toolkit.case.lock import file_lock
@@ -29,6 +28,7 @@ from toolkit.engines import EngineContext
 from toolkit.engines.memory import symbols, volatility
 from toolkit.errors import SymbolsError, VolatilityError
 from toolkit.schemas import diagnostic
+from toolkit.versions import distribution_versions
 
 _SESSIONS: dict[tuple, dict] = {}
 KEEP_SESSIONS = 2
@@ -168,7 +168,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
         "os": os_name,
         "profile": profile.get("profile", {}).get("name"),
         "volatility_version": volatility.volatility_version(),
-        "pakunoda_version": _pakunoda_version(),
+        "pakunoda_version": distribution_versions(["pakunoda"])["pakunoda"],
     }
     image, fmt = normalise_image(snapshot, ctx, diagnostics)
     info.update(image_path=str(image) if image else None, image_format=fmt)
@@ -239,10 +239,3 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
     info["banner"] = info.get("banner") or session["banner"]
     diagnostics.extend(diagnostic("warning", "volatility", "kernel discovery", w) for w in session["warnings"])
     return session, info, diagnostics
-
-
-def _pakunoda_version():
-    try:
-        return metadata.version("pakunoda")
-    except metadata.PackageNotFoundError:
-        return None

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-from importlib import metadata
 from pathlib import Path
 
 import yara
@@ -33,6 +32,7 @@ import yara_x
 from toolkit.errors import RuleError
 from toolkit.schemas import diagnostic
 from toolkit.shipped import YARA_RULES
+from toolkit.versions import distribution_versions
 
 DEFAULT_RULES_DIR = YARA_RULES
 RULE_SUFFIXES = (".yar", ".yara")
@@ -77,19 +77,13 @@ def find_rule_files(paths) -> list[tuple[Path, str]]:
     return found
 
 
-def _versions() -> dict:
-    out = {}
-    for dist in ENGINES:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def _cache_key(files: list[dict], prefer: str) -> str:
     blob = json.dumps(
-        {"versions": _versions(), "prefer": prefer, "files": [(f["namespace"], f["sha256"]) for f in files]},
+        {
+            "versions": distribution_versions(ENGINES),
+            "prefer": prefer,
+            "files": [(f["namespace"], f["sha256"]) for f in files],
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

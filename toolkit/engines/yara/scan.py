@@ -64,39 +64,26 @@ def scan_buffer(rules: dict, buf: bytes) -> list[dict]:
     hits = []
     if rules.get("yarax") is not None:
         for rule in _scanner(rules).scan(buf).matching_rules:
-            meta = _meta(rule.metadata)
+            head = _hit_head("yara-x", rule.namespace, rule.identifier, rule.tags, rule.metadata)
             for pattern in rule.patterns:
-                for m in pattern.matches:
-                    hits.append(
-                        {
-                            "engine": "yara-x",
-                            "namespace": rule.namespace,
-                            "rule": rule.identifier,
-                            "tags": list(rule.tags),
-                            "meta": meta,
-                            "string_id": pattern.identifier,
-                            "offset": m.offset,
-                            "length": m.length,
-                        }
-                    )
+                hits += [
+                    {**head, "string_id": pattern.identifier, "offset": m.offset, "length": m.length}
+                    for m in pattern.matches
+                ]
     if rules.get("yarapy") is not None:
         for rule in rules["yarapy"].match(data=buf, timeout=TIMEOUT):
-            meta = _meta(rule.meta)
+            head = _hit_head("yara-python", rule.namespace, rule.rule, rule.tags, rule.meta)
             for s in rule.strings:
-                for inst in s.instances:
-                    hits.append(
-                        {
-                            "engine": "yara-python",
-                            "namespace": rule.namespace,
-                            "rule": rule.rule,
-                            "tags": list(rule.tags),
-                            "meta": meta,
-                            "string_id": s.identifier,
-                            "offset": inst.offset,
-                            "length": inst.matched_length,
-                        }
-                    )
+                hits += [
+                    {**head, "string_id": s.identifier, "offset": i.offset, "length": i.matched_length}
+                    for i in s.instances
+                ]
     return hits
+
+
+def _hit_head(engine: str, namespace: str, rule: str, tags, meta) -> dict:
+    """The part of a hit both engines report alike: which engine, rule and rule metadata."""
+    return {"engine": engine, "namespace": namespace, "rule": rule, "tags": list(tags), "meta": _meta(meta)}
 
 
 def _row(hit: dict, buf: bytes, base: int, where: dict) -> dict:
