@@ -56,58 +56,37 @@ def _local(probe):
     return lambda path, head: (probe(path, head), [])
 
 
+def _format(name: str, detector, probe, doc: str) -> dict:
+    """A registry entry: the format ``name`` when ``detector(head)`` names it, parsed by ``probe``."""
+    return {"name": name, "detect": lambda head: detector(head) == name, "probe": probe, "doc": doc}
+
+
 # The formats this package parses itself, in detection order. Each entry:
 # name, detect(head) -> bool, probe(path, head) -> (facts, problems), doc.
 LOCAL_FORMATS: list[dict] = [
-    {
-        "name": "pcap",
-        "detect": lambda h: pcap_probe.detect(h) == "pcap",
-        "probe": _probe_pcap,
-        "doc": "libpcap capture (QEMU filter-dump writes these)",
-    },
-    {
-        "name": "pcapng",
-        "detect": lambda h: pcap_probe.detect(h) == "pcapng",
-        "probe": _probe_pcap,
-        "doc": "pcapng capture",
-    },
-    {
-        "name": "libvirt-domain-xml",
-        "detect": lambda h: libvirt_xml.detect(h) == "libvirt-domain-xml",
-        "probe": _probe_xml("domain"),
-        "doc": "libvirt <domain> definition (virsh dumpxml)",
-    },
-    {
-        "name": "libvirt-snapshot-xml",
-        "detect": lambda h: libvirt_xml.detect(h) == "libvirt-snapshot-xml",
-        "probe": _probe_xml("snapshot"),
-        "doc": "libvirt <domainsnapshot> metadata (virsh snapshot-dumpxml)",
-    },
-    {
-        "name": "vmdk",
-        "detect": lambda h: disk_probe.detect(h) == "vmdk",
-        "probe": _local(disk_probe.probe_vmdk),
-        "doc": "VMware disk: descriptor text or KDMV sparse extent",
-    },
-    {
-        "name": "vhdx",
-        "detect": lambda h: disk_probe.detect(h) == "vhdx",
-        "probe": _local(disk_probe.probe_vhdx),
-        "doc": "Hyper-V VHDX disk",
-    },
-    {
-        "name": "vdi",
-        "detect": lambda h: disk_probe.detect(h) == "vdi",
-        "probe": _local(disk_probe.probe_vdi),
-        "doc": "VirtualBox VDI disk",
-    },
+    _format("pcap", pcap_probe.detect, _probe_pcap, "libpcap capture (QEMU filter-dump writes these)"),
+    _format("pcapng", pcap_probe.detect, _probe_pcap, "pcapng capture"),
+    _format(
+        "libvirt-domain-xml", libvirt_xml.detect, _probe_xml("domain"), "libvirt <domain> definition (virsh dumpxml)"
+    ),
+    _format(
+        "libvirt-snapshot-xml",
+        libvirt_xml.detect,
+        _probe_xml("snapshot"),
+        "libvirt <domainsnapshot> metadata (virsh snapshot-dumpxml)",
+    ),
+    _format(
+        "vmdk", disk_probe.detect, _local(disk_probe.probe_vmdk), "VMware disk: descriptor text or KDMV sparse extent"
+    ),
+    _format("vhdx", disk_probe.detect, _local(disk_probe.probe_vhdx), "Hyper-V VHDX disk"),
+    _format("vdi", disk_probe.detect, _local(disk_probe.probe_vdi), "VirtualBox VDI disk"),
     # last: it is the weakest signature
-    {
-        "name": "raw-disk",
-        "detect": lambda h: disk_probe.detect(h) == "raw-disk",
-        "probe": _local(disk_probe.probe_raw),
-        "doc": "raw disk image with an MBR/GPT partition table or a filesystem at offset 0",
-    },
+    _format(
+        "raw-disk",
+        disk_probe.detect,
+        _local(disk_probe.probe_raw),
+        "raw disk image with an MBR/GPT partition table or a filesystem at offset 0",
+    ),
 ]
 
 
