@@ -31,6 +31,7 @@ from toolkit.schemas.core import (
     diagnostic,
     empty,
     make_table,
+    pick,
     split_deleted,
     validate,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "diagnostic",
     "empty",
     "make_table",
+    "pick",
     "split_deleted",
     "validate",
 ]

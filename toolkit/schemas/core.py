@@ -49,6 +49,22 @@ def split_deleted(path):
     return path, False
 
 
+def pick(record, columns: dict[str, str | tuple[str, ...]]) -> dict:
+    """A row of declared columns from a tool's record: ``columns`` maps our column -> the record's key,
+    or a tuple of keys when tools name it differently (the first the record has wins).
+
+    Example::
+
+        >>> pick({"PID": 7, "Process": "sshd"}, {"pid": "PID", "process": ("COMM", "Process")})
+        {'pid': 7, 'process': 'sshd'}
+    """
+    row = {}
+    for ours, theirs in columns.items():
+        keys = (theirs,) if isinstance(theirs, str) else theirs
+        row[ours] = record.get(next((k for k in keys if k in record), keys[0]))
+    return row
+
+
 def diagnostic(severity: str, what: str, where, why, **extra) -> dict:
     """One ``diagnostics`` row (design.md: "warnings are data").
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 
 from toolkit.errors import DiskError
-from toolkit.schemas import diagnostic
+from toolkit.schemas import diagnostic, pick
 
 # snapscope group names -> dissect functions (those missing in this dissect install are skipped)
 GROUPS = {
@@ -212,37 +212,24 @@ def system_row(target) -> dict:
     }
 
 
+# dissect's record field for each of our columns (the record's source file goes to ``path``)
+USER_COLUMNS = {"user": "name", "uid": "uid", "gid": "gid", "gecos": "gecos", "shell": "shell", "sid": "sid"}
+HISTORY_COLUMNS = {"user": "username", "shell": "shell", "order": "order", "command": "command", "ts": "ts"}
+
+
 def user_rows(records) -> list[dict]:
     return [
-        {
-            "user": r.get("name"),
-            "uid": r.get("uid"),
-            "gid": r.get("gid"),
-            "gecos": r.get("gecos"),
-            "home": _plain(r.get("home")),
-            "shell": r.get("shell"),
-            "sid": r.get("sid"),
-            "path": _plain(r.get("source")),
-        }
+        {**pick(r, USER_COLUMNS), "home": _plain(r.get("home")), "path": _plain(r.get("source"))}
         for r in records.get("users", [])
     ]
 
 
 def history_rows(records) -> list[dict]:
-    rows = []
-    for fn in ("commandhistory", "bashhistory"):
-        for r in records.get(fn, []):
-            rows.append(
-                {
-                    "user": r.get("username"),
-                    "shell": r.get("shell"),
-                    "order": r.get("order"),
-                    "command": r.get("command"),
-                    "ts": r.get("ts"),
-                    "path": _plain(r.get("source")),
-                }
-            )
-    return rows
+    return [
+        {**pick(r, HISTORY_COLUMNS), "path": _plain(r.get("source"))}
+        for fn in ("commandhistory", "bashhistory")
+        for r in records.get(fn, [])
+    ]
 
 
 def log_rows(records) -> list[dict]:
@@ -254,11 +241,12 @@ def log_rows(records) -> list[dict]:
             if key in seen:  # securelog and authlog both read auth.log on Debian
                 continue
             seen.add(key)
+            service = r.get("service") or r.get("syslog_identifier")
             rows.append(
                 {
                     "ts": r.get("ts"),
                     "log": fn,
-                    "service": r.get("service") or r.get("syslog_identifier"),
+                    "service": service,
                     "pid": r.get("pid"),
                     "message": r.get("message"),
                     "path": _plain(r.get("source")),

@@ -18,7 +18,7 @@ import re
 
 from toolkit.engines.memory.kernel import MODULE_PLUGINS, kernel_checks_rows, modules_rows
 from toolkit.engines.memory.plugin_output import as_int, plugin_output, source_of
-from toolkit.schemas import diagnostic, split_deleted
+from toolkit.schemas import diagnostic, pick, split_deleted
 
 # --- processes ---------------------------------------------------------------
 
@@ -126,42 +126,59 @@ def process_cross_view(rows: list[dict] | None) -> list[dict]:
 
 def cmdlines_rows(outputs: dict) -> list[dict] | None:
     rows = plugin_output(outputs, "linux.psaux.PsAux", "windows.cmdline.CmdLine")
-    if rows is None:
-        return None
-    return [
-        {
-            "pid": r.get("PID"),
-            "ppid": r.get("PPID"),
-            "process": r.get("COMM", r.get("Process")),
-            "args": r.get("ARGS", r.get("Args")),
-        }
-        for r in rows
-    ]
+    return None if rows is None else [pick(r, CMDLINE_COLUMNS) for r in rows]
+
+
+# Volatility's column for each of ours, per plugin (Linux first, then Windows where they differ);
+# a path with " (deleted)" is split on the way
+CMDLINE_COLUMNS = {"pid": "PID", "ppid": "PPID", "process": ("COMM", "Process"), "args": ("ARGS", "Args")}
+MALFIND_COLUMNS = {
+    "pid": "PID",
+    "process": "Process",
+    "start": ("Start", "Start VPN"),
+    "end": ("End", "End VPN"),
+    "path": ("Path", "Tag"),
+    "protection": "Protection",
+    "hexdump": "Hexdump",
+    "disasm": "Disasm",
+}
+MAPS_COLUMNS = {
+    "pid": "PID",
+    "process": "Process",
+    "start": "Start",
+    "end": "End",
+    "flags": "Flags",
+    "pgoff": "PgOff",
+    "major": "Major",
+    "minor": "Minor",
+    "inode": "Inode",
+}
+LSOF_COLUMNS = {
+    "pid": "PID",
+    "tid": "TID",
+    "process": "Process",
+    "fd": "FD",
+    "device": "Device",
+    "inode": "Inode",
+    "type": "Type",
+    "mode_text": "Mode",
+    "ctime": "Changed",
+    "mtime": "Modified",
+    "atime": "Accessed",
+    "size": "Size",
+}
+
+
+def _with_path(row: dict, path_value) -> dict:
+    path, deleted = split_deleted(path_value)
+    return {**row, "path": path, "deleted": deleted}
 
 
 def maps_rows(outputs: dict) -> list[dict] | None:
     rows = plugin_output(outputs, "linux.proc.Maps")
     if rows is None:
         return None
-    out = []
-    for r in rows:
-        path, deleted = split_deleted(r.get("File Path"))
-        out.append(
-            {
-                "pid": r.get("PID"),
-                "process": r.get("Process"),
-                "start": r.get("Start"),
-                "end": r.get("End"),
-                "flags": r.get("Flags"),
-                "pgoff": r.get("PgOff"),
-                "major": r.get("Major"),
-                "minor": r.get("Minor"),
-                "inode": r.get("Inode"),
-                "path": path,
-                "deleted": deleted,
-            }
-        )
-    return out
+    return [_with_path(pick(r, MAPS_COLUMNS), r.get("File Path")) for r in rows]
 
 
 # --- sockets -----------------------------------------------------------------
@@ -235,28 +252,7 @@ def open_files_rows(outputs: dict) -> list[dict] | None:
     rows = plugin_output(outputs, "linux.lsof.Lsof")
     if rows is None:
         return None
-    out = []
-    for r in rows:
-        path, deleted = split_deleted(r.get("Path"))
-        out.append(
-            {
-                "pid": r.get("PID"),
-                "tid": r.get("TID"),
-                "process": r.get("Process"),
-                "fd": r.get("FD"),
-                "path": path,
-                "deleted": deleted,
-                "device": r.get("Device"),
-                "inode": r.get("Inode"),
-                "type": r.get("Type"),
-                "mode_text": r.get("Mode"),
-                "ctime": r.get("Changed"),
-                "mtime": r.get("Modified"),
-                "atime": r.get("Accessed"),
-                "size": r.get("Size"),
-            }
-        )
-    return out
+    return [_with_path(pick(r, LSOF_COLUMNS), r.get("Path")) for r in rows]
 
 
 def shell_history_rows(outputs: dict) -> list[dict] | None:
@@ -271,21 +267,7 @@ def shell_history_rows(outputs: dict) -> list[dict] | None:
 
 def malfind_rows(outputs: dict) -> list[dict] | None:
     rows = plugin_output(outputs, "linux.malware.malfind.Malfind", "windows.malware.malfind.Malfind")
-    if rows is None:
-        return None
-    return [
-        {
-            "pid": r.get("PID"),
-            "process": r.get("Process"),
-            "start": r.get("Start", r.get("Start VPN")),
-            "end": r.get("End", r.get("End VPN")),
-            "path": r.get("Path", r.get("Tag")),
-            "protection": r.get("Protection"),
-            "hexdump": r.get("Hexdump"),
-            "disasm": r.get("Disasm"),
-        }
-        for r in rows
-    ]
+    return None if rows is None else [pick(r, MALFIND_COLUMNS) for r in rows]
 
 
 def _kind(value) -> str:

@@ -10,6 +10,7 @@ import pytest
 from tests.helpers import disk_images as b
 from toolkit.engines.disk.diff import diff_disks, diff_tables
 from toolkit.errors import DiskError
+from toolkit.hashing import sha256_file
 from toolkit.schemas import validate
 
 TAMPER = b"tampered in place, inode untouched"
@@ -26,10 +27,6 @@ EXPECTED = {
     ("modified", "/etc/shadow"),
     ("modified", "/usr/lib/x/implant"),
 }
-
-
-def sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +73,9 @@ def imgs(tmp_path_factory):
     b.write_changes(d / "standalone.qcow2", base_raw, new_raw)
     b.to_qcow2(new_raw, d / "unrelated.qcow2")
     evidence = sorted(p for p in d.glob("*.qcow2"))
-    before = {p: sha(p) for p in evidence}
+    before = {p: sha256_file(p) for p in evidence}
     yield {"dir": d, "base_raw": base_raw, "new_raw": new_raw}
-    assert {p: sha(p) for p in evidence} == before, "evidence files changed"
+    assert {p: sha256_file(p) for p in evidence} == before, "evidence files changed"
 
 
 def changes(df) -> set:

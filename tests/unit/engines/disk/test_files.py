@@ -14,12 +14,9 @@ from toolkit.engines.disk import run
 from toolkit.engines.yara import files as yara_files
 from toolkit.engines.yara.files import scan_files
 from toolkit.engines.yara.rules import compile_rules
+from toolkit.hashing import sha256_file
 
 PROFILE = {"disk": {"functions": ["users"], "hash": {"paths": ["/tmp", "/home", "/etc/cron*"], "executables": True}}}
-
-
-def sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +61,9 @@ def clones(tmp_path_factory):
     b.overlay_from(b_raw, d / "base.qcow2", d / "b" / "disk.qcow2", base_raw=base_raw, recorded_backing="../base.qcow2")
     b.to_qcow2(a_raw, d / "standalone.qcow2")
     evidence = sorted(d.rglob("*.qcow2"))
-    before = {p: sha(p) for p in evidence}
+    before = {p: sha256_file(p) for p in evidence}
     yield d
-    assert {p: sha(p) for p in evidence} == before, "evidence files changed"
+    assert {p: sha256_file(p) for p in evidence} == before, "evidence files changed"
 
 
 def _run(path, cache_dir=None):
@@ -125,7 +122,7 @@ def test_cache_keyed_by_hash_policy_and_base_sha(clones, tmp_path):
     full = run(snap, engine_context(tmp_path, other, snapshot_id="b"))
     pd.testing.assert_frame_equal(_files(full), _files(t))
     assert len(list((cache / "disk").rglob("files-*.json.gz"))) == 2
-    hashes = {str((clones / "base.qcow2").resolve()): sha(clones / "base.qcow2")}
+    hashes = {str((clones / "base.qcow2").resolve()): sha256_file(clones / "base.qcow2")}
     run(
         {"id": path.parent.name, "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": None}]},
         engine_context(path.parent / "work", PROFILE, cache_dir=cache, evidence_hashes=hashes),

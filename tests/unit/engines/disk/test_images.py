@@ -11,12 +11,9 @@ import pytest
 from tests.helpers import disk_images as b
 from toolkit.engines.disk.images import close_disk, detect_format, open_disk
 from toolkit.errors import DiskError
+from toolkit.hashing import sha256_file
 
 ABS_BACKING = "/var/lib/libvirt/images/base.qcow2"
-
-
-def sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +28,9 @@ def images(tmp_path_factory):
     (d / "elsewhere").mkdir()
     shutil.copy(d / "overlay.qcow2", d / "elsewhere" / "overlay.qcow2")
     evidence = [d / "base.qcow2", d / "overlay.qcow2", d / "elsewhere" / "overlay.qcow2"]
-    before = {p: sha(p) for p in evidence}
+    before = {p: sha256_file(p) for p in evidence}
     yield {"dir": d, "base_raw": base_raw, "new_raw": new_raw}
-    assert {p: sha(p) for p in evidence} == before, "evidence files changed"
+    assert {p: sha256_file(p) for p in evidence} == before, "evidence files changed"
 
 
 def read_all(disk) -> bytes:

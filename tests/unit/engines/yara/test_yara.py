@@ -87,13 +87,17 @@ def test_overlap_must_be_smaller_than_chunk(tmp_path):
         list(scan_range(rules, _reader(b"abc"), 0, 3, {}, [], chunk_size=10, overlap=10))
 
 
+def _rule_dir(folder, files: dict):
+    """A directory of rule files: {file name: rule text}."""
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
 def test_syntax_error_names_file_and_line(tmp_path):
-    d = tmp_path / "bad"
-    d.mkdir()
-    (d / "good.yar").write_text(MARK_RULE)
-    (d / "broken.yar").write_text(
-        'rule ok { condition: true }\n\nrule bad {\n  strings: $a = "x"\n  condition: $a and\n}\n'
-    )
+    broken = 'rule ok { condition: true }\n\nrule bad {\n  strings: $a = "x"\n  condition: $a and\n}\n'
+    d = _rule_dir(tmp_path / "bad", {"good.yar": MARK_RULE, "broken.yar": broken})
     with pytest.raises(RuleError) as err:
         compile_rules([d])
     assert "broken.yar, line 6" in str(err.value) and "nothing was scanned" in str(err.value)
@@ -105,14 +109,12 @@ def test_missing_rule_dir_is_a_rule_error(tmp_path):
 
 
 def test_yara_python_fallback_for_file_yarax_rejects(tmp_path):
-    d = tmp_path / "mixed"
-    d.mkdir()
-    (d / "modern.yar").write_text(MARK_RULE)
     # yara-x refuses unknown regex escapes such as \R; libyara accepts them
-    (d / "legacy.yar").write_text(
-        'rule legacy { meta: severity = "medium" strings: $a = /LEGACY\\Rx/ '
-        '$b = "FALLBACK-ONLY" condition: any of them }\n'
+    legacy = (
+        'rule legacy { meta: severity = "medium" strings: $a = /LEGACY\\Rx/ $b = "FALLBACK-ONLY" '
+        "condition: any of them }\n"
     )
+    d = _rule_dir(tmp_path / "mixed", {"modern.yar": MARK_RULE, "legacy.yar": legacy})
     rules = compile_rules([d])
     engines = {f["namespace"]: f["engine"] for f in rules["files"]}
     assert engines == {"legacy": "yara-python", "modern": "yara-x"}
