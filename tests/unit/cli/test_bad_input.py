@@ -10,17 +10,23 @@ SNAPSCOPE = [sys.executable, "-m", "toolkit.cli"]
 
 
 def run(*args, cwd=None):
-    return subprocess.run([*SNAPSCOPE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+    # a narrow "terminal" that is not one: an error line must not be folded to fit it
+    env = {**os.environ, "COLUMNS": "40"}
+    return subprocess.run([*SNAPSCOPE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120, env=env)
 
 
 def _assert_clean_failure(result, needle):
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
-    assert needle in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # one line, whatever the width
+    assert lines[0].startswith("error: ") and needle in lines[0], result.stderr
 
 
 def _cases(tmp_path):
+    # 200+ characters of path: longer than any console line
+    tmp_path = tmp_path / ("a-long-directory-name-" * 9)
+    tmp_path.mkdir()
     (tmp_path / "empty.bin").write_bytes(b"")
     (tmp_path / "random.bin").write_bytes(os.urandom(8192))
     (tmp_path / "emptydir").mkdir()
@@ -59,8 +65,9 @@ def _cases(tmp_path):
 )
 def test_inspect_and_analyze_refuse_cleanly(tmp_path, kind):
     path, needle = _cases(tmp_path)[kind]
+    assert len(str(path)) >= 200
     _assert_clean_failure(run("inspect", path), needle)
-    case = tmp_path / "case"
+    case = path.parent / "case"
     _assert_clean_failure(run("analyze", path, "--case", case), needle)
     assert not case.exists(), "a refused analysis must not leave a case directory"
 
@@ -73,3 +80,21 @@ def test_evidence_inside_case_is_refused(tmp_path):
     (case / "derived" / "x.pcap").write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
     result = run("analyze", case / "derived" / "x.pcap", "--case", case)
     _assert_clean_failure(result, "inside the case directory")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("symbols", "build", "{long}/nope.elf"),
+        ("memory", "info", "{long}/nope.elf"),
+        ("case", "verify", "{long}"),
+        ("table", "{long}", "memory/processes"),
+        ("report", "{long}", "--format", "stix", "--out", "{long}/r"),
+    ],
+)
+def test_every_command_keeps_its_error_on_one_line(tmp_path, args):
+    long = tmp_path / ("a-long-directory-name-" * 9)
+    result = run(*(a.format(long=long) for a in args))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
