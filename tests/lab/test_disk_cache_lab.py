@@ -6,7 +6,6 @@ diff says) must give exactly the rows of a full walk, and leave the evidence alo
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -15,15 +14,12 @@ import pytest
 
 from tests.helpers.contexts import engine_context
 from toolkit.engines.disk import run
+from toolkit.hashing import sha256_file
 
 pytestmark = pytest.mark.lab
 PROFILE = {
     "disk": {"functions": ["users"], "hash": {"max_size": 64 << 20, "paths": ["/var/tmp", "/tmp"], "executables": True}}
 }
-
-
-def _sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _tables(path, snapshot=None, cache_dir=None, work=None):
@@ -48,27 +44,27 @@ def _notes(t):
 @pytest.mark.parametrize("snapshot", [None, "lab-savevm"])
 def test_lab_overlay_equals_full_walk(lab, tmp_path, snapshot):
     disk, base = lab / "qemu" / "disk.qcow2", lab / "qemu" / "base.qcow2"
-    before = {p: _sha(p) for p in (disk, base)}
+    before = {p: sha256_file(p) for p in (disk, base)}
     full = _tables(disk, snapshot)
-    cold = _tables(disk, snapshot, {"cache_dir": tmp_path})
-    warm = _tables(disk, snapshot, {"cache_dir": tmp_path})
+    cold = _tables(disk, snapshot, cache_dir=tmp_path)
+    warm = _tables(disk, snapshot, cache_dir=tmp_path)
     for t in (cold, warm):
         pd.testing.assert_frame_equal(_files(full), _files(t))
         assert not t["diagnostics"]["severity"].isin(["warning", "error"]).any(), t["diagnostics"]
     assert any("base walked once" in n for n in _notes(cold)), _notes(cold)
     assert any("base rows from the cache" in n for n in _notes(warm)), _notes(warm)
-    assert {p: _sha(p) for p in (disk, base)} == before, "evidence changed"
+    assert {p: sha256_file(p) for p in (disk, base)} == before, "evidence changed"
 
 
 def test_fleet_clones_share_one_base_entry(fleet, tmp_path):
     clones = sorted(fleet.glob("vm0[1-5]/disk.qcow2"))
     assert len(clones) == 5
     base = fleet / "base.qcow2"
-    before = _sha(base)
+    before = sha256_file(base)
     for i, disk in enumerate(clones):
         cached = _tables(disk, cache_dir=tmp_path, work=tmp_path)
         pd.testing.assert_frame_equal(_files(_tables(disk)), _files(cached))
         if i:
             assert any("base rows from the cache" in n for n in _notes(cached)), _notes(cached)
     assert len(list((tmp_path / "disk").rglob("files-*.json.gz"))) == 1
-    assert _sha(base) == before, "base image changed"
+    assert sha256_file(base) == before, "base image changed"

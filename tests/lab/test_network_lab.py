@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from tests.helpers.contexts import engine_context
 from toolkit.engines import network, yara
 from toolkit.engines.yara.files import scan_streams
 from toolkit.engines.yara.rules import compile_rules
@@ -30,7 +31,7 @@ def lab_network(lab, tmp_path_factory):
         snap = {"id": f"lab-{run}", "pcaps": [{"path": str(pcap)}]}
         if run == "qemu":  # guest.mac is the plain-QEMU run's NIC; libvirt may assign its own
             snap["domain"] = {"macs": [gt["guest"]["mac"].lower()]}
-        out[run] = network.run(snap, {"derived_dir": tmp_path_factory.mktemp(f"net-{run}")})
+        out[run] = network.run(snap, engine_context(tmp_path_factory.mktemp(f"net-{run}"), snapshot_id=snap["id"]))
     return gt, out
 
 
