@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import custody
+from toolkit.case import custody
 from toolkit.audit import audit
 from toolkit.case import Case
 
