@@ -83,6 +83,12 @@ def load_rules(paths) -> SigmaCollection:
         raise RuleError(f"{', '.join(map(str, paths))}: no Sigma rule in these files")
     try:
         merged.resolve_rule_references()
+        for rule in merged:
+            # pySigma parses a condition only when converting: a typo in one is still a syntax error here
+            for condition in getattr(getattr(rule, "detection", None), "parsed_condition", []):
+                condition.parsed  # noqa: B018
     except SigmaError as exc:
-        raise RuleError(f"{_where(exc, files[0])}: {one_line(exc.args[0] if exc.args else exc)}") from None
+        raise RuleError(
+            f"{_where(exc, files[0])}: invalid Sigma rule: {one_line(exc.args[0] if exc.args else exc)}"
+        ) from None
     return merged
