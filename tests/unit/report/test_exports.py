@@ -11,7 +11,7 @@ from stix2validator import ValidationOptions, validate_string
 from timesketch_import_client import importer
 from timesketch_import_client import utils as ts_utils
 
-from tests.helpers.synthetic_case import implant_tables, write_case
+from tests.helpers.synthetic_case import SERVICE_UNIT, implant_tables, write_case
 from toolkit.case import Case
 from toolkit.errors import ExportError
 from toolkit.report.misp import misp_event_json
@@ -19,30 +19,14 @@ from toolkit.report.stix import stix_bundle_json
 from toolkit.report.timesketch import REQUIRED_FIELDS, timesketch_lines, upload_timeline
 
 IMPLANT_SHA = "1" * 64
-SERVICE_SHA = "2" * 64
+SERVICE_SHA = SERVICE_UNIT["program_sha256"]
 HOSTILE = "evil\x1b[2J\u202e<script>alert(1)</script>\x07"
 
 
 def _case(tmp_path):
     t = implant_tables()
     # a benign service with a unit that starts it: a low finding only, and nothing of it may be exported
-    t["disk/persistence"] = pd.concat(
-        [
-            t["disk/persistence"],
-            pd.DataFrame(
-                [
-                    {
-                        "kind": "systemd",
-                        "path": "/etc/systemd/system/labsvc.service",
-                        "program": "/usr/sbin/labsvc",
-                        "program_path": "/usr/sbin/labsvc",
-                        "program_sha256": SERVICE_SHA,
-                    }
-                ]
-            ),
-        ],
-        ignore_index=True,
-    )
+    t["disk/persistence"] = pd.concat([t["disk/persistence"], pd.DataFrame([SERVICE_UNIT])], ignore_index=True)
     t["disk/files"].loc[0, "mode"] = 0o100755
     t["disk/files"].loc[1, "mode"] = 0o100755
     t["yara/matches"]["description"] = HOSTILE  # a guest-influenced string in explanations
