@@ -252,27 +252,29 @@ def _dns(tables: dict) -> list[dict]:
     ]
 
 
-def _logs(tables: dict, logs=None, services=None) -> list[dict]:
-    wanted = {s.lower() for s in services} if services else None
-    rows = []
-    for i, r in frame(tables, "disk/logs").iterrows():
-        if logs and value(r, "log") not in logs:
-            continue
-        if wanted is not None and str(value(r, "service") or "").lower() not in wanted:
-            continue
-        rows.append(
-            {
-                "_table": "disk/logs",
-                "_row": i,
-                "_seq": i,
-                "ts": value(r, "ts"),
-                "_raw": value(r, "message"),
-                "_source": value(r, "path"),
-                "service": value(r, "service"),
-                "pid": value(r, "pid"),
-            }
-        )
-    return rows
+def _logs(tables: dict, logs=None, services=None) -> pd.DataFrame:
+    """Log lines (of some logs, or of some services), column-wise: a disk's logs run to millions of lines."""
+    df = frame(tables, "disk/logs")
+    if not len(df):
+        return pd.DataFrame()
+    keep = pd.Series(True, index=df.index)
+    if logs:
+        keep &= df["log"].isin(logs).fillna(False)
+    if services:
+        keep &= df["service"].astype("string").str.lower().isin({s.lower() for s in services}).fillna(False)
+    lines = df[keep.astype(bool)]
+    return pd.DataFrame(
+        {
+            "_table": "disk/logs",
+            "_row": lines.index,
+            "_seq": lines.index,
+            "ts": lines["ts"],
+            "_raw": lines["message"],
+            "_source": lines["path"],
+            "service": lines["service"],
+            "pid": lines["pid"],
+        }
+    )
 
 
 def build_views(tables: dict) -> dict[str, pd.DataFrame]:
@@ -296,8 +298,9 @@ def build_views(tables: dict) -> dict[str, pd.DataFrame]:
     for name, view in VIEWS.items():
         columns = list(PREFIX) + ["_source"] + sorted(set(view["fields"].values()))
         columns += [c for c in ("pid", "exe_path", "flow_id") if c not in columns]
-        rows = [{c: row.get(c) for c in columns} for row in built[name]]
-        df = pd.DataFrame(rows, columns=columns)
+        data = built[name]
+        df = (data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)).reset_index(drop=True)
+        df = df.reindex(columns=columns)
         df["ts"] = pd.to_datetime(df["ts"], utc=True, errors="coerce")
         out[name] = df.convert_dtypes()
     return out
