@@ -40,16 +40,14 @@ class Readers:
     :meth:`close` once every engine of the snapshot has run.
     """
 
-    memory_image: object | None = None  # guest-physical address space: .runs, .read(gpa, length)
+    memory_image: object | None = None  # guest-physical address space: .runs, .read(gpa, length) (shared)
     memory_regions: list[dict] | None = None  # process VMAs: {pid, process, start, end, path, read(addr, n)}
     disk_files: list[dict] | None = None  # files worth scanning: {path, size, sha256, open()}
-    closers: list[Callable[[], None]] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)  # what the engine that left a reader closes
 
     def close(self) -> None:
-        for close in (getattr(self.memory_image, "close", None), *self.closers):
-            if callable(close):
-                close()
-        self.closers = []
+        while self.closers:
+            self.closers.pop()()
 
 
 @dataclass
