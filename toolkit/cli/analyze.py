@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import console, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, progress_bar
 from toolkit.report.escape import rich_safe
 
 
@@ -35,6 +35,7 @@ def analyze(
         "--symbols",
         help="ISF symbol files or directories (Linux ISFs, Windows symbol packs); used before any automatic build.",
     ),
+    follow_recorded_paths: bool = typer.Option(False, "--follow-recorded-paths", help=FOLLOW_RECORDED_HELP),
 ):
     """Analyse VM snapshots into a case: discover, hash, run the engines, store tables.
 
@@ -44,7 +45,13 @@ def analyze(
 
     with progress_bar() as progress:
         summary = run_analysis(
-            paths, case, profile=profile, search_paths=search_path, symbols=symbols, progress=progress
+            paths,
+            case,
+            profile=profile,
+            search_paths=search_path,
+            symbols=symbols,
+            follow_recorded_paths=follow_recorded_paths,
+            progress=progress,
         )
     _print_summary(summary)
 

@@ -5,6 +5,7 @@ import pytest
 import toolkit.memory as M
 from tests.helpers import memory_writers as W
 from toolkit.memory import qcow2
+from toolkit.references import reference_policy
 
 C = 4096
 
@@ -74,10 +75,12 @@ def test_backing_chain_fallthrough(tmp_path, stream):
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     base.rename(moved / "base.qcow2")
-    with M.open_image(overlay, search_path=[moved]) as img:
+    policy = reference_policy(roots=[overlay.parent], search_paths=[moved])
+    with M.open_image(overlay, references=policy) as img:
         assert img.read(0, len(expect)) == expect
     with M.open_image(overlay) as img:  # not found: said, and the rest is still read
-        assert img.diagnostics[0]["what"] == "backing file not found"
+        assert img.diagnostics[0]["what"] == "backing file not used"
+        assert "not found" in img.diagnostics[0]["why"]
 
 
 def test_bad_qcow2(tmp_path, stream):

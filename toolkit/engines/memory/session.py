@@ -89,7 +89,7 @@ def normalise_image(snapshot: dict, ctx: EngineContext, diagnostics: list) -> tu
     derived.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")  # never reuse a half-written image
     try:
-        result = to_elf(path, partial, snapshot=internal, derived_dir=derived) or {}
+        result = to_elf(path, partial, snapshot=internal, derived_dir=derived, references=ctx.references) or {}
     except Exception as excp:  # a converter failure is this image's problem, not the run's
         partial.unlink(missing_ok=True)
         diagnostics.append(diagnostic("error", "memory image conversion", path, f"{type(excp).__name__}: {excp}"))
