@@ -232,27 +232,20 @@ def _open_layer(path: Path, fmt: str | None, snapshot, state: dict, depth: int, 
             raise DiskError(f"{where}: snapshot {snap.name!r} L1 table lies outside the file")
         l1 = snap.l1_table
         row["snapshot"] = f"{snap.id}:{snap.name}"
-    # Every pointer checked once, up front: later reads can then trust them.
-    validate_tables(q, l1, file_size, where)
-    layer.update(snapshot=row["snapshot"], qcow2=q, l1=l1)
-    state["layers"].append(layer)
-
+    data_size = None
     if q.needs_data_file:
         # the guest's clusters live in another file, named inside this one: found like a backing file
         if not q.image_data_file:
             raise DiskError(f"{where}: qcow2 needs an external data file but does not name one")
         found = _required(q.image_data_file, path, "external data file", state)
         q.data_file = _open_file(found["path"], state)
+        data_size = found["path"].stat().st_size
         layer["data_file"] = str(found["path"])
-        _row(
-            state,
-            depth,
-            found["path"],
-            q.image_data_file,
-            found["how"],
-            "qcow2-data-file",
-            found["path"].stat().st_size,
-        )
+        _row(state, depth, found["path"], q.image_data_file, found["how"], "qcow2-data-file", data_size)
+    # Every pointer checked once, up front: later reads can then trust them.
+    validate_tables(q, l1, file_size, where, data_size)
+    layer.update(snapshot=row["snapshot"], qcow2=q, l1=l1)
+    state["layers"].append(layer)
 
     if q.header.backing_file_offset:
         wanted = q.auto_backing_file
