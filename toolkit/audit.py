@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-import os
 from pathlib import Path
 
 from toolkit.case.lock import case_lock
@@ -32,6 +31,7 @@ from toolkit.case.store import Case, write_table
 from toolkit.engines import no_progress
 from toolkit.errors import SnapscopeError
 from toolkit.evidence import discover
+from toolkit.evidence.scan import symlink_skip
 from toolkit.pipeline import run_snapshots
 from toolkit.schemas import SEVERITIES, make_table
 from toolkit.snapshot import RunOptions
@@ -67,12 +67,7 @@ def collect_inputs(sources: list[Path]) -> tuple[list[list[Path]], list[dict]]:
                 continue
             subdirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.is_symlink())
             skipped += [
-                {
-                    "vm": p.name,
-                    "status": "skipped",
-                    "reason": f"symbolic link to {os.readlink(p)!r}: not followed while scanning",
-                    "source_path": str(p),
-                }
+                {"vm": p.name, "status": "skipped", "reason": symlink_skip(p)["reason"], "source_path": str(p)}
                 for p in sorted(source.iterdir())
                 if subdirs and p.is_symlink()  # without subdirectories discover() scans (and reports) them
             ]

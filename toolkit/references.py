@@ -114,6 +114,9 @@ def _candidates(recorded: str, referrer_dir: Path, policy: ReferencePolicy) -> l
         if rec.name:
             out.append((Path(sp) / rec.name, f"search-path:{sp}"))
     if rec.is_absolute():
+        # a copied host tree (an audit of /etc/libvirt + /var/lib/libvirt): the path under each root
+        for top in policy.roots + policy.search_paths:
+            out.append((Path(top) / rec.relative_to(rec.anchor), f"re-rooted:{top}"))
         out.append((rec, "as-recorded"))
     return out
 
@@ -123,7 +126,8 @@ def resolve_reference(recorded: str | None, referrer_dir: Path, policy: Referenc
 
     Order, evidence first: the recorded path relative to the referring file;
     its base name beside the referring file; each search path (the recorded
-    relative path, then the base name); last, the path as recorded. The first
+    relative path, then the base name); an absolute path under each root and
+    search path (a copied host tree); last, the path as recorded. The first
     candidate that is a file *and* whose real path is inside the policy's
     roots or search paths wins. A candidate outside them is refused; when none
     is inside and ``policy.follow_recorded`` is set, the first outside one is
@@ -131,7 +135,7 @@ def resolve_reference(recorded: str | None, referrer_dir: Path, policy: Referenc
 
     Returns ``{"path": Path or None, "how": str, "tried": [str], "outside": bool,
     "refused": [real path of each file found outside]}``; ``how`` is
-    ``relative``, ``basename-beside``, ``search-path:DIR``, ``as-recorded``
+    ``relative``, ``basename-beside``, ``search-path:DIR``, ``re-rooted:DIR``, ``as-recorded``
     (prefixed ``outside:`` when followed outside), ``missing`` or ``refused``.
 
     >>> r = resolve_reference("../passwd", Path("/etc/ssl"), reference_policy(roots=["/etc/ssl"]))

@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import disk_images as b
 from tests.helpers import evidence_files as synth
+from toolkit.audit import discover_fleet
 from toolkit.engines.disk.images import close_disk, open_disk
 from toolkit.errors import DiskError, EvidenceError
 from toolkit.evidence import discover
@@ -67,6 +68,19 @@ def test_following_recorded_paths_prefers_evidence_and_marks_the_rest(tree):
 def test_hostile_names_are_not_usable_and_never_crash(tree, name):
     found = resolve_reference(name, tree / "root", reference_policy(roots=[tree / "root"]))
     assert found["path"] is None and found["how"] in ("invalid", "missing")
+
+
+def test_a_copied_libvirt_tree_finds_its_disks_inside_itself(tmp_path):
+    # /etc/libvirt and /var/lib/libvirt copied from a host: the XML names the disk by its host path
+    root = tmp_path / "host1"
+    images = root / "var" / "lib" / "libvirt" / "images"
+    images.mkdir(parents=True)
+    (root / "etc" / "libvirt" / "qemu").mkdir(parents=True)
+    synth.write(images / "web01.img", synth.mbr())
+    disk = "/var/lib/libvirt/images/web01.img"
+    synth.write(root / "etc" / "libvirt" / "qemu" / "web01.xml", synth.domain_xml(disks=[("vda", disk, "raw")]))
+    snapshots, failures = discover_fleet([root])
+    assert failures == [] and [d["path"] for s in snapshots for d in s["disks"]] == [str(images / "web01.img")]
 
 
 def test_evidence_roots_are_real_directories(tree):

@@ -13,21 +13,21 @@ Grouping rules (in this order):
    of a file given) are the evidence roots.
 2. Disk chains. A qcow2's backing file and external data file, a VMDK's
    parent and extents, a VHDX's parent are followed under one policy
-   (:mod:`toolkit.references`: relative to the image's directory, then by base
-   name there, then in ``search_paths``, last as recorded; only a file whose
-   real path lies inside the evidence roots or search paths is used). A link
-   that cannot be found, or is refused because it lies outside them, is
-   fatal, unless ``follow_recorded``: then it is read and the snapshot's
-   ``warnings`` name it. A flat VMDK extent must have the size its descriptor
-   declares. Chain members get role ``backing``/``extent``/``data-file`` and
-   do not count as disks of their own.
+   (:mod:`toolkit.references`): relative to the image's directory, then by
+   base name there, then in ``search_paths``, then an absolute path under
+   each root (a copied host tree), last as recorded; only a file whose real
+   path lies inside the evidence roots or search paths is used. A link that
+   cannot be found, or is refused because it lies outside them, is fatal,
+   unless ``follow_recorded``: then it is read and the snapshot's
+   ``warnings`` name it. A flat VMDK extent must have the size its
+   descriptor declares. Chain members get role ``backing``/``extent``/
+   ``data-file`` and do not count as disks of their own.
 3. Domain XML. Its disks are resolved the same way (a recorded absolute host
-   path is looked up beside the XML and in ``search_paths``; as recorded only
-   inside the roots or with ``follow_recorded``); a disk it names that cannot
-   be found or is refused is fatal. Given
-   explicitly, it brings the recognised files of its own directory, as if
-   that had been given, except other domain XMLs and snapshot XMLs or save
-   images that embed a different domain (by uuid, else name).
+   path is looked up beside the XML and in ``search_paths``); a disk it
+   names that cannot be found or is refused is fatal. Given explicitly, it
+   brings the recognised files of its own directory, as if that had been
+   given, except other domain XMLs and snapshot XMLs or save images that
+   embed a different domain (by uuid, else name).
 4. Snapshot XML: one snapshot. Its external memory file (fatal if missing)
    or, for an internal one, its qcow2 carries the memory; disks with an
    internal snapshot are that qcow2 at that snapshot; an external disk
@@ -89,6 +89,7 @@ from toolkit.evidence.chains import (
     with_chain,
 )
 from toolkit.evidence.identify import memory_format_names
+from toolkit.evidence.scan import regular_files, scan_directory
 from toolkit.references import evidence_roots, reference_policy, unresolved_message
 
 DISK_FORMATS = {"qcow2", "raw-disk", "vmdk", "vhdx", "vdi"}
@@ -109,45 +110,6 @@ def slug(text: str | None) -> str:
 # ------------------------------------------------------------------ grouping
 
 
-def _symlink_skip(path: Path) -> dict:
-    # the link itself is read, never what it points at
-    try:
-        target = os.readlink(path)
-    except OSError:
-        target = "?"
-    return {"path": os.path.abspath(path), "reason": f"symbolic link to {target!r}: not followed while scanning"}
-
-
-def _regular_files(directory: Path) -> tuple[list[Path], list[Path], list[dict]]:
-    """(regular files, subdirectories, skipped symlinks) of one directory, sorted; a
-    symlink is never followed here: it could lead anywhere on the analyst's host."""
-    files, dirs, skipped = [], [], []
-    for child in sorted(directory.iterdir()):
-        if child.is_symlink():
-            skipped.append(_symlink_skip(child))
-        elif child.is_dir():
-            dirs.append(child)
-        elif child.is_file():
-            files.append(child)
-    return files, dirs, skipped
-
-
-def _scan(directory: Path) -> tuple[list[Path], list[dict]]:
-    """(regular files in ``directory`` and in its immediate subdirectories, skipped symlinks)."""
-    try:
-        files, dirs, skipped = _regular_files(directory)
-    except OSError as exc:
-        raise EvidenceError(directory, f"cannot list directory: {exc.strerror}") from None
-    for child in dirs:
-        try:
-            more, _, links = _regular_files(child)
-        except OSError:
-            continue  # an unreadable subdirectory is not this snapshot's business
-        files += more
-        skipped += links
-    return files, skipped
-
-
 def _collect(ctx: Lookup, paths) -> tuple[dict[str, list[dict]], list[dict], set[str]]:
     """Identify inputs: ({group: [ident]}, skipped, explicit domain XML paths)."""
     groups: dict[str, list[dict]] = {}
@@ -157,7 +119,7 @@ def _collect(ctx: Lookup, paths) -> tuple[dict[str, list[dict]], list[dict], set
         path = Path(raw)
         if path.is_dir():
             found = 0
-            files, links = _scan(path)
+            files, links = scan_directory(path)
             skipped += links
             for f in files:
                 try:
@@ -187,7 +149,7 @@ def _beside_domain_xml(ctx: Lookup, dom: dict) -> tuple[list[dict], list[dict]]:
     domain XMLs and artefacts that embed a different domain; and the symlinks
     there, skipped as in a scan."""
     out = []
-    files, _dirs, links = _regular_files(Path(dom["path"]).parent)
+    files, _dirs, links = regular_files(Path(dom["path"]).parent)
     for f in files:
         try:
             ident = ctx.identify(f)
