@@ -181,6 +181,19 @@ def unresolved_message(what: str, recorded, result: dict) -> str:
     return f"{what} {recorded!r} not found (tried: {', '.join(result['tried'])})"
 
 
+def wrong_size_message(what: str, recorded, path, actual: int, declared: int) -> str:
+    """One line refusing a file found for ``recorded`` whose size is not what its referrer declares
+    (a flat VMDK extent: a host file named as one is not read as a disk).
+
+    >>> wrong_size_message("extent", "/etc/passwd", "/etc/passwd", 1353, 512)
+    "extent '/etc/passwd' (/etc/passwd) is 1353 bytes but the descriptor declares 512: not this disk's extent, refused"
+    """
+    return (
+        f"{what} {recorded!r} ({os.fspath(path)}) is {actual} bytes but the descriptor declares {declared}: "
+        f"not this disk's {what}, refused"
+    )
+
+
 def outside_message(what: str, recorded, result: dict, owner) -> str:
     """The warning for a file read outside the evidence roots because the user allowed it.
 

@@ -19,7 +19,13 @@ from pathlib import Path
 
 from toolkit.errors import EvidenceError
 from toolkit.evidence.identify import identify
-from toolkit.references import ReferencePolicy, outside_message, resolve_reference, unresolved_message
+from toolkit.references import (
+    ReferencePolicy,
+    outside_message,
+    resolve_reference,
+    unresolved_message,
+    wrong_size_message,
+)
 
 # A loop of backing files (a hostile qcow2 naming itself) must end somewhere.
 MAX_CHAIN = 64
@@ -69,11 +75,7 @@ class Lookup:
         path = self.locate(ref, base, owner, what)
         actual = path.stat().st_size
         if size is not None and actual != size:
-            raise EvidenceError(
-                owner,
-                f"{what} {ref!r} ({path}) is {actual} bytes but the descriptor declares {size}: "
-                f"not this disk's {what}, refused",
-            )
+            raise EvidenceError(owner, wrong_size_message(what, ref, path, actual, size))
         key = os.path.abspath(path)
         if key not in self.ids:
             try:

@@ -32,7 +32,14 @@ from pathlib import Path
 from toolkit.engines.disk.allocation import check_header, validate_tables
 from toolkit.engines.disk.vmdk_vhdx import open_vmdk, vhdx_parents
 from toolkit.errors import DiskError
-from toolkit.references import ReferencePolicy, default_policy, outside_message, resolve_reference, unresolved_message
+from toolkit.references import (
+    ReferencePolicy,
+    default_policy,
+    outside_message,
+    resolve_reference,
+    unresolved_message,
+    wrong_size_message,
+)
 from toolkit.schemas import diagnostic
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -165,10 +172,7 @@ def _open_other(path: Path, fmt: str, state: dict, depth: int):
         found = _required(name, path, "extent", state)
         actual = found["path"].stat().st_size
         if size is not None and actual != size:
-            raise DiskError(
-                f"{path}: extent {name!r} ({found['path']}) is {actual} bytes but the descriptor declares "
-                f"{size}: not this disk's extent, refused"
-            )
+            raise DiskError(f"{path}: {wrong_size_message('extent', name, found['path'], actual, size)}")
         _row(state, depth, found["path"], name, found["how"], "vmdk-extent", actual)
         return _open_file(found["path"], state)
 
