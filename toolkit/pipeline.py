@@ -305,6 +305,7 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
                 "name": s["name"],
                 "tables": result["entries"][s["id"]]["tables"],
                 "reused": result["statuses"][s["id"]] == "reused",
+                "warnings": list(s.get("warnings") or []),  # files read outside the evidence roots
             }
             for s in snapshots
         ],

@@ -15,6 +15,8 @@ def _print_summary(summary: dict) -> None:
     console.print(f"case: [bold]{rich_safe(summary['case'])}[/]")
     for snap in summary["snapshots"]:
         console.print(f"snapshot [bold]{rich_safe(snap['id'])}[/] ({rich_safe(snap['name'])})")
+        for warning in snap.get("warnings") or []:
+            console.print(f"  [yellow]warning[/]: {rich_safe(warning)}")
         for name, rows in sorted(snap["tables"].items()):
             console.print(f"  {name:<28} {rows:>7} rows")
     console.print(

@@ -167,7 +167,9 @@ def test_backing_file_escaping_the_root(layout):
     ]
     assert snap["warnings"] == []
 
-    analyze([vm], layout["case"], engine_names=["disk"], follow_recorded_paths=True)
+    followed = cli("analyze", vm, "--case", layout["case"], "--follow-recorded-paths")
+    assert followed.returncode == 0, followed.stderr
+    assert f"warning: read {base}" in followed.stdout  # said on the terminal too, not only in the case
     assert_read_with_warning(layout["case"], base)
 
 
