@@ -2,8 +2,9 @@
 
 Each image or XML below names a file outside the evidence roots (the directory
 given): a qcow2 external data file (relative ``../`` and absolute), a backing
-file ``../../x``, a VMDK flat extent ``/etc/passwd``, a domain XML disk in
-another directory, symlinks to a host directory and a host file. The outside
+file ``../../x``, a VMDK flat extent ``/etc/passwd``, a domain XML disk and a
+snapshot XML memory file in another directory, symlinks to a host directory
+and a host file. The outside
 file is a real ext4 disk holding a unique marker. Without
 ``--follow-recorded-paths`` the run stops with exit 2 and one line and writes
 no case (a symlink is skipped instead: the rest of the directory is still
@@ -285,6 +286,20 @@ def test_domain_xml_disk_in_another_directory(layout):
 
     analyze([xml], layout["case"], engine_names=["disk"], follow_recorded_paths=True)
     assert_read_with_warning(layout["case"], host / "other-vm.qcow2")
+
+
+def test_snapshot_xml_memory_file_in_another_directory(layout):
+    vm, host = layout["vm"], layout["host"]
+    memory = synth.write(host / "snap1.mem", synth.lime())
+    xml = synth.write(vm / "snap1.xml", synth.snapshot_xml(memory=("external", str(memory)), disks=()))
+    with pytest.raises(EvidenceError, match=r"memory file '.*snap1.mem' resolves outside .*refused"):
+        discover([xml])
+    [snap] = discover([xml], follow_recorded=True)
+    assert snap["memory"]["path"] == str(memory) and [e["path"] for e in snap["evidence"]] == [str(xml), str(memory)]
+    assert snap["warnings"] == [
+        f"read {memory} outside the evidence roots: memory file {str(memory)!r} of {xml} "
+        "(as-recorded, --follow-recorded-paths)"
+    ]
 
 
 def test_inspect_json_names_what_was_read_outside(layout):
