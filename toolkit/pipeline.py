@@ -284,7 +284,8 @@ def _analyse_on(pool, todo: list[dict], run: dict) -> list[dict]:
 def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choices) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
 
-    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths, engine_names).
+    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths, engine_names,
+    follow_recorded_paths).
 
     Example::
 
@@ -292,7 +293,9 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
         [s["id"] for s in summary["snapshots"]]
     """
     options = RunOptions.of(**choices)
-    snapshots = discover([Path(p) for p in paths], search_paths=options.search_paths)
+    snapshots = discover(
+        [Path(p) for p in paths], search_paths=options.search_paths, follow_recorded=options.follow_recorded_paths
+    )
     result = run_snapshots(snapshots, Path(case_dir), options, kind="analyze", inputs=paths, progress=progress)
     return {
         "case": result["case"],
@@ -303,6 +306,7 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
                 "name": s["name"],
                 "tables": result["entries"][s["id"]]["tables"],
                 "reused": result["statuses"][s["id"]] == "reused",
+                "warnings": list(s.get("warnings") or []),  # files read outside the evidence roots
             }
             for s in snapshots
         ],

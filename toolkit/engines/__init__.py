@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from toolkit.references import ReferencePolicy
+
 
 def no_progress(description, completed=None, total=None) -> None:
     """The progress callback when nobody watches: ``progress(description, completed, total)``."""
@@ -69,7 +71,9 @@ class EngineContext:
     cache_dir: Path | None = None
     case_dir: Path | None = None  # the case (per-case ISF copies); None outside a case
     progress: Callable = no_progress
-    search_paths: tuple[Path, ...] = ()  # where files that evidence names may be found
+    # Where files that evidence names (backing/data files, extents) may be read from: the run's one
+    # policy (toolkit.references). None: beside the file that names them only.
+    references: ReferencePolicy | None = None
     symbols: tuple[Path, ...] = ()  # user ISF files/dirs (Linux) or symbol packs (Windows)
     symbols_cache: Path | None = None  # host-wide ISF cache; None: $SNAPSCOPE_CACHE or ~/.cache/snapscope
     build_symbols: bool = True  # build a Linux ISF from the dump when none matches

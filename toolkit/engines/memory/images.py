@@ -27,8 +27,11 @@ KEEP_OPEN = 3
 _LOCK = threading.Lock()
 
 
-def shared_image(path, snapshot: str | None = None, derived_dir: str | None = None):
+def shared_image(path, snapshot: str | None = None, derived_dir: str | None = None, references=None):
     """The artefact's MemoryImage, opened once per process (the oldest beyond KEEP_OPEN closed).
+
+    ``references`` (toolkit.references.ReferencePolicy) says where a qcow2's backing files may be
+    read from; an image reopened without it (by Volatility's layer) may read beside the file only.
 
     Example: ``shared_image("memory.kdump").read(0x100000, 16)``
     """
@@ -37,5 +40,7 @@ def shared_image(path, snapshot: str | None = None, derived_dir: str | None = No
         if key not in _OPEN:
             while len(_OPEN) >= KEEP_OPEN:
                 _OPEN.pop(next(iter(_OPEN))).close()
-            _OPEN[key] = open_image(path, snapshot=snapshot or None, derived_dir=derived_dir or None)
+            _OPEN[key] = open_image(
+                path, snapshot=snapshot or None, derived_dir=derived_dir or None, references=references
+            )
         return _OPEN[key]

@@ -67,7 +67,7 @@ def memory_source(snapshot: dict, ctx: EngineContext, diagnostics: list) -> dict
         diagnostics.append(diagnostic("error", "memory image", path, "file not found"))
         return None
     try:
-        image = shared_image(path, internal, str(Path(ctx.derived_dir) / "memory"))
+        image = shared_image(path, internal, str(Path(ctx.derived_dir) / "memory"), references=ctx.references)
     except MemoryFormatError as excp:
         diagnostics.append(diagnostic("error", "memory image", path, str(excp)))
         return None
