@@ -100,10 +100,10 @@ def test_report_error_line_fails_fast(tmp_path):
 
 def test_histories_split_memory_from_file():
     obs = _mod("observed")
-    facts = {"_users": [{"name": "alice", "uid": 1001, "home": "/home/alice"}],
-             "history_dumps": {"alice": {"pid": 376, "uid": 1001, "lines": ["df -h", "uptime", "history -a", "ls"]}},
+    users = [{"name": "alice", "uid": 1001, "home": "/home/alice"}]
+    facts = {"history_dumps": {"alice": {"pid": 376, "uid": 1001, "lines": ["df -h", "uptime", "history -a", "ls"]}},
              "history_files": {"/home/alice/.bash_history": ["df -h", "uptime", "history -a"]}}
-    h = obs.histories(facts, {1001: "alice"})["alice"]
+    h = obs.histories(facts, users)["alice"]
     assert h["only_in_memory"] == ["ls"] and h["user"] == "alice" and h["pid"] == 376
 
 
