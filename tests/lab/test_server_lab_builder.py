@@ -2,6 +2,7 @@
 is there. Opt-in: a cold build takes ~12 min per variant and ~10 GB, so these run only with
 SNAPSCOPE_SERVER_LAB=1 (variants in SNAPSCOPE_SERVER_LAB_VARIANTS, default "baseline intrusion");
 a built lab is reused in about a second."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,16 +12,21 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.lab,
-              pytest.mark.skipif(not os.environ.get("SNAPSCOPE_SERVER_LAB"),
-                                 reason="server lab tests are opt-in: set SNAPSCOPE_SERVER_LAB=1")]
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(
+        not os.environ.get("SNAPSCOPE_SERVER_LAB"), reason="server lab tests are opt-in: set SNAPSCOPE_SERVER_LAB=1"
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = os.environ.get("SNAPSCOPE_SERVER_LAB_VARIANTS", "baseline intrusion").split()
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("snapscope_build_server_lab_t", REPO / "fixtures" / "build_server_lab.py")
+    spec = importlib.util.spec_from_file_location(
+        "snapscope_build_server_lab_t", REPO / "fixtures" / "build_server_lab.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

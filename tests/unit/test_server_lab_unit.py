@@ -1,5 +1,6 @@
 """The server-lab builder's pure parts (fixtures/server/), without building anything: the scenario's
 wiring, the report wire format, the observations' parsers, the technique registry."""
+
 from __future__ import annotations
 
 import base64
@@ -32,9 +33,11 @@ def sc():
 def _section(name: str, data: bytes) -> str:
     """A section as guest/lab/report.py writes it."""
     b64 = base64.b64encode(gzip.compress(data, mtime=0)).decode()
-    body = "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
-    return (f"@@SNAPSCOPE-SERVER BEGIN {name} {hashlib.sha256(data).hexdigest()}@@\r\n{body}\r\n"
-            f"@@SNAPSCOPE-SERVER END {name}@@\r\n")
+    body = "\n".join(b64[i : i + 76] for i in range(0, len(b64), 76))
+    return (
+        f"@@SNAPSCOPE-SERVER BEGIN {name} {hashlib.sha256(data).hexdigest()}@@\r\n{body}\r\n"
+        f"@@SNAPSCOPE-SERVER END {name}@@\r\n"
+    )
 
 
 def test_kernel_cmdline_carries_the_variant(sc):
@@ -71,11 +74,17 @@ def test_every_technique_has_script_builder_and_peer_payload(sc):
 
 def test_report_round_trip_and_events(tmp_path):
     rep = _mod("report")
-    facts = b'{"processes": [{"pid": 1, "ppid": 0, "uid": 0, "gid": 0, "state": "S", "comm_hex": "73797374656d64",' \
-            b' "cmdline_hex": "2f7362696e2f696e697400", "exe": "/usr/lib/systemd/systemd", "tty_nr": 0,' \
-            b' "start_ticks": 1, "rss_pages": 9, "threads": [{"tid": 1, "comm_hex": "73797374656d64"}], "fds": {}}]}'
-    text = ("@@SNAPSCOPE-SERVER EVENT 12.50 multi-user running@@\r\n" + _section("ps.txt", b"PID\n1 systemd\n")
-            + _section("facts.json", facts) + "@@SNAPSCOPE-SERVER READY@@\r\n")
+    facts = (
+        b'{"processes": [{"pid": 1, "ppid": 0, "uid": 0, "gid": 0, "state": "S", "comm_hex": "73797374656d64",'
+        b' "cmdline_hex": "2f7362696e2f696e697400", "exe": "/usr/lib/systemd/systemd", "tty_nr": 0,'
+        b' "start_ticks": 1, "rss_pages": 9, "threads": [{"tid": 1, "comm_hex": "73797374656d64"}], "fds": {}}]}'
+    )
+    text = (
+        "@@SNAPSCOPE-SERVER EVENT 12.50 multi-user running@@\r\n"
+        + _section("ps.txt", b"PID\n1 systemd\n")
+        + _section("facts.json", facts)
+        + "@@SNAPSCOPE-SERVER READY@@\r\n"
+    )
     path = tmp_path / "report.log"
     path.write_text(text)
     got = rep.wait_ready(path, tmp_path / "console.log", lambda: True, timeout=5)
@@ -92,8 +101,10 @@ def test_report_round_trip_and_events(tmp_path):
 def test_report_error_line_fails_fast(tmp_path):
     rep = _mod("report")
     path = tmp_path / "report.log"
-    path.write_text("@@SNAPSCOPE-SERVER ERROR hook: RuntimeError: T3 failed@@\n"
-                    "@@SNAPSCOPE-SERVER ERROR reporter: an actor failed, not reporting@@\n")
+    path.write_text(
+        "@@SNAPSCOPE-SERVER ERROR hook: RuntimeError: T3 failed@@\n"
+        "@@SNAPSCOPE-SERVER ERROR reporter: an actor failed, not reporting@@\n"
+    )
     with pytest.raises(_mod("shared").LabError, match="T3 failed"):
         rep.wait_ready(path, tmp_path / "console.log", lambda: True, timeout=5)
 
@@ -101,16 +112,20 @@ def test_report_error_line_fails_fast(tmp_path):
 def test_histories_split_memory_from_file():
     obs = _mod("observed")
     users = [{"name": "alice", "uid": 1001, "home": "/home/alice"}]
-    facts = {"history_dumps": {"alice": {"pid": 376, "uid": 1001, "lines": ["df -h", "uptime", "history -a", "ls"]}},
-             "history_files": {"/home/alice/.bash_history": ["df -h", "uptime", "history -a"]}}
+    facts = {
+        "history_dumps": {"alice": {"pid": 376, "uid": 1001, "lines": ["df -h", "uptime", "history -a", "ls"]}},
+        "history_files": {"/home/alice/.bash_history": ["df -h", "uptime", "history -a"]},
+    }
     h = obs.histories(facts, users)["alice"]
     assert h["only_in_memory"] == ["ls"] and h["user"] == "alice" and h["pid"] == 376
 
 
 def test_unit_and_module_parsers():
     obs = _mod("observed")
-    units = obs.parse_units("ssh.service loaded active running OpenBSD Secure Shell server\n"
-                            "x.service loaded failed failed X\n\nLOAD   = Reflects ...\n")
+    units = obs.parse_units(
+        "ssh.service loaded active running OpenBSD Secure Shell server\n"
+        "x.service loaded failed failed X\n\nLOAD   = Reflects ...\n"
+    )
     assert [u["unit"] for u in units] == ["ssh.service", "x.service"] and units[1]["active"] == "failed"
     mods = obs.parse_modules("virtio_net 65536 0 - Live 0x0000000000000000\nfailover 16384 1 net_failover, Live 0x0\n")
     assert mods[0]["name"] == "virtio_net" and mods[1]["used_by"] == ["net_failover"]
