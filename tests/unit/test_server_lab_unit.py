@@ -1,5 +1,7 @@
-"""The server-lab builder's pure parts (fixtures/server/), without building anything: the scenario's
-wiring, the report wire format, the observations' parsers, the technique registry."""
+"""The server-lab builder's pure parts (fixtures/server/), without building a guest: the scenario's
+wiring, the report wire format, the observations' parsers, the technique catalogue and its two
+implementations, the ground-truth builders' refusals, the host peers (HTTP, TLS, stratum) and the
+compiled payloads run on this host."""
 
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ def _section(name: str, data: bytes) -> str:
 
 def test_kernel_cmdline_carries_the_variant(sc):
     assert sc.kernel_cmdline("baseline").endswith("snapscope.variant=baseline")
-    assert "snapscope.intrusion=1" in sc.kernel_cmdline("intrusion")
-    assert "snapscope.intrusion=1" not in sc.kernel_cmdline("baseline")
+    assert sc.kernel_cmdline("intrusion").endswith("snapscope.intrusion=a")
+    assert sc.kernel_cmdline("intrusion-b").endswith("snapscope.variant=intrusion-b snapscope.intrusion=b")
+    assert "snapscope.intrusion" not in sc.kernel_cmdline("baseline")
     scale = sc.kernel_cmdline("scale")
     assert "systemd.setenv=INVENTORY_CACHE_MB=3200" in scale and "snapscope.tmpfs_mb=3200" in scale
     assert sc.kernel_cmdline("baseline").startswith("root=/dev/vda rw console=ttyS0")
@@ -51,25 +54,81 @@ def test_kernel_cmdline_carries_the_variant(sc):
 
 def test_peers_only_guestfwd_and_restricted(sc):
     peers = _mod("peers")
-    base, intr = peers.peer_specs(False), peers.peer_specs(True)
-    assert [p["name"] for p in base] == ["collector"]
-    assert {p["name"] for p in intr} == {"collector", "revshell", "stager"}
+    base, intr, intr_b = (peers.peer_specs(v, Path("/tls")) for v in ("baseline", "intrusion", "intrusion-b"))
+    assert [p["name"] for p in base] == ["collector", "catalog"]
+    assert {p["name"] for p in intr} == {"collector", "catalog", "revshell", "stager", "beacon", "pool", "exfil"}
+    assert {p["name"] for p in intr_b} == {p["name"] for p in intr}
     shell = next(p for p in intr if p["kind"] == "shell")
     assert shell["script"][-1] == " history -w /run/gt/hist.T2-revshell.$$"
-    net = peers.netdev_arg(intr)
-    assert net.startswith("user,id=n0,restrict=on,")
-    assert net.count("guestfwd=") == 3 and "hostfwd" not in net
-    assert all(re.fullmatch(r"10\.0\.2\.\d+", p["ip"]) for p in intr)
+    tls = next(p for p in base if p["kind"] == "tls")
+    assert (tls["cert"], tls["key"]) == ("/tls/cert.pem", "/tls/key.pem") and tls["sni"] == sc.CATALOG["host"]
+    for specs in (intr, intr_b):
+        net = peers.netdev_arg(specs)
+        assert net.startswith("user,id=n0,restrict=on,")
+        assert net.count("guestfwd=") == len(specs) and "hostfwd" not in net
+        assert all(re.fullmatch(r"10\.0\.2\.\d+", p["ip"]) for p in specs)
+        assert len({(p["ip"], p["port"]) for p in specs}) == len(specs)  # one peer per address
+    # the two implementations talk to different addresses and ports (the fixed peers aside)
+    fixed = {(p["ip"], p["port"]) for p in base}
+    assert not ({(p["ip"], p["port"]) for p in intr} - fixed) & {(p["ip"], p["port"]) for p in intr_b}
 
 
 def test_every_technique_has_script_builder_and_peer_payload(sc):
-    tech = _mod("techniques")
-    assert set(tech.BUILDERS) == {t["id"] for t in sc.TECHNIQUES}
-    for t in sc.TECHNIQUES:
+    tech, intr = _mod("techniques"), _mod("intrusions")
+    assert set(tech.BUILDERS) == {t["id"] for t in intr.TECHNIQUES}
+    assert len({t["id"] for t in intr.TECHNIQUES}) == len(intr.TECHNIQUES) >= 15
+    for t in intr.TECHNIQUES:
         assert (FIX / "server" / "guest" / "hook" / "techniques" / t["script"]).is_file()
         assert re.fullmatch(r"T\d{4}(\.\d{3})?", t["attack_id"]) and t["attack_id"] in t["attack_ids"]
-        for payload in t.get("peer", {}).get("routes", {}).values():
-            assert (FIX / "server" / "payloads" / payload).is_file()
+        assert t["kind"] in {"process", "file", "flow", "module", "account", "history", "unit"}
+        for impl, params in t["params"].items():
+            if t.get("peer", {}).get("kind") == "http" and "payload" in params:
+                assert (FIX / "server" / "payloads" / params["payload"]).is_file()
+            if "peer" in t:
+                assert {"peer_ip", "peer_port"} <= set(params), (t["id"], impl)
+
+
+def test_second_implementation_shares_no_name_path_port_or_address():
+    """Rules must key on behaviour: what the two implementations have in common is only the behaviour
+    itself (the history builtins that clear or write the history)."""
+    intr = _mod("intrusions")
+    behaviour = {"history -c", "history -a"}
+
+    def leaves(v):
+        if isinstance(v, dict):
+            return {x for w in v.values() for x in leaves(w)}
+        if isinstance(v, list):
+            return {x for w in v for x in leaves(w)}
+        return {v}
+
+    both = [t for t in intr.TECHNIQUES if set(t["params"]) == {"a", "b"}]
+    assert len(both) >= 5
+    for t in both:
+        a, b = leaves(t["params"]["a"]), leaves(t["params"]["b"])
+        assert not (a & b) - behaviour, (t["id"], (a & b) - behaviour)
+    assert [t["id"] for t in intr.planted("a")] == [t["id"] for t in intr.planted("b")]
+    assert intr.planted(None) == []
+    with pytest.raises(ValueError):
+        intr.planted("c")
+
+
+def test_scripts_plant_techniques_in_order_with_disjoint_params():
+    intr = _mod("intrusions")
+    for impl in intr.IMPLEMENTATIONS:
+        plan = intr.scripts(impl)
+        # techniques that share a script are neighbours in the catalogue: the plan keeps the catalogue's order
+        assert [i for s in plan for i in s["ids"]] == [t["id"] for t in intr.planted(impl)]
+        by_id = {t["id"]: t for t in intr.planted(impl)}
+        for s in plan:
+            keys = [k for i in s["ids"] for k in by_id[i]["params"]]
+            assert len(keys) == len(set(keys)), (s["script"], keys)
+            assert s["params"] == {k: v for i in s["ids"] for k, v in by_id[i]["params"].items()}
+        # the profile script goes last: no shell starts after it; the preload before the long-lived pieces
+        ids = [i for s in plan for i in s["ids"]]
+        assert ids[-1] == "T20-profile-script"
+        assert ids.index("T11-ld-so-preload") < min(
+            ids.index(x) for x in ("T7-bindshell", "T8-webshell-child", "T29-dns-tunnel")
+        )
 
 
 def test_report_round_trip_and_events(tmp_path):
