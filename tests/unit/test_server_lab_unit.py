@@ -131,6 +131,16 @@ def test_scripts_plant_techniques_in_order_with_disjoint_params():
         )
 
 
+def test_readme_techniques_table_is_current():
+    """fixtures/server/README.md carries intrusions.markdown_table() between its markers, and the table has
+    a row for every technique with both implementations."""
+    text = (FIX / "server" / "README.md").read_text()
+    table = text.split("<!-- techniques-table -->\n", 1)[1].split("<!-- /techniques-table -->", 1)[0]
+    intr = _mod("intrusions")
+    assert table == intr.markdown_table()
+    assert len(table.splitlines()) == 2 + len(intr.TECHNIQUES) >= 2 + 15
+
+
 def test_report_round_trip_and_events(tmp_path):
     rep = _mod("report")
     facts = (
