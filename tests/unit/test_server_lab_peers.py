@@ -112,13 +112,16 @@ def test_stratum_pool_answers_the_miner(built, tmp_path):
     srv, lst, port = _tcp_peer({"name": "pool", "ip": "10.0.2.111", "port": 7777, "kind": "stratum"}, tmp_path)
     miner = subprocess.Popen([str(built / "miner"), "127.0.0.1", str(port), "w1.rig", "agent/1.0", "1"])
     try:
-        _until("a mining.submit", lambda: any(r["method"] == "mining.submit" for r in srv.requests))
+        _until("3 mining.submit", lambda: sum(r["method"] == "mining.submit" for r in srv.requests) >= 3, 60)
     finally:
         miner.kill()
         miner.wait()
         lst.close()
     methods = [r["method"] for r in srv.requests]
     assert methods[:3] == ["mining.subscribe", "mining.authorize", "mining.submit"]
+    # the pool answers every submit: the miner still waits its interval (1 s) before the next one
+    submits = [r["at"] for r in srv.requests if r["method"] == "mining.submit"]
+    assert len(submits) <= 4 and min(b - a for a, b in zip(submits, submits[1:])) >= 0.9
     assert srv.requests[0]["params"] == ["agent/1.0"] and srv.requests[1]["params"] == ["w1.rig", "x"]
     assert not srv.errors
 
