@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -139,6 +140,29 @@ def test_readme_techniques_table_is_current():
     intr = _mod("intrusions")
     assert table == intr.markdown_table()
     assert len(table.splitlines()) == 2 + len(intr.TECHNIQUES) >= 2 + 15
+
+
+def test_hook_lib_backgrounds_the_program_itself_with_a_clean_environment():
+    """lib.sh: a program started with "${CLEAN[@]}" ... & is $! itself (the waits watch that pid), and its
+    environment holds nothing of the hook's (P_* params are evidence-free)."""
+    lib = FIX / "server" / "guest" / "hook" / "lib.sh"
+    script = (
+        f'. "{lib}"; export P_SECRET=leak; "${{CLEAN[@]}}" setsid sleep 30 </dev/null >/dev/null 2>&1 & '
+        'p=$!; sleep 0.3; cat /proc/$p/comm; tr "\\0" "\\n" < /proc/$p/environ | sort | tr "\\n" " "; kill $p'
+    )
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True).stdout
+    comm, env = out.splitlines()
+    assert comm == "sleep"
+    assert env.split() == sorted(
+        [
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            "LOGNAME=root",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "SHELL=/bin/bash",
+            "USER=root",
+        ]
+    )
 
 
 def test_report_round_trip_and_events(tmp_path):
