@@ -148,7 +148,8 @@ def test_hook_lib_backgrounds_the_program_itself_with_a_clean_environment():
     lib = FIX / "server" / "guest" / "hook" / "lib.sh"
     script = (
         f'. "{lib}"; export P_SECRET=leak; "${{CLEAN[@]}}" setsid sleep 30 </dev/null >/dev/null 2>&1 & '
-        'p=$!; sleep 0.3; cat /proc/$p/comm; tr "\\0" "\\n" < /proc/$p/environ | sort | tr "\\n" " "; kill $p'
+        'p=$!; for i in $(seq 200); do [ "$(cat /proc/$p/comm)" = sleep ] && break; sleep 0.05; done; '
+        'cat /proc/$p/comm; tr "\\0" "\\n" < /proc/$p/environ | sort | tr "\\n" " "; kill $p'
     )
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True).stdout
     comm, env = out.splitlines()
