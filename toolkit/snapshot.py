@@ -25,6 +25,7 @@ from toolkit.case.store import write_table
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import ENGINES, EngineContext, no_progress
+from toolkit.evidence.vms import capture_time, snapshot_times
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
 from toolkit.schemas import diagnostic, make_table
 
@@ -41,9 +42,20 @@ class RunOptions:
     symbols: tuple[str, ...] = ()  # ISF files or directories, used before any automatic build
     rule_paths: tuple[str, ...] = ()  # YARA rule files or directories added to the profile's
     engine_names: tuple[str, ...] | None = None  # only these engines (None: every applicable one)
+    # analyse every memory artefact, even one holding the same RAM as another (toolkit.vms)
+    analyse_every_artefact: bool = False
 
     @classmethod
-    def of(cls, *, profile=None, search_paths=(), symbols=(), rule_paths=(), engine_names=None) -> RunOptions:
+    def of(
+        cls,
+        *,
+        profile=None,
+        search_paths=(),
+        symbols=(),
+        rule_paths=(),
+        engine_names=None,
+        analyse_every_artefact=False,
+    ) -> RunOptions:
         """RunOptions from CLI-style values (paths as Path or str, lists or tuples)."""
         return cls(
             profile=None if profile is None else str(profile),
@@ -51,18 +63,8 @@ class RunOptions:
             symbols=tuple(str(p) for p in symbols),
             rule_paths=tuple(str(p) for p in rule_paths),
             engine_names=None if engine_names is None else tuple(engine_names),
+            analyse_every_artefact=bool(analyse_every_artefact),
         )
-
-
-def snapshot_times(snapshot: dict) -> dict:
-    """Capture times the evidence itself states (memory dump, snapshot XML), for the timeline."""
-    times = {}
-    for item in snapshot.get("evidence", []):
-        facts = item.get("facts") or {}
-        for key in ("creation_time", "captured_at", "snapshot_time"):
-            if facts.get(key):
-                times[f"{item.get('format')} {key.replace('_', ' ')}"] = facts[key]
-    return times
 
 
 def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.DataFrame]:
@@ -185,6 +187,7 @@ def analyze_snapshot(
         "tables": {name: len(df) for name, df in tables.items()},
         "findings": findings["severity"].value_counts().to_dict(),
         "times": times,  # capture times the evidence states, kept for re-correlation
+        "captured_at": list(capture_time(snap)),  # [ISO time, its source]: orders the VM's snapshots
         "errors": [f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
     }
 
