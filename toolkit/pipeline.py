@@ -45,9 +45,11 @@ from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import engine_names, no_progress
 from toolkit.errors import CaseError
 from toolkit.evidence import discover
+from toolkit.evidence.vms import capture_time, snapshot_times
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
 from toolkit.snapshot import RunOptions, analyze_snapshot, warm_up_worker
 from toolkit.versions import tool_versions
+from toolkit.vms import refresh_vm_tables, same_moment_entry, settle_same_moments
 
 
 def refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
@@ -157,7 +159,10 @@ def run_snapshots(
     ``warm_up`` workers then import the engines while this process hashes.
     The case's lock is held for the whole run: a second run into the same
     case stops with a CaseError.
-    Returns {"case", "profile", "statuses" {id: analysed|partial|reused|failed},
+    Snapshots whose memory holds the same RAM as another's are not analysed but recorded
+    as the same moment (toolkit.vms; ``options.analyse_every_artefact`` turns it off), and
+    the VM tables are refreshed at the end.
+    Returns {"case", "profile", "statuses" {id: analysed|partial|reused|same moment|failed},
     "entries" {id: manifest entry}, "failures" [rows], "evidence_unchanged"}.
     """
     case_dir = Path(case_dir)
@@ -192,11 +197,16 @@ def run_snapshots(
             snap["fingerprint"] = snapshot_fingerprint(snap, before, profile, options)
             previous = manifest["snapshots"].get(snap["id"])
             if previous and previous.get("fingerprint") == snap["fingerprint"]:
+                if previous.get("same_moment_as") and options.analyse_every_artefact:
+                    todo.append(snap)  # recorded as another's moment before; now analysed itself
+                    continue
                 # Same evidence bytes, profile, rules and tool versions: the stored tables stand.
-                statuses[snap["id"]] = "reused"
+                statuses[snap["id"]] = "same moment" if previous.get("same_moment_as") else "reused"
                 custody.append_event(case_dir, action="snapshot.reuse", detail={"snapshot": snap["id"]})
             else:
                 todo.append(snap)
+        if not options.analyse_every_artefact:
+            todo = _skip_same_moments(snapshots, todo, case_dir, manifest, before, statuses, progress)
         run = {
             "case_dir": case_dir,
             "manifest": manifest,
@@ -208,6 +218,7 @@ def run_snapshots(
         }
         failures = _analyse_inline(todo, run) if pool is None else _analyse_on(pool, todo, run)
         write_combined_tables(case_dir)
+        refresh_vm_tables(case_dir, manifest)
         after = hash_evidence(case_dir, files, "after", progress, io_slots=io_slots)
         changed = [p for p in before if before[p] != after[p]]
         manifest["runs"].append(
@@ -232,6 +243,30 @@ def run_snapshots(
         "entries": entries,
         "evidence_unchanged": True,
     }
+
+
+def _skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses, progress) -> list[dict]:
+    """The snapshots still to analyse once those holding the same RAM as another are recorded
+    as "same moment as" it, with the comparison as proof (manifest, custody), not analysed."""
+    analysed = {sid for sid, status in statuses.items() if status == "reused"}
+    decisions = settle_same_moments(snapshots, todo, case_dir, manifest, hashes, analysed, progress)
+    for snap in todo:
+        decision = decisions.get(snap["id"])
+        if decision is None:
+            continue
+        for stale in (case_dir / "tables").rglob(f"{snap['id']}.parquet"):
+            stale.unlink()  # tables of an earlier run in which it was analysed
+        manifest["snapshots"][snap["id"]] = same_moment_entry(
+            snap, decision, snap["fingerprint"], snapshot_times(snap), capture_time(snap)
+        )
+        statuses[snap["id"]] = "same moment"
+        custody.append_event(
+            case_dir,
+            action="snapshot.same_moment",
+            detail={"snapshot": snap["id"], "same_moment_as": decision["same_moment_as"], "proof": decision["proof"]},
+        )
+    save_manifest(case_dir, manifest)
+    return [snap for snap in todo if snap["id"] not in decisions]
 
 
 def _finished(run: dict, snap: dict, entry: dict) -> None:
@@ -283,25 +318,32 @@ def _analyse_on(pool, todo: list[dict], run: dict) -> list[dict]:
 def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choices) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
 
-    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths, engine_names).
+    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths,
+    engine_names, analyse_every_artefact).
 
     Example::
 
-        summary = analyze([Path("lab/qemu/memory.elf")], Path("case"), profile="linux-triage")
-        [s["id"] for s in summary["snapshots"]]
+        summary = analyze([Path("lab/qemu")], Path("case"), profile="linux-triage")
+        [(s["id"], s["status"], s["same_moment_as"]) for s in summary["snapshots"]]
+        # [('qemu-memory.elf', 'analysed', None), ('qemu-memory.kdump', 'same moment', 'qemu-memory.elf'), ...]
     """
     options = RunOptions.of(**choices)
     snapshots = discover([Path(p) for p in paths], search_paths=options.search_paths)
     result = run_snapshots(snapshots, Path(case_dir), options, kind="analyze", inputs=paths, progress=progress)
+    manifest = load_manifest(Path(case_dir))
     return {
         "case": result["case"],
         "evidence_unchanged": result["evidence_unchanged"],
+        "vms": manifest.get("vms", {}),
         "snapshots": [
             {
                 "id": s["id"],
                 "name": s["name"],
                 "tables": result["entries"][s["id"]]["tables"],
+                "status": result["statuses"][s["id"]],
                 "reused": result["statuses"][s["id"]] == "reused",
+                "same_moment_as": result["entries"][s["id"]].get("same_moment_as"),
+                "proof": result["entries"][s["id"]].get("same_moment_proof"),
             }
             for s in snapshots
         ],
@@ -318,6 +360,8 @@ def recorrelate(case_dir: Path) -> dict:
         derived = {"findings", "timeline"}
         counts = {}
         for sid, entry in manifest["snapshots"].items():
+            if entry.get("same_moment_as"):
+                continue  # not analysed: its moment's tables are another snapshot's
             tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
             tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
             # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
@@ -332,7 +376,8 @@ def recorrelate(case_dir: Path) -> dict:
                 write_table(case_dir, "diagnostics", sid, diags)
             entry["findings"] = findings["severity"].value_counts().to_dict()
             counts[sid] = len(findings)
-        save_manifest(case_dir, manifest)
         write_combined_tables(case_dir)
+        refresh_vm_tables(case_dir, manifest)
+        save_manifest(case_dir, manifest)
         custody.append_event(case_dir, action="correlate", detail={"findings": counts})
     return counts

@@ -145,6 +145,11 @@ def periodic_flows(tables, graph, sid):
             yield hit(owner or f"flow:{value(r, 'flow_id')}", [link("network/flows", sid, i)], 0.7, why)
 
 
+def _hex(offset) -> str:
+    """An offset or address as responders read them (tables keep the integer)."""
+    return f"{int(offset):#x}" if offset is not None else "?"
+
+
 def _flow_owner(graph, flow_id) -> str | None:
     return owner_process(graph, f"flow:{flow_id}")
 
@@ -289,12 +294,18 @@ def yara_match(tables, graph, sid):
             )
         why = (
             f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
-            f"in {where} at offset {value(r, 'offset')}{caveat}"
+            f"in {where} at offset {_hex(value(r, 'offset'))}{caveat}"
             + (f"; {also} more hits in physical memory" if also else "")
             + "."
         )
         yield hit(
-            owner, [link("yara/matches", sid, i)], confidence, why, severity=severity, attack_id=value(r, "attack_id")
+            owner,
+            [link("yara/matches", sid, i)],
+            confidence,
+            why,
+            severity=severity,
+            attack_id=value(r, "attack_id"),
+            subject=value(r, "rule"),
         )
 
 
