@@ -43,7 +43,7 @@ from toolkit.case.store import (
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import engine_names, no_progress
-from toolkit.errors import CaseError
+from toolkit.errors import CaseError, RuleError
 from toolkit.evidence import discover
 from toolkit.evidence.vms import capture_time, snapshot_times
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
@@ -168,6 +168,9 @@ def run_snapshots(
     case_dir = Path(case_dir)
     refuse_evidence_inside_case(snapshots, case_dir)
     profile = load_profile(options.profile or DEFAULT_PROFILE)  # an unknown plugin fails here, before any read
+    for rules in options.rule_paths:
+        if not Path(rules).expanduser().exists():
+            raise RuleError(f"{rules}: no such YARA rule file or directory")
     _open_case(case_dir)
     with case_lock(case_dir):
         manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
