@@ -223,6 +223,7 @@ def _moment_rows(vm: dict, manifest: dict, same: dict[str, str]) -> tuple[list[d
             proof = entry.get("same_moment_proof") or {}
             status = "same moment" if sid in same else ("partial" if entry.get("errors") else "analysed")
             stamp, source = moment_time[rep]  # one moment, one time, whichever artefact states it best
+            stamp = pd.Timestamp(stamp) if stamp else None  # (ISO strings of mixed precision coerce badly)
             rows.append(
                 {
                     "vm": vm["id"],
@@ -240,6 +241,7 @@ def _moment_rows(vm: dict, manifest: dict, same: dict[str, str]) -> tuple[list[d
                 }
             )
     times = {sid: moment_time[same.get(sid, sid)][0] for sid in vm["snapshots"]}
+    times = {sid: pd.Timestamp(t) if t else None for sid, t in times.items()}
     return rows, reps, times
 
 

@@ -62,3 +62,36 @@ def test_case_verify_detects_tampering(lab_case, tmp_path):
     )
     assert bad.returncode == 2
     assert "line 3" in bad.stdout + bad.stderr
+
+
+def _lab_rule(name: str, marker: str) -> str:
+    return f'rule {name} {{ meta: severity = "high" strings: $a = "{marker}" condition: $a }}\n'
+
+
+def test_user_rules_on_the_lab_dump_and_an_edit_rescans(lab, ground_truth, tmp_path):
+    """`snapscope analyze DUMP --case C --rules my.yar` matches my.yar's rule in the implant's memory;
+    after an edit of my.yar the same command scans again (its content is in the fingerprint)."""
+    from typer.testing import CliRunner
+
+    from toolkit.cli.app import app
+
+    marker = ground_truth["marker"]
+    pid = ground_truth["runs"]["qemu"]["implant_pid"]
+    rules = tmp_path / "my.yar"
+    rules.write_text(_lab_rule("My_Lab_Marker", marker))
+    case_dir = tmp_path / "case"
+    args = ["analyze", str(lab / "qemu" / "memory.elf"), "--case", str(case_dir), "--rules", str(rules)]
+
+    def mine() -> dict:
+        hits = Case.open(case_dir).table("yara/matches")
+        hits = hits[hits["rule"].str.startswith("My_Lab_Marker")]
+        return {rule: set(group["pid"].dropna()) for rule, group in hits[hits["target"] == "process"].groupby("rule")}
+
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert mine() == {"My_Lab_Marker": {pid}}
+    rules.write_text(_lab_rule("My_Lab_Marker_Edited", marker))
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "reused" not in second.output
+    assert mine() == {"My_Lab_Marker_Edited": {pid}}  # scanned again with the edited rules, nothing stale

@@ -186,10 +186,10 @@ def _entity(change: dict, row) -> tuple[str, str]:
     return f"file:{value(row, 'path')}", value(row, "path")
 
 
-def change_findings(changes: list[dict], tables: dict[str, dict], times: dict[str, str | None]) -> list[dict]:
+def change_findings(changes: list[dict], tables: dict[str, dict], times: dict) -> list[dict]:
     """Findings (``vm/findings`` rows without the VM columns) for the changes that matter.
 
-    ``tables`` is {snapshot id: that snapshot's tables}; ``times`` {snapshot id: ISO capture time}.
+    ``tables`` is {snapshot id: that snapshot's tables}; ``times`` {snapshot id: capture time}.
     """
     rows = []
     for c in changes:
@@ -200,7 +200,8 @@ def change_findings(changes: list[dict], tables: dict[str, dict], times: dict[st
         if severity is None:
             continue
         entity, label = _entity(c, row)
-        since = c["snapshot_a"] + (f" ({times.get(c['snapshot_a'])})" if times.get(c["snapshot_a"]) else "")
+        when = times.get(c["snapshot_a"])
+        since = c["snapshot_a"] + (f" ({when:%Y-%m-%d %H:%M:%S} UTC)" if when is not None else "")
         if c["change"] == "gone":
             rule_id = "vm.gone_since"
             why = f"{c['description']} was in snapshot {since} and is gone in snapshot {c['snapshot_b']}."

@@ -35,14 +35,12 @@ def _plain(v):
     return None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v
 
 
-def vm_findings(
-    vm: dict, findings: pd.DataFrame, same_moment_as: dict[str, str], times: dict[str, str | None], extra=()
-) -> list[dict]:
+def vm_findings(vm: dict, findings: pd.DataFrame, same_moment_as: dict[str, str], times: dict, extra=()) -> list[dict]:
     """``vm/findings`` rows (without provenance) for one VM.
 
     ``vm`` is a :func:`toolkit.evidence.vms.group_vms` entry (its ``snapshots`` in capture order);
     ``findings`` the per-snapshot findings of its analysed snapshots; ``same_moment_as``
-    {snapshot: the snapshot analysed for its moment}; ``times`` {snapshot: ISO capture time};
+    {snapshot: the snapshot analysed for its moment}; ``times`` {snapshot: capture time (a Timestamp)};
     ``extra`` findings made at VM level (changes), each with its own ``seen_in`` list.
     """
     order = {sid: n for n, sid in enumerate(vm["snapshots"])}

@@ -54,7 +54,8 @@ def _before_the_implant() -> dict:
 def _two_moments(tmp_path, later_extra=None):
     entries = {
         "web01-monday": {**DISK, "captured_at": ["2026-01-01T00:00:00+00:00", "snapshot XML"]},
-        "web01-tuesday": {**DISK, "captured_at": ["2026-01-02T00:00:00+00:00", "snapshot XML"]},
+        # (ISO times of another precision: the column must still hold both)
+        "web01-tuesday": {**DISK, "captured_at": ["2026-01-02T00:00:00.250000+00:00", "snapshot XML"]},
         "web01-tuesday-kdump": {
             **DISK,
             "same_moment_as": "web01-tuesday",
@@ -81,7 +82,8 @@ def test_findings_once_per_vm_with_the_snapshots_they_were_seen_in(tmp_path):
     # seen in the Tuesday moment: its analysed snapshot and the kdump of the same RAM
     assert json.loads(masq["seen_in"]) == ["web01-tuesday", "web01-tuesday-kdump"]
     assert (masq["first_seen"], masq["last_seen"], masq["moments"]) == ("web01-tuesday", "web01-tuesday-kdump", 1)
-    assert masq["first_seen_ts"] == pd.Timestamp("2026-01-02T00:00:00Z")
+    assert masq["first_seen_ts"] == pd.Timestamp("2026-01-02T00:00:00.25Z")
+    assert moments["captured_at"].notna().all()
     per_snapshot = case.findings
     assert (
         len(vm[~vm["rule_id"].str.startswith("vm.")])
@@ -99,7 +101,7 @@ def test_what_appeared_between_two_moments_is_new_since_the_first(tmp_path):
     since = vm[vm["rule_id"] == "vm.new_since"]
     process = since[since["subject"].str.startswith("process ")]
     assert list(process["entity"]) == ["process:77"] and list(process["first_seen"]) == ["web01-tuesday"]
-    assert "is new since snapshot web01-monday" in process["explanation"].iloc[0]
+    assert "is new since snapshot web01-monday (2026-01-01 00:00:00 UTC)" in process["explanation"].iloc[0]
     assert set(since[since["severity"] == "high"]["subject"].str.split().str[0]) == {"persistence"}
     assert not len(vm[vm["rule_id"] == "vm.gone_since"])  # nothing went away
     # the same comparison on demand, for any two snapshots of the case (table memory/diff)
