@@ -45,11 +45,11 @@ from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import engine_names, no_progress
 from toolkit.errors import CaseError, RuleError
 from toolkit.evidence import discover
-from toolkit.evidence.vms import capture_time, snapshot_times
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
+from toolkit.schemas import empty, make_table
 from toolkit.snapshot import RunOptions, analyze_snapshot, warm_up_worker
 from toolkit.versions import tool_versions
-from toolkit.vms import refresh_vm_tables, same_moment_entry, settle_same_moments
+from toolkit.vms import refresh_vm_tables, skip_same_moments
 
 
 def refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
@@ -209,7 +209,7 @@ def run_snapshots(
             else:
                 todo.append(snap)
         if not options.analyse_every_artefact:
-            todo = _skip_same_moments(snapshots, todo, case_dir, manifest, before, statuses, progress)
+            todo = skip_same_moments(snapshots, todo, case_dir, manifest, before, statuses, progress)
         run = {
             "case_dir": case_dir,
             "manifest": manifest,
@@ -246,30 +246,6 @@ def run_snapshots(
         "entries": entries,
         "evidence_unchanged": True,
     }
-
-
-def _skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses, progress) -> list[dict]:
-    """The snapshots still to analyse once those holding the same RAM as another are recorded
-    as "same moment as" it, with the comparison as proof (manifest, custody), not analysed."""
-    analysed = {sid for sid, status in statuses.items() if status == "reused"}
-    decisions = settle_same_moments(snapshots, todo, case_dir, manifest, hashes, analysed, progress)
-    for snap in todo:
-        decision = decisions.get(snap["id"])
-        if decision is None:
-            continue
-        for stale in (case_dir / "tables").rglob(f"{snap['id']}.parquet"):
-            stale.unlink()  # tables of an earlier run in which it was analysed
-        manifest["snapshots"][snap["id"]] = same_moment_entry(
-            snap, decision, snap["fingerprint"], snapshot_times(snap), capture_time(snap)
-        )
-        statuses[snap["id"]] = "same moment"
-        custody.append_event(
-            case_dir,
-            action="snapshot.same_moment",
-            detail={"snapshot": snap["id"], "same_moment_as": decision["same_moment_as"], "proof": decision["proof"]},
-        )
-    save_manifest(case_dir, manifest)
-    return [snap for snap in todo if snap["id"] not in decisions]
 
 
 def _finished(run: dict, snap: dict, entry: dict) -> None:
@@ -358,29 +334,75 @@ def recorrelate(case_dir: Path) -> dict:
     rule change), without touching evidence. Returns {snapshot_id: findings count}."""
     case_dir = Path(case_dir)
     with case_lock(case_dir):
-        case = Case.open(case_dir)
-        manifest = case.manifest
-        derived = {"findings", "timeline"}
-        counts = {}
-        for sid, entry in manifest["snapshots"].items():
-            if entry.get("same_moment_as"):
-                continue  # not analysed: its moment's tables are another snapshot's
-            tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
-            tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
-            # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
-            if "diagnostics" in tables:
-                tables["diagnostics"] = tables["diagnostics"][tables["diagnostics"]["source"] != "correlate"]
-            findings, problems, _graph = correlate_snapshot(tables, sid)
-            timeline = build_timeline(tables, sid, entry.get("times") or {})
-            write_table(case_dir, "findings", sid, findings)
-            write_table(case_dir, "timeline", sid, timeline)
-            if "diagnostics" in tables:
-                diags = pd.concat([tables["diagnostics"], problems], ignore_index=True)
-                write_table(case_dir, "diagnostics", sid, diags)
-            entry["findings"] = findings["severity"].value_counts().to_dict()
-            counts[sid] = len(findings)
-        write_combined_tables(case_dir)
-        refresh_vm_tables(case_dir, manifest)
-        save_manifest(case_dir, manifest)
-        custody.append_event(case_dir, action="correlate", detail={"findings": counts})
+        return _recorrelate(case_dir)
+
+
+def _recorrelate(case_dir: Path) -> dict:
+    case = Case.open(case_dir)
+    manifest = case.manifest
+    derived = {"findings", "timeline"}
+    counts = {}
+    for sid, entry in manifest["snapshots"].items():
+        if entry.get("same_moment_as"):
+            continue  # not analysed: its moment's tables are another snapshot's
+        tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
+        tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
+        # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
+        if "diagnostics" in tables:
+            tables["diagnostics"] = tables["diagnostics"][tables["diagnostics"]["source"] != "correlate"]
+        findings, problems, _graph = correlate_snapshot(tables, sid)
+        timeline = build_timeline(tables, sid, entry.get("times") or {})
+        write_table(case_dir, "findings", sid, findings)
+        write_table(case_dir, "timeline", sid, timeline)
+        if "diagnostics" in tables:
+            diags = pd.concat([tables["diagnostics"], problems], ignore_index=True)
+            write_table(case_dir, "diagnostics", sid, diags)
+        entry["findings"] = findings["severity"].value_counts().to_dict()
+        counts[sid] = len(findings)
+    write_combined_tables(case_dir)
+    refresh_vm_tables(case_dir, manifest)
+    save_manifest(case_dir, manifest)
+    custody.append_event(case_dir, action="correlate", detail={"findings": counts})
     return counts
+
+
+def run_sigma(case_dir: Path, rule_paths) -> dict:
+    """Run Sigma rules (files or directories) over every snapshot of a case, store their matches
+    as ``sigma/matches`` and re-correlate, so each match becomes a finding in the entity graph.
+
+    The rules are read (and any syntax error raised) before the case is touched; the previous
+    run's matches and Sigma diagnostics are replaced. Returns {"rules", "matches" {snapshot: n},
+    "findings" {snapshot: n}, "skipped" [diagnostic rows]}.
+
+    Example::
+
+        run_sigma(Path("case"), [Path("rules/sigma")])["matches"]   # {'lab-qemu': 3}
+    """
+    from toolkit.correlate.sigma.load import load_rules
+    from toolkit.correlate.sigma.run import compile_rules, run_rules
+
+    case_dir = Path(case_dir)
+    compiled = compile_rules(load_rules(rule_paths))
+    with case_lock(case_dir):
+        case = Case.open(case_dir)
+        if not case.snapshots:
+            raise CaseError(f"{case_dir}: the case holds no analysed snapshot; run snapscope analyze first")
+        matches, skipped = {}, []
+        for sid in case.snapshots:
+            if case.snapshots[sid].get("same_moment_as"):
+                continue  # not analysed: another snapshot holds its moment's tables
+            tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name != "sigma/matches"}
+            rows, problems = run_rules(compiled, tables, sid)
+            write_table(case_dir, "sigma/matches", sid, rows)
+            diags = tables.get("diagnostics", empty("diagnostics"))
+            kept = diags[diags["source"] != "sigma"]
+            new = make_table("diagnostics", problems, snapshot_id=sid, source="sigma")
+            write_table(case_dir, "diagnostics", sid, pd.concat([kept, new], ignore_index=True))
+            matches[sid], skipped = len(rows), skipped + problems
+        custody.append_event(
+            case_dir,
+            action="sigma",
+            detail={"rules": [str(p) for p in rule_paths], "count": len(compiled), "matches": matches},
+        )
+        findings = _recorrelate(case_dir)
+    return {"rules": len(compiled), "matches": matches, "findings": findings, "skipped": skipped}

@@ -30,14 +30,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from toolkit.case import custody
 from toolkit.case.lock import case_lock
-from toolkit.case.store import load_manifest, table_path, write_table
+from toolkit.case.store import load_manifest, save_manifest, table_path, write_table
 from toolkit.correlate.changes import KINDS, change_findings, diff_tables
 from toolkit.correlate.stacking import CATEGORY_TABLES, raise_rare, rare_notes, stack, vm_items
 from toolkit.correlate.vm_findings import vm_findings
 from toolkit.engines import no_progress
 from toolkit.errors import CaseError, MemoryFormatError
-from toolkit.evidence.vms import group_vms
+from toolkit.evidence.vms import capture_time, group_vms, snapshot_times
 from toolkit.memory import open_image
 from toolkit.memory.same_ram import compare_ram, ram_signature
 from toolkit.schemas import empty, make_table
@@ -184,6 +185,35 @@ def same_moment_entry(snap: dict, decision: dict, fingerprint: str, times: dict,
         "same_moment_proof": decision["proof"],
         "fingerprint": fingerprint,
     }
+
+
+def skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses, progress) -> list[dict]:
+    """The snapshots of ``todo`` still to analyse once those holding the same RAM as another are
+    recorded as "same moment as" it, with the comparison as proof (manifest, custody), not analysed.
+
+    Example::
+
+        todo = skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses)
+    """
+    analysed = {sid for sid, status in statuses.items() if status == "reused"}
+    decisions = settle_same_moments(snapshots, todo, case_dir, manifest, hashes, analysed, progress)
+    for snap in todo:
+        decision = decisions.get(snap["id"])
+        if decision is None:
+            continue
+        for stale in (case_dir / "tables").rglob(f"{snap['id']}.parquet"):
+            stale.unlink()  # tables of an earlier run in which it was analysed
+        manifest["snapshots"][snap["id"]] = same_moment_entry(
+            snap, decision, snap["fingerprint"], snapshot_times(snap), capture_time(snap)
+        )
+        statuses[snap["id"]] = "same moment"
+        custody.append_event(
+            case_dir,
+            action="snapshot.same_moment",
+            detail={"snapshot": snap["id"], "same_moment_as": decision["same_moment_as"], "proof": decision["proof"]},
+        )
+    save_manifest(case_dir, manifest)
+    return [snap for snap in todo if snap["id"] not in decisions]
 
 
 def snapshot_tables(case_dir: Path, snapshot_id: str, names) -> dict[str, pd.DataFrame]:

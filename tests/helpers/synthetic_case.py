@@ -159,6 +159,16 @@ def implant_tables() -> dict[str, pd.DataFrame]:
     return t
 
 
+# The systemd unit that starts the benign service (pid 80): a persistence entry whose program is running.
+SERVICE_UNIT = {
+    "kind": "systemd",
+    "path": "/etc/systemd/system/labsvc.service",
+    "program": "/usr/sbin/labsvc",
+    "program_path": "/usr/sbin/labsvc",
+    "program_sha256": "2" * 64,
+}
+
+
 def write_case(case_dir: Path, tables: dict | None = None, sid: str = SID) -> Path:
     """A case holding ``tables`` (default: :func:`implant_tables`) and their findings and timeline."""
     return write_snapshots(case_dir, {sid: tables or implant_tables()})

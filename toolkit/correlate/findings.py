@@ -65,21 +65,23 @@ def correlate_snapshot(tables: dict, snapshot_id: str, rules: dict | None = None
         except Exception as exc:  # a rule tripping over odd data must not hide the others' findings
             problems.append(diagnostic("error", f"rule {rule_id}", snapshot_id, f"{type(exc).__name__}: {exc}"))
             continue
-        # one finding per entity (and subject: the YARA rule of a yara.match)
+        # one finding per rule (a sigma.match hit names its Sigma rule), entity and subject
+        # (the YARA rule of a yara.match)
         by_entity: dict[tuple, list[dict]] = {}
         for hit in hits:
-            by_entity.setdefault((hit["entity"], hit.get("subject")), []).append(hit)
+            by_entity.setdefault((hit.get("rule_id"), hit["entity"], hit.get("subject")), []).append(hit)
         for same in by_entity.values():
             hit = merge_hits(same)
             severity = str(hit.get("severity") or rule["severity"]).lower()
             entity = hit["entity"]
+            hit_rule_id = hit.get("rule_id") or rule_id  # sigma.match: the Sigma rule's own id
             node = graph["nodes"].get(entity, {})
             steps = chain(graph, entity) if entity in graph["nodes"] else []
             rows.append(
                 {
-                    "finding_id": _finding_id(snapshot_id, rule_id, entity, hit.get("subject")),
-                    "rule_id": rule_id,
-                    "title": rule["title"],
+                    "finding_id": _finding_id(snapshot_id, hit_rule_id, entity, hit.get("subject")),
+                    "rule_id": hit_rule_id,
+                    "title": hit.get("title") or rule["title"],
                     "severity": severity,
                     "severity_rank": SEVERITY_RANK.get(severity, 2),
                     "confidence": hit.get("confidence", 0.5),

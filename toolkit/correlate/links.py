@@ -17,9 +17,9 @@ def link(table: str, snapshot_id: str, row: int) -> dict:
 def hit(entity: str, links: list[dict], confidence: float, explanation: str, **more) -> dict:
     """What a rule yields: the entity it is about, the rows that prove it, how sure, and why.
 
-    ``more`` may set ``severity`` (overriding the rule's), ``attack_id``, or ``subject``: what,
-    besides the entity, makes a finding distinct (a YARA rule's name), so hits are merged per
-    entity and subject.
+    ``more`` may set ``severity`` (overriding the rule's), ``attack_id``, ``rule_id`` and ``title``,
+    or ``subject``: what, besides the entity, makes a finding distinct (a YARA rule's name), so
+    hits are merged per rule, entity and subject.
     Example: ``hit("process:77", [link("memory/processes", sid, 3)], 0.9, "pid 77 runs from a deleted file.")``
     """
     return {"entity": entity, "links": links, "confidence": confidence, "explanation": explanation, **more}
