@@ -177,6 +177,20 @@ def analyze_snapshot(
             stale.unlink()
     for name, df in tables.items():
         write_table(case_dir, name, snap["id"], df)
+    return manifest_entry(
+        snap,
+        tables={name: len(df) for name, df in tables.items()},
+        findings=findings["severity"].value_counts().to_dict(),
+        errors=[f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
+    )
+
+
+def manifest_entry(snap: dict, **more) -> dict:
+    """A snapshot's entry in case.json: what it is made of and when it was taken, plus ``more``
+    (tables, findings, errors of its analysis; or the moment it shares with another).
+
+    Example: ``manifest_entry(snap, tables={}, findings={}, errors=[])["captured_at"]``
+    """
     return {
         "name": snap["name"],
         "domain": snap.get("domain"),
@@ -184,11 +198,9 @@ def analyze_snapshot(
         "disks": snap.get("disks"),
         "pcaps": snap.get("pcaps"),
         "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
-        "tables": {name: len(df) for name, df in tables.items()},
-        "findings": findings["severity"].value_counts().to_dict(),
-        "times": times,  # capture times the evidence states, kept for re-correlation
+        "times": snapshot_times(snap),  # capture times the evidence states, kept for re-correlation
         "captured_at": list(capture_time(snap)),  # [ISO time, its source]: orders the VM's snapshots
-        "errors": [f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
+        **more,
     }
 
 

@@ -38,10 +38,11 @@ from toolkit.correlate.stacking import CATEGORY_TABLES, raise_rare, rare_notes, 
 from toolkit.correlate.vm_findings import vm_findings
 from toolkit.engines import no_progress
 from toolkit.errors import CaseError, MemoryFormatError
-from toolkit.evidence.vms import capture_time, group_vms, snapshot_times
+from toolkit.evidence.vms import group_vms
 from toolkit.memory import open_image
 from toolkit.memory.same_ram import compare_ram, ram_signature
 from toolkit.schemas import empty, make_table
+from toolkit.snapshot import manifest_entry
 
 # Which artefact of a moment is analysed: the cheapest to open (an ELF needs no conversion).
 FORMAT_PREFERENCE = (
@@ -167,24 +168,17 @@ def settle_same_moments(
     return decided
 
 
-def same_moment_entry(snap: dict, decision: dict, fingerprint: str, times: dict, captured) -> dict:
+def same_moment_entry(snap: dict, decision: dict, fingerprint: str) -> dict:
     """The manifest entry of a snapshot not analysed because another holds its moment."""
-    return {
-        "name": snap["name"],
-        "domain": snap.get("domain"),
-        "memory": snap.get("memory"),
-        "disks": snap.get("disks"),
-        "pcaps": snap.get("pcaps"),
-        "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
-        "tables": {},
-        "findings": {},
-        "times": times,
-        "captured_at": list(captured),
-        "errors": [],
-        "same_moment_as": decision["same_moment_as"],
-        "same_moment_proof": decision["proof"],
-        "fingerprint": fingerprint,
-    }
+    return manifest_entry(
+        snap,
+        tables={},
+        findings={},
+        errors=[],
+        same_moment_as=decision["same_moment_as"],
+        same_moment_proof=decision["proof"],
+        fingerprint=fingerprint,
+    )
 
 
 def skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses, progress) -> list[dict]:
@@ -203,9 +197,7 @@ def skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses, pro
             continue
         for stale in (case_dir / "tables").rglob(f"{snap['id']}.parquet"):
             stale.unlink()  # tables of an earlier run in which it was analysed
-        manifest["snapshots"][snap["id"]] = same_moment_entry(
-            snap, decision, snap["fingerprint"], snapshot_times(snap), capture_time(snap)
-        )
+        manifest["snapshots"][snap["id"]] = same_moment_entry(snap, decision, snap["fingerprint"])
         statuses[snap["id"]] = "same moment"
         custody.append_event(
             case_dir,
