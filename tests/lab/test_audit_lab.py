@@ -19,6 +19,10 @@ from toolkit.case import Case, custody
 
 pytestmark = pytest.mark.lab
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+# Processes the tests start (dask workers, the snapscope script) import this checkout's code,
+# not whichever checkout the virtualenv was installed from.
+CHECKOUT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +124,7 @@ def _free_port() -> int:
 def test_dask_executor_gives_the_same_findings(fleet, truth, audited, tmp_path):
     names = [vm["name"] for vm in truth["vms"] if vm["scenario"] != "corrupt"][:3]
     port = _free_port()
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = {**CHECKOUT_ENV, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     scheduler = subprocess.Popen(
         [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
         stdout=subprocess.DEVNULL,
@@ -195,6 +199,7 @@ def test_audit_against_previous_reports_changes(fleet, truth, audited, tmp_path)
         capture_output=True,
         text=True,
         timeout=900,
+        env=CHECKOUT_ENV,
     )
     assert cli.returncode == 0, cli.stderr
     assert "since the previous audit: 1 new, 0 resolved findings, 1 file changes" in " ".join(cli.stdout.split())

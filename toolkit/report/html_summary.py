@@ -64,7 +64,8 @@ def summary_section(case, summary: list[dict], vm_findings: pd.DataFrame) -> str
     """<section id=summary>: one block per VM, its stories and its timeline chart."""
     parts = ["<section id=summary class=summary><h2>What happened</h2>"]
     moments = case.table("vm/moments") if "vm/moments" in case.tables() else pd.DataFrame()
-    for vm in summary:
+    quiet = [vm for vm in summary if not vm["stories"]]
+    for vm in summary if len(quiet) < 2 else [vm for vm in summary if vm["stories"]]:
         counts = " ".join(
             f"<span class='sev {sev}'>{n} {sev}</span>" for sev, n in vm["counts"].items() if n and sev != "info"
         )
@@ -91,6 +92,9 @@ def summary_section(case, summary: list[dict], vm_findings: pd.DataFrame) -> str
             (r.same_moment_as, r.captured_at) for r in vm_moments.drop_duplicates("moment").itertuples(index=False)
         ]
         parts.append(timeline_svg(_vm_events(case, analysed), finding_marks(mine), captures))
+    if len(quiet) >= 2:  # a fleet: the VMs where nothing is high take one line, not a block each
+        names = ", ".join(html_safe(vm["name"]) for vm in quiet)
+        parts.append(f"<p class=quiet>Nothing of high severity on {len(quiet)} VMs: {names}.</p>")
     parts.append("</section>")
     return "".join(parts)
 

@@ -113,7 +113,8 @@ def vm_stories(vm_findings: pd.DataFrame, limit: int = MAX_STORIES) -> list[dict
 
 
 def incident_summary(case) -> list[dict]:
-    """Per VM of the case: name, moments, counts by severity, the stories, and what is left out.
+    """Per VM of the case: name, moments, counts by severity, the stories, and what is left out;
+    the VMs with the most critical, then high findings first.
 
     Example::
 
@@ -142,4 +143,5 @@ def incident_summary(case) -> list[dict]:
                 "high_not_told": high_left,
             }
         )
-    return out
+    # the VMs with the worst findings first: on a fleet, the first screen is where something happened
+    return sorted(out, key=lambda vm: tuple(-vm["counts"].get(s, 0) for s in SEVERITIES[:2]) + (vm["vm"],))

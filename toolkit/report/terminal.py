@@ -22,8 +22,10 @@ SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium":
 
 
 def render_incident_summary(console: Console, summary: list[dict]) -> None:
-    """Per VM: what was captured, counts by severity, and each high entity's story."""
-    for vm in summary:
+    """Per VM: what was captured, counts by severity, and each high entity's story; on a fleet,
+    the VMs where nothing is high share one line."""
+    quiet = [vm for vm in summary if not vm["stories"]]
+    for vm in summary if len(quiet) < 2 else [vm for vm in summary if vm["stories"]]:
         counts = ", ".join(f"[{SEVERITY_STYLE[s]}]{n} {s}[/]" for s, n in vm["counts"].items() if n and s != "info")
         when = ""
         if vm["first_capture"] is not None and vm["first_capture"] == vm["first_capture"]:
@@ -45,6 +47,9 @@ def render_incident_summary(console: Console, summary: list[dict]) -> None:
         if vm["high_not_told"]:
             tree.add(f"[dim]{vm['high_not_told']} more high findings on other entities below[/]")
         console.print(tree, soft_wrap=False)  # a long step wraps under its branch, never cut off
+    if len(quiet) >= 2:
+        names = ", ".join(rich_safe(vm["name"]) for vm in quiet)
+        console.print(f"[green]nothing of high severity on {len(quiet)} VMs[/]: {names}", soft_wrap=False)
 
 
 def render_findings(console: Console, findings, *, chains: bool = True, min_rank: int = 0) -> None:

@@ -120,3 +120,16 @@ def test_an_empty_case_says_so(tmp_path):
     _html, dom, case = _report(tmp_path, empty)
     assert len(case.findings) == 0 and "No findings." in "".join(dom.text)
     assert "Nothing of high severity" in "".join(dom.text)
+
+
+def test_a_fleet_summary_opens_on_the_vm_where_something_happened(tmp_path):
+    from tests.helpers.synthetic_case import write_snapshots
+
+    clean = {name: df.iloc[0:0] for name, df in implant_tables().items()}
+    snapshots = {"a-web": clean, "b-db": clean, "c-app": implant_tables()}
+    entries = {sid: {"disks": [{"path": f"/vms/{sid}/disk.qcow2", "role": "disk"}]} for sid in snapshots}
+    case = Case.open(write_snapshots(tmp_path / "case", snapshots, entries))
+    html = render_html(case)
+    summary = html[html.index("id=summary") : html.index("id=findings")]
+    assert summary.index("VM c-app") < summary.index("kworker/0:2H (pid 77)")
+    assert "Nothing of high severity on 2 VMs: a-web, b-db." in summary and "VM a-web" not in summary
