@@ -29,7 +29,7 @@ def _print_snapshots(summary: dict) -> None:
         mine = [by_id[sid] for sid in vm["snapshots"] if sid in by_id]
         if not mine:
             continue
-        named = rich_safe(vm["name"]) + (f" [{rich_safe(vm_id)}]" if vm["name"] != vm_id else "")
+        named = rich_safe(vm["name"] + (f" [id {vm_id}]" if vm_id not in vm["name"] else ""))
         grouped = f", one VM by {BASIS[vm['basis']]}" if len(vm["snapshots"]) > 1 else ""
         console.print(f"VM [bold]{named}[/]: {len(vm['snapshots'])} snapshot(s){grouped}")
         for snap in mine:

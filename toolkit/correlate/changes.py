@@ -23,7 +23,7 @@ import json
 
 import pandas as pd
 
-from toolkit.correlate.links import col, frame, link, pid_of, truthy, value
+from toolkit.correlate.links import col, exited, frame, link, pid_of, truthy, value
 from toolkit.correlate.rules import is_hidden_or_temp
 
 CHANGE_RULES = {
@@ -61,8 +61,7 @@ def _socket_key(r):
 
 
 def _live_processes(df):
-    exited = col(df, "exit_state").astype("string").fillna("").str.startswith("EXIT_")
-    return df[~exited]
+    return df[[not exited(r) for _i, r in df.iterrows()]] if len(df) else df
 
 
 def _suspicious(df):

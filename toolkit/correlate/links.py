@@ -68,3 +68,8 @@ def pid_of(row, name: str = "pid"):
 
 def truthy(v) -> bool:
     return bool(v) if v is not None and v is not pd.NA else False
+
+
+def exited(row) -> bool:
+    """A dead task's leftovers (exit_state EXIT_*), which a memory scan still finds: not running."""
+    return str(value(row, "exit_state") or "").startswith("EXIT_")

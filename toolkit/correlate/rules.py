@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from toolkit.correlate.graph import history_paths, owner_process
-from toolkit.correlate.links import frame, hit, link, pid_of, truthy, value
+from toolkit.correlate.links import exited, frame, hit, link, pid_of, truthy, value
 from toolkit.correlate.sigma.findings import sigma_match
 from toolkit.schemas import SEVERITY_RANK, split_deleted
 
@@ -90,8 +90,8 @@ def suspicious_exec_path(tables, graph, sid):
 def hidden_process(tables, graph, sid):
     """A live task a memory scan finds that the kernel's task list does not hold."""
     for i, r in _proc_rows(tables):
-        exited = str(value(r, "exit_state") or "").startswith("EXIT_")  # a dead task's leftovers, not a hidden one
-        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited:
+        # a dead task's leftovers are not a hidden one
+        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited(r):
             why = (
                 f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
                 f"is missing from the kernel's task list."

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 
-from toolkit.correlate.links import frame, pid_of, truthy, value
+from toolkit.correlate.links import exited, frame, pid_of, truthy, value
 from toolkit.schemas import split_deleted
 
 COMMON_SHARE = 0.8
@@ -109,8 +109,8 @@ def vm_items(snapshots: list[dict]) -> tuple[dict, dict, set]:
         for r in frame(tables, "memory/processes").to_dict("records"):
             pid = pid_of(r)
             names[pid] = value(r, "process")
-            if truthy(value(r, "is_kernel_thread")) or pid is None:
-                continue
+            if truthy(value(r, "is_kernel_thread")) or pid is None or exited(r):
+                continue  # what runs: not kernel threads, not a dead task's leftovers
             exe, _ = split_deleted(value(r, "exe_path") or None)
             entity = f"process:{pid}"
             _add(

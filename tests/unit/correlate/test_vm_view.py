@@ -129,8 +129,17 @@ def test_stacking_finds_what_few_vms_have_and_raises_it():
     clean["memory/processes"] = clean["memory/processes"][clean["memory/processes"]["pid"] != 77]
     clean["memory/sockets"] = clean["memory/sockets"][clean["memory/sockets"]["pid"] != 77]
     clean["disk/persistence"] = clean["disk/persistence"].iloc[0:0]
-    per_vm = {f"vm{n}": vm_items([_typed(implant_tables() if n < 2 else clean, f"vm{n}")]) for n in range(5)}
+    dead = implant_tables()  # a dead task's leftovers, found by a scan only, run nothing
+    dead["memory/processes"] = pd.concat(
+        [dead["memory/processes"], pd.DataFrame([{"pid": 150, "process": "find", "exit_state": "EXIT_DEAD"}])],
+        ignore_index=True,
+    )
+    per_vm = {
+        f"vm{n}": vm_items([_typed(dead if n == 0 else implant_tables() if n < 2 else clean, f"vm{n}")])
+        for n in range(5)
+    }
     rows = {(r["category"], r["detail"]): r for r in stack(per_vm)}
+    assert not [key for key in rows if "find" in key[1]]
     implant = rows[("executable", "/tmp/.kw")]
     assert (implant["vms"], implant["fleet_size"], implant["rare"]) == (2, 5, True)
     assert implant["item"] == "sha256:" + "1" * 64  # the deleted image, by the hash of its copy on disk
