@@ -209,7 +209,9 @@ def run_snapshots(
             else:
                 todo.append(snap)
         if not options.analyse_every_artefact:
-            todo = skip_same_moments(snapshots, todo, case_dir, manifest, before, statuses, progress)
+            todo = skip_same_moments(
+                snapshots, todo, case_dir, manifest, before, statuses, progress, options.references
+            )
         run = {
             "case_dir": case_dir,
             "manifest": manifest,
@@ -298,7 +300,7 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
 
     ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths,
-    engine_names, analyse_every_artefact).
+    engine_names, analyse_every_artefact, follow_recorded_paths).
 
     Example::
 
@@ -307,7 +309,9 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
         # [('qemu-memory.elf', 'analysed', None), ('qemu-memory.kdump', 'same moment', 'qemu-memory.elf'), ...]
     """
     options = RunOptions.of(**choices)
-    snapshots = discover([Path(p) for p in paths], search_paths=options.search_paths)
+    snapshots = discover(
+        [Path(p) for p in paths], search_paths=options.search_paths, follow_recorded=options.follow_recorded_paths
+    )
     result = run_snapshots(snapshots, Path(case_dir), options, kind="analyze", inputs=paths, progress=progress)
     manifest = load_manifest(Path(case_dir))
     return {
@@ -323,6 +327,7 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
                 "reused": result["statuses"][s["id"]] == "reused",
                 "same_moment_as": result["entries"][s["id"]].get("same_moment_as"),
                 "proof": result["entries"][s["id"]].get("same_moment_proof"),
+                "warnings": list(s.get("warnings") or []),  # files read outside the evidence roots
             }
             for s in snapshots
         ],

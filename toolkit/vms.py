@@ -72,16 +72,21 @@ def _memory_key(snap: dict, hashes: dict[str, str]) -> str:
 class _Images:
     """Memory images opened on demand for the comparison, all closed at the end."""
 
-    def __init__(self, case_dir: Path):
-        self.case_dir, self.open, self.failed = case_dir, {}, {}
+    def __init__(self, case_dir: Path, references=None):
+        # references: a callable (roots -> ReferencePolicy), the run's policy for a qcow2's backing files
+        self.case_dir, self.references, self.open, self.failed = case_dir, references, {}, {}
 
     def get(self, snap):
         sid = snap["id"]
         if sid not in self.open and sid not in self.failed:
             memory = snap["memory"]
             try:
+                policy = self.references(snap.get("roots") or ()) if self.references else None
                 self.open[sid] = open_image(
-                    memory["path"], snapshot=memory.get("snapshot"), derived_dir=self.case_dir / "derived" / sid
+                    memory["path"],
+                    snapshot=memory.get("snapshot"),
+                    derived_dir=self.case_dir / "derived" / sid,
+                    references=policy,
                 )
             except MemoryFormatError as exc:
                 # the snapshot is analysed on its own; its memory engine reports the same problem
@@ -112,19 +117,22 @@ def settle_same_moments(
     hashes: dict[str, str],
     analysed: set[str] = frozenset(),
     progress=no_progress,
+    references=None,
 ) -> dict[str, dict]:
     """{snapshot id: {"same_moment_as": id, "proof": {...}}} for snapshots of ``todo`` whose
     memory holds the same RAM as another snapshot's, which is (or will be) analysed.
 
     The snapshot analysed for a moment is one already analysed (``analysed``), else the
     artefact in the cheapest format (:data:`FORMAT_PREFERENCE`), else the first given.
+    ``references`` (roots -> ReferencePolicy, e.g. ``RunOptions.references``) is the run's policy
+    for files a memory artefact names (a qcow2's backing files).
     """
     todo_ids = {s["id"] for s in todo}
     order = {s["id"]: n for n, s in enumerate(snapshots)}
     signatures = manifest.setdefault("ram_signatures", {})
     comparisons = manifest.setdefault("ram_comparisons", {})
     decided: dict[str, dict] = {}
-    images = _Images(case_dir)
+    images = _Images(case_dir, references)
     pools = [p for p in _pools(snapshots) if any(s["id"] in todo_ids for s in p)]
     total, done = sum(len(p) for p in pools), 0
     try:
@@ -181,7 +189,7 @@ def same_moment_entry(snap: dict, decision: dict, fingerprint: str) -> dict:
     )
 
 
-def skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses, progress) -> list[dict]:
+def skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses, progress, references=None) -> list[dict]:
     """The snapshots of ``todo`` still to analyse once those holding the same RAM as another are
     recorded as "same moment as" it, with the comparison as proof (manifest, custody), not analysed.
 
@@ -190,7 +198,7 @@ def skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses, pro
         todo = skip_same_moments(snapshots, todo, case_dir, manifest, hashes, statuses)
     """
     analysed = {sid for sid, status in statuses.items() if status == "reused"}
-    decisions = settle_same_moments(snapshots, todo, case_dir, manifest, hashes, analysed, progress)
+    decisions = settle_same_moments(snapshots, todo, case_dir, manifest, hashes, analysed, progress, references)
     for snap in todo:
         decision = decisions.get(snap["id"])
         if decision is None:

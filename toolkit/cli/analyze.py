@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import console, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, progress_bar
 from toolkit.report.escape import rich_safe
 
 RULES_HELP = "YARA rule file or directory, added to the profile's rules (repeatable)."
@@ -45,6 +45,8 @@ def _print_snapshots(summary: dict) -> None:
                 tables = sum(1 for rows in snap["tables"].values() if rows)
                 state = f"{snap['status']} ({tables} tables with rows)"
             console.print(f"  {rich_safe(snap['id'])}: {state}")
+            for warning in snap.get("warnings") or []:
+                console.print(f"    [yellow]warning[/]: {rich_safe(warning)}")
     console.print(
         "evidence unchanged (sha256 before == after): "
         + ("[green]yes[/]" if summary.get("evidence_unchanged") else "[red]NO[/]")
@@ -74,6 +76,7 @@ def analyze(
         help="ISF symbol files or directories (Linux ISFs, Windows symbol packs); used before any automatic build.",
     ),
     analyse_every_artefact: bool = typer.Option(False, "--analyse-every-artefact", help=EVERY_HELP),
+    follow_recorded_paths: bool = typer.Option(False, "--follow-recorded-paths", help=FOLLOW_RECORDED_HELP),
 ):
     """Analyse VM snapshots into a case: discover, hash, run the engines, store tables,
     then say what happened on each VM.
@@ -94,6 +97,7 @@ def analyze(
             symbols=symbols,
             rule_paths=rules,
             analyse_every_artefact=analyse_every_artefact,
+            follow_recorded_paths=follow_recorded_paths,
             progress=progress,
         )
     _print_snapshots(summary)

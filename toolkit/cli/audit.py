@@ -9,7 +9,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from toolkit.cli.common import console, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, progress_bar
 from toolkit.report.escape import rich_safe
 from toolkit.schemas import SEVERITIES
 
@@ -33,6 +33,7 @@ def audit(
     symbols: list[Path] = typer.Option(
         [], "--symbols", help="ISF symbol files or directories, used before any automatic build."
     ),
+    follow_recorded_paths: bool = typer.Option(False, "--follow-recorded-paths", help=FOLLOW_RECORDED_HELP),
 ):
     """Audit every VM snapshot found in SOURCES into one case, with a fleet summary.
 
@@ -45,7 +46,13 @@ def audit(
     from toolkit.audit import audit as run_audit
 
     with progress_bar() as progress:
-        options = {"profile": profile, "search_paths": search_path, "symbols": symbols, "rule_paths": rules}
+        options = {
+            "profile": profile,
+            "search_paths": search_path,
+            "symbols": symbols,
+            "rule_paths": rules,
+            "follow_recorded_paths": follow_recorded_paths,
+        }
         summary = run_audit(
             sources,
             case,
