@@ -46,7 +46,12 @@ def ram_ranges(image) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in out if hi > lo]
 
 
-def _intersect(a, b):
+def intersect_runs(a, b) -> list[tuple[int, int]]:
+    """The address ranges in both sorted, non-overlapping lists of (start, end) ranges.
+
+    >>> intersect_runs([(0, 10), (20, 30)], [(5, 25)])
+    [(5, 10), (20, 25)]
+    """
     out, i, j = [], 0, 0
     while i < len(a) and j < len(b):
         lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
@@ -101,7 +106,7 @@ def compare_ram(a, b, chunk: int = ONE_MIB) -> dict:
          "first_differing_gpa": "0x104f000" or None, "coverage": share of the larger RAM compared,
          "method": "..."}
     """
-    common = _intersect(ram_ranges(a), ram_ranges(b))
+    common = intersect_runs(ram_ranges(a), ram_ranges(b))
     # against the larger: an artefact missing most of the RAM cannot vouch for the rest
     larger = max(sum(hi - lo for lo, hi in ram_ranges(x)) for x in (a, b)) or 1
     coverage = sum(hi - lo for lo, hi in common) / larger
