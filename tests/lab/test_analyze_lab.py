@@ -120,4 +120,4 @@ def test_demo_tells_what_happened_and_where_the_report_is(lab, ground_truth, tmp
     report = (case_dir / "reports" / "report.html").resolve()
     assert f"HTML report: {report}" in out and out.rstrip().endswith(f"snapscope findings {case_dir}")
     html = report.read_text()
-    assert html.index('id="summary"') < html.index('id="findings"') and f"(pid {pid})" in html
+    assert html.index("<section id=summary") < html.index("<h2 id=findings>") and f"(pid {pid})" in html
