@@ -99,7 +99,7 @@ def timeline_svg(events: pd.DataFrame, marks: dict, captures: list[tuple[str, pd
             f'<line x1="{x(t):.1f}" y1="{TOP - 4}" x2="{x(t):.1f}" y2="{base}" stroke="#345" stroke-dasharray="4 3"/>'
             f'<text x="{min(x(t) + 3, WIDTH - 230):.1f}" y="{TOP - 8}" fill="#345">captured {html_safe(sid)}</text>'
         )
-    labelled, label_end = 0, {}
+    labelled, label_end, labels = 0, {}, []
     marked = [m for m in marked if lo <= m[0] <= hi]
     for t, lane, (severity, label) in sorted(marked, key=lambda m: (-SEVERITY_RANK.get(m[2][0], 2), m[0])):
         y = TOP + lane * LANE_H + (LANE_H - 4) / 2
@@ -108,9 +108,13 @@ def timeline_svg(events: pd.DataFrame, marks: dict, captures: list[tuple[str, pd
         short = label if len(label) <= 44 else label[:41] + "..."
         # a label only where the lane has room: no two overprint
         if labelled < MAX_LABELS and x(t) > label_end.get(lane, 0) and x(t) + 7 + 6 * len(short) < WIDTH:
-            parts.append(f'<text x="{x(t) + 7:.1f}" y="{y + 4:.1f}" fill="{colour}">{html_safe(short)}</text>')
+            labels.append(
+                f'<text x="{x(t) + 7:.1f}" y="{y + 4:.1f}" fill="{colour}" stroke="#fff" stroke-width="3" '
+                f'paint-order="stroke">{html_safe(short)}</text>'
+            )
             label_end[lane] = x(t) + 14 + 6 * len(short)
             labelled += 1
+    parts += labels  # after every marker, on a white halo: a later marker never covers a label
     ticks, fmt = _ticks(lo, hi)
     for t in ticks:
         parts.append(
