@@ -20,8 +20,8 @@ QEMU 7.2, the guest stays stopped, status ``save-vm``, for the whole dump,
 
 After the guest runs again: packet captures stopped, the frozen disk images
 (the overlays' backing files, which QEMU no longer writes) copied and hashed,
-and with ``--merge`` each overlay committed back (``blockcommit --active
---pivot``) and deleted, so the disk chain is as before. Without ``--merge``
+and with ``--merge`` each overlay committed back into the image under it
+(``blockcommit --active --shallow --pivot``) and deleted, so the disk chain is as before. Without ``--merge``
 the domain runs on the overlays and the images under them stay read-only
 evidence on the host.
 
@@ -222,7 +222,8 @@ def _live_moment(ctx) -> None:
 
 
 def _merge(ctx) -> None:
-    """Commit each overlay back into its image and switch the disk to it; delete the overlay."""
+    """Commit each overlay back into the image it was made over (only that one: ``--shallow``; the
+    images below may be someone's evidence), switch the disk to it and delete the overlay."""
     for overlay in ctx["overlays"]:
         if overlay["merged"]:
             continue
@@ -234,6 +235,7 @@ def _merge(ctx) -> None:
             "--path",
             overlay["target"],
             "--active",
+            "--shallow",
             "--pivot",
             "--wait",
             timeout=3600,

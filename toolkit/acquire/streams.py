@@ -89,21 +89,29 @@ def start_sink(fifo: Path, dest: Path, stop: threading.Event, *, owner: tuple[in
 
 
 def _drain(sink: dict, read_fd: int, out_fd: int) -> None:
-    cut = False
+    cut, started = False, False
 
     def read(n: int) -> bytes:
-        nonlocal cut
+        nonlocal cut, started
         while True:
-            if sink["abort"].is_set() or sink["stop"].is_set():
+            stopping = sink["abort"].is_set() or sink["stop"].is_set()
+            # Give up only once the writer has opened the pipe and written: a writer still
+            # opening it (libvirt, for QEMU) would block for ever on a pipe with no reader.
+            if stopping and started:
                 cut = True
                 return b""
             ready, _, _ = select.select([read_fd], [], [], POLL_SECONDS)
             if not ready:
                 continue
             try:
-                return os.read(read_fd, n)
+                data = os.read(read_fd, n)
             except BlockingIOError:
                 continue
+            if data and stopping:
+                cut = True
+                return b""
+            started = started or bool(data)
+            return data
 
     digest, size, error = None, 0, None
     try:
@@ -119,7 +127,7 @@ def _drain(sink: dict, read_fd: int, out_fd: int) -> None:
 
 
 def abort_sink(sink: dict) -> None:
-    """Stop reading: the writer's next write fails, which ends its job."""
+    """Stop reading as soon as the writer has written: its next write fails (EPIPE), which ends its job."""
     sink["abort"].set()
 
 

@@ -47,40 +47,10 @@ def error_text(proc) -> str:
     return one_line(": ".join(dict.fromkeys(lines)))
 
 
-def run(uri: str, *args, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    """Run one virsh command and wait for it; AcquireError (one line) when it fails and ``check``.
-
-    Example: ``run("qemu:///system", "domstate", "--domain", "web01").stdout.strip()`` -> ``'running'``
-    """
+def start(uri: str, *args) -> subprocess.Popen:
+    """Start one virsh command in its own session, output captured as text."""
     try:
-        proc = subprocess.run(
-            command(uri, *args),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=_ENV,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        raise AcquireError(NO_VIRSH) from None
-    except subprocess.TimeoutExpired:
-        raise AcquireError(f"{uri}: 'virsh {args[0]}' did not answer within {timeout:.0f}s") from None
-    if check and proc.returncode:
-        raise AcquireError(f"virsh {args[0]}: {error_text(proc)}")
-    return proc
-
-
-def run_until(uri: str, *args, stop, on_stop=None, timeout: float = 3600) -> subprocess.CompletedProcess:
-    """Run a long virsh job (a dump, a live snapshot) while watching ``stop`` (a threading.Event).
-
-    When ``stop`` is set, ``on_stop()`` is called once (it aborts the job: closes the pipe
-    QEMU writes to, or asks libvirt to abort), and the job is then awaited, because a
-    guest must not be resumed while libvirt still holds its job. Returns the finished
-    process; the caller reads ``returncode``.
-    """
-    try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             command(uri, *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -91,6 +61,35 @@ def run_until(uri: str, *args, stop, on_stop=None, timeout: float = 3600) -> sub
         )
     except FileNotFoundError:
         raise AcquireError(NO_VIRSH) from None
+
+
+def run(uri: str, *args, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one virsh command and wait for it; AcquireError (one line) when it fails and ``check``.
+
+    Example: ``run("qemu:///system", "domstate", "--domain", "web01").stdout.strip()`` -> ``'running'``
+    """
+    proc = start(uri, *args)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AcquireError(f"{uri}: 'virsh {args[0]}' did not answer within {timeout:.0f}s") from None
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check and done.returncode:
+        raise AcquireError(f"virsh {args[0]}: {error_text(done)}")
+    return done
+
+
+def run_until(uri: str, *args, stop, on_stop=None, timeout: float = 3600) -> subprocess.CompletedProcess:
+    """Run a long virsh job (a dump, a live snapshot) while watching ``stop`` (a threading.Event).
+
+    When ``stop`` is set, ``on_stop()`` is called once (it aborts the job: closes the pipe
+    QEMU writes to, or asks libvirt to abort), and the job is then awaited, because a
+    guest must not be resumed while libvirt still holds its job. Returns the finished
+    process; the caller reads ``returncode``.
+    """
+    proc = start(uri, *args)
     deadline = time.monotonic() + timeout
     stopped = False
     while True:
@@ -108,7 +107,7 @@ def run_until(uri: str, *args, stop, on_stop=None, timeout: float = 3600) -> sub
             if on_stop is not None and not stopped:
                 on_stop()
             proc.kill()
-            out, err = proc.communicate()
+            proc.communicate()
             raise AcquireError(f"{uri}: 'virsh {args[0]}' did not finish within {timeout:.0f}s; aborted")
 
 
@@ -117,16 +116,8 @@ def start_event_watch(uri: str, domain: str) -> subprocess.Popen:
 
     End it with :func:`stop_event_watch`. virsh flushes what it printed on SIGINT.
     """
-    return subprocess.Popen(
-        command(uri, "qemu-monitor-event", "--domain", domain, "--loop", "--timestamp", "--regex", "--event")
-        + ["^(STOP|RESUME)$"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_ENV,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    watch = ["qemu-monitor-event", "--domain", domain, "--loop", "--timestamp", "--regex", "--event"]
+    return start(uri, *watch, "^(STOP|RESUME)$")
 
 
 def stop_event_watch(proc: subprocess.Popen) -> str:

@@ -18,9 +18,9 @@ def print_acquisition(summary: dict, out: Path) -> None:
         table.add_column(col)
     for name, dom in summary["domains"].items():
         pause = (dom.get("pause") or {}).get("seconds")
-        overlays = dom.get("overlays") or []
-        left = [o for o in overlays if not o.get("merged")]
-        after = "as before" if not left else f"on {len(left)} overlay(s)"
+        before, now = dom.get("chain_before") or {}, dom.get("chain_after") or {}
+        changed = [t for t in now if now[t] != before.get(t)]
+        after = "as before" if not changed else ", ".join(f"{t} on {Path(now[t][0]).name}" for t in changed)
         table.add_row(
             rich_safe(name),
             rich_safe(dom.get("status")),
@@ -37,12 +37,13 @@ def print_acquisition(summary: dict, out: Path) -> None:
         source = (dom.get("pause") or {}).get("source")
         if source:
             console.print(f"  pause measured from {rich_safe(source)}")
+        tops = {chain[0] for chain in (dom.get("chain_after") or {}).values() if chain}
         for overlay in dom.get("overlays") or []:
-            if not overlay.get("merged"):
+            if overlay["path"] in tops:
                 console.print(
                     f"  {rich_safe(overlay['target'])} runs on {rich_safe(overlay['path'])}; "
                     f"{rich_safe(overlay['base'])} is read-only evidence until "
-                    f"'virsh blockcommit {rich_safe(name)} {rich_safe(overlay['target'])} --active --pivot'"
+                    f"'virsh blockcommit {rich_safe(name)} {rich_safe(overlay['target'])} --active --shallow --pivot'"
                 )
         for diag in dom.get("diagnostics") or []:
             what = f"{rich_safe(diag['what'])} ({rich_safe(diag['where'])})"

@@ -100,6 +100,19 @@ print(json.dumps(streams.copy_file(sys.argv[1], sys.argv[2], threading.Event()))
 """
 
 
+def test_aborted_before_the_writer_opened_the_pipe(tmp_path):
+    # Ctrl-C while libvirt is still opening the pipe: its open must not hang on a pipe with no
+    # reader; the sink lets it open, then gives up at its first write
+    sink = streams.start_sink(tmp_path / "mem.fifo", tmp_path / "memory.elf", threading.Event())
+    streams.abort_sink(sink)
+    writer = subprocess.run(
+        [sys.executable, "-c", WRITER, str(sink["fifo"]), "100000"], capture_output=True, text=True, timeout=60
+    )
+    assert writer.returncode != 0 and "BrokenPipeError" in writer.stderr
+    entry = streams.finish_sink(sink)
+    assert not entry["complete"] and entry["size"] == 0
+
+
 def test_a_write_that_fails_part_way_is_recorded_with_what_was_written(tmp_path):
     # a file-size limit makes the volume "full" after 1 MiB for this process alone
     src = tmp_path / "disk.qcow2"
