@@ -216,7 +216,10 @@ def condition(host: dict, name: str) -> dict:
     return {
         "state": virsh(host, "domstate", "--domain", name, "--reason").stdout.strip(),
         "chain": disk_chain(host, name) if has_disk else [],
-        "last_job": virsh(host, "domjobinfo", "--domain", name, "--completed").stdout.strip(),
+        # kept, not consumed, by reading it; failed jobs count too
+        "last_job": virsh(
+            host, "domjobinfo", "--domain", name, "--completed", "--keep-completed", "--anystats"
+        ).stdout.strip(),
     }
 
 

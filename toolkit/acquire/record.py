@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -48,10 +49,8 @@ FORMAT = "snapscope-acquisition/1"
 def who_and_where() -> dict:
     """Who runs the acquisition, on which host (custody's first facts)."""
     machine_id = None
-    try:
+    with contextlib.suppress(OSError):  # containers often have none: None says so, the host names say where
         machine_id = Path("/etc/machine-id").read_text().strip() or None
-    except OSError:
-        pass  # containers often have none: the host names below still say where
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
