@@ -130,6 +130,7 @@ def _pause(ctx, watch) -> dict:
     intervals = virsh.pause_intervals(virsh.parse_pause_events(virsh.stop_event_watch(watch)))
     if intervals:
         return {
+            "steps": ctx["steps"],
             "seconds": round(sum((b - a).total_seconds() for a, b in intervals), 3),
             "longest": round(max((b - a).total_seconds() for a, b in intervals), 3),
             "stops": len(intervals),
@@ -139,7 +140,11 @@ def _pause(ctx, watch) -> dict:
         }
     bracket = ctx.get("bracket") or [None, None]
     if bracket[0] is not None and bracket[1] is not None:
-        return {"seconds": round(bracket[1] - bracket[0], 3), "source": "host clock around the pause (upper bound)"}
+        return {
+            "seconds": round(bracket[1] - bracket[0], 3),
+            "source": "host clock around the pause (upper bound)",
+            "steps": ctx["steps"],
+        }
     return {"seconds": None, "source": None, "note": "no pause was observed"}
 
 
@@ -157,7 +162,15 @@ def acquire_domain(ctx: dict) -> dict:
     ``ctx``: {"uri", "name", "plan", "options", "record", "out_dir", "staging", "stop"} (toolkit.acquire.run).
     Raises AcquireError or KeyboardInterrupt after the domain is restored and the outcome recorded.
     """
-    ctx.update(vm_dir=ctx["out_dir"] / ctx["plan"]["dir"], overlays=[], captures=[], diagnostics=[], paused_by_us=False)
+    ctx.update(
+        vm_dir=ctx["out_dir"] / ctx["plan"]["dir"],
+        overlays=[],
+        captures=[],
+        diagnostics=[],
+        paused_by_us=False,
+        steps={},
+        unsynced=[],
+    )
     ctx["vm_dir"].mkdir()
     started = now_iso()
     record.update_domain(ctx["record"], ctx["name"], status="acquiring", started=started)
@@ -175,6 +188,7 @@ def acquire_domain(ctx: dict) -> dict:
             if ctx["stop"].wait(ctx["options"].pcap_seconds):
                 raise KeyboardInterrupt("acquisition interrupted")
         (live_moment if ctx["options"].live else paused_moment)(ctx)
+        streams.sync_files(ctx["unsynced"])
         _stop_captures(ctx)
         if ctx["options"].disk == "external":
             copy_disks(ctx)  # the images under the overlays no longer change: copied with the guest running

@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -39,6 +40,16 @@ from toolkit.hashing import sha256_file
 
 # a dump writes at 100 MiB/s and more here; libvirt gets ample time before the job is called stuck
 DUMP_BYTES_PER_SECOND = 10 << 20
+
+
+@contextlib.contextmanager
+def _timed(steps: dict, name: str):
+    """Seconds each step of the moment took, host clock (where a pause goes)."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        steps[name] = round(time.monotonic() - t0, 3)
 
 
 def _stamp() -> str:
@@ -101,7 +112,10 @@ def _take_overlays(ctx) -> None:
 
 def _dump_memory(ctx) -> None:
     fmt = MEMORY_FORMATS[ctx["options"].memory_format]
-    sink = streams.start_sink(ctx["staging"] / f"{ctx['plan']['dir']}-memory", ctx["vm_dir"] / fmt["file"], ctx["stop"])
+    dest = ctx["vm_dir"] / fmt["file"]
+    # flushed to disk once the guest runs again: a paused guest does not wait for the host's writeback
+    sink = streams.start_sink(ctx["staging"] / f"{ctx['plan']['dir']}-memory", dest, ctx["stop"], sync=False)
+    ctx["unsynced"].append(dest)
     timeout = 600 + ctx["plan"]["memory_bytes"] / DUMP_BYTES_PER_SECOND
     proc = virsh.run_until(
         ctx["uri"],
@@ -123,11 +137,15 @@ def _dump_memory(ctx) -> None:
         raise AcquireError(f"{ctx['name']}: the memory dump failed: {virsh.error_text(proc)}")
 
 
-def copy_disks(ctx) -> None:
-    """Copy every captured disk's files (image, then its backing files) into the domain's directory."""
+def copy_disks(ctx, *, paused: bool = False) -> None:
+    """Copy every captured disk's files (image, then its backing files) into the domain's directory;
+    ``paused``: the guest waits, so flushing them to disk is left for after the resume."""
     for disk in ctx["plan"]["disks"]:
         for n, path in enumerate(disk["chain"]):
-            entry = streams.copy_file(path, ctx["vm_dir"] / Path(path).name, ctx["stop"])
+            dest = ctx["vm_dir"] / Path(path).name
+            entry = streams.copy_file(path, dest, ctx["stop"], sync=not paused)
+            if paused:
+                ctx["unsynced"].append(dest)
             log_file(ctx, entry, "disk" if n == 0 else "backing")
             interrupted(ctx)
 
@@ -147,15 +165,21 @@ def resume(ctx) -> None:
 def paused_moment(ctx) -> None:
     """Suspend, overlays, memory, (copies), resume: memory and disks at one paused moment."""
     interrupted(ctx)
+    steps = ctx["steps"]
     if ctx["plan"]["state"] == "running":
-        _suspend(ctx)
+        with _timed(steps, "suspend"):
+            _suspend(ctx)
     if ctx["options"].disk == "external":
-        _take_overlays(ctx)
-    _dump_memory(ctx)
+        with _timed(steps, "overlays"):
+            _take_overlays(ctx)
+    with _timed(steps, "memory"):
+        _dump_memory(ctx)
     if ctx["options"].disk == "copy":
-        copy_disks(ctx)
+        with _timed(steps, "disk copies"):
+            copy_disks(ctx, paused=True)
     if ctx["paused_by_us"]:
-        resume(ctx)
+        with _timed(steps, "resume"):
+            resume(ctx)
 
 
 def live_moment(ctx) -> None:
@@ -163,13 +187,14 @@ def live_moment(ctx) -> None:
     dest = ctx["vm_dir"] / ctx["plan"]["memory_file"]
     args = _snapshot_args(ctx, memory_file=dest)
     ctx["bracket"] = [time.time(), None]
-    proc = virsh.run_until(
-        ctx["uri"],
-        *args,
-        stop=ctx["stop"],
-        on_stop=lambda: virsh.run(ctx["uri"], "domjobabort", "--domain", ctx["name"], check=False),
-        timeout=600 + ctx["plan"]["memory_bytes"] / DUMP_BYTES_PER_SECOND,
-    )
+    with _timed(ctx["steps"], "live snapshot"):
+        proc = virsh.run_until(
+            ctx["uri"],
+            *args,
+            stop=ctx["stop"],
+            on_stop=lambda: virsh.run(ctx["uri"], "domjobabort", "--domain", ctx["name"], check=False),
+            timeout=600 + ctx["plan"]["memory_bytes"] / DUMP_BYTES_PER_SECOND,
+        )
     ctx["bracket"][1] = time.time()
     if proc.returncode == 0:
         ctx["overlays"] = ctx.pop("pending_overlays")

@@ -67,16 +67,28 @@ def _entry(dest: Path, digest: str | None, size: int, complete: bool, how: str, 
     return {"path": str(dest), "sha256": digest, "size": size, "complete": complete, "how": how, "error": error}
 
 
-def start_sink(fifo: Path, dest: Path, stop: threading.Event, *, owner: tuple[int, int] | None = None) -> dict:
+def start_sink(
+    fifo: Path, dest: Path, stop: threading.Event, *, owner: tuple[int, int] | None = None, sync: bool = True
+) -> dict:
     """Create the pipe ``fifo`` (for ``owner`` (uid, gid) to write, if given) and start copying
-    what arrives into ``dest``, hashing it. Returns the sink (a dict) for :func:`finish_sink`."""
+    what arrives into ``dest``, hashing it. Returns the sink (a dict) for :func:`finish_sink`.
+    ``sync=False`` leaves flushing the file to disk to the caller (:func:`sync_files`): a guest
+    paused for the dump need not wait for the host's writeback."""
     os.mkfifo(fifo, 0o600)
     if owner is not None:
         os.chown(fifo, *owner)
     read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     # our own writer keeps the pipe from reading as ended before the real writer opens it
     keep_fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    sink = {"fifo": fifo, "dest": dest, "keep_fd": keep_fd, "abort": threading.Event(), "stop": stop, "entry": None}
+    sink = {
+        "fifo": fifo,
+        "dest": dest,
+        "keep_fd": keep_fd,
+        "abort": threading.Event(),
+        "stop": stop,
+        "entry": None,
+        "sync": sync,
+    }
     try:
         out_fd = _create(dest)
     except BaseException:
@@ -116,7 +128,8 @@ def _drain(sink: dict, read_fd: int, out_fd: int) -> None:
     digest, size, error = None, 0, None
     try:
         digest, size = sha256_copy(read, _writer(out_fd))
-        os.fsync(out_fd)
+        if sink["sync"]:
+            os.fsync(out_fd)
     except OSError as exc:
         cut, digest, error = True, None, write_error(sink["dest"], exc)
     finally:
@@ -150,9 +163,9 @@ def finish_sink(sink: dict) -> dict:
     return sink["entry"]
 
 
-def copy_file(src: Path | str, dest: Path, stop: threading.Event) -> dict:
+def copy_file(src: Path | str, dest: Path, stop: threading.Event, *, sync: bool = True) -> dict:
     """Copy ``src`` to ``dest`` (new), hashing every byte, all-zero chunks left as holes;
-    stops early (entry ``complete`` False) when ``stop`` is set."""
+    stops early (entry ``complete`` False) when ``stop`` is set. ``sync``: as for :func:`start_sink`."""
     cut, digest, size, error = False, None, 0, None
     out_fd = _create(dest)
     write_all = _writer(out_fd)
@@ -174,12 +187,23 @@ def copy_file(src: Path | str, dest: Path, stop: threading.Event) -> dict:
         with open(src, "rb") as fin:
             digest, size = sha256_copy(read, write, chunk=CHUNK)
         os.ftruncate(out_fd, size)
-        os.fsync(out_fd)
+        if sync:
+            os.fsync(out_fd)
     except OSError as exc:
         cut, digest, error = True, None, write_error(dest, exc)
     finally:
         os.close(out_fd)
     return _entry(dest, digest, size, not cut, f"hashed as copied from {src}", error)
+
+
+def sync_files(paths) -> None:
+    """Flush written files to disk (those written with ``sync=False``)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_bytes(dest: Path, data: bytes, *, how: str) -> dict:
