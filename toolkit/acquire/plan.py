@@ -240,7 +240,10 @@ def needed_bytes(domain: dict, options: AcquireOptions) -> int:
 
 
 def check_space(domains: list[dict], out_dir: Path, options: AcquireOptions) -> dict:
-    """AcquireError when the output volume cannot hold everything; returns {needed, free}."""
+    """AcquireError when the output volume cannot hold everything; returns {needed, free}.
+
+    Example: ``check_space(domains, Path("/evidence/out"), options)["free"]``
+    """
     probe = Path(out_dir).absolute()
     while not probe.exists():
         probe = probe.parent
@@ -262,7 +265,10 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def plan(names: list[str], out_dir: Path, options: AcquireOptions, *, all_running: bool = False) -> tuple[list, dict]:
-    """(domain plans, libvirt versions) for ``names`` (or every running domain); every check done."""
+    """(domain plans, libvirt versions) for ``names`` (or every running domain); every check done.
+
+    Example: ``domains, versions = plan(["web01"], Path("out"), AcquireOptions())`` -> ``versions["hypervisor"]``
+    """
     check_options(options)
     check_out_dir(out_dir)
     versions = connect(options.uri)

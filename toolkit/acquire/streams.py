@@ -43,6 +43,14 @@ def _create(dest: Path) -> int:
         raise AcquireError(f"{dest}: exists already; acquisition never writes over a file") from None
 
 
+def _close_read_only(fd: int) -> None:
+    """Close an output file, made read-only first: acquired evidence is not written again."""
+    try:
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
+
+
 def _writer(fd: int):
     """write(data) for an unbuffered descriptor: all of ``data`` or an OSError, nothing held back."""
 
@@ -133,7 +141,7 @@ def _drain(sink: dict, read_fd: int, out_fd: int) -> None:
     except OSError as exc:
         cut, digest, error = True, None, write_error(sink["dest"], exc)
     finally:
-        os.close(out_fd)
+        _close_read_only(out_fd)
         # closing our end is what stops the writer (QEMU sees EPIPE) when we give up early
         os.close(read_fd)
     sink["entry"] = _entry(sink["dest"], digest, size, not cut, "hashed as written, through a pipe", error)
@@ -165,7 +173,10 @@ def finish_sink(sink: dict) -> dict:
 
 def copy_file(src: Path | str, dest: Path, stop: threading.Event, *, sync: bool = True) -> dict:
     """Copy ``src`` to ``dest`` (new), hashing every byte, all-zero chunks left as holes;
-    stops early (entry ``complete`` False) when ``stop`` is set. ``sync``: as for :func:`start_sink`."""
+    stops early (entry ``complete`` False) when ``stop`` is set. ``sync``: as for :func:`start_sink`.
+
+    Example: ``copy_file("/var/lib/libvirt/images/web01.qcow2", out / "web01.qcow2", stop)["sha256"]``
+    """
     cut, digest, size, error = False, None, 0, None
     out_fd = _create(dest)
     write_all = _writer(out_fd)
@@ -192,7 +203,7 @@ def copy_file(src: Path | str, dest: Path, stop: threading.Event, *, sync: bool 
     except OSError as exc:
         cut, digest, error = True, None, write_error(dest, exc)
     finally:
-        os.close(out_fd)
+        _close_read_only(out_fd)
     return _entry(dest, digest, size, not cut, f"hashed as copied from {src}", error)
 
 
@@ -215,5 +226,5 @@ def write_bytes(dest: Path, data: bytes, *, how: str) -> dict:
     except OSError as exc:
         return _entry(dest, None, 0, False, how, write_error(dest, exc))
     finally:
-        os.close(out_fd)
+        _close_read_only(out_fd)
     return _entry(dest, digest, size, True, how, None)

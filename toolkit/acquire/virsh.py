@@ -88,6 +88,8 @@ def run_until(uri: str, *args, stop, on_stop=None, timeout: float = 3600) -> sub
     QEMU writes to, or asks libvirt to abort), and the job is then awaited, because a
     guest must not be resumed while libvirt still holds its job. Returns the finished
     process; the caller reads ``returncode``.
+
+    Example: ``run_until(uri, "dump", "--domain", "web01", "--file", fifo, stop=stop, on_stop=abort)``
     """
     proc = start(uri, *args)
     deadline = time.monotonic() + timeout

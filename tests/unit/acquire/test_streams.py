@@ -30,6 +30,7 @@ def test_copy_hashes_every_byte_and_keeps_holes(tmp_path):
     copy = tmp_path / "copy.qcow2"
     assert entry["sha256"] == _sha(data) == _sha(copy.read_bytes())
     assert entry["size"] == len(data) and entry["complete"] and entry["error"] is None
+    assert copy.stat().st_mode & 0o777 == 0o444  # evidence: read-only once written
     # the 16 MiB of zeros stayed a hole: far fewer blocks than bytes
     assert copy.stat().st_blocks * 512 < 8 << 20
 

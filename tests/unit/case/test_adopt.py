@@ -83,6 +83,7 @@ def test_a_changed_acquired_file_is_refused(tmp_path):
     acq = _acquisition(tmp_path / "acq")
     pcap = acq / "web01" / "net-n0.pcap"
     data = pcap.read_bytes()
+    pcap.chmod(0o644)  # acquired files are read-only: this is someone changing it on purpose
     pcap.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     with pytest.raises(CaseError, match="differs from .* recorded when it was acquired"):
         analyze([acq], tmp_path / "case")
