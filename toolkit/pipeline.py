@@ -29,7 +29,7 @@ import pandas as pd
 
 from toolkit import shipped
 from toolkit.case import custody
-from toolkit.case.adopt import adopt_acquisitions, check_hashes, read_acquisitions
+from toolkit.case.adopt import adopt_acquisitions, check_hashes, read_acquisitions, refuse_unfinished_inputs
 from toolkit.case.hashes import hash_evidence, load_hash_cache, stat_key
 from toolkit.case.lock import case_lock
 from toolkit.case.store import (
@@ -298,6 +298,7 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
         [s["id"] for s in summary["snapshots"]]
     """
     options = RunOptions.of(**choices)
+    refuse_unfinished_inputs(paths)  # an interrupted acquisition is named as such, not by a file it lacks
     snapshots = discover(
         [Path(p) for p in paths], search_paths=options.search_paths, follow_recorded=options.follow_recorded_paths
     )

@@ -101,21 +101,50 @@ def _summary(acq_dir: Path, doc: dict, events: list[dict]) -> dict:
     }
 
 
+def _refuse_unfinished(acq_dir: Path, doc: dict, path: Path) -> None:
+    """CaseError when ``path`` (inside ``acq_dir``; the directory itself: every domain) belongs to a domain
+    whose acquisition did not complete."""
+    by_dir = {d.get("dir"): (name, d) for name, d in (doc.get("domains") or {}).items()}
+    parts = path.relative_to(acq_dir).parts
+    if not parts:
+        covered = list(by_dir.values())
+    else:  # a domain's directory or a file in it; the record's own files belong to none
+        covered = [by_dir[parts[0]]] if parts[0] in by_dir else []
+    for name, dom in covered:
+        if dom.get("status") != "complete":
+            raise CaseError(
+                f"{acq_dir}: the acquisition of domain {name} is {dom.get('status')} ({dom.get('reason')}); "
+                "its files are no evidence of one moment"
+            )
+
+
+def refuse_unfinished_inputs(paths) -> None:
+    """Before discovery: an input inside an acquisition whose domain did not complete is refused by
+    that name (discovery would otherwise look elsewhere for the files it never wrote).
+
+    Example: ``refuse_unfinished_inputs([Path("evidence/web01-live")])``
+    """
+    for path in paths:
+        path = Path(path).resolve()
+        for candidate in (path, path.parent, path.parent.parent):
+            if (candidate / ACQUISITION_MANIFEST).is_file():
+                try:
+                    doc = json.loads((candidate / ACQUISITION_MANIFEST).read_text())
+                except (OSError, json.JSONDecodeError):
+                    break  # not readable as one: adoption says so, naming it, once discovery found the evidence
+                _refuse_unfinished(candidate, doc, path)
+                break
+
+
 def _check_snapshots(acq_dir: Path, doc: dict, snapshots: list[dict]) -> None:
     """Snapshots drawn from the acquisition: complete domains only, nothing read from outside it."""
-    by_dir = {d.get("dir"): (name, d) for name, d in (doc.get("domains") or {}).items()}
     for snap in snapshots:
         paths = [Path(e["path"]).resolve() for e in snap["evidence"]]
         inside = [p for p in paths if acq_dir in p.parents]
         if not inside:
             continue
         for path in inside:
-            name, dom = by_dir.get(path.relative_to(acq_dir).parts[0], (None, {}))
-            if name is not None and dom.get("status") != "complete":
-                raise CaseError(
-                    f"{acq_dir}: the acquisition of domain {name} is {dom.get('status')} ({dom.get('reason')}); "
-                    "its files are no evidence of one moment"
-                )
+            _refuse_unfinished(acq_dir, doc, path)
         outside = [p for p in paths if acq_dir not in p.parents]
         if outside:
             raise CaseError(

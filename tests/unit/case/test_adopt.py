@@ -32,10 +32,10 @@ def _acquisition(out, *, status="complete", name="web01"):
     entry = streams.write_bytes(out / name / "net-n0.pcap", scratch.read_bytes(), how="hashed as written")
     scratch.unlink()
     record.log_file(rec, name, entry, role="pcap")
-    record.end_domain(
-        rec, name, {"status": status, "mode": "pause", "consistency": "one moment", "pause": {"seconds": 1.2}}
-    )
-    record.close_record(rec, status, None if status == "complete" else "interrupted")
+    reason = None if status == "complete" else "interrupted"
+    result = {"status": status, "reason": reason, "mode": "pause", "consistency": "one moment", "pause": {"seconds": 1}}
+    record.end_domain(rec, name, result)
+    record.close_record(rec, status, reason)
     return out
 
 
@@ -72,11 +72,16 @@ def test_a_case_with_a_log_anchors_the_acquisition_and_keeps_its_chain(tmp_path)
     assert any("content altered" in p for p in verify_adopted(tmp_path / "case"))
 
 
-def test_an_incomplete_acquisition_is_no_evidence(tmp_path):
-    acq = _acquisition(tmp_path / "acq", status="incomplete")
-    with pytest.raises(CaseError, match="the acquisition of domain web01 is incomplete"):
-        analyze([acq], tmp_path / "case")
+@pytest.mark.parametrize("given", ["acq", "acq/web01", "acq/web01/net-n0.pcap"])
+def test_an_incomplete_acquisition_is_no_evidence(given, tmp_path):
+    _acquisition(tmp_path / "acq", status="incomplete")
+    with pytest.raises(CaseError, match=r"the acquisition of domain web01 is incomplete \(interrupted\)"):
+        analyze([tmp_path / given], tmp_path / "case")
     assert not (tmp_path / "case").exists()  # refused before the case was made
+    # and by adoption too, whatever discovery found
+    snapshot = {"id": "web01", "evidence": [{"path": str(tmp_path / "acq" / "web01" / "net-n0.pcap")}]}
+    with pytest.raises(CaseError, match="the acquisition of domain web01 is incomplete"):
+        read_acquisitions([snapshot])
 
 
 def test_a_changed_acquired_file_is_refused(tmp_path):
