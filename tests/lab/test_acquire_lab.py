@@ -195,21 +195,30 @@ def test_ctrl_c_leaves_the_domain_running_and_the_output_incomplete(host, web, a
     _one_clear_line(snapscope(host, "analyze", out, "--case", tmp_path / "case"), "incomplete (interrupted)")
 
 
+def _one_at_a_time(doc: dict, names: set[str]) -> None:
+    """Both domains acquired completely, briefly paused, the second begun after the first had ended."""
+    assert doc["status"] == "complete" and doc["options"]["io_slots"] == 1
+    assert set(doc["domains"]) == names
+    spans = sorted((d["started"], d["ended"]) for d in doc["domains"].values())
+    assert spans[0][1] <= spans[1][0], spans
+    outcome = {name: (d["status"], d["pause"]["seconds"]) for name, d in doc["domains"].items()}
+    assert all(status == "complete" and pause < PAUSE_LIMIT_S for status, pause in outcome.values()), outcome
+
+
 def test_all_running_domains_one_io_stream_at_a_time(host, web, acquired, lab, tmp_path):
     with lab_domain(host, lab, "db") as db:
+        chains = {name: disk_chain(host, name) for name in (web["name"], db["name"])}
+        proc = snapscope(host, "acquire", "--all", "--out", tmp_path / "all", "--merge")
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        _one_at_a_time(_manifest(tmp_path / "all"), set(chains))
+        assert {name: disk_chain(host, name) for name in chains} == chains  # merged back: as before
         out, case_dir = tmp_path / "evidence", tmp_path / "fleet"
         proc = snapscope(host, "audit", "--live", URI, "--case", case_dir, "--out", out, "--merge", "--pcap", 4)
         assert proc.returncode == 0, (proc.stdout, proc.stderr)
         assert state(host, db["name"]) == "running" and disk_chain(host, db["name"]) == [
             str(db["stage"] / "disk.qcow2")
         ]
-    doc = _manifest(out)
-    assert doc["status"] == "complete" and doc["options"]["io_slots"] == 1
-    assert set(doc["domains"]) == {web["name"], db["name"]}
-    spans = sorted((d["started"], d["ended"]) for d in doc["domains"].values())
-    assert spans[0][1] <= spans[1][0], spans  # the second began after the first had ended
-    outcome = {name: (d["status"], d["pause"]["seconds"]) for name, d in doc["domains"].items()}
-    assert all(status == "complete" and pause < PAUSE_LIMIT_S for status, pause in outcome.values()), outcome
+    _one_at_a_time(_manifest(out), {web["name"], db["name"]})
     fleet = Case.open(case_dir).table("audit/fleet")
     assert len(fleet) == 2 and (fleet["high"] > 0).all() and set(fleet["status"]) == {"analysed"}
     acquired_lines = (out / "custody.jsonl").read_text().splitlines()
