@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from toolkit.correlate.graph import history_paths, owner_process
-from toolkit.correlate.links import frame, hit, link, pid_of, truthy, value
+from toolkit.correlate.links import exited, frame, hit, link, pid_of, truthy, value
 from toolkit.correlate.sigma.findings import sigma_match
 from toolkit.schemas import SEVERITY_RANK, split_deleted
 
@@ -90,8 +90,8 @@ def suspicious_exec_path(tables, graph, sid):
 def hidden_process(tables, graph, sid):
     """A live task a memory scan finds that the kernel's task list does not hold."""
     for i, r in _proc_rows(tables):
-        exited = str(value(r, "exit_state") or "").startswith("EXIT_")  # a dead task's leftovers, not a hidden one
-        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited:
+        # a dead task's leftovers are not a hidden one
+        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited(r):
             why = (
                 f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
                 f"is missing from the kernel's task list."
@@ -145,6 +145,11 @@ def periodic_flows(tables, graph, sid):
                 f"(variation {cv:.0%}), like a beacon."
             )
             yield hit(owner or f"flow:{value(r, 'flow_id')}", [link("network/flows", sid, i)], 0.7, why)
+
+
+def _hex(offset) -> str:
+    """An offset or address as responders read them (tables keep the integer)."""
+    return f"{int(offset):#x}" if offset is not None else "?"
 
 
 def _flow_owner(graph, flow_id) -> str | None:
@@ -291,12 +296,18 @@ def yara_match(tables, graph, sid):
             )
         why = (
             f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
-            f"in {where} at offset {value(r, 'offset')}{caveat}"
+            f"in {where} at offset {_hex(value(r, 'offset'))}{caveat}"
             + (f"; {also} more hits in physical memory" if also else "")
             + "."
         )
         yield hit(
-            owner, [link("yara/matches", sid, i)], confidence, why, severity=severity, attack_id=value(r, "attack_id")
+            owner,
+            [link("yara/matches", sid, i)],
+            confidence,
+            why,
+            severity=severity,
+            attack_id=value(r, "attack_id"),
+            subject=value(r, "rule"),
         )
 
 
