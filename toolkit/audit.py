@@ -225,4 +225,4 @@ def audit(
                 source="audit",
             )
             write_table(case_dir, "audit/changes", "fleet", changes)
-    return {"case": str(case_dir), "fleet": fleet, "changes": changes}
+    return {"case": str(case_dir), "fleet": fleet, "changes": changes, "custody_repairs": result["custody_repairs"]}

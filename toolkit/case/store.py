@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from toolkit.case.lock import file_lock
 from toolkit.errors import CaseError
 from toolkit.schemas import SCHEMAS, validate
 
@@ -28,6 +29,8 @@ SUBDIRS = ("tables", "derived", "reports")
 # Also kept as one file across snapshots at the top of the case, for tools that
 # want a single Parquet file; tables/ stays the source of truth.
 COMBINED_TABLES = {"findings": "findings.parquet", "timeline": "timeline.parquet"}
+# Guards case.json's read-modify-write of the custody chain head against a save of the whole manifest.
+MANIFEST_LOCK = ".manifest.lock"
 
 
 def now_iso() -> str:
@@ -103,10 +106,43 @@ def load_manifest(case_dir: Path) -> dict:
     return manifest
 
 
+def manifest_path(case_dir: Path) -> Path:
+    return Path(case_dir) / "case.json"
+
+
+def _write_manifest(case_dir: Path, manifest: dict) -> None:
+    atomic_write_bytes(manifest_path(case_dir), json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+
+
 def save_manifest(case_dir: Path, manifest: dict) -> None:
-    atomic_write_bytes(
-        Path(case_dir) / "case.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
-    )
+    """Write case.json atomically, keeping the custody chain head that is on disk.
+
+    Only toolkit.case.custody moves the head (with every append); a run's
+    manifest held in memory since its start must not put an older head back.
+    """
+    with file_lock(Path(case_dir) / MANIFEST_LOCK):
+        head = read_custody_head(case_dir)
+        if head is not None:
+            manifest["custody"] = head
+        _write_manifest(case_dir, manifest)
+
+
+def read_custody_head(case_dir: Path) -> dict | None:
+    """The custody chain head case.json records ({"seq", "hash"}), or None (no case.json or no head)."""
+    try:
+        manifest = json.loads(manifest_path(case_dir).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    head = manifest.get("custody") if isinstance(manifest, dict) else None
+    return head if isinstance(head, dict) else None
+
+
+def set_custody_head(case_dir: Path, head: dict) -> None:
+    """Record the custody chain head in case.json (custody.append_event calls it under the log's lock)."""
+    with file_lock(Path(case_dir) / MANIFEST_LOCK):
+        manifest = load_manifest(case_dir)
+        manifest["custody"] = head
+        _write_manifest(case_dir, manifest)
 
 
 def write_table(case_dir: Path, name: str, snapshot_id: str, df: pd.DataFrame) -> Path:

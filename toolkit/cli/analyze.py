@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import console, progress_bar
+from toolkit.cli.common import console, print_custody_repairs, progress_bar
 from toolkit.report.escape import rich_safe
 
 
 def _print_summary(summary: dict) -> None:
+    print_custody_repairs(summary)
     console.print(f"case: [bold]{rich_safe(summary['case'])}[/]")
     for snap in summary["snapshots"]:
         console.print(f"snapshot [bold]{rich_safe(snap['id'])}[/] ({rich_safe(snap['name'])})")
         for name, rows in sorted(snap["tables"].items()):
-            console.print(f"  {name:<28} {rows:>7} rows")
+            console.print(f"  {rich_safe(name):<28} {rows:>7} rows")
     console.print(
         "evidence unchanged (sha256 before == after): "
         + ("[green]yes[/]" if summary.get("evidence_unchanged") else "[red]NO[/]")
@@ -51,7 +51,9 @@ def analyze(
 
 def demo(
     case: Path = typer.Option(
-        Path("snapscope-demo-case"), "--case", help="Where to write the demo case (replaced if it is a case)."
+        Path("snapscope-demo-case"),
+        "--case",
+        help="Where to write the demo case (replaced only if it is a demo case made by snapscope).",
     ),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the lab guest even if a cached build exists."),
 ):
@@ -62,15 +64,14 @@ def demo(
 
     Example: snapscope demo --case /tmp/demo-case
     """
-    from toolkit.case import is_case
-    from toolkit.lab import build_lab, demo_evidence
+    from toolkit.lab import build_lab, demo_evidence, prepare_demo_case
     from toolkit.pipeline import analyze as run_analysis
 
+    prepare_demo_case(case, check_only=True)  # refuse a user's case before minutes of lab build
     with progress_bar() as progress:
         lab_dir = build_lab(progress=progress, force=rebuild)
     console.print(f"lab snapshot: {rich_safe(lab_dir)}")
-    if is_case(case):
-        shutil.rmtree(case)
+    prepare_demo_case(case)
     with progress_bar() as progress:
         summary = run_analysis(demo_evidence(lab_dir), case, progress=progress)
     _print_summary(summary)

@@ -8,7 +8,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from toolkit.cli.common import console, progress_bar
+from toolkit.cli.common import console, print_custody_repairs, progress_bar
 from toolkit.report.escape import rich_safe
 from toolkit.schemas import SEVERITIES
 
@@ -50,6 +50,7 @@ def audit(
             progress=progress,
             **options,
         )
+    print_custody_repairs(summary)
     columns = ("vm", "status", *SEVERITIES[:-1], "reason")  # info counts stay in the table, not on screen
     table = Table(title="fleet")
     for col in columns:

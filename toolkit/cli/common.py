@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from toolkit.errors import one_line
-from toolkit.report.escape import terminal_safe
+from toolkit.report.escape import rich_safe, terminal_safe
 
 # soft_wrap: a long line stays one line (the terminal, if any, folds it); tables still fit the width.
 console = Console(soft_wrap=True)
@@ -32,6 +32,12 @@ def fail(message: str, code: int = 2):
     """Print one clear line on stderr and exit non-zero (no traceback)."""
     print(error_line(message), file=sys.stderr, flush=True)
     raise typer.Exit(code)
+
+
+def print_custody_repairs(summary: dict) -> None:
+    """The custody repairs a run made (a torn line set aside, missing lines logged), one warning each."""
+    for note in summary.get("custody_repairs") or []:
+        err_console.print(f"[yellow]warning:[/] {rich_safe(note)}")
 
 
 @contextlib.contextmanager
