@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.case import custody
 from toolkit.audit import audit
-from toolkit.case import Case
+from toolkit.case import Case, custody
 
 pytestmark = pytest.mark.lab
 VENV_BIN = Path(sys.executable).parent
