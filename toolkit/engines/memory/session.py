@@ -87,14 +87,11 @@ def normalise_image(snapshot: dict, ctx: EngineContext, diagnostics: list) -> tu
         )
         return None, fmt
     derived.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")  # never reuse a half-written image
-    try:
-        result = to_elf(path, partial, snapshot=internal, derived_dir=derived) or {}
+    try:  # to_elf writes beside the target and renames: a half-written image is never reused
+        result = to_elf(path, target, snapshot=internal, derived_dir=derived) or {}
     except Exception as excp:  # a converter failure is this image's problem, not the run's
-        partial.unlink(missing_ok=True)
         diagnostics.append(diagnostic("error", "memory image conversion", path, f"{type(excp).__name__}: {excp}"))
         return None, fmt
-    os.replace(partial, target)
     for d in result.get("diagnostics", []) or []:
         diagnostics.append({k: str(d.get(k, "")) for k in ("severity", "what", "where", "why")})
     diagnostics.append(
