@@ -69,11 +69,6 @@ def table_path(case_dir: Path, name: str, snapshot_id: str) -> Path:
     return case_dir / "tables" / name / f"{snapshot_id}.parquet"
 
 
-def view_name(table: str) -> str:
-    """SQL view name for a table: ``memory/processes`` -> ``memory_processes``."""
-    return table.replace("/", "_")
-
-
 def is_case(path: Path) -> bool:
     return (Path(path) / "case.json").is_file()
 
@@ -215,18 +210,12 @@ class Case:
     def diagnostics(self) -> pd.DataFrame:
         return self.table("diagnostics")
 
-    def sql(self, query: str) -> pd.DataFrame:
-        """Run DuckDB SQL; each table is a view named with '_' for '/'."""
-        import duckdb
+    def sql(self, query: str, *, allow_files: bool = False) -> pd.DataFrame:
+        """Run DuckDB SQL; each declared table is a view named with '_' for '/'.
 
-        con = duckdb.connect()
-        try:
-            for name in self.tables():
-                # DuckDB cannot bind parameters in DDL: quote the paths ourselves.
-                files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self._files(name))
-                con.execute(
-                    f'CREATE VIEW "{view_name(name)}" AS SELECT * FROM read_parquet([{files}], union_by_name=true)'
-                )
-            return con.execute(query).df()
-        finally:
-            con.close()
+        Read-only and confined to the case unless ``allow_files`` (see toolkit.case.query).
+        Example: ``case.sql("SELECT count(*) FROM memory_processes")``.
+        """
+        from toolkit.case.query import run_sql
+
+        return run_sql(self.path, query, allow_files=allow_files)
