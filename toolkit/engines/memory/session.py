@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from toolkit.case import custody
 from toolkit.case.lock import file_lock
 from toolkit.engines import EngineContext
 from toolkit.engines.memory import symbols, volatility
@@ -128,6 +129,25 @@ def _isf_dir(isf_path: str, sha256: str, ctx: EngineContext) -> Path:
     return target_dir
 
 
+def _log_isf(ctx: EngineContext, found: dict, copy_dir: Path) -> None:
+    """Custody records which ISF the snapshot was analysed with: its sha256, origin and what it was built from."""
+    if not ctx.case_dir:
+        return
+    custody.append_event(
+        ctx.case_dir,
+        action="symbols.isf",
+        path=found["isf_path"],
+        sha256=found["sha256"],
+        detail={
+            "snapshot": ctx.snapshot_id,
+            "origin": found["origin"],
+            "banner": found["banner"],
+            "built_from_image_sha256": found.get("built_from"),
+            "case_copy": str(copy_dir / Path(found["isf_path"]).name),
+        },
+    )
+
+
 def _symbol_set_listing(symbol_dirs) -> str:
     """Every file under the symbol dirs with size and mtime: Volatility re-indexes
     (writes its cache) when this changes, so the unlocked fast path must not run."""
@@ -182,7 +202,12 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
             # Parallel audit workers share the cache: one builds a banner's ISF, the others wait for it.
             with file_lock(symbols_cache / "symbols.lock"):
                 found = symbols.resolve_isf(
-                    image, user_paths=user_symbols, cache_dir=symbols_cache, build=ctx.build_symbols, progress=progress
+                    image,
+                    user_paths=user_symbols,
+                    cache_dir=symbols_cache,
+                    build=ctx.build_symbols,
+                    progress=progress,
+                    image_sha256=ctx.evidence_hashes.get(str(Path(image).resolve())),
                 )
         except SymbolsError as excp:
             diagnostics.extend(excp.diagnostics)
@@ -193,6 +218,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
             banner=found["banner"], isf_path=found["isf_path"], isf_sha256=found["sha256"], isf_origin=found["origin"]
         )
         symbol_dirs = [_isf_dir(found["isf_path"], found["sha256"], ctx)]
+        _log_isf(ctx, found, symbol_dirs[0])
         vol_cache = _volatility_cache(cache_dir, symbol_dirs)
         with file_lock(vol_cache.with_suffix(".lock")):
             problem = volatility.prevalidate_isf(

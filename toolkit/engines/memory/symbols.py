@@ -4,12 +4,24 @@ Resolution order, first match on the exact kernel banner wins:
 
 1. ISF files or directories the user names (``--symbols DIR``),
 2. ``profiles/symbols/`` shipped with snapscope,
-3. the snapscope symbol cache (``<cache>/symbols/linux/<banner-key>.json``),
+3. the snapscope symbol cache (``<cache>/symbols/linux/<banner-key>-<image-key>.json``),
 4. a build from the dump itself with pakunoda (its BTF + kallsyms), offline,
-   stored in the cache for the next image of the same kernel.
+   stored in the cache for the next analysis of the same image.
 
 Volatility needs the banner to match byte for byte, so a user's ISF for another
 kernel is reported (its banner and the image's) and skipped, never used.
+
+A built ISF is cached under its banner *and* the sha256 of the image it was
+built from, and only that image's later analyses reuse it. The cache is
+host-wide and the image is hostile: keyed by banner alone, one crafted dump
+(a real banner, forged kallsyms or BTF, a planted System.map in its page
+cache) would plant symbols for every later case of that kernel. pakunoda reads
+far more of the dump than its BTF and kallsyms (vmcoreinfo, init_task, page
+cache), so no narrower key covers everything the ISF depends on; the image's
+sha256 is already known (evidence is hashed at intake, a converted image when
+it is written). The price: each new dump of a kernel builds its own ISF
+(7-9 s on the lab guest). Each built ISF has a ``.origin`` file beside it
+saying what it was built from.
 
 Example::
 
@@ -74,6 +86,24 @@ def find_banners(image: str | Path) -> list[str]:
 def banner_key(banner: str) -> str:
     """Cache file stem for a banner: stable, filesystem-safe."""
     return hashlib.sha256(banner.encode("latin-1")).hexdigest()[:24]
+
+
+def cache_name(banner: str, image_sha256: str) -> str:
+    """File name of the ISF built from one image for one banner: ``<banner-key>-<image sha256[:24]>.json``."""
+    return f"{banner_key(banner)}-{image_sha256[:24]}.json"
+
+
+def origin_path(isf: Path) -> Path:
+    """The ``.origin`` record beside a built ISF (not ``.json``: never mistaken for an ISF)."""
+    return Path(isf).with_suffix(".origin")
+
+
+def read_origin(isf: Path) -> dict | None:
+    """What a cached ISF was built from ({"image_sha256", "image", "banner", "built", "pakunoda"}), or None."""
+    try:
+        return json.loads(origin_path(isf).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_isf_bytes(path: Path) -> bytes:
@@ -178,12 +208,15 @@ def resolve_isf(
     build: bool = True,
     profile_symbols: Path = PROFILE_SYMBOLS,
     progress=None,
+    image_sha256: str | None = None,
 ) -> dict:
     """Find (or build) the ISF matching the image's kernel banner.
 
-    Returns {"banner", "isf_path", "sha256", "origin", "diagnostics"}; raises
-    SymbolsError (with diagnostics) when the image holds no Linux banner or no
-    ISF could be found or built.
+    ``image_sha256`` (the image's hash, when the caller has it) keys the
+    cache; without it the image is hashed if the cache is consulted.
+    Returns {"banner", "isf_path", "sha256", "origin", "built_from", "diagnostics"};
+    raises SymbolsError (with diagnostics) when the image holds no Linux banner
+    or no ISF could be found or built.
     """
     diagnostics: list[dict] = []
     banners = find_banners(image)
@@ -228,16 +261,17 @@ def resolve_isf(
                     )
                 )
     cache = cache_dir_for(cache_dir)
+    image_sha256 = image_sha256 or sha256_file(image)
     for banner in banners:
-        cached = cache / f"{banner_key(banner)}.json"
+        cached = cache / cache_name(banner, image_sha256)
         if cached.is_file():
-            return _answer(banner, cached, "cache", diagnostics)
+            return _answer(banner, cached, "cache", diagnostics, image_sha256)
     if not build:
         raise SymbolsError(
             "no ISF matches this kernel and building is disabled",
             diagnostics + [diagnostic("error", "linux symbols", image, f"no ISF for banner {banners[0]!r}")],
         )
-    built = build_isf(image, cache, progress=progress)
+    built = build_isf(image, cache, progress=progress, image_sha256=image_sha256)
     diagnostics.extend(built["diagnostics"])
     if not built["isf_path"]:
         raise SymbolsError(
@@ -245,26 +279,30 @@ def resolve_isf(
             f"{built['diagnostics'][-1]['why'] if built['diagnostics'] else 'unknown'}",
             diagnostics,
         )
-    return _answer(built["banner"], Path(built["isf_path"]), "built", diagnostics)
+    return _answer(built["banner"], Path(built["isf_path"]), "built", diagnostics, image_sha256)
 
 
-def _answer(banner, isf: Path, origin, diagnostics):
+def _answer(banner, isf: Path, origin, diagnostics, built_from=None):
     return {
         "banner": banner,
         "isf_path": str(isf.resolve()),
         "sha256": sha256_file(isf),
         "origin": origin,
+        "built_from": built_from,  # the sha256 of the image a cached or built ISF came from
         "diagnostics": diagnostics,
     }
 
 
-def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_s: float = 900) -> dict:
+def build_isf(
+    image: str | Path, out_dir: str | Path, *, progress=None, timeout_s: float = 900, image_sha256: str | None = None
+) -> dict:
     """Build an ISF from the dump's own BTF and kallsyms with pakunoda, offline.
 
-    Writes ``<out_dir>/<banner-key>.json`` atomically and returns {"banner",
-    "isf_path", "seconds", "diagnostics"} (isf_path None on failure). Donor
-    profiles are disabled: they would be fetched from the network or read
-    from ~/.cache/pakunoda, and an evidence machine uses neither.
+    Writes ``<out_dir>/<banner-key>-<image-key>.json`` (see :func:`cache_name`)
+    atomically, with a ``.origin`` record of the image it came from, and
+    returns {"banner", "isf_path", "seconds", "diagnostics"} (isf_path None on
+    failure). Donor profiles are disabled: they would be fetched from the
+    network or read from ~/.cache/pakunoda, and an evidence machine uses neither.
 
     Example::
 
@@ -295,10 +333,22 @@ def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_
                 "pakunoda's ISF has no linux_banner constant; Volatility may not match it",
             )
         )
-    target = out_dir / f"{banner_key(banner)}.json"
+    image_sha256 = image_sha256 or sha256_file(image)
+    target = out_dir / cache_name(banner, image_sha256)
     tmp = target.with_suffix(f".tmp{os.getpid()}")
     with open(tmp, "w") as fh:
         json.dump(result.isf_json, fh, separators=(",", ":"))
+    origin = {
+        "image_sha256": image_sha256,
+        "image": str(Path(image).resolve()),
+        "banner": banner,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pakunoda": getattr(pakunoda, "__version__", None),
+        "isf_sha256": sha256_file(tmp),
+    }
+    origin_tmp = target.with_name(f"{target.stem}.origin.tmp{os.getpid()}")
+    origin_tmp.write_text(json.dumps(origin, indent=1))
+    os.replace(origin_tmp, origin_path(target))
     os.replace(tmp, target)
     loadability = getattr(result, "loadability", None)
     if loadability is not None and not getattr(loadability, "loadable", True):
@@ -312,7 +362,11 @@ def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_
 
 
 def list_isfs(cache_dir: str | Path, extra_paths=()) -> list[dict]:
-    """Every ISF snapscope would consider: {origin, path, banner, size}.
+    """Every ISF snapscope would consider: {origin, path, banner, size, built_from}.
+
+    ``built_from`` is the sha256 of the image a cached ISF was built from; a
+    cache file without one (keyed by banner alone, from an older snapscope)
+    is listed with origin "cache (unused)": it is never chosen.
 
     Example::
 
@@ -329,5 +383,8 @@ def list_isfs(cache_dir: str | Path, extra_paths=()) -> list[dict]:
                 banner = isf_banner(isf)
             except (OSError, ValueError, EOFError, lzma.LZMAError) as excp:
                 banner = f"<unreadable: {excp}>"
-            rows.append({"origin": origin, "path": str(isf), "banner": banner, "size": isf.stat().st_size})
+            built_from = (read_origin(isf) or {}).get("image_sha256") if origin == "cache" else None
+            shown = "cache (unused)" if origin == "cache" and not built_from else origin
+            row = {"origin": shown, "path": str(isf), "banner": banner, "size": isf.stat().st_size}
+            rows.append({**row, "built_from": built_from})
     return rows
