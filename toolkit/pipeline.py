@@ -44,6 +44,7 @@ from toolkit.case.store import (
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import engine_names, no_progress
+from toolkit.engines.yara.rules import include_digest
 from toolkit.errors import CaseError
 from toolkit.evidence import discover
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
@@ -93,6 +94,7 @@ def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict, 
         "profile": profile,
         "rules": shipped.content_digest(),
         "user_rules": _file_digest(user_rules),
+        "user_rule_includes": include_digest(user_rules),  # files `include` pulls in from outside the rule dirs
         "symbols": _file_digest(options.symbols),
         "tools": tool_versions(),
         "engines": engine_names(),
