@@ -36,12 +36,15 @@ def test_evidence_unchanged_and_logged(lab_case):
 def test_isf_and_every_derived_file_are_in_custody(lab_case):
     case_dir, before = lab_case
     events = custody.read_events(case_dir)
-    [isf] = [e for e in events if e["action"] == "symbols.isf"]
-    copy = Path(isf["detail"]["case_copy"])
-    assert copy.is_relative_to(case_dir / "derived" / "isf") and sha256_file(copy) == isf["sha256"]
-    assert isf["detail"]["origin"] in ("built", "cache")
+    isfs = {e["detail"]["snapshot"]: e for e in events if e["action"] == "symbols.isf"}
+    assert len(isfs) == len(Case.open(case_dir).snapshots)  # the ELF's snapshot and the savevm one in the disk
+    for isf in isfs.values():
+        copy = Path(isf["detail"]["case_copy"])
+        assert copy.is_relative_to(case_dir / "derived" / "isf") and sha256_file(copy) == isf["sha256"]
+        assert isf["detail"]["origin"] in ("built", "cache")
     elf = next(p for p in before if p.name == "memory.elf")
-    assert isf["detail"]["built_from_image_sha256"] == before[elf]  # keyed by the image it was built from
+    # keyed by the image it was built from: the ELF's own sha256 for the ELF's snapshot
+    assert before[elf] in {isf["detail"]["built_from_image_sha256"] for isf in isfs.values()}
     logged = {e["path"]: e["sha256"] for e in events if e["action"] == "derived.write"}
     present = derived_files(case_dir)
     assert any(rel.startswith("derived/isf/") for rel in present)

@@ -60,7 +60,8 @@ def progress_bar():
 
     def update(description, completed=None, total=None):
         if description not in tasks:
-            tasks[description] = bar.add_task(description, total=total)
+            # descriptions may name evidence files: escaped like every other value on a terminal
+            tasks[description] = bar.add_task(rich_safe(description), total=total)
         bar.update(tasks[description], completed=completed, total=total)
 
     with bar:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from toolkit.cli.common import console, fail
+from toolkit.report.escape import rich_safe
 
 REPORT_FORMATS = ("html", "json", "csv", "parquet", "timesketch")
 
@@ -71,7 +72,7 @@ def report(
         atomic_write_bytes(out, "".join(line + "\n" for line in timesketch_lines(case.timeline)).encode())
     else:
         write_frame(case.findings, out, fmt)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {rich_safe(out)}")
 
 
 def correlate(case_dir: Path = typer.Argument(..., help="The case directory.")):
@@ -84,4 +85,4 @@ def correlate(case_dir: Path = typer.Argument(..., help="The case directory.")):
     from toolkit.pipeline import recorrelate
 
     for sid, n in recorrelate(case_dir).items():
-        console.print(f"{sid}: {n} findings")
+        console.print(f"{rich_safe(sid)}: {n} findings")
