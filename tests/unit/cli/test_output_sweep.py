@@ -135,16 +135,12 @@ def hostile(tmp_path_factory):
 PATHS = [f"/home/u/{v}" for v in (ANSI, MARKUP, HTML, FORMULA, BIDI)]
 
 
-def _case_table(h, tmp):
-    return [("stdout", snapscope("table", h["case"], "disk/files", "--limit", "100"), terminal_safe, PATHS + [SID])]
-
-
-def _case_table_csv(h, tmp):
-    return [("stdout", snapscope("table", h["case"], "disk/files", "--format", "csv"), csv_safe, PATHS + [SID])]
-
-
-def _case_table_json(h, tmp):
-    return [("stdout", snapscope("table", h["case"], "disk/files", "--format", "json"), json_safe, PATHS + [SID])]
+def _files_table(h, tmp):
+    out = []
+    for fmt, escape in (("table", terminal_safe), ("csv", csv_safe), ("json", json_safe)):
+        done = snapscope("table", h["case"], "disk/files", "--format", fmt, "--limit", "100")
+        out.append(("stdout", done, escape, PATHS + [SID]))
+    return out
 
 
 def _case_table_list(h, tmp):
@@ -289,7 +285,7 @@ def _diff(h, tmp):
 
 
 RECIPES = {
-    ("table",): [_case_table_list, _case_table, _case_table_csv, _case_table_json, _processes, _diagnostics],
+    ("table",): [_case_table_list, _files_table, _processes, _diagnostics],
     ("sql",): [_sql],
     ("findings",): [_findings],
     ("timeline",): [_timeline],
