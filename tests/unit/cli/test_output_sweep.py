@@ -203,7 +203,8 @@ def _report(h, tmp):
 
 
 def _correlate(h, tmp):
-    return [("stdout", snapscope("correlate", h["case"]), terminal_safe, [SID])]
+    case = shutil.copytree(h["case"], tmp / "case")  # correlate rewrites the findings the other recipes read
+    return [("stdout", snapscope("correlate", case), terminal_safe, [SID])]
 
 
 def _case_info(h, tmp):
