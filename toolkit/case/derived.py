@@ -9,8 +9,9 @@ file (sha256, size, and the file's device/inode/size/mtime so an unchanged
 file is not hashed again), ``derived.remove`` for one that is gone. Paths are
 relative to the case, so a copied case still verifies.
 
-Files still being written (``*.part``, ``*.tmp``) and lock files are not
-artefacts and are skipped.
+Files still being written (``*.part``, ``*.tmp``), lock files and hidden
+scratch directories (``.isf-build-*``: the temporary ELF a symbol build
+needs, gone when it ends) are not artefacts and are skipped.
 
 Example::
 
@@ -39,7 +40,8 @@ def derived_files(case_dir: Path) -> dict[str, Path]:
     """{path relative to the case: path} of every artefact file under derived/ (symlinks not followed)."""
     case_dir = Path(case_dir)
     found = {}
-    for root, _dirs, files in os.walk(case_dir / DERIVED):
+    for root, dirs, files in os.walk(case_dir / DERIVED):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # scratch directories of work in progress
         for name in files:
             path = Path(root) / name
             if name.endswith(SKIPPED_SUFFIXES) or path.is_symlink() or not path.is_file():

@@ -322,7 +322,9 @@ def refuse_overwriting_inputs(src, dst, protect=()) -> None:
         raise EvidenceError(dst, "is a file this conversion reads (a backing file?); refusing to overwrite it")
 
 
-def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=None, hash=True, protect=()):
+def to_elf(
+    src, dst, *, snapshot=None, derived_dir=None, progress=None, image=None, hash=True, references=None, protect=()
+):
     """Convert ``src`` (any supported format) into an ELF64 core at ``dst``.
 
     ``dst`` may not be ``src``, a ``protect``-ed path or a file being read
@@ -330,7 +332,8 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
     ``progress(done_bytes, total_bytes)`` is called as data is written.
     ``hash``: True hashes source and output, "output" only the output (for
     callers that hashed the source already), False neither; a hash not
-    computed is None in the result.
+    computed is None in the result. ``references``: where a qcow2's backing
+    files may be read from (:class:`toolkit.references.ReferencePolicy`).
     Returns {src_sha256, dst_sha256, runs, bytes, format, diagnostics}.
 
     >>> r = to_elf("guest.kdump", "guest.elf")  # doctest: +SKIP
@@ -338,7 +341,7 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
     True
     """
     own = image is None
-    img = image or open_image(src, snapshot=snapshot, derived_dir=derived_dir)
+    img = image or open_image(src, snapshot=snapshot, derived_dir=derived_dir, references=references)
     sink = fd = None
     partial = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.part")
     try:

@@ -118,6 +118,19 @@ def hostile(tmp_path_factory):
 
     keys = root / f"keys-{NAME}"
     keys.mkdir()
+    sigma_rules = root / "sigma"
+    sigma_rules.mkdir()
+    (sigma_rules / "hostile.yml").write_text(  # a third-party rule: its title is text, its field unknown
+        json.dumps(
+            {
+                "title": f"{ANSI}{MARKUP}{HTML}",
+                "id": "0b1c6b5e-0000-4000-8000-000000000001",
+                "logsource": {"category": "process_creation", "product": "linux"},
+                "detection": {"selection": {"OriginalFileName": "x"}, "condition": "selection"},
+                "level": "high",
+            }
+        )
+    )
     return {
         "root": root,
         "case": case,
@@ -129,6 +142,7 @@ def hostile(tmp_path_factory):
         "disk_a": disk_a,
         "disk_b": disk_b,
         "keys": keys,
+        "sigma": sigma_rules,
     }
 
 
@@ -192,6 +206,8 @@ def _report(h, tmp):
         ("json", json_safe, [SID]),
         ("csv", csv_safe, [SID]),
         ("timesketch", json_safe, [SID]),
+        ("stix", json_safe, []),
+        ("misp", json_safe, []),
         ("parquet", None, []),
     ):
         target = tmp / f"report-{NAME}.{fmt}"
@@ -205,6 +221,12 @@ def _report(h, tmp):
 def _correlate(h, tmp):
     case = shutil.copytree(h["case"], tmp / "case")  # correlate rewrites the findings the other recipes read
     return [("stdout", snapscope("correlate", case), terminal_safe, [SID])]
+
+
+def _sigma(h, tmp):
+    case = shutil.copytree(h["case"], tmp / "case")  # sigma writes its matches and findings
+    done = snapscope("sigma", case, h["sigma"])
+    return [("stdout", done, terminal_safe, [SID, f"{ANSI}{MARKUP}{HTML}"])]
 
 
 def _case_info(h, tmp):
@@ -292,6 +314,7 @@ RECIPES = {
     ("timeline",): [_timeline],
     ("report",): [_report],
     ("correlate",): [_correlate],
+    ("sigma",): [_sigma],
     ("case", "info"): [_case_info],
     ("case", "verify"): [_case_verify],
     ("case", "keygen"): [_case_keygen_seal_verify],

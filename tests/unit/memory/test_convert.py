@@ -160,7 +160,7 @@ def test_convert_with_hostile_diagnostics_logs_custody_then_prints_escaped(tmp_p
     case = tmp_path / "case"
     result = _convert(overlay, tmp_path / "out.elf", "--case", case)
     assert result.returncode == 0, result.stderr
-    assert "backing file not found" in result.stdout and "\\x1b[2J\\x07" in result.stdout
+    assert "backing file not used" in result.stdout and "\\x1b[2J\\x07" in result.stdout
     assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
     assert "[bold red]x[/]" in result.stdout  # shown as text: interpreted, rich would style "x" or fail on [/nope]
     events = custody.read_events(case)

@@ -91,17 +91,18 @@ def check_header(q, file_size: int, where: str) -> None:
         raise DiskError(f"{where}: snapshot table at 0x{h.snapshots_offset:x} lies outside the file")
 
 
-def allocation_map(q, l1_table, file_size: int, where: str) -> dict[int, int]:
+def allocation_map(q, l1_table, file_size: int, where: str, data_size: int | None = None) -> dict[int, int]:
     """Guest cluster index -> L2 entry (COPIED bit cleared) for every cluster this
     layer defines (data, compressed or zero); unallocated clusters are absent.
 
-    Raises DiskError when a pointer leaves the file. Example::
+    Raises DiskError when a pointer leaves the file (data clusters: the
+    external data file, of ``data_size`` bytes, when the image has one). Example::
 
         alloc = allocation_map(q, q.l1_table, os.path.getsize(p), p)
     """
     out: dict[int, int] = {}
     for first, entries, bitmaps in _l2_tables(q, l1_table, file_size, where):
-        _check_entries(q, first, entries, file_size, where)
+        _check_entries(q, first, entries, file_size if data_size is None else data_size, where)
         masked = entries & np.uint64(ENTRY_COMPARE_MASK)
         # With extended L2 a cluster can be unallocated but carry per-subcluster
         # zero flags in its bitmap; that still shadows the backing file.
@@ -113,9 +114,9 @@ def allocation_map(q, l1_table, file_size: int, where: str) -> dict[int, int]:
     return out
 
 
-def validate_tables(q, l1_table, file_size: int, where: str) -> int:
+def validate_tables(q, l1_table, file_size: int, where: str, data_size: int | None = None) -> int:
     """Check every L2 pointer of one L1 table; return the count of allocated clusters."""
-    return len(allocation_map(q, l1_table, file_size, where))
+    return len(allocation_map(q, l1_table, file_size, where, data_size))
 
 
 def differing_clusters(map_a: dict[int, int], map_b: dict[int, int]) -> set[int]:
@@ -154,6 +155,8 @@ def changed_ranges(da: dict, db: dict) -> tuple[list[tuple[int, int]] | None, st
     """
     if da["size"] != db["size"]:
         return None, f"virtual sizes differ ({da['size']} vs {db['size']})"
+    if any(layer.get("data_file") for layer in da["layers"] + db["layers"]):
+        return None, "a layer keeps its clusters in an external data file"
     ida = [(str(layer["path"]), layer["snapshot"]) for layer in da["layers"]]
     idb = [(str(layer["path"]), layer["snapshot"]) for layer in db["layers"]]
     common = 0
