@@ -65,6 +65,40 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
         raise
 
 
+def same_file(a, b) -> bool:
+    """True when ``a`` and ``b`` name one file: the same real path (symbolic links resolved) or the same
+    device and inode (a hard link). Example: ``same_file("vm.save", "link-to-vm.save")``."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def refuse_output_over_case(case_dir: Path, out: Path) -> None:
+    """CaseError when writing ``out`` would replace the case's evidence or the case's own records.
+
+    A report, export or query result goes outside the case or under its
+    ``reports/``: anywhere else inside the case it would overwrite case.json,
+    the custody log, a table or a derived file, and a path that is (a link to)
+    an evidence file the case recorded would replace the evidence.
+
+    Example: ``refuse_output_over_case(Path("case"), Path("case/case.json"))`` raises CaseError.
+    """
+    case_dir, out = Path(case_dir), Path(out)
+    for evidence in load_manifest(case_dir).get("evidence") or {}:
+        if same_file(out, evidence):
+            raise CaseError(f"{out}: is the case's evidence ({evidence}), or a link to it; refusing to overwrite it")
+    real_case, real_out = Path(os.path.realpath(case_dir)), Path(os.path.realpath(out))
+    if real_out.is_relative_to(real_case) and not real_out.is_relative_to(real_case / "reports"):
+        raise CaseError(
+            f"{out}: is inside the case, where it would replace the case's own records; "
+            f"write it outside the case or under {case_dir / 'reports'}"
+        )
+
+
 def table_path(case_dir: Path, name: str, snapshot_id: str) -> Path:
     return case_dir / "tables" / name / f"{snapshot_id}.parquet"
 

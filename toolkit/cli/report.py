@@ -69,6 +69,7 @@ def report(
     import os
 
     from toolkit.case import Case, atomic_write_bytes
+    from toolkit.case.store import refuse_output_over_case
     from toolkit.report.tabular import write_frame
 
     if fmt not in REPORT_FORMATS:
@@ -78,6 +79,7 @@ def report(
     if timesketch_url and not (timesketch_user and os.environ.get(PASSWORD_ENV)):
         fail(f"--timesketch-url needs --timesketch-user and the password in ${PASSWORD_ENV}")
     case = Case.open(case_dir)
+    refuse_output_over_case(case.path, out)  # a report never replaces evidence or the case's records
     if fmt == "html":
         from toolkit.report.html import render_html
 

@@ -58,6 +58,7 @@ import threading
 
 import numpy as np
 
+from toolkit.case.store import same_file
 from toolkit.errors import EvidenceError
 from toolkit.hashing import sha256_file
 from toolkit.memory import open_image
@@ -313,9 +314,9 @@ def refuse_overwriting_inputs(src, dst, protect=()) -> None:
     """
     if os.path.isdir(dst):
         raise EvidenceError(dst, "is a directory; name the ELF file to write")
-    target_real, target_id = os.path.realpath(dst), _identity(dst)
+    target_id = _identity(dst)
     for path in (src, *protect):
-        if os.path.realpath(path) == target_real or (target_id is not None and _identity(path) == target_id):
+        if same_file(dst, path):
             what = "the evidence being converted" if path == src else "evidence"
             raise EvidenceError(dst, f"is {what} ({path}), or a link to it; refusing to overwrite evidence")
     if target_id is not None and target_id in _files_open_for_reading():
