@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from toolkit.case import custody
@@ -30,8 +32,17 @@ from toolkit.hashing import sha256_file
 def _evidence_problems(manifest: dict, *, received: bool) -> tuple[list[str], list[str], int]:
     problems, notes, checked = [], [], 0
     for path, entry in sorted((manifest.get("evidence") or {}).items()):
-        if not Path(path).is_file():
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             (notes if received else problems).append(f"{path}: evidence file not found here; not re-hashed")
+            continue
+        # A copied case.json names paths on this host: a size that differs settles it without reading
+        # a byte (a crafted entry naming a huge or endless file costs nothing).
+        if isinstance(entry.get("size"), int) and st.st_size != entry["size"]:
+            problems.append(f"{path}: evidence changed since it was analysed (size {entry['size']} -> {st.st_size})")
             continue
         digest = sha256_file(path)
         checked += 1

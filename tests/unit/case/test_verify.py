@@ -68,10 +68,18 @@ def test_every_derived_file_is_in_custody_with_its_sha256(analysed):
 
 def test_verify_rehashes_evidence(analysed):
     case_dir, pcap = analysed
-    with open(pcap, "ab") as fh:
-        fh.write(b"\0")  # the evidence changed after analysis
+    data = bytearray(pcap.read_bytes())
+    data[-1] ^= 0xFF
+    pcap.write_bytes(bytes(data))  # one byte changed after analysis, the size as recorded: only a re-hash sees it
     problems = verify_case(case_dir)["problems"]
     assert len(problems) == 1 and problems[0].startswith(f"{pcap.resolve()}: evidence changed since it was analysed")
+    assert "sha256" in problems[0]
+    with open(pcap, "ab") as fh:
+        fh.write(b"\0")  # grown: the size says so
+    problems = verify_case(case_dir)["problems"]
+    assert problems == [
+        f"{pcap.resolve()}: evidence changed since it was analysed (size {len(data)} -> {len(data) + 1})"
+    ]
     assert verify_case(case_dir, quick=True)["problems"] == []  # --quick does not re-hash
     pcap.unlink()
     assert verify_case(case_dir)["problems"] == [f"{pcap.resolve()}: evidence file not found here; not re-hashed"]
@@ -177,3 +185,19 @@ def test_demo_never_replaces_a_users_case(analysed, tmp_path):
     init_case(tmp_path / "fresh")
     with pytest.raises(CaseError):
         prepare_demo_case(tmp_path / "fresh", check_only=True)
+
+
+def test_verify_does_not_read_a_crafted_huge_evidence_entry(analysed, tmp_path):
+    """A case.json (a copy received from someone else) naming a host file of another size: reported
+    from its size, never read (hashing this 64 GiB sparse file would take minutes)."""
+    case_dir, _ = analysed
+    huge = tmp_path / "elsewhere.img"
+    with open(huge, "wb") as fh:
+        fh.truncate(64 << 30)
+    manifest = load_manifest(case_dir)
+    manifest["evidence"][str(huge)] = {"sha256": "0" * 64, "size": 4096}
+    (case_dir / "case.json").write_text(json.dumps(manifest))
+    started = time.monotonic()
+    problems = verify_case(case_dir)["problems"]
+    assert time.monotonic() - started < 20
+    assert f"{huge}: evidence changed since it was analysed (size 4096 -> {64 << 30})" in problems
