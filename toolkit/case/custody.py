@@ -30,9 +30,11 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from toolkit.case.store import manifest_path, read_custody_head, set_custody_head
+from toolkit.errors import CaseError
 
 LOG_NAME = "custody.jsonl"
 TORN_PREFIX = LOG_NAME + ".torn-"
@@ -101,6 +103,24 @@ def _quarantine(case_dir: Path, fh, keep: int, size: int) -> dict:
     fh.flush()
     os.fsync(fh.fileno())
     return {"quarantined": target.name, "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest()}
+
+
+def _open_log(case_dir: Path, *, create: bool = False, write: bool = True):
+    """The log opened (for update unless ``write`` is False), never through a symbolic link and only
+    as a regular file: a repair truncates what it opens, and a case copied from elsewhere could hold
+    a custody.jsonl linking to any file on this host, or a FIFO that blocks whoever reads it."""
+    flags = (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT if create else 0)
+    path = Path(case_dir) / LOG_NAME
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if path.is_symlink():
+            raise CaseError(f"{path}: is a symbolic link; a custody log is a file of the case") from None
+        raise CaseError(f"{path}: cannot open the custody log ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CaseError(f"{path}: is not a regular file; a custody log is a file of the case")
+    return os.fdopen(fd, "r+b" if write else "rb")
 
 
 def _write(fh, last: dict | None, action: str, path=None, sha256=None, size=None, detail=None) -> dict:
@@ -174,7 +194,7 @@ def append_events(case_dir: Path | str, events: list[dict]) -> list[dict]:
     """
     case_dir = Path(case_dir)
     records = []
-    with open(case_dir / LOG_NAME, "a+b") as fh:
+    with _open_log(case_dir, create=True) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             last, _ = _repair(case_dir, fh)
@@ -200,7 +220,7 @@ def repair_torn_tail(case_dir: Path | str) -> list[dict]:
     log = case_dir / LOG_NAME
     if not log.exists():
         return []
-    with open(log, "r+b") as fh:
+    with _open_log(case_dir) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             last, written = _repair(case_dir, fh)
@@ -220,7 +240,7 @@ def read_events(case_dir: Path | str) -> list[dict]:
     log = Path(case_dir) / LOG_NAME
     if not log.exists():
         return []
-    with open(log, "rb") as fh:
+    with _open_log(case_dir, write=False) as fh:
         _last, keep, _size = _tail(fh)
         fh.seek(0)
         body = fh.read(keep)
@@ -241,7 +261,7 @@ def verify_log(case_dir: Path | str) -> dict:
     if not log.exists():
         return {"problems": [f"{log}: no custody log"], "notes": [], "events": 0, "head": None}
     problems, notes = [], []
-    with open(log, "rb") as fh:
+    with _open_log(case_dir, write=False) as fh:
         _last, keep, size = _tail(fh)
         fh.seek(0)
         body = fh.read(keep)
@@ -318,5 +338,5 @@ def chain_head(case_dir: Path | str) -> dict | None:
     log = Path(case_dir) / LOG_NAME
     if not log.exists():
         return None
-    with open(log, "rb") as fh:
+    with _open_log(case_dir, write=False) as fh:
         return _head_of(_tail(fh)[0])

@@ -134,3 +134,40 @@ def test_repair_torn_tail_without_an_event(case):
     assert repair["action"] == custody.REPAIR and load_manifest(case)["custody"]["seq"] == repair["seq"]
     assert custody.repair_torn_tail(case) == []
     assert custody.verify(case) == []
+
+
+def test_a_custody_log_linking_out_of_the_case_is_never_written_through(tmp_path):
+    """A case copied from elsewhere whose custody.jsonl links to a host file: a repair would have
+    moved the file's bytes aside and truncated it. Every custody call refuses with one clear line."""
+    from toolkit.errors import CaseError
+
+    case_dir = tmp_path / "case"
+    init_case(case_dir)
+    host_file = tmp_path / "host-notes.txt"
+    host_file.write_bytes(b"an analyst's file, not JSON")
+    (case_dir / custody.LOG_NAME).symlink_to(host_file)
+    for call in (
+        lambda: custody.append_event(case_dir, action="analyze.start"),
+        lambda: custody.repair_torn_tail(case_dir),
+        lambda: custody.read_events(case_dir),
+        lambda: custody.verify_log(case_dir),
+        lambda: custody.chain_head(case_dir),
+    ):
+        with pytest.raises(CaseError, match="is a symbolic link"):
+            call()
+    assert host_file.read_bytes() == b"an analyst's file, not JSON"
+    assert not list(case_dir.glob(custody.TORN_PREFIX + "*"))
+
+
+def test_a_custody_log_that_is_a_fifo_does_not_block(tmp_path):
+    import os
+
+    from toolkit.errors import CaseError
+
+    case_dir = tmp_path / "case"
+    init_case(case_dir)
+    os.mkfifo(case_dir / custody.LOG_NAME)
+    with pytest.raises(CaseError, match="not a regular file"):
+        custody.verify_log(case_dir)
+    with pytest.raises(CaseError, match="not a regular file"):
+        custody.append_event(case_dir, action="analyze.start")
