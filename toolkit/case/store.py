@@ -77,25 +77,28 @@ def same_file(a, b) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def refuse_output_over_case(case_dir: Path, out: Path) -> None:
+def refuse_output_over_case(case_dir: Path, out: Path, *, allowed: str = "reports") -> None:
     """CaseError when writing ``out`` would replace the case's evidence or the case's own records.
 
-    A report, export or query result goes outside the case or under its
-    ``reports/``: anywhere else inside the case it would overwrite case.json,
-    the custody log, a table or a derived file, and a path that is (a link to)
-    an evidence file the case recorded would replace the evidence.
+    A report or export goes outside the case or under its ``allowed``
+    subdirectory (``reports/``; ``derived/`` for a converted memory image):
+    anywhere else inside the case it would overwrite case.json, the custody
+    log or a table, and a path that is (a link to) an evidence file the case
+    recorded would replace the evidence.
 
     Example: ``refuse_output_over_case(Path("case"), Path("case/case.json"))`` raises CaseError.
     """
     case_dir, out = Path(case_dir), Path(out)
     for evidence in load_manifest(case_dir).get("evidence") or {}:
         if same_file(out, evidence):
-            raise CaseError(f"{out}: is the case's evidence ({evidence}), or a link to it; refusing to overwrite it")
+            raise CaseError(
+                f"{out}: is the case's evidence ({evidence}), or a link to it; refusing to overwrite evidence"
+            )
     real_case, real_out = Path(os.path.realpath(case_dir)), Path(os.path.realpath(out))
-    if real_out.is_relative_to(real_case) and not real_out.is_relative_to(real_case / "reports"):
+    if real_out.is_relative_to(real_case) and not real_out.is_relative_to(real_case / allowed):
         raise CaseError(
             f"{out}: is inside the case, where it would replace the case's own records; "
-            f"write it outside the case or under {case_dir / 'reports'}"
+            f"write it outside the case or under {case_dir / allowed}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -69,48 +70,57 @@ def convert(
     from toolkit.memory.convert import to_elf
     from toolkit.references import evidence_roots, reference_policy
 
-    derived, protect = None, ()
-    if case is not None:
-        from toolkit.case import init_case
+    with contextlib.ExitStack() as held:
+        derived, protect = None, ()
+        if case is not None:
+            from toolkit.case import init_case
+            from toolkit.case.lock import case_lock
+            from toolkit.case.store import refuse_output_over_case
 
-        manifest = init_case(case)  # a new or empty directory becomes a case; anything else is refused
-        derived = case / "derived"
-        protect = tuple(manifest.get("evidence") or ())  # the case's evidence is never a destination
-    try:
-        references = reference_policy(
-            roots=evidence_roots([src]), search_paths=search_path, follow_recorded=follow_recorded_paths
-        )
-        img = open_image(src, snapshot=snapshot, derived_dir=derived, references=references)
-    except MemoryFormatError as exc:
-        fail(str(exc))
-    with img, progress_bar() as progress:
+            manifest = init_case(case)  # a new or empty directory becomes a case; anything else is refused
+            held.enter_context(case_lock(case))  # no run changes the case while this adds to it
+            refuse_output_over_case(case, dst, allowed="derived")  # never over case.json, custody or a table
+            derived = case / "derived"
+            protect = tuple(manifest.get("evidence") or ())  # the case's evidence is never a destination
         try:
-            result = to_elf(
-                src, dst, image=img, protect=protect, progress=lambda done, total: progress("converting", done, total)
+            references = reference_policy(
+                roots=evidence_roots([src]), search_paths=search_path, follow_recorded=follow_recorded_paths
             )
+            img = open_image(src, snapshot=snapshot, derived_dir=derived, references=references)
         except MemoryFormatError as exc:
             fail(str(exc))
-    if case is not None:
-        # Custody before any output: nothing printed can stop the line that records the conversion.
-        from toolkit.case.custody import append_event
-        from toolkit.case.derived import record_derived
+        with img, progress_bar() as progress:
+            try:
+                result = to_elf(
+                    src,
+                    dst,
+                    image=img,
+                    protect=protect,
+                    progress=lambda done, total: progress("converting", done, total),
+                )
+            except MemoryFormatError as exc:
+                fail(str(exc))
+        if case is not None:
+            # Custody before any output: nothing printed can stop the line that records the conversion.
+            from toolkit.case.custody import append_event
+            from toolkit.case.derived import record_derived
 
-        record_derived(case, reason="memory convert")  # decompressed stream spills and indexes
-        append_event(
-            case,
-            action="memory.convert",
-            path=str(src),
-            sha256=result["src_sha256"],
-            detail={
-                "output": str(dst),
-                "output_sha256": result["dst_sha256"],
-                "format": result["format"],
-                "snapshot": snapshot,
-                "runs": result["runs"],
-                "bytes": result["bytes"],
-                "diagnostics": len(result["diagnostics"]),
-            },
-        )
+            record_derived(case, reason="memory convert")  # decompressed stream spills and indexes
+            append_event(
+                case,
+                action="memory.convert",
+                path=str(src),
+                sha256=result["src_sha256"],
+                detail={
+                    "output": str(dst),
+                    "output_sha256": result["dst_sha256"],
+                    "format": result["format"],
+                    "snapshot": snapshot,
+                    "runs": result["runs"],
+                    "bytes": result["bytes"],
+                    "diagnostics": len(result["diagnostics"]),
+                },
+            )
     for d in result["diagnostics"]:
         console.print(
             f"[yellow]{rich_safe(d.get('severity'))}[/]: {rich_safe(d.get('what'))} ({rich_safe(d.get('where'))}): "

@@ -166,3 +166,32 @@ def test_convert_with_hostile_diagnostics_logs_custody_then_prints_escaped(tmp_p
     events = custody.read_events(case)
     assert events[-1]["action"] == "memory.convert" and events[-1]["detail"]["output_sha256"]
     assert custody.verify(case) == []
+
+
+def test_convert_into_a_case_never_replaces_its_records_and_waits_for_no_run(tmp_path, stream):
+    """--case with a destination inside the case but outside derived/ (case.json, the custody log, a
+    table) is refused before a byte is written; under derived/ the core is logged with its sha256;
+    while another run holds the case the conversion stops with one line."""
+    from toolkit.case import custody, init_case
+    from toolkit.case.lock import case_lock
+    from toolkit.hashing import sha256_file
+
+    src = tmp_path / "vm.save"
+    src.write_bytes(W.libvirt_save(stream[0], "zstd"))
+    case = tmp_path / "case"
+    init_case(case)
+    custody.append_event(case, action="analyze.start")
+    before = {p: p.read_bytes() for p in (case / "case.json", case / "custody.jsonl")}
+    for dst in (case / "case.json", case / "custody.jsonl", case / "tables" / "x.parquet"):
+        result = _convert(src, dst, "--case", case)
+        assert result.returncode == 2 and "is inside the case" in result.stderr, result.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    with case_lock(case):
+        result = _convert(src, case / "derived" / "vm.elf", "--case", case)
+    assert result.returncode == 2 and "another snapscope run is using this case" in result.stderr
+    assert not (case / "derived" / "vm.elf").exists()
+    result = _convert(src, case / "derived" / "vm.elf", "--case", case)
+    assert result.returncode == 0, result.stderr
+    logged = {e["path"]: e["sha256"] for e in custody.read_events(case) if e["action"] == "derived.write"}
+    assert logged["derived/vm.elf"] == sha256_file(case / "derived" / "vm.elf")
+    assert custody.verify(case) == []
