@@ -256,7 +256,13 @@ def audit(
                 source="audit",
             )
             write_table(case_dir, "audit/changes", "fleet", changes)
-    return {"case": str(case_dir), "fleet": fleet, "changes": changes, "stacking": stacking}
+    return {
+        "case": str(case_dir),
+        "fleet": fleet,
+        "changes": changes,
+        "stacking": stacking,
+        "custody_repairs": result["custody_repairs"],
+    }
 
 
 def audit_live(

@@ -53,6 +53,14 @@ class MemoryFormatError(SnapscopeError, ValueError):
         super().__init__(f"{self.path}: {where}: {self.message}")
 
 
+class QueryError(SnapscopeError):
+    """A SQL query over a case that snapscope refuses to run (it would write or reach outside the case)."""
+
+
+class SealError(SnapscopeError):
+    """A signing key or a case seal that cannot be used (missing, wrong type, unreadable)."""
+
+
 class DiskError(SnapscopeError):
     """A disk image cannot be opened or read; the message is one line for the analyst."""
 

@@ -30,6 +30,7 @@ import pandas as pd
 from toolkit import shipped
 from toolkit.case import custody
 from toolkit.case.adopt import adopt_acquisitions, check_hashes, read_acquisitions, refuse_unfinished_inputs
+from toolkit.case.derived import record_derived
 from toolkit.case.hashes import hash_evidence, load_hash_cache, stat_key
 from toolkit.case.lock import case_lock
 from toolkit.case.store import (
@@ -44,6 +45,7 @@ from toolkit.case.store import (
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import engine_names, no_progress
+from toolkit.engines.yara.rules import include_digest
 from toolkit.errors import CaseError, RuleError
 from toolkit.evidence import discover
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
@@ -95,6 +97,7 @@ def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict, 
         "profile": profile,
         "rules": shipped.content_digest(),
         "user_rules": _file_digest(user_rules),
+        "user_rule_includes": include_digest(user_rules),  # files `include` pulls in from outside the rule dirs
         "symbols": _file_digest(options.symbols),
         "tools": tool_versions(),
         "engines": engine_names(),
@@ -177,6 +180,8 @@ def run_snapshots(
     _open_case(case_dir)
     with case_lock(case_dir):
         manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
+        # A run that crashed mid-line must not break this one: its torn bytes are set aside and logged.
+        repairs = [_repair_note(event) for event in custody.repair_torn_tail(case_dir)]
         adopt_acquisitions(case_dir, manifest, acquisitions)
         custody.append_event(
             case_dir,
@@ -238,9 +243,11 @@ def run_snapshots(
                 "profile": profile["profile"]["name"],
                 "inputs": [str(p) for p in inputs],
                 "evidence_unchanged": not changed,
+                "custody_repairs": repairs,
             }
         )
         save_manifest(case_dir, manifest)
+        record_derived(case_dir, reason=f"{kind} end")
         custody.append_event(case_dir, action=f"{kind}.end", detail={"evidence_unchanged": not changed})
     if changed:
         raise CaseError(f"evidence changed during the {kind}: {', '.join(changed)}")
@@ -252,7 +259,20 @@ def run_snapshots(
         "failures": failures,
         "entries": entries,
         "evidence_unchanged": True,
+        "custody_repairs": repairs,
     }
+
+
+def _repair_note(event: dict) -> str:
+    """One line for the analyst about a custody repair or gap the run found (see toolkit.case.custody)."""
+    detail = event.get("detail") or {}
+    if event["action"] == custody.REPAIR:
+        return f"custody: a torn last line ({detail.get('bytes')} bytes) was moved to {detail.get('quarantined')}"
+    head = detail.get("recorded_head") or {}
+    return (
+        f"custody: lines are missing from the log (case.json's head was line {head.get('seq')}, "
+        f"the log ended at line {detail.get('log_ended_at')}); logged as line {event['seq']}"
+    )
 
 
 def _finished(run: dict, snap: dict, entry: dict) -> None:
@@ -262,6 +282,7 @@ def _finished(run: dict, snap: dict, entry: dict) -> None:
     # Readable in part: say what could not be analysed, keep what could.
     run["statuses"][snap["id"]] = "partial" if entry.get("errors") else "analysed"
     save_manifest(run["case_dir"], run["manifest"])
+    record_derived(run["case_dir"], reason=f"snapshot {snap['id']}")  # its converted image, streams, ISF copy
     custody.append_event(run["case_dir"], action="snapshot.done", detail={"snapshot": snap["id"]})
 
 
@@ -324,6 +345,7 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
         "case": result["case"],
         "evidence_unchanged": result["evidence_unchanged"],
         "vms": manifest.get("vms", {}),
+        "custody_repairs": result["custody_repairs"],
         "snapshots": [
             {
                 "id": s["id"],

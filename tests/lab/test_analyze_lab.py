@@ -4,11 +4,13 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.helpers.lab_story import implant_story
-from toolkit.case import Case
+from toolkit.case import Case, custody
+from toolkit.case.derived import derived_files
 from toolkit.hashing import sha256_file
 
 pytestmark = pytest.mark.lab
@@ -31,6 +33,24 @@ def test_evidence_unchanged_and_logged(lab_case):
     assert {path: entry["sha256"] for path, entry in manifest["evidence"].items()} == {p: ours[p] for p in analysed}
     assert manifest["runs"][-1]["evidence_unchanged"] is True
     assert manifest["tools"]["volatility3"]
+
+
+def test_isf_and_every_derived_file_are_in_custody(lab_case):
+    case_dir, before = lab_case
+    events = custody.read_events(case_dir)
+    isfs = {e["detail"]["snapshot"]: e for e in events if e["action"] == "symbols.isf"}
+    assert len(isfs) == len(Case.open(case_dir).snapshots)  # the ELF's snapshot and the savevm one in the disk
+    for isf in isfs.values():
+        copy = Path(isf["detail"]["case_copy"])
+        assert copy.is_relative_to(case_dir / "derived" / "isf") and sha256_file(copy) == isf["sha256"]
+        assert isf["detail"]["origin"] in ("built", "cache")
+    elf = next(p for p in before if p.name == "memory.elf")
+    # keyed by the image it was built from: the ELF's own sha256 for the ELF's snapshot
+    assert before[elf] in {isf["detail"]["built_from_image_sha256"] for isf in isfs.values()}
+    logged = {e["path"]: e["sha256"] for e in events if e["action"] == "derived.write"}
+    present = derived_files(case_dir)
+    assert any(rel.startswith("derived/isf/") for rel in present)
+    assert logged == {rel: sha256_file(path) for rel, path in present.items()}
 
 
 def test_case_layout_and_notebook_api(lab_case):

@@ -28,7 +28,7 @@ def print_acquisition(summary: dict, out: Path) -> None:
             rich_safe(dom.get("mode")),
             rich_safe(dom.get("memory_format")),
             str(len(dom.get("files") or [])),
-            after if dom.get("status") != "not started" else "",
+            rich_safe(after) if dom.get("status") != "not started" else "",
         )
     console.print(table)
     for name, dom in summary["domains"].items():

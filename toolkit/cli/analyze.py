@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, print_custody_repairs, progress_bar
 from toolkit.report.escape import rich_safe
 
 RULES_HELP = "YARA rule file or directory, added to the profile's rules (repeatable)."
@@ -23,6 +22,7 @@ BASIS = {
 
 def _print_snapshots(summary: dict) -> None:
     """Per VM: each snapshot and what became of it (analysed, reused, or the same moment as another)."""
+    print_custody_repairs(summary)
     by_id = {s["id"]: s for s in summary["snapshots"]}
     console.print(f"case: [bold]{rich_safe(summary['case'])}[/]")
     for vm_id, vm in sorted(summary.get("vms", {}).items()):
@@ -107,7 +107,9 @@ def analyze(
 
 def demo(
     case: Path = typer.Option(
-        Path("snapscope-demo-case"), "--case", help="Where to write the demo case (replaced if it is a case)."
+        Path("snapscope-demo-case"),
+        "--case",
+        help="Where to write the demo case (replaced only if it is a demo case made by snapscope).",
     ),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the lab guest even if a cached build exists."),
 ):
@@ -119,16 +121,16 @@ def demo(
 
     Example: snapscope demo --case /tmp/demo-case
     """
-    from toolkit.case import Case, atomic_write_bytes, is_case
-    from toolkit.lab import build_lab, demo_evidence
+    from toolkit.case import Case, atomic_write_bytes
+    from toolkit.lab import build_lab, demo_evidence, prepare_demo_case
     from toolkit.pipeline import analyze as run_analysis
     from toolkit.report.html import render_html
 
+    prepare_demo_case(case, check_only=True)  # refuse a user's case before minutes of lab build
     with progress_bar() as progress:
         lab_dir = build_lab(progress=progress, force=rebuild)
     console.print(f"lab snapshot: {rich_safe(lab_dir)}")
-    if is_case(case):
-        shutil.rmtree(case)
+    prepare_demo_case(case)
     with progress_bar() as progress:
         summary = run_analysis(demo_evidence(lab_dir), case, progress=progress)
     _print_snapshots(summary)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from toolkit.cli.acquire import print_acquisition
-from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, fail, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, fail, print_custody_repairs, progress_bar
 from toolkit.report.escape import rich_safe
 from toolkit.schemas import SEVERITIES
 
@@ -84,6 +84,7 @@ def audit(
         fail("interrupted: domains resumed and restored; any partial acquisition is marked incomplete", 130)
     if live:
         print_acquisition(summary["acquisition"], out)
+    print_custody_repairs(summary)
     columns = ("vm", "status", *SEVERITIES[:-1], "reason")  # info counts stay in the table, not on screen
     table = Table(title="fleet")
     for col in columns:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from toolkit.cli.common import console, fail
+from toolkit.report.escape import rich_safe
 
 REPORT_FORMATS = ("html", "json", "csv", "parquet", "timesketch", "stix", "misp")
 PASSWORD_ENV = "TIMESKETCH_PASSWORD"
@@ -80,6 +81,7 @@ def report(
     import os
 
     from toolkit.case import Case, atomic_write_bytes
+    from toolkit.case.store import refuse_output_over_case
     from toolkit.report.tabular import write_frame
 
     if fmt not in REPORT_FORMATS:
@@ -89,6 +91,7 @@ def report(
     if timesketch_url and not (timesketch_user and os.environ.get(PASSWORD_ENV)):
         fail(f"--timesketch-url needs --timesketch-user and the password in ${PASSWORD_ENV}")
     case = Case.open(case_dir)
+    refuse_output_over_case(case.path, out)  # a report never replaces evidence or the case's records
     if fmt == "html":
         from toolkit.report.html import render_html
 
@@ -103,7 +106,7 @@ def report(
             sent = upload_timeline(
                 lines, timesketch_url, timesketch_user, os.environ[PASSWORD_ENV], timeline_name=name, sketch_id=sketch
             )
-            console.print(f"uploaded {sent['events']} events to sketch {sent['sketch_id']} as {name!r}")
+            console.print(f"uploaded {sent['events']} events to sketch {sent['sketch_id']} as {rich_safe(repr(name))}")
     elif fmt == "stix":
         from toolkit.report.stix import stix_bundle_json
 
@@ -114,7 +117,7 @@ def report(
         atomic_write_bytes(out, misp_event_json(case).encode())
     else:
         write_frame(_vm_findings(case), out, fmt)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {rich_safe(out)}")
 
 
 def correlate(case_dir: Path = typer.Argument(..., help="The case directory.")):
@@ -127,5 +130,5 @@ def correlate(case_dir: Path = typer.Argument(..., help="The case directory.")):
     from toolkit.pipeline import recorrelate
 
     for sid, n in recorrelate(case_dir).items():
-        console.print(f"{sid}: {n} findings")
-    console.print(f"findings once per VM: snapscope findings {case_dir}")
+        console.print(f"{rich_safe(sid)}: {n} findings")
+    console.print(f"findings once per VM: snapscope findings {rich_safe(case_dir)}")

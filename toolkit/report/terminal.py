@@ -69,10 +69,10 @@ def render_findings(console: Console, findings, *, chains: bool = True, min_rank
     for row in ordered.itertuples(index=False):
         if row.severity_rank < min_rank:
             continue
-        style = SEVERITY_STYLE.get(row.severity, "")
+        style = SEVERITY_STYLE.get(row.severity, "none")  # a severity from a crafted case is text, not a style
         seen = json.loads(row.seen_in or "[]")
         head = (
-            f"[{style}]{row.severity.upper()}[/] [bold]{rich_safe(row.title)}[/] "
+            f"[{style}]{rich_safe(str(row.severity).upper())}[/] [bold]{rich_safe(row.title)}[/] "
             f"({rich_safe(row.rule_id)}{', ' + rich_safe(row.attack_id) if isinstance(row.attack_id, str) else ''}) "
             f"[dim]VM {rich_safe(row.vm)}[/]"
         )
