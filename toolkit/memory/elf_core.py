@@ -15,7 +15,8 @@ from __future__ import annotations
 import struct
 
 from toolkit.errors import MemoryFormatError
-from toolkit.memory.image import FileSource, MemoryImage
+from toolkit.limits import env_name, human, limit
+from toolkit.memory.image import FileSource, MemoryImage, merge_runs
 from toolkit.schemas import diagnostic
 
 PT_LOAD, PT_NOTE = 1, 4
@@ -77,9 +78,20 @@ def read_headers(src, path):
 
 
 def parse_notes(data, path="", base=0):
-    """Split ELF note bytes into dicts {name, type, desc, offset}."""
+    """Split ELF note bytes into dicts {name, type, desc, offset}.
+
+    At most ``limits.limit("max_elf_notes")`` notes (QEMU writes two per vCPU).
+
+    >>> [n["name"] for n in parse_notes(b"\\x05\\0\\0\\0\\0\\0\\0\\0\\x01\\0\\0\\0CORE\\0\\0\\0\\0")]
+    ['CORE']
+    """
     notes, pos = [], 0
+    cap = limit("max_elf_notes")
     while pos + 12 <= len(data):
+        if len(notes) >= cap:
+            raise MemoryFormatError(
+                path, base + pos, f"more than {cap} ELF notes (raise {env_name('max_elf_notes')} if this is real)"
+            )
         namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
         name_at = pos + 12
         desc_at = name_at + ((namesz + 3) & ~3)
@@ -106,14 +118,32 @@ def note_facts(notes):
     return facts
 
 
+def note_ranges(src, hdr):
+    """(file offset, length) of the note bytes, each byte of the file once, and
+    whether PT_NOTE headers overlapped (many headers over the same bytes
+    would otherwise multiply the notes: 1 MiB of core, a gigabyte of notes)."""
+    ranges = []
+    for ph in hdr["phdrs"]:
+        if ph["type"] == PT_NOTE and ph["offset"] < src.size:
+            ranges.append((ph["offset"], min(ph["filesz"], src.size - ph["offset"])))
+    merged = merge_runs(ranges)
+    return merged, sum(n for _, n in ranges if n > 0) > sum(n for _, n in merged)
+
+
 def _scan(path):
     src = FileSource(path)
     try:
         hdr = read_headers(src, path)
-        notes_raw = b""
-        for ph in hdr["phdrs"]:
-            if ph["type"] == PT_NOTE and ph["filesz"] < 64 << 20:
-                notes_raw += src.pread(ph["offset"], ph["filesz"])
+        ranges, hdr["notes_overlap"] = note_ranges(src, hdr)
+        total, cap = sum(n for _, n in ranges), limit("max_note_bytes")
+        if total > cap:
+            raise MemoryFormatError(
+                path,
+                ranges[0][0],
+                f"PT_NOTE segments hold {human(total)} of notes, above {human(cap)} "
+                f"(raise {env_name('max_note_bytes')} if this is real)",
+            )
+        notes_raw = b"".join(src.pread(off, n) for off, n in ranges)
         return src, hdr, notes_raw
     except BaseException:
         src.close()
@@ -151,6 +181,15 @@ def open(path, **_opts):
     src, hdr, notes_raw = _scan(path)
     try:
         segs, diags = [], []
+        if hdr["notes_overlap"]:
+            diags.append(
+                diagnostic(
+                    "warning",
+                    "overlapping PT_NOTE segments",
+                    f"{path}@{hdr['phoff']:#x}",
+                    "several program headers cover the same note bytes; each byte was read once",
+                )
+            )
         for ph in hdr["phdrs"]:
             if ph["type"] != PT_LOAD or ph["memsz"] == 0:
                 continue

@@ -24,23 +24,21 @@ import bisect
 import datetime as dt
 import heapq
 import struct
-import zlib
 
-import cramjam
 import numpy as np
 
 from toolkit.errors import MemoryFormatError
-from toolkit.memory import lzo1x
+from toolkit.limits import env_name, human, limit
 from toolkit.memory.elf_core import note_facts, parse_notes
 from toolkit.memory.image import FileSource, MemoryImage
-from toolkit.memory.pages import KIND_DESC, KIND_FILL, KIND_SRC, PageMap, enc
+from toolkit.memory.inflate import inflate
+from toolkit.memory.pages import KIND_DESC, KIND_FILL, KIND_SRC, IndexBudget, PageMap, enc
 from toolkit.schemas import diagnostic
 
 FLAT_MAGIC = b"makedumpfile"
 FLAT_HEADER_SIZE = 4096
 ZLIB, LZO, SNAPPY = 0x1, 0x2, 0x4
 DESC = np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("pflags", "<u8")])
-MAX_PAGES = 1 << 34  # 64 TiB of 4 KiB pages: refuses absurd max_mapnr before allocating
 
 
 def detect(head):
@@ -99,6 +97,21 @@ class FlatFile:
                 break
             pos += 16 + size
         return _paint(records)
+
+    def covered(self, offset, length):
+        """(offset, length) pieces of [offset, offset+length) that some record wrote."""
+        end, out = offset + length, []
+        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        while i < len(self._pieces) and self._pieces[i][0] < end:
+            vstart, n, _ = self._pieces[i]
+            lo, hi = max(offset, vstart), min(end, vstart + n)
+            if lo < hi:
+                if out and out[-1][0] + out[-1][1] == lo:
+                    out[-1] = (out[-1][0], out[-1][1] + hi - lo)
+                else:
+                    out.append((lo, hi - lo))
+            i += 1
+        return out
 
     def pread(self, offset, length):
         out = bytearray(length)
@@ -178,8 +191,15 @@ def _header(f, path):
     half = bitmap_blocks * block_size // 2
     if bitmap_at + 2 * half > f.size:
         raise MemoryFormatError(path, 436, f"bitmap_blocks {bitmap_blocks} run past the end of the dump")
-    if max_mapnr > half * 8 or max_mapnr > MAX_PAGES:
+    if max_mapnr > half * 8:
         raise MemoryFormatError(path, 440, f"max_mapnr {max_mapnr} exceeds the bitmap ({half * 8} bits)")
+    if max_mapnr * block_size > limit("max_guest_ram"):
+        raise MemoryFormatError(
+            path,
+            440,
+            f"max_mapnr {max_mapnr} declares {human(max_mapnr * block_size)} of RAM, above "
+            f"{human(limit('max_guest_ram'))} (raise {env_name('max_guest_ram')} if this is real)",
+        )
     return {
         "version": version,
         "utsname": dict(zip(("sysname", "nodename", "release", "version", "machine", "domainname"), uts)),
@@ -198,9 +218,9 @@ def _header(f, path):
     }
 
 
-def _read_extra(f, at, limit=16 << 20):
+def _read_extra(f, at, most=16 << 20):
     off, n = at
-    return f.pread(off, n) if off and 0 < n <= limit else b""
+    return f.pread(off, n) if off and 0 < n <= most else b""
 
 
 # disk_dump_header.status bits (makedumpfile diskdump_mod.h)
@@ -238,24 +258,37 @@ def probe(path):
         f.close()
 
 
-def _decompressor(flags, bs):
-    if flags & ZLIB:
-        return zlib.decompress
-    if flags & LZO:
-        return lambda d: lzo1x.decompress(d, bs)
-    if flags & SNAPPY:
-        return lambda d: bytes(cramjam.snappy.decompress_raw(d))
+def _codec(flags):
+    for bit, name in ((ZLIB, "zlib"), (LZO, "lzo"), (SNAPPY, "snappy")):
+        if flags & bit:
+            return name
     return None
+
+
+def _present(f, offset, length):
+    """(offset, length) pieces of [offset, offset+length) that the file holds:
+    a flattened file's records may leave most of the raw layout empty."""
+    if isinstance(f, FlatFile):
+        return f.covered(offset, length)
+    return [(offset, min(length, f.size - offset))] if offset < f.size and length > 0 else []
+
+
+def _bitmap_pieces(f, h, chunk_bytes=1 << 17):
+    """(first pfn, bitmap bytes) over the second bitmap, only where the file has
+    bytes (absent bitmap bytes are zero: no page), ``chunk_bytes`` at a time."""
+    start, nbytes = h["bitmap2_at"], (h["max_mapnr"] + 7) // 8
+    for off, n in _present(f, start, nbytes):
+        for at in range(off, off + n, chunk_bytes):
+            yield (at - start) * 8, f.pread(at, min(chunk_bytes, off + n - at))
 
 
 def _build_index(f, h, path, diags):
     bs, nmap = h["block_size"], h["max_mapnr"]
-    pm = PageMap(nmap, bs)
+    real_size = f.src.size if isinstance(f, FlatFile) else f.size
+    pm = PageMap(nmap, bs, budget=IndexBudget(path, lambda: real_size))
     rank, zero_offs, seen_flags = 0, {}, set()
-    chunk_bits = 1 << 20
-    for first in range(0, nmap, chunk_bits):
-        nbits = min(chunk_bits, nmap - first)
-        raw = f.pread(h["bitmap2_at"] + first // 8, (nbits + 7) // 8)
+    for first, raw in _bitmap_pieces(f, h):
+        nbits = min(len(raw) * 8, nmap - first)
         bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:nbits]
         pfns = np.flatnonzero(bits).astype(np.int64) + first
         if not len(pfns):
@@ -295,9 +328,9 @@ def _build_index(f, h, path, diags):
             )
         ranks = np.arange(rank, rank + len(pfns), dtype=np.int64)
         plain = ~bad & (d["flags"] == 0) & (d["size"] == bs)
-        pm.loc[pfns[plain]] = enc(KIND_SRC, 0) | d["offset"][plain]
         packed = ~bad & ~plain
-        pm.loc[pfns[packed]] = (np.int64(KIND_DESC) << 56) | ranks[packed]
+        at = h["desc_at"] + rank * 24
+        pm.set(pfns[~bad], np.where(plain, enc(KIND_SRC, 0) | d["offset"], enc(KIND_DESC, 0) | ranks)[~bad], at)
         seen_flags.update(int(x) for x in np.unique(d["flags"][packed]))
         # The shared zero page: a data offset used by more than one descriptor.
         offs, counts = np.unique(d["offset"][~bad], return_counts=True)
@@ -305,31 +338,35 @@ def _build_index(f, h, path, diags):
             off = int(off)
             if off not in zero_offs:
                 j = int(np.flatnonzero(d["offset"] == off)[0])
-                zero_offs[off] = _page(f, int(d["offset"][j]), int(d["size"][j]), int(d["flags"][j]), bs) == bytes(bs)
+                try:
+                    zero_offs[off] = _page(f, off, int(d["size"][j]), int(d["flags"][j]), bs) == bytes(bs)
+                except ValueError:  # a corrupt shared page: read (and reported) page by page
+                    zero_offs[off] = False
             if zero_offs[off]:
-                pm.loc[pfns[~bad & (d["offset"] == off)]] = enc(KIND_FILL, 0)
+                pm.set(pfns[~bad & (d["offset"] == off)], enc(KIND_FILL, 0), at)
         rank += len(pfns)
     names = [n for bit, n in ((ZLIB, "zlib"), (LZO, "lzo"), (SNAPPY, "snappy")) if any(fl & bit for fl in seen_flags)]
     return pm, names
 
 
-def _pfn_ranges(pfns, bs, limit=64):
+def _pfn_ranges(pfns, bs, most=64):
     out = []
     for p in (int(x) for x in pfns):
         if out and out[-1][0] + out[-1][1] == p * bs:
             out[-1] = (out[-1][0], out[-1][1] + bs)
-        elif len(out) < limit:
+        elif len(out) < most:
             out.append((p * bs, bs))
     return out
 
 
 def _page(f, offset, size, flags, bs):
     data = f.pread(offset, size)
-    fn = _decompressor(flags, bs)
-    out = fn(data) if fn else data
-    if len(out) != bs:
-        raise ValueError(f"page decodes to {len(out)} bytes, not {bs}")
-    return bytes(out)
+    codec = _codec(flags)
+    if codec is not None:
+        return inflate(codec, data, bs)  # a page inflates to one block, never more
+    if len(data) != bs:
+        raise ValueError(f"page holds {len(data)} bytes, not {bs}")
+    return data
 
 
 def open(path, **_opts):

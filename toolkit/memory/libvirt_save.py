@@ -18,8 +18,8 @@ import struct
 
 from toolkit.errors import MemoryFormatError
 from toolkit.memory import migration, migration_image, streams
+from toolkit.memory.cursor import Cursor
 from toolkit.memory.image import FileSource
-from toolkit.memory.pages import Cursor
 from toolkit.schemas import diagnostic
 
 MAGIC, PART_MAGIC = b"LibvirtQemudSave", b"LibvirtQemudPart"

@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import re
 import struct
-import zlib
 
 import numpy as np
 
 from toolkit.errors import MemoryFormatError
-from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SPILL, KIND_SRC, PageMap, enc
+from toolkit.limits import env_name, human, limit
+from toolkit.memory.inflate import inflate
+from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SPILL, KIND_SRC, IndexBudget, PageMap, enc
 from toolkit.schemas import diagnostic
 
 MAGIC = b"QEVM"
@@ -44,7 +45,6 @@ F_FULL, F_ZERO, F_MEM_SIZE, F_PAGE, F_EOS, F_CONTINUE = 0x01, 0x02, 0x04, 0x08, 
 F_XBZRLE, F_HOOK, F_COMPRESS, F_MULTIFD_FLUSH = 0x40, 0x80, 0x100, 0x200
 _PAGE_KINDS = F_ZERO | F_PAGE | F_XBZRLE | F_COMPRESS
 _KNOWN = _PAGE_KINDS | F_MEM_SIZE | F_EOS | F_CONTINUE | F_MULTIFD_FLUSH
-MAX_BLOCK = 1 << 46  # 64 TiB: beyond any real block, keeps lying sizes from allocating
 
 
 def detect(head):
@@ -52,18 +52,72 @@ def detect(head):
 
 
 class Spill:
-    """Append-only page store backing pages that cannot be read in place."""
+    """Page store for pages that cannot be read in place (a decompressed
+    stream's pages, XBZRLE and COMPRESS results): one slot per page.
 
-    def __init__(self, fileobj):
+    A page sent again overwrites its own slot (``put(page, slot)``), so the
+    file never holds more than one copy of each page of the declared RAM:
+    a stream resending one page forever grows nothing. Writing past ``cap``
+    bytes, past ``limits.max_spill``, or leaving less than
+    ``limits.min_free_disk`` on the file's filesystem stops the index with a
+    MemoryFormatError naming the stream and offset (the case disk is not
+    filled to the last byte first).
+
+    >>> import tempfile; sp = Spill(tempfile.TemporaryFile())
+    >>> a = sp.put(b"x" * 4096); b = sp.put(b"y" * 4096, slot=a); (a, b, sp.size)
+    (0, 0, 4096)
+    """
+
+    FREE_CHECK_EVERY = 64 << 20  # bytes appended between two free-space checks
+
+    def __init__(self, fileobj, path="spill", cap=None):
         self.f = fileobj
         self.f.seek(0, 2)
+        self.size = self.f.tell()
+        self.path = str(path)
+        self.cap = min(cap, limit("max_spill")) if cap is not None else limit("max_spill")
+        self.min_free = limit("min_free_disk")
+        self._unchecked = self.FREE_CHECK_EVERY  # check before the first append
         self._dirty = False
 
-    def add(self, page):
-        off = self.f.tell()
+    def put(self, page, slot=None, at=None):
+        """Store ``page`` in ``slot`` (an offset put() returned before) or a new slot; returns the offset."""
+        if slot is not None:
+            if self._dirty:
+                self.f.flush()
+                self._dirty = False
+            os.pwrite(self.f.fileno(), page, slot)
+            return slot
+        if self.size + len(page) > self.cap:
+            raise MemoryFormatError(
+                self.path,
+                "spill" if at is None else at,
+                f"decompressed pages would exceed {human(self.cap)} (the RAM the stream declares, or "
+                f"{env_name('max_spill')})",
+            )
+        self._unchecked += len(page)
+        if self._unchecked >= self.FREE_CHECK_EVERY:
+            self._check_free(at)
+        off = self.size
         self.f.write(page)
+        self.size += len(page)
         self._dirty = True
         return off
+
+    def _check_free(self, at):
+        self._unchecked = 0
+        try:
+            st = os.fstatvfs(self.f.fileno())
+        except OSError:  # not a filesystem that says (a pipe, some FUSE): the cap still holds
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < self.min_free + self.FREE_CHECK_EVERY:
+            raise MemoryFormatError(
+                self.path,
+                "spill" if at is None else at,
+                f"only {human(free)} left where decompressed pages are written; stopped before the disk "
+                f"fills (keeps {human(self.min_free)} free: {env_name('min_free_disk')})",
+            )
 
     def pread(self, offset, n):
         if self._dirty:
@@ -115,17 +169,25 @@ def _resync(cur, st, at, why):
 def _mem_size(cur, st, total):
     ps = st["page_size"]
     caps = st["capabilities"]
+    ceiling = limit("max_guest_ram")
+    if total > ceiling:
+        raise MemoryFormatError(
+            cur.path,
+            cur.tell() - 8,
+            f"stream declares {human(total)} of RAM, above {human(ceiling)} "
+            f"(raise {env_name('max_guest_ram')} if this is real)",
+        )
     while total > 0:
         at = cur.tell()
         name = cur.read(cur.u8()).decode("ascii", "replace")
         length = cur.be64()
-        if length > total or length > MAX_BLOCK:
+        if length > total:
             raise MemoryFormatError(
                 cur.path, at, f"RAM block {name!r} length {length:#x} exceeds the announced total {total:#x}"
             )
         if "x-ignore-shared" in caps:
             cur.be64()  # host region address: irrelevant offline
-        pm = PageMap((length + ps - 1) // ps, ps)
+        pm = PageMap((length + ps - 1) // ps, ps, budget=st.get("budget"))
         st["blocks"][name] = {"length": length, "map": pm}
         if st["mapped_ram"]:
             _mapped_ram_block(cur, st, name, length, pm)
@@ -144,14 +206,18 @@ def _mapped_ram_block(cur, st, name, length, pm):
     nbytes = (pm.npages + 63) // 64 * 8
     if bitmap_off + nbytes > src.size:
         raise MemoryFormatError(cur.path, at + 12, f"mapped-ram bitmap at {bitmap_off:#x} lies past the end")
-    bits = np.unpackbits(np.frombuffer(src.pread(bitmap_off, nbytes), np.uint8), bitorder="little")[: pm.npages].astype(
-        bool
-    )
-    idx = np.arange(pm.npages, dtype=np.int64)
-    pm.loc[:] = np.where(bits, enc(KIND_SRC, 0) | (pages_off + idx * page_size), enc(KIND_FILL, 0))
-    beyond = bits & (pages_off + (idx + 1) * page_size > src.size)
-    if beyond.any():
-        pm.loc[beyond] = 0  # absent
+    beyond = False
+    step = 1 << 20  # pages per piece: the index is built a bounded piece at a time
+    for first in range(0, pm.npages, step):
+        n = min(step, pm.npages - first)
+        raw = src.pread(bitmap_off + first // 8, (n + 7) // 8)
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:n].astype(bool)
+        offs = pages_off + np.arange(first, first + n, dtype=np.int64) * page_size
+        outside = bits & (offs + page_size > src.size)
+        beyond |= bool(outside.any())
+        # A clear bit is a zero page; a set bit whose page lies past the end is absent.
+        pm.put_range(first, np.where(bits, np.where(outside, 0, enc(KIND_SRC, 0) | offs), enc(KIND_FILL, 0)), at)
+    if beyond:
         st["diagnostics"].append(
             diagnostic(
                 "error",
@@ -169,17 +235,14 @@ def _ram_records(cur, st):
     ps = st["page_size"]
     mask = ps - 1
     blocks = st["blocks"]
-    spill = st["spill"]
     seekable = cur.seekable
-    zero = bytes(ps)
-    zero_loc = enc(KIND_FILL, 0)
     src_kind = enc(KIND_SRC, 0)
     # CONTINUE refers to the block of the previous page record, even one in
     # an earlier section (QEMU keeps last_sent_block across iterations).
     block = st.get("block")
     while True:
         if seekable and block is not None:
-            _fast_continue(cur, block["map"].loc, ps)
+            _fast_continue(cur, block["map"], ps)
         at = cur.tell()
         word = cur.be64()
         flags, addr = word & mask, word & ~mask
@@ -192,36 +255,33 @@ def _ram_records(cur, st):
             elif block is None:
                 raise MemoryFormatError(cur.path, at, "CONTINUE record before any RAM block")
             page = addr // ps
-            loc = block["map"].loc
-            if page >= len(loc):
+            pm = block["map"]
+            if page >= pm.npages:
                 raise MemoryFormatError(cur.path, at, f"page offset {addr:#x} beyond block length {block['length']:#x}")
             if flags & F_PAGE:
                 if seekable:
                     where = cur.tell()
                     cur.skip(ps)  # first: a page cut short must stay absent
-                    loc[page] = src_kind | where
+                    pm.set_one(page, src_kind | where, at)
                 else:
-                    data = cur.read(ps)
-                    loc[page] = zero_loc if data == zero else enc(KIND_SPILL, spill().add(data))
+                    pm.set_one(page, _store(st, pm, page, cur.read(ps), at), at)
             elif flags & F_ZERO:
-                loc[page] = enc(KIND_FILL, cur.u8())
+                pm.set_one(page, enc(KIND_FILL, cur.u8()), at)
             elif flags & F_COMPRESS:
                 n = cur.be32()
                 if n > 2 * ps:
                     raise MemoryFormatError(cur.path, at, f"compressed page length {n} is implausible")
                 try:
-                    data = zlib.decompressobj().decompress(cur.read(n), ps + 1)
-                except zlib.error as exc:
-                    raise MemoryFormatError(cur.path, at, f"compressed page unreadable: {exc}") from None
-                if len(data) != ps:
-                    raise MemoryFormatError(cur.path, at, f"compressed page inflates to {len(data)} bytes")
-                loc[page] = enc(KIND_SPILL, spill().add(data))
+                    data = inflate("zlib", cur.read(n), ps)
+                except ValueError as exc:
+                    raise MemoryFormatError(cur.path, at, f"compressed page: {exc}") from None
+                pm.set_one(page, _store(st, pm, page, data, at), at)
             else:  # XBZRLE: a delta against the page as it was before this record
                 hflag, n = cur.u8(), cur.be16()
                 if hflag != 1 or n > ps:
                     raise MemoryFormatError(cur.path, at, f"XBZRLE header flag {hflag} / length {n} invalid")
-                old = st["fetch_page"](block["map"], page)
-                loc[page] = enc(KIND_SPILL, spill().add(xbzrle_decode(cur.read(n), old, cur.path, at)))
+                old = st["fetch_page"](pm, page)
+                pm.set_one(page, _store(st, pm, page, xbzrle_decode(cur.read(n), old, cur.path, at), at), at)
             continue
         if flags & F_MEM_SIZE:
             if st["blocks"]:
@@ -236,7 +296,17 @@ def _ram_records(cur, st):
             raise MemoryFormatError(cur.path, at, f"unknown RAM record flags {flags:#x}")
 
 
-def _fast_continue(cur, loc, ps):
+def _store(st, pm, page, data, at):
+    """Index entry for a page whose bytes must be kept: a fill for a page of one
+    repeated byte, else the page's own spill slot (reused when it is sent again)."""
+    if data.count(data[0]) == len(data):
+        return enc(KIND_FILL, data[0])
+    old = pm.get(page)
+    slot = old & _VALUE_MASK if old >> _SHIFT == KIND_SPILL else None
+    return enc(KIND_SPILL, st["spill"]().put(data, slot, at))
+
+
+def _fast_continue(cur, pm, ps):
     """Index CONTINUE page/zero records straight out of the cursor's buffer: a big
     stream is almost only these, and the general loop costs ~3 us each (seconds
     per GiB). Anything else (block name, EOS, a page cut short, an offset past the
@@ -266,15 +336,12 @@ def _fast_continue(cur, loc, ps):
         if not pages:
             return
         idx = np.array(pages, dtype=np.int64)
-        if idx.max() >= len(loc):  # keep the records before the bad one, then stop
-            keep, pos = int(np.argmax(idx >= len(loc))), start
+        if idx.max() >= pm.npages:  # keep the records before the bad one, then stop
+            keep, pos = int(np.argmax(idx >= pm.npages)), start
             for _ in range(keep):
                 pos += rec if be64(buf, pos)[0] & mask == page_cont else 9
             vals, idx = vals[:keep], idx[:keep]
-        # A page sent twice must end as its last record: numpy does not promise
-        # which of repeated stores wins, so keep only each page's last one.
-        uniq, last_rev = np.unique(idx[::-1], return_index=True)
-        loc[uniq] = np.array(vals, dtype=np.int64)[len(idx) - 1 - last_rev]
+        pm.set(idx, np.array(vals, dtype=np.int64), at=base + start)  # a page sent twice: its last record wins
         cur._bpos = pos
         if pos <= last:
             return
@@ -321,7 +388,7 @@ def index_stream(cur, *, spill_factory=None, source=None):
     {name: {length, map}}, complete, diagnostics, stream_end.
     ``source`` (a pread-able object) is needed for mapped-ram and XBZRLE.
 
-    >>> import io; from toolkit.memory.pages import Cursor
+    >>> import io; from toolkit.memory.cursor import Cursor
     >>> index_stream(Cursor("x", stream=io.BytesIO(b"QEVM\\0\\0\\0\\3\\0")))
     Traceback (most recent call last):
     toolkit.memory.image.MemoryFormatError: x: at offset 0x8: stream ends before the RAM section completed
@@ -342,11 +409,19 @@ def index_stream(cur, *, spill_factory=None, source=None):
         if st["spill_obj"] is None:
             if spill_factory is None:
                 raise MemoryFormatError(cur.path, cur.tell(), "page needs a spill file but none was given")
-            st["spill_obj"] = spill_factory()
+            sp = spill_factory()
+            # One slot per page: never more than the RAM the stream declared.
+            sp.path = cur.path
+            sp.cap = min(sp.cap, sum(b["map"].npages * b["map"].page_size for b in st["blocks"].values()))
+            st["spill_obj"] = sp
         return st["spill_obj"]
 
     st["spill"] = spill
     st["fetch_page"] = lambda pm, page: _fetch_one(st, pm, page)
+    source_size = getattr(source, "size", None) or 0
+    # Index memory is paid for by evidence read: the stream so far, or the
+    # whole file for mapped-ram (its pages lie at fixed offsets, read by bitmap).
+    st["budget"] = IndexBudget(cur.path, lambda: max(cur.tell(), source_size if st["mapped_ram"] else 0))
     start = cur.tell()
     if cur.read(4) != MAGIC:
         raise MemoryFormatError(cur.path, start, "QEVM magic missing")
@@ -420,7 +495,7 @@ def _footer(cur):
 
 
 def _fetch_one(st, pm, page):
-    v = int(pm.loc[page])
+    v = pm.get(page)
     ps = pm.page_size
     if v == 0:
         return bytes(ps)

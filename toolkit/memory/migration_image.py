@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from toolkit.errors import MemoryFormatError
 from toolkit.memory import guest_layout, migration
+from toolkit.memory.cursor import Cursor
 from toolkit.memory.image import FileSource, MemoryImage
-from toolkit.memory.pages import KIND_SPILL, KIND_SRC, Cursor
+from toolkit.memory.pages import KIND_SPILL, KIND_SRC
 from toolkit.schemas import diagnostic
 
 detect = migration.detect

@@ -33,7 +33,8 @@ import zstandard
 
 from toolkit.errors import MemoryFormatError
 from toolkit.memory import lzo1x, migration
-from toolkit.memory.pages import Cursor, PageMap
+from toolkit.memory.cursor import Cursor
+from toolkit.memory.pages import PageMap
 
 LZOP_MAGIC = b"\x89LZO\x00\r\n\x1a\n"
 MAGICS = [
@@ -44,7 +45,7 @@ MAGICS = [
     ("zstd", b"\x28\xb5\x2f\xfd"),
 ]
 LZOP_MAX_BLOCK = 64 << 20
-INDEX_VERSION = 2  # bump when the page-index encoding changes
+INDEX_VERSION = 3  # bump when the page-index encoding changes
 
 
 def codec_of(head):
@@ -221,7 +222,9 @@ _META_KEYS = ("machine", "page_size", "capabilities", "complete", "mapped_ram", 
 
 
 def _save(base, st):
-    arrays = {f"b{i}": b["map"].loc for i, b in enumerate(st["blocks"].values())}
+    # The chunks that exist, not a dense array over the declared RAM: a stream
+    # declaring a terabyte writes a few KiB of index, not 2 GiB.
+    arrays = {f"b{i}.{k}": v for i, b in enumerate(st["blocks"].values()) for k, v in b["map"].export().items()}
     np.savez(f"{base}.npz", **arrays)
     meta = {k: st.get(k) for k in _META_KEYS}
     meta["version"] = INDEX_VERSION
@@ -243,10 +246,10 @@ def _load(base):
         st = {k: meta.get(k) for k in _META_KEYS}
         st["diagnostics"] = meta["diagnostics"]
         st["blocks"] = {}
+        ps = st["page_size"]
         for i, (name, length) in enumerate(meta["blocks"]):
-            pm = PageMap(0, st["page_size"])
-            pm.loc = arrays[f"b{i}"]
-            st["blocks"][name] = {"length": length, "map": pm}
+            parts = {k: arrays[f"b{i}.{k}"] for k in ("keys", "data", "fill_keys", "fill_values")}
+            st["blocks"][name] = {"length": length, "map": PageMap.restore((length + ps - 1) // ps, ps, parts)}
         st["spill_obj"] = migration.Spill(builtins.open(f"{base}.pages", "rb"))
     except (OSError, ValueError, KeyError):
         return None
