@@ -47,7 +47,7 @@ def zstd_rle_frame(total: int) -> bytes:
 def qcow2_zstd_bomb(path, inflated: int = GIB) -> dict:
     """qcow2 (64 KiB clusters, zstd) whose snapshot vmstate's first cluster is a
     32 KiB zstd frame of ``inflated`` zeros: 1 GiB RSS in the reader before."""
-    stream = W.Qevm().start_ram([("pc.ram", 16 * PS)]).eos().end().bytes()
+    stream = W.Qevm().start_ram([("pc.ram", 16 * PS)]).eos().end().eos().bytes()
     vmstate = stream.ljust(1 << 16, b"\0")
     W.qcow2(
         path,
@@ -64,12 +64,11 @@ def kdump_zlib_bomb(path, block_size: int = 64 << 10) -> dict:
     import zlib
 
     co = zlib.compressobj(9)
-    body = b""
-    chunk = bytes(1 << 20)
-    while len(body) < 2 * block_size - 1100:
+    body, chunk = b"", bytes(1 << 20)
+    while len(body) < 2 * block_size - 4096:  # ~1 KiB of deflate per MiB of zeros
         body += co.compress(chunk)
     body += co.flush()
-    body = body[: 2 * block_size]
+    assert len(body) <= 2 * block_size and len(zlib.decompress(body)) > 100 << 20
     keep = {0: bytes(range(256)) * (block_size // 256)}
     W.kdump(path, keep, 8, flattened=False, block_size=block_size, packed={1: (0x1, body)})
     return {"path": path, "block_size": block_size, "bomb_pfn": 1}
@@ -101,7 +100,7 @@ def qevm_huge_ram(path, declared: int = TIB) -> dict:
     per-page array took 912 MiB for 1 TiB."""
     q = W.Qevm().start_ram([("pc.ram", declared)]).eos().part()
     q.page("pc.ram", 0, page(1)).zero("pc.ram", PS).page("pc.ram", declared - PS, page(2))
-    q.eos().end().devices()
+    q.eos().end().eos().devices()
     data = q.bytes()
     with open(path, "wb") as fh:
         fh.write(data)
@@ -157,7 +156,7 @@ def zstd_save_resending_one_page(path, times: int = 10000) -> dict:
     q.page("pc.ram", 0, page(5))  # the block is now the last one: CONTINUE records
     again = q.bytes()
     q.b = bytearray()
-    tail = q.eos().end().devices().bytes()
+    tail = q.eos().end().eos().devices().bytes()
     co = zstandard.ZstdCompressor(level=19).compressobj()
     z = co.compress(head + first)
     for _ in range(times - 1):
@@ -169,27 +168,44 @@ def zstd_save_resending_one_page(path, times: int = 10000) -> dict:
     return {"path": path, "page": page(5), "times": times}
 
 
-def qcow2_shared_l2(path, l1_entries: int = 40960, cluster_bits: int = 12) -> dict:
+def qcow2_shared_l2(path, l1_entries: int = 40960, cluster_bits: int = 12, backing=None, every: int = 1) -> dict:
     """A qcow2 (4 KiB clusters) whose ``l1_entries`` L1 entries all point at one
-    fully allocated L2 table: 320 KiB of L1 made an allocation dict of
-    L1 x L2 entries (894 MiB) on every open."""
+    L2 table allocating every ``every``-th cluster (all with 1): 320 KiB of L1
+    made an allocation dict of L1 x L2 entries (894 MiB) on every open.
+    ``backing`` records a backing file name (an overlay)."""
     c = 1 << cluster_bits
     l2_entries = c // 8
     size = l1_entries * l2_entries * c
-    l1_off, l2_off, data_off = 3 * c, 3 * c + l1_entries * 8, 3 * c + l1_entries * 8 + c
-    data_off = -(-data_off // c) * c
-    l2_off = -(-l2_off // c) * c
+    l1_off = 3 * c
+    l2_off = -(-(l1_off + 8 * l1_entries) // c) * c
     data_off = l2_off + c
     out = bytearray(data_off + c)
+    name = (backing or "").encode()
     struct.pack_into(
-        ">4sIQIIQIIQQIIQ", out, 0, b"QFI\xfb", 3, 0, 0, cluster_bits, size, 0, l1_entries, l1_off, c, 1, 0, 0
+        ">4sIQIIQIIQQIIQ",
+        out,
+        0,
+        b"QFI\xfb",
+        3,
+        112 if name else 0,  # backing file name right after the header
+        len(name),
+        cluster_bits,
+        size,
+        0,
+        l1_entries,
+        l1_off,
+        c,
+        1,
+        0,
+        0,
     )
     struct.pack_into(">QQQII", out, 72, 0, 0, 0, 4, 104)
-    struct.pack_into(">Q", out, c, (2 * c) | (1 << 63))  # refcount table -> one block
+    out[112 : 112 + len(name)] = name
+    struct.pack_into(">Q", out, c, 2 * c)  # refcount table -> one refcount block
     for i in range(l1_entries):
         struct.pack_into(">Q", out, l1_off + 8 * i, l2_off | (1 << 63))
-    for j in range(l2_entries):
+    for j in range(0, l2_entries, every):
         struct.pack_into(">Q", out, l2_off + 8 * j, data_off | (1 << 63))
     with open(path, "wb") as fh:
         fh.write(out)
-    return {"path": path, "virtual_size": size, "l1_entries": l1_entries, "l2_entries": l2_entries}
+    return {"path": path, "virtual_size": size, "allocated": l1_entries * len(range(0, l2_entries, every))}

@@ -1,0 +1,299 @@
+"""Hostile memory artefacts cannot exhaust memory, disk or time (issue 13).
+
+Each test opens a crafted file from tests/helpers/hostile_memory.py in a child
+interpreter (tests/helpers/bounded.py) and asserts the outcome exactly and
+the child's peak RSS above its own after imports. The crafted files are the
+issue's reproductions: before the readers were bounded, each of these tests
+failed on RSS (1 GiB, 130 MiB, 912 MiB) or on time (the notes: a minute).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+import toolkit.memory as M
+from tests.helpers import hostile_memory as H
+from tests.helpers import memory_writers as W
+from tests.helpers.bounded import measure
+from tests.helpers.memory_samples import PS, page
+
+SETUP = "import toolkit.memory as M, toolkit.memory.registry"  # every reader imported before measuring
+GROWTH_MB = 64  # what any of these may add to the interpreter's own peak
+
+
+def test_qcow2_zstd_cluster_inflating_to_a_gigabyte(tmp_path):
+    bomb = H.qcow2_zstd_bomb(tmp_path / "bomb.qcow2")
+    r = measure(
+        """
+        try:
+            M.open_image(P)
+        except M.MemoryFormatError as exc:
+            out = str(exc)
+        """,
+        setup=SETUP,
+        P=str(bomb["path"]),
+    )
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB, r
+    assert r["out"].startswith(f"{bomb['path']}: at offset 0x")
+    assert "compressed cluster: zstd data inflates past 65536 bytes" in r["out"]
+
+
+def test_kdump_zlib_page_inflating_past_its_block(tmp_path):
+    bomb = H.kdump_zlib_bomb(tmp_path / "bomb.kdump")
+    bs = bomb["block_size"]
+    r = measure(
+        """
+        with M.open_image(P) as img:
+            first, bad = img.read(0, BS), img.read(BS, BS)
+            out = [first == bytes(range(256)) * (BS // 256), bad == bytes(BS), img.diagnostics]
+        """,
+        setup=SETUP,
+        P=str(bomb["path"]),
+        BS=bs,
+    )
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB, r
+    intact, zeros, diags = r["out"]
+    assert intact and zeros
+    (d,) = diags
+    assert d["what"] == "corrupt compressed page" and d["missing"] == [[bs, bs]]
+    assert "zlib data inflates past 65536 bytes" in d["why"]
+
+
+def test_elf_core_with_thousands_of_note_headers_over_the_same_bytes(tmp_path):
+    core = H.elf_repeated_notes(tmp_path / "notes.elf")
+    assert core["note_headers"] > 10000
+    r = measure(
+        """
+        facts = M.probe(P)
+        with M.open_image(P) as img:
+            out = [facts["vcpus"], facts["cr3"], img.info["cr3"], img.read(0, 4096) == RAM,
+                   [d["what"] for d in img.diagnostics], len(img.notes)]
+        """,
+        setup=SETUP,
+        P=str(core["path"]),
+        RAM=core["ram"],
+        timeout=30,
+    )
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB and r["seconds"] < 10, r
+    vcpus, probe_cr3, open_cr3, ram_ok, whats, note_bytes = r["out"]
+    assert (vcpus, probe_cr3, open_cr3, ram_ok) == (1, [0x1000], [0x1000], True)
+    assert whats == ["overlapping PT_NOTE segments"]
+    assert note_bytes == 256 << 10  # the note area once
+
+
+def test_elf_note_ceilings_name_the_file_and_offset(tmp_path):
+    p = tmp_path / "many.elf"
+    W.elf_core(p, [(0, page(1), None)], notes=W.note("CORE", 1, b"") * 5000)
+    r = measure(
+        "try:\n    M.open_image(P)\nexcept M.MemoryFormatError as exc:\n    out = str(exc)",
+        setup=SETUP,
+        P=str(p),
+        env={"SNAPSCOPE_MAX_ELF_NOTES": "4096"},
+    )
+    assert r["out"].startswith(f"{p}: at offset 0x") and "more than 4096 ELF notes" in r["out"]
+    assert "SNAPSCOPE_MAX_ELF_NOTES" in r["out"]
+    r = measure(
+        "try:\n    M.open_image(P)\nexcept M.MemoryFormatError as exc:\n    out = str(exc)",
+        setup=SETUP,
+        P=str(p),
+        env={"SNAPSCOPE_MAX_NOTE_BYTES": "16K"},
+    )
+    assert "PT_NOTE segments hold 97.7 KiB of notes, above 16 KiB" in r["out"]
+
+
+def test_migration_stream_declaring_a_terabyte(tmp_path):
+    qevm = H.qevm_huge_ram(tmp_path / "huge.qevm")
+    r = measure(
+        """
+        with M.open_image(P) as img:
+            out = [img.runs, img.read(0, 4096) == A, img.read(LAST, 4096) == B,
+                   [(d["what"], d.get("missing")) for d in img.diagnostics]]
+        """,
+        setup=SETUP,
+        P=str(qevm["path"]),
+        A=page(1),
+        B=page(2),
+        LAST=(1 << 32) + qevm["declared"] - PS - 0xC0000000,  # pc.ram above 3 GiB sits above the PCI hole
+    )
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB, r
+    runs, first_ok, last_ok, diags = r["out"]
+    assert runs == [[0, 2 * PS], [(1 << 32) + H.TIB - PS - 0xC0000000, PS]] and first_ok and last_ok
+    assert diags == [
+        ["memory range missing", [[2 * PS, 0xC0000000 - 2 * PS]]],
+        ["memory range missing", [[1 << 32, H.TIB - PS - 0xC0000000]]],
+    ]
+
+
+def test_flattened_kdump_declaring_a_terabyte(tmp_path):
+    dump = H.kdump_flat_huge(tmp_path / "huge.kdump")
+    assert dump["path"].stat().st_size < 16 << 10
+    r = measure(
+        """
+        with M.open_image(P) as img:
+            out = [img.runs, img.read(0, 4096) == A, img.info["max_mapnr"]]
+        """,
+        setup=SETUP,
+        P=str(dump["path"]),
+        A=dump["page0"],
+        timeout=30,
+    )
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB and r["seconds"] < 10, r
+    assert r["out"] == [[[0, PS]], True, H.TIB // PS]
+
+
+def _scattered_zero_records(path, chunks):
+    """One ZERO record in each of ``chunks`` 512-page chunks of a 1 TiB block."""
+    q = W.Qevm().start_ram([("pc.ram", H.TIB)]).eos().part()
+    for i in range(chunks):
+        q.zero("pc.ram", i * 512 * PS)
+    path.write_bytes(q.eos().end().eos().devices().bytes())
+
+
+def test_records_scattered_over_declared_ram_meet_the_index_budget(tmp_path):
+    p = tmp_path / "scattered.qevm"
+    _scattered_zero_records(p, 4000)  # 36 KiB of records, 4000 chunks (16 MiB) of index
+    body = """
+    with M.open_image(P) as img:
+        out = [len(img.runs), [(d["what"], d["where"], d["why"]) for d in img.diagnostics if "missing" not in d]]
+    """
+    r = measure(body, setup=SETUP, P=str(p), env={"SNAPSCOPE_INDEX_FLOOR": "1M"})
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB, r
+    runs, ((what, where, why),) = r["out"]
+    # what 1 MiB of index, and 2 bytes per byte read, pay for; the rest is reported, not indexed
+    assert 256 < runs < 256 + 2 * p.stat().st_size // 4096 + 2
+    assert what == "stream incomplete" and where.startswith(f"{p}@0x")
+    assert why.startswith("page index needs more than 1") and "SNAPSCOPE_INDEX_FLOOR" in why
+    r = measure(body, setup=SETUP, P=str(p))  # the default floor (64 MiB) pays for 16 MiB
+    assert r["out"] == [4000, []]
+
+
+def test_declared_ram_above_the_ceiling_is_refused(tmp_path):
+    p = tmp_path / "big.qevm"
+    p.write_bytes(W.Qevm().start_ram([("pc.ram", 1 << 50)]).eos().end().eos().bytes())
+    r = measure("try:\n    M.open_image(P)\nexcept M.MemoryFormatError as exc:\n    out = str(exc)", setup=SETUP, P=str(p))
+    assert r["out"] == f"{p}: at offset 0x2b: stream declares 1024 TiB of RAM, above 64 TiB (raise " + (
+        "SNAPSCOPE_MAX_GUEST_RAM if this is real)"
+    )
+
+
+def test_zstd_save_resending_one_page_keeps_one_slot(tmp_path):
+    save = H.zstd_save_resending_one_page(tmp_path / "resend.save")
+    assert save["path"].stat().st_size < 8 << 10
+    derived = tmp_path / "derived"
+    r = measure(
+        """
+        import os
+        with M.open_image(P, derived_dir=D) as img:
+            out = [img.read(0, 4096) == A, os.path.getsize(img.info["derived"]["pages"])]
+        """,
+        setup=SETUP,
+        P=str(save["path"]),
+        D=str(derived),
+        A=save["page"],
+    )
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB, r
+    assert r["out"] == [True, PS]  # 10000 copies sent, one page stored
+
+
+def _resend_every_page(path, pages):
+    q = W.Qevm().start_ram([("pc.ram", pages * PS)]).eos().part()
+    for i in range(pages):
+        q.page("pc.ram", i * PS, page(i))
+    path.write_bytes(W.libvirt_save(q.eos().end().eos().devices().bytes(), "zstd"))
+
+
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [
+        ({"SNAPSCOPE_MAX_SPILL": "64K"}, "decompressed pages would exceed 64 KiB"),
+        ({"SNAPSCOPE_MIN_FREE_DISK": "1P"}, "stopped before the disk fills"),
+    ],
+)
+def test_spill_stops_at_its_ceilings(tmp_path, env, why):
+    p = tmp_path / "many.save"
+    _resend_every_page(p, 32)
+    r = measure(
+        """
+        with M.open_image(P, derived_dir=D) as img:
+            out = [(d["what"], d["where"], d["why"]) for d in img.diagnostics if "missing" not in d]
+        """,
+        setup=SETUP,
+        P=str(p),
+        D=str(tmp_path / "derived"),
+        env=env,
+    )
+    assert r["ok"], r
+    ((what, where, text),) = r["out"]
+    assert what == "stream incomplete" and where.startswith(f"{p}@0x") and why in text
+
+
+def test_spill_never_outgrows_the_declared_ram(tmp_path):
+    # A 4-page block whose pages are sent 50 times each with new contents: 4 slots.
+    q = W.Qevm().start_ram([("pc.ram", 4 * PS)]).eos().part()
+    for rnd in range(50):
+        for i in range(4):
+            q.page("pc.ram", i * PS, page(100 * rnd + i))
+    p = tmp_path / "churn.save"
+    p.write_bytes(W.libvirt_save(q.eos().end().eos().devices().bytes(), "gzip"))
+    with M.open_image(p, derived_dir=tmp_path / "d") as img:
+        assert [img.read(i * PS, PS) == page(4900 + i) for i in range(4)] == [True] * 4
+        assert os.path.getsize(img.info["derived"]["pages"]) == 4 * PS
+
+
+def test_one_byte_pages_are_fills_not_spill(tmp_path):
+    q = W.Qevm().start_ram([("pc.ram", 2 * PS)]).eos().part()
+    q.page("pc.ram", 0, b"\xab" * PS).page("pc.ram", PS, page(3))
+    p = tmp_path / "fill.save"
+    p.write_bytes(W.libvirt_save(q.eos().end().eos().devices().bytes(), "xz"))
+    with M.open_image(p, derived_dir=tmp_path / "d") as img:
+        assert img.read(0, 2 * PS) == b"\xab" * PS + page(3)
+        assert os.path.getsize(img.info["derived"]["pages"]) == PS
+
+
+def test_snappy_page_declaring_gigabytes_is_refused_before_decoding(tmp_path):
+    p = tmp_path / "snappy.kdump"
+    lying = b"\xff\xff\xff\xff\x0f" + b"\x00" * 20  # preamble: 4 GiB of output
+    W.kdump(p, {0: page(0)}, 8, flattened=False, packed={1: (0x4, lying)})
+    r = measure(
+        "with M.open_image(P) as img:\n    img.read(4096, 4096)\n    out = img.diagnostics",
+        setup=SETUP,
+        P=str(p),
+    )
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB, r
+    (d,) = r["out"]
+    assert "snappy data declares 4294967295 bytes, not 4096" in d["why"]
+
+
+def test_mapped_ram_of_a_terabyte_with_one_page(tmp_path):
+    bitmap_at, pages_at = 1 << 20, 2 << 20
+    nbits = H.TIB // PS
+
+    def header(q, name, length):
+        return struct.pack(">IQQQ", 1, PS, bitmap_at, pages_at)
+
+    q = W.Qevm(caps=("mapped-ram",)).start_ram([("pc.ram", H.TIB)], mapped_ram=header)
+    stream = bytearray(q.bytes())
+    # The bitmap (32 MiB for 1 TiB) is in the file; one bit set; one page present.
+    stream += bytes(bitmap_at - len(stream))
+    stream += b"\x01" + bytes(nbits // 8 - 1)
+    p = tmp_path / "mapped.qevm"
+    with open(p, "wb") as fh:
+        fh.write(stream)
+        fh.seek(pages_at)
+        fh.write(page(9))
+        fh.seek(pages_at + H.TIB)
+        fh.write(struct.pack(">Q", 0x10) + b"\x03" + struct.pack(">I", 2))  # EOS, END
+    r = measure(
+        "with M.open_image(P) as img:\n    out = [img.read(0, 4096) == A, img.runs[:2], len(img.runs)]",
+        setup=SETUP,
+        P=str(p),
+        A=page(9),
+        timeout=60,
+    )
+    # Every chunk is known (zero pages) and holds one value: ~70 MiB of index
+    # entries for 1 TiB, about twice the 32 MiB bitmap the file must hold.
+    assert r["ok"] and r["grew_mb"] < 128 and r["seconds"] < 30, r
+    assert r["out"] == [True, [[0, 0xC0000000], [1 << 32, H.TIB - 0xC0000000]], 2]
