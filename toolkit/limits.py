@@ -25,9 +25,10 @@ max_spill                  SNAPSCOPE_MAX_SPILL          16T                 deco
                                                                             stream writes to derived/
 min_free_disk              SNAPSCOPE_MIN_FREE_DISK      1G                  free space a spill leaves on its
                                                                             filesystem
-max_inflate                SNAPSCOPE_MAX_INFLATE        4G + 4096 x input   bytes a compressed QEMU stream may
-                                                                            inflate to (time: decompression and
-                                                                            parsing are linear in it)
+max_inflate                SNAPSCOPE_MAX_INFLATE        256M                bytes a compressed QEMU stream may
+                                                                            inflate to beyond 8x the RAM it
+                                                                            declares (at most 1024x its size):
+                                                                            time is linear in what is inflated
 max_runs                   SNAPSCOPE_MAX_RUNS           1048576             separate ranges of known memory in one
                                                                             page index (each costs a Python tuple)
 max_elf_notes              SNAPSCOPE_MAX_ELF_NOTES      65536               ELF notes in one core (QEMU writes 2
@@ -57,7 +58,7 @@ LIMITS = {
     "index_floor": {"env": "SNAPSCOPE_INDEX_FLOOR", "default": 64 * MIB},
     "max_spill": {"env": "SNAPSCOPE_MAX_SPILL", "default": 16 * TIB},
     "min_free_disk": {"env": "SNAPSCOPE_MIN_FREE_DISK", "default": GIB},
-    "max_inflate": {"env": "SNAPSCOPE_MAX_INFLATE", "default": 4 * GIB},
+    "max_inflate": {"env": "SNAPSCOPE_MAX_INFLATE", "default": 256 * MIB},
     "max_runs": {"env": "SNAPSCOPE_MAX_RUNS", "default": 1 << 20},
     "max_elf_notes": {"env": "SNAPSCOPE_MAX_ELF_NOTES", "default": 1 << 16},
     "max_note_bytes": {"env": "SNAPSCOPE_MAX_NOTE_BYTES", "default": 64 * MIB},
@@ -69,9 +70,12 @@ LIMITS = {
 # dense index costs 8 bytes per page, and the smallest record that makes a
 # page present (a migration ZERO record) is 9 bytes.
 INDEX_PER_EVIDENCE_BYTE = 2
-# Inflated bytes allowed per compressed byte, above max_inflate: far above what
-# RAM compresses to (zero pages are 9-byte records before compression already).
-INFLATE_PER_INPUT_BYTE = 4096
+# What a compressed stream may inflate to, above max_inflate: its declared RAM
+# sent INFLATE_PASSES times (a live migration resends dirty pages), and never
+# more than INFLATE_PER_INPUT_BYTE per compressed byte: far above what RAM
+# compresses to (zero pages are 9-byte records before compression already).
+INFLATE_PASSES = 8
+INFLATE_PER_INPUT_BYTE = 1024
 
 _UNITS = {"": 1, "K": KIB, "M": MIB, "G": GIB, "T": TIB, "P": TIB << 10}
 

@@ -23,7 +23,7 @@ class Cursor:
     (b'QEVM', 3, 8)
     """
 
-    def __init__(self, path, *, source=None, stream=None, start=0, bufsize=1 << 20):
+    def __init__(self, path, *, source=None, stream=None, start=0, bufsize=1 << 20, cap=None):
         self.path = path
         self.source = source
         self.stream = stream
@@ -32,6 +32,9 @@ class Cursor:
         self._bpos = 0
         self._base = start  # absolute offset of _buf[0]
         self._bufsize = bufsize
+        # cap() -> (bytes a stream may yield, why): decompressors are checked
+        # as they go, so a small file cannot inflate without end.
+        self.cap = cap
 
     def tell(self):
         return self._base + self._bpos
@@ -66,6 +69,10 @@ class Cursor:
             parts.append(piece)
             got += len(piece)
         more = b"".join(parts)
+        if self.cap is not None:
+            most, why = self.cap()
+            if self._base + len(self._buf) + len(more) > most:
+                raise MemoryFormatError(self.path, most, why)
         self._base += self._bpos
         self._buf = self._buf[self._bpos :] + more
         self._bpos = 0

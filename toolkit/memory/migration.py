@@ -23,7 +23,7 @@ import struct
 import numpy as np
 
 from toolkit.errors import MemoryFormatError
-from toolkit.limits import env_name, human, limit
+from toolkit.limits import INFLATE_PASSES, INFLATE_PER_INPUT_BYTE, env_name, human, limit
 from toolkit.memory.inflate import inflate
 from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SPILL, KIND_SRC, IndexBudget, PageMap, enc
 from toolkit.schemas import diagnostic
@@ -211,6 +211,9 @@ def _mapped_ram_block(cur, st, name, length, pm):
     for first in range(0, pm.npages, step):
         n = min(step, pm.npages - first)
         raw = src.pread(bitmap_off + first // 8, (n + 7) // 8)
+        if raw.count(0) == len(raw):  # no page written in this piece: all zero pages
+            pm.fill(first, first + n, enc(KIND_FILL, 0), at)
+            continue
         bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:n].astype(bool)
         offs = pages_off + np.arange(first, first + n, dtype=np.int64) * page_size
         outside = bits & (offs + page_size > src.size)
@@ -241,7 +244,7 @@ def _ram_records(cur, st):
     # an earlier section (QEMU keeps last_sent_block across iterations).
     block = st.get("block")
     while True:
-        if seekable and block is not None:
+        if block is not None:
             _fast_continue(cur, block["map"], ps)
         at = cur.tell()
         word = cur.be64()
@@ -310,16 +313,21 @@ def _fast_continue(cur, pm, ps):
     """Index CONTINUE page/zero records straight out of the cursor's buffer: a big
     stream is almost only these, and the general loop costs ~3 us each (seconds
     per GiB). Anything else (block name, EOS, a page cut short, an offset past the
-    block) is left to the general loop, which reports errors with their offset."""
+    block) is left to the general loop, which reports errors with their offset.
+    From a stream that cannot be seeked (a decompressor) only zero records are
+    taken here: page bytes must go to the spill. Runs of zero records (idle
+    RAM, or a stream made of nothing else) are decoded with numpy."""
     mask, bits, rec, be64 = ps - 1, ps.bit_length() - 1, 8 + ps, struct.Struct(">Q").unpack_from
     page_cont, zero_cont = F_PAGE | F_CONTINUE, F_ZERO | F_CONTINUE
+    if not cur.seekable:
+        page_cont = -1  # never matches a flags value
     src_kind, zero_kind = enc(KIND_SRC, 0), enc(KIND_FILL, 0)
     while True:
         if len(cur._buf) - cur._bpos < rec and (cur._fill(rec) or len(cur._buf) - cur._bpos < rec):
             return
         buf, start, base = cur._buf, cur._bpos, cur._base
         last = len(buf) - rec  # only whole page records are taken here
-        pos, pages, vals = start, [], []
+        pos, pages, vals, ends, parts = start, [], [], [], []
         while pos <= last:
             word = be64(buf, pos)[0]
             flags = word & mask
@@ -327,24 +335,46 @@ def _fast_continue(cur, pm, ps):
                 pages.append(word >> bits)
                 vals.append(src_kind | (base + pos + 8))
                 pos += rec
+                ends.append(pos)
             elif flags == zero_cont:
+                if be64(buf, pos + 9)[0] & mask == zero_cont:  # a run: decode it at once
+                    parts.append((pages, vals, ends))
+                    run_pages, fills, pos = _zero_run(buf, pos, last + rec, mask, bits, zero_cont)
+                    parts.append(
+                        (run_pages, zero_kind | fills, pos - 9 * len(fills) + 9 * np.arange(1, len(fills) + 1))
+                    )
+                    pages, vals, ends = [], [], []
+                    continue
                 pages.append(word >> bits)
                 vals.append(zero_kind | buf[pos + 8])
                 pos += 9
+                ends.append(pos)
             else:
                 break
-        if not pages:
+        parts.append((pages, vals, ends))
+        idx = np.concatenate([np.asarray(p, dtype=np.int64) for p, _, _ in parts])
+        if not len(idx):
             return
-        idx = np.array(pages, dtype=np.int64)
+        values = np.concatenate([np.asarray(v, dtype=np.int64) for _, v, _ in parts])
         if idx.max() >= pm.npages:  # keep the records before the bad one, then stop
-            keep, pos = int(np.argmax(idx >= pm.npages)), start
-            for _ in range(keep):
-                pos += rec if be64(buf, pos)[0] & mask == page_cont else 9
-            vals, idx = vals[:keep], idx[:keep]
-        pm.set(idx, np.array(vals, dtype=np.int64), at=base + start)  # a page sent twice: its last record wins
-        cur._bpos = pos
+            keep = int(np.argmax(idx >= pm.npages))
+            pos = int(np.concatenate([np.asarray(e, dtype=np.int64) for _, _, e in parts])[keep - 1]) if keep else start
+            idx, values = idx[:keep], values[:keep]
+        cur._bpos = pos  # first: the index budget is paid for by the records read
+        pm.set(idx, values)  # a page sent twice: its last record wins
         if pos <= last:
             return
+
+
+def _zero_run(buf, pos, end, mask, bits, zero_cont, most=1 << 16):
+    """(pages, fill bytes, position after) of the zero records from ``pos``
+    (at least two), at most ``most`` of them, all before ``end``."""
+    n = min((end - pos) // 9, most)
+    recs = np.frombuffer(buf, np.uint8, count=n * 9, offset=pos).reshape(n, 9)
+    words = recs[:, :8].copy().view(">u8").ravel()
+    other = np.flatnonzero(words & np.uint64(mask) != zero_cont)
+    k = int(other[0]) if len(other) else n
+    return (words[:k] >> np.uint64(bits)).astype(np.int64), recs[:k, 8].astype(np.int64), pos + 9 * k
 
 
 def xbzrle_decode(src, old, path="", at=0):
@@ -381,12 +411,31 @@ def xbzrle_decode(src, old, path="", at=0):
     return bytes(out)
 
 
-def index_stream(cur, *, spill_factory=None, source=None):
+def inflate_cap(st, compressed_bytes):
+    """(bytes a compressed stream may inflate to, why) for the state indexed so far.
+
+    A stream holds each page of the RAM it declares, sent again a few times at
+    most by a live migration: ``limits.max_inflate`` plus INFLATE_PASSES times
+    the declared RAM, and never more than INFLATE_PER_INPUT_BYTE per compressed
+    byte (time is linear in what is inflated).
+    """
+    declared = sum(b["length"] for b in st["blocks"].values())
+    most = limit("max_inflate") + min(INFLATE_PASSES * declared, INFLATE_PER_INPUT_BYTE * compressed_bytes)
+    return most, (
+        f"the compressed stream inflates past {human(most)} ({INFLATE_PASSES}x the {human(declared)} of RAM it "
+        f"declares, at most {INFLATE_PER_INPUT_BYTE}x its {human(compressed_bytes)}, plus "
+        f"{env_name('max_inflate')})"
+    )
+
+
+def index_stream(cur, *, spill_factory=None, source=None, compressed_bytes=None):
     """Index the RAM of the QEVM stream under ``cur`` in one pass.
 
     Returns a state dict: machine, page_size, capabilities, blocks
     {name: {length, map}}, complete, diagnostics, stream_end.
     ``source`` (a pread-able object) is needed for mapped-ram and XBZRLE.
+    ``compressed_bytes``: the size of the compressed input when ``cur`` reads a
+    decompressor, which bounds what it may inflate to (:func:`inflate_cap`).
 
     >>> import io; from toolkit.memory.cursor import Cursor
     >>> index_stream(Cursor("x", stream=io.BytesIO(b"QEVM\\0\\0\\0\\3\\0")))
@@ -422,6 +471,8 @@ def index_stream(cur, *, spill_factory=None, source=None):
     # Index memory is paid for by evidence read: the stream so far, or the
     # whole file for mapped-ram (its pages lie at fixed offsets, read by bitmap).
     st["budget"] = IndexBudget(cur.path, lambda: max(cur.tell(), source_size if st["mapped_ram"] else 0))
+    if compressed_bytes is not None:
+        cur.cap = lambda: inflate_cap(st, compressed_bytes)
     start = cur.tell()
     if cur.read(4) != MAGIC:
         raise MemoryFormatError(cur.path, start, "QEVM magic missing")

@@ -48,6 +48,18 @@ def enc(kind, value):
     return (kind << _SHIFT) | value
 
 
+def _key_runs(numbers):
+    """(start, stop) rows of runs of consecutive integers in a sorted array.
+
+    >>> _key_runs(np.array([1, 2, 3, 7])).tolist()
+    [[1, 4], [7, 8]]
+    """
+    if not len(numbers):
+        return np.empty((0, 2), dtype=np.int64)
+    cuts = np.flatnonzero(numbers[1:] != numbers[:-1] + 1) + 1
+    return np.stack([numbers[np.r_[0, cuts]], numbers[np.r_[cuts - 1, len(numbers) - 1]] + 1], axis=1)
+
+
 class IndexBudget:
     """Index memory one reader may spend: ``limits.index_floor`` plus
     INDEX_PER_EVIDENCE_BYTE bytes per byte of evidence read so far.
@@ -94,6 +106,7 @@ class PageMap:
         self.budget = budget
         self.path = budget.path if budget is not None else "page index"
         self.chunks = {}
+        self._consts = {}
         self._order = None  # sorted chunk numbers, rebuilt after one is added
         self._runs = None  # cached present runs, dropped on every write
 
@@ -137,20 +150,41 @@ class PageMap:
         """Entries [first, first + len(values)) become ``values`` (a dense block,
         e.g. a mapped-ram bitmap); a whole chunk of one value is kept as that value."""
         values = np.asarray(values, dtype=np.int64)
-        pos, n = 0, len(values)
-        while pos < n:
-            page = first + pos
-            c, off = page >> CHUNK_BITS, page & _IN_CHUNK
-            step = min(n - pos, CHUNK - off)
-            part = values[pos : pos + step]
-            if step == CHUNK and (part == part[0]).all():
-                self._runs = None
-                if c not in self.chunks:
-                    self._order = None
-                self.chunks[c] = int(part[0])
+        stop = first + len(values)
+        lo = min(-(-first // CHUNK) * CHUNK, stop)  # first whole chunk
+        hi = max(stop // CHUNK * CHUNK, lo)  # end of the last whole chunk
+        for a, b in ((first, lo), (hi, stop)):  # the partial chunks at either end
+            if a < b:
+                self._put_partial(a, values[a - first : b - first], at)
+        if hi > lo:
+            rows = values[lo - first : hi - first].reshape(-1, CHUNK)
+            uniform = (rows == rows[:, :1]).all(axis=1)
+            numbers = np.arange(lo >> CHUNK_BITS, hi >> CHUNK_BITS)
+            self._put_consts(numbers[uniform], rows[uniform, 0])
+            for c, row in zip(numbers[~uniform].tolist(), rows[~uniform]):
+                self._writable(c, at)[:] = row
+
+    def fill(self, first, stop, value, at=None):
+        """Entries [first, stop) become ``value`` without building them: whole chunks hold the value itself."""
+        lo = min(-(-first // CHUNK) * CHUNK, stop)
+        hi = max(stop // CHUNK * CHUNK, lo)
+        for a, b in ((first, lo), (hi, stop)):
+            if a < b:
+                self._put_partial(a, np.full(b - a, value, dtype=np.int64), at)
+        if hi > lo:
+            numbers = np.arange(lo >> CHUNK_BITS, hi >> CHUNK_BITS)
+            self._put_consts(numbers, np.full(len(numbers), value, dtype=np.int64))
+
+    def _put_partial(self, first, values, at):
+        self._writable(first >> CHUNK_BITS, at)[first & _IN_CHUNK : (first & _IN_CHUNK) + len(values)] = values
+
+    def _put_consts(self, numbers, values):
+        self._runs, self._order = None, None
+        for c, v in zip(numbers.tolist(), values.tolist()):
+            if v == ABSENT:
+                self.chunks.pop(c, None)
             else:
-                self._writable(c, at)[off : off + step] = part
-            pos += step
+                self.chunks[c] = self._consts.setdefault(v, v)  # one int object per distinct fill
 
     # ------------------------------------------------------------ reads
     def get(self, page):
@@ -188,37 +222,36 @@ class PageMap:
     def page_runs(self):
         """(first page, stop page) runs of present pages, in order.
 
-        Computed ``_GROUP`` chunks at a time, so temporaries stay a few MiB
-        whatever the declared size; at most ``limits.max_runs`` runs.
+        Chunks holding one value count whole; chunks holding arrays are
+        examined ``_GROUP`` at a time, so temporaries stay a few MiB whatever
+        the declared size. At most ``limits.max_runs`` runs.
         """
         if self._runs is not None:
             return self._runs
-        order, out, cap = self._sorted_chunks(), [], limit("max_runs")
-        for g in range(0, len(order), _GROUP):
-            keys = order[g : g + _GROUP]
-            rows = np.empty((len(keys), CHUNK), dtype=np.int64)
-            for i, c in enumerate(keys.tolist()):
-                rows[i] = self.chunks[c]
-            pages = ((keys[:, None] << CHUNK_BITS) + np.arange(CHUNK))[rows != ABSENT]
-            pages = pages[pages < self.npages]
-            if not len(pages):
-                continue
-            cuts = np.flatnonzero(pages[1:] != pages[:-1] + 1) + 1
-            starts = pages[np.r_[0, cuts]].tolist()
-            stops = (pages[np.r_[cuts - 1, len(pages) - 1]] + 1).tolist()
-            for s, e in zip(starts, stops):
-                if out and out[-1][1] == s:
-                    out[-1] = (out[-1][0], e)
-                else:
-                    out.append((s, e))
-            if len(out) > cap:
-                raise MemoryFormatError(
-                    self.path,
-                    "page index",
-                    f"more than {cap} separate ranges of memory (raise {env_name('max_runs')} if this is real)",
-                )
-        self._runs = out
-        return out
+        order = self._sorted_chunks()
+        whole = np.fromiter((not isinstance(self.chunks[c], np.ndarray) for c in order.tolist()), bool, len(order))
+        pieces = [_key_runs(order[whole]) << CHUNK_BITS]
+        arrays = order[~whole]
+        for g in range(0, len(arrays), _GROUP):
+            keys = arrays[g : g + _GROUP]
+            rows = np.stack([self.chunks[c] for c in keys.tolist()])
+            pieces.append(_key_runs(((keys[:, None] << CHUNK_BITS) + np.arange(CHUNK))[rows != ABSENT]))
+        runs = np.concatenate(pieces)
+        runs = runs[np.argsort(runs[:, 0], kind="stable")]
+        runs[:, 1] = np.minimum(runs[:, 1], self.npages)
+        runs = runs[runs[:, 0] < runs[:, 1]]
+        if len(runs):  # join runs that touch (across chunk and group boundaries)
+            new = np.r_[True, runs[1:, 0] > runs[:-1, 1]]
+            runs = np.stack([runs[new, 0], np.maximum.reduceat(runs[:, 1], np.flatnonzero(new))], axis=1)
+        cap = limit("max_runs")
+        if len(runs) > cap:
+            raise MemoryFormatError(
+                self.path,
+                "page index",
+                f"more than {cap} separate ranges of memory (raise {env_name('max_runs')} if this is real)",
+            )
+        self._runs = [tuple(r) for r in runs.tolist()]
+        return self._runs
 
     def runs(self):
         """(offset, length) ranges of pages that are present (data or zero)."""

@@ -323,7 +323,8 @@ class Qcow2:
         codec = "zstd" if self.h["compression_type"] == 1 else "deflate"
         try:
             # A compressed cluster inflates to one cluster: never ask for more.
-            data = inflate(codec, raw, self.cluster, allow_longer=True)
+            # QEMU stops deflate at the cluster end and calls longer zstd an error.
+            data = inflate(codec, raw, self.cluster, allow_longer=codec == "deflate")
         except ValueError as exc:
             raise MemoryFormatError(self.path, host, f"compressed cluster: {exc}") from None
         self._zcache = (host, data)

@@ -198,7 +198,9 @@ def index_compressed(path, offset, codec, derived_dir=None):
         raw.seek(offset)
         stream = decompressor(codec, raw, path)
         st = migration.index_stream(
-            Cursor(path, stream=stream, start=0), spill_factory=lambda: migration.Spill(spill_file)
+            Cursor(path, stream=stream, start=0),
+            spill_factory=lambda: migration.Spill(spill_file),
+            compressed_bytes=os.fstat(raw.fileno()).st_size - offset,
         )
         if st["spill_obj"] is None:
             st["spill_obj"] = migration.Spill(spill_file)

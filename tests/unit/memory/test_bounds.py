@@ -173,7 +173,9 @@ def test_records_scattered_over_declared_ram_meet_the_index_budget(tmp_path):
 def test_declared_ram_above_the_ceiling_is_refused(tmp_path):
     p = tmp_path / "big.qevm"
     p.write_bytes(W.Qevm().start_ram([("pc.ram", 1 << 50)]).eos().end().eos().bytes())
-    r = measure("try:\n    M.open_image(P)\nexcept M.MemoryFormatError as exc:\n    out = str(exc)", setup=SETUP, P=str(p))
+    r = measure(
+        "try:\n    M.open_image(P)\nexcept M.MemoryFormatError as exc:\n    out = str(exc)", setup=SETUP, P=str(p)
+    )
     assert r["out"] == f"{p}: at offset 0x2b: stream declares 1024 TiB of RAM, above 64 TiB (raise " + (
         "SNAPSCOPE_MAX_GUEST_RAM if this is real)"
     )
@@ -258,9 +260,7 @@ def test_snappy_page_declaring_gigabytes_is_refused_before_decoding(tmp_path):
     lying = b"\xff\xff\xff\xff\x0f" + b"\x00" * 20  # preamble: 4 GiB of output
     W.kdump(p, {0: page(0)}, 8, flattened=False, packed={1: (0x4, lying)})
     r = measure(
-        "with M.open_image(P) as img:\n    img.read(4096, 4096)\n    out = img.diagnostics",
-        setup=SETUP,
-        P=str(p),
+        "with M.open_image(P) as img:\n    img.read(4096, 4096)\n    out = img.diagnostics", setup=SETUP, P=str(p)
     )
     assert r["ok"] and r["grew_mb"] < GROWTH_MB, r
     (d,) = r["out"]
@@ -297,3 +297,75 @@ def test_mapped_ram_of_a_terabyte_with_one_page(tmp_path):
     # entries for 1 TiB, about twice the 32 MiB bitmap the file must hold.
     assert r["ok"] and r["grew_mb"] < 128 and r["seconds"] < 30, r
     assert r["out"] == [True, [[0, 0xC0000000], [1 << 32, H.TIB - 0xC0000000]], 2]
+
+
+def _zero_flood(path, times, compression="zstd"):
+    """A 16-page block, then ``times`` ZERO records for page 0: tiny compressed, long inflated."""
+    import zstandard
+
+    q = W.Qevm().start_ram([("pc.ram", 16 * PS)]).eos().part().zero("pc.ram", 0)
+    head = q.bytes()
+    q.b = bytearray()
+    one = q.zero("pc.ram", 0).bytes()
+    q.b = bytearray()
+    tail = q.eos().end().eos().devices().bytes()
+    co = zstandard.ZstdCompressor(level=19).compressobj()
+    z = co.compress(head) + b"".join(co.compress(one * (1 << 20)) for _ in range(times >> 20))
+    z += co.compress(tail) + co.flush()
+    path.write_bytes(W.libvirt_save(b"", "raw") + z)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<I", raw, 0x1C, W.FORMAT_NO[compression])  # the header's stream format
+    path.write_bytes(raw)
+
+
+def test_compressed_stream_inflating_far_past_its_declared_ram(tmp_path):
+    p = tmp_path / "flood.save"
+    _zero_flood(p, 8 << 20)  # 72 MiB of ZERO records for one page, a few KiB of zstd
+    assert p.stat().st_size < 64 << 10
+    r = measure(
+        """
+        with M.open_image(P, derived_dir=D) as img:
+            out = [img.runs, [(d["what"], d["where"], d["why"]) for d in img.diagnostics if "missing" not in d]]
+        """,
+        setup=SETUP,
+        P=str(p),
+        D=str(tmp_path / "d"),
+        env={"SNAPSCOPE_MAX_INFLATE": "1M"},
+    )
+    assert r["ok"] and r["grew_mb"] < GROWTH_MB, r
+    runs, ((what, where, why),) = r["out"]
+    assert runs == [[0, PS]] and what == "stream incomplete" and where.startswith(f"{p}@0x")
+    assert why.startswith("the compressed stream inflates past 1.5 MiB (8x the 64 KiB of RAM it declares")
+    # The default ceiling (256 MiB above 8x the declared RAM) lets all 72 MiB through, quickly.
+    r = measure(
+        "with M.open_image(P, derived_dir=D) as img:\n    out = [img.runs, img.diagnostics]",
+        setup=SETUP,
+        P=str(p),
+        D=str(tmp_path / "d2"),
+    )
+    assert r["ok"] and r["out"][0] == [[0, PS]] and r["seconds"] < 20, r
+    assert [d["what"] for d in r["out"][1]] == ["memory range missing"]
+
+
+@pytest.mark.parametrize("compression", ["raw", "gzip"])
+def test_runs_of_zero_records_keep_each_pages_last_record(tmp_path, compression):
+    # Runs of ZERO records (decoded at once) between page records; pages sent
+    # again in both directions: the last record of each page wins.
+    q = W.Qevm().start_ram([("pc.ram", 64 * PS)]).eos().part()
+    expect = {}
+    for i in range(64):
+        q.zero("pc.ram", i * PS, fill=i % 3)
+        expect[i] = bytes([i % 3]) * PS
+    for i in (5, 6, 7, 40):
+        q.page("pc.ram", i * PS, page(i))
+        expect[i] = page(i)
+    for i in range(30, 50):
+        q.zero("pc.ram", i * PS, fill=0xEE)
+        expect[i] = b"\xee" * PS
+    q.page("pc.ram", 63 * PS, page(63))
+    expect[63] = page(63)
+    p = tmp_path / "mixed.save"
+    p.write_bytes(W.libvirt_save(q.eos().end().eos().devices().bytes(), compression))
+    with M.open_image(p, derived_dir=tmp_path / "d") as img:
+        assert img.diagnostics == [] and img.runs == [(0, 64 * PS)]
+        assert img.read(0, 64 * PS) == b"".join(expect[i] for i in range(64))
