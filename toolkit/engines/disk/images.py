@@ -178,6 +178,8 @@ def _open_layer(
     state["layers"].append(layer)
 
     if q.needs_data_file:
+        if not q.image_data_file:  # the feature bit without the header extension naming the file
+            raise DiskError(f"{where}: needs an external data file but names none: corrupt qcow2 header")
         data_path, data_how, tried = resolve_reference(q.image_data_file, path.parent, search_paths)
         if data_path is None:
             raise DiskError(f"{where}: external data file {q.image_data_file!r} not found (tried: {', '.join(tried)})")
