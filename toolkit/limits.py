@@ -14,30 +14,30 @@ unit: ``512M``, ``4G``, ``64T``.
 Going past a ceiling stops the reader with a MemoryFormatError / DiskError /
 EvidenceError that names the file, the offset and the variable to raise.
 
-=========================  ===========================  ==================  ======================================
-name                       environment variable         default             bounds
-=========================  ===========================  ==================  ======================================
-max_guest_ram              SNAPSCOPE_MAX_GUEST_RAM      64T                 RAM one memory artefact may declare
-index_floor                SNAPSCOPE_INDEX_FLOOR        64M                 page-index memory allowed before the
-                                                                            index must be paid for by evidence
-                                                                            bytes (2 bytes of index per byte read)
-max_spill                  SNAPSCOPE_MAX_SPILL          16T                 decompressed pages one compressed
-                                                                            stream writes to derived/
-min_free_disk              SNAPSCOPE_MIN_FREE_DISK      1G                  free space a spill leaves on its
-                                                                            filesystem
-max_inflate                SNAPSCOPE_MAX_INFLATE        256M                bytes a compressed QEMU stream may
-                                                                            inflate to beyond 8x the RAM it
-                                                                            declares (at most 1024x its size):
-                                                                            time is linear in what is inflated
-max_runs                   SNAPSCOPE_MAX_RUNS           1048576             separate ranges of known memory in one
-                                                                            page index (each costs a Python tuple)
-max_elf_notes              SNAPSCOPE_MAX_ELF_NOTES      65536               ELF notes in one core (QEMU writes 2
-                                                                            per vCPU and one VMCOREINFO)
-max_note_bytes             SNAPSCOPE_MAX_NOTE_BYTES     64M                 ELF note bytes of one core / kdump
-max_changed_ranges         SNAPSCOPE_MAX_CHANGED_RANGES 1048576             guest ranges a disk diff may list
-                                                                            before it falls back to a full walk
-max_xml_elements           SNAPSCOPE_MAX_XML_ELEMENTS   100000              elements of one libvirt XML document
-=========================  ===========================  ==================  ======================================
+The ceilings (name, environment variable, default: what it bounds):
+
+- ``max_guest_ram``, SNAPSCOPE_MAX_GUEST_RAM, 64T: RAM one memory artefact may declare.
+- ``index_floor``, SNAPSCOPE_INDEX_FLOOR, 64M: page-index memory allowed before
+  the index must be paid for by evidence read (2 bytes of index per byte).
+- ``max_runs``, SNAPSCOPE_MAX_RUNS, 1048576: separate ranges of known memory in
+  one image (each costs a Python tuple).
+- ``max_spill``, SNAPSCOPE_MAX_SPILL, 16T: decompressed pages one compressed
+  stream writes to derived/ (also capped at the RAM it declares).
+- ``min_free_disk``, SNAPSCOPE_MIN_FREE_DISK, 1G: free space a spill leaves on
+  its filesystem.
+- ``max_inflate``, SNAPSCOPE_MAX_INFLATE, 256M: what a compressed QEMU stream
+  may inflate to beyond 8x the RAM it declares (and at most 1024x its own
+  size): decompression and parsing time are linear in it.
+- ``max_elf_notes``, SNAPSCOPE_MAX_ELF_NOTES, 65536: ELF notes in one core
+  (QEMU writes two per vCPU and one VMCOREINFO).
+- ``max_note_bytes``, SNAPSCOPE_MAX_NOTE_BYTES, 64M: ELF note bytes of one core.
+- ``max_overlapping_records``, SNAPSCOPE_MAX_OVERLAPPING_RECORDS, 65536:
+  flattened kdump records that overwrite one another (QEMU and makedumpfile
+  rewrite a few headers).
+- ``max_changed_ranges``, SNAPSCOPE_MAX_CHANGED_RANGES, 1048576: guest ranges a
+  disk diff may list before it falls back to walking both trees.
+- ``max_xml_elements``, SNAPSCOPE_MAX_XML_ELEMENTS, 100000: elements of one
+  libvirt XML document.
 
 >>> limit("max_elf_notes")
 65536
@@ -62,6 +62,7 @@ LIMITS = {
     "max_runs": {"env": "SNAPSCOPE_MAX_RUNS", "default": 1 << 20},
     "max_elf_notes": {"env": "SNAPSCOPE_MAX_ELF_NOTES", "default": 1 << 16},
     "max_note_bytes": {"env": "SNAPSCOPE_MAX_NOTE_BYTES", "default": 64 * MIB},
+    "max_overlapping_records": {"env": "SNAPSCOPE_MAX_OVERLAPPING_RECORDS", "default": 1 << 16},
     "max_changed_ranges": {"env": "SNAPSCOPE_MAX_CHANGED_RANGES", "default": 1 << 20},
     "max_xml_elements": {"env": "SNAPSCOPE_MAX_XML_ELEMENTS", "default": 100_000},
 }

@@ -209,3 +209,40 @@ def qcow2_shared_l2(path, l1_entries: int = 40960, cluster_bits: int = 12, backi
     with open(path, "wb") as fh:
         fh.write(out)
     return {"path": path, "virtual_size": size, "allocated": l1_entries * len(range(0, l2_entries, every))}
+
+
+def elf_many_loads(path, n: int = 200_000) -> dict:
+    """An ELF core (PN_XNUM) of ``n`` one-byte PT_LOADs 8 KiB apart, all over
+    the same file byte: a segment dict and two closures each made 10 MiB of
+    headers 260 MiB of Python objects."""
+    shoff = 64 + n * 56
+    data_off = shoff + 64
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    out = bytearray(ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, 64, shoff, 0, 64, 56, 0xFFFF, 64, 1, 0))
+    phdr = struct.Struct("<IIQQQQQQ")
+    for i in range(n):
+        out += phdr.pack(1, 0, data_off, 0, i * 8192, 1, 1, 0)
+    sh = bytearray(64)
+    struct.pack_into("<I", sh, 44, n)  # sh_info: the real e_phnum
+    out += sh + b"\x5a"
+    with open(path, "wb") as fh:
+        fh.write(out)
+    return {"path": path, "loads": n}
+
+
+def flattened_tiny_records(path, n: int = 1_000_000, overlapping: bool = False) -> dict:
+    """A flattened kdump of ``n`` one-byte records (17 bytes each in the file),
+    after a valid header: apart, or all overwriting the same 1000 bytes."""
+    bs = PS
+    hdr = bytearray(bs)
+    hdr[0:8] = b"KDUMP   "
+    struct.pack_into("<i", hdr, 8, 6)
+    struct.pack_into("<IIIII", hdr, 428, bs, 1, 2, 8, 0)
+    sub = bytearray(104)
+    struct.pack_into("<Q", sub, 96, 8)
+    records = [(0, bytes(hdr[:464])), (bs, bytes(sub))]
+    base = 16 * bs
+    records += [(base + (i % 1000 if overlapping else 2 * i), b"\x01") for i in range(n)]
+    with open(path, "wb") as fh:
+        fh.write(flattened(records))
+    return {"path": path, "records": n}

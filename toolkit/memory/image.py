@@ -6,6 +6,8 @@ A reader module builds a list of *segments* (plain dicts) and hands them to
     {"gpa": 0x0, "length": 0xA0000, "read": fn(offset, length) -> bytes,
      "runs": [(offset, length), ...] or None}   # None: the whole segment has data
 
+``"runs_merged": True`` says a lone segment's runs are sorted and merged already.
+
 Example::
 
     >>> img = MemoryImage(format="raw", path="x", info={}, segments=[
@@ -86,13 +88,19 @@ class MemoryImage:
                 raise MemoryFormatError(path, "segment table", f"overlapping ranges at gpa {b['gpa']:#x}")
         self._segs = segs
         self._starts = [s["gpa"] for s in segs]
-        runs = []
-        for s in segs:
-            if s.get("runs") is None:
-                runs.append((s["gpa"], s["length"]))
-            else:
-                runs.extend((s["gpa"] + o, n) for o, n in s["runs"])
-        self.runs = merge_runs(runs)
+        if len(segs) == 1 and segs[0].get("runs_merged"):
+            # One segment whose runs are already sorted and merged (an ELF core's
+            # loads): kept as they are, not copied three times over.
+            s = segs[0]
+            self.runs = s["runs"] if s["gpa"] == 0 else [(s["gpa"] + o, n) for o, n in s["runs"]]
+        else:
+            runs = []
+            for s in segs:
+                if s.get("runs") is None:
+                    runs.append((s["gpa"], s["length"]))
+                else:
+                    runs.extend((s["gpa"] + o, n) for o, n in s["runs"])
+            self.runs = merge_runs(runs)
 
     @property
     def size(self):

@@ -25,7 +25,7 @@ from toolkit.schemas import diagnostic
 MAGIC, PART_MAGIC = b"LibvirtQemudSave", b"LibvirtQemudPart"
 HEADER_SIZE = 0x5C
 FORMATS = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd", 6: "sparse"}
-MAX_XML = 64 << 20
+MAX_XML = 16 << 20  # the domain XML and cookie area: a few KiB from libvirt; read whole, so bounded
 
 
 def detect(head):
