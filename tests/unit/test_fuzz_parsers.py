@@ -73,3 +73,22 @@ def test_qcow2_naming_no_external_data_file(tmp_path):
     p.write_bytes(raw)
     with pytest.raises(DiskError, match=r"d.qcow2: needs an external data file but names none"):
         open_disk(p)
+
+
+def test_capture_times_beyond_what_a_timestamp_holds(tmp_path):
+    """Found by the capture target: a pcapng whose interface counts one tick a
+    second (if_tsresol 0x80) puts 2^40 ticks beyond the year 2262; building the
+    tables raised OverflowError instead of leaving that time empty."""
+    from tests.helpers import evidence_files as E
+    from tests.helpers import pcap_writer as P
+    from toolkit.engines import network
+
+    frame = P.udp("10.0.2.15", 5353, "10.0.2.3", 53, P.dns_query("beacon.example"))
+    p = E.write(tmp_path / "far.pcapng", E.pcapng([(1 << 40, frame), (1_700_000_000, frame)], tsresol=0x80))
+    tables = network.to_tables(network.analyze_captures([p], spool_dir=None), "s")
+    (flow,) = tables["network/flows"].to_dict("records")
+    assert (str(flow["first_ts"]), str(flow["last_ts"])) == ("NaT", "2023-11-14 22:13:20+00:00")
+    assert tables["network/dns"]["ts"].astype(str).tolist() == ["NaT", "2023-11-14 22:13:20+00:00"]
+    diags = tables["diagnostics"]
+    out_of_range = diags[diags["what"] == "1 times out of range"]
+    assert sorted(out_of_range["where"]) == ["network/dns", "network/flows"]
