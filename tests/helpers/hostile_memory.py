@@ -21,6 +21,11 @@ from tests.helpers.memory_samples import PS, page
 
 GIB = 1 << 30
 TIB = 1 << 40
+# For tests measuring a reader in a child (tests/helpers/bounded.py): every
+# reader imported before the measure starts, and what opening a crafted file
+# may add to the child's own peak RSS.
+SETUP = "import toolkit.memory as M, toolkit.memory.registry"
+GROWTH_MB = 64
 
 
 def zstd_rle_frame(total: int) -> bytes:

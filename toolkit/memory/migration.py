@@ -16,17 +16,21 @@ True
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 
 import numpy as np
 
 from toolkit.errors import MemoryFormatError
-from toolkit.limits import INFLATE_PASSES, INFLATE_PER_INPUT_BYTE, env_name, human, limit
+from toolkit.limits import env_name, human, limit
+from toolkit.memory import mapped_ram
 from toolkit.memory.inflate import inflate
 from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SPILL, KIND_SRC, IndexBudget, PageMap, enc
+from toolkit.memory.spill import Spill
+from toolkit.memory.xbzrle import xbzrle_decode
 from toolkit.schemas import diagnostic
+
+__all__ = ["MAGIC", "Spill", "detect", "index_stream", "xbzrle_decode"]
 
 MAGIC = b"QEVM"
 EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIG, COMMAND, FOOTER = (
@@ -49,84 +53,6 @@ _KNOWN = _PAGE_KINDS | F_MEM_SIZE | F_EOS | F_CONTINUE | F_MULTIFD_FLUSH
 
 def detect(head):
     return head[:4] == MAGIC
-
-
-class Spill:
-    """Page store for pages that cannot be read in place (a decompressed
-    stream's pages, XBZRLE and COMPRESS results): one slot per page.
-
-    A page sent again overwrites its own slot (``put(page, slot)``), so the
-    file never holds more than one copy of each page of the declared RAM:
-    a stream resending one page forever grows nothing. Writing past ``cap``
-    bytes, past ``limits.max_spill``, or leaving less than
-    ``limits.min_free_disk`` on the file's filesystem stops the index with a
-    MemoryFormatError naming the stream and offset (the case disk is not
-    filled to the last byte first).
-
-    >>> import tempfile; sp = Spill(tempfile.TemporaryFile())
-    >>> a = sp.put(b"x" * 4096); b = sp.put(b"y" * 4096, slot=a); (a, b, sp.size)
-    (0, 0, 4096)
-    """
-
-    FREE_CHECK_EVERY = 64 << 20  # bytes appended between two free-space checks
-
-    def __init__(self, fileobj, path="spill", cap=None):
-        self.f = fileobj
-        self.f.seek(0, 2)
-        self.size = self.f.tell()
-        self.path = str(path)
-        self.cap = min(cap, limit("max_spill")) if cap is not None else limit("max_spill")
-        self.min_free = limit("min_free_disk")
-        self._unchecked = self.FREE_CHECK_EVERY  # check before the first append
-        self._dirty = False
-
-    def put(self, page, slot=None, at=None):
-        """Store ``page`` in ``slot`` (an offset put() returned before) or a new slot; returns the offset."""
-        if slot is not None:
-            if self._dirty:
-                self.f.flush()
-                self._dirty = False
-            os.pwrite(self.f.fileno(), page, slot)
-            return slot
-        if self.size + len(page) > self.cap:
-            raise MemoryFormatError(
-                self.path,
-                "spill" if at is None else at,
-                f"decompressed pages would exceed {human(self.cap)} (the RAM the stream declares, or "
-                f"{env_name('max_spill')})",
-            )
-        self._unchecked += len(page)
-        if self._unchecked >= self.FREE_CHECK_EVERY:
-            self._check_free(at)
-        off = self.size
-        self.f.write(page)
-        self.size += len(page)
-        self._dirty = True
-        return off
-
-    def _check_free(self, at):
-        self._unchecked = 0
-        try:
-            st = os.fstatvfs(self.f.fileno())
-        except OSError:  # not a filesystem that says (a pipe, some FUSE): the cap still holds
-            return
-        free = st.f_bavail * st.f_frsize
-        if free < self.min_free + self.FREE_CHECK_EVERY:
-            raise MemoryFormatError(
-                self.path,
-                "spill" if at is None else at,
-                f"only {human(free)} left where decompressed pages are written; stopped before the disk "
-                f"fills (keeps {human(self.min_free)} free: {env_name('min_free_disk')})",
-            )
-
-    def pread(self, offset, n):
-        if self._dirty:
-            self.f.flush()
-            self._dirty = False
-        return os.pread(self.f.fileno(), n, offset)
-
-    def close(self):
-        self.f.close()
 
 
 def _config(cur, st):
@@ -190,47 +116,8 @@ def _mem_size(cur, st, total):
         pm = PageMap((length + ps - 1) // ps, ps, budget=st.get("budget"))
         st["blocks"][name] = {"length": length, "map": pm}
         if st["mapped_ram"]:
-            _mapped_ram_block(cur, st, name, length, pm)
+            mapped_ram.index_block(cur, st, name, length, pm)
         total -= length
-
-
-def _mapped_ram_block(cur, st, name, length, pm):
-    at = cur.tell()
-    version = cur.be32()
-    page_size, bitmap_off, pages_off = cur.be64(), cur.be64(), cur.be64()
-    if version != 1 or page_size != pm.page_size:
-        raise MemoryFormatError(
-            cur.path, at, f"mapped-ram header version {version} / page size {page_size} unsupported"
-        )
-    src = st["source"]
-    nbytes = (pm.npages + 63) // 64 * 8
-    if bitmap_off + nbytes > src.size:
-        raise MemoryFormatError(cur.path, at + 12, f"mapped-ram bitmap at {bitmap_off:#x} lies past the end")
-    beyond = False
-    step = 1 << 20  # pages per piece: the index is built a bounded piece at a time
-    for first in range(0, pm.npages, step):
-        n = min(step, pm.npages - first)
-        raw = src.pread(bitmap_off + first // 8, (n + 7) // 8)
-        if raw.count(0) == len(raw):  # no page written in this piece: all zero pages
-            pm.fill(first, first + n, enc(KIND_FILL, 0), at)
-            continue
-        bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:n].astype(bool)
-        offs = pages_off + np.arange(first, first + n, dtype=np.int64) * page_size
-        outside = bits & (offs + page_size > src.size)
-        beyond |= bool(outside.any())
-        # A clear bit is a zero page; a set bit whose page lies past the end is absent.
-        pm.put_range(first, np.where(bits, np.where(outside, 0, enc(KIND_SRC, 0) | offs), enc(KIND_FILL, 0)), at)
-    if beyond:
-        st["diagnostics"].append(
-            diagnostic(
-                "error",
-                "memory range missing",
-                f"{cur.path}@{src.size:#x}",
-                f"mapped-ram pages of block {name!r} lie past the end of the file",
-            )
-        )
-    # QEMU continues the stream after the block's page area.
-    cur.seek(pages_off + length)
 
 
 def _ram_records(cur, st):
@@ -377,70 +264,19 @@ def _zero_run(buf, pos, end, mask, bits, zero_cont, most=1 << 16):
     return (words[:k] >> np.uint64(bits)).astype(np.int64), recs[:k, 8].astype(np.int64), pos + 9 * k
 
 
-def xbzrle_decode(src, old, path="", at=0):
-    """Apply an XBZRLE delta: (unchanged-run, changed-run, bytes) pairs, ULEB128 lengths.
-
-    >>> xbzrle_decode(bytes([1, 2]) + b"XY", b"abcd")
-    b'aXYd'
-    """
-    out = bytearray(old)
-    i = d = 0
-
-    def uleb():
-        nonlocal i
-        val = shift = 0
-        for _ in range(3):
-            if i >= len(src):
-                break
-            b = src[i]
-            i += 1
-            val |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return val
-        raise MemoryFormatError(path, at, "XBZRLE run length malformed")
-
-    while i < len(src):
-        d += uleb()
-        n = uleb()
-        if n == 0 or d + n > len(out) or i + n > len(src):
-            raise MemoryFormatError(path, at, "XBZRLE run overflows the page")
-        out[d : d + n] = src[i : i + n]
-        d += n
-        i += n
-    return bytes(out)
-
-
-def inflate_cap(st, compressed_bytes):
-    """(bytes a compressed stream may inflate to, why) for the state indexed so far.
-
-    A stream holds each page of the RAM it declares, sent again a few times at
-    most by a live migration: ``limits.max_inflate`` plus INFLATE_PASSES times
-    the declared RAM, and never more than INFLATE_PER_INPUT_BYTE per compressed
-    byte (time is linear in what is inflated).
-    """
-    declared = sum(b["length"] for b in st["blocks"].values())
-    most = limit("max_inflate") + min(INFLATE_PASSES * declared, INFLATE_PER_INPUT_BYTE * compressed_bytes)
-    return most, (
-        f"the compressed stream inflates past {human(most)} ({INFLATE_PASSES}x the {human(declared)} of RAM it "
-        f"declares, at most {INFLATE_PER_INPUT_BYTE}x its {human(compressed_bytes)}, plus "
-        f"{env_name('max_inflate')})"
-    )
-
-
-def index_stream(cur, *, spill_factory=None, source=None, compressed_bytes=None):
+def index_stream(cur, *, spill_factory=None, source=None, cap=None):
     """Index the RAM of the QEVM stream under ``cur`` in one pass.
 
     Returns a state dict: machine, page_size, capabilities, blocks
     {name: {length, map}}, complete, diagnostics, stream_end.
     ``source`` (a pread-able object) is needed for mapped-ram and XBZRLE.
-    ``compressed_bytes``: the size of the compressed input when ``cur`` reads a
-    decompressor, which bounds what it may inflate to (:func:`inflate_cap`).
+    ``cap(st) -> (bytes, why)``: how far ``cur`` may read given the state so
+    far (a decompressor: see ``streams.inflate_cap``).
 
     >>> import io; from toolkit.memory.cursor import Cursor
     >>> index_stream(Cursor("x", stream=io.BytesIO(b"QEVM\\0\\0\\0\\3\\0")))
     Traceback (most recent call last):
-    toolkit.memory.image.MemoryFormatError: x: at offset 0x8: stream ends before the RAM section completed
+    toolkit.errors.MemoryFormatError: x: at offset 0x8: stream ends before the RAM section completed
     """
     st = {
         "machine": None,
@@ -471,8 +307,8 @@ def index_stream(cur, *, spill_factory=None, source=None, compressed_bytes=None)
     # Index memory is paid for by evidence read: the stream so far, or the
     # whole file for mapped-ram (its pages lie at fixed offsets, read by bitmap).
     st["budget"] = IndexBudget(cur.path, lambda: max(cur.tell(), source_size if st["mapped_ram"] else 0))
-    if compressed_bytes is not None:
-        cur.cap = lambda: inflate_cap(st, compressed_bytes)
+    if cap is not None:
+        cur.cap = lambda: cap(st)
     start = cur.tell()
     if cur.read(4) != MAGIC:
         raise MemoryFormatError(cur.path, start, "QEVM magic missing")

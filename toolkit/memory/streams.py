@@ -32,6 +32,7 @@ import numpy as np
 import zstandard
 
 from toolkit.errors import MemoryFormatError
+from toolkit.limits import INFLATE_PASSES, INFLATE_PER_INPUT_BYTE, env_name, human, limit
 from toolkit.memory import lzo1x, migration
 from toolkit.memory.cursor import Cursor
 from toolkit.memory.pages import PageMap
@@ -173,6 +174,23 @@ def _cache_key(path, offset, codec):
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def inflate_cap(st, compressed_bytes):
+    """(bytes a compressed stream may inflate to, why) for the state indexed so far.
+
+    A stream holds each page of the RAM it declares, sent again a few times at
+    most by a live migration: ``limits.max_inflate`` plus INFLATE_PASSES times
+    the declared RAM, and never more than INFLATE_PER_INPUT_BYTE per compressed
+    byte (time is linear in what is inflated).
+    """
+    declared = sum(b["length"] for b in st["blocks"].values())
+    most = limit("max_inflate") + min(INFLATE_PASSES * declared, INFLATE_PER_INPUT_BYTE * compressed_bytes)
+    return most, (
+        f"the compressed stream inflates past {human(most)} ({INFLATE_PASSES}x the {human(declared)} of RAM it "
+        f"declares, at most {INFLATE_PER_INPUT_BYTE}x its {human(compressed_bytes)}, plus "
+        f"{env_name('max_inflate')})"
+    )
+
+
 def index_compressed(path, offset, codec, derived_dir=None):
     """Index a compressed QEVM stream starting at ``offset`` of ``path``.
 
@@ -197,10 +215,11 @@ def index_compressed(path, offset, codec, derived_dir=None):
     try:
         raw.seek(offset)
         stream = decompressor(codec, raw, path)
+        compressed = os.fstat(raw.fileno()).st_size - offset
         st = migration.index_stream(
             Cursor(path, stream=stream, start=0),
             spill_factory=lambda: migration.Spill(spill_file),
-            compressed_bytes=os.fstat(raw.fileno()).st_size - offset,
+            cap=lambda st: inflate_cap(st, compressed),
         )
         if st["spill_obj"] is None:
             st["spill_obj"] = migration.Spill(spill_file)
