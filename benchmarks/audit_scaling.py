@@ -31,12 +31,13 @@ Evidence: by default a fleet of 7 is built with ``build_fleet(count=7)``
 (vm01..vm06 healthy, vm07 corrupt) under a temporary root in /tmp, reusing
 the main cache's kernel download, and deleted at the end (``--keep`` keeps
 it). ``--fleet DIR`` uses an existing fleet instead; if it has fewer healthy
-VMs than the largest N, the missing ones are *symlinked copies* of healthy
-VMs (a directory vmNNdupK/ of symlinks to that VM's files). Such a copy is a
-distinct snapshot to discovery and analysis (its own id, fully analysed), but
-audit hashes evidence by resolved path, so its files are hashed once with the
-original's: audit's hashing then does less than it would for a real distinct
-clone, and the comparison flatters audit slightly (hashing is a small part).
+VMs than the largest N, the missing ones are *hard-linked copies* of healthy
+VMs (a directory vmNNdupK/ of hard links to that VM's files; discovery does
+not follow symlinks). Such a copy is a distinct snapshot to discovery and
+analysis (its own id, fully analysed, its files hashed under their own paths),
+like a real distinct clone. Every run is given the fleet directory as
+``--search-path``: the clones name ``../base.qcow2``, outside the VM
+directories given, which snapscope refuses to read otherwise.
 
 After the timed runs, ``page_overlap`` measures what cross-clone page
 sharing could save in memory: per clone, how many of its 4 KiB guest pages
@@ -194,14 +195,15 @@ AUDIT_CODE = """
 import json, sys
 from pathlib import Path
 from toolkit.audit import audit
-dirs, case, jobs = json.loads(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-s = audit([Path(d) for d in dirs], case, jobs=jobs)
+dirs, case, jobs, fleet = json.loads(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = audit([Path(d) for d in dirs], case, jobs=jobs, search_paths=[fleet])
 print("AUDIT-RESULT " + json.dumps(s["fleet"][["vm", "status"]].to_dict("records")))
 """
 
 
-def run_audit(dirs, case, jobs) -> dict:
-    r = measure([sys.executable, "-c", AUDIT_CODE, json.dumps([str(d) for d in dirs]), str(case), str(jobs)], cwd=REPO)
+def run_audit(dirs, case, jobs, fleet) -> dict:
+    cmd = [sys.executable, "-c", AUDIT_CODE, json.dumps([str(d) for d in dirs]), str(case), str(jobs), str(fleet)]
+    r = measure(cmd, cwd=REPO)
     line = next((ln for ln in r["stdout"].splitlines() if ln.startswith("AUDIT-RESULT ")), None)
     rows = json.loads(line[len("AUDIT-RESULT ") :]) if line else []
     r["analysed"] = sum(row["status"] == "analysed" for row in rows)
@@ -214,10 +216,10 @@ def snapscope_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "toolkit.cli"]
 
 
-def run_analyze_each(dirs, case) -> dict:
+def run_analyze_each(dirs, case, fleet) -> dict:
     total = {"wall": 0.0, "read_bytes": 0, "rchar": 0, "cpu": 0.0, "rc": 0, "runs": []}
     for d in dirs:
-        r = measure(snapscope_cmd() + ["analyze", str(d), "--case", str(case)], cwd=REPO)
+        r = measure(snapscope_cmd() + ["analyze", str(d), "--case", str(case), "--search-path", str(fleet)], cwd=REPO)
         total["runs"].append({k: r[k] for k in ("wall", "read_bytes", "rchar", "cpu", "rc", "load_before")})
         for k in ("wall", "read_bytes", "rchar", "cpu"):
             total[k] += r[k]
@@ -234,24 +236,25 @@ def healthy_vms(fleet: Path) -> list[Path]:
 
 
 def vm_dirs(fleet: Path, n_max: int, scratch: Path) -> tuple[list[Path], list[str]]:
-    """n_max analysable VM dirs; symlinked copies of healthy VMs fill any shortfall."""
+    """n_max analysable VM dirs; hard-linked copies of healthy VMs fill any shortfall."""
     good = healthy_vms(fleet)
     notes = []
     dirs = list(good[:n_max])
     k = 0
     while len(dirs) < n_max:
         src = good[k % len(good)]
-        dup = scratch / "dups" / fleet.name  # base.qcow2 linked here too: "../base.qcow2" resolves either way
+        dup = scratch / "dups" / fleet.name  # "../base.qcow2" is found through --search-path FLEET
         dup.mkdir(parents=True, exist_ok=True)
-        if not (dup / "base.qcow2").exists():
-            (dup / "base.qcow2").symlink_to(fleet / "base.qcow2")
         d = dup / f"{src.name}dup{k + 1}"
         d.mkdir(exist_ok=True)
         for f in src.iterdir():
             if f.is_file() and not (d / f.name).exists():
-                (d / f.name).symlink_to(f)
+                try:
+                    os.link(f, d / f.name)
+                except OSError:  # another filesystem: a copy reads the same
+                    shutil.copyfile(f, d / f.name)
         dirs.append(d)
-        notes.append(f"{d.name}: symlinked copy of {src.name} (hashing dedupes it with {src.name}: resolved paths)")
+        notes.append(f"{d.name}: hard-linked copy of {src.name} (its own paths: hashed again, like a real clone)")
         k += 1
     return dirs, notes
 
@@ -361,7 +364,11 @@ def main(argv=None) -> int:
         for n in notes:
             progress(n)
         progress("warm-up analyze (ISF cache, imports)")
-        warm = measure(snapscope_cmd() + ["analyze", str(dirs[0]), "--case", str(scratch / "case-warmup")], cwd=REPO)
+        warm = measure(
+            snapscope_cmd()
+            + ["analyze", str(dirs[0]), "--case", str(scratch / "case-warmup"), "--search-path", str(fleet)],
+            cwd=REPO,
+        )
         if warm["rc"]:
             raise SystemExit(f"warm-up analyze failed:\n{warm['stderr']}")
         shutil.rmtree(scratch / "case-warmup", ignore_errors=True)
@@ -372,13 +379,13 @@ def main(argv=None) -> int:
             if args.cache == "cold":
                 evict(files)
             progress(f"N={n}: audit (jobs={args.jobs})")
-            a = run_audit(sel, scratch / f"case-audit-{n}", args.jobs)
+            a = run_audit(sel, scratch / f"case-audit-{n}", args.jobs, fleet)
             if a["rc"] or a["analysed"] != n:
                 progress(f"audit N={n}: rc={a['rc']} analysed={a['analysed']} rows={a['fleet_rows']}\n{a['stderr']}")
             if args.cache == "cold":
                 evict(files)
             progress(f"N={n}: analyze x{n}")
-            b = run_analyze_each(sel, scratch / f"case-analyze-{n}")
+            b = run_analyze_each(sel, scratch / f"case-analyze-{n}", fleet)
             if b["rc"]:
                 progress(f"analyze N={n} failed: {b.get('stderr')}")
             a["plugin_seconds"] = plugin_seconds(scratch / f"case-audit-{n}")

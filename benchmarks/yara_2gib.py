@@ -78,6 +78,7 @@ def find_fleet(arg: Path | None) -> Path:
 
 def boot_and_dump(fleet: Path, work: Path, ram_mib: int, progress) -> dict:
     qemu_run = _load_package("qemu_run")
+    beacons = _load_package("beacons")
     scenario = _load_package("scenario")
     disk = _load_package("disk")
     report = _load_package("guest_report")
@@ -97,7 +98,9 @@ def boot_and_dump(fleet: Path, work: Path, ram_mib: int, progress) -> dict:
         progress=progress,
     ) as g:
         boot_s = time.time() - t0
-        time.sleep(scenario.BEACON_WAIT)
+        beacons.wait_for_beacons(
+            work / "serial.log", work / "net.pcap", lambda: g.proc.poll() is None, f"yara2g ({ram_mib} MiB)", progress
+        )
         g.qmp.cmd("stop")
         t1 = time.time()
         qemu_run.dump_elf(g.qmp, work / "memory.elf")

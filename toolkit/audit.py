@@ -31,6 +31,7 @@ from toolkit.case.store import Case, write_table
 from toolkit.engines import no_progress
 from toolkit.errors import SnapscopeError
 from toolkit.evidence import discover
+from toolkit.evidence.scan import symlink_skip
 from toolkit.pipeline import run_snapshots
 from toolkit.schemas import SEVERITIES, make_table
 from toolkit.snapshot import RunOptions
@@ -38,21 +39,25 @@ from toolkit.snapshot import RunOptions
 
 def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
     """A copied /etc/libvirt + /var/lib/libvirt tree: one input per domain XML and snapshot XML."""
-    domain_xmls = sorted(p for p in root.rglob("qemu/*.xml") if p.is_file())
+    domain_xmls = sorted(p for p in root.rglob("qemu/*.xml") if p.is_file() and not p.is_symlink())
     if not domain_xmls:
         return None
     inputs = []
     for xml in domain_xmls:
-        snaps = sorted((xml.parent / "snapshot" / xml.stem).glob("*.xml"))
-        snaps += sorted(p for p in root.rglob(f"qemu/snapshot/{xml.stem}/*.xml") if p not in snaps)
+        snaps = sorted(p for p in (xml.parent / "snapshot" / xml.stem).glob("*.xml") if not p.is_symlink())
+        snaps += sorted(
+            p for p in root.rglob(f"qemu/snapshot/{xml.stem}/*.xml") if p not in snaps and not p.is_symlink()
+        )
         inputs.append([xml])
         inputs.extend([s] for s in snaps)
     return inputs
 
 
-def collect_inputs(sources: list[Path]) -> list[list[Path]]:
-    """Split sources into independent discovery inputs (one VM each where the layout says so)."""
-    inputs = []
+def collect_inputs(sources: list[Path]) -> tuple[list[list[Path]], list[dict]]:
+    """Split sources into independent discovery inputs (one VM each where the layout says so);
+    also fleet rows for symlinked subdirectories, which are not followed (they may lead
+    anywhere on the analyst's host: name the target to audit it)."""
+    inputs, skipped = [], []
     for source in sources:
         source = Path(source)
         if source.is_dir():
@@ -60,19 +65,29 @@ def collect_inputs(sources: list[Path]) -> list[list[Path]]:
             if tree is not None:
                 inputs.extend(tree)
                 continue
-            subdirs = sorted(p for p in source.iterdir() if p.is_dir())
+            subdirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.is_symlink())
+            skipped += [
+                {"vm": p.name, "status": "skipped", "reason": symlink_skip(p)["reason"], "source_path": str(p)}
+                for p in sorted(source.iterdir())
+                if subdirs and p.is_symlink()  # without subdirectories discover() scans (and reports) them
+            ]
             inputs.extend([[d] for d in subdirs] if subdirs else [[source]])
         else:
             inputs.append([source])
-    return inputs
+    return inputs, skipped
 
 
-def discover_fleet(sources, search_paths=()) -> tuple[list[dict], list[dict]]:
-    """(snapshots, failures): a source that cannot be read is a failure row, never fatal."""
-    snapshots, failures, seen = [], [], set()
-    for group in collect_inputs(sources):
+def discover_fleet(sources, search_paths=(), follow_recorded: bool = False) -> tuple[list[dict], list[dict]]:
+    """(snapshots, failures): a source that cannot be read is a failure row, never fatal.
+
+    Every source is an evidence root of every VM (a copied libvirt tree names its
+    disks inside itself); a file outside them is refused unless ``follow_recorded``.
+    """
+    groups, failures = collect_inputs(sources)
+    snapshots, seen = [], set()
+    for group in groups:
         try:
-            found = discover(group, search_paths=search_paths)
+            found = discover(group, search_paths=search_paths, follow_recorded=follow_recorded, roots=sources)
         except Exception as exc:  # one unreadable or hostile VM must not stop the fleet
             failures.append({"vm": group[0].name, "status": "failed", "reason": str(exc), "source_path": str(group[0])})
             continue
@@ -173,7 +188,9 @@ def audit(
     """
     case_dir = Path(case_dir)
     options = RunOptions.of(**choices)
-    snapshots, failures = discover_fleet([Path(s) for s in sources], options.search_paths)
+    snapshots, failures = discover_fleet(
+        [Path(s) for s in sources], options.search_paths, follow_recorded=options.follow_recorded_paths
+    )
     pool, client = _executor(executor, jobs)
     try:
         result = run_snapshots(

@@ -62,7 +62,11 @@ class ProfileError(SnapscopeError, ValueError):
 
 
 class RuleError(SnapscopeError):
-    """A YARA rule file that cannot be used: one line naming the file, line and problem."""
+    """A YARA or Sigma rule file that cannot be used: one line naming the file, line and problem."""
+
+
+class ExportError(SnapscopeError):
+    """A report or export that cannot be produced or delivered (e.g. a Timesketch server unreachable)."""
 
 
 class SymbolsError(SnapscopeError):

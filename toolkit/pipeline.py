@@ -46,6 +46,7 @@ from toolkit.engines import engine_names, no_progress
 from toolkit.errors import CaseError
 from toolkit.evidence import discover
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
+from toolkit.schemas import empty, make_table
 from toolkit.snapshot import RunOptions, analyze_snapshot, warm_up_worker
 from toolkit.versions import tool_versions
 
@@ -283,7 +284,8 @@ def _analyse_on(pool, todo: list[dict], run: dict) -> list[dict]:
 def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choices) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
 
-    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths, engine_names).
+    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths, engine_names,
+    follow_recorded_paths).
 
     Example::
 
@@ -291,7 +293,9 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
         [s["id"] for s in summary["snapshots"]]
     """
     options = RunOptions.of(**choices)
-    snapshots = discover([Path(p) for p in paths], search_paths=options.search_paths)
+    snapshots = discover(
+        [Path(p) for p in paths], search_paths=options.search_paths, follow_recorded=options.follow_recorded_paths
+    )
     result = run_snapshots(snapshots, Path(case_dir), options, kind="analyze", inputs=paths, progress=progress)
     return {
         "case": result["case"],
@@ -302,6 +306,7 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
                 "name": s["name"],
                 "tables": result["entries"][s["id"]]["tables"],
                 "reused": result["statuses"][s["id"]] == "reused",
+                "warnings": list(s.get("warnings") or []),  # files read outside the evidence roots
             }
             for s in snapshots
         ],
@@ -313,26 +318,70 @@ def recorrelate(case_dir: Path) -> dict:
     rule change), without touching evidence. Returns {snapshot_id: findings count}."""
     case_dir = Path(case_dir)
     with case_lock(case_dir):
-        case = Case.open(case_dir)
-        manifest = case.manifest
-        derived = {"findings", "timeline"}
-        counts = {}
-        for sid, entry in manifest["snapshots"].items():
-            tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
-            tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
-            # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
-            if "diagnostics" in tables:
-                tables["diagnostics"] = tables["diagnostics"][tables["diagnostics"]["source"] != "correlate"]
-            findings, problems, _graph = correlate_snapshot(tables, sid)
-            timeline = build_timeline(tables, sid, entry.get("times") or {})
-            write_table(case_dir, "findings", sid, findings)
-            write_table(case_dir, "timeline", sid, timeline)
-            if "diagnostics" in tables:
-                diags = pd.concat([tables["diagnostics"], problems], ignore_index=True)
-                write_table(case_dir, "diagnostics", sid, diags)
-            entry["findings"] = findings["severity"].value_counts().to_dict()
-            counts[sid] = len(findings)
-        save_manifest(case_dir, manifest)
-        write_combined_tables(case_dir)
-        custody.append_event(case_dir, action="correlate", detail={"findings": counts})
+        return _recorrelate(case_dir)
+
+
+def _recorrelate(case_dir: Path) -> dict:
+    case = Case.open(case_dir)
+    manifest = case.manifest
+    derived = {"findings", "timeline"}
+    counts = {}
+    for sid, entry in manifest["snapshots"].items():
+        tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
+        tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
+        # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
+        if "diagnostics" in tables:
+            tables["diagnostics"] = tables["diagnostics"][tables["diagnostics"]["source"] != "correlate"]
+        findings, problems, _graph = correlate_snapshot(tables, sid)
+        timeline = build_timeline(tables, sid, entry.get("times") or {})
+        write_table(case_dir, "findings", sid, findings)
+        write_table(case_dir, "timeline", sid, timeline)
+        if "diagnostics" in tables:
+            diags = pd.concat([tables["diagnostics"], problems], ignore_index=True)
+            write_table(case_dir, "diagnostics", sid, diags)
+        entry["findings"] = findings["severity"].value_counts().to_dict()
+        counts[sid] = len(findings)
+    save_manifest(case_dir, manifest)
+    write_combined_tables(case_dir)
+    custody.append_event(case_dir, action="correlate", detail={"findings": counts})
     return counts
+
+
+def run_sigma(case_dir: Path, rule_paths) -> dict:
+    """Run Sigma rules (files or directories) over every snapshot of a case, store their matches
+    as ``sigma/matches`` and re-correlate, so each match becomes a finding in the entity graph.
+
+    The rules are read (and any syntax error raised) before the case is touched; the previous
+    run's matches and Sigma diagnostics are replaced. Returns {"rules", "matches" {snapshot: n},
+    "findings" {snapshot: n}, "skipped" [diagnostic rows]}.
+
+    Example::
+
+        run_sigma(Path("case"), [Path("rules/sigma")])["matches"]   # {'lab-qemu': 3}
+    """
+    from toolkit.correlate.sigma.load import load_rules
+    from toolkit.correlate.sigma.run import compile_rules, run_rules
+
+    case_dir = Path(case_dir)
+    compiled = compile_rules(load_rules(rule_paths))
+    with case_lock(case_dir):
+        case = Case.open(case_dir)
+        if not case.snapshots:
+            raise CaseError(f"{case_dir}: the case holds no analysed snapshot; run snapscope analyze first")
+        matches, skipped = {}, []
+        for sid in case.snapshots:
+            tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name != "sigma/matches"}
+            rows, problems = run_rules(compiled, tables, sid)
+            write_table(case_dir, "sigma/matches", sid, rows)
+            diags = tables.get("diagnostics", empty("diagnostics"))
+            kept = diags[diags["source"] != "sigma"]
+            new = make_table("diagnostics", problems, snapshot_id=sid, source="sigma")
+            write_table(case_dir, "diagnostics", sid, pd.concat([kept, new], ignore_index=True))
+            matches[sid], skipped = len(rows), skipped + problems
+        custody.append_event(
+            case_dir,
+            action="sigma",
+            detail={"rules": [str(p) for p in rule_paths], "count": len(compiled), "matches": matches},
+        )
+        findings = _recorrelate(case_dir)
+    return {"rules": len(compiled), "matches": matches, "findings": findings, "skipped": skipped}

@@ -26,6 +26,7 @@ from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import ENGINES, EngineContext, no_progress
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
+from toolkit.references import ReferencePolicy, reference_policy
 from toolkit.schemas import diagnostic, make_table
 
 
@@ -41,9 +42,14 @@ class RunOptions:
     symbols: tuple[str, ...] = ()  # ISF files or directories, used before any automatic build
     rule_paths: tuple[str, ...] = ()  # YARA rule files or directories added to the profile's
     engine_names: tuple[str, ...] | None = None  # only these engines (None: every applicable one)
+    # --follow-recorded-paths: a file evidence names outside the evidence roots and search
+    # paths is read where recorded (with a warning) instead of refused
+    follow_recorded_paths: bool = False
 
     @classmethod
-    def of(cls, *, profile=None, search_paths=(), symbols=(), rule_paths=(), engine_names=None) -> RunOptions:
+    def of(
+        cls, *, profile=None, search_paths=(), symbols=(), rule_paths=(), engine_names=None, follow_recorded_paths=False
+    ) -> RunOptions:
         """RunOptions from CLI-style values (paths as Path or str, lists or tuples)."""
         return cls(
             profile=None if profile is None else str(profile),
@@ -51,7 +57,12 @@ class RunOptions:
             symbols=tuple(str(p) for p in symbols),
             rule_paths=tuple(str(p) for p in rule_paths),
             engine_names=None if engine_names is None else tuple(engine_names),
+            follow_recorded_paths=bool(follow_recorded_paths),
         )
+
+    def references(self, roots) -> ReferencePolicy:
+        """The run's reference policy for evidence found under ``roots`` (toolkit.references)."""
+        return reference_policy(roots=roots, search_paths=self.search_paths, follow_recorded=self.follow_recorded_paths)
 
 
 def snapshot_times(snapshot: dict) -> dict:
@@ -97,17 +108,21 @@ def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.D
 
 
 def _intake_diagnostics(snap: dict) -> list[dict]:
-    """What discovery could not use is data too: a damaged file it set aside, a file it did not recognise."""
+    """What discovery could not use is data too: a damaged file it set aside, a file it did not
+    recognise, a symlink it did not follow; and what it read outside the evidence roots."""
     rows = [diagnostic("error", "evidence problem", snap["id"], p) for p in snap.get("problems") or []]
+    rows += [diagnostic("warning", "evidence outside the roots", snap["id"], w) for w in snap.get("warnings") or []]
     for skipped in snap.get("skipped") or []:
-        # a recognised format that could not be read is lost evidence; an unknown file is just noted
-        damaged = str(skipped.get("reason", "")).startswith("unreadable")
+        # a recognised format that could not be read is lost evidence; a symlink may point at
+        # evidence the analyst meant (name it to use it); an unknown file is just noted
+        reason = str(skipped.get("reason", ""))
+        damaged, link = reason.startswith("unreadable"), reason.startswith("symbolic link")
         rows.append(
             diagnostic(
-                "error" if damaged else "info",
+                "error" if damaged else "warning" if link else "info",
                 f"{Path(skipped.get('path', '')).name} unreadable" if damaged else "file not used",
                 skipped.get("path"),
-                skipped.get("reason"),
+                reason,
             )
         )
     return rows
@@ -128,7 +143,8 @@ def analyze_snapshot(
         cache_dir=case_dir / "derived" / "cache",
         profile=profile,
         progress=progress,
-        search_paths=tuple(map(Path, options.search_paths)),
+        # the same policy discovery resolved this snapshot's files with
+        references=options.references(snap.get("roots") or ()),
         symbols=tuple(map(Path, options.symbols)),
         rule_paths=tuple(map(Path, options.rule_paths)),
         # content keys for caches shared between snapshots (a linked clones' base image)

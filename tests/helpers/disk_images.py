@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -92,6 +93,43 @@ def overlay_from(
 def rebase(image: Path, backing: str) -> None:
     """Rewrite only the recorded backing path (qemu-img rebase -u)."""
     _run("qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", "qcow2", image)
+
+
+def qcow2_over_data_file(data: Path, out: Path, recorded: str | None = None) -> Path:
+    """A qcow2 whose guest clusters live in the raw file ``data`` (``data_file_raw``: guest
+    offset = data file offset), recording ``recorded`` (default: ``data`` as given) as the
+    external data file's name: what a hostile image would name instead."""
+    scratch = Path(out).with_name(Path(out).name + ".scratch-data")
+    _run(
+        "qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={scratch},data_file_raw=on", out,
+        str(Path(data).stat().st_size),
+    )  # fmt: skip
+    scratch.unlink()  # qemu-img made an empty one; the image maps every cluster 1:1, so ``data`` stands in
+    set_data_file(out, recorded or str(data))
+    return Path(out)
+
+
+def set_data_file(image: Path, name: str) -> None:
+    """Rewrite the external data file name a qcow2 v3 records (header extension 0x44415441),
+    in place; the image must have no backing file (its name would follow the extensions)."""
+    with open(image, "r+b") as fh:
+        head = bytearray(fh.read(65536))
+        assert struct.unpack_from(">Q", head, 8)[0] == 0, "image has a backing file"
+        pos = end = struct.unpack_from(">I", head, 100)[0]
+        exts = []
+        while True:
+            kind, length = struct.unpack_from(">II", head, pos)
+            if kind == 0:
+                break
+            exts.append((kind, bytes(head[pos + 8 : pos + 8 + length])))
+            pos += 8 + (length + 7 & ~7)
+        exts = [(k, v) for k, v in exts if k != 0x44415441] + [(0x44415441, name.encode())]
+        packed = b"".join(struct.pack(">II", k, len(v)) + v + bytes(-len(v) % 8) for k, v in exts)
+        packed += bytes(8)  # end of extensions
+        head[end : pos + 8] = bytes(pos + 8 - end)
+        head[end : end + len(packed)] = packed
+        fh.seek(0)
+        fh.write(head[: max(pos + 8, end + len(packed))])
 
 
 def snapshot(image: Path, name: str) -> None:

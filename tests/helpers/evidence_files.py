@@ -109,8 +109,21 @@ def vmdk_sparse(capacity_sectors=2048) -> bytes:
     return hdr
 
 
-def vhdx(virtual_size=10 << 20, block_size=32 << 20) -> bytes:
-    """File identifier, region table at 192 KiB, metadata region at 1 MiB."""
+def _vhdx_parent_locator(entries: dict) -> bytes:
+    """MS-VHDX parent locator: type GUID, key/value count, then (key, value) UTF-16LE pairs."""
+    kind = uuid.UUID("b04aefb7-d19e-4a81-b789-25b8e9445913").bytes_le
+    table, blob = b"", b""
+    base = 20 + 12 * len(entries)
+    for key, value in entries.items():
+        k, v = key.encode("utf-16-le"), value.encode("utf-16-le")
+        table += struct.pack("<IIHH", base + len(blob), base + len(blob) + len(k), len(k), len(v))
+        blob += k + v
+    return kind + struct.pack("<HH", 0, len(entries)) + table + blob
+
+
+def vhdx(virtual_size=10 << 20, block_size=32 << 20, parent: dict | None = None) -> bytes:
+    """File identifier, region table at 192 KiB, metadata region at 1 MiB; ``parent``: a
+    differencing disk's parent locator entries (relative_path, absolute_win32_path, ...)."""
     data = bytearray(1 << 20 | 64 << 10)
     data[:8] = b"vhdxfile"
     creator = "synth".encode("utf-16-le")
@@ -119,16 +132,18 @@ def vhdx(virtual_size=10 << 20, block_size=32 << 20) -> bytes:
     struct.pack_into("<4sII4x", data, 192 << 10, b"regi", 0, 1)
     struct.pack_into("<16sQII", data, (192 << 10) + 16, meta_region, 1 << 20, 64 << 10, 1)
     meta = 1 << 20
-    struct.pack_into("<8sHH", data, meta, b"metadata", 0, 2)
     items = [
         (uuid.UUID("2fa54224-cd1b-4876-b211-5dbed83bf4b8").bytes_le, struct.pack("<Q", virtual_size)),
-        (uuid.UUID("caa16737-fa36-4d43-b3b6-33f0aa44e76b").bytes_le, struct.pack("<II", block_size, 0)),
+        (uuid.UUID("caa16737-fa36-4d43-b3b6-33f0aa44e76b").bytes_le, struct.pack("<II", block_size, 2 * bool(parent))),
     ]
+    if parent:
+        items.append((uuid.UUID("a8d35f2d-b30b-454d-abf7-d3d84834ab0c").bytes_le, _vhdx_parent_locator(parent)))
+    struct.pack_into("<8sHH", data, meta, b"metadata", 0, len(items))
     off = 64 << 10 >> 1
     for i, (guid, value) in enumerate(items):
         struct.pack_into("<16sIII4x", data, meta + 32 + 32 * i, guid, off, len(value), 0)
         data[meta + off : meta + off + len(value)] = value
-        off += 64
+        off += -(-len(value) // 64) * 64
     return bytes(data)
 
 

@@ -158,6 +158,16 @@ def implant_tables() -> dict[str, pd.DataFrame]:
     return t
 
 
+# The systemd unit that starts the benign service (pid 80): a persistence entry whose program is running.
+SERVICE_UNIT = {
+    "kind": "systemd",
+    "path": "/etc/systemd/system/labsvc.service",
+    "program": "/usr/sbin/labsvc",
+    "program_path": "/usr/sbin/labsvc",
+    "program_sha256": "2" * 64,
+}
+
+
 def write_case(case_dir: Path, tables: dict | None = None, sid: str = SID) -> Path:
     """A case holding ``tables`` (default: :func:`implant_tables`) and their findings and timeline."""
     tables = {

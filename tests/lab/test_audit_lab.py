@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import custody
 from toolkit.audit import audit
-from toolkit.case import Case
+from toolkit.case import Case, custody
 
 pytestmark = pytest.mark.lab
 VENV_BIN = Path(sys.executable).parent
@@ -29,6 +28,12 @@ def truth(fleet) -> dict:
 
 def _vm_dirs(fleet, truth, names=None):
     return [fleet / vm["dir"] for vm in truth["vms"] if names is None or vm["name"] in names]
+
+
+# The linked clones name ../base.qcow2, outside each VM directory given: the fleet directory is
+# where the analyst says such files may be (toolkit.references refuses them otherwise).
+def _search(fleet) -> dict:
+    return {"search_paths": [fleet]}
 
 
 def _by_vm(case_dir: Path, fleet: Path) -> dict:
@@ -48,7 +53,7 @@ def _finding_ids(case_dir: Path, snapshot_ids=None) -> set:
 def audited(fleet, truth, tmp_path_factory):
     case = tmp_path_factory.mktemp("audit") / "fleet-case"
     started = time.monotonic()
-    audit(_vm_dirs(fleet, truth), case, jobs=2)
+    audit(_vm_dirs(fleet, truth), case, jobs=2, **_search(fleet))
     return case, time.monotonic() - started
 
 
@@ -86,6 +91,7 @@ def test_killed_audit_resumes_without_redoing(fleet, truth, audited, tmp_path):
     case_dir = tmp_path / "killed-case"
     dirs = _vm_dirs(fleet, truth)
     cmd = [sys.executable, "-m", "toolkit.cli", "audit", *map(str, dirs), "--case", str(case_dir), "--jobs", "1"]
+    cmd += ["--search-path", str(fleet)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -103,7 +109,7 @@ def test_killed_audit_resumes_without_redoing(fleet, truth, audited, tmp_path):
     finished_before = {e["detail"]["snapshot"] for e in custody.read_events(case_dir) if e["action"] == "snapshot.done"}
     assert finished_before and len(finished_before) < len(dirs) - 1
     events_before = len(custody.read_events(case_dir))
-    audit(dirs, case_dir, jobs=2)
+    audit(dirs, case_dir, jobs=2, **_search(fleet))
     after = custody.read_events(case_dir)[events_before:]
     redone = {e["detail"]["snapshot"] for e in after if e["action"] == "snapshot.done"}
     reused = {e["detail"]["snapshot"] for e in after if e["action"] == "snapshot.reuse"}
@@ -149,7 +155,7 @@ def test_dask_executor_gives_the_same_findings(fleet, truth, audited, tmp_path):
     )
     try:
         case_dir = tmp_path / "dask-case"
-        audit(_vm_dirs(fleet, truth, names), case_dir, jobs=2, executor=f"dask://127.0.0.1:{port}")
+        audit(_vm_dirs(fleet, truth, names), case_dir, jobs=2, executor=f"dask://127.0.0.1:{port}", **_search(fleet))
         sids = [r.vm for r in Case.open(case_dir).table("audit/fleet").itertuples() if r.status == "analysed"]
         assert len(sids) == len(names)
         assert _finding_ids(case_dir) == _finding_ids(audited[0], sids)
@@ -192,6 +198,8 @@ def test_audit_against_previous_reports_changes(fleet, truth, audited, tmp_path)
             "1",
             "--previous",
             str(previous),
+            "--search-path",
+            str(fleet),
         ],
         capture_output=True,
         text=True,

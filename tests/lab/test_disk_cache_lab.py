@@ -15,6 +15,7 @@ import pytest
 from tests.helpers.contexts import engine_context
 from toolkit.engines.disk import run
 from toolkit.hashing import sha256_file
+from toolkit.references import reference_policy
 
 pytestmark = pytest.mark.lab
 PROFILE = {
@@ -22,14 +23,13 @@ PROFILE = {
 }
 
 
-def _tables(path, snapshot=None, cache_dir=None, work=None):
+def _tables(path, snapshot=None, cache_dir=None, work=None, references=None):
     snap = {
         "id": f"{path.parent.name}-{snapshot or 'active'}",
         "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": snapshot}],
     }
-    return run(
-        snap, engine_context(work or Path(tempfile.mkdtemp()), PROFILE, snapshot_id=snap["id"], cache_dir=cache_dir)
-    )
+    work = work or Path(tempfile.mkdtemp())
+    return run(snap, engine_context(work, PROFILE, snapshot_id=snap["id"], cache_dir=cache_dir, references=references))
 
 
 def _files(t):
@@ -61,9 +61,10 @@ def test_fleet_clones_share_one_base_entry(fleet, tmp_path):
     assert len(clones) == 5
     base = fleet / "base.qcow2"
     before = sha256_file(base)
+    fleet_root = reference_policy(roots=[fleet])  # each clone names ../base.qcow2: the fleet dir is the root
     for i, disk in enumerate(clones):
-        cached = _tables(disk, cache_dir=tmp_path, work=tmp_path)
-        pd.testing.assert_frame_equal(_files(_tables(disk)), _files(cached))
+        cached = _tables(disk, cache_dir=tmp_path, work=tmp_path, references=fleet_root)
+        pd.testing.assert_frame_equal(_files(_tables(disk, references=fleet_root)), _files(cached))
         if i:
             assert any("base rows from the cache" in n for n in _notes(cached)), _notes(cached)
     assert len(list((tmp_path / "disk").rglob("files-*.json.gz"))) == 1

@@ -56,8 +56,13 @@ def test_beacon_flow_attributed_to_the_implant(lab_snapshot, ground_truth):
     assert list(outbound["pid"]) == [beacon["pid"]]
     chain = _chain_labels(_findings(case, sid, "proc.kernel_thread_masquerade").iloc[0])
     assert f"{beacon['local_ip']}:{beacon['local_port']} -> {beacon['remote_ip']}:{beacon['remote_port']}" in chain
+    # the builder counted the implant's payloads in this capture (at least beacon_min_payloads): the flow
+    # shows as many turns, and the periodic-beacon rule reports them all
+    pcap = next(a["facts"] for a in ground_truth["artefacts"] if a["path"] == "qemu/net.pcap")
+    assert flow["beacon_intervals"].iloc[0] == pcap["beacon_intervals"] == pcap["beacon_payloads"] - 1, pcap
     beacons = _findings(case, sid, "net.periodic_beacon")
-    assert list(beacons["entity"]) == [f"process:{beacon['pid']}"]
+    assert list(beacons["entity"]) == [f"process:{beacon['pid']}"], pcap
+    assert f"sent {pcap['beacon_payloads']} payloads" in beacons["explanation"].iloc[0]
 
 
 def test_marker_in_memory_pcap_and_disk_tied_to_one_entity(lab_snapshot, ground_truth):

@@ -97,8 +97,12 @@ def test_infected_vms_show_the_implant(truth, scenario):
         for path in (truth["cron"]["path"], imp["hidden_copy_path"], truth["shell_history"]["path"]):
             assert path in v["files_written"] and path in v["diff_expected"], (v["name"], path)
         assert sorted(v["files_written"]) == sorted(v["diff_expected"])
+        # the builder paused the clone once its capture held these beacons, and refused fewer
         pcap = next(a for a in v["artefacts"] if a["format"] == "pcap")["facts"]
-        assert pcap["beacon_lines"] >= 2 and pcap["marker_occurrences"] >= 2, v["name"]
+        assert pcap["beacon_src_port"] == v["beacon"]["local_port"] == v["beacon_port"], v["name"]
+        assert pcap["beacon_payloads"] == v["beacon_payloads"] >= imp["beacon_min_payloads"], v["name"]
+        assert v["moments"][0]["beacon_payloads"] >= imp["beacon_min_payloads"], v["name"]
+        assert pcap["beacon_lines"] >= pcap["beacon_payloads"] and pcap["marker_occurrences"] == pcap["beacon_lines"]
 
 
 def test_clean_vms_show_no_intrusion(truth):
@@ -118,6 +122,7 @@ def test_clean_vms_show_no_intrusion(truth):
         assert imp["hidden_copy_path"] not in v["planted_hashes"] and truth["cron"]["path"] not in v["planted_hashes"]
         pcap = next(a for a in v["artefacts"] if a["format"] == "pcap")["facts"]
         assert pcap["beacon_lines"] == 0 and pcap["marker_occurrences"] == 0
+        assert pcap["beacon_payloads"] == v["beacon_payloads"] == 0 and v["beacon_port"] is None
 
 
 def test_the_corrupt_vm_is_really_corrupt(truth, fleet):

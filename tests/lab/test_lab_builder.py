@@ -149,10 +149,30 @@ def test_artefacts_exist_non_empty(gt, lab):
 
 
 def test_pcaps_carry_beacons(gt):
-    for a in gt["artefacts"]:
-        if a["format"] == "pcap":
-            assert a["facts"]["linktype"] == 1 and a["facts"]["packets"] > 0
-            assert a["facts"]["beacon_lines"] >= 2, a["path"]
+    """The builder paused each guest only once its capture held beacon_min_payloads beacons on the
+    implant's flow, and refused a capture with fewer: the counts it saw are in the ground truth."""
+    want = gt["implant"]["beacon_min_payloads"]
+    assert want >= 4, "the periodic-beacon rule needs 3 intervals"
+    pcaps = [a for a in gt["artefacts"] if a["format"] == "pcap"]
+    assert {a["run"] for a in pcaps} == {"qemu", "libvirt"}
+    for a in pcaps:
+        f, run = a["facts"], gt["runs"][a["run"]]
+        assert f["linktype"] == 1 and f["packets"] > 0
+        assert f["beacon_src_port"] == run["beacon"]["local_port"], a["path"]
+        assert f["beacon_payloads"] == run["beacon_payloads"] >= want, a["path"]
+        assert f["beacon_intervals"] == f["beacon_payloads"] - 1
+        # every payload is a beacon line (the peer echoes them back too)
+        assert f["beacon_lines"] >= f["beacon_payloads"] and f["marker_occurrences"] == f["beacon_lines"]
+
+
+@pytest.mark.parametrize("run", ["qemu", "libvirt"])
+def test_each_moment_records_the_beacons_before_it(gt, run):
+    """The first pause came after beacon_min_payloads payloads; each later libvirt moment after the
+    guest, resumed, sent at least one more (the builder waited for it rather than for a fixed time)."""
+    counts = [m["beacon_payloads"] for m in gt["runs"][run]["moments"]]
+    assert counts[0] >= gt["implant"]["beacon_min_payloads"]
+    assert counts == sorted(set(counts)), counts
+    assert counts[-1] <= gt["runs"][run]["beacon_payloads"]
 
 
 def test_qemu_captures_are_one_moment(gt):
@@ -214,3 +234,94 @@ def test_cache_key_covers_every_input():
     kpkg = ("linux-image-x", "1")
     assert cache.compute_key(kpkg, cache.key_inputs()) != cache.compute_key(kpkg, cache.key_inputs()[:-1])
     assert cache.compute_key(kpkg, cache.key_inputs()) != cache.compute_key(("linux-image-x", "2"), cache.key_inputs())
+
+
+# ---- the builder's own checks, on small synthetic inputs (no guest needed)
+
+
+def _lab_module(name):
+    _builder()
+    return importlib.import_module(f"snapscope_fixtures_lab.{name}")
+
+
+def _frame(src, dst, sport, dport, seq, payload=b"") -> bytes:
+    """Ethernet/IPv4/TCP frame (checksums zero: the builder's reader does not look at them)."""
+    import socket
+    import struct
+
+    tcp = struct.pack(">HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x18, 65535, 0, 0) + payload
+    ip = (
+        struct.pack(
+            ">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)
+        )
+        + tcp
+    )
+    return b"\x52\x55\x0a\x00\x02\x02" + b"\x52\x54\x00\x12\x34\x56" + b"\x08\x00" + ip + b"\0" * max(0, 46 - len(ip))
+
+
+def _pcap(path, frames, cut_last=0):
+    import struct
+
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for t, f in frames:
+        out += struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(f), len(f)) + f
+    path.write_bytes(out[: len(out) - cut_last])
+
+
+def test_beacon_reader_counts_payloads_once(tmp_path):
+    """One count per distinct payload from the guest to the peer: not the handshake, the echo, another flow or
+    a retransmission; a record QEMU is still writing is left for the next poll."""
+    beacons = _lab_module("beacons")
+    guest, peer = "10.0.2.15", "10.0.2.100"
+    line = b"BEACON SNAPSCOPE-LAB-BEACON-7f3a9c seq=0 host=lab-web01\n"
+    frames = [
+        (100.0, _frame(guest, peer, 40000, 8443, 1)),  # SYN-like, no payload
+        (100.1, _frame(guest, peer, 40000, 8443, 2, line)),
+        (100.2, _frame(guest, peer, 40000, 8443, 2, line)),  # retransmission
+        (100.2, _frame(peer, guest, 8443, 40000, 9, line)),  # the echo
+        (102.1, _frame(guest, peer, 40000, 8443, 2 + len(line), line)),
+        (102.1, _frame(guest, "10.0.2.2", 40001, 8443, 7, line)),  # not the peer
+        (104.1, _frame(guest, peer, 40000, 8443, 2 + 2 * len(line), line)),
+    ]
+    _pcap(tmp_path / "a.pcap", frames)
+    assert {p: len(t) for p, t in beacons.payloads_to_peer(tmp_path / "a.pcap").items()} == {40000: 3}
+    assert beacons.count_payloads(tmp_path / "a.pcap", 40000) == 3
+    assert beacons.count_payloads(tmp_path / "a.pcap", 40001) == 0
+    r = beacons.rhythm(beacons.payloads_to_peer(tmp_path / "a.pcap")[40000])
+    assert r["beacon_intervals"] == 2 and abs(r["beacon_interval_mean_s"] - 2.0) < 0.01
+    _pcap(tmp_path / "b.pcap", frames, cut_last=10)
+    assert beacons.count_payloads(tmp_path / "b.pcap", 40000) == 2
+    assert beacons.count_payloads(tmp_path / "missing.pcap") == 0
+
+
+def test_missing_evidence_names_what_is_missing(tmp_path):
+    verify = _lab_module("verify")
+    scenario = _lab_module("scenario")
+    line = b"BEACON SNAPSCOPE-LAB-BEACON-7f3a9c seq=0 host=lab-web01\n"
+    _pcap(
+        tmp_path / "net.pcap",
+        [(100.0 + 2 * i, _frame("10.0.2.15", "10.0.2.100", 40000, 8443, 1 + 56 * i, line)) for i in range(2)],
+    )
+    (tmp_path / "memory.elf").write_bytes(b"\0" * 4096 + scenario.MARKER.encode() + b"\0" * 4096)
+    gt = {"tcp": [{"remote_ip": "10.0.2.100", "remote_port": 8443, "state": "ESTABLISHED", "local_port": 40000}]}
+    diff = {"files": [scenario.CRON_PATH, scenario.HIDDEN_PATH], "sha256": {scenario.HIDDEN_PATH: "ab" * 32}}
+    missing = verify.missing_evidence("infected", gt, diff, tmp_path / "net.pcap", tmp_path / "memory.elf", "cd" * 32)
+    text = "\n".join(missing)
+    assert f"2 beacon payloads on the implant's flow (port 40000), need {scenario.BEACON_MIN_PAYLOADS}" in text
+    assert scenario.HISTORY_PATH in text and "/var/log/auth.log" in text and "is not the implant" in text
+    assert "no beacon line" in text and "no marker" not in text
+    assert scenario.CRON_PATH not in text
+
+
+def test_a_run_with_missing_evidence_is_built_once_more():
+    verify = _lab_module("verify")
+    host = _lab_module("host")
+    calls = []
+
+    def flaky(n):
+        calls.append(n)
+        return f"attempt {n}", (["net.pcap: 3 beacon payloads"] if n == 1 else [])
+
+    assert verify.verified_twice("qemu run", flaky) == "attempt 2" and calls == [1, 2]
+    with pytest.raises(host.LabError, match="qemu run: built twice.*net.pcap: 3 beacon payloads"):
+        verify.verified_twice("qemu run", lambda n: (None, ["net.pcap: 3 beacon payloads"]))

@@ -35,6 +35,11 @@ def lab_network(lab, tmp_path_factory):
     return gt, out
 
 
+def _pcap_facts(gt, run) -> dict:
+    """What the builder read from <run>/net.pcap (beacon_payloads: the implant's payloads to the peer)."""
+    return next(a["facts"] for a in gt["artefacts"] if a["path"] == f"{run}/net.pcap")
+
+
 def _beacon_flow(flows, beacon):
     hit = flows[
         (flows.proto == "tcp")
@@ -62,6 +67,8 @@ def test_beacon_flow_matches_guest_socket(lab_network, run):
     if run == "qemu":
         assert flow.vm_mac == gt["guest"]["mac"].lower() and flow.src_mac == gt["guest"]["mac"].lower()
     assert flow.gaps == 0 and flow.src_stream_bytes > 0
+    # one initiator turn per beacon payload the builder counted in this capture
+    assert flow.beacon_intervals == _pcap_facts(gt, run)["beacon_payloads"] - 1
 
 
 @pytest.mark.parametrize("run", ["qemu", "libvirt"])
@@ -86,3 +93,5 @@ def test_marker_in_reassembled_stream_with_guest_5tuple(lab_network, run):
         )
     # every beacon line is one marker: the stream's first line starts at offset 0 with "BEACON "
     assert min(r["offset"] for r in sent) == len("BEACON ")
+    # and every payload the builder counted is in the reassembled stream
+    assert len({r["offset"] for r in sent}) == _pcap_facts(gt, run)["beacon_payloads"]

@@ -71,7 +71,7 @@ def test_qcow2_naming_no_external_data_file(tmp_path):
     raw = bytearray(p.read_bytes())
     struct.pack_into(">Q", raw, 72, 1 << 2)  # incompatible_features: external data file
     p.write_bytes(raw)
-    with pytest.raises(DiskError, match=r"d.qcow2: needs an external data file but names none"):
+    with pytest.raises(DiskError, match=r"d.qcow2: qcow2 needs an external data file but does not name one"):
         open_disk(p)
 
 

@@ -67,3 +67,16 @@ def test_correlation_rules_documented():
         assert rule["fn"].__doc__ and rule["fn"].__doc__.strip(), f"{rule_id}: its function says what it keys on"
         assert rule["severity"] in schemas.SEVERITIES, rule_id
         assert rule["attack_id"] is None or rule["attack_id"].startswith("T"), rule_id
+
+
+def test_sigma_views_documented_and_their_fields_exist():
+    from toolkit.correlate.sigma.taxonomy import VIEWS
+    from toolkit.correlate.sigma.views import build_views
+
+    built = build_views({})
+    served = [ls for view in VIEWS.values() for ls in view["logsources"]]
+    assert len(served) == len(set(served)), "a log source is served by one view"
+    for name, view in VIEWS.items():
+        assert view["doc"] and view["logsources"], name
+        missing = set(view["fields"].values()) - set(built[name].columns)
+        assert not missing, (name, missing)

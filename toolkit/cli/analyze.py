@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import console, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, progress_bar
 from toolkit.report.escape import rich_safe
 
 
@@ -15,6 +15,8 @@ def _print_summary(summary: dict) -> None:
     console.print(f"case: [bold]{rich_safe(summary['case'])}[/]")
     for snap in summary["snapshots"]:
         console.print(f"snapshot [bold]{rich_safe(snap['id'])}[/] ({rich_safe(snap['name'])})")
+        for warning in snap.get("warnings") or []:
+            console.print(f"  [yellow]warning[/]: {rich_safe(warning)}")
         for name, rows in sorted(snap["tables"].items()):
             console.print(f"  {name:<28} {rows:>7} rows")
     console.print(
@@ -35,6 +37,7 @@ def analyze(
         "--symbols",
         help="ISF symbol files or directories (Linux ISFs, Windows symbol packs); used before any automatic build.",
     ),
+    follow_recorded_paths: bool = typer.Option(False, "--follow-recorded-paths", help=FOLLOW_RECORDED_HELP),
 ):
     """Analyse VM snapshots into a case: discover, hash, run the engines, store tables.
 
@@ -44,7 +47,13 @@ def analyze(
 
     with progress_bar() as progress:
         summary = run_analysis(
-            paths, case, profile=profile, search_paths=search_path, symbols=symbols, progress=progress
+            paths,
+            case,
+            profile=profile,
+            search_paths=search_path,
+            symbols=symbols,
+            follow_recorded_paths=follow_recorded_paths,
+            progress=progress,
         )
     _print_summary(summary)
 

@@ -56,6 +56,7 @@ COMMANDS = [
     ("toolkit.cli.report", "timeline", "command"),
     ("toolkit.cli.report", "report", "command"),
     ("toolkit.cli.report", "correlate", "command"),
+    ("toolkit.cli.sigma", "sigma", "command"),
     ("toolkit.cli.audit", "audit", "command"),
 ]
 GROUPS = [

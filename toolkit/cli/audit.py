@@ -8,7 +8,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from toolkit.cli.common import console, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, progress_bar
 from toolkit.report.escape import rich_safe
 from toolkit.schemas import SEVERITIES
 
@@ -29,6 +29,7 @@ def audit(
     symbols: list[Path] = typer.Option(
         [], "--symbols", help="ISF symbol files or directories, used before any automatic build."
     ),
+    follow_recorded_paths: bool = typer.Option(False, "--follow-recorded-paths", help=FOLLOW_RECORDED_HELP),
 ):
     """Audit every VM snapshot found in SOURCES into one case, with a fleet summary.
 
@@ -39,7 +40,12 @@ def audit(
     from toolkit.audit import audit as run_audit
 
     with progress_bar() as progress:
-        options = {"profile": profile, "search_paths": search_path, "symbols": symbols}
+        options = {
+            "profile": profile,
+            "search_paths": search_path,
+            "symbols": symbols,
+            "follow_recorded_paths": follow_recorded_paths,
+        }
         summary = run_audit(
             sources,
             case,

@@ -23,6 +23,14 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+# --follow-recorded-paths, the same on every command that follows names found inside evidence
+FOLLOW_RECORDED_HELP = (
+    "Read a file that evidence names (backing or data file, disk, extent, memory file) where it is "
+    "recorded even outside the evidence directories and --search-path; each one is hashed, logged "
+    "and reported as a warning. Without it such a file is refused."
+)
+
+
 def error_line(message) -> str:
     """``error: <message>`` on one line, control characters made visible."""
     return f"error: {terminal_safe(one_line(message))}"

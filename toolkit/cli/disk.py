@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import console, fail, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, fail, progress_bar
 from toolkit.report.escape import rich_safe
 
 
@@ -32,6 +32,7 @@ def diff_command(
     allow_missing_backing: bool = typer.Option(
         False, "--allow-missing-backing", help="Read a missing backing file as zeros (recorded as a diagnostic)."
     ),
+    follow_recorded_paths: bool = typer.Option(False, "--follow-recorded-paths", help=FOLLOW_RECORDED_HELP),
     full_walk: bool = typer.Option(
         False,
         "--full-walk",
@@ -47,15 +48,22 @@ def diff_command(
     from toolkit.case import init_case, write_table
     from toolkit.engines.disk.diff import diff_tables
     from toolkit.errors import SnapscopeError
+    from toolkit.references import evidence_roots, reference_policy
 
     spec_a, spec_b = _spec(a, snapshot_a), _spec(b, snapshot_b)
+    # the two disks given are the evidence: what they name is read beside them or in --search-path
+    references = reference_policy(
+        roots=evidence_roots([spec_a["path"], spec_b["path"]]),
+        search_paths=search_path,
+        follow_recorded=follow_recorded_paths,
+    )
     try:
         init_case(case)
         with progress_bar() as progress:
             tables = diff_tables(
                 spec_a,
                 spec_b,
-                search_paths=search_path,
+                references=references,
                 allow_missing_backing=allow_missing_backing,
                 full_walk=full_walk,
                 max_size=max_size,

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from toolkit.cli.common import console
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console
 from toolkit.report.escape import rich_safe
 
 
@@ -35,6 +35,7 @@ def inspect(
     paths: list[Path] = typer.Argument(..., help="Evidence files, directories or libvirt domain XMLs."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
     search_path: list[Path] = typer.Option([], "--search-path", help="Where to look for disks a domain XML names."),
+    follow_recorded_paths: bool = typer.Option(False, "--follow-recorded-paths", help=FOLLOW_RECORDED_HELP),
 ):
     """Identify every piece of evidence by its content and show its key facts.
 
@@ -47,7 +48,7 @@ def inspect(
     items, snapshots = [], []
     for path in paths:
         if path.is_dir() or _looks_like_xml(path):
-            found = discover([path], search_paths=search_path)
+            found = discover([path], search_paths=search_path, follow_recorded=follow_recorded_paths)
             snapshots.extend(found)
             for snap in found:
                 items.extend(snap["evidence"])
@@ -79,6 +80,10 @@ def inspect(
             f"snapshot [bold]{rich_safe(snap['id'])}[/]: memory={rich_safe(memory.get('path'))} "
             f"disks={len(snap.get('disks') or [])} pcaps={len(snap.get('pcaps') or [])}"
         )
+        for warning in snap.get("warnings") or []:
+            console.print(f"  [yellow]warning[/]: {rich_safe(warning)}")
+        for skipped in snap.get("skipped") or []:
+            console.print(f"  skipped {rich_safe(skipped['path'])}: {rich_safe(skipped['reason'])}")
 
 
 def _looks_like_xml(path: Path) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import console, fail, progress_bar
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, fail, progress_bar
 from toolkit.report.escape import rich_safe
 
 app = typer.Typer(
@@ -58,6 +58,7 @@ def convert(
         None, "--case", help="Case directory: derived files go to its derived/ and hashes to its custody log."
     ),
     search_path: list[Path] = typer.Option([], "--search-path", help="Directories to look for qcow2 backing files in."),
+    follow_recorded_paths: bool = typer.Option(False, "--follow-recorded-paths", help=FOLLOW_RECORDED_HELP),
 ):
     """Convert any supported memory artefact into an ELF core Volatility opens.
 
@@ -66,6 +67,7 @@ def convert(
     from toolkit.errors import MemoryFormatError
     from toolkit.memory import open_image
     from toolkit.memory.convert import to_elf
+    from toolkit.references import evidence_roots, reference_policy
 
     derived = None
     if case is not None:
@@ -73,7 +75,10 @@ def convert(
             fail(f"{case}: case directory not found")
         derived = case / "derived"
     try:
-        img = open_image(src, snapshot=snapshot, derived_dir=derived, search_path=search_path)
+        references = reference_policy(
+            roots=evidence_roots([src]), search_paths=search_path, follow_recorded=follow_recorded_paths
+        )
+        img = open_image(src, snapshot=snapshot, derived_dir=derived, references=references)
     except MemoryFormatError as exc:
         fail(str(exc))
     with img, progress_bar() as progress:

@@ -8,7 +8,8 @@ import typer
 
 from toolkit.cli.common import console, fail
 
-REPORT_FORMATS = ("html", "json", "csv", "parquet", "timesketch")
+REPORT_FORMATS = ("html", "json", "csv", "parquet", "timesketch", "stix", "misp")
+PASSWORD_ENV = "TIMESKETCH_PASSWORD"
 
 
 def findings(
@@ -48,27 +49,57 @@ def timeline(
 
 def report(
     case_dir: Path = typer.Argument(..., help="The case directory."),
-    fmt: str = typer.Option("html", "--format", help="html, json, csv, parquet or timesketch."),
+    fmt: str = typer.Option("html", "--format", help="html, json, csv, parquet, timesketch, stix or misp."),
     out: Path = typer.Option(..., "--out", help="Output file."),
+    timesketch_url: str | None = typer.Option(
+        None, "--timesketch-url", help=f"With --format timesketch: also upload to this server ({PASSWORD_ENV})."
+    ),
+    timesketch_user: str | None = typer.Option(None, "--timesketch-user", help="Timesketch user name."),
+    sketch: int | None = typer.Option(None, "--sketch", help="Add to this sketch id (default: a new sketch)."),
 ):
     """Render a case's findings (and timeline) as a report file.
 
-    Example: snapscope report cases/web01 --format html --out web01.html
+    stix: a STIX 2.1 bundle of the indicators the medium-or-worse findings implicate; misp: the same
+    as a MISP event; timesketch: the timeline as JSON lines, uploaded when --timesketch-url is given
+    (password from the TIMESKETCH_PASSWORD environment variable).
+
+    Example: snapscope report cases/web01 --format stix --out web01.stix.json
     """
+    import os
+
     from toolkit.case import Case, atomic_write_bytes
     from toolkit.report.tabular import write_frame
 
     if fmt not in REPORT_FORMATS:
         fail(f"--format must be one of {', '.join(REPORT_FORMATS)}")
+    if timesketch_url and fmt != "timesketch":
+        fail("--timesketch-url goes with --format timesketch")
+    if timesketch_url and not (timesketch_user and os.environ.get(PASSWORD_ENV)):
+        fail(f"--timesketch-url needs --timesketch-user and the password in ${PASSWORD_ENV}")
     case = Case.open(case_dir)
     if fmt == "html":
         from toolkit.report.html import render_html
 
         atomic_write_bytes(out, render_html(case).encode())
     elif fmt == "timesketch":
-        from toolkit.report.timesketch import timesketch_lines
+        from toolkit.report.timesketch import timesketch_lines, upload_timeline
 
-        atomic_write_bytes(out, "".join(line + "\n" for line in timesketch_lines(case.timeline)).encode())
+        lines = list(timesketch_lines(case.timeline))
+        atomic_write_bytes(out, "".join(line + "\n" for line in lines).encode())
+        if timesketch_url:
+            name = case.path.resolve().name
+            sent = upload_timeline(
+                lines, timesketch_url, timesketch_user, os.environ[PASSWORD_ENV], timeline_name=name, sketch_id=sketch
+            )
+            console.print(f"uploaded {sent['events']} events to sketch {sent['sketch_id']} as {name!r}")
+    elif fmt == "stix":
+        from toolkit.report.stix import stix_bundle_json
+
+        atomic_write_bytes(out, stix_bundle_json(case).encode())
+    elif fmt == "misp":
+        from toolkit.report.misp import misp_event_json
+
+        atomic_write_bytes(out, misp_event_json(case).encode())
     else:
         write_frame(case.findings, out, fmt)
     console.print(f"wrote {out}")

@@ -33,13 +33,14 @@ def correlate_snapshot(tables: dict, snapshot_id: str, rules: dict | None = None
         for hit in hits:
             severity = str(hit.get("severity") or rule["severity"]).lower()
             entity = hit["entity"]
+            hit_rule_id = hit.get("rule_id") or rule_id  # sigma.match: the Sigma rule's own id
             node = graph["nodes"].get(entity, {})
             steps = chain(graph, entity) if entity in graph["nodes"] else []
             rows.append(
                 {
-                    "finding_id": _finding_id(snapshot_id, rule_id, entity, hit["explanation"]),
-                    "rule_id": rule_id,
-                    "title": rule["title"],
+                    "finding_id": _finding_id(snapshot_id, hit_rule_id, entity, hit["explanation"]),
+                    "rule_id": hit_rule_id,
+                    "title": hit.get("title") or rule["title"],
                     "severity": severity,
                     "severity_rank": SEVERITY_RANK.get(severity, 2),
                     "confidence": hit.get("confidence", 0.5),

@@ -17,7 +17,7 @@ def link(table: str, snapshot_id: str, row: int) -> dict:
 def hit(entity: str, links: list[dict], confidence: float, explanation: str, **more) -> dict:
     """What a rule yields: the entity it is about, the rows that prove it, how sure, and why.
 
-    ``more`` may set ``severity`` (overriding the rule's) or ``attack_id``.
+    ``more`` may set ``severity`` (overriding the rule's), ``attack_id``, or ``rule_id`` and ``title``.
     Example: ``hit("process:77", [link("memory/processes", sid, 3)], 0.9, "pid 77 runs from a deleted file.")``
     """
     return {"entity": entity, "links": links, "confidence": confidence, "explanation": explanation, **more}

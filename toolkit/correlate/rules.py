@@ -2,7 +2,8 @@
 
 Each rule yields *hits*: ``{"entity": node id, "explanation": text built from
 row values, "links": [row links], "confidence": 0..1, "severity": optional
-override}``. A rule states what the rows show and nothing more. The registry
+override}`` (``sigma.match``, which stands for many Sigma rules, also sets
+``rule_id`` and ``title``). A rule states what the rows show and nothing more. The registry
 :data:`RULES` maps rule id -> metadata + function; a test walks it.
 """
 
@@ -12,6 +13,7 @@ import re
 
 from toolkit.correlate.graph import history_paths, owner_process
 from toolkit.correlate.links import frame, hit, link, pid_of, truthy, value
+from toolkit.correlate.sigma.findings import sigma_match
 from toolkit.schemas import SEVERITY_RANK, split_deleted
 
 KERNEL_THREAD_NAME = re.compile(
@@ -361,4 +363,6 @@ RULES: dict[str, dict] = {
         "fn": download_then_execute,
     },
     "yara.match": {"title": "YARA rule match", "severity": "medium", "attack_id": None, "fn": yara_match},
+    # each finding carries the Sigma rule's own id (sigma:<id>), title, level and techniques
+    "sigma.match": {"title": "Sigma rule match", "severity": "medium", "attack_id": None, "fn": sigma_match},
 }

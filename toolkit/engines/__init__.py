@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from toolkit.references import ReferencePolicy
+
 
 def no_progress(description, completed=None, total=None) -> None:
     """The progress callback when nobody watches: ``progress(description, completed, total)``."""
@@ -40,16 +42,14 @@ class Readers:
     :meth:`close` once every engine of the snapshot has run.
     """
 
-    memory_image: object | None = None  # guest-physical address space: .runs, .read(gpa, length)
+    memory_image: object | None = None  # guest-physical address space: .runs, .read(gpa, length) (shared)
     memory_regions: list[dict] | None = None  # process VMAs: {pid, process, start, end, path, read(addr, n)}
     disk_files: list[dict] | None = None  # files worth scanning: {path, size, sha256, open()}
-    closers: list[Callable[[], None]] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)  # what the engine that left a reader closes
 
     def close(self) -> None:
-        for close in (getattr(self.memory_image, "close", None), *self.closers):
-            if callable(close):
-                close()
-        self.closers = []
+        while self.closers:
+            self.closers.pop()()
 
 
 @dataclass
@@ -71,7 +71,9 @@ class EngineContext:
     cache_dir: Path | None = None
     case_dir: Path | None = None  # the case (per-case ISF copies); None outside a case
     progress: Callable = no_progress
-    search_paths: tuple[Path, ...] = ()  # where files that evidence names may be found
+    # Where files that evidence names (backing/data files, extents) may be read from: the run's one
+    # policy (toolkit.references). None: beside the file that names them only.
+    references: ReferencePolicy | None = None
     symbols: tuple[Path, ...] = ()  # user ISF files/dirs (Linux) or symbol packs (Windows)
     symbols_cache: Path | None = None  # host-wide ISF cache; None: $SNAPSCOPE_CACHE or ~/.cache/snapscope
     build_symbols: bool = True  # build a Linux ISF from the dump when none matches

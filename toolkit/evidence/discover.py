@@ -6,18 +6,28 @@ Grouping rules (in this order):
    A directory is scanned non-recursively plus one level of subdirectories;
    files there that are not evidence are listed in each snapshot's
    ``skipped`` and are not fatal, but a directory with nothing recognisable
-   is. Files are grouped by the directory they sit in; files named
-   explicitly form one group together.
-2. Disk chains. A qcow2's backing file, a VMDK's parent and extents are
-   followed (relative to the image's directory, then by base name there, then
-   in ``search_paths``); a link that cannot be found is fatal. Chain members
-   get role ``backing``/``extent`` and do not count as disks of their own.
+   is. Symbolic links (to files or directories) met while scanning are not
+   followed: they are listed in ``skipped`` with the reason. Files are
+   grouped by the directory they sit in; files named explicitly form one
+   group together. The inputs' directories (a directory given, the directory
+   of a file given) are the evidence roots.
+2. Disk chains. A qcow2's backing file and external data file, a VMDK's
+   parent and extents, a VHDX's parent are followed under one policy
+   (:mod:`toolkit.references`): relative to the image's directory, then by
+   base name there, then in ``search_paths``, then an absolute path under
+   each root (a copied host tree), last as recorded; only a file whose real
+   path lies inside the evidence roots or search paths is used. A link that
+   cannot be found, or is refused because it lies outside them, is fatal,
+   unless ``follow_recorded``: then it is read and the snapshot's
+   ``warnings`` name it. A flat VMDK extent must have the size its
+   descriptor declares. Chain members get role ``backing``/``extent``/
+   ``data-file`` and do not count as disks of their own.
 3. Domain XML. Its disks are resolved the same way (a recorded absolute host
-   path that does not exist here is looked up beside the XML and in
-   ``search_paths``); a disk it names that cannot be found is fatal. Given
-   explicitly, it brings the recognised files of its own directory, as if
-   that had been given, except other domain XMLs and snapshot XMLs or save
-   images that embed a different domain (by uuid, else name).
+   path is looked up beside the XML and in ``search_paths``); a disk it
+   names that cannot be found or is refused is fatal. Given explicitly, it
+   brings the recognised files of its own directory, as if that had been
+   given, except other domain XMLs and snapshot XMLs or save images that
+   embed a different domain (by uuid, else name).
 4. Snapshot XML: one snapshot. Its external memory file (fatal if missing)
    or, for an internal one, its qcow2 carries the memory; disks with an
    internal snapshot are that qcow2 at that snapshot; an external disk
@@ -35,9 +45,10 @@ Grouping rules (in this order):
    in) and of the snapshot name (snapshot XML name, internal snapshot name
    or memory file name); a repeat gets ``-2``, ``-3``... in input order.
 
-Roles: ``disk`` is what to analyse (at ``snapshot`` if set); ``backing`` and
-``extent`` are read through it, never on their own; ``overlay`` holds writes
-made after the moment (external snapshots) and is listed for custody.
+Roles: ``disk`` is what to analyse (at ``snapshot`` if set); ``backing``,
+``extent`` and ``data-file`` are read through it, never on their own;
+``overlay`` holds writes made after the moment (external snapshots) and is
+listed for custody.
 
 Snapshot dict (paths are absolute strings)::
 
@@ -45,12 +56,14 @@ Snapshot dict (paths are absolute strings)::
      "name": "before-upgrade",
      "domain": {"name", "uuid", "macs", "xml_path"} or None,
      "memory": {"path", "format", "snapshot"} or None,   # snapshot: qcow2 internal name
-     "disks": [{"path", "format", "role", "snapshot"}],  # role: disk|backing|overlay|extent (below)
+     "disks": [{"path", "format", "role", "snapshot"}],  # role: disk|backing|overlay|extent|data-file
      "pcaps": [{"path", "format"}],
      "snapshot_xml": path or None,
      "evidence": [identify() dict of every file used],
-     "skipped": [{"path", "reason"}],                     # unrecognised files of scanned dirs
-     "problems": [str]}                                   # discovery's and the files' own, named
+     "skipped": [{"path", "reason"}],                     # unrecognised files, symlinks of scanned dirs
+     "problems": [str],                                   # discovery's and the files' own, named
+     "warnings": [str],                                   # files read outside the roots (follow_recorded)
+     "roots": [str]}                                      # the evidence roots (real paths)
 
 Example::
 
@@ -76,7 +89,8 @@ from toolkit.evidence.chains import (
     with_chain,
 )
 from toolkit.evidence.identify import memory_format_names
-from toolkit.references import resolve
+from toolkit.evidence.scan import regular_files, scan_directory
+from toolkit.references import evidence_roots, reference_policy, unresolved_message
 
 DISK_FORMATS = {"qcow2", "raw-disk", "vmdk", "vhdx", "vdi"}
 PCAP_FORMATS = {"pcap", "pcapng"}
@@ -96,24 +110,6 @@ def slug(text: str | None) -> str:
 # ------------------------------------------------------------------ grouping
 
 
-def _scan(directory: Path) -> list[Path]:
-    """Regular files in ``directory`` and in its immediate subdirectories, sorted."""
-    files = []
-    try:
-        top = sorted(directory.iterdir())
-    except OSError as exc:
-        raise EvidenceError(directory, f"cannot list directory: {exc.strerror}") from None
-    for child in top:
-        if child.is_dir():
-            try:
-                files += sorted(p for p in child.iterdir() if p.is_file())
-            except OSError:
-                continue  # an unreadable subdirectory is not this snapshot's business
-        elif child.is_file():
-            files.append(child)
-    return files
-
-
 def _collect(ctx: Lookup, paths) -> tuple[dict[str, list[dict]], list[dict], set[str]]:
     """Identify inputs: ({group: [ident]}, skipped, explicit domain XML paths)."""
     groups: dict[str, list[dict]] = {}
@@ -123,7 +119,9 @@ def _collect(ctx: Lookup, paths) -> tuple[dict[str, list[dict]], list[dict], set
         path = Path(raw)
         if path.is_dir():
             found = 0
-            for f in _scan(path):
+            files, links = scan_directory(path)
+            skipped += links
+            for f in files:
                 try:
                     ident = ctx.identify(f)
                 except EvidenceError as exc:
@@ -145,12 +143,14 @@ def _collect(ctx: Lookup, paths) -> tuple[dict[str, list[dict]], list[dict], set
     return groups, skipped, explicit_domains
 
 
-def _beside_domain_xml(ctx: Lookup, dom: dict) -> list[dict]:
+def _beside_domain_xml(ctx: Lookup, dom: dict) -> tuple[list[dict], list[dict]]:
     """What an explicitly named domain XML brings from its own directory: every
     recognised file there, as if the directory had been given, except other
-    domain XMLs and artefacts that embed a different domain."""
+    domain XMLs and artefacts that embed a different domain; and the symlinks
+    there, skipped as in a scan."""
     out = []
-    for f in sorted(p for p in Path(dom["path"]).parent.iterdir() if p.is_file()):
+    files, _dirs, links = regular_files(Path(dom["path"]).parent)
+    for f in files:
         try:
             ident = ctx.identify(f)
         except EvidenceError:
@@ -160,7 +160,7 @@ def _beside_domain_xml(ctx: Lookup, dom: dict) -> list[dict]:
         embedded = embedded_domain(ident) if ident["format"] in ("libvirt-snapshot-xml", "libvirt-save") else None
         if embedded is None or same_domain(embedded, dom["facts"]):
             out.append(ident)
-    return out
+    return out, links
 
 
 def _domain_ref(ident: dict, facts: dict) -> dict:
@@ -262,6 +262,8 @@ def _group_snapshots(ctx: Lookup, idents: list[dict], name_hint: str) -> list[di
         snap["evidence"] = _evidence(ctx, snap)
         # the files' own problems, named, so a snapshot summary shows them
         snap["problems"] += [f"{Path(e['path']).name}: {p}" for e in snap["evidence"] for p in e["problems"]]
+        snap["warnings"] = [ctx.outside[e["path"]] for e in snap["evidence"] if e["path"] in ctx.outside]
+        snap["roots"] = list(ctx.references.roots)
     return snaps
 
 
@@ -282,6 +284,8 @@ def _snapshot(name, domain, memory, disks, pcaps, extra_evidence) -> dict:
         "evidence": list(extra_evidence),
         "skipped": [],
         "problems": [],
+        "warnings": [],
+        "roots": [],
     }
 
 
@@ -301,12 +305,13 @@ def _from_snapshot_xml(ctx: Lookup, sx: dict, domains: list[dict], dom_disks: di
         elif d.get("snapshot") == "external":
             if was.get("source"):
                 disks += with_chain(ctx, ctx.find(was["source"], base, sx["path"], f"disk {d.get('name')!r}"))
-            if resolve(d.get("source"), base, ctx.search_paths) is not None or not was.get("source"):
-                over = ctx.find(d.get("source"), base, sx["path"], f"overlay of disk {d.get('name')!r}")
-                disks.append(entry(over, "overlay"))
+            what = f"overlay of disk {d.get('name')!r}"
+            found = ctx.resolve(d.get("source"), base, sx["path"], what)
+            if found["path"] is not None or not was.get("source"):
+                disks.append(entry(ctx.find(d.get("source"), base, sx["path"], what), "overlay"))
             else:
-                # the disk as it was is here; what was written after the moment is not
-                problems.append(f"overlay {d.get('source')!r} of disk {d.get('name')!r} not found")
+                # the disk as it was is here; what was written after the moment is not (or is refused)
+                problems.append(unresolved_message(what, d.get("source"), found))
     mem = facts.get("memory") or {}
     if mem.get("snapshot") == "external" and mem.get("file"):
         ident = ctx.find(mem["file"], base, sx["path"], "memory file")
@@ -336,13 +341,16 @@ def _evidence(ctx: Lookup, snap: dict) -> list[dict]:
     return out
 
 
-def discover(paths, *, search_paths=(), hints=None) -> list[dict]:
+def discover(paths, *, search_paths=(), hints=None, follow_recorded: bool = False, roots=()) -> list[dict]:
     """Find the snapshots in ``paths`` (files, directories, libvirt XMLs).
 
     ``search_paths``: extra directories where disks and memory files that an
     XML or image names are looked up by base name. ``hints``: {path: format}
-    for files without a signature (raw memory).
-    See the module docstring for the grouping rules and the dict shape.
+    for files without a signature (raw memory). ``follow_recorded``: a file
+    named inside evidence that lies outside the evidence roots and search paths
+    is read (and named in the snapshot's ``warnings``) instead of refused.
+    ``roots``: evidence roots besides the inputs' own directories (an audit's
+    sources). See the module docstring for the grouping rules and the dict shape.
 
     Example::
 
@@ -350,11 +358,18 @@ def discover(paths, *, search_paths=(), hints=None) -> list[dict]:
         >>> snaps[0]["memory"]["format"], [d["role"] for d in snaps[0]["disks"]]                  # doctest: +SKIP
         ('libvirt-save', ['disk', 'backing'])
     """
-    ctx = Lookup(search_paths, hints)
+    policy = reference_policy(
+        roots=evidence_roots(list(roots) + list(paths)), search_paths=search_paths, follow_recorded=follow_recorded
+    )
+    ctx = Lookup(policy, hints)
     groups, skipped, explicit_domains = _collect(ctx, paths)
     snaps = []
     for key, idents in groups.items():
-        related = [r for d in idents if d["path"] in explicit_domains for r in _beside_domain_xml(ctx, d)]
+        related = []
+        for dom in (d for d in idents if d["path"] in explicit_domains):
+            beside, links = _beside_domain_xml(ctx, dom)
+            related += beside
+            skipped += links
         members = {i["path"]: i for i in idents + related}
         name_hint = Path(key).name if key != "<explicit>" else "evidence"
         snaps += _group_snapshots(ctx, list(members.values()), name_hint)

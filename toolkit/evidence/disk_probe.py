@@ -158,14 +158,15 @@ def parse_vmdk_descriptor(text: str) -> dict:
     """Facts of VMDK descriptor text (raw strings as found).
 
     >>> parse_vmdk_descriptor('createType="monolithicFlat"\\nRW 2048 FLAT "d-flat.vmdk" 0\\n')["extents"]
-    [{'access': 'RW', 'sectors': 2048, 'type': 'FLAT', 'file': 'd-flat.vmdk'}]
+    [{'access': 'RW', 'sectors': 2048, 'type': 'FLAT', 'file': 'd-flat.vmdk', 'offset': 0}]
     """
     keys, extents = {}, []
     for line in text.splitlines():
         line = line.strip()
-        m = re.match(r'(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?', line)
+        # access, size in sectors, type, file name, start offset in the file (sectors; FLAT only)
+        m = re.match(r'(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?(?:\s+(\d+))?', line)
         if m:
-            extents.append({"access": m[1], "sectors": int(m[2]), "type": m[3], "file": m[4]})
+            extents.append({"access": m[1], "sectors": int(m[2]), "type": m[3], "file": m[4], "offset": int(m[5] or 0)})
         elif "=" in line and not line.startswith("#"):
             k, v = line.split("=", 1)
             keys[k.strip()] = v.strip().strip('"')

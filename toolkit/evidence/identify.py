@@ -174,6 +174,9 @@ def _probe_qcow2(path, head):
         "cluster_size": 1 << header["cluster_bits"] if header.get("cluster_bits") is not None else None,
         "backing_file": header.get("backing_file"),
         "backing_format": header.get("backing_format"),
+        # guest clusters kept in another file, named here: discovery follows it like a backing file
+        "external_data_file": bool(header.get("external_data_file")),
+        "data_file": header.get("data_file"),
         "snapshots": snaps,
         "vm_state_snapshots": [s.get("name") for s in snaps if s["has_vm_state"]],
     }

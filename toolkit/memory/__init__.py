@@ -53,11 +53,13 @@ def probe(path):
     return _guard(path, entry["probe"], path)
 
 
-def open_image(path, *, snapshot=None, derived_dir=None, format=None, search_path=()):
+def open_image(path, *, snapshot=None, derived_dir=None, format=None, references=None):
     """Open any supported memory artefact as a MemoryImage, detected by content.
 
     ``snapshot`` names a qcow2 internal snapshot (name or id); ``derived_dir``
-    receives decompressed stream indexes; ``format`` forces a registry entry.
+    receives decompressed stream indexes; ``format`` forces a registry entry;
+    ``references`` (a :class:`toolkit.references.ReferencePolicy`) says where a
+    qcow2's backing files may be read from (default: beside ``path`` only).
 
     >>> with open_image("guest.kdump") as img:  # doctest: +SKIP
     ...     img.read(0x100000, 16)
@@ -68,7 +70,7 @@ def open_image(path, *, snapshot=None, derived_dir=None, format=None, search_pat
     entry = BY_NAME[format] if format else detect(path)
     opts = {"derived_dir": derived_dir}
     if entry["name"] == "qcow2-snapshot":
-        opts.update(snapshot=snapshot, search_path=search_path)
+        opts.update(snapshot=snapshot, references=references)
     return _guard(path, entry["open"], path, **opts)
 
 

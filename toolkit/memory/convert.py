@@ -266,13 +266,14 @@ def _write_sparse(fd, at, mv):
             lo += os.pwrite(fd, mv[lo:hi], at + lo)
 
 
-def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=None, hash=True):
+def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=None, hash=True, references=None):
     """Convert ``src`` (any supported format) into an ELF64 core at ``dst``.
 
     ``progress(done_bytes, total_bytes)`` is called as data is written.
     ``hash``: True hashes source and output, "output" only the output (for
     callers that hashed the source already), False neither; a hash not
-    computed is None in the result.
+    computed is None in the result. ``references``: where a qcow2's backing
+    files may be read from (:class:`toolkit.references.ReferencePolicy`).
     Returns {src_sha256, dst_sha256, runs, bytes, format, diagnostics}.
 
     >>> r = to_elf("guest.kdump", "guest.elf")  # doctest: +SKIP
@@ -282,7 +283,7 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
     # Started first so that it overlaps the migration index pass and the copy.
     src_sha = _in_thread(sha256_file, src) if hash is True else (lambda: None)
     own = image is None
-    img = image or open_image(src, snapshot=snapshot, derived_dir=derived_dir)
+    img = image or open_image(src, snapshot=snapshot, derived_dir=derived_dir, references=references)
     sink = fd = None
     try:
         runs = _coalesce(list(img.runs))

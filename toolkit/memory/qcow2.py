@@ -28,7 +28,7 @@ from toolkit.memory import migration, migration_image
 from toolkit.memory.cursor import Cursor
 from toolkit.memory.image import FileSource
 from toolkit.memory.inflate import inflate
-from toolkit.references import resolve
+from toolkit.references import ReferencePolicy, default_policy, outside_message, resolve_reference, unresolved_message
 from toolkit.schemas import diagnostic
 
 MAGIC = b"QFI\xfb"
@@ -36,6 +36,8 @@ OFFSET_MASK = 0x00FFFFFFFFFFFE00
 COMPRESSED = 1 << 62
 EXTENDED_L2 = 1 << 4
 BACKING_FORMAT_EXT = 0xE2792ACA
+DATA_FILE_EXT = 0x44415441  # "DATA": name of the external data file
+EXTERNAL_DATA_FILE = 1 << 2  # incompatible feature: guest clusters live in another file
 MAX_SNAPSHOTS = 65536
 MAX_CHAIN = 32
 MAX_L1_BYTES = 32 << 20  # QCOW_MAX_L1_SIZE (QEMU block/qcow2.h)
@@ -93,7 +95,7 @@ def _hdr(src, path):
         if backing_size > 1023 or backing_off + backing_size > src.size:
             raise MemoryFormatError(path, 8, "backing file name lies outside the file")
         h["backing_file"] = src.pread(backing_off, backing_size).decode("utf-8", "replace")
-    pos = h["header_length"]
+    pos, data_file = h["header_length"], None
     for _ in range(64):  # header extensions, bounded
         ext = src.pread(pos, 8)
         if len(ext) < 8:
@@ -103,7 +105,13 @@ def _hdr(src, path):
             break
         if etype == BACKING_FORMAT_EXT:
             h["backing_format"] = src.pread(pos + 8, elen).decode("utf-8", "replace")
+        elif etype == DATA_FILE_EXT:
+            data_file = src.pread(pos + 8, min(elen, 4096)).decode("utf-8", "replace")
         pos += 8 + ((elen + 7) & ~7)
+    # The data file's name is a reference like a backing file's: discovery follows it
+    # (toolkit.references), never this parser.
+    h["external_data_file"] = bool(h["incompatible_features"] & EXTERNAL_DATA_FILE)
+    h["data_file"] = data_file if h["external_data_file"] else None
     h["snapshots"] = _snapshots(src, path, h)
     return h
 
@@ -161,12 +169,10 @@ def read_header(path):
     return h
 
 
-def resolve_backing(path, name, search_path=()):
-    """Where a recorded backing file name lives on this machine, or None
-    (evidence-first order: see toolkit.references.resolve_reference)."""
-
-    found = resolve(name, Path(path).resolve().parent, search_path)
-    return str(found) if found is not None else None
+def resolve_backing(path, name, references: ReferencePolicy) -> dict:
+    """Where a recorded backing file name lives on this machine, under the run's
+    reference policy: see :func:`toolkit.references.resolve_reference`."""
+    return resolve_reference(name, Path(os.path.abspath(path)).parent, references)
 
 
 def _magic(path):
@@ -177,30 +183,22 @@ def _magic(path):
 class Qcow2:
     """Guest-offset reads through one L1 table, falling through to a backing chain."""
 
-    def __init__(self, path, *, search_path=(), depth=0, diagnostics=None):
+    def __init__(self, path, *, references: ReferencePolicy | None = None, depth=0, diagnostics=None):
         self.path = str(path)
         self.src = FileSource(path)
         self.diagnostics = diagnostics if diagnostics is not None else []
+        references = references or default_policy([path])
         try:
             self.h = _hdr(self.src, self.path)
+            if self.h["external_data_file"]:
+                # QEMU refuses internal snapshots on such images, and the guest clusters
+                # live in the data file: nothing here can be VM state.
+                raise MemoryFormatError(self.path, 72, "qcow2 with an external data file cannot hold VM state")
             self.backing = None
             if self.h["backing_file"]:
                 if depth >= MAX_CHAIN:
                     raise MemoryFormatError(self.path, 8, "backing chain deeper than 32 (a loop?)")
-                found = resolve_backing(self.path, self.h["backing_file"], search_path)
-                if found is None:
-                    self.diagnostics.append(
-                        diagnostic(
-                            "error",
-                            "backing file not found",
-                            f"{self.path}@0x8",
-                            f"{self.h['backing_file']!r}: clusters it would supply read as zeros",
-                        )
-                    )
-                elif self.h["backing_format"] in (None, "qcow2") and _magic(found) == MAGIC:
-                    self.backing = Qcow2(found, search_path=search_path, depth=depth + 1, diagnostics=self.diagnostics)
-                else:
-                    self.backing = FileSource(found)
+                self.backing = self._open_backing(references, depth)
         except BaseException:
             self.src.close()
             raise
@@ -211,6 +209,30 @@ class Qcow2:
         self.l1 = self.load_l1(self.h["l1_table_offset"], self.h["l1_size"])
         self._l2_cache, self._zcache = {}, (None, b"")
         self.size = None
+
+    def _open_backing(self, references: ReferencePolicy, depth: int):
+        """The layer below, found under the run's policy; a file not found or refused
+        (outside the evidence roots) reads as zeros, and a diagnostic says so."""
+        name = self.h["backing_file"]
+        found = resolve_backing(self.path, name, references)
+        if found["path"] is None:
+            why = unresolved_message("backing file", name, found)
+            self.diagnostics.append(
+                diagnostic("error", "backing file not used", f"{self.path}@0x8", f"{why}; its clusters read as zeros")
+            )
+            return None
+        if found["outside"]:
+            self.diagnostics.append(
+                diagnostic(
+                    "warning",
+                    "evidence outside the roots",
+                    str(found["path"]),
+                    outside_message("backing file", name, found, self.path),
+                )
+            )
+        if self.h["backing_format"] in (None, "qcow2") and _magic(found["path"]) == MAGIC:
+            return Qcow2(found["path"], references=references, depth=depth + 1, diagnostics=self.diagnostics)
+        return FileSource(found["path"])
 
     def load_l1(self, offset, n):
         if 8 * n > MAX_L1_BYTES:
@@ -402,7 +424,7 @@ def probe(path):
     return facts
 
 
-def open(path, *, snapshot=None, search_path=(), **_opts):
+def open(path, *, snapshot=None, references: ReferencePolicy | None = None, **_opts):
     """Open the VM state of an internal snapshot (chosen by name or id).
 
     >>> with open("disk.qcow2", snapshot="before-implant") as img:  # doctest: +SKIP
@@ -410,7 +432,7 @@ def open(path, *, snapshot=None, search_path=(), **_opts):
     'before-implant'
     """
     diags = []
-    img = Qcow2(path, search_path=search_path, diagnostics=diags)
+    img = Qcow2(path, references=references, diagnostics=diags)
     try:
         snap = pick_snapshot(path, img.h["snapshots"], snapshot)
         src = VmStateSource(img, snap)

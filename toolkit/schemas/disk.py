@@ -10,7 +10,9 @@ declare(
         "depth": INT,  # 0 = the layer read first (top), 1 = its backing file, ...
         "path": STRING,  # file actually opened on this machine (<NA> if missing)
         "recorded_path": STRING,  # backing path as the image records it (often an absolute host path)
-        "resolved_by": STRING,  # given | relative | basename-beside | search-path:DIR | as-recorded | missing-zeros
+        # given | relative | basename-beside | search-path:DIR | re-rooted:DIR | as-recorded | missing-zeros;
+        # outside:HOW when read outside the evidence roots (--follow-recorded-paths)
+        "resolved_by": STRING,
         "format": STRING,
         "snapshot": STRING,
         "size": INT,

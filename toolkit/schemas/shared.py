@@ -62,7 +62,7 @@ declare(
     "audit/fleet",
     {
         "vm": STRING,
-        "status": STRING,  # analysed | partial (some evidence unreadable) | reused | failed
+        "status": STRING,  # analysed | partial (some evidence unreadable) | reused | failed | skipped (a symlink)
         "critical": INT,
         "high": INT,
         "medium": INT,

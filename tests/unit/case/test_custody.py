@@ -1,6 +1,6 @@
 import json
 
-from toolkit import custody
+from toolkit.case import custody
 
 
 def _log(tmp_path, n=4):

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from tests.helpers.synthetic_case import SID
+from tests.helpers.synthetic_case import SERVICE_UNIT, SID
 from tests.helpers.synthetic_case import implant_tables as _tables
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.rules import RULES
@@ -53,13 +53,7 @@ def test_benign_service_and_dead_tasks_raise_nothing_high():
             t["disk/persistence"],
             pd.DataFrame(
                 [
-                    {
-                        "kind": "systemd",
-                        "path": "/etc/systemd/system/labsvc.service",
-                        "program": "/usr/sbin/labsvc",
-                        "program_path": "/usr/sbin/labsvc",
-                        "program_sha256": "2" * 64,
-                    },
+                    SERVICE_UNIT,
                     {
                         "kind": "shell_rc",
                         "path": "/root/.bashrc",

@@ -120,7 +120,9 @@ def test_vmdk_descriptor_and_sparse(tmp_path):
     desc = identify(synth.write(tmp_path / "d.vmdk", synth.VMDK_DESCRIPTOR.encode()))
     assert desc["format"] == "vmdk"
     assert desc["facts"]["create_type"] == "monolithicFlat"
-    assert desc["facts"]["extents"] == [{"access": "RW", "sectors": 2048, "type": "FLAT", "file": "disk-flat.vmdk"}]
+    assert desc["facts"]["extents"] == [
+        {"access": "RW", "sectors": 2048, "type": "FLAT", "file": "disk-flat.vmdk", "offset": 0}
+    ]
     assert desc["facts"]["virtual_size"] == 2048 * 512
     sparse = identify(synth.write(tmp_path / "s.bin", synth.vmdk_sparse(4096)))
     assert (sparse["format"], sparse["facts"]["variant"], sparse["facts"]["virtual_size"]) == (

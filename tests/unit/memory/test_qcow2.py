@@ -5,6 +5,7 @@ import pytest
 import toolkit.memory as M
 from tests.helpers import memory_writers as W
 from toolkit.memory import qcow2
+from toolkit.references import reference_policy
 
 C = 4096
 
@@ -74,10 +75,43 @@ def test_backing_chain_fallthrough(tmp_path, stream):
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     base.rename(moved / "base.qcow2")
-    with M.open_image(overlay, search_path=[moved]) as img:
+    policy = reference_policy(roots=[overlay.parent], search_paths=[moved])
+    with M.open_image(overlay, references=policy) as img:
         assert img.read(0, len(expect)) == expect
     with M.open_image(overlay) as img:  # not found: said, and the rest is still read
-        assert img.diagnostics[0]["what"] == "backing file not found"
+        assert img.diagnostics[0]["what"] == "backing file not used"
+        assert "not found" in img.diagnostics[0]["why"]
+
+
+def test_backing_file_outside_the_evidence_root_is_not_read(tmp_path, stream):
+    # the vmstate's missing clusters would come from ../outside/base.qcow2: another directory of the host
+    data, expect = stream
+    (tmp_path / "vm").mkdir()
+    (tmp_path / "outside").mkdir()
+    overlay = tmp_path / "vm" / "overlay.qcow2"
+    snaps = [{"id": "1", "name": "s", "vmstate": data, "skip": {1, 3}}]
+    vm_off = W.qcow2(overlay, snapshots=snaps, backing="../outside/base.qcow2")
+    W.qcow2(tmp_path / "outside" / "base.qcow2", active={vm_off + k * C: data[k * C : (k + 1) * C] for k in (1, 3)})
+    with M.open_image(overlay) as img:  # default policy: the overlay's own directory
+        diag = img.diagnostics[0]
+        assert diag["what"] == "backing file not used" and "resolves outside the evidence roots" in diag["why"]
+        assert img.read(0, len(expect)) != expect  # the clusters it would have supplied are zeros
+    policy = reference_policy(roots=[overlay.parent], follow_recorded=True)
+    with M.open_image(overlay, references=policy) as img:
+        assert img.read(0, len(expect)) == expect
+        [diag] = img.diagnostics
+        assert diag["severity"] == "warning" and str(tmp_path / "outside" / "base.qcow2") in diag["why"]
+
+
+def test_external_data_file_is_named_and_cannot_hold_vm_state(tmp_path, stream):
+    p = tmp_path / "disk.qcow2"
+    W.qcow2(p, snapshots=[{"id": "1", "name": "s", "vmstate": stream[0]}])
+    raw = bytearray(p.read_bytes())
+    raw[72:80] = (4).to_bytes(8, "big")  # incompatible feature bit 2: external data file
+    p.write_bytes(raw)
+    assert qcow2.read_header(p)["external_data_file"] is True
+    with pytest.raises(M.MemoryFormatError, match="external data file cannot hold VM state"):
+        M.open_image(p)
 
 
 def test_bad_qcow2(tmp_path, stream):

@@ -1,7 +1,7 @@
 """Disk engine: a snapshot's disks through dissect.target -> disk tables.
 
-Opens every disk of the snapshot (qcow2 chains resolved beside the evidence
-and through ``ctx.search_paths``; an internal snapshot when the disk entry
+Opens every disk of the snapshot (qcow2 chains resolved under ``ctx.references``,
+the run's policy: beside the evidence and in search paths; an internal snapshot when the disk entry
 names one), puts them in one dissect Target, runs the profile's functions and
 returns ``disk/chain``, ``disk/system``, ``disk/users``, ``disk/persistence``,
 ``disk/shell_history``, ``disk/logs``, ``disk/packages``, ``disk/files``,
@@ -44,34 +44,41 @@ from toolkit.engines.disk.persistence import persistence_rows
 from toolkit.engines.disk.target import open_target
 from toolkit.engines.disk.walk import hash_policy
 from toolkit.errors import DiskError
-from toolkit.references import resolve_reference
+from toolkit.references import ReferencePolicy, default_policy, resolve_reference, unresolved_message
 from toolkit.schemas import diagnostic, make_table
 
 
-def _disk_path(disk: dict, search_paths) -> tuple[Path, list[dict]]:
+def _disk_path(disk: dict, references: ReferencePolicy) -> tuple[Path, list[dict]]:
     """The file a disk entry means here; XML-named absolute paths are resolved like backing files."""
     path = Path(disk["path"])
     if path.is_file():
         return path, []
-    found, how, tried = resolve_reference(str(path), path.parent, search_paths)
-    if found is None:
-        raise DiskError(f"disk {str(path)!r} not found (tried: {', '.join(tried)}); pass --search-path DIR")
-    return found, [
-        diagnostic("info", f"disk {path}", str(found), f"recorded path does not exist here; used {found} ({how})")
+    found = resolve_reference(str(path), path.parent, references)
+    if found["path"] is None:
+        raise DiskError(f"{unresolved_message('disk', str(path), found)}; pass --search-path DIR")
+    how = found["how"]
+    return found["path"], [
+        diagnostic(
+            "warning" if found["outside"] else "info",
+            f"disk {path}",
+            str(found["path"]),
+            f"recorded path does not exist here; used {found['path']} ({how})",
+        )
     ]
 
 
 def open_snapshot_disks(snapshot: dict, ctx: EngineContext) -> tuple[list[dict], list[dict]]:
     """Open every disk of a snapshot; unreadable ones become error diagnostics."""
-    search = list(ctx.search_paths)
     opened, diags = [], []
     for disk in snapshot.get("disks") or []:
-        # Backing files and extents are read through the disk above them; an
+        # Backing files, extents and data files are read through the disk above them; an
         # external snapshot's overlay is listed for custody, not opened twice.
         if disk.get("role", "disk") != "disk":
             continue
         try:
-            path, notes = _disk_path(disk, search)
+            # the run's policy, the one discovery used; alone, the disk's own directory
+            references = ctx.references or default_policy([disk["path"]])
+            path, notes = _disk_path(disk, references)
             diags += notes
             fmt = disk.get("format")
             opened.append(
@@ -79,7 +86,7 @@ def open_snapshot_disks(snapshot: dict, ctx: EngineContext) -> tuple[list[dict],
                     path,
                     fmt=fmt if fmt in ("qcow2", "raw") else None,
                     snapshot=disk.get("snapshot"),
-                    search_paths=search,
+                    references=references,
                     allow_missing_backing=ctx.allow_missing_backing,
                 )
             )

@@ -134,11 +134,12 @@ def check_header(q, file_size: int, where: str) -> None:
         raise DiskError(f"{where}: snapshot table at 0x{h.snapshots_offset:x} lies outside the file")
 
 
-def validate_tables(q, l1_table, file_size: int, where: str) -> int:
+def validate_tables(q, l1_table, file_size: int, where: str, data_size: int | None = None) -> int:
     """Check every L2 pointer of one L1 table; return the count of allocated clusters.
 
     Each distinct L2 table is read and checked once, however many L1 entries
-    share it. Raises DiskError when a pointer leaves the file. Example::
+    share it. Raises DiskError when a pointer leaves the file (data clusters:
+    the external data file, of ``data_size`` bytes, when the image has one). Example::
 
         n = validate_tables(q, q.l1_table, os.path.getsize(p), p)
     """
@@ -154,7 +155,7 @@ def validate_tables(q, l1_table, file_size: int, where: str) -> int:
     total = 0
     for off, (first_index, full, partial) in users.items():
         entries, bitmaps = _read_table(q, off, g["l2_size"] if full else partial)
-        _check_entries(q, first_index << g["l2_bits"], entries, file_size, where)
+        _check_entries(q, first_index << g["l2_bits"], entries, file_size if data_size is None else data_size, where)
         allocated, _ = _values(entries, bitmaps)
         total += full * int(allocated.sum()) + (int(allocated[:partial].sum()) if partial else 0)
     return total
@@ -172,6 +173,8 @@ def changed_ranges(da: dict, db: dict) -> tuple[list[tuple[int, int]] | None, st
     """
     if da["size"] != db["size"]:
         return None, f"virtual sizes differ ({da['size']} vs {db['size']})"
+    if any(layer.get("data_file") for layer in da["layers"] + db["layers"]):
+        return None, "a layer keeps its clusters in an external data file"
     ida = [(str(layer["path"]), layer["snapshot"]) for layer in da["layers"]]
     idb = [(str(layer["path"]), layer["snapshot"]) for layer in db["layers"]]
     common = 0

@@ -26,6 +26,7 @@ from toolkit.engines.disk.images import close_disk, open_disk
 from toolkit.engines.disk.target import open_target
 from toolkit.engines.disk.walk import walk_tree
 from toolkit.errors import DiskError
+from toolkit.references import ReferencePolicy, default_policy
 from toolkit.schemas import diagnostic, make_table
 
 
@@ -80,23 +81,27 @@ def full_walk_rows(stream_a, stream_b, *, max_size=None, progress=None) -> tuple
     return rows, pa + pb
 
 
-def _open(spec, search_paths, allow_missing_backing):
+def _open(spec, references, allow_missing_backing):
     if isinstance(spec, dict):
         return open_disk(
             spec["path"],
             fmt=spec.get("format"),
             snapshot=spec.get("snapshot"),
-            search_paths=search_paths,
+            references=references,
             allow_missing_backing=allow_missing_backing,
         )
-    return open_disk(spec, search_paths=search_paths, allow_missing_backing=allow_missing_backing)
+    return open_disk(spec, references=references, allow_missing_backing=allow_missing_backing)
+
+
+def _path_of(spec):
+    return spec["path"] if isinstance(spec, dict) else spec
 
 
 def diff_tables(
     a,
     b,
     *,
-    search_paths=(),
+    references: ReferencePolicy | None = None,
     allow_missing_backing: bool = False,
     full_walk: bool = False,
     max_size: int | None = None,
@@ -105,13 +110,15 @@ def diff_tables(
 ) -> dict:
     """``disk/diff``, ``disk/chain`` and ``diagnostics`` for two disk states.
 
-    ``a`` and ``b`` are paths or dicts {path, format, snapshot}. Example::
+    ``a`` and ``b`` are paths or dicts {path, format, snapshot}; ``references`` says where
+    their backing files may be read from (default: the directories of ``a`` and ``b``). Example::
 
         tables = diff_tables("base.qcow2", {"path": "disk.qcow2", "snapshot": "lab-savevm"})
     """
-    da = _open(a, search_paths, allow_missing_backing)
+    references = references or default_policy([_path_of(a), _path_of(b)])
+    da = _open(a, references, allow_missing_backing)
     try:
-        db = _open(b, search_paths, allow_missing_backing)
+        db = _open(b, references, allow_missing_backing)
     except DiskError:
         close_disk(da)
         raise
@@ -175,7 +182,7 @@ def diff_disks(a, b, **kwargs):
 
     Diagnostics ride along in ``df.attrs["diagnostics"]``. Example::
 
-        df = diff_disks("base.qcow2", "overlay.qcow2", search_paths=["/mnt/images"])
+        df = diff_disks("base.qcow2", "overlay.qcow2", references=reference_policy(roots=["vm"], search_paths=["/mnt"]))
     """
     tables = diff_tables(a, b, **kwargs)
     df = tables["disk/diff"]

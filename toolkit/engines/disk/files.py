@@ -194,6 +194,10 @@ def _base_layer(disk: dict) -> dict | None:
         return None
     if any(r.get("resolved_by") == "missing-zeros" for r in disk.get("chain") or []):
         return None
+    # The cache is keyed by the base file's own hash: a base whose contents live in other
+    # files (a data file, extents) is not covered by it, and is re-opened here alone.
+    if layers[-1]["format"] not in ("qcow2", "raw") or any(layer.get("data_file") for layer in layers):
+        return None
     return layers[-1]
 
 

@@ -6,7 +6,11 @@ cannot open an overlay whose backing path is absolute at all. So the chain is
 opened here, bottom-up: every layer is a file opened ``rb``, each qcow2 is
 parsed by dissect's ``QCow2`` with ``allow_no_backing_file=True`` (it never
 touches the path it records) and its ``backing_file`` is then set to the
-stream of the layer below, which this module found itself. Nothing is ever
+stream of the layer below, which this module found itself. VMDK extents and
+parents and VHDX parents go the same way (:mod:`toolkit.engines.disk.vmdk_vhdx`).
+Every file an image names is found under the run's one reference policy
+(:mod:`toolkit.references`): inside the evidence roots and search paths, or
+outside them only when the user said so, with a warning. Nothing is ever
 written; nothing is opened for writing.
 
 Every element of the chain becomes a row (path used, path recorded, how it was
@@ -14,7 +18,8 @@ resolved) for the ``disk/chain`` table.
 
 Example::
 
-    disk = open_disk("evidence/disk.qcow2", search_paths=["/mnt/images"])
+    policy = reference_policy(roots=["evidence"], search_paths=["/mnt/images"])
+    disk = open_disk("evidence/disk.qcow2", references=policy)
     disk["stream"].seek(0); mbr = disk["stream"].read(512)
     close_disk(disk)
 """
@@ -25,8 +30,17 @@ import os
 from pathlib import Path
 
 from toolkit.engines.disk.allocation import check_header, validate_tables
+from toolkit.engines.disk.vmdk_vhdx import open_vmdk, vhdx_parents
 from toolkit.errors import DiskError
-from toolkit.references import resolve_reference
+from toolkit.references import (
+    ReferencePolicy,
+    default_policy,
+    outside_message,
+    resolve_reference,
+    unresolved_message,
+    wrong_size_message,
+)
+from toolkit.schemas import diagnostic
 
 QCOW2_MAGIC = b"QFI\xfb"
 MAX_CHAIN = 64  # a loop in backing references must end in an error, not a hang
@@ -103,18 +117,91 @@ def describe_snapshots(path) -> list[dict]:
         ]
 
 
-def _open_layer(
-    path: Path,
-    fmt: str | None,
-    snapshot,
-    search_paths,
-    allow_missing: bool,
-    state: dict,
-    depth: int,
-    recorded: str | None,
-    how: str,
-):
-    """Open one layer and, recursively, everything below it; return its stream."""
+def _row(state: dict, depth: int, path, recorded, how, fmt, size, snapshot=None, virtual_size=None) -> dict:
+    row = {
+        "disk": state["disk"],
+        "depth": depth,
+        "path": None if path is None else str(path),
+        "recorded_path": recorded,
+        "resolved_by": how,
+        "format": fmt,
+        "snapshot": snapshot,
+        "size": size,
+        "virtual_size": virtual_size,
+    }
+    state["chain"].append(row)
+    return row
+
+
+def _named(recorded, owner: Path, what: str, state: dict) -> dict:
+    """The file ``owner`` names as ``recorded``, under the run's policy (toolkit.references);
+    a file followed outside the evidence roots gets a warning diagnostic."""
+    found = resolve_reference(recorded, owner.parent, state["references"])
+    if found["outside"]:
+        state["diagnostics"].append(
+            diagnostic(
+                "warning",
+                "evidence outside the roots",
+                str(found["path"]),
+                outside_message(what, recorded, found, owner),
+            )
+        )
+    return found
+
+
+def _required(recorded, owner: Path, what: str, state: dict) -> dict:
+    found = _named(recorded, owner, what, state)
+    if found["path"] is None:
+        raise DiskError(f"{owner}: {unresolved_message(what, recorded, found)}")
+    return found
+
+
+def _open_file(path, state: dict):
+    fh = open(path, "rb")
+    state["handles"].append(fh)
+    return fh
+
+
+def _open_other(path: Path, fmt: str, state: dict, depth: int):
+    """A vmdk/vhdx/vdi/vhd layer through dissect, opened on handles of files the policy found."""
+    from dissect.target.containers.vdi import VdiContainer
+    from dissect.target.containers.vhd import VhdContainer
+    from dissect.target.containers.vhdx import VhdxContainer
+
+    def extent(name, size):
+        found = _required(name, path, "extent", state)
+        actual = found["path"].stat().st_size
+        if size is not None and actual != size:
+            raise DiskError(f"{path}: {wrong_size_message('extent', name, found['path'], actual, size)}")
+        _row(state, depth, found["path"], name, found["how"], "vmdk-extent", actual)
+        return _open_file(found["path"], state)
+
+    def below(name):
+        found = _required(name, path, "parent", state)
+        stream, _size = _open_layer(found["path"], None, None, state, depth + 1, name, found["how"])
+        return stream
+
+    try:
+        if fmt == "vmdk":
+            return open_vmdk(path, _open_file(path, state), extent=extent, below=below)
+        if fmt == "vhdx":
+            parents = vhdx_parents(path, lambda name, owner: _named(name, owner, "parent", state))
+            for n, (parent, name, found) in enumerate(parents, start=1):
+                _row(state, depth + n, parent, name, found["how"], "vhdx", parent.stat().st_size)
+            # dissect opens the parents itself, by path: vhdx_parents checked that they are these files
+            container = VhdxContainer(path)
+        else:
+            container = (VdiContainer if fmt == "vdi" else VhdContainer)(_open_file(path, state))
+    except DiskError:
+        raise
+    except Exception as e:  # dissect raises several types for a malformed image
+        raise DiskError(f"{path}: cannot open {fmt} image ({type(e).__name__}: {e})") from None
+    state["handles"].append(container)
+    return container, container.size
+
+
+def _open_layer(path: Path, fmt: str | None, snapshot, state: dict, depth: int, recorded: str | None, how: str):
+    """Open one layer and, recursively, everything below it; return (stream, virtual size)."""
     if depth >= MAX_CHAIN:
         raise DiskError(f"{path}: backing chain deeper than {MAX_CHAIN} (a loop?)")
     real = path.resolve()
@@ -123,44 +210,21 @@ def _open_layer(
     state["seen"].add(real)
     fmt = fmt or detect_format(path)
     file_size = path.stat().st_size
-    row = {
-        "disk": state["disk"],
-        "depth": depth,
-        "path": str(path),
-        "recorded_path": recorded,
-        "resolved_by": how,
-        "format": fmt,
-        "snapshot": snapshot,
-        "size": file_size,
-    }
-    state["chain"].append(row)
+    row = _row(state, depth, path, recorded, how, fmt, file_size, snapshot)
+    layer = {"path": real, "format": fmt, "snapshot": None, "qcow2": None, "l1": None, "file_size": file_size}
 
     if fmt != "qcow2":
         if snapshot:
             raise DiskError(f"{path}: internal snapshots need qcow2, this is {fmt}")
+        state["layers"].append(layer)
         if fmt == "raw":
-            fh = open(path, "rb")
-            state["handles"].append(fh)
             row["virtual_size"] = file_size
-            state["layers"].append(
-                {"path": real, "format": fmt, "snapshot": None, "qcow2": None, "l1": None, "file_size": file_size}
-            )
-            return fh, file_size
-        from dissect.target import container
+            return _open_file(path, state), file_size
+        stream, size = _open_other(path, fmt, state, depth)
+        row["virtual_size"] = size
+        return stream, size
 
-        try:
-            c = container.open(path)
-        except Exception as e:
-            raise DiskError(f"{path}: cannot open {fmt} image ({type(e).__name__}: {e})") from None
-        state["handles"].append(c)
-        row["virtual_size"] = c.size
-        state["layers"].append(
-            {"path": real, "format": fmt, "snapshot": None, "qcow2": None, "l1": None, "file_size": file_size}
-        )
-        return c, c.size
-
-    fh = open(path, "rb")
-    state["handles"].append(fh)
+    fh = _open_file(path, state)
     where = str(path)
     q = _qcow2_layer(path, fh, where)
     check_header(q, file_size, where)
@@ -172,58 +236,46 @@ def _open_layer(
             raise DiskError(f"{where}: snapshot {snap.name!r} L1 table lies outside the file")
         l1 = snap.l1_table
         row["snapshot"] = f"{snap.id}:{snap.name}"
-    # Every pointer checked once, up front: later reads can then trust them.
-    validate_tables(q, l1, file_size, where)
-    layer = {"path": real, "format": "qcow2", "snapshot": row["snapshot"], "qcow2": q, "l1": l1, "file_size": file_size}
-    state["layers"].append(layer)
-
+    data_size = None
     if q.needs_data_file:
-        if not q.image_data_file:  # the feature bit without the header extension naming the file
-            raise DiskError(f"{where}: needs an external data file but names none: corrupt qcow2 header")
-        data_path, data_how, tried = resolve_reference(q.image_data_file, path.parent, search_paths)
-        if data_path is None:
-            raise DiskError(f"{where}: external data file {q.image_data_file!r} not found (tried: {', '.join(tried)})")
-        q.data_file = open(data_path, "rb")
-        state["handles"].append(q.data_file)
+        # the guest's clusters live in another file, named inside this one: found like a backing file
+        if not q.image_data_file:
+            raise DiskError(f"{where}: qcow2 needs an external data file but does not name one")
+        found = _required(q.image_data_file, path, "external data file", state)
+        q.data_file = _open_file(found["path"], state)
+        data_size = found["path"].stat().st_size
+        layer["data_file"] = str(found["path"])
+        _row(state, depth, found["path"], q.image_data_file, found["how"], "qcow2-data-file", data_size)
+    # Every pointer checked once, up front: later reads can then trust them.
+    validate_tables(q, l1, file_size, where, data_size)
+    layer.update(snapshot=row["snapshot"], qcow2=q, l1=l1)
+    state["layers"].append(layer)
 
     if q.header.backing_file_offset:
         wanted = q.auto_backing_file
-        below, below_how, tried = resolve_reference(wanted, path.parent, search_paths)
-        if below is None:
-            if not allow_missing:
-                raise DiskError(
-                    f"{where}: backing file {wanted!r} not found (tried: {', '.join(tried)}); "
-                    f"pass --search-path DIR, or --allow-missing-backing to read it as zeros"
-                )
+        found = _named(wanted, path, "backing file", state)
+        if found["path"] is None and (found["how"] != "missing" or not state["allow_missing"]):
+            hint = "; pass --search-path DIR, or --allow-missing-backing to read it as zeros"
+            raise DiskError(
+                f"{where}: {unresolved_message('backing file', wanted, found)}"
+                + (hint if found["how"] == "missing" else "")
+            )
+        if found["path"] is None:
             state["diagnostics"].append(
-                {
-                    "severity": "warning",
-                    "what": f"backing file {wanted}",
-                    "where": where,
-                    "why": "not found; its clusters read as zeros (allow_missing_backing)",
-                }
+                diagnostic(
+                    "warning",
+                    f"backing file {wanted}",
+                    where,
+                    "not found; its clusters read as zeros (allow_missing_backing)",
+                )
             )
-            state["chain"].append(
-                {
-                    "disk": state["disk"],
-                    "depth": depth + 1,
-                    "path": None,
-                    "recorded_path": wanted,
-                    "resolved_by": "missing-zeros",
-                    "format": None,
-                    "snapshot": None,
-                    "size": None,
-                    "virtual_size": None,
-                }
-            )
+            _row(state, depth + 1, None, wanted, "missing-zeros", None, None)
             q.backing_file = None
         else:
             bfmt = (q.backing_format or "").lower() or None
             if bfmt not in (None, "qcow2", "raw"):
                 bfmt = None  # let the magic decide for vmdk & co.
-            q.backing_file, _ = _open_layer(
-                below, bfmt, None, search_paths, allow_missing, state, depth + 1, wanted, below_how
-            )
+            q.backing_file, _ = _open_layer(found["path"], bfmt, None, state, depth + 1, wanted, found["how"])
 
     from dissect.hypervisor.disk.qcow2 import QCow2Stream
 
@@ -231,30 +283,46 @@ def _open_layer(
 
 
 def open_disk(
-    path, *, fmt: str | None = None, snapshot=None, search_paths=(), allow_missing_backing: bool = False
+    path,
+    *,
+    fmt: str | None = None,
+    snapshot=None,
+    references: ReferencePolicy | None = None,
+    allow_missing_backing: bool = False,
 ) -> dict:
     """Open a disk image and its whole backing chain read-only.
 
     ``snapshot`` selects a qcow2 internal snapshot by name or id instead of the
-    active layer. Returns a dict: ``stream`` (seekable, ``size``), ``size``,
-    ``chain`` (rows for ``disk/chain``, top first), ``layers`` (top first:
-    path, format, snapshot, qcow2 object, L1 table, file size), ``diagnostics``,
-    ``handles`` (closed by :func:`close_disk`). Raises DiskError with one line.
+    active layer. ``references`` is the run's policy for files the image names
+    (backing and data files, extents, parents: :mod:`toolkit.references`); by
+    default only the image's own directory. Returns a dict: ``stream``
+    (seekable, ``size``), ``size``, ``chain`` (rows for ``disk/chain``, top
+    first), ``layers`` (top first: path, format, snapshot, qcow2 object, L1
+    table, file size, data file), ``diagnostics``, ``handles`` (closed by
+    :func:`close_disk`). Raises DiskError with one line.
 
-    >>> d = open_disk("overlay.qcow2", search_paths=["images"])  # doctest: +SKIP
+    >>> policy = reference_policy(roots=["vm"], search_paths=["images"])  # doctest: +SKIP
+    >>> d = open_disk("vm/overlay.qcow2", references=policy)  # doctest: +SKIP
     >>> [r["resolved_by"] for r in d["chain"]]  # doctest: +SKIP
-    ['given', 'search-path:images']
+    ['given', 'search-path:/abs/images']
     """
     path = Path(path)
     if not path.exists():
         raise DiskError(f"{path}: disk image not found")
     if not path.is_file():
         raise DiskError(f"{path}: not a regular file")
-    state = {"disk": str(path), "chain": [], "layers": [], "handles": [], "diagnostics": [], "seen": set()}
+    state = {
+        "disk": str(path),
+        "chain": [],
+        "layers": [],
+        "handles": [],
+        "diagnostics": [],
+        "seen": set(),
+        "references": references or default_policy([path]),
+        "allow_missing": allow_missing_backing,
+    }
     try:
-        stream, size = _open_layer(
-            path, fmt, snapshot, list(search_paths), allow_missing_backing, state, 0, None, "given"
-        )
+        stream, size = _open_layer(path, fmt, snapshot, state, 0, None, "given")
     except DiskError:
         _close(state["handles"])
         raise

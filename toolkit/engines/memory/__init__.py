@@ -32,7 +32,6 @@ from toolkit.engines import EngineContext
 from toolkit.engines.memory import tables as plugin_tables
 from toolkit.engines.memory import tasks, volatility
 from toolkit.engines.memory.session import open_memory
-from toolkit.memory import open_image
 from toolkit.schemas import diagnostic, make_table
 
 
@@ -103,7 +102,7 @@ def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
                     "seconds": time.monotonic() - t0,
                 }
             )
-        _leave_readers(ctx, session, diagnostics)
+        _leave_readers(ctx, session)
         if "memory/shell_history" in tables and not tables["memory/shell_history"]:
             diagnostics.append(
                 diagnostic(
@@ -130,17 +129,13 @@ def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _leave_readers(ctx: EngineContext, session: dict, diagnostics: list) -> None:
+def _leave_readers(ctx: EngineContext, session: dict) -> None:
     """Readers for later engines of this snapshot (YARA): the physical address
-    space and the process regions. Readers, not results (engines/__init__)."""
+    space (the image this session reads, shared) and the process regions.
+    Readers, not results (engines/__init__)."""
     if session["os"] == "linux":
         ctx.readers.memory_regions = list(tasks.process_regions(session))
-    try:
-        ctx.readers.memory_image = open_image(session["image"])
-    except Exception as excp:  # YARA then scans processes only; the memory tables stand regardless
-        diagnostics.append(
-            diagnostic("warning", "physical memory reader for YARA", session["image"], f"{type(excp).__name__}: {excp}")
-        )
+    ctx.readers.memory_image = session["memory_image"]
 
 
 def process_regions(snapshot: dict, ctx: EngineContext, pids=None):

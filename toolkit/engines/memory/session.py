@@ -26,7 +26,8 @@ from pathlib import Path
 from toolkit.case.lock import file_lock
 from toolkit.engines import EngineContext
 from toolkit.engines.memory import symbols, volatility
-from toolkit.errors import SymbolsError, VolatilityError
+from toolkit.engines.memory.images import shared_image
+from toolkit.errors import MemoryFormatError, SymbolsError, VolatilityError
 from toolkit.schemas import diagnostic
 from toolkit.versions import distribution_versions
 
@@ -47,65 +48,34 @@ def _memory_entry(snapshot: dict) -> tuple[str | None, str | None, str | None]:
     return memory, None, None
 
 
-def _is_elf(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(4) == b"\x7fELF"
+def memory_source(snapshot: dict, ctx: EngineContext, diagnostics: list) -> dict | None:
+    """The snapshot's memory artefact as it will be read, in place: {"path", "format", "snapshot", "image"}.
 
-
-def normalise_image(snapshot: dict, ctx: EngineContext, diagnostics: list) -> tuple[Path | None, str | None]:
-    """The memory artefact as a file Volatility opens natively (an ELF core).
-
-    Non-ELF artefacts (kdump, QEMU stream, libvirt save, savevm) are converted
-    once into the case's derived dir by toolkit.memory.convert.to_elf.
+    snapscope's reader opens the artefact once here (a damaged file is reported
+    now, as a diagnostic); the image is shared with Volatility's layer
+    (``layer.SnapscopeLayer``) and with the YARA engine. Nothing is converted:
+    the case holds no copy of the guest's RAM.
     """
     path, fmt, internal = _memory_entry(snapshot)
     if not path:
         diagnostics.append(
             diagnostic("info", "memory image", snapshot.get("id", "?"), "snapshot has no memory artefact")
         )
-        return None, None
+        return None
     path = Path(path)
     if not path.is_file():
         diagnostics.append(diagnostic("error", "memory image", path, "file not found"))
-        return None, fmt
-    if _is_elf(path):
-        return path, fmt or "elf"
-    derived = Path(ctx.derived_dir) / "memory"
-    target = derived / (f"{path.name}.{internal}.elf" if internal else f"{path.name}.elf")
-    if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
-        return target, fmt
+        return None
     try:
-        from toolkit.memory.convert import to_elf
-    except ImportError as excp:
+        image = shared_image(path, internal, str(Path(ctx.derived_dir) / "memory"), references=ctx.references)
+    except MemoryFormatError as excp:
+        diagnostics.append(diagnostic("error", "memory image", path, str(excp)))
+        return None
+    for d in image.diagnostics:
         diagnostics.append(
-            diagnostic(
-                "error",
-                "memory image",
-                path,
-                f"format {fmt or 'unknown'} needs toolkit.memory.convert, unavailable: {excp}",
-            )
+            diagnostic(d.get("severity", "warning"), d.get("what", "memory image"), d.get("where"), d.get("why"))
         )
-        return None, fmt
-    derived.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")  # never reuse a half-written image
-    try:
-        result = to_elf(path, partial, snapshot=internal, derived_dir=derived) or {}
-    except Exception as excp:  # a converter failure is this image's problem, not the run's
-        partial.unlink(missing_ok=True)
-        diagnostics.append(diagnostic("error", "memory image conversion", path, f"{type(excp).__name__}: {excp}"))
-        return None, fmt
-    os.replace(partial, target)
-    for d in result.get("diagnostics", []) or []:
-        diagnostics.append({k: str(d.get(k, "")) for k in ("severity", "what", "where", "why")})
-    diagnostics.append(
-        diagnostic(
-            "info",
-            "memory image",
-            path,
-            f"converted {result.get('format') or fmt} to ELF {target} (sha256 {result.get('dst_sha256')})",
-        )
-    )
-    return target, result.get("format") or fmt
+    return {"path": path, "format": image.format or fmt, "snapshot": internal, "image": image}
 
 
 def _isf_dir(isf_path: str, sha256: str, ctx: EngineContext) -> Path:
@@ -170,10 +140,11 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
         "volatility_version": volatility.volatility_version(),
         "pakunoda_version": distribution_versions(["pakunoda"])["pakunoda"],
     }
-    image, fmt = normalise_image(snapshot, ctx, diagnostics)
-    info.update(image_path=str(image) if image else None, image_format=fmt)
-    if image is None:
+    source = memory_source(snapshot, ctx, diagnostics)
+    if source is None:
         return None, info, diagnostics
+    image = source["path"]
+    info.update(image_path=str(image), image_format=source["format"])
     cache_dir = Path(ctx.cache_dir or symbols.default_cache_dir())
     user_symbols = [Path(p) for p in ctx.symbols]
     progress = ctx.progress
@@ -185,7 +156,12 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
             # Parallel audit workers share the cache: one builds a banner's ISF, the others wait for it.
             with file_lock(symbols_cache / "symbols.lock"):
                 found = symbols.resolve_isf(
-                    image, user_paths=user_symbols, cache_dir=symbols_cache, build=ctx.build_symbols, progress=progress
+                    source["image"],
+                    user_paths=user_symbols,
+                    cache_dir=symbols_cache,
+                    build=ctx.build_symbols,
+                    progress=progress,
+                    scratch_dir=Path(ctx.derived_dir) / "memory",
                 )
         except SymbolsError as excp:
             diagnostics.extend(excp.diagnostics)
@@ -208,7 +184,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
         symbol_dirs = user_symbols + [symbols.PROFILE_SYMBOLS]
         vol_cache = _volatility_cache(cache_dir, symbol_dirs)
         info.update(isf_path=";".join(map(str, symbol_dirs)), isf_origin="user" if user_symbols else "profiles")
-    key = (str(image), tuple(map(str, symbol_dirs)), os_name)
+    key = (str(image), source["snapshot"], tuple(map(str, symbol_dirs)), os_name)
     if key not in _SESSIONS:
         # The memory and YARA engines of one snapshot share a session; a batch
         # of many snapshots must not keep every context alive.
@@ -226,7 +202,13 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
         try:
             with _OPEN_LOCK, lock:
                 _SESSIONS[key] = volatility.open_session(
-                    image, os_name=os_name, symbol_dirs=symbol_dirs, cache_dir=vol_cache, progress=progress
+                    image,
+                    os_name=os_name,
+                    symbol_dirs=symbol_dirs,
+                    cache_dir=vol_cache,
+                    progress=progress,
+                    snapshot=source["snapshot"],
+                    derived_dir=Path(ctx.derived_dir) / "memory",
                 )
                 if not ready:
                     filled.write_text(listing)
@@ -235,6 +217,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
             diagnostics.extend(diagnostic("error", "volatility", image, d) for d in excp.details)
             return None, info, diagnostics
     session = _SESSIONS[key]
+    session["memory_image"] = source["image"]
     info.update(dtb=session["dtb"], kernel_virtual_offset=session["kernel_virtual_offset"])
     info["banner"] = info.get("banner") or session["banner"]
     diagnostics.extend(diagnostic("warning", "volatility", "kernel discovery", w) for w in session["warnings"])

@@ -28,9 +28,11 @@ import lzma
 import mmap
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
+from toolkit.engines.memory.images import NATIVE
 from toolkit.errors import SymbolsError
 from toolkit.hashing import sha256_file
 from toolkit.schemas import diagnostic
@@ -46,29 +48,43 @@ _BANNER = re.compile(rb"Linux version [0-9][\x20-\x7e]{10,400}\n\x00")
 _ISF_BANNER = re.compile(rb'"linux_banner"\s*:\s*\{')
 
 
-def find_banners(image: str | Path) -> list[str]:
+def find_banners(image) -> list[str]:
     """Linux kernel banners in a memory image, most frequent first.
 
-    The image is scanned as bytes: for an ELF core or raw dump that is the
-    guest RAM itself. An empty list means no Linux kernel (or a compressed
-    format that needs normalising first).
+    ``image`` is a dump file Volatility reads natively (ELF core, raw, LiME:
+    its bytes are scanned as they are) or a ``MemoryImage`` of any format,
+    whose guest-physical ranges are scanned window by window. An empty list
+    means no Linux kernel.
 
     Example::
 
         find_banners("memory.elf")[0]   # 'Linux version 6.1.0-28-cloud-amd64 (...) ...\\n'
     """
     counts: dict[bytes, int] = {}
-    with open(image, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
-            return []
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for match in _BANNER.finditer(data):
-                # a printk copy running straight into the real banner: keep the last start
-                banner = match.group(0)
-                banner = banner[banner.rfind(b"Linux version ") :]
-                counts[banner] = counts.get(banner, 0) + 1
+    for data in _banner_haystacks(image):
+        for match in _BANNER.finditer(data):
+            # a printk copy running straight into the real banner: keep the last start
+            banner = match.group(0)
+            banner = banner[banner.rfind(b"Linux version ") :]
+            counts[banner] = counts.get(banner, 0) + 1
     ordered = sorted(counts, key=lambda b: -counts[b])
     return [b[:-1].decode("latin-1") for b in ordered]
+
+
+BANNER_WINDOW = 64 << 20  # bytes of guest memory searched at once (a banner is under 512 bytes long)
+
+
+def _banner_haystacks(image):
+    if isinstance(image, (str, Path)):
+        with open(image, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size:
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    yield data
+        return
+    for start, length in image.runs:
+        for offset in range(start, start + length, BANNER_WINDOW):
+            # windows overlap by 512 bytes so a banner on a boundary is seen whole (a repeat is merely counted twice)
+            yield image.read(offset, min(BANNER_WINDOW + 512, start + length - offset))
 
 
 def banner_key(banner: str) -> str:
@@ -171,31 +187,42 @@ def default_cache_dir() -> Path:
 
 
 def resolve_isf(
-    image: str | Path,
+    image,
     *,
     user_paths=(),
     cache_dir: str | Path,
     build: bool = True,
     profile_symbols: Path = PROFILE_SYMBOLS,
     progress=None,
+    scratch_dir: Path | None = None,
 ) -> dict:
     """Find (or build) the ISF matching the image's kernel banner.
 
+    ``image`` is a dump path or a ``MemoryImage`` (see :func:`find_banners`);
+    ``scratch_dir`` holds the temporary ELF copy a build from a format
+    pakunoda does not read needs (deleted after the build).
     Returns {"banner", "isf_path", "sha256", "origin", "diagnostics"}; raises
     SymbolsError (with diagnostics) when the image holds no Linux banner or no
     ISF could be found or built.
     """
     diagnostics: list[dict] = []
     banners = find_banners(image)
+    image_path = image if isinstance(image, (str, Path)) else image.path
     if not banners:
         raise SymbolsError(
-            f"no Linux kernel banner in {Path(image).name}: not a Linux guest's memory, "
+            f"no Linux kernel banner in {Path(image_path).name}: not a Linux guest's memory, "
             "or a format that must be converted to ELF first",
-            [diagnostic("error", "linux kernel banner", image, "no 'Linux version ...\\n\\0' string in the image")],
+            [
+                diagnostic(
+                    "error", "linux kernel banner", image_path, "no 'Linux version ...\\n\\0' string in the image"
+                )
+            ],
         )
     if len(banners) > 1:
         diagnostics.append(
-            diagnostic("info", "kernel banners", image, f"{len(banners)} distinct banners; trying each: {banners[:3]}")
+            diagnostic(
+                "info", "kernel banners", image_path, f"{len(banners)} distinct banners; trying each: {banners[:3]}"
+            )
         )
     for origin, paths in (("user", list(user_paths)), ("profiles", [profile_symbols])):
         mismatched = []
@@ -235,13 +262,13 @@ def resolve_isf(
     if not build:
         raise SymbolsError(
             "no ISF matches this kernel and building is disabled",
-            diagnostics + [diagnostic("error", "linux symbols", image, f"no ISF for banner {banners[0]!r}")],
+            diagnostics + [diagnostic("error", "linux symbols", image_path, f"no ISF for banner {banners[0]!r}")],
         )
-    built = build_isf(image, cache, progress=progress)
+    built = _build_from(image, cache, progress, scratch_dir)
     diagnostics.extend(built["diagnostics"])
     if not built["isf_path"]:
         raise SymbolsError(
-            f"could not build symbols from {Path(image).name}: "
+            f"could not build symbols from {Path(image_path).name}: "
             f"{built['diagnostics'][-1]['why'] if built['diagnostics'] else 'unknown'}",
             diagnostics,
         )
@@ -256,6 +283,28 @@ def _answer(banner, isf: Path, origin, diagnostics):
         "origin": origin,
         "diagnostics": diagnostics,
     }
+
+
+def _build_from(image, out_dir: Path, progress, scratch_dir: Path | None) -> dict:
+    """build_isf on a file pakunoda reads: the dump itself, or a temporary ELF copy of a format it does not.
+
+    pakunoda maps the dump and searches it for the kernel's BTF and kallsyms,
+    so it needs the guest's RAM as one file; the copy lives only for the
+    build (once per kernel: the ISF is cached by banner).
+    """
+    if isinstance(image, (str, Path)) or image.format in NATIVE:
+        return build_isf(image if isinstance(image, (str, Path)) else image.path, out_dir, progress=progress)
+    from toolkit.memory.convert import to_elf
+
+    scratch = Path(scratch_dir or tempfile.gettempdir())
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".isf-build-", dir=scratch) as tmp:
+        copy = Path(tmp) / "memory.elf"
+        to_elf(image.path, copy, image=image, hash=False)
+        built = build_isf(copy, out_dir, progress=progress)
+    for d in built["diagnostics"]:
+        d["where"] = str(image.path)  # the temporary copy is gone; name the evidence
+    return built
 
 
 def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_s: float = 900) -> dict:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from toolkit.engines.memory import speedups
+from toolkit.engines.memory.images import DERIVED_SETTING, SNAPSHOT_SETTING
 from toolkit.errors import VolatilityError
 
 # The framework is imported lazily (see _framework): importing volatility3
@@ -84,6 +85,9 @@ def _framework(cache_dir: Path | None = None) -> dict:
 
             speedups.install(scanners)
             speedups.install_isf_memo(intermed, schemas)
+            # snapscope's own formats as a Volatility layer (its stacker registers on import)
+            from toolkit.engines.memory import layer  # noqa: F401
+
             _VOL.update(
                 automagic=automagic,
                 constants=constants,
@@ -236,11 +240,23 @@ def _progress_adapter(progress, label):
     return lambda percent, description=None: progress(description or label, percent, 100)
 
 
-def open_session(image: str | Path, *, os_name: str, symbol_dirs=(), cache_dir: str | Path, progress=None) -> dict:
+def open_session(
+    image: str | Path,
+    *,
+    os_name: str,
+    symbol_dirs=(),
+    cache_dir: str | Path,
+    progress=None,
+    snapshot=None,
+    derived_dir=None,
+) -> dict:
     """Find the kernel in ``image`` once and return a session for ``run_plugin``.
 
     ``symbol_dirs`` are searched before Volatility's bundled symbols (Linux
     ISFs; Windows symbol packs laid out as ``windows/<pdb>/<GUID-AGE>.json.xz``).
+    Formats Volatility does not read are read in place through snapscope's
+    layer (``layer.SnapscopeStacker``); ``snapshot`` names the qcow2 internal
+    snapshot, ``derived_dir`` where a compressed stream's page index may go.
     Raises VolatilityError, with Volatility's own reasons in ``details``, if
     no kernel of ``os_name`` is found.
 
@@ -260,6 +276,8 @@ def open_session(image: str | Path, *, os_name: str, symbol_dirs=(), cache_dir: 
     vol["vol_symbols"].__path__ = [str(Path(d).resolve()) for d in symbol_dirs] + vol["builtin_symbols"]
     context = vol["contexts"].Context()
     context.config["automagic.LayerStacker.single_location"] = image.as_uri()
+    context.config[SNAPSHOT_SETTING] = snapshot or ""
+    context.config[DERIVED_SETTING] = str(derived_dir or "")
     probe = vol["plugin_list"][PROBE_PLUGIN[os_name]]
     # available() imports the automagic modules that define the OS stackers,
     # so it must come before choose_os_stackers lists them.

@@ -15,6 +15,7 @@ from toolkit.engines.yara import files as yara_files
 from toolkit.engines.yara.files import scan_files
 from toolkit.engines.yara.rules import compile_rules
 from toolkit.hashing import sha256_file
+from toolkit.references import reference_policy
 
 PROFILE = {"disk": {"functions": ["users"], "hash": {"paths": ["/tmp", "/home", "/etc/cron*"], "executables": True}}}
 
@@ -66,9 +67,21 @@ def clones(tmp_path_factory):
     assert {p: sha256_file(p) for p in evidence} == before, "evidence files changed"
 
 
-def _run(path, cache_dir=None):
+def _clones_policy(clones, *more):
+    # the clones' directory is the evidence root: each overlay names ../base.qcow2
+    return reference_policy(roots=[clones, *more])
+
+
+def _run(path, cache_dir=None, roots=()):
     snap = {"id": path.parent.name, "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": None}]}
-    return run(snap, engine_context(path.parent / "work", PROFILE, snapshot_id=snap["id"], cache_dir=cache_dir))
+    ctx = engine_context(
+        path.parent / "work",
+        PROFILE,
+        snapshot_id=snap["id"],
+        cache_dir=cache_dir,
+        references=_clones_policy(path.parent.parent, *roots),
+    )
+    return run(snap, ctx)
 
 
 def _files(tables):
@@ -118,14 +131,15 @@ def test_cache_keyed_by_hash_policy_and_base_sha(clones, tmp_path):
     _run(path, cache)
     other = {"disk": {**PROFILE["disk"], "hash": {"all": True}}}
     snap = {"id": "b", "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": None}]}
-    t = run(snap, engine_context(tmp_path, other, snapshot_id="b", cache_dir=cache))
-    full = run(snap, engine_context(tmp_path, other, snapshot_id="b"))
+    policy = _clones_policy(clones)
+    t = run(snap, engine_context(tmp_path, other, snapshot_id="b", cache_dir=cache, references=policy))
+    full = run(snap, engine_context(tmp_path, other, snapshot_id="b", references=policy))
     pd.testing.assert_frame_equal(_files(full), _files(t))
     assert len(list((cache / "disk").rglob("files-*.json.gz"))) == 2
     hashes = {str((clones / "base.qcow2").resolve()): sha256_file(clones / "base.qcow2")}
     run(
         {"id": path.parent.name, "disks": [{"path": path, "format": "qcow2", "role": "disk", "snapshot": None}]},
-        engine_context(path.parent / "work", PROFILE, cache_dir=cache, evidence_hashes=hashes),
+        engine_context(path.parent / "work", PROFILE, cache_dir=cache, evidence_hashes=hashes, references=policy),
     )
     assert (cache / "disk" / f"sha256-{hashes[str((clones / 'base.qcow2').resolve())]}").is_dir()
 
@@ -139,13 +153,13 @@ def test_fallbacks_and_non_overlays_walk_in_full(clones, tmp_path):
     grown = tmp_path / "grown" / "disk.qcow2"  # overlay with a larger virtual size: no cluster diff possible
     grown.parent.mkdir()
     b._run("qemu-img", "create", "-f", "qcow2", "-b", (clones / "base.qcow2").resolve(), "-F", "qcow2", grown, "80M")
-    t = _run(grown, cache)
-    pd.testing.assert_frame_equal(_files(_run(grown)), _files(t))
+    t = _run(grown, cache, roots=[clones])
+    pd.testing.assert_frame_equal(_files(_run(grown, roots=[clones])), _files(t))
     assert any("full walk of the overlay" in n and "virtual sizes differ" in n for n in _notes(t)), _notes(t)
 
 
 def test_offered_disk_files_carry_sha256(clones, tmp_path):
-    ctx = engine_context(tmp_path, PROFILE, snapshot_id="a", cache_dir=tmp_path)
+    ctx = engine_context(tmp_path, PROFILE, snapshot_id="a", cache_dir=tmp_path, references=_clones_policy(clones))
     t = run({"id": "a", "disks": [{"path": clones / "a" / "disk.qcow2", "format": "qcow2", "role": "disk"}]}, ctx)
     try:
         hashed = _files(t).dropna(subset=["sha256"]).set_index("path")["sha256"].to_dict()

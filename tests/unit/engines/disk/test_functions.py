@@ -13,6 +13,7 @@ from toolkit.engines.disk import run
 from toolkit.engines.disk.functions import expand_functions
 from toolkit.engines.disk.persistence import program_of, split_cron_user
 from toolkit.errors import DiskError
+from toolkit.references import reference_policy
 from toolkit.schemas import validate
 
 IMPLANT_SHA = hashlib.sha256(b.IMPLANT).hexdigest()
@@ -47,7 +48,8 @@ def tables(tmp_path_factory):
             "hash": {"max_size": 1 << 20, "paths": ["/tmp"], "executables": True},
         }
     }
-    out = run(snapshot, engine_context(d / "work", profile, snapshot_id="s1", search_paths=(d / "vm", d / "images")))
+    policy = reference_policy(roots=[d / "vm"], search_paths=[d / "vm", d / "images"])
+    out = run(snapshot, engine_context(d / "work", profile, snapshot_id="s1", references=policy))
     assert hashlib.sha256((d / "vm" / "disk.qcow2").read_bytes()).hexdigest() == before
     return out
 

@@ -12,6 +12,7 @@ from tests.helpers import disk_images as b
 from toolkit.engines.disk.images import close_disk, detect_format, open_disk
 from toolkit.errors import DiskError
 from toolkit.hashing import sha256_file
+from toolkit.references import reference_policy
 
 ABS_BACKING = "/var/lib/libvirt/images/base.qcow2"
 
@@ -52,7 +53,9 @@ def test_absolute_backing_path_resolved_beside_the_overlay(images):
 def test_backing_found_through_search_path(images):
     with pytest.raises(DiskError, match=r"backing file '/var/lib/libvirt/images/base.qcow2' not found"):
         open_disk(images["dir"] / "elsewhere" / "overlay.qcow2")
-    disk = open_disk(images["dir"] / "elsewhere" / "overlay.qcow2", search_paths=[images["dir"]])
+    elsewhere = images["dir"] / "elsewhere"
+    policy = reference_policy(roots=[elsewhere], search_paths=[images["dir"]])
+    disk = open_disk(elsewhere / "overlay.qcow2", references=policy)
     assert disk["chain"][1]["resolved_by"] == f"search-path:{images['dir']}"
     close_disk(disk)
 

@@ -1,0 +1,161 @@
+"""VMDK and VHDX layers, with every file they name found under the run's reference policy.
+
+dissect opens the files a VMDK descriptor or a VHDX parent locator names by
+itself, from the names as recorded: a VMDK's ``parentFileNameHint`` and a
+VHDX's ``absolute_win32_path`` may be absolute host paths, so a hostile
+descriptor could make it read any file of the analyst's host. Here:
+
+- a VMDK is assembled from dissect's extent readers (``SparseDisk``,
+  ``RawDisk``) over handles this module opened on files that
+  :mod:`toolkit.references` found (flat extents of exactly the declared size),
+  its parent being the layer below that :mod:`toolkit.engines.disk.images`
+  opened the same way;
+- a differencing VHDX is handed to dissect only when the file dissect will
+  open (the parent at its recorded relative path) is the one the policy
+  found, at every level of its chain; otherwise it is refused.
+
+Example::
+
+    stream, size = open_vmdk(path, fh, extent=lambda name: open(name, "rb"), below=lambda name: None)
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from pathlib import Path
+
+from dissect.util.stream import AlignedStream, RangeStream
+
+from toolkit.errors import DiskError
+from toolkit.evidence.disk_probe import probe_vhdx, probe_vmdk
+
+SECTOR = 512
+HEAD = 64 << 10  # a descriptor is a few hundred bytes; probe_vmdk refuses binary data after it
+MAX_VHDX_CHAIN = 64
+
+
+class _ParentSectors:
+    """The layer below as dissect's extent readers want it: ``read_sectors(sector, count)``."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def read_sectors(self, sector: int, count: int) -> bytes:
+        self.stream.seek(sector * SECTOR)
+        return self.stream.read(count * SECTOR).ljust(count * SECTOR, b"\0")
+
+
+class _ZeroExtent:
+    """A ZERO extent of a descriptor: declared sectors that read as zeros, backed by no file."""
+
+    def __init__(self, sectors: int):
+        self.sector_count, self.sector_offset, self.offset = sectors, 0, 0
+
+    def read_sectors(self, sector: int, count: int) -> bytes:
+        return bytes(count * SECTOR)
+
+
+class ExtentStream(AlignedStream):
+    """The extents of one VMDK one after the other, as one disk (dissect's VMDK reads the same way).
+
+    Extents number sectors from the start of the whole disk (``sector_offset``),
+    as dissect's ``SparseDisk``/``RawDisk`` expect.
+    """
+
+    def __init__(self, extents: list):
+        self.extents, self.starts, sectors = extents, [], 0
+        for ext in extents:
+            ext.sector_offset, ext.offset = sectors, sectors * SECTOR
+            self.starts.append(sectors)
+            sectors += ext.sector_count
+        super().__init__(sectors * SECTOR)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        sector, count = offset // SECTOR, (length + SECTOR - 1) // SECTOR
+        out, i = [], bisect_right(self.starts, sector) - 1
+        while count > 0 and 0 <= i < len(self.extents):
+            ext = self.extents[i]
+            n = min(count, ext.sector_count - (sector - ext.sector_offset))
+            if n > 0:
+                out.append(ext.read_sectors(sector, n))
+                sector, count = sector + n, count - n
+            i += 1
+        return b"".join(out)
+
+
+def open_vmdk(path: Path, fh, *, extent, below) -> tuple[ExtentStream, int]:
+    """A VMDK (descriptor with its extents, or a monolithic sparse file) as one stream.
+
+    ``extent(name)`` returns a read-only handle on the extent file the
+    descriptor names (found under the policy; DiskError otherwise);
+    ``below(name)`` the stream of the parent layer named by
+    ``parentFileNameHint``. Returns (stream, size).
+    """
+    from dissect.hypervisor.disk import vmdk
+
+    fh.seek(0)
+    facts = probe_vmdk(path, fh.read(HEAD))
+    fh.seek(0)
+    if facts.get("variant") == "esx-cowd":
+        raise DiskError(f"{path}: ESX COWD sparse VMDK is not supported")
+    parent = None
+    if facts.get("parent_cid") not in (None, "ffffffff"):
+        if not facts.get("parent_file"):
+            raise DiskError(f"{path}: differencing VMDK names no parent file")
+        parent = _ParentSectors(below(facts["parent_file"]))
+    if facts.get("variant") != "descriptor":
+        extents = [vmdk.SparseDisk(fh, parent=parent)]
+    else:
+        extents = []
+        for ext in facts.get("extents") or []:
+            size = ext["sectors"] * SECTOR
+            if ext["type"] == "ZERO":
+                extents.append(_ZeroExtent(ext["sectors"]))
+            elif not ext.get("file"):
+                raise DiskError(f"{path}: {ext['type']} extent names no file")
+            elif ext["type"] in ("FLAT", "VMFS"):
+                handle = extent(ext["file"], (ext["offset"] * SECTOR) + size)
+                extents.append(vmdk.RawDisk(RangeStream(handle, ext["offset"] * SECTOR, size), size))
+            elif ext["type"] in ("SPARSE", "VMFSSPARSE", "SESPARSE"):
+                extents.append(vmdk.SparseDisk(extent(ext["file"], None), parent=parent))
+            else:
+                raise DiskError(f"{path}: VMDK extent type {ext['type']!r} is not supported")
+        if not extents:
+            raise DiskError(f"{path}: VMDK descriptor lists no extents")
+    stream = ExtentStream(extents)
+    return stream, stream.size
+
+
+def vhdx_parents(path: Path, locate) -> list[tuple[Path, str, dict]]:
+    """The parents of a differencing VHDX, top first, each checked to be the file dissect will open.
+
+    ``locate(recorded, referrer)`` returns the policy's answer for a name
+    (:func:`toolkit.references.resolve_reference`); dissect opens a parent at
+    ``<directory>/<relative_path>`` first and falls back to the recorded
+    absolute path, so a parent is accepted only when the former exists and is
+    the file the policy found. Returns [(parent path, recorded name, found)].
+    """
+    out, current = [], Path(path)
+    for _ in range(MAX_VHDX_CHAIN):
+        with open(current, "rb") as fh:
+            facts = probe_vhdx(current, fh.read(HEAD))
+        if not facts.get("has_parent"):
+            return out
+        relative = (facts.get("parent_paths") or {}).get("relative_path")
+        if not relative:
+            raise DiskError(
+                f"{current}: differencing VHDX without a relative parent path (refused: dissect would "
+                "open its recorded absolute path)"
+            )
+        relative = relative.replace("\\", "/")
+        found = locate(relative, current)
+        dissect_opens = current.parent / relative
+        if found["path"] is None or not dissect_opens.is_file() or not os.path.samefile(dissect_opens, found["path"]):
+            raise DiskError(
+                f"{current}: differencing VHDX parent {relative!r} is not at its recorded relative path inside "
+                "the evidence roots (dissect would open its recorded absolute path instead): refused"
+            )
+        out.append((dissect_opens, relative, found))
+        current = dissect_opens
+    raise DiskError(f"{path}: VHDX parent chain deeper than {MAX_VHDX_CHAIN} (a loop?)")
