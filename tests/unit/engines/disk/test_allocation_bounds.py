@@ -55,7 +55,8 @@ def test_open_validates_each_shared_l2_table_once(shared):
     assert r["out"] == [40960 * 512, 40960 * 512 * 4096, True]
 
 
-def test_overlay_allocating_everything_through_one_table_is_one_range(shared):
+def _changed_ranges(shared, overlay, env=None):
+    """changed_ranges(base, overlay) measured in a child."""
     r = measure(
         """
         a, b = open_disk(BASE), open_disk(P)
@@ -64,27 +65,21 @@ def test_overlay_allocating_everything_through_one_table_is_one_range(shared):
         """,
         setup=SETUP,
         BASE=str(shared["dir"] / "base.qcow2"),
-        P=str(shared["full"]["path"]),
+        P=str(shared[overlay]["path"]),
+        env=env,
     )
     assert r["ok"] and r["grew_mb"] < 64 and r["seconds"] < 20, r
-    assert r["out"] == [[[0, shared["size"]]], "allocated clusters"]
+    return r["out"]
+
+
+def test_overlay_allocating_everything_through_one_table_is_one_range(shared):
+    assert _changed_ranges(shared, "full") == [[[0, shared["size"]]], "allocated clusters"]
 
 
 def test_too_many_changed_ranges_fall_back_to_a_full_walk(shared):
     # every other cluster: 256 ranges per table, 10.5 million in all
-    r = measure(
-        """
-        a, b = open_disk(BASE), open_disk(P)
-        out = changed_ranges(a, b)
-        close_disk(a); close_disk(b)
-        """,
-        setup=SETUP,
-        BASE=str(shared["dir"] / "base.qcow2"),
-        P=str(shared["striped"]["path"]),
-        env={"SNAPSCOPE_MAX_CHANGED_RANGES": "100000"},
-    )
-    assert r["ok"] and r["grew_mb"] < 64 and r["seconds"] < 20, r
-    assert r["out"] == [None, "more than 100000 changed ranges (raise SNAPSCOPE_MAX_CHANGED_RANGES to map them)"]
+    out = _changed_ranges(shared, "striped", {"SNAPSCOPE_MAX_CHANGED_RANGES": "100000"})
+    assert out == [None, "more than 100000 changed ranges (raise SNAPSCOPE_MAX_CHANGED_RANGES to map them)"]
 
 
 def test_l1_table_larger_than_qemu_allows(shared, tmp_path):
