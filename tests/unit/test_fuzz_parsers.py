@@ -92,3 +92,19 @@ def test_capture_times_beyond_what_a_timestamp_holds(tmp_path):
     diags = tables["diagnostics"]
     out_of_range = diags[diags["what"] == "1 times out of range"]
     assert sorted(out_of_range["where"]) == ["network/dns", "network/flows"]
+
+
+@pytest.mark.parametrize("btype", [1, 2, 3, 6], ids=["interface", "obsolete-packet", "simple-packet", "enhanced"])
+def test_pcapng_block_shorter_than_its_fixed_fields(tmp_path, btype):
+    """Found by the capture target: a pcapng block too short for its own fixed
+    fields raised struct.error out of the capture reader."""
+    from tests.helpers import evidence_files as E
+    from toolkit.engines import network
+
+    good = E.pcapng([(1_700_000_000_000_000, b"x" * 60)])
+    p = E.write(tmp_path / "short.pcapng", good + E._block(btype, b"\0\0\0\0") + good[-(len(good) - 28 - 20) :])
+    rows = network.analyze_captures([p], spool_dir=None)
+    corrupt = [d for d in rows["diagnostics"] if d["what"] == "corrupt block"]
+    assert len(corrupt) == 1 and corrupt[0]["where"] == f"{p}@{len(good)}"
+    assert f"block type {btype:#x} of 16 bytes is shorter than its own fixed fields" in corrupt[0]["why"]
+    assert not [d for d in rows["diagnostics"] if "truncated" in d["what"]]  # the packet after it is read
