@@ -99,6 +99,18 @@ def runs_of(t):
     return list(zip(merged[:, 0].tolist(), (merged[:, 1] - merged[:, 0]).tolist()))
 
 
+def data_runs_of(t):
+    """The file data of the loads (not their zero tails), merged: what a scanner reads."""
+    keep = t["have"] > 0
+    starts, stops = t["gpa"][keep], t["gpa"][keep] + t["have"][keep]
+    if not len(starts):
+        return []
+    new = np.r_[True, starts[1:] > stops[:-1]]  # loads are sorted and apart
+    groups = np.flatnonzero(new)
+    merged_stops = np.maximum.reduceat(stops, groups)
+    return list(zip(starts[groups].tolist(), (merged_stops - starts[groups]).tolist()))
+
+
 def segment(t, src, path):
     """The one MemoryImage segment (see toolkit.memory.image) over load table ``t``."""
     if not len(t["gpa"]):
@@ -146,6 +158,8 @@ def segment(t, src, path):
         "length": int(ends.max()) - base,
         "runs": runs,
         "runs_merged": True,
+        # zero tails (p_memsz past p_filesz) hold nothing to scan; computed when a scanner asks
+        "data_runs": lambda: [(s - base, n) for s, n in data_runs_of(t)],
         "read": read,
         # "extents"/"source": where the bytes lie, so a bulk copier
         # (convert.to_elf) reads straight from the file.

@@ -306,7 +306,7 @@ def open(path, **_opts):
     if vmci and "vmcoreinfo" not in info:
         text = vmci.decode("utf-8", "replace").rstrip("\0")
         info["vmcoreinfo"] = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    seg = {"gpa": 0, "length": pm.npages * bs, "read": pm.reader(fetch), "runs": pm.runs()}
+    seg = {"gpa": 0, "length": pm.npages * bs, "read": pm.reader(fetch), "runs": pm.runs(), "data_runs": pm.data_runs}
     return MemoryImage(
         format="kdump", path=path, info=info, segments=[seg], diagnostics=diags, notes=notes_raw, closers=[f.close]
     )

@@ -219,23 +219,30 @@ class PageMap:
             out[lo - first : hi - first] = cur[lo - base : hi - base] if isinstance(cur, np.ndarray) else cur
         return out
 
-    def page_runs(self):
-        """(first page, stop page) runs of present pages, in order.
+    def page_runs(self, data_only=False):
+        """(first page, stop page) runs of present pages, in order; with
+        ``data_only``, leaving out pages known to be zero (nothing to scan there).
 
         Chunks holding one value count whole; chunks holding arrays are
         examined ``_GROUP`` at a time, so temporaries stay a few MiB whatever
         the declared size. At most ``limits.max_runs`` runs.
         """
-        if self._runs is not None:
-            return self._runs
+        if self._runs is not None and data_only in self._runs:
+            return self._runs[data_only]
+        zero = enc(KIND_FILL, 0)
         order = self._sorted_chunks()
-        whole = np.fromiter((not isinstance(self.chunks[c], np.ndarray) for c in order.tolist()), bool, len(order))
-        pieces = [_key_runs(order[whole]) << CHUNK_BITS]
+        values = [self.chunks[c] for c in order.tolist()]
+        whole = np.fromiter((not isinstance(v, np.ndarray) for v in values), bool, len(order))
+        counted = whole
+        if data_only:  # a chunk holding the zero fill holds nothing to scan
+            counted = np.fromiter((not isinstance(v, np.ndarray) and v != zero for v in values), bool, len(order))
+        pieces = [_key_runs(order[counted]) << CHUNK_BITS]
         arrays = order[~whole]
         for g in range(0, len(arrays), _GROUP):
             keys = arrays[g : g + _GROUP]
             rows = np.stack([self.chunks[c] for c in keys.tolist()])
-            pieces.append(_key_runs(((keys[:, None] << CHUNK_BITS) + np.arange(CHUNK))[rows != ABSENT]))
+            keep = (rows != ABSENT) & (rows != zero) if data_only else rows != ABSENT
+            pieces.append(_key_runs(((keys[:, None] << CHUNK_BITS) + np.arange(CHUNK))[keep]))
         runs = np.concatenate(pieces)
         runs = runs[np.argsort(runs[:, 0], kind="stable")]
         runs[:, 1] = np.minimum(runs[:, 1], self.npages)
@@ -250,13 +257,24 @@ class PageMap:
                 "page index",
                 f"more than {cap} separate ranges of memory (raise {env_name('max_runs')} if this is real)",
             )
-        self._runs = [tuple(r) for r in runs.tolist()]
-        return self._runs
+        self._runs = self._runs or {}
+        self._runs[data_only] = [tuple(r) for r in runs.tolist()]
+        return self._runs[data_only]
 
     def runs(self):
         """(offset, length) ranges of pages that are present (data or zero)."""
         ps = self.page_size
         return [(s * ps, (e - s) * ps) for s, e in self.page_runs()]
+
+    def data_runs(self):
+        """(offset, length) ranges of present pages that are not known to be zero.
+
+        >>> pm = PageMap(4); pm.set([0, 1, 2], [enc(KIND_FILL, 0), enc(KIND_SRC, 8192), enc(KIND_FILL, 7)])
+        >>> pm.runs(), pm.data_runs()
+        ([(0, 12288)], [(4096, 8192)])
+        """
+        ps = self.page_size
+        return [(s * ps, (e - s) * ps) for s, e in self.page_runs(data_only=True)]
 
     def missing(self):
         """(offset, length) ranges of absent pages."""
