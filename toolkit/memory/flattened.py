@@ -12,6 +12,7 @@ b'makedumpfile'
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import struct
 from array import array
@@ -38,8 +39,11 @@ class FlatFile:
         self.path = path
         self.src = src
         self.diagnostics = []
-        self._starts, self._lens, self._fpos = _paint(*self._index(), path)
-        self.size = int((self._starts + self._lens).max()) if len(self._starts) else 0
+        starts, lens, fpos = _paint(*self._index(), path)
+        self.size = int((starts + lens).max()) if len(starts) else 0
+        # array('q'), not numpy, for the reads: 8 bytes an entry still, but an
+        # item is a Python int at once and bisect runs on it in C.
+        self._starts, self._lens, self._fpos = (array("q", a.tobytes()) for a in (starts, lens, fpos))
 
     def _index(self):
         head = self.src.pread(0, 32)
@@ -91,13 +95,15 @@ class FlatFile:
         return np.frombuffer(offs, np.int64), np.frombuffer(lens, np.int64), np.frombuffer(fposs, np.int64)
 
     def _pieces_in(self, offset, end):
-        first = max(int(np.searchsorted(self._starts, offset, side="right")) - 1, 0)
-        last = int(np.searchsorted(self._starts, end, side="left"))
-        for i in range(first, last):
-            vstart, n = int(self._starts[i]), int(self._lens[i])
-            lo, hi = max(offset, vstart), min(end, vstart + n)
+        starts, lens, fpos = self._starts, self._lens, self._fpos
+        out, i = [], max(bisect.bisect_right(starts, offset) - 1, 0)
+        while i < len(starts) and starts[i] < end:
+            vstart = starts[i]
+            lo, hi = max(offset, vstart), min(end, vstart + lens[i])
             if lo < hi:
-                yield lo, hi, int(self._fpos[i]) + lo - vstart
+                out.append((lo, hi, fpos[i] + lo - vstart))
+            i += 1
+        return out
 
     def covered(self, offset, length):
         """(offset, length) pieces of [offset, offset+length) that some record wrote."""

@@ -219,6 +219,19 @@ class PageMap:
             out[lo - first : hi - first] = cur[lo - base : hi - base] if isinstance(cur, np.ndarray) else cur
         return out
 
+    def _entries(self, first, stop):
+        """Entries [first, stop) as a list of ints: what a reader walks. Within one
+        chunk (a page read, the common case) without building an array first."""
+        c = first >> CHUNK_BITS
+        if (stop - 1) >> CHUNK_BITS != c:
+            return self.window(first, stop).tolist()
+        cur = self.chunks.get(c)
+        if cur is None:
+            return [ABSENT] * (stop - first)
+        if isinstance(cur, np.ndarray):
+            return cur[first & _IN_CHUNK : ((stop - 1) & _IN_CHUNK) + 1].tolist()
+        return [cur] * (stop - first)
+
     def page_runs(self, data_only=False):
         """(first page, stop page) runs of present pages, in order; with
         ``data_only``, leaving out pages known to be zero (nothing to scan there).
@@ -336,7 +349,7 @@ class PageMap:
             # conversion to Python ints per call, since indexing numpy scalars
             # page by page costs more than the page copies themselves.
             out = bytearray((last - first + 1) * ps)
-            locs = self.window(first, last + 1).tolist()
+            locs = self._entries(first, last + 1)
             i, count = 0, len(locs)
             while i < count:
                 v = locs[i]
