@@ -324,6 +324,8 @@ def run(target: str) -> dict:
     stats["peak_growth_mb"] = round(_maxrss_mb() - base, 1)
     stats["worst_example_s"] = round(stats["worst_example_s"], 2)
     stats["failures"] = failures[:5]
+    if not failures:  # a failure's saved example stays for replay; nothing else is worth keeping
+        _clean(tmp)
     return stats
 
 
