@@ -7,7 +7,8 @@ damage, interesting integers written over header fields, slices repeated
 thousands of times) and every example must end with nothing but a
 ``toolkit.errors`` exception, within EXAMPLE_SECONDS, without raising the
 child's peak RSS more than GROWTH_MB above what it was after the seeds were
-exercised once. Run as ``python -m tests.helpers.fuzzing TARGET`` (what
+exercised once, and without writing more than OUTPUT_MB to its work directory
+(spills and stream files). Run as ``python -m tests.helpers.fuzzing TARGET`` (what
 tests/unit/test_fuzz_parsers.py does): prints one JSON line of figures.
 
 Budget: ``SNAPSCOPE_FUZZ_SECONDS`` (run batches of examples until that many
@@ -33,6 +34,10 @@ from hypothesis import strategies as st
 
 EXAMPLE_SECONDS = 30
 GROWTH_MB = 256
+# What one example may leave in its work directory (spills, streams) beyond the
+# bytes of the example itself: a spill holds one slot per page present, and a
+# mutated 8 MiB input must not turn into gigabytes on the case disk.
+OUTPUT_MB = 256
 INTERESTING = [
     0,
     1,
@@ -260,7 +265,14 @@ def run(target: str) -> dict:
         p.write_bytes(blob)
         exercise(p, tmp / f"work-{name}")
     base = _maxrss_mb()
-    stats = {"target": target, "seeds": len(seeds), "examples": 0, "worst_example_s": 0.0, "errors": {}}
+    stats = {
+        "target": target,
+        "seeds": len(seeds),
+        "examples": 0,
+        "worst_example_s": 0.0,
+        "worst_output_bytes": 0,
+        "errors": {},
+    }
     failures: list[dict] = []
 
     def one(name, blob):
@@ -294,7 +306,11 @@ def run(target: str) -> dict:
             signal.alarm(0)
             elapsed = time.monotonic() - t0
             stats["worst_example_s"] = max(stats["worst_example_s"], elapsed)
+            written = _disk_bytes(work, but=p)
+            stats["worst_output_bytes"] = max(stats["worst_output_bytes"], written)
             _clean(work)
+        if written > OUTPUT_MB << 20:
+            failures.append({"seed": name, "kind": "output", "error": f"wrote {written} bytes"})
         if _maxrss_mb() - base > GROWTH_MB and not any(f["kind"] == "unbounded" for f in failures):
             failures.append({"seed": name, "kind": "unbounded", "error": f"peak RSS +{_maxrss_mb() - base:.0f} MiB"})
         if failures and "saved" not in failures[-1]:
@@ -327,6 +343,11 @@ def run(target: str) -> dict:
     if not failures:  # a failure's saved example stays for replay; nothing else is worth keeping
         _clean(tmp)
     return stats
+
+
+def _disk_bytes(d: Path, but: Path) -> int:
+    """Disk space the files under ``d`` other than ``but`` take (allocated blocks: what fills a disk)."""
+    return sum(f.stat().st_blocks * 512 for f in d.rglob("*") if f != but and f.is_file() and not f.is_symlink())
 
 
 def _clean(work: Path) -> None:

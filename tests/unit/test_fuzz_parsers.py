@@ -11,7 +11,7 @@ target. The long run (issue 13: at least 10 minutes in all) is::
 
 (``SNAPSCOPE_FUZZ_EXAMPLES=N`` instead runs N examples per target, and also
 raises tests/unit/memory/test_fuzz.py.) Each target's figures (examples,
-seconds, slowest example, peak RSS growth, errors by type) are appended to
+seconds, slowest example, peak RSS growth, most bytes one example wrote, errors by type) are appended to
 SNAPSCOPE_FUZZ_REPORT as JSON lines and printed.
 """
 
@@ -26,7 +26,7 @@ import sys
 import pytest
 
 from tests.helpers.bounded import ADDRESS_SPACE, ROOT
-from tests.helpers.fuzzing import EXAMPLE_SECONDS, GROWTH_MB, TARGETS
+from tests.helpers.fuzzing import EXAMPLE_SECONDS, GROWTH_MB, OUTPUT_MB, TARGETS
 
 
 def _cap():
@@ -57,6 +57,7 @@ def test_fuzz_target(target):
     assert stats["failures"] == [], json.dumps(stats["failures"], indent=1)
     assert stats["examples"] >= 20 and stats["peak_growth_mb"] < GROWTH_MB
     assert stats["worst_example_s"] < EXAMPLE_SECONDS
+    assert stats["worst_output_bytes"] <= OUTPUT_MB << 20
 
 
 def test_qcow2_naming_no_external_data_file(tmp_path):
