@@ -35,6 +35,51 @@ HEAD = 64 << 10  # a descriptor is a few hundred bytes; probe_vmdk refuses binar
 MAX_VHDX_CHAIN = 64
 
 
+def sparse_extent(path: Path, fh, parent):
+    """dissect's ``SparseDisk`` on ``fh``, once the tables its header sizes are known to fit in the file.
+
+    dissect reads the grain directory, a grain table and the embedded
+    descriptor with one ``read(n)`` each, ``n`` taken from the header: a
+    flipped byte in ``capacity`` asks for petabytes of grain directory
+    (MemoryError, found by the disk fuzz target). Each table lies inside the
+    extent file, so none can be larger than it. Example::
+
+        sparse_extent(Path("d.vmdk"), open("d.vmdk", "rb"), None).size
+    """
+    import ctypes
+
+    from dissect.hypervisor.disk import vmdk
+
+    size = os.fstat(fh.fileno()).st_size
+    at = 0
+    fh.seek(0)
+    hdr = vmdk.SparseExtentHeader(fh)
+    if hdr.magic == vmdk.VMDK_MAGIC and ctypes.c_int64(hdr.primary_grain_directory_offset).value == -1:
+        at = size - 1024  # the real header is the footer (streamOptimized)
+        fh.seek(max(at, 0))
+        hdr = vmdk.SparseExtentHeader(fh)
+    if hdr.magic == vmdk.VMDK_MAGIC:
+        if not hdr.num_grain_table_entries or not hdr.grain_size:
+            raise DiskError(f"{path}: VMDK sparse header at offset {at}: grain size or grain table entries is 0")
+        coverage = hdr.num_grain_table_entries * hdr.grain_size
+        tables = {
+            "grain directory": -(-hdr.capacity // coverage) * 4,
+            "grain table": hdr.num_grain_table_entries * 4,
+            "descriptor": hdr.descriptor_size * SECTOR,
+        }
+    elif hdr.magic == vmdk.SESPARSE_MAGIC:
+        tables = {"grain directory": hdr.grain_directory_size * SECTOR, "grain table": hdr.grain_table_size * SECTOR}
+    else:
+        tables = {"grain directory": hdr.num_grain_directory_entries * 4}
+    for what, nbytes in tables.items():
+        if nbytes > size:
+            raise DiskError(
+                f"{path}: VMDK sparse header at offset {at}: a {what} of {nbytes} bytes cannot fit in a file of {size}"
+            )
+    fh.seek(0)
+    return vmdk.SparseDisk(fh, parent=parent)
+
+
 class _ParentSectors:
     """The layer below as dissect's extent readers want it: ``read_sectors(sector, count)``."""
 
@@ -105,7 +150,7 @@ def open_vmdk(path: Path, fh, *, extent, below) -> tuple[ExtentStream, int]:
             raise DiskError(f"{path}: differencing VMDK names no parent file")
         parent = _ParentSectors(below(facts["parent_file"]))
     if facts.get("variant") != "descriptor":
-        extents = [vmdk.SparseDisk(fh, parent=parent)]
+        extents = [sparse_extent(path, fh, parent)]
     else:
         extents = []
         for ext in facts.get("extents") or []:
@@ -118,7 +163,8 @@ def open_vmdk(path: Path, fh, *, extent, below) -> tuple[ExtentStream, int]:
                 handle = extent(ext["file"], (ext["offset"] * SECTOR) + size)
                 extents.append(vmdk.RawDisk(RangeStream(handle, ext["offset"] * SECTOR, size), size))
             elif ext["type"] in ("SPARSE", "VMFSSPARSE", "SESPARSE"):
-                extents.append(vmdk.SparseDisk(extent(ext["file"], None), parent=parent))
+                handle = extent(ext["file"], None)
+                extents.append(sparse_extent(Path(getattr(handle, "name", ext["file"])), handle, parent))
             else:
                 raise DiskError(f"{path}: VMDK extent type {ext['type']!r} is not supported")
         if not extents:
