@@ -6,7 +6,7 @@ reader and network engine, libvirt XML) runs in its own child interpreter, so
 its peak RSS is its own. The normal suite runs a short derandomised batch per
 target. The long run (issue 13: at least 10 minutes in all) is::
 
-    SNAPSCOPE_FUZZ_SECONDS=120 SNAPSCOPE_FUZZ_REPORT=/tmp/fuzz.jsonl \\
+    SNAPSCOPE_FUZZ_SECONDS=150 SNAPSCOPE_FUZZ_REPORT=/tmp/fuzz.jsonl \\
         .venv/bin/python -m pytest tests/unit/test_fuzz_parsers.py -p no:cacheprovider -v
 
 (``SNAPSCOPE_FUZZ_EXAMPLES=N`` instead runs N examples per target, and also
