@@ -94,7 +94,7 @@ def _banner_haystacks(image):
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
                     yield data
         return
-    for start, length in image.runs:
+    for start, length in getattr(image, "data_runs", image.runs):  # a banner is never in a zero page
         for offset in range(start, start + length, BANNER_WINDOW):
             # windows overlap by 512 bytes so a banner on a boundary is seen whole (a repeat is merely counted twice)
             yield image.read(offset, min(BANNER_WINDOW + 512, start + length - offset))
