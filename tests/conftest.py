@@ -55,3 +55,61 @@ def lab_case(lab, tmp_path_factory):
     case_dir = tmp_path_factory.mktemp("labcase") / "case"
     analyze(demo_evidence(lab), case_dir)
     return case_dir, before
+
+
+# --- the real Debian server guest (fixtures/server/README.md): tests marked `lab` and `server` ---
+
+
+@pytest.fixture(scope="session")
+def server_baseline() -> Path:
+    """The clean server lab (2 GiB Debian 12 guest, QEMU and libvirt runs); built on first use
+    (tens of minutes, ~10 GB), reused in a second after; honours $SNAPSCOPE_LAB_DIR."""
+    from toolkit.lab import build_server_lab
+
+    return build_server_lab("baseline")
+
+
+@pytest.fixture(scope="session")
+def server_intrusion() -> Path:
+    """The server lab with the intrusion hook's techniques planted (fixtures/server/scenario.py)."""
+    from toolkit.lab import build_server_lab
+
+    return build_server_lab("intrusion")
+
+
+@pytest.fixture(scope="session")
+def server_truth(server_baseline) -> dict:
+    return json.loads((server_baseline / "ground_truth.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def server_case(server_baseline, tmp_path_factory):
+    """The clean server's QEMU run (ELF dump + disk overlay + pcap) analysed once per session.
+
+    The overlay holds the `savevm` state too, so the case has two snapshots: the ELF's and the
+    internal snapshot's. Profile: the server profile of tests/lab (linux-triage with the disk
+    engine's logs and packages). Yields (case_dir, evidence hashes taken before analysis).
+    """
+    from toolkit.hashing import sha256_file
+    from toolkit.lab import demo_evidence
+    from toolkit.pipeline import analyze
+
+    evidence = [*demo_evidence(server_baseline), server_baseline / "qemu" / "base.qcow2"]  # + the overlay's base
+    before = {p: sha256_file(p) for p in evidence}
+    case_dir = tmp_path_factory.mktemp("servercase") / "case"
+    analyze(demo_evidence(server_baseline), case_dir, profile=server_profile(tmp_path_factory.mktemp("profile")))
+    return case_dir, before
+
+
+def server_profile(directory: Path) -> Path:
+    """linux-triage as shipped, plus the disk functions a server needs checked: logs and packages."""
+    from toolkit.profiles import PROFILES_DIR
+
+    text = (PROFILES_DIR / "linux-triage.toml").read_text()
+    functions = 'functions = ["osinfo", "users", "cronjobs", "services", "ssh.authorized_keys", "history", "persistence"]'
+    assert functions in text, "linux-triage's disk functions changed: update server_profile"
+    text = text.replace(functions, functions[:-1] + ', "logs", "packages", "groups"]')
+    text = text.replace('name = "linux-triage"', 'name = "server-lab"')
+    path = directory / "server-lab.toml"
+    path.write_text(text)
+    return path
