@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -106,9 +107,8 @@ def server_profile(directory: Path) -> Path:
     from toolkit.profiles import PROFILES_DIR
 
     text = (PROFILES_DIR / "linux-triage.toml").read_text()
-    functions = 'functions = ["osinfo", "users", "cronjobs", "services", "ssh.authorized_keys", "history", "persistence"]'
-    assert functions in text, "linux-triage's disk functions changed: update server_profile"
-    text = text.replace(functions, functions[:-1] + ', "logs", "packages", "groups"]')
+    text, n = re.subn(r"^functions = \[(.*)\]$", r'functions = [\1, "logs", "packages", "groups"]', text, flags=re.M)
+    assert n == 1, "linux-triage's [disk] functions line changed: update server_profile"
     text = text.replace('name = "linux-triage"', 'name = "server-lab"')
     path = directory / "server-lab.toml"
     path.write_text(text)
