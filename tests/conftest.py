@@ -59,23 +59,46 @@ def lab_case(lab, tmp_path_factory):
 
 
 # --- the real Debian server guest (fixtures/server/README.md): tests marked `lab` and `server` ---
+#
+# Opt-in by cost (~20 min and ~10 GB a variant to build): with SNAPSCOPE_SERVER_LAB unset, a test
+# that needs a variant runs on it if it is already built for this checkout's fixtures/ (the
+# default `./scripts/test` then runs the server tests from the cache) and is skipped, with the
+# reason below in pytest's summary, if it is not. SNAPSCOPE_SERVER_LAB=1 builds (or reuses) it;
+# SNAPSCOPE_SERVER_LAB=0 skips the group even when built.
+
+SERVER_LAB_ENV = "SNAPSCOPE_SERVER_LAB"
+
+
+def _server_lab(variant: str) -> Path:
+    from toolkit.lab import build_server_lab, cached_server_lab
+
+    setting = os.environ.get(SERVER_LAB_ENV, "").strip()
+    if setting == "0":
+        pytest.skip(f"server lab tests: {SERVER_LAB_ENV}=0")
+    if setting:
+        return build_server_lab(variant)
+    lab = cached_server_lab(variant)
+    if lab is None:
+        pytest.skip(
+            f"server lab ({variant}) not built for this checkout and {SERVER_LAB_ENV} unset: set "
+            f"{SERVER_LAB_ENV}=1 to build it (~20 min, ~10 GB) or run `python fixtures/build_server_lab.py "
+            f"--variant {variant}`"
+        )
+    return lab
 
 
 @pytest.fixture(scope="session")
 def server_baseline() -> Path:
-    """The clean server lab (2 GiB Debian 12 guest, QEMU and libvirt runs); built on first use
-    (tens of minutes, ~10 GB), reused in a second after; honours $SNAPSCOPE_LAB_DIR."""
-    from toolkit.lab import build_server_lab
-
-    return build_server_lab("baseline")
+    """The clean server lab (2 GiB Debian 12 guest, QEMU and libvirt runs): reused if built, else
+    built when SNAPSCOPE_SERVER_LAB=1, else the test is skipped; honours $SNAPSCOPE_LAB_DIR."""
+    return _server_lab("baseline")
 
 
 @pytest.fixture(scope="session")
 def server_intrusion() -> Path:
-    """The server lab with the intrusion hook's techniques planted (fixtures/server/scenario.py)."""
-    from toolkit.lab import build_server_lab
-
-    return build_server_lab("intrusion")
+    """The server lab with the intrusion hook's techniques planted (fixtures/server/scenario.py); as
+    server_baseline."""
+    return _server_lab("intrusion")
 
 
 @pytest.fixture(scope="session")

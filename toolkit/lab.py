@@ -46,6 +46,19 @@ def build_server_lab(variant: str = "baseline", progress=None, force: bool = Fal
     return Path(builder.build_server_lab(_root(), variant=variant, force=force, progress=progress))
 
 
+def cached_server_lab(variant: str = "baseline") -> Path | None:
+    """The server lab of this checkout's fixtures/ if it is built (its ground_truth.json is there), else
+    None; never builds. The directory is the one build_server_lab would return (same keys, same root).
+
+    Example: ``cached_server_lab("baseline") or build_server_lab("baseline")``
+    """
+    builder = load_builder(SERVER_BUILDER, "snapscope_build_server_lab")
+    rootfs, image, build, shared = (builder._load_package(m) for m in ("rootfs", "image", "build", "shared"))
+    root = _root() or shared.cache.default_root()
+    lab = root / f"server-{variant}-{build.lab_key(image.image_key(rootfs.rootfs_key()), variant)}"
+    return lab if (lab / "ground_truth.json").is_file() else None
+
+
 def build_fleet(progress=None, force: bool = False) -> Path:
     """Build (or reuse) the fleet lab (linked clones of one base image, for batch audits); return its
     directory. Honours $SNAPSCOPE_LAB_DIR."""
