@@ -73,17 +73,9 @@ def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[
     if os_name == "linux" and threads_listed(outputs, os_name):
         for fields in merged.values():
             fields["threads"] = counts.get(fields["pid"])
-    for row in scanned or []:
-        fields = _process_fields(row)
-        if fields["tid"] != fields["pid"]:  # threads: the leader stands for the process
-            continue
-        key = (fields["pid"], fields["process"])
-        if key in merged:
-            merged[key]["in_scan"] = True
-            merged[key]["exit_state"] = merged[key]["exit_state"] or fields["exit_state"]
-        else:
-            fields.update(in_list=False if listed is not None else None, in_scan=True)
-            merged[key] = fields
+    # threads: the leader stands for the process
+    leaders = (f for f in map(_process_fields, scanned or []) if f["tid"] == f["pid"])
+    _merge_scanned(merged, leaders, lambda f: (f["pid"], f["process"]), listed is not None)
     out = []
     plugins = [p for p in (LIST[os_name], SCAN[os_name]) if p in outputs]
     for fields in merged.values():
@@ -94,6 +86,19 @@ def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[
         fields["source"] = source_of(*plugins)
         out.append(fields)
     return sorted(out, key=lambda r: (r["pid"] is None, r["pid"] or 0))
+
+
+def _merge_scanned(merged: dict, scanned, key_of, was_listed: bool) -> None:
+    """Fold the scan's tasks into the list's: a task in both is marked ``in_scan``; one only the scan
+    found is added, ``in_list`` False (or <NA> when the list did not run)."""
+    for fields in scanned:
+        key = key_of(fields)
+        if key in merged:
+            merged[key]["in_scan"] = True
+            merged[key]["exit_state"] = merged[key]["exit_state"] or fields["exit_state"]
+        else:
+            fields.update(in_list=False if was_listed else None, in_scan=True)
+            merged[key] = fields
 
 
 def threads_rows(outputs: dict, os_name: str = "linux") -> list[dict] | None:
@@ -120,15 +125,9 @@ def threads_rows(outputs: dict, os_name: str = "linux") -> list[dict] | None:
         fields = _process_fields(row)
         fields.update(in_list=True, in_scan=False if scanned is not None else None)
         merged[(fields["pid"], fields["tid"], fields["process"])] = fields
-    for row in scanned or []:
-        fields = _process_fields(row)
-        key = (fields["pid"], fields["tid"], fields["process"])
-        if key in merged:
-            merged[key]["in_scan"] = True
-            merged[key]["exit_state"] = merged[key]["exit_state"] or fields["exit_state"]
-        else:
-            fields.update(in_list=False if listed is not None else None, in_scan=True)
-            merged[key] = fields
+    _merge_scanned(
+        merged, map(_process_fields, scanned or []), lambda f: (f["pid"], f["tid"], f["process"]), listed is not None
+    )
     plugins = [p for p in (LIST[os_name], SCAN[os_name]) if p in outputs]
     out = []
     for fields in merged.values():
