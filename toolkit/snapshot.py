@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,9 @@ class RunOptions:
         return reference_policy(roots=roots, search_paths=self.search_paths, follow_recorded=self.follow_recorded_paths)
 
 
-def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.DataFrame]:
-    """Run every applicable engine for one snapshot, in ENGINES order; an engine crash becomes a diagnostic."""
+def run_engines(snapshot: dict, ctx: EngineContext, only=None, seconds: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Run every applicable engine for one snapshot, in ENGINES order; an engine crash becomes a diagnostic.
+    ``seconds``, if given, receives each engine's wall time by name (the case manifest keeps it)."""
     produced: dict[str, list[pd.DataFrame]] = {}
     try:
         for entry in ENGINES:
@@ -86,6 +88,7 @@ def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.D
                 continue
             module = importlib.import_module(entry["module"])
             ctx.tables = {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
+            started = time.monotonic()
             try:
                 tables = module.run(snapshot, ctx)
             except Exception as exc:  # one engine failing must not lose the others' tables
@@ -101,6 +104,8 @@ def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.D
                         source=f"engine/{entry['name']}",
                     )
                 }
+            if seconds is not None:
+                seconds[entry["name"]] = round(time.monotonic() - started, 2)
             for table, df in tables.items():
                 produced.setdefault(table, []).append(df)
     finally:
@@ -153,7 +158,8 @@ def analyze_snapshot(
     )
     ctx.derived_dir.mkdir(parents=True, exist_ok=True)
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-    tables = run_engines(snap, ctx, options.engine_names)
+    seconds: dict[str, float] = {}
+    tables = run_engines(snap, ctx, options.engine_names, seconds)
     intake = _intake_diagnostics(snap)
     if intake:
         tables["diagnostics"] = pd.concat(
@@ -179,10 +185,12 @@ def analyze_snapshot(
     ]
     tables["evidence"] = make_table("evidence", evidence_rows, snapshot_id=snap["id"], source="intake")
     # Correlation reads the engines' tables only, never the evidence.
+    started = time.monotonic()
     findings, problems, _graph = correlate_snapshot(tables, snap["id"])
     tables["findings"] = findings
     times = snapshot_times(snap)
     tables["timeline"] = build_timeline(tables, snap["id"], times)
+    seconds["correlate"] = round(time.monotonic() - started, 2)
     tables["diagnostics"] = pd.concat(
         [df for df in (tables.get("diagnostics"), problems) if df is not None], ignore_index=True
     )
@@ -196,6 +204,7 @@ def analyze_snapshot(
         snap,
         tables={name: len(df) for name, df in tables.items()},
         findings=findings["severity"].value_counts().to_dict(),
+        engine_seconds=seconds,  # wall time per engine and for correlation (benchmarks read it)
         errors=[f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
     )
 

@@ -129,10 +129,13 @@ def test_an_engine_that_raises_becomes_a_diagnostic_and_readers_close(capture, t
 def test_engines_run_in_registry_order(capture, tmp_path):
     seen = []
     ctx = EngineContext(snapshot_id="s", derived_dir=tmp_path / "d", profile=load_profile("linux-triage"))
-    tables = run_engines({"id": "s", "pcaps": [{"path": str(capture)}]}, ctx)
+    seconds = {}
+    tables = run_engines({"id": "s", "pcaps": [{"path": str(capture)}]}, ctx, seconds=seconds)
     seen = [name.split("/")[0] for name in tables if "/" in name]
     order = [e["name"] for e in ENGINES]
     assert sorted(set(seen), key=order.index) == ["network", "yara"]
+    # each engine that ran is timed, nothing else
+    assert list(seconds) == ["network", "yara"] and all(v >= 0 for v in seconds.values())
     # YARA saw the network engine's table: the stream carrying the mark was scanned
     assert ctx.tables["network/flows"].iloc[0]["src_stream_file"]
 

@@ -67,6 +67,8 @@ declare(
         "program_sha256": STRING,
         "ts": TIME,  # last modification of the defining file
         "detail": STRING,
+        # systemd units and timers: enabled | disabled | static | masked | alias, from the files at rest
+        "unit_state": STRING,
     },
     doc="Everything that makes a program run again: cron, systemd units/timers, init and rc scripts, "
     "ld.so.preload, authorized_keys, shell rc files; Windows run keys, services and tasks.",

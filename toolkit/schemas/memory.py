@@ -52,10 +52,28 @@ declare(
         "exe_path": STRING,
         "exe_deleted": BOOL,
         "exit_state": STRING,
-        "threads": INT,
+        "threads": INT,  # tasks in the group, leader included (Linux: when pslist walked threads)
         "task_offset": UINT,  # virtual address of the task (list) or physical offset (scan only)
     },
     doc="Processes merged from the task list and a scan: a scan-only row is hidden or exited.",
+)
+
+declare(
+    "memory/threads",
+    {
+        "pid": INT,  # thread group (the process)
+        "tid": INT,  # the task; tid == pid for the group's leader
+        "ppid": INT,
+        "process": STRING,  # the thread's own comm (a thread may rename itself)
+        "uid": INT,
+        "gid": INT,
+        "start_ts": TIME,
+        "in_list": BOOL,  # reached by walking the task list and each group's threads (pslist threads=true)
+        "in_scan": BOOL,  # found by carving task structures (psscan)
+        "exit_state": STRING,
+        "task_offset": UINT,
+    },
+    doc="Every task: each process's leader and its threads (Linux), from the task list and a scan.",
 )
 
 declare(

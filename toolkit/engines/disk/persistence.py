@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shlex
 
+from toolkit.engines.disk.units import unit_states
 from toolkit.engines.disk.walk import ts_ns
 from toolkit.hashing import sha256_stream
 from toolkit.schemas import diagnostic
@@ -153,6 +154,15 @@ def _first(rec: dict, *keys):
     return None
 
 
+def unit_records(records: dict) -> dict[str, dict]:
+    """Unit name -> the record of the file systemd uses: dissect lists /etc/systemd/system, then
+    /lib, then /usr/lib (the same directory twice on a merged-/usr system); the first one wins."""
+    units: dict[str, dict] = {}
+    for rec in records.get("services", []):
+        units.setdefault(rec.get("name") or "", rec)
+    return units
+
+
 def _from_records(records: dict) -> list[dict]:
     rows = []
     for rec in records.get("cronjobs", []):
@@ -168,11 +178,7 @@ def _from_records(records: dict) -> list[dict]:
                 "program": program_of(cmd),
             }
         )
-    units = {}
-    for fn in ("services",):
-        for rec in records.get(fn, []):
-            name = rec.get("name") or ""
-            units[name] = rec
+    units = unit_records(records)
     for name, rec in units.items():
         if rec.get("type") not in (None, "systemd") or "imagepath" in {k.lower() for k in rec}:
             cmd = _first(rec, "imagepath", "servicedll", "command")
@@ -310,6 +316,11 @@ def persistence_rows(target, records: dict, max_size: int | None) -> tuple[list[
     """(rows for ``disk/persistence``, diagnostics); records: function name -> list of record dicts."""
     problems: list[dict] = []
     rows = _from_records(records) + _builtin(target, problems)
+    if records.get("services"):
+        states = unit_states(target, unit_records(records), problems)
+        for row in rows:
+            if row["kind"] in ("systemd", "timer"):
+                row["unit_state"] = states.get(row["detail"].split(" -> ")[0])
     seen = set()
     out = []
     for row in rows:

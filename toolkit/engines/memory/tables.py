@@ -44,31 +44,38 @@ def _process_fields(row: dict) -> dict:
     }
 
 
+def threads_listed(outputs: dict, os_name: str = "linux") -> bool:
+    """Whether the task-list walk included user threads (pslist's own ``threads`` option)."""
+    return bool(((outputs.get(LIST.get(os_name, "")) or {}).get("options") or {}).get("threads"))
+
+
 def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[dict] | None:
     """pslist and psscan merged on (pid, name): in_list / in_scan say who saw it.
 
     ``enrich`` maps pid -> {is_kernel_thread, exe_path, exe_deleted} from the
-    snapscope task walk (tasks.task_details); Windows has no such walk.
+    snapscope task walk (tasks.task_details); Windows has no such walk. When
+    pslist walked threads too, ``threads`` counts each process's tasks (the
+    leader included, like /proc/PID/status Threads); the threads themselves
+    are rows of ``memory/threads``.
     """
     listed, scanned = plugin_output(outputs, LIST[os_name]), plugin_output(outputs, SCAN[os_name])
     if listed is None and scanned is None:
         return None
     merged: dict[tuple, dict] = {}
+    counts: dict[int, int] = {}
     for row in listed or []:
         fields = _process_fields(row)
+        counts[fields["pid"]] = counts.get(fields["pid"], 0) + 1
+        if fields["tid"] != fields["pid"]:  # a thread (pslist with threads): memory/threads has it
+            continue
         fields.update(in_list=True, in_scan=False if scanned is not None else None)
         merged[(fields["pid"], fields["process"])] = fields
-    for row in scanned or []:
-        fields = _process_fields(row)
-        if fields["tid"] != fields["pid"]:  # threads: the leader stands for the process
-            continue
-        key = (fields["pid"], fields["process"])
-        if key in merged:
-            merged[key]["in_scan"] = True
-            merged[key]["exit_state"] = merged[key]["exit_state"] or fields["exit_state"]
-        else:
-            fields.update(in_list=False if listed is not None else None, in_scan=True)
-            merged[key] = fields
+    if os_name == "linux" and threads_listed(outputs, os_name):
+        for fields in merged.values():
+            fields["threads"] = counts.get(fields["pid"])
+    # threads: the leader stands for the process
+    leaders = (f for f in map(_process_fields, scanned or []) if f["tid"] == f["pid"])
+    _merge_scanned(merged, leaders, lambda f: (f["pid"], f["process"]), listed is not None)
     out = []
     plugins = [p for p in (LIST[os_name], SCAN[os_name]) if p in outputs]
     for fields in merged.values():
@@ -79,6 +86,55 @@ def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[
         fields["source"] = source_of(*plugins)
         out.append(fields)
     return sorted(out, key=lambda r: (r["pid"] is None, r["pid"] or 0))
+
+
+def _merge_scanned(merged: dict, scanned, key_of, was_listed: bool) -> None:
+    """Fold the scan's tasks into the list's: a task in both is marked ``in_scan``; one only the scan
+    found is added, ``in_list`` False (or <NA> when the list did not run)."""
+    for fields in scanned:
+        key = key_of(fields)
+        if key in merged:
+            merged[key]["in_scan"] = True
+            merged[key]["exit_state"] = merged[key]["exit_state"] or fields["exit_state"]
+        else:
+            fields.update(in_list=False if was_listed else None, in_scan=True)
+            merged[key] = fields
+
+
+def threads_rows(outputs: dict, os_name: str = "linux") -> list[dict] | None:
+    """Every task (thread-group leaders and their threads), merged on (pid, tid) from pslist and psscan.
+
+    The task list's side comes from pslist run with ``threads = true``; without it the list's
+    threads are unknown (``in_list`` <NA> for every thread the scan found). Linux only: Windows
+    pslist prints thread counts, not threads.
+
+    Example::
+
+        rows = threads_rows({"linux.pslist.PsList": {**pslist_result, "options": {"threads": True}}})
+        [(r["pid"], r["tid"], r["process"]) for r in rows][:2]   # [(1, 1, 'systemd'), (412, 415, 'gmain')]
+    """
+    if os_name != "linux":
+        return None
+    walked = threads_listed(outputs, os_name)
+    listed = plugin_output(outputs, LIST[os_name]) if walked else None
+    scanned = plugin_output(outputs, SCAN[os_name])
+    if listed is None and scanned is None:
+        return None
+    merged: dict[tuple, dict] = {}
+    for row in listed or []:
+        fields = _process_fields(row)
+        fields.update(in_list=True, in_scan=False if scanned is not None else None)
+        merged[(fields["pid"], fields["tid"], fields["process"])] = fields
+    _merge_scanned(
+        merged, map(_process_fields, scanned or []), lambda f: (f["pid"], f["tid"], f["process"]), listed is not None
+    )
+    plugins = [p for p in (LIST[os_name], SCAN[os_name]) if p in outputs]
+    out = []
+    for fields in merged.values():
+        fields.pop("threads")
+        fields["source"] = source_of(*plugins)
+        out.append(fields)
+    return sorted(out, key=lambda r: (r["pid"] is None, r["pid"] or 0, r["tid"] is None, r["tid"] or 0))
 
 
 DEAD_STATES = ("EXIT_DEAD", "EXIT_ZOMBIE", "exited")
@@ -348,6 +404,7 @@ def build_all(outputs: dict, enrich: dict, os_name: str) -> dict[str, list[dict]
     modules = modules_rows(outputs)
     tables = {
         "memory/processes": processes_rows(outputs, enrich, os_name),
+        "memory/threads": threads_rows(outputs, os_name),
         "memory/cmdlines": cmdlines_rows(outputs),
         "memory/maps": maps_rows(outputs),
         "memory/sockets": sockets_rows(outputs),

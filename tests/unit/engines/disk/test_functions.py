@@ -134,3 +134,50 @@ def test_program_of(command, program):
 def test_split_cron_user_only_for_system_crontabs():
     assert split_cron_user("/etc/crontab", "root run-parts /etc/cron.hourly") == ("root", "run-parts /etc/cron.hourly")
     assert split_cron_user("/var/spool/cron/crontabs/alice", "/home/alice/x") == (None, "/home/alice/x")
+
+
+def test_dpkg_log_records_become_log_rows_in_dpkgs_own_words():
+    import datetime as dt
+
+    from toolkit.engines.disk.functions import log_rows
+
+    at = dt.datetime(2026, 12, 2, 3, 6, 51, tzinfo=dt.UTC)
+    records = {
+        "dpkg.log": [
+            {
+                "ts": at,
+                "operation": "upgrade",
+                "name": "inventory-tools",
+                "arch": "all",
+                "version_old": "1.0",
+                "version": "1.1",
+                "status": None,
+            },
+            {
+                "ts": at,
+                "operation": "install",
+                "name": "tree",
+                "arch": "amd64",
+                "version_old": None,
+                "version": "2.1.0-1",
+                "status": None,
+            },
+            {
+                "ts": at,
+                "operation": "status",
+                "name": "tree",
+                "arch": "amd64",
+                "version_old": None,
+                "version": "2.1.0-1",
+                "status": "installed",
+            },
+        ]
+    }
+    rows = log_rows(records)
+    assert [r["message"] for r in rows] == [
+        "upgrade inventory-tools:all 1.0 1.1",
+        "install tree:amd64 <none> 2.1.0-1",
+        "status installed tree:amd64 2.1.0-1",
+    ]
+    assert {(r["log"], r["service"], r["ts"]) for r in rows} == {("dpkg", "dpkg", at)}
+    assert "dpkg.log" in expand_functions(["packages"])

@@ -193,6 +193,71 @@ def test_linux_failed_and_partial_plugins():
     assert df.iloc[0]["exe_path"] == "/init"
 
 
+def _task(pid, tid, comm, ppid=1, offset=0):
+    return {
+        "OFFSET (V)": offset or 0xFFFF888000000000 + tid * 0x1000,
+        "PID": pid,
+        "TID": tid,
+        "PPID": ppid,
+        "COMM": comm,
+        "UID": 0,
+        "GID": 0,
+        "CREATION TIME": T0.replace(tzinfo=UTC),
+        "EXIT_STATE": "TASK_RUNNING",
+    }
+
+
+def _linux_outputs(listed, scanned, threads=True):
+    def result(rows, options):
+        rows = [dict(r, row_id=i, parent_row_id=None) for i, r in enumerate(rows)]
+        return {"columns": list(rows[0]) if rows else [], "rows": rows, "error": None, "options": options}
+
+    return {
+        "linux.pslist.PsList": result(listed, {"threads": True} if threads else {}),
+        "linux.psscan.PsScan": result(scanned, {}),
+    }
+
+
+def test_linux_threads_are_rows_of_their_own():
+    """pslist with threads=true: the leader is the process row (with its task count), every task a
+    memory/threads row; a thread only the scan found says so."""
+    listed = [
+        _task(1, 1, "systemd", ppid=0),
+        _task(700, 700, "python3"),
+        _task(700, 702, "cache-refresh"),
+        _task(700, 703, "python3"),
+    ]
+    scanned = listed[:3] + [_task(700, 777, "worker")]
+    tables = plugin_tables.build_all(_linux_outputs(listed, scanned), {}, "linux")
+    procs = frame("memory/processes", tables["memory/processes"], "lab")
+    assert procs["pid"].tolist() == [1, 700]
+    assert procs.set_index("pid")["threads"].to_dict() == {1: 1, 700: 3}
+    threads = frame("memory/threads", tables["memory/threads"], "lab")
+    schemas.validate("memory/threads", threads)
+    got = {(r.pid, r.tid, r.process, r.in_list, r.in_scan) for r in threads.itertuples()}
+    assert got == {
+        (1, 1, "systemd", True, True),
+        (700, 700, "python3", True, True),
+        (700, 702, "cache-refresh", True, True),
+        (700, 703, "python3", True, False),
+        (700, 777, "worker", False, True),
+    }
+    assert threads["source"].iloc[0] == "volatility/linux.pslist.PsList+linux.psscan.PsScan"
+
+
+def test_linux_threads_unknown_to_the_list_without_the_option():
+    """pslist without threads=true walked leaders only: no thread counts, and the scan's threads
+    are not called missing from the list."""
+    listed = [_task(1, 1, "systemd", ppid=0), _task(700, 700, "python3")]
+    scanned = listed + [_task(700, 702, "cache-refresh")]
+    tables = plugin_tables.build_all(_linux_outputs(listed, scanned, threads=False), {}, "linux")
+    procs = frame("memory/processes", tables["memory/processes"], "lab")
+    assert procs["threads"].isna().all()
+    threads = frame("memory/threads", tables["memory/threads"], "lab")
+    assert threads["in_list"].isna().all() and threads["in_scan"].all()
+    assert threads["tid"].tolist() == [1, 700, 702]
+
+
 def test_deleted_suffix_split():
     assert split_deleted(" /tmp/.x/kworker (deleted)") == ("/tmp/.x/kworker", True)
     assert split_deleted("/bin/busybox") == ("/bin/busybox", False)
