@@ -1,0 +1,94 @@
+"""Rules over other tools' verdicts: YARA matches and Sigma matches become findings tied to the
+entity behind them (a process, file or flow), each hit once per rule and entity.
+
+Example::
+
+    hits = list(yara_match(tables, build_graph(tables, "s1"), "s1"))
+"""
+
+from __future__ import annotations
+
+from toolkit.correlate.graph import owner_process
+from toolkit.correlate.links import frame, hit, link, pid_of, value
+from toolkit.correlate.sigma.findings import sigma_match
+from toolkit.schemas import SEVERITY_RANK
+
+
+def yara_match(tables, graph, sid):
+    """One finding per rule and entity. Process, file and stream hits are tied to the
+    process behind them when the graph knows it; physical-memory hits become a finding
+    of their own only for a rule that matched nowhere else (what no process maps)."""
+    matches = frame(tables, "yara/matches")
+    if not len(matches):
+        return
+    elsewhere = set(matches.loc[matches["target"] != "physical", "rule"]) if "target" in matches else set()
+    physical = matches[matches["target"] == "physical"] if "target" in matches else matches.iloc[0:0]
+    seen = set()
+    for i, r in matches.iterrows():
+        target = value(r, "target")
+        if target == "physical" and value(r, "rule") in elsewhere:
+            continue
+        node = {
+            "process": f"process:{pid_of(r)}",
+            "file": f"file:{value(r, 'path')}",
+            "stream": f"flow:{value(r, 'flow_id')}",
+        }.get(target, f"{target}:memory")
+        owner = owner_process(graph, node) or node
+        key = (value(r, "rule"), owner)
+        if key in seen:
+            continue  # the other hits are in the entity's chain
+        seen.add(key)
+        where = {
+            "process": f"the memory of pid {pid_of(r)} ({value(r, 'process')!r})",
+            "file": f"file {value(r, 'path')!r}",
+            "stream": f"the network stream of flow {value(r, 'flow_id')}",
+        }.get(target, f"{target} memory")
+        also = int((physical["rule"] == value(r, "rule")).sum()) if target != "physical" else 0
+        severity = value(r, "severity") or "medium"
+        confidence, caveat = 0.7, ""
+        if target == "physical":
+            # Bytes no process, file or stream holds: page cache, a tmpfs file or freed
+            # memory. Worth a look, but the rows do not show anything running.
+            severity = min(severity, "medium", key=lambda s: SEVERITY_RANK.get(s, 2))
+            confidence, caveat = (
+                0.4,
+                " (no process, file or stream holds these bytes: page cache, tmpfs or freed memory)",
+            )
+        why = (
+            f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
+            f"in {where} at offset {value(r, 'offset')}{caveat}"
+            + (f"; {also} more hits in physical memory" if also else "")
+            + "."
+        )
+        yield hit(
+            owner, [link("yara/matches", sid, i)], confidence, why, severity=severity, attack_id=value(r, "attack_id")
+        )
+
+
+RULES: dict[str, dict] = {
+    "yara.match": {
+        "title": "YARA rule match",
+        "attack_id": None,
+        "severity": "medium",
+        "confidence": 0.7,
+        "keys_on": "a YARA rule (shipped or the analyst's) matching process memory, a disk file or a "
+        "reassembled stream; severity and ATT&CK id come from the rule's meta; hits in physical memory alone "
+        "(page cache, tmpfs, freed memory) are capped at medium",
+        "joins": ["yara/matches", "memory/processes", "disk/files", "network/flows", "memory/sockets"],
+        "grading": "the rule's own severity; 0.7, or 0.4 for bytes no process, file or stream holds",
+        "chain": "the process the matched bytes belong to (its file, its stream) -> its whole chain",
+        "fn": yara_match,
+    },
+    "sigma.match": {
+        "title": "Sigma rule match",
+        "attack_id": None,
+        "severity": "medium",
+        "confidence": 0.7,
+        "keys_on": "rows of sigma/matches (`snapscope sigma`): each finding carries the Sigma rule's own id "
+        "(sigma:<id>), title, level and ATT&CK techniques",
+        "joins": ["sigma/matches", "memory/processes", "disk/files", "network/flows"],
+        "grading": "the Sigma rule's level; 0.7",
+        "chain": "the process, file or flow the matched row is about",
+        "fn": sigma_match,
+    },
+}
