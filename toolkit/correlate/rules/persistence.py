@@ -95,14 +95,18 @@ def judge_entry(tables, graph, r, *, context=None) -> tuple[str | None, list[str
         elif str(target).startswith("/") and value(r, "program_path") is None and files:
             reasons.append(f"runs {target!r}, which is not on the disk")
             raise_to("medium")
+    # what a packaged script says is the package's business (its binaries are checked by md5)
+    command_reason = None
+    if target == value(r, "path") and value(r, "path") in owned:
+        command = ""
     if DOWNLOADERS.search(command) and (PIPE_TO_SHELL.search(command) or NET_REDIRECT.search(command)):
-        reasons.append("its command downloads code and runs it")
-        raise_to("high")
+        command_reason = "its command downloads code and runs it"
     elif NET_REDIRECT.search(command):
-        reasons.append("its command wires a shell to the network")
-        raise_to("high")
-    elif any(is_hidden_or_temp(p) for p in history_paths(command)) and target == value(r, "path"):
-        reasons.append("its commands use a hidden or temporary path")
+        command_reason = "its command wires a shell to the network"
+    elif target == value(r, "path") and any(is_hidden_or_temp(p) for p in history_paths(command)):
+        command_reason = "its commands use a hidden or temporary path"
+    if command_reason:
+        reasons.append(command_reason)
         raise_to("high")
     suspects = []
     if target and target != value(r, "path"):
