@@ -18,6 +18,7 @@ import pandas as pd
 BOOT = pd.Timestamp("2026-01-01T00:00:00Z")
 BEFORE_BOOT = pd.Timestamp("2025-12-01T00:00:00Z")
 AFTER_BOOT = pd.Timestamp("2026-01-01T00:10:00Z")
+OLD = pd.Timestamp("2023-01-03T20:49:45Z")  # a build's time, years before this install
 RELEASE = "6.1.0-57-amd64"
 
 
@@ -128,6 +129,14 @@ def benign_server() -> dict[str, pd.DataFrame]:
         {"path": "/var/log/auth.log", "type": "file", "size": 4096, "ctime": AFTER_BOOT, "btime": BEFORE_BOOT},
         {"path": "/etc/sudoers.d/alice", "type": "file", "mode": 0o440, "btime": BEFORE_BOOT, "ctime": BEFORE_BOOT},
         {"path": "/home/alice/.ssh/authorized_keys", "type": "file", "mode": 0o600, "btime": BEFORE_BOOT},
+        # installers copy data files keeping their times: a skeleton dotfile, a conffile, and dpkg's own
+        # metadata for a package installed while the system was up
+        {"path": "/home/alice/.profile", "type": "file", "mode": 0o644, "mtime": OLD, "btime": BEFORE_BOOT},
+        {"path": "/etc/inputrc", "type": "file", "mode": 0o644, "mtime": OLD, "btime": BEFORE_BOOT},
+        {"path": "/var/lib/dpkg/info/tree.md5sums", "type": "file", "mode": 0o644, "mtime": OLD, "btime": AFTER_BOOT},
+        # merged /usr: /sbin is a link (mode 0777 is the link's, no permission) to a root-only directory
+        {"path": "/sbin", "type": "symlink", "uid": 0, "mode": 0o777, "link_target": "usr/sbin"},
+        {"path": "/usr/sbin", "type": "dir", "uid": 0, "mode": 0o755},
     )
     t["disk/package_files"] = frame(
         {"package": "passwd", "path": "/usr/bin/passwd", "md5": "a" * 32, "installed_ts": BEFORE_BOOT},
@@ -137,6 +146,9 @@ def benign_server() -> dict[str, pd.DataFrame]:
         {"package": "sudo", "path": "/etc/sudoers"},
         {"package": "systemd", "path": "/usr/lib/systemd/system/debug-shell.service"},
         {"package": "openssh-server", "path": "/etc/init.d/ssh"},
+        {"package": "base-files", "path": "/etc", "installed_ts": BEFORE_BOOT},
+        {"package": "dpkg", "path": "/var/lib/dpkg/info", "installed_ts": BEFORE_BOOT},
+        {"package": "systemd", "path": "/usr/lib/systemd/system/quotaon.service"},
     )
     t["disk/persistence"] = frame(
         {
@@ -196,6 +208,23 @@ def benign_server() -> dict[str, pd.DataFrame]:
             "program": "/usr/local/bin/inventory-client",
             "program_path": "/usr/local/bin/inventory-client",
             "ts": BEFORE_BOOT,
+        },  # (appended last: the catalogue's cases name earlier rows by number)
+        # a stock unit for a tool that is not installed, its program named through the /sbin link
+        {
+            "kind": "systemd",
+            "path": "/usr/lib/systemd/system/quotaon.service",
+            "command": "/sbin/quotaon -aug",
+            "program": "/sbin/quotaon",
+            "detail": "quotaon.service",
+        },
+        {
+            "kind": "cron",
+            "path": "/etc/crontab",
+            "user": "root",
+            "schedule": "17 * * * *",
+            "command": "cd / && run-parts --report /etc/cron.hourly",
+            "program": "run-parts",
+            "program_path": "/usr/bin/run-parts",
         },
     )
     t["memory/modules"] = frame({"name": "ext4", "in_list": True, "in_sysfs": True, "hidden": False})

@@ -98,11 +98,40 @@ def has_package_database(tables) -> bool:
     return len(frame(tables, "disk/package_files")) > 0
 
 
+SYMLINK_HOPS = 40  # as the kernel's limit: a loop of links in hostile evidence ends here
+
+
+def real_path(files: dict, path: str) -> str:
+    """``path`` with every symbolic link the disk walk saw resolved (``disk/files`` link_target).
+
+    A link's own mode (0777) says nothing about who can write what it points to: on a merged-/usr
+    system ``/sbin/x`` is ``/usr/sbin/x``.
+
+    >>> real_path({"/sbin": {"type": "symlink", "link_target": "usr/sbin"}}, "/sbin/quotaon")
+    '/usr/sbin/quotaon'
+    """
+    parts, done, hops = [p for p in path.split("/") if p], "", 0
+    while parts:
+        step = parts.pop(0)
+        candidate = posixpath.normpath(f"{done}/{step}") if step != ".." else posixpath.dirname(done)
+        row = files.get(candidate)
+        target = value(row, "link_target") if row and value(row, "type") == "symlink" else None
+        if target and hops < SYMLINK_HOPS:
+            hops += 1
+            parts = [p for p in target.split("/") if p] + parts
+            done = "" if target.startswith("/") else done  # a relative target starts from the link's directory
+            continue
+        done = candidate if candidate != "/" else ""
+    return done or "/"
+
+
 def user_writable(files: dict, path: str | None) -> str | None:
     """Why a non-root user could replace ``path`` (the file or its directory is owned by a
-    non-root uid or writable by group/others), or None when the disk says root alone can."""
+    non-root uid or writable by group/others), or None when the disk says root alone can.
+    Symbolic links are followed first: a link's own mode is no permission."""
     if not path:
         return None
+    path = real_path(files, path)
     checks = [(path, "the file"), (posixpath.dirname(path.rstrip("/")) or "/", "its directory")]
     for p, what in checks:
         row = files.get(p)

@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from tests.helpers.synthetic_case import SERVICE_UNIT, SID
 from tests.helpers.synthetic_case import implant_tables as _tables
@@ -119,6 +120,25 @@ def test_physical_only_yara_hit_is_its_own_finding():
     physical_only = yara[yara["entity"] == "physical:memory"]
     assert list(physical_only["severity"]) == ["medium"], "a physical-only hit never claims more than medium"
     assert "1 more hits in physical memory" in yara[yara["entity"] == "process:77"]["explanation"].iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("second_offset", "severity"),
+    [(3 << 20, "low"), ((2 << 20) + 300, "medium")],  # strings pages apart / side by side
+)
+def test_physical_hit_whose_strings_lie_in_unrelated_pages_is_low(second_offset, severity):
+    """`$self and $kworker` over gigabytes of memory: a kernel task's name in one page and a path in some
+    library in another meet the condition by chance; the same strings side by side are one artefact's."""
+    t = _tables()
+    rows = [
+        {"target": "physical", "rule": "self_and_kthread", "offset": 2 << 20, "string_id": "$self"},
+        {"target": "physical", "rule": "self_and_kthread", "offset": second_offset, "string_id": "$kworker"},
+        {"target": "physical", "rule": "self_and_kthread", "offset": 5 << 20, "string_id": "$self"},
+    ]
+    t["yara/matches"] = pd.DataFrame([{**r, "severity": "medium"} for r in rows])
+    findings, _, _ = correlate_snapshot(t, SID)
+    physical = findings[(findings["rule_id"] == "yara.match") & (findings["entity"] == "physical:memory")]
+    assert list(physical["severity"]) == [severity]
 
 
 def test_recorrelate_a_stored_case(tmp_path):

@@ -10,10 +10,12 @@ import pytest
 from tests.helpers.rule_cases import AFTER_BOOT, BEFORE_BOOT, benign_server, proc, sock, with_rows
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.rules import RULES
+from toolkit.correlate.vocabulary import real_path, user_writable
 from toolkit.schemas import SEVERITY_RANK
 
 SID = "s1"
 B = benign_server
+NEXT_PERSISTENCE = f"persistence:{len(B()['disk/persistence'])}"  # the row a positive case appends
 
 
 def run_rule(rule_id: str, tables: dict) -> pd.DataFrame:
@@ -270,7 +272,7 @@ CASES: dict[str, dict] = {
                 }
             ],
         ),
-        "entity": "persistence:10",
+        "entity": NEXT_PERSISTENCE,
         "severity": "high",
         # the python service's unit, and a stock unit running /bin/bash beside an interactive bash
         "negative": B,
@@ -289,7 +291,7 @@ CASES: dict[str, dict] = {
                 }
             ],
         ),
-        "entity": "persistence:10",
+        "entity": NEXT_PERSISTENCE,
         "severity": "high",
         "negative": B,  # the health check curl appends to a log
     },
@@ -305,7 +307,7 @@ CASES: dict[str, dict] = {
                 }
             ],
         ),
-        "entity": "persistence:10",
+        "entity": NEXT_PERSISTENCE,
         "severity": "high",
         "negative": B,
     },
@@ -322,7 +324,7 @@ CASES: dict[str, dict] = {
                 }
             ],
         ),
-        "entity": "persistence:10",
+        "entity": NEXT_PERSISTENCE,
         "severity": "high",
         "negative": B,  # the packaged /etc/init.d/ssh names /var/run/sshd.pid
     },
@@ -355,7 +357,7 @@ CASES: dict[str, dict] = {
                 }
             ],
         ),
-        "entity": "persistence:10",
+        "entity": NEXT_PERSISTENCE,
         "severity": "high",
         "negative": B,  # skel's .bashrc: lesspipe and aliases
     },
@@ -372,7 +374,7 @@ CASES: dict[str, dict] = {
                 }
             ],
         ),
-        "entity": "persistence:10",
+        "entity": NEXT_PERSISTENCE,
         "severity": "high",
         "negative": lambda: with_rows(
             B(),
@@ -422,7 +424,7 @@ CASES: dict[str, dict] = {
                 {"kind": "sudoers", "path": "/etc/sudoers.d/90-cloud", "command": "www-data ALL=(ALL) NOPASSWD:ALL"}
             ],
         ),
-        "entity": "persistence:10",
+        "entity": NEXT_PERSISTENCE,
         "severity": "high",
         "negative": B,  # %sudo and root in the packaged file; alice's standing grant is noted low
         "negative_low": True,
@@ -624,3 +626,18 @@ def test_rule_stays_quiet_on_the_near_miss(rule_id):
     assert loud.empty, loud[["entity", "explanation"]].to_dict("records")
     if not case.get("negative_low"):
         assert findings.empty, findings[["entity", "severity", "explanation"]].to_dict("records")
+
+
+def test_symbolic_links_are_followed_before_permissions_are_read():
+    files = {
+        "/sbin": {"type": "symlink", "mode": 0o777, "uid": 0, "link_target": "usr/sbin"},
+        "/usr/sbin": {"type": "dir", "mode": 0o755, "uid": 0},
+        "/opt/w": {"type": "dir", "mode": 0o777, "uid": 0},
+        "/usr/local/bin/run": {"type": "symlink", "mode": 0o777, "uid": 0, "link_target": "../../../opt/w/run"},
+        "/loop": {"type": "symlink", "link_target": "/loop"},
+    }
+    assert real_path(files, "/sbin/quotaon") == "/usr/sbin/quotaon"
+    assert user_writable(files, "/sbin/quotaon") is None
+    assert real_path(files, "/usr/local/bin/run") == "/opt/w/run"
+    assert "writable by everyone" in user_writable(files, "/usr/local/bin/run")
+    assert real_path(files, "/loop/x") == "/loop/x"  # a loop of links ends, unresolved

@@ -13,6 +13,30 @@ from toolkit.correlate.links import frame, hit, link, pid_of, value
 from toolkit.correlate.sigma.findings import sigma_match
 from toolkit.schemas import SEVERITY_RANK
 
+PAGE = 4096  # physical memory is a heap of unrelated pages: a rule's strings count together within one
+
+
+def strings_together(offsets_and_ids) -> bool:
+    """Whether every distinct string a rule matched in physical memory lies within one page of the
+    others somewhere. A rule scanned over gigabytes of unrelated pages meets an ``a and b`` condition
+    by chance (a kernel-thread name in one task, a path in some library); only strings side by side
+    are one artefact's.
+
+    >>> strings_together([(10, "$a"), (900, "$b")]), strings_together([(10, "$a"), (1 << 20, "$b")])
+    (True, False)
+    """
+    hits = sorted((int(o), str(s)) for o, s in offsets_and_ids if o is not None)
+    wanted = {s for _, s in hits}
+    if len(wanted) <= 1:
+        return True
+    start = 0
+    for end in range(len(hits)):
+        while hits[end][0] - hits[start][0] > PAGE:
+            start += 1
+        if {s for _, s in hits[start : end + 1]} == wanted:
+            return True
+    return False
+
 
 def yara_match(tables, graph, sid):
     """One finding per rule and entity. Process, file and stream hits are tied to the
@@ -23,6 +47,11 @@ def yara_match(tables, graph, sid):
         return
     elsewhere = set(matches.loc[matches["target"] != "physical", "rule"]) if "target" in matches else set()
     physical = matches[matches["target"] == "physical"] if "target" in matches else matches.iloc[0:0]
+    scattered = {
+        rule
+        for rule, rows in physical.groupby("rule")
+        if "string_id" in rows and not strings_together(zip(rows["offset"], rows["string_id"]))
+    }
     seen = set()
     for i, r in matches.iterrows():
         target = value(r, "target")
@@ -54,6 +83,11 @@ def yara_match(tables, graph, sid):
                 0.4,
                 " (no process, file or stream holds these bytes: page cache, tmpfs or freed memory)",
             )
+            if value(r, "rule") in scattered:
+                severity, confidence = "low", 0.2
+                caveat += (
+                    f"; its strings never lie within {PAGE} bytes of one another, so no one artefact holds them all"
+                )
         why = (
             f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
             f"in {where} at offset {value(r, 'offset')}{caveat}"
@@ -73,9 +107,11 @@ RULES: dict[str, dict] = {
         "confidence": 0.7,
         "keys_on": "a YARA rule (shipped or the analyst's) matching process memory, a disk file or a "
         "reassembled stream; severity and ATT&CK id come from the rule's meta; hits in physical memory alone "
-        "(page cache, tmpfs, freed memory) are capped at medium",
+        "(page cache, tmpfs, freed memory) are capped at medium, and low when the rule's strings never lie within "
+        "a page of one another (a condition met by unrelated pages)",
         "joins": ["yara/matches", "memory/processes", "disk/files", "network/flows", "memory/sockets"],
-        "grading": "the rule's own severity; 0.7, or 0.4 for bytes no process, file or stream holds",
+        "grading": "the rule's own severity; 0.7, or 0.4 for bytes no process, file or stream holds (0.2 and "
+        "low when the strings are scattered over unrelated pages)",
         "chain": "the process the matched bytes belong to (its file, its stream) -> its whole chain",
         "fn": yara_match,
     },

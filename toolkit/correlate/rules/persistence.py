@@ -27,6 +27,7 @@ from toolkit.correlate.vocabulary import (
     files_by_path,
     is_hidden_or_temp,
     package_owner,
+    real_path,
     user_writable,
 )
 from toolkit.programs import is_shell
@@ -92,7 +93,13 @@ def judge_entry(tables, graph, r, *, context=None) -> tuple[str | None, list[str
         elif as_root and (writer := user_writable(files, target)):
             reasons.append(f"runs {target!r} as root, and {writer}")
             raise_to("high")
-        elif str(target).startswith("/") and value(r, "program_path") is None and files:
+        elif (
+            str(target).startswith("/")
+            and value(r, "program_path") is None
+            and files
+            and real_path(files, target) not in files
+            and value(r, "path") not in owned  # a packaged unit for a tool not installed is the distribution's
+        ):
             reasons.append(f"runs {target!r}, which is not on the disk")
             raise_to("medium")
     # what a packaged script says is the package's business (its binaries are checked by md5)

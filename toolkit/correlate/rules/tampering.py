@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import posixpath
+import re
 
 import pandas as pd
 
@@ -18,6 +19,7 @@ from toolkit.correlate.vocabulary import after, boot_time, package_owner
 STOMP_MARGIN = pd.Timedelta(days=1)  # a file claiming to be older than its inode by more than this
 LOG_GAP_RECORDS = 10  # records another log holds inside a silence before the silence counts
 LOG_DIR = "/var/log/"
+SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
 
 
 def package_file_modified(tables, graph, sid):
@@ -52,17 +54,30 @@ def _owning_install(owned: dict, path: str):
     return None, None
 
 
+def is_binary(row) -> bool:
+    """Compiled code: an ELF build-id the walk read, or a shared-object name."""
+    return bool(value(row, "build_id") or SHARED_OBJECT.search(posixpath.basename(str(value(row, "path") or ""))))
+
+
+def is_program(row) -> bool:
+    """Compiled code, or any file with executable bits (scripts too)."""
+    mode = value(row, "mode")
+    return is_binary(row) or bool(mode is not None and int(mode) & 0o111)
+
+
 def timestomp(tables, graph, sid):
-    """A file whose modification time is older, by more than a day, than its inode's birth (or last
-    change), that no package installed (or whose packaged content changed), and that either
-    appeared while the system was up or claims to predate the package that created its
-    directory: times set back by hand (touch -d, timestomping)."""
+    """A program or library whose modification time is older, by more than a day, than its inode's
+    birth (or last change), that no package installed (or whose packaged content changed), and that
+    either appeared while the system was up or (compiled code) claims to predate the package that
+    created its directory: times set back by hand (touch -d, touch -r, timestomping). Data files are
+    left out: installers copy them keeping their times (skeleton dotfiles, package metadata,
+    configuration templates), which looks the same on disk."""
     files = frame(tables, "disk/files")
     if not len(files) or "mtime" not in files:
         return
     owned, boot = package_owner(tables), boot_time(tables)
     for i, r in files.iterrows():
-        if value(r, "type") != "file":
+        if value(r, "type") != "file" or not is_program(r):
             continue
         path, mtime = value(r, "path"), value(r, "mtime")
         anchor = value(r, "btime") or value(r, "ctime")
@@ -75,7 +90,9 @@ def timestomp(tables, graph, sid):
         reasons = []
         if after(anchor, boot):
             reasons.append(f"its inode appeared at {anchor:%Y-%m-%d %H:%M:%S}Z, while the system was up")
-        if installed is not None and mtime < installed - STOMP_MARGIN:
+        # package managers write their own scripts (maintainer scripts) with the archive's times: only
+        # compiled code claiming to predate its directory's package counts
+        if installed is not None and mtime < installed - STOMP_MARGIN and is_binary(r):
             reasons.append(f"it claims to predate {package!r}, which created its directory at {installed:%Y-%m-%d}")
         if not reasons:
             continue
@@ -156,12 +173,14 @@ RULES: dict[str, dict] = {
         "attack_id": "T1070.006",
         "severity": "medium",
         "confidence": 0.75,
-        "keys_on": "a file not installed by a package (or changed since) whose mtime is more than a day older "
-        "than its inode's birth (else change) time, and whose inode appeared after this boot or that claims "
-        "to predate the package that created its directory",
+        "keys_on": "a program or library (executable bits, ELF build-id, shared-object name) not installed by a "
+        "package (or changed since) whose mtime is more than a day older than its inode's birth (else change) "
+        "time, and whose inode appeared after this boot, or compiled code (ELF, shared object) that claims to "
+        "predate the package that created its directory",
         "joins": ["disk/files", "disk/package_files", "memory/processes"],
         "grading": "medium (0.75): copies that keep times (cp -p, tar) look alike, but not inside a package "
-        "directory they predate or in a file born while the system ran",
+        "directory they predate or in a file born while the system ran; data files are left out because "
+        "installers copy them with their times (skeleton dotfiles, dpkg metadata, ucf templates)",
         "chain": "the file -> processes running it or mapping it",
         "fn": timestomp,
     },

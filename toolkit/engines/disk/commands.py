@@ -12,6 +12,7 @@ import shlex
 
 from toolkit.programs import interpreter_script, is_shell
 
+SEPARATORS = ("&&", ";", "||")
 SYSTEM_CRONTABS = ("/etc/crontab", "/etc/cron.d/", "/etc/anacrontab")
 WRAPPERS = {
     "env",
@@ -30,17 +31,21 @@ WRAPPERS = {
 }
 
 
-def split_cron_user(source: str, command: str) -> tuple[str | None, str]:
-    """System crontabs carry a user column that dissect leaves inside the command.
+def split_cron_user(source: str, command: str, user: str | None = None) -> tuple[str | None, str]:
+    """System crontabs carry a user column that dissect sometimes leaves inside the command and
+    sometimes has already taken out (``user``, its username field): the first word is the user
+    only when dissect gave none, or when it is that same user.
 
     >>> split_cron_user("/etc/cron.d/evil", "root /usr/lib/x/implant --beacon")
     ('root', '/usr/lib/x/implant --beacon')
+    >>> split_cron_user("/etc/crontab", "cd / && run-parts /etc/cron.hourly", user="root")
+    ('root', 'cd / && run-parts /etc/cron.hourly')
     """
     if source and (source == "/etc/crontab" or source.startswith("/etc/cron.d/")):
         parts = command.strip().split(None, 1)
-        if len(parts) == 2:
+        if len(parts) == 2 and (not user or parts[0] == user):
             return parts[0], parts[1]
-    return None, command
+    return user or None, command
 
 
 def program_of(command: str | None) -> str | None:
@@ -51,6 +56,8 @@ def program_of(command: str | None) -> str | None:
     '/tmp/.x/run'
     >>> program_of("/usr/bin/python3 -u /opt/app/serve.py --port 80")
     '/opt/app/serve.py'
+    >>> program_of("cd / && run-parts --report /etc/cron.hourly")
+    'run-parts'
     """
     if not command:
         return None
@@ -63,6 +70,11 @@ def program_of(command: str | None) -> str | None:
         w = words[i].lstrip("@-:+!")  # systemd Exec prefixes
         base = w.rsplit("/", 1)[-1]
         if not w or ("=" in w and not w.startswith("/") and w.split("=", 1)[0].isidentifier()):
+            i += 1
+        elif base == "cd":  # `cd /dir && prog`: the directory change runs nothing; the program follows it
+            i += 1
+            while i < len(words) and words[i] not in SEPARATORS and not words[i].endswith(";"):
+                i += 1
             i += 1
         elif base in WRAPPERS:
             i += 1

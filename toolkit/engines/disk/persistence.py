@@ -85,7 +85,7 @@ def _first(rec: dict, *keys):
 def _from_records(records: dict) -> list[dict]:
     rows = []
     for rec in records.get("cronjobs", []):
-        user, cmd = split_cron_user(rec.get("source") or "", rec.get("command") or "")
+        user, cmd = split_cron_user(rec.get("source") or "", rec.get("command") or "", rec.get("username"))
         sched = " ".join(str(rec.get(k) or "") for k in ("minute", "hour", "day", "month", "weekday")).strip()
         rows.append(
             {
