@@ -101,11 +101,35 @@ def techniques(truth: dict) -> list[dict]:
 
 ENTITY_KEYS = {
     "pid": ("pid",),
-    "path": ("path", "exe", "file", "unit", "unit_path", "library", "target", "script", "log", "program"),
+    "path": (
+        "path",
+        "exe",
+        "file",
+        "unit",
+        "unit_path",
+        "service_path",
+        "exec_path",
+        "ko_path",
+        "library",
+        "target",
+        "script",
+        "log",
+        "program",
+    ),
     "module": ("module", "module_name"),
     "account": ("user", "account"),
     "peer": ("remote_ip",),
 }
+
+
+def entity_keys(entity: dict) -> dict:
+    """The keys to read for each way of naming an entity; a module's or an account's ground truth
+    calls it ``name``."""
+    keys = dict(ENTITY_KEYS)
+    for kind in ("module", "account"):
+        if entity.get("kind") == kind:
+            keys[kind] = (*keys[kind], "name")
+    return keys
 
 
 def _values(entity: dict, keys) -> list:
@@ -121,10 +145,11 @@ def matches(finding: dict, entity: dict) -> str | None:
     module, account or peer address."""
     chain = " ".join(step.get("label", "") for step in json.loads(finding.get("chain") or "[]"))
     text = f"{finding.get('explanation') or ''} {chain}"
-    for pid in _values(entity, ENTITY_KEYS["pid"]):
+    keys = entity_keys(entity)
+    for pid in _values(entity, keys["pid"]):
         if finding.get("entity") == f"process:{pid}" or finding.get("pid") == pid:
             return f"pid {pid}"
-    for path in _values(entity, ENTITY_KEYS["path"]):
+    for path in _values(entity, keys["path"]):
         path = str(path).replace(" (deleted)", "")
         if len(path) > 4 and (
             finding.get("path") == path
@@ -132,13 +157,13 @@ def matches(finding: dict, entity: dict) -> str | None:
             or re.search(rf"'{re.escape(path)}'", text)
         ):
             return f"path {path}"
-    for name in _values(entity, ENTITY_KEYS["module"]):
+    for name in _values(entity, keys["module"]):
         if finding.get("entity") == f"module:{name}" or f"'{name}'" in text:
             return f"module {name}"
-    for user in _values(entity, ENTITY_KEYS["account"]):
+    for user in _values(entity, keys["account"]):
         if finding.get("entity") == f"account:{user}":
             return f"account {user}"
-    for ip in _values(entity, ENTITY_KEYS["peer"]):
+    for ip in _values(entity, keys["peer"]):
         port = entity.get("remote_port")
         if re.search(
             rf"(?<![\d.]){re.escape(str(ip))}:{port}\b" if port else rf"(?<![\d.]){re.escape(str(ip))}\b", text

@@ -641,3 +641,19 @@ def test_symbolic_links_are_followed_before_permissions_are_read():
     assert real_path(files, "/usr/local/bin/run") == "/opt/w/run"
     assert "writable by everyone" in user_writable(files, "/usr/local/bin/run")
     assert real_path(files, "/loop/x") == "/loop/x"  # a loop of links ends, unresolved
+
+
+def test_a_shared_interpreter_ties_nothing_together():
+    """The issue's false chains: a reverse shell's chain pulled in the python service, and a stock
+    disabled unit (debug-shell.service, ExecStart=/bin/bash) was tied to an interactive bash, because
+    they run the same interpreter binary. A shared binary is no identity: neither may appear."""
+    tables = CASES["proc.shell_on_socket"]["positive"]()
+    findings, _, _ = correlate_snapshot(tables, SID)
+    shell = findings[findings["entity"] == "process:905"]
+    assert len(shell)
+    for row in shell.to_dict("records"):
+        assert "pid 500" not in row["chain"] and "inventory" not in row["chain"], (row["rule_id"], row["chain"])
+    for row in findings.to_dict("records"):
+        assert "debug-shell" not in row["chain"] + row["explanation"], (row["rule_id"], row["chain"])
+    bash = findings[findings["entity"] == "process:601"]  # the interactive bash over ssh
+    assert bash.empty, bash[["rule_id", "explanation"]].to_dict("records")
