@@ -17,23 +17,19 @@ import pytest
 
 from toolkit.case import Case
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(
-        not os.environ.get("SNAPSCOPE_SERVER_LAB"), reason="server lab tests are opt-in: set SNAPSCOPE_SERVER_LAB=1"
-    ),
-]
-
+OPT_IN = "SNAPSCOPE_SERVER_LAB"  # the server lab tests' own switch (tests/lab/test_server_lab_builder.py)
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = os.environ.get("SNAPSCOPE_DETECTION_VARIANTS", "baseline intrusion").split()
 RECALL_TARGET = 0.9
+pytestmark = [pytest.mark.lab, pytest.mark.skipif(not os.environ.get(OPT_IN), reason=f"opt-in: set {OPT_IN}=1")]
 
 
 def _load(name: str, path: Path):
+    """A script outside the package (the benchmark, the lab builder) as a module."""
     spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
