@@ -15,9 +15,14 @@ XMLs, or a libvirt state/config tree copied from a host. The audit:
   finished snapshot (same fingerprint) is never redone;
 - compares with a previous audit's case: new and resolved findings per VM.
 
+:func:`audit_live` first acquires every running domain of a libvirt host
+(:mod:`toolkit.acquire`), then audits what it acquired like any evidence;
+the case's custody chain continues the acquisition's.
+
 Example::
 
     summary = audit([Path("/var/lib/libvirt")], Path("fleet-case"), jobs=2)
+    summary = audit_live("qemu:///system", Path("fleet-case"), Path("fleet-evidence"), jobs=2)
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ import concurrent.futures as cf
 import multiprocessing
 from pathlib import Path
 
+from toolkit.acquire import AcquireOptions, acquire
 from toolkit.case.lock import case_lock
 from toolkit.case.store import Case, write_table
 from toolkit.engines import no_progress
-from toolkit.errors import SnapscopeError
+from toolkit.errors import AcquireError, SnapscopeError
 from toolkit.evidence import discover
 from toolkit.evidence.scan import symlink_skip
 from toolkit.pipeline import run_snapshots
@@ -243,3 +249,29 @@ def audit(
             )
             write_table(case_dir, "audit/changes", "fleet", changes)
     return {"case": str(case_dir), "fleet": fleet, "changes": changes}
+
+
+def audit_live(
+    uri: str,
+    case_dir: Path,
+    out_dir: Path,
+    *,
+    acquire_options: dict | None = None,
+    progress=no_progress,
+    **audit_choices,
+) -> dict:
+    """Acquire every running domain on ``uri`` into ``out_dir``, then audit that evidence into ``case_dir``.
+
+    ``acquire_options``: :class:`toolkit.acquire.AcquireOptions` fields (merge, pcap_seconds, ...);
+    ``audit_choices``: :func:`audit`'s keyword arguments. The summary is audit's, plus ``acquisition``
+    (the acquisition's manifest).
+
+    Example: ``audit_live("qemu:///system", Path("case"), Path("evidence"), acquire_options={"merge": True})``
+    """
+    case_dir, out_dir = Path(case_dir).absolute(), Path(out_dir).absolute()
+    if case_dir == out_dir or case_dir in out_dir.parents or out_dir in case_dir.parents:
+        raise AcquireError(f"{out_dir}: the acquired evidence and the case {case_dir} must not lie inside each other")
+    options = AcquireOptions(uri=uri, **(acquire_options or {}))
+    acquisition = acquire([], out_dir, options, all_running=True, progress=progress)
+    summary = audit([out_dir], case_dir, progress=progress, **audit_choices)
+    return {**summary, "acquisition": acquisition}

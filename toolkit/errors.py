@@ -57,6 +57,11 @@ class DiskError(SnapscopeError):
     """A disk image cannot be opened or read; the message is one line for the analyst."""
 
 
+class AcquireError(SnapscopeError):
+    """A live acquisition that cannot start or cannot finish: libvirt unreachable, an
+    unknown domain, a disk that cannot be captured, no space for the output."""
+
+
 class ProfileError(SnapscopeError, ValueError):
     """A profile that cannot be used; the message names the offending entry."""
 

@@ -3,6 +3,7 @@
 Example::
 
     sha256_file("memory.elf")                     # evidence, ISFs, converted images
+    sha256_copy(fifo.read, out.write)             # acquisition: hashed as it is written
     with fs.path("/usr/bin/ls").open("rb") as fh:
         sha256_stream(fh, max_size=64 << 20)      # files inside a disk image
 """
@@ -64,3 +65,21 @@ def stream_digests(fh, max_size: int | None = None, algorithms=("sha256", "md5")
         for digest in digests.values():
             digest.update(chunk)
     return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def sha256_copy(read, write, *, chunk: int = CHUNK, progress=None) -> tuple[str, int]:
+    """Copy a stream while hashing it: ``read(n)`` until it returns b"", every chunk
+    handed to ``write``; returns (sha256 hex, bytes copied), the hash of exactly
+    the bytes written. ``progress(n_bytes)`` after each chunk.
+
+    Example: ``with open(src, "rb") as s, open(dst, "wb") as d: sha256_copy(s.read, d.write)``
+    """
+    digest = hashlib.sha256()
+    total = 0
+    while data := read(chunk):
+        write(data)
+        digest.update(data)
+        total += len(data)
+        if progress:
+            progress(len(data))
+    return digest.hexdigest(), total

@@ -29,6 +29,7 @@ import pandas as pd
 
 from toolkit import shipped
 from toolkit.case import custody
+from toolkit.case.adopt import adopt_acquisitions, check_hashes, read_acquisitions, refuse_unfinished_inputs
 from toolkit.case.hashes import hash_evidence, load_hash_cache, stat_key
 from toolkit.case.lock import case_lock
 from toolkit.case.store import (
@@ -163,10 +164,13 @@ def run_snapshots(
     """
     case_dir = Path(case_dir)
     refuse_evidence_inside_case(snapshots, case_dir)
+    # evidence from `snapscope acquire`: checked now, its custody chain continued by the case (case/adopt.py)
+    acquisitions = read_acquisitions(snapshots)
     profile = load_profile(options.profile or DEFAULT_PROFILE)  # an unknown plugin fails here, before any read
     _open_case(case_dir)
     with case_lock(case_dir):
         manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
+        adopt_acquisitions(case_dir, manifest, acquisitions)
         custody.append_event(
             case_dir,
             action=f"{kind}.start",
@@ -181,6 +185,7 @@ def run_snapshots(
                 pool.submit(warm_up_worker, profile["profile"]["path"])  # imports overlap the hashing
         files = evidence_files(snapshots)
         before = hash_evidence(case_dir, files, "before", progress, io_slots=io_slots, use_cache=use_hash_cache)
+        check_hashes(acquisitions, before)
         manifest["tools"] = tool_versions()
         for path, digest in before.items():
             manifest["evidence"][path] = {
@@ -293,6 +298,7 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
         [s["id"] for s in summary["snapshots"]]
     """
     options = RunOptions.of(**choices)
+    refuse_unfinished_inputs(paths)  # an interrupted acquisition is named as such, not by a file it lacks
     snapshots = discover(
         [Path(p) for p in paths], search_paths=options.search_paths, follow_recorded=options.follow_recorded_paths
     )

@@ -92,7 +92,12 @@ def read_events(case_dir: Path | str) -> list[dict]:
 
 def verify(case_dir: Path | str) -> list[str]:
     """Walk the chain; return one message per problem (empty list: intact)."""
-    log = Path(case_dir) / LOG_NAME
+    return verify_file(Path(case_dir) / LOG_NAME)
+
+
+def verify_file(log: Path) -> list[str]:
+    """:func:`verify` for a log file by path (an acquisition's log a case keeps beside its own)."""
+    log = Path(log)
     if not log.exists():
         return [f"{log}: no custody log"]
     problems = []

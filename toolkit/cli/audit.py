@@ -8,16 +8,25 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, progress_bar
+from toolkit.cli.acquire import print_acquisition
+from toolkit.cli.common import FOLLOW_RECORDED_HELP, console, fail, progress_bar
 from toolkit.report.escape import rich_safe
 from toolkit.schemas import SEVERITIES
 
 
 def audit(
     sources: list[Path] = typer.Argument(
-        ..., help="Snapshot directories (one VM per subdirectory), domain XMLs, or a copied libvirt tree."
+        None, help="Snapshot directories (one VM per subdirectory), domain XMLs, or a copied libvirt tree."
     ),
     case: Path = typer.Option(..., "--case", help="Case directory (re-running resumes it)."),
+    live: str | None = typer.Option(
+        None, "--live", help="A libvirt URI: acquire every running domain there first, then audit it."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="With --live: where the acquired evidence goes (default: <case>-evidence beside the case)."
+    ),
+    merge: bool = typer.Option(False, "--merge", help="With --live: commit each domain's overlay back when done."),
+    pcap: int = typer.Option(0, "--pcap", min=0, help="With --live: record each domain's traffic for SECONDS."),
     profile: str | None = typer.Option(None, "--profile", help="Analysis profile name or file."),
     jobs: int = typer.Option(2, "--jobs", min=1, help="Snapshots analysed at once."),
     executor: str = typer.Option("local", "--executor", help="local, or dask://HOST:PORT for a Dask cluster."),
@@ -35,27 +44,39 @@ def audit(
 
     Killed mid-run, the same command resumes: finished snapshots are not redone.
 
+    With --live URI, every running domain there is acquired first (see: snapscope acquire --help).
+
     Example: snapscope audit /srv/host1-libvirt/ --case fleet --jobs 2 --previous fleet-last-week
+
+    Example: snapscope audit --live qemu:///system --case fleet --merge
     """
     from toolkit.audit import audit as run_audit
+    from toolkit.audit import audit_live
 
-    with progress_bar() as progress:
-        options = {
-            "profile": profile,
-            "search_paths": search_path,
-            "symbols": symbols,
-            "follow_recorded_paths": follow_recorded_paths,
-        }
-        summary = run_audit(
-            sources,
-            case,
-            jobs=jobs,
-            executor=executor,
-            io_slots=io_slots,
-            previous=previous,
-            progress=progress,
-            **options,
-        )
+    if bool(sources) == bool(live):
+        fail("give SOURCES to audit, or --live URI to acquire a host's running domains and audit them")
+    choices = {
+        "jobs": jobs,
+        "executor": executor,
+        "io_slots": io_slots,
+        "previous": previous,
+        "profile": profile,
+        "search_paths": search_path,
+        "symbols": symbols,
+        "follow_recorded_paths": follow_recorded_paths,
+    }
+    try:
+        with progress_bar() as progress:
+            if live:
+                out = out or case.absolute().with_name(f"{case.absolute().name}-evidence")
+                acquire = {"merge": merge, "pcap_seconds": pcap, "io_slots": io_slots}
+                summary = audit_live(live, case, out, acquire_options=acquire, progress=progress, **choices)
+            else:
+                summary = run_audit(sources, case, progress=progress, **choices)
+    except KeyboardInterrupt:
+        fail("interrupted: domains resumed and restored; any partial acquisition is marked incomplete", 130)
+    if live:
+        print_acquisition(summary["acquisition"], out)
     columns = ("vm", "status", *SEVERITIES[:-1], "reason")  # info counts stay in the table, not on screen
     table = Table(title="fleet")
     for col in columns:

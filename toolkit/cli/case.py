@@ -21,9 +21,10 @@ def verify(case_dir: Path = typer.Argument(..., help="The case directory.")):
     Example: snapscope case verify cases/web01
     """
     from toolkit.case import custody, load_manifest
+    from toolkit.case.adopt import verify_adopted
 
     load_manifest(case_dir)
-    problems = custody.verify(case_dir)
+    problems = custody.verify(case_dir) + verify_adopted(case_dir)
     events = custody.read_events(case_dir) if not problems else []
     before = {e["path"]: e["sha256"] for e in events if e["action"] == "evidence.hash.before"}
     after = {e["path"]: e["sha256"] for e in events if e["action"] == "evidence.hash.after"}
@@ -50,4 +51,16 @@ def info(case_dir: Path = typer.Argument(..., help="The case directory.")):
         console.print(f"[bold]{rich_safe(sid)}[/] {rich_safe(snap.get('name'))}")
         for name, rows in sorted((snap.get("tables") or {}).items()):
             console.print(f"  {name}: {rows} rows")
+    for acq in (case.manifest.get("acquisitions") or {}).values():
+        who = acq.get("who") or {}
+        console.print(
+            f"acquired {rich_safe(acq.get('started'))} on {rich_safe(who.get('host'))} "
+            f"by {rich_safe(who.get('user'))}: {rich_safe(acq.get('status'))} ({rich_safe(acq['dir'])})"
+        )
+        for name, dom in (acq.get("domains") or {}).items():
+            pause = (dom.get("pause") or {}).get("seconds")
+            console.print(
+                f"  {rich_safe(name)}: {rich_safe(dom.get('mode'))}, guest paused {pause} s; "
+                f"{rich_safe(dom.get('consistency'))}"
+            )
     console.print(f"runs: {len(case.manifest.get('runs', []))}")
