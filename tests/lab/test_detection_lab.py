@@ -21,7 +21,13 @@ OPT_IN = "SNAPSCOPE_SERVER_LAB"  # the server lab tests' own switch (tests/lab/t
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = os.environ.get("SNAPSCOPE_DETECTION_VARIANTS", "baseline intrusion").split()
 RECALL_TARGET = 0.9
-pytestmark = [pytest.mark.lab, pytest.mark.skipif(not os.environ.get(OPT_IN), reason=f"opt-in: set {OPT_IN}=1")]
+ANALYSIS_SECONDS = 2400  # one server snapshot's analysis on a loaded 2-CPU host (~20 min), with margin
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(not os.environ.get(OPT_IN), reason=f"opt-in: set {OPT_IN}=1"),
+    # the module fixture analyses every variant inside the first test's timeout
+    pytest.mark.timeout(ANALYSIS_SECONDS * len(VARIANTS)),
+]
 
 
 def _load(name: str, path: Path):
