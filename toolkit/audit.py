@@ -13,7 +13,10 @@ XMLs, or a libvirt state/config tree copied from a host. The audit:
   worker writing only its own tables; the parent alone writes case.json,
   after each snapshot, so a killed audit resumes where it stopped and a
   finished snapshot (same fingerprint) is never redone;
-- compares with a previous audit's case: new and resolved findings per VM.
+- compares with a previous audit's case: new and resolved findings per VM;
+- stacks the fleet (``audit/stacking``, :mod:`toolkit.correlate.stacking`): what
+  runs, listens, persists or is loaded on few of the VMs, and raises the
+  confidence of findings whose entity is rare in the fleet.
 
 :func:`audit_live` first acquires every running domain of a libvirt host
 (:mod:`toolkit.acquire`), then audits what it acquired like any evidence;
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from toolkit.acquire import AcquireOptions, acquire
 from toolkit.case.lock import case_lock
-from toolkit.case.store import Case, write_table
+from toolkit.case.store import Case, load_manifest, save_manifest, write_table
 from toolkit.engines import no_progress
 from toolkit.errors import AcquireError, SnapscopeError
 from toolkit.evidence import discover
@@ -41,6 +44,7 @@ from toolkit.evidence.scan import symlink_skip
 from toolkit.pipeline import run_snapshots
 from toolkit.schemas import SEVERITIES, make_table
 from toolkit.snapshot import RunOptions
+from toolkit.vms import stack_fleet
 
 
 def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
@@ -191,6 +195,7 @@ def audit(
     """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary.
 
     ``choices`` are :class:`toolkit.snapshot.RunOptions` fields (profile, search_paths, symbols, rule_paths).
+    Returns {"case", "fleet" (audit/fleet), "changes" (audit/changes or None), "stacking" (audit/stacking)}.
     """
     case_dir = Path(case_dir)
     options = RunOptions.of(**choices)
@@ -238,6 +243,9 @@ def audit(
     fleet = make_table("audit/fleet", fleet_rows, snapshot_id="fleet", source="audit")
     with case_lock(case_dir):
         write_table(case_dir, "audit/fleet", "fleet", fleet)
+        manifest = load_manifest(case_dir)
+        stacking = stack_fleet(case_dir, manifest)
+        save_manifest(case_dir, manifest)
         changes = None
         if previous is not None:
             analysed = [sid for sid, status in statuses.items() if status != "failed"]
@@ -248,7 +256,7 @@ def audit(
                 source="audit",
             )
             write_table(case_dir, "audit/changes", "fleet", changes)
-    return {"case": str(case_dir), "fleet": fleet, "changes": changes}
+    return {"case": str(case_dir), "fleet": fleet, "changes": changes, "stacking": stacking}
 
 
 def audit_live(

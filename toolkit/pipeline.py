@@ -44,12 +44,13 @@ from toolkit.case.store import (
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import engine_names, no_progress
-from toolkit.errors import CaseError
+from toolkit.errors import CaseError, RuleError
 from toolkit.evidence import discover
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
 from toolkit.schemas import empty, make_table
 from toolkit.snapshot import RunOptions, analyze_snapshot, warm_up_worker
 from toolkit.versions import tool_versions
+from toolkit.vms import refresh_vm_tables, skip_same_moments
 
 
 def refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
@@ -159,7 +160,10 @@ def run_snapshots(
     ``warm_up`` workers then import the engines while this process hashes.
     The case's lock is held for the whole run: a second run into the same
     case stops with a CaseError.
-    Returns {"case", "profile", "statuses" {id: analysed|partial|reused|failed},
+    Snapshots whose memory holds the same RAM as another's are not analysed but recorded
+    as the same moment (toolkit.vms; ``options.analyse_every_artefact`` turns it off), and
+    the VM tables are refreshed at the end.
+    Returns {"case", "profile", "statuses" {id: analysed|partial|reused|same moment|failed},
     "entries" {id: manifest entry}, "failures" [rows], "evidence_unchanged"}.
     """
     case_dir = Path(case_dir)
@@ -167,6 +171,9 @@ def run_snapshots(
     # evidence from `snapscope acquire`: checked now, its custody chain continued by the case (case/adopt.py)
     acquisitions = read_acquisitions(snapshots)
     profile = load_profile(options.profile or DEFAULT_PROFILE)  # an unknown plugin fails here, before any read
+    for rules in options.rule_paths:
+        if not Path(rules).expanduser().exists():
+            raise RuleError(f"{rules}: no such YARA rule file or directory")
     _open_case(case_dir)
     with case_lock(case_dir):
         manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
@@ -198,11 +205,18 @@ def run_snapshots(
             snap["fingerprint"] = snapshot_fingerprint(snap, before, profile, options)
             previous = manifest["snapshots"].get(snap["id"])
             if previous and previous.get("fingerprint") == snap["fingerprint"]:
+                if previous.get("same_moment_as") and options.analyse_every_artefact:
+                    todo.append(snap)  # recorded as another's moment before; now analysed itself
+                    continue
                 # Same evidence bytes, profile, rules and tool versions: the stored tables stand.
-                statuses[snap["id"]] = "reused"
+                statuses[snap["id"]] = "same moment" if previous.get("same_moment_as") else "reused"
                 custody.append_event(case_dir, action="snapshot.reuse", detail={"snapshot": snap["id"]})
             else:
                 todo.append(snap)
+        if not options.analyse_every_artefact:
+            todo = skip_same_moments(
+                snapshots, todo, case_dir, manifest, before, statuses, progress, options.references
+            )
         run = {
             "case_dir": case_dir,
             "manifest": manifest,
@@ -214,6 +228,7 @@ def run_snapshots(
         }
         failures = _analyse_inline(todo, run) if pool is None else _analyse_on(pool, todo, run)
         write_combined_tables(case_dir)
+        refresh_vm_tables(case_dir, manifest)
         after = hash_evidence(case_dir, files, "after", progress, io_slots=io_slots)
         changed = [p for p in before if before[p] != after[p]]
         manifest["runs"].append(
@@ -289,13 +304,14 @@ def _analyse_on(pool, todo: list[dict], run: dict) -> list[dict]:
 def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choices) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
 
-    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths, engine_names,
-    follow_recorded_paths).
+    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths,
+    engine_names, analyse_every_artefact, follow_recorded_paths).
 
     Example::
 
-        summary = analyze([Path("lab/qemu/memory.elf")], Path("case"), profile="linux-triage")
-        [s["id"] for s in summary["snapshots"]]
+        summary = analyze([Path("lab/qemu")], Path("case"), profile="linux-triage")
+        [(s["id"], s["status"], s["same_moment_as"]) for s in summary["snapshots"]]
+        # [('qemu-memory.elf', 'analysed', None), ('qemu-memory.kdump', 'same moment', 'qemu-memory.elf'), ...]
     """
     options = RunOptions.of(**choices)
     refuse_unfinished_inputs(paths)  # an interrupted acquisition is named as such, not by a file it lacks
@@ -303,15 +319,20 @@ def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choice
         [Path(p) for p in paths], search_paths=options.search_paths, follow_recorded=options.follow_recorded_paths
     )
     result = run_snapshots(snapshots, Path(case_dir), options, kind="analyze", inputs=paths, progress=progress)
+    manifest = load_manifest(Path(case_dir))
     return {
         "case": result["case"],
         "evidence_unchanged": result["evidence_unchanged"],
+        "vms": manifest.get("vms", {}),
         "snapshots": [
             {
                 "id": s["id"],
                 "name": s["name"],
                 "tables": result["entries"][s["id"]]["tables"],
+                "status": result["statuses"][s["id"]],
                 "reused": result["statuses"][s["id"]] == "reused",
+                "same_moment_as": result["entries"][s["id"]].get("same_moment_as"),
+                "proof": result["entries"][s["id"]].get("same_moment_proof"),
                 "warnings": list(s.get("warnings") or []),  # files read outside the evidence roots
             }
             for s in snapshots
@@ -333,6 +354,8 @@ def _recorrelate(case_dir: Path) -> dict:
     derived = {"findings", "timeline"}
     counts = {}
     for sid, entry in manifest["snapshots"].items():
+        if entry.get("same_moment_as"):
+            continue  # not analysed: its moment's tables are another snapshot's
         tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
         tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
         # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
@@ -347,8 +370,9 @@ def _recorrelate(case_dir: Path) -> dict:
             write_table(case_dir, "diagnostics", sid, diags)
         entry["findings"] = findings["severity"].value_counts().to_dict()
         counts[sid] = len(findings)
-    save_manifest(case_dir, manifest)
     write_combined_tables(case_dir)
+    refresh_vm_tables(case_dir, manifest)
+    save_manifest(case_dir, manifest)
     custody.append_event(case_dir, action="correlate", detail={"findings": counts})
     return counts
 
@@ -376,6 +400,8 @@ def run_sigma(case_dir: Path, rule_paths) -> dict:
             raise CaseError(f"{case_dir}: the case holds no analysed snapshot; run snapscope analyze first")
         matches, skipped = {}, []
         for sid in case.snapshots:
+            if case.snapshots[sid].get("same_moment_as"):
+                continue  # not analysed: another snapshot holds its moment's tables
             tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name != "sigma/matches"}
             rows, problems = run_rules(compiled, tables, sid)
             write_table(case_dir, "sigma/matches", sid, rows)

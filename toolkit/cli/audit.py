@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +28,10 @@ def audit(
     ),
     merge: bool = typer.Option(False, "--merge", help="With --live: commit each domain's overlay back when done."),
     pcap: int = typer.Option(0, "--pcap", min=0, help="With --live: record each domain's traffic for SECONDS."),
-    profile: str | None = typer.Option(None, "--profile", help="Analysis profile name or file."),
+    profile: str | None = typer.Option(None, "--profile", help="Analysis profile: a shipped name or a TOML file."),
+    rules: list[Path] = typer.Option(
+        [], "--rules", help="YARA rule file or directory, added to the profile's rules (repeatable)."
+    ),
     jobs: int = typer.Option(2, "--jobs", min=1, help="Snapshots analysed at once."),
     executor: str = typer.Option("local", "--executor", help="local, or dask://HOST:PORT for a Dask cluster."),
     io_slots: int = typer.Option(1, "--io-slots", min=1, help="Evidence files read at once while hashing."),
@@ -43,10 +47,12 @@ def audit(
     """Audit every VM snapshot found in SOURCES into one case, with a fleet summary.
 
     Killed mid-run, the same command resumes: finished snapshots are not redone.
+    The fleet is stacked: what runs, listens, persists or is loaded on few of the
+    VMs is listed (table audit/stacking), and findings on such rare entities rise.
 
     With --live URI, every running domain there is acquired first (see: snapscope acquire --help).
 
-    Example: snapscope audit /srv/host1-libvirt/ --case fleet --jobs 2 --previous fleet-last-week
+    Example: snapscope audit /srv/host1-libvirt/ --case fleet --jobs 2 --rules my-rules/ --previous fleet-last-week
 
     Example: snapscope audit --live qemu:///system --case fleet --merge
     """
@@ -63,6 +69,7 @@ def audit(
         "profile": profile,
         "search_paths": search_path,
         "symbols": symbols,
+        "rule_paths": rules,
         "follow_recorded_paths": follow_recorded_paths,
     }
     try:
@@ -89,6 +96,7 @@ def audit(
     for row in summary["fleet"].itertuples(index=False):
         table.add_row(*[cell(getattr(row, col)) for col in columns])
     console.print(table)
+    _print_rare(summary["stacking"])
     changes = summary.get("changes")
     if changes is not None:
         counts = changes["change"].value_counts() if len(changes) else {}
@@ -97,3 +105,20 @@ def audit(
             f"{int(counts.get('resolved finding', 0))} resolved findings, "
             f"{sum(int(counts.get(k, 0)) for k in ('file added', 'file removed', 'file modified'))} file changes"
         )
+
+
+def _print_rare(stacking, limit: int = 15) -> None:
+    """The rarest items of the fleet: what few VMs have."""
+    rare = stacking[stacking["rare"].fillna(False)] if len(stacking) else stacking
+    if not len(rare):
+        console.print("fleet stacking: nothing rare (or fewer than 3 VMs to compare)")
+        return
+    table = Table(title=f"rare in the fleet ({len(rare)} items; all in table audit/stacking)")
+    for col in ("category", "item", "on VMs", "which"):
+        table.add_column(col)
+    for row in rare.head(limit).itertuples(index=False):
+        which = ", ".join(json.loads(row.vm_ids or "[]"))
+        table.add_row(
+            rich_safe(row.category), rich_safe(row.detail), f"{row.vms} of {row.fleet_size}", rich_safe(which)
+        )
+    console.print(table)

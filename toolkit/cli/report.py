@@ -12,24 +12,35 @@ REPORT_FORMATS = ("html", "json", "csv", "parquet", "timesketch", "stix", "misp"
 PASSWORD_ENV = "TIMESKETCH_PASSWORD"
 
 
+def _vm_findings(case):
+    """The case's findings once per VM; a case from before the VM view is told how to get one."""
+    if "vm/findings" not in case.tables() and case.snapshots:
+        fail(f"{case.path}: no VM view yet (a case from an older snapscope): run `snapscope correlate {case.path}`")
+    return case.table("vm/findings")
+
+
 def findings(
     case_dir: Path = typer.Argument(..., help="The case directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
     no_chain: bool = typer.Option(False, "--no-chain", help="Do not print the evidence chain under each finding."),
 ):
-    """Show a case's findings by severity, each with the chain of evidence behind it.
+    """Say what happened on each VM of a case, then every finding once per VM: by severity,
+    with the snapshots it was seen in and the chain of evidence behind it.
 
     Example: snapscope findings cases/web01
     """
     from toolkit.case import Case
+    from toolkit.report.story import incident_summary
     from toolkit.report.tabular import to_json_text
-    from toolkit.report.terminal import render_findings
+    from toolkit.report.terminal import render_findings, render_incident_summary
 
-    df = Case.open(case_dir).findings
+    case = Case.open(case_dir)
+    df = _vm_findings(case)
     if as_json:
         typer.echo(to_json_text(df))
-    else:
-        render_findings(console, df, chains=not no_chain)
+        return
+    render_incident_summary(console, incident_summary(case))
+    render_findings(console, df, chains=not no_chain)
 
 
 def timeline(
@@ -57,7 +68,8 @@ def report(
     timesketch_user: str | None = typer.Option(None, "--timesketch-user", help="Timesketch user name."),
     sketch: int | None = typer.Option(None, "--sketch", help="Add to this sketch id (default: a new sketch)."),
 ):
-    """Render a case's findings (and timeline) as a report file.
+    """Render a case as a report file: the HTML report (incident summary first), or its
+    findings, once per VM, as JSON, CSV or Parquet, or its timeline for Timesketch.
 
     stix: a STIX 2.1 bundle of the indicators the medium-or-worse findings implicate; misp: the same
     as a MISP event; timesketch: the timeline as JSON lines, uploaded when --timesketch-url is given
@@ -101,7 +113,7 @@ def report(
 
         atomic_write_bytes(out, misp_event_json(case).encode())
     else:
-        write_frame(case.findings, out, fmt)
+        write_frame(_vm_findings(case), out, fmt)
     console.print(f"wrote {out}")
 
 
@@ -116,3 +128,4 @@ def correlate(case_dir: Path = typer.Argument(..., help="The case directory.")):
 
     for sid, n in recorrelate(case_dir).items():
         console.print(f"{sid}: {n} findings")
+    console.print(f"findings once per VM: snapscope findings {case_dir}")

@@ -38,6 +38,11 @@ def strings_together(offsets_and_ids) -> bool:
     return False
 
 
+def _hex(offset) -> str:
+    """An offset or address as responders read them (tables keep the integer)."""
+    return f"{int(offset):#x}" if offset is not None else "?"
+
+
 def yara_match(tables, graph, sid):
     """One finding per rule and entity. Process, file and stream hits are tied to the
     process behind them when the graph knows it; physical-memory hits become a finding
@@ -90,12 +95,18 @@ def yara_match(tables, graph, sid):
                 )
         why = (
             f"YARA rule {value(r, 'rule')!r} ({value(r, 'description') or 'no description'}) matched "
-            f"in {where} at offset {value(r, 'offset')}{caveat}"
+            f"in {where} at offset {_hex(value(r, 'offset'))}{caveat}"
             + (f"; {also} more hits in physical memory" if also else "")
             + "."
         )
         yield hit(
-            owner, [link("yara/matches", sid, i)], confidence, why, severity=severity, attack_id=value(r, "attack_id")
+            owner,
+            [link("yara/matches", sid, i)],
+            confidence,
+            why,
+            severity=severity,
+            attack_id=value(r, "attack_id"),
+            subject=value(r, "rule"),
         )
 
 

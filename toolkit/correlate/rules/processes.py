@@ -10,7 +10,7 @@ Example::
 
 from __future__ import annotations
 
-from toolkit.correlate.links import frame, hit, link, pid_of, truthy, value
+from toolkit.correlate.links import exited, frame, hit, link, pid_of, truthy, value
 from toolkit.correlate.vocabulary import (
     KERNEL_THREAD_NAME,
     RELAYS,
@@ -224,8 +224,8 @@ def service_spawned_shell(tables, graph, sid):
 def hidden_process(tables, graph, sid):
     """A live task a memory scan finds that the kernel's task list does not hold (unlinked)."""
     for i, r in frame(tables, "memory/processes").iterrows():
-        exited = str(value(r, "exit_state") or "").startswith("EXIT_")  # a dead task's leftovers, not a hidden one
-        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited:
+        # a dead task's leftovers are not a hidden one
+        if truthy(value(r, "in_scan")) and value(r, "in_list") is False and not exited(r):
             why = (
                 f"pid {pid_of(r)} ({value(r, 'process')!r}) was found by a memory scan but "
                 f"is missing from the kernel's task list."
