@@ -24,7 +24,7 @@ import json
 import pandas as pd
 
 from toolkit.correlate.links import col, exited, frame, link, pid_of, truthy, value
-from toolkit.correlate.rules import is_hidden_or_temp
+from toolkit.correlate.vocabulary import is_hidden_or_temp
 
 CHANGE_RULES = {
     "vm.new_since": {

@@ -116,11 +116,14 @@ declare(
         "dst_port": INT,
         "state": STRING,
         "inode": UINT,
+        "peer_inode": UINT,  # unix sockets: the inode of the socket at the other end
+        "path": STRING,  # unix sockets: the bound name (abstract names start with @); packet sockets: the device
         "netns": UINT,
         "sock_offset": UINT,
         "created_ts": TIME,
     },
-    doc="Sockets owned by processes (Linux sockstat, Windows netscan).",
+    version=2,
+    doc="Sockets owned by processes (Linux sockstat, Windows netscan); IPs and ports only for IPv4/IPv6.",
 )
 
 declare(
@@ -143,7 +146,7 @@ declare(
 declare(
     "memory/kernel_checks",
     {
-        "check": STRING,  # check_syscall | check_idt | tty_check | modules
+        "check": STRING,  # check_syscall | check_idt | tty_check | ftrace | modules
         "item": STRING,  # table[index], tty name, module name
         "address": UINT,
         "module": STRING,
@@ -188,6 +191,12 @@ declare(
         "size": INT,
     },
     doc="Open file descriptors of every process (lsof).",
+)
+
+declare(
+    "memory/envars",
+    {"pid": INT, "ppid": INT, "process": STRING, "key": STRING, "value": STRING},
+    doc="Environment variables of every process, as its own memory holds them (linux.envars).",
 )
 
 declare(

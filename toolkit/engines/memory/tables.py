@@ -14,10 +14,9 @@ Example::
 
 from __future__ import annotations
 
-import re
-
 from toolkit.engines.memory.kernel import MODULE_PLUGINS, kernel_checks_rows, modules_rows
-from toolkit.engines.memory.plugin_output import as_int, plugin_output, source_of
+from toolkit.engines.memory.plugin_output import plugin_output, source_of
+from toolkit.engines.memory.sockets import sockets_rows
 from toolkit.schemas import diagnostic, pick, split_deleted
 
 # --- processes ---------------------------------------------------------------
@@ -188,6 +187,7 @@ def cmdlines_rows(outputs: dict) -> list[dict] | None:
 # Volatility's column for each of ours, per plugin (Linux first, then Windows where they differ);
 # a path with " (deleted)" is split on the way
 CMDLINE_COLUMNS = {"pid": "PID", "ppid": "PPID", "process": ("COMM", "Process"), "args": ("ARGS", "Args")}
+ENVARS_COLUMNS = {"pid": "PID", "ppid": "PPID", "process": "COMM", "key": "KEY", "value": "VALUE"}
 MALFIND_COLUMNS = {
     "pid": "PID",
     "process": "Process",
@@ -237,73 +237,6 @@ def maps_rows(outputs: dict) -> list[dict] | None:
     return [_with_path(pick(r, MAPS_COLUMNS), r.get("File Path")) for r in rows]
 
 
-# --- sockets -----------------------------------------------------------------
-
-_SOCKET_INODE = re.compile(r"socket:\[(\d+)\]")
-
-
-def _proto(value):
-    """'TCP', 'TCPv4', 'UDPv6' -> 'tcp' / 'udp'; others lower-cased."""
-    if not value:
-        return None
-    value = str(value).lower()
-    return re.sub(r"v[46]$", "", value)
-
-
-def sockets_rows(outputs: dict) -> list[dict] | None:
-    linux = plugin_output(outputs, "linux.sockstat.Sockstat")
-    windows = plugin_output(outputs, "windows.netscan.NetScan")
-    if linux is None and windows is None:
-        return None
-    # sockstat prints no inode; lsof does ("socket:[1234]"), keyed by pid + fd.
-    inodes = {}
-    for r in plugin_output(outputs, "linux.lsof.Lsof") or []:
-        match = _SOCKET_INODE.fullmatch(str(r.get("Path") or ""))
-        if match:
-            inodes[(r.get("PID"), r.get("FD"))] = int(match.group(1))
-    out = []
-    for r in linux or []:
-        out.append(
-            {
-                "pid": r.get("PID"),
-                "tid": r.get("TID"),
-                "process": r.get("Process Name"),
-                "fd": r.get("FD"),
-                "family": r.get("Family"),
-                "type": r.get("Type"),
-                "proto": _proto(r.get("Proto")),
-                "src_ip": r.get("Source Addr"),
-                "src_port": as_int(r.get("Source Port")),
-                "dst_ip": r.get("Destination Addr"),
-                "dst_port": as_int(r.get("Destination Port")),
-                "state": r.get("State"),
-                "inode": inodes.get((r.get("PID"), r.get("FD"))),
-                "netns": r.get("NetNS"),
-                "sock_offset": r.get("Sock Offset"),
-                "source": source_of("linux.sockstat.Sockstat"),
-            }
-        )
-    for r in windows or []:
-        proto = str(r.get("Proto") or "")
-        out.append(
-            {
-                "pid": r.get("PID"),
-                "process": r.get("Owner"),
-                "proto": _proto(proto),
-                "family": "AF_INET6" if proto.endswith("v6") else "AF_INET",
-                "src_ip": r.get("LocalAddr"),
-                "src_port": as_int(r.get("LocalPort")),
-                "dst_ip": r.get("ForeignAddr"),
-                "dst_port": as_int(r.get("ForeignPort")),
-                "state": r.get("State"),
-                "sock_offset": r.get("Offset"),
-                "created_ts": r.get("Created"),
-                "source": source_of("windows.netscan.NetScan"),
-            }
-        )
-    return out
-
-
 def open_files_rows(outputs: dict) -> list[dict] | None:
     rows = plugin_output(outputs, "linux.lsof.Lsof")
     if rows is None:
@@ -319,6 +252,12 @@ def shell_history_rows(outputs: dict) -> list[dict] | None:
         {"pid": r.get("PID"), "process": r.get("Process"), "ts": r.get("CommandTime"), "command": r.get("Command")}
         for r in rows
     ]
+
+
+def envars_rows(outputs: dict) -> list[dict] | None:
+    """Each process's environment, one row per variable (linux.envars.Envars)."""
+    rows = plugin_output(outputs, "linux.envars.Envars")
+    return None if rows is None else [pick(r, ENVARS_COLUMNS) for r in rows]
 
 
 def malfind_rows(outputs: dict) -> list[dict] | None:
@@ -382,12 +321,14 @@ DEDICATED = {
     "windows.netscan.NetScan": "memory/sockets",
     "linux.lsof.Lsof": "memory/open_files",
     "linux.bash.Bash": "memory/shell_history",
+    "linux.envars.Envars": "memory/envars",
     "linux.malware.malfind.Malfind": "memory/malfind",
     "windows.malware.malfind.Malfind": "memory/malfind",
     **{p: "memory/modules" for p in MODULE_PLUGINS},
     "linux.malware.check_syscall.Check_syscall": "memory/kernel_checks",
     "linux.malware.check_idt.Check_idt": "memory/kernel_checks",
     "linux.malware.tty_check.Tty_Check": "memory/kernel_checks",
+    "linux.tracing.ftrace.CheckFtrace": "memory/kernel_checks",
 }
 
 
@@ -410,6 +351,7 @@ def build_all(outputs: dict, enrich: dict, os_name: str) -> dict[str, list[dict]
         "memory/sockets": sockets_rows(outputs),
         "memory/open_files": open_files_rows(outputs),
         "memory/shell_history": shell_history_rows(outputs),
+        "memory/envars": envars_rows(outputs),
         "memory/malfind": malfind_rows(outputs),
         "memory/modules": modules,
         "memory/kernel_checks": kernel_checks_rows(outputs, modules),

@@ -58,7 +58,36 @@ WINDOWS_NETSCAN = [
     ("Created", dt.datetime),
 ]
 WINDOWS_CMDLINE = [("PID", int), ("Process", str), ("Args", str)]
+LINUX_SOCKSTAT = [
+    ("NetNS", int),
+    ("Process Name", str),
+    ("PID", int),
+    ("TID", int),
+    ("FD", int),
+    ("Sock Offset", "hex"),
+    ("Family", str),
+    ("Type", str),
+    ("Proto", str),
+    ("Source Addr", str),
+    ("Source Port", str),
+    ("Destination Addr", str),
+    ("Destination Port", str),
+    ("State", str),
+    ("Filter", str),
+]
+LINUX_ENVARS = [("PID", int), ("PPID", int), ("COMM", str), ("KEY", str), ("VALUE", str)]
+LINUX_FTRACE = [
+    ("ftrace_ops address", "hex"),
+    ("Callback", str),
+    ("Callback address", "hex"),
+    ("Hooked symbols", str),
+    ("Module", str),
+    ("Module address", "hex"),
+]
 SOURCES = {
+    "linux/sockstat.py": LINUX_SOCKSTAT,
+    "linux/envars.py": LINUX_ENVARS,
+    "linux/tracing/ftrace.py": LINUX_FTRACE,
     "windows/pslist.py": WINDOWS_PSLIST,
     "windows/psscan.py": WINDOWS_PSSCAN,
     "windows/netscan.py": WINDOWS_NETSCAN,
@@ -269,3 +298,92 @@ def test_every_memory_table_declared_and_engine_tables_known():
     assert set(plugin_tables.DEDICATED.values()) <= memory
     for name in memory:
         schemas.validate(name, frame(name, [], "x"))
+
+
+def test_linux_unix_sockets_carry_no_ports(vol):
+    """sockstat prints a unix socket's inode and its peer's in the port columns: they must never
+    become ports, or a service's journald stdout reads as a connection."""
+    na = vol["renderers"].NotAvailableValue()
+    rows = [
+        (
+            1,
+            "python3",
+            500,
+            500,
+            1,
+            0xFFFF0001,
+            "AF_UNIX",
+            "STREAM",
+            na,
+            "/run/systemd/journal/stdout",
+            "21007",
+            na,
+            "21008",
+            "ESTABLISHED",
+            na,
+        ),
+        (
+            1,
+            "python3",
+            500,
+            500,
+            3,
+            0xFFFF0002,
+            "AF_INET",
+            "STREAM",
+            "TCP",
+            "0.0.0.0",
+            "8081",
+            "0.0.0.0",
+            "0",
+            "LISTEN",
+            na,
+        ),
+        (
+            1,
+            "systemd",
+            1,
+            1,
+            40,
+            0xFFFF0003,
+            "AF_NETLINK",
+            "RAW",
+            "NETLINK_KOBJECT_UEVENT",
+            "groups:0x00000002",
+            "1",
+            "group:0x00000000",
+            "0",
+            "UNCONNECTED",
+            na,
+        ),
+    ]
+    outputs = {"linux.sockstat.Sockstat": _result(vol, "linux.sockstat.Sockstat", LINUX_SOCKSTAT, rows)}
+    df = frame("memory/sockets", plugin_tables.build_all(outputs, {}, "linux")["memory/sockets"], "lin")
+    unix, inet, netlink = (df.iloc[i] for i in range(3))
+    assert (unix["path"], unix["inode"], unix["peer_inode"]) == ("/run/systemd/journal/stdout", 21007, 21008)
+    assert all(pd.isna(unix[c]) for c in ("src_ip", "src_port", "dst_ip", "dst_port"))
+    assert (inet["src_ip"], inet["src_port"], inet["dst_port"], inet["proto"]) == ("0.0.0.0", 8081, 0, "tcp")
+    assert pd.isna(netlink["src_port"]) and pd.isna(netlink["dst_port"])
+
+
+def test_linux_envars_and_ftrace(vol):
+    env = [(912, 1, "bash", "LD_PRELOAD", "/var/tmp/.fonts/libgl.so"), (912, 1, "bash", "PATH", "/usr/bin")]
+    na = vol["renderers"].NotAvailableValue()
+    hooks = [
+        (0xFFFF1, "fh_hook", 0xFFFFFFFFC0001000, "__x64_sys_getdents64", "nf_aux", 0xFFFFFFFFC0000000),
+        (0xFFFF2, "function_trace_call", 0xFFFFFFFF81000000, "schedule", "kernel", na),
+    ]
+    outputs = {
+        "linux.envars.Envars": _result(vol, "linux.envars.Envars", LINUX_ENVARS, env),
+        "linux.tracing.ftrace.CheckFtrace": _result(vol, "linux.tracing.ftrace.CheckFtrace", LINUX_FTRACE, hooks),
+    }
+    tables = plugin_tables.build_all(outputs, {}, "linux")
+    envars = frame("memory/envars", tables["memory/envars"], "lin")
+    preload = envars[envars["key"] == "LD_PRELOAD"]
+    assert preload[["pid", "value"]].values.tolist() == [[912, "/var/tmp/.fonts/libgl.so"]]
+    checks = frame("memory/kernel_checks", tables["memory/kernel_checks"], "lin")
+    assert checks[["check", "module", "suspicious"]].values.tolist() == [
+        ["ftrace", "nf_aux", True],
+        ["ftrace", "kernel", False],
+    ]
+    assert "__x64_sys_getdents64" in checks.iloc[0]["detail"]
