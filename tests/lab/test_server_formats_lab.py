@@ -17,8 +17,9 @@ import pytest
 
 import toolkit.memory as M
 from toolkit.memory import qcow2
+from toolkit.memory.same_ram import intersect_runs
 
-from .test_memory_formats import _intersect, _ram_ranges
+from .test_memory_formats import _ram_ranges
 
 pytestmark = [pytest.mark.lab, pytest.mark.server, pytest.mark.timeout(3600)]
 
@@ -65,7 +66,9 @@ def test_every_format_page_identical_to_the_elf_read_in_place(server_baseline, s
         ):
             ram_bytes = src.info.get("ram_bytes") or sum(n for s, n in elf.runs if s < 0xE0000000 or s >= 1 << 32)
             ram = _ram_ranges(ram_bytes, src.info.get("machine"))
-            common = _intersect(_intersect(ram, [(s, s + n) for s, n in src.runs]), [(s, s + n) for s, n in elf.runs])
+            common = intersect_runs(
+                intersect_runs(ram, [(s, s + n) for s, n in src.runs]), [(s, s + n) for s, n in elf.runs]
+            )
             covered = sum(hi - lo for lo, hi in common)
             assert covered >= 0.9 * sum(hi - lo for lo, hi in ram), (art["path"], covered)
             bad, nonzero = [], 0
