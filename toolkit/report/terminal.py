@@ -26,7 +26,11 @@ def render_incident_summary(console: Console, summary: list[dict]) -> None:
     the VMs where nothing is high share one line."""
     quiet = [vm for vm in summary if not vm["stories"]]
     for vm in summary if len(quiet) < 2 else [vm for vm in summary if vm["stories"]]:
-        counts = ", ".join(f"[{SEVERITY_STYLE[s]}]{n} {s}[/]" for s, n in vm["counts"].items() if n and s != "info")
+        counts = ", ".join(
+            f"[{SEVERITY_STYLE.get(s, 'none')}]{n} {rich_safe(s)}[/]"
+            for s, n in vm["counts"].items()
+            if n and s != "info"
+        )
         when = ""
         if vm["first_capture"] is not None and vm["first_capture"] == vm["first_capture"]:
             when = f", captured {vm['first_capture']:%Y-%m-%d %H:%M:%S} UTC"
@@ -37,8 +41,9 @@ def render_incident_summary(console: Console, summary: list[dict]) -> None:
         if not vm["stories"]:
             tree.add("[green]nothing of high severity[/]")
         for story in vm["stories"]:
-            style = SEVERITY_STYLE.get(story["severity"], "")
-            branch = tree.add(f"[{style}]{story['severity'].upper()}[/] [bold]{rich_safe(story['label'])}[/]")
+            style = SEVERITY_STYLE.get(story["severity"], "none")  # a severity from a crafted case is text
+            severity = rich_safe(str(story["severity"]).upper())
+            branch = tree.add(f"[{style}]{severity}[/] [bold]{rich_safe(story['label'])}[/]")
             branch.add(f"[dim]why[/] {rich_safe('; '.join(story['why']))}")
             for part, text in story["parts"]:
                 branch.add(f"[dim]{rich_safe(part)}[/] {rich_safe(text)}")

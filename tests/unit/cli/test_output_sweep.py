@@ -84,6 +84,10 @@ def hostile(tmp_path_factory):
     findings = Case.open(case).table("findings")
     findings.loc[0, "severity"] = MARKUP  # a crafted case: its severities are text too
     write_table(case, "findings", SID, findings)
+    for vm_table in (case / "tables" / "vm" / "findings").glob("*.parquet"):  # what `findings` shows: once per VM
+        vm_findings = pd.read_parquet(vm_table)
+        vm_findings.loc[0, "severity"] = MARKUP
+        write_table(case, "vm/findings", vm_table.stem, vm_findings)
     manifest = load_manifest(case)
     manifest["snapshots"][SID]["name"] = f"{BIDI}{MARKUP}"
     manifest["snapshots"][SID]["tables"] = {"memory/processes": 4}
