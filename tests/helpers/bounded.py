@@ -25,11 +25,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS_SPACE = 6 << 30  # the child's cap: far above any bound asserted, far below the machine
 
+# Peak RSS is read from VmHWM, the high-water mark of this process's own memory: ru_maxrss keeps the
+# parent's resident size across fork and exec, so a child of a large pytest process would inherit it.
 _TEMPLATE = """
 import json, resource, sys, time, traceback
 sys.path.insert(0, {root!r})
+def _hwm_kb():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
 {setup}
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = _hwm_kb()
 t0 = time.monotonic()
 result = {{"ok": True}}
 try:
@@ -39,7 +44,7 @@ except BaseException as exc:
               "is_snapscope": exc.__class__.__module__ == "toolkit.errors"}}
 result["seconds"] = time.monotonic() - t0
 result["base_kb"] = base
-result["peak_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result["peak_kb"] = _hwm_kb()
 print("@@RESULT@@" + json.dumps(result, default=str))
 """
 

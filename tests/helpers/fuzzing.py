@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import struct
 import sys
@@ -250,7 +249,9 @@ def _alarm(signum, frame):
 
 
 def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS (VmHWM): ru_maxrss would include the parent's size across exec."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
 
 
 def run(target: str) -> dict:

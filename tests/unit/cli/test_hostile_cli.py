@@ -20,7 +20,7 @@ from tests.helpers import hostile_memory as H
 from tests.helpers.bounded import ADDRESS_SPACE, ROOT
 
 CHILD = r"""
-import contextlib, io, json, resource, sys, time
+import contextlib, io, json, sys, time
 sys.path.insert(0, ROOT)
 from toolkit.cli.app import main
 out = []
@@ -35,7 +35,10 @@ for name, argv in COMMANDS:
         except SystemExit as exc:
             code = exc.code or 0
     out.append({"name": name, "code": code, "seconds": time.monotonic() - t0, "stderr": err.getvalue()})
-print("@@" + json.dumps({"runs": out, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: ru_maxrss keeps the parent's (pytest's) resident size across fork and exec
+with open("/proc/self/status") as fh:
+    peak_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+print("@@" + json.dumps({"runs": out, "peak_mb": peak_kb / 1024}))
 """
 
 
