@@ -219,24 +219,56 @@ def load() -> tuple[float, float, float]:
     return tuple(round(x, 2) for x in os.getloadavg())
 
 
+def tree_anon_rss(root: int) -> int:
+    """Anonymous RSS (bytes) summed over ``root`` and its descendants: pages of a dump mapped from the
+    page cache do not count (they are RssFile)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("RssAnon:")), 0)
+    return total
+
+
 def timed(cmd, *, stdout=None, env=None, cwd=None, check=True) -> dict:
-    """Run one command; wall seconds, rc and the tail of stderr."""
+    """Run one command; wall seconds, rc, the tail of stderr and the peak anonymous RSS of its process
+    tree (sampled every 0.25 s)."""
     started = time.monotonic()
-    out = open(stdout, "wb") if stdout else subprocess.PIPE
+    out = open(stdout, "wb") if stdout else tempfile.TemporaryFile()  # a file: a full pipe would block the tool
+    peak = 0
     try:
-        done = subprocess.run([str(c) for c in cmd], stdout=out, stderr=subprocess.PIPE, env=env, cwd=cwd)
+        with tempfile.TemporaryFile() as err_file:
+            proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err_file, env=env, cwd=cwd)
+            while proc.poll() is None:
+                peak = max(peak, tree_anon_rss(proc.pid))
+                time.sleep(0.25)
+            seconds = time.monotonic() - started
+            if not stdout:
+                out.seek(0)
+            captured = None if stdout else out.read()
+            err_file.seek(0)
+            err = err_file.read().decode("utf-8", "replace")
     finally:
-        if stdout:
-            out.close()
-    seconds = time.monotonic() - started
-    err = done.stderr.decode("utf-8", "replace")
-    if check and done.returncode:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(map(str, cmd))}\n{err[-3000:]}")
+        out.close()
+    if check and proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{err[-3000:]}")
     return {
         "seconds": seconds,
-        "rc": done.returncode,
+        "rc": proc.returncode,
         "stderr": err[-400:],
-        "stdout": done.stdout.decode("utf-8", "replace") if not stdout else None,
+        "stdout": captured.decode("utf-8", "replace") if captured is not None else None,
+        "peak_anon_rss_mib": round(peak / 2**20, 1),
     }
 
 
@@ -251,12 +283,14 @@ def case_facts(case: Path) -> dict:
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
 
     info, runs, yara = frames("memory/info"), frames("memory/plugin_runs"), frames("yara/matches")
+    snapshots = json.loads((case / "case.json").read_text())["snapshots"]
     return {
         "snapshots": sorted(info.snapshot_id) if len(info) else [],
         "isf_path": info.isf_path.iloc[0] if len(info) else None,
         "isf_origin": sorted(set(info.isf_origin)) if len(info) else [],
         "memory_engine_seconds": {r.snapshot_id: round(float(r.seconds), 1) for r in info.itertuples()},
         "plugins_failed": int(info.plugins_failed.sum()) if len(info) else None,
+        "engine_seconds": {sid: snap.get("engine_seconds") for sid, snap in snapshots.items()},
         "plugin_seconds": {f"{r.snapshot_id}:{r.plugin}": round(float(r.seconds), 2) for r in runs.itertuples()},
         "yara_string_matches": len(yara),
         "yara_by_target": {f"{k[0]}:{k[1]}": int(v) for k, v in yara.groupby(["snapshot_id", "target"]).size().items()}
@@ -271,7 +305,13 @@ def run_snapscope(paths, case: Path, profile: str, env=None) -> dict:
     r = timed(
         [SNAPSCOPE, "analyze", *paths, "--case", case, "--profile", profile], stdout=case.with_suffix(".log"), env=env
     )
-    return {"seconds": r["seconds"], "load_before": load_before, "load_after": load(), **case_facts(case)}
+    return {
+        "seconds": r["seconds"],
+        "peak_anon_rss_mib": r["peak_anon_rss_mib"],
+        "load_before": load_before,
+        "load_after": load(),
+        **case_facts(case),
+    }
 
 
 def equal_work_disk(qemu: Path, work: Path) -> Path | None:
@@ -329,6 +369,7 @@ def run_manual(qemu: Path, profile: dict, isf_dir: Path, vol_cache: Path, work: 
                 "name": name,
                 "seconds": r["seconds"],
                 "rc": r["rc"],
+                "peak_anon_rss_mib": r["peak_anon_rss_mib"],
                 "error": r["stderr"].strip().splitlines()[-1] if r["rc"] and r["stderr"].strip() else None,
             }
         )
@@ -477,6 +518,11 @@ def main(argv=None):
     ap.add_argument("--profile", default="linux-triage")
     ap.add_argument("--cold", action="store_true", help="also time cold runs (empty ISF cache / empty vol cache)")
     ap.add_argument("--no-equal-work", action="store_true", help="skip the one-snapshot snapscope run")
+    ap.add_argument(
+        "--equal-work-only",
+        action="store_true",
+        help="time only the one-snapshot snapscope run (disk copy without its savevm state), not the two-snapshot one",
+    )
     ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (under /tmp)")
     args = ap.parse_args(argv)
@@ -519,6 +565,9 @@ def main(argv=None):
 
         # Warm, back to back: snapscope as issued, manual, snapscope equal work.
         warm = {}
+        if args.equal_work_only and eq_disk:  # the fair comparison only: one snapshot on each side
+            paths = [qemu / "memory.elf", eq_disk, qemu / "net.pcap"]
+            eq_disk = None
         warm["snapscope"] = run_snapscope(paths, work / "case-warm", args.profile, env=env)
         log(f"snapscope as issued: {warm['snapscope']['seconds']:.1f} s, snapshots {warm['snapscope']['snapshots']}")
         isf_path = Path(warm["snapscope"]["isf_path"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -55,3 +56,89 @@ def lab_case(lab, tmp_path_factory):
     case_dir = tmp_path_factory.mktemp("labcase") / "case"
     analyze(demo_evidence(lab), case_dir)
     return case_dir, before
+
+
+# --- the real Debian server guest (fixtures/server/README.md): tests marked `lab` and `server` ---
+#
+# Opt-in by cost (~20 min and ~10 GB a variant to build): with SNAPSCOPE_SERVER_LAB unset, a test
+# that needs a variant runs on it if it is already built for this checkout's fixtures/ (the
+# default `./scripts/test` then runs the server tests from the cache) and is skipped, with the
+# reason below in pytest's summary, if it is not. SNAPSCOPE_SERVER_LAB=1 builds (or reuses) it;
+# SNAPSCOPE_SERVER_LAB=0 skips the group even when built.
+
+SERVER_LAB_ENV = "SNAPSCOPE_SERVER_LAB"
+
+
+def _server_lab(variant: str) -> Path:
+    from toolkit.lab import build_server_lab, cached_server_lab
+
+    setting = os.environ.get(SERVER_LAB_ENV, "").strip()
+    if setting == "0":
+        pytest.skip(f"server lab tests: {SERVER_LAB_ENV}=0")
+    if setting:
+        return build_server_lab(variant)
+    lab = cached_server_lab(variant)
+    if lab is None:
+        pytest.skip(
+            f"server lab ({variant}) not built for this checkout and {SERVER_LAB_ENV} unset: set "
+            f"{SERVER_LAB_ENV}=1 to build it (~20 min, ~10 GB) or run `python fixtures/build_server_lab.py "
+            f"--variant {variant}`"
+        )
+    return lab
+
+
+@pytest.fixture(scope="session")
+def server_baseline() -> Path:
+    """The clean server lab (2 GiB Debian 12 guest, QEMU and libvirt runs): reused if built, else
+    built when SNAPSCOPE_SERVER_LAB=1, else the test is skipped; honours $SNAPSCOPE_LAB_DIR."""
+    return _server_lab("baseline")
+
+
+@pytest.fixture(scope="session")
+def server_intrusion() -> Path:
+    """The server lab with the intrusion hook's techniques planted (fixtures/server/scenario.py); as
+    server_baseline."""
+    return _server_lab("intrusion")
+
+
+@pytest.fixture(scope="session")
+def server_truth(server_baseline) -> dict:
+    return json.loads((server_baseline / "ground_truth.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def server_case(server_baseline, tmp_path_factory):
+    """The clean server's QEMU run (ELF dump + disk overlay + pcap) analysed once per session, the
+    ELF's snapshot only: the overlay also holds the `savevm` state (a second snapshot of the same
+    moment), whose RAM tests/lab/test_server_formats_lab.py proves page-identical to the ELF's, so
+    analysing it too would double the time and prove nothing more. Profile: server_profile below.
+    Yields (case_dir, evidence hashes taken before analysis).
+    """
+    from toolkit.evidence import discover
+    from toolkit.hashing import sha256_file
+    from toolkit.lab import demo_evidence
+    from toolkit.pipeline import run_snapshots
+    from toolkit.snapshot import RunOptions
+
+    inputs = demo_evidence(server_baseline)
+    evidence = [*inputs, server_baseline / "qemu" / "base.qcow2"]  # + the overlay's base
+    before = {p: sha256_file(p) for p in evidence}
+    elf = [s for s in discover(inputs) if str((s.get("memory") or {}).get("path", "")).endswith("memory.elf")]
+    assert len(elf) == 1, elf
+    case_dir = tmp_path_factory.mktemp("servercase") / "case"
+    options = RunOptions.of(profile=server_profile(tmp_path_factory.mktemp("profile")))
+    run_snapshots(elf, case_dir, options, kind="analyze", inputs=inputs)
+    return case_dir, before
+
+
+def server_profile(directory: Path) -> Path:
+    """linux-triage as shipped, plus the disk functions a server needs checked: logs and packages."""
+    from toolkit.profiles import PROFILES_DIR
+
+    text = (PROFILES_DIR / "linux-triage.toml").read_text()
+    text, n = re.subn(r"^functions = \[(.*)\]$", r'functions = [\1, "logs", "packages", "groups"]', text, flags=re.M)
+    assert n == 1, "linux-triage's [disk] functions line changed: update server_profile"
+    text = text.replace('name = "linux-triage"', 'name = "server-lab"')
+    path = directory / "server-lab.toml"
+    path.write_text(text)
+    return path

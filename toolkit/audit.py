@@ -13,11 +13,19 @@ XMLs, or a libvirt state/config tree copied from a host. The audit:
   worker writing only its own tables; the parent alone writes case.json,
   after each snapshot, so a killed audit resumes where it stopped and a
   finished snapshot (same fingerprint) is never redone;
-- compares with a previous audit's case: new and resolved findings per VM.
+- compares with a previous audit's case: new and resolved findings per VM;
+- stacks the fleet (``audit/stacking``, :mod:`toolkit.correlate.stacking`): what
+  runs, listens, persists or is loaded on few of the VMs, and raises the
+  confidence of findings whose entity is rare in the fleet.
+
+:func:`audit_live` first acquires every running domain of a libvirt host
+(:mod:`toolkit.acquire`), then audits what it acquired like any evidence;
+the case's custody chain continues the acquisition's.
 
 Example::
 
     summary = audit([Path("/var/lib/libvirt")], Path("fleet-case"), jobs=2)
+    summary = audit_live("qemu:///system", Path("fleet-case"), Path("fleet-evidence"), jobs=2)
 """
 
 from __future__ import annotations
@@ -26,15 +34,17 @@ import concurrent.futures as cf
 import multiprocessing
 from pathlib import Path
 
+from toolkit.acquire import AcquireOptions, acquire
 from toolkit.case.lock import case_lock
-from toolkit.case.store import Case, write_table
+from toolkit.case.store import Case, load_manifest, save_manifest, write_table
 from toolkit.engines import no_progress
-from toolkit.errors import SnapscopeError
+from toolkit.errors import AcquireError, SnapscopeError
 from toolkit.evidence import discover
 from toolkit.evidence.scan import symlink_skip
 from toolkit.pipeline import run_snapshots
 from toolkit.schemas import SEVERITIES, make_table
 from toolkit.snapshot import RunOptions
+from toolkit.vms import stack_fleet
 
 
 def _libvirt_tree_inputs(root: Path) -> list[list[Path]] | None:
@@ -185,6 +195,7 @@ def audit(
     """Audit every VM snapshot in ``sources`` into ``case_dir``; returns the fleet summary.
 
     ``choices`` are :class:`toolkit.snapshot.RunOptions` fields (profile, search_paths, symbols, rule_paths).
+    Returns {"case", "fleet" (audit/fleet), "changes" (audit/changes or None), "stacking" (audit/stacking)}.
     """
     case_dir = Path(case_dir)
     options = RunOptions.of(**choices)
@@ -232,6 +243,9 @@ def audit(
     fleet = make_table("audit/fleet", fleet_rows, snapshot_id="fleet", source="audit")
     with case_lock(case_dir):
         write_table(case_dir, "audit/fleet", "fleet", fleet)
+        manifest = load_manifest(case_dir)
+        stacking = stack_fleet(case_dir, manifest)
+        save_manifest(case_dir, manifest)
         changes = None
         if previous is not None:
             analysed = [sid for sid, status in statuses.items() if status != "failed"]
@@ -242,4 +256,36 @@ def audit(
                 source="audit",
             )
             write_table(case_dir, "audit/changes", "fleet", changes)
-    return {"case": str(case_dir), "fleet": fleet, "changes": changes}
+    return {
+        "case": str(case_dir),
+        "fleet": fleet,
+        "changes": changes,
+        "stacking": stacking,
+        "custody_repairs": result["custody_repairs"],
+    }
+
+
+def audit_live(
+    uri: str,
+    case_dir: Path,
+    out_dir: Path,
+    *,
+    acquire_options: dict | None = None,
+    progress=no_progress,
+    **audit_choices,
+) -> dict:
+    """Acquire every running domain on ``uri`` into ``out_dir``, then audit that evidence into ``case_dir``.
+
+    ``acquire_options``: :class:`toolkit.acquire.AcquireOptions` fields (merge, pcap_seconds, ...);
+    ``audit_choices``: :func:`audit`'s keyword arguments. The summary is audit's, plus ``acquisition``
+    (the acquisition's manifest).
+
+    Example: ``audit_live("qemu:///system", Path("case"), Path("evidence"), acquire_options={"merge": True})``
+    """
+    case_dir, out_dir = Path(case_dir).absolute(), Path(out_dir).absolute()
+    if case_dir == out_dir or case_dir in out_dir.parents or out_dir in case_dir.parents:
+        raise AcquireError(f"{out_dir}: the acquired evidence and the case {case_dir} must not lie inside each other")
+    options = AcquireOptions(uri=uri, **(acquire_options or {}))
+    acquisition = acquire([], out_dir, options, all_running=True, progress=progress)
+    summary = audit([out_dir], case_dir, progress=progress, **audit_choices)
+    return {**summary, "acquisition": acquisition}

@@ -53,8 +53,21 @@ class MemoryFormatError(SnapscopeError, ValueError):
         super().__init__(f"{self.path}: {where}: {self.message}")
 
 
+class QueryError(SnapscopeError):
+    """A SQL query over a case that snapscope refuses to run (it would write or reach outside the case)."""
+
+
+class SealError(SnapscopeError):
+    """A signing key or a case seal that cannot be used (missing, wrong type, unreadable)."""
+
+
 class DiskError(SnapscopeError):
     """A disk image cannot be opened or read; the message is one line for the analyst."""
+
+
+class AcquireError(SnapscopeError):
+    """A live acquisition that cannot start or cannot finish: libvirt unreachable, an
+    unknown domain, a disk that cannot be captured, no space for the output."""
 
 
 class ProfileError(SnapscopeError, ValueError):

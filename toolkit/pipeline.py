@@ -29,6 +29,8 @@ import pandas as pd
 
 from toolkit import shipped
 from toolkit.case import custody
+from toolkit.case.adopt import adopt_acquisitions, check_hashes, read_acquisitions, refuse_unfinished_inputs
+from toolkit.case.derived import record_derived
 from toolkit.case.hashes import hash_evidence, load_hash_cache, stat_key
 from toolkit.case.lock import case_lock
 from toolkit.case.store import (
@@ -43,12 +45,14 @@ from toolkit.case.store import (
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import engine_names, no_progress
-from toolkit.errors import CaseError
+from toolkit.engines.yara.rules import include_digest
+from toolkit.errors import CaseError, RuleError
 from toolkit.evidence import discover
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
 from toolkit.schemas import empty, make_table
 from toolkit.snapshot import RunOptions, analyze_snapshot, warm_up_worker
 from toolkit.versions import tool_versions
+from toolkit.vms import refresh_vm_tables, skip_same_moments
 
 
 def refuse_evidence_inside_case(snapshots: list[dict], case_dir: Path) -> None:
@@ -93,6 +97,7 @@ def snapshot_fingerprint(snapshot: dict, hashes: dict[str, str], profile: dict, 
         "profile": profile,
         "rules": shipped.content_digest(),
         "user_rules": _file_digest(user_rules),
+        "user_rule_includes": include_digest(user_rules),  # files `include` pulls in from outside the rule dirs
         "symbols": _file_digest(options.symbols),
         "tools": tool_versions(),
         "engines": engine_names(),
@@ -158,15 +163,26 @@ def run_snapshots(
     ``warm_up`` workers then import the engines while this process hashes.
     The case's lock is held for the whole run: a second run into the same
     case stops with a CaseError.
-    Returns {"case", "profile", "statuses" {id: analysed|partial|reused|failed},
+    Snapshots whose memory holds the same RAM as another's are not analysed but recorded
+    as the same moment (toolkit.vms; ``options.analyse_every_artefact`` turns it off), and
+    the VM tables are refreshed at the end.
+    Returns {"case", "profile", "statuses" {id: analysed|partial|reused|same moment|failed},
     "entries" {id: manifest entry}, "failures" [rows], "evidence_unchanged"}.
     """
     case_dir = Path(case_dir)
     refuse_evidence_inside_case(snapshots, case_dir)
+    # evidence from `snapscope acquire`: checked now, its custody chain continued by the case (case/adopt.py)
+    acquisitions = read_acquisitions(snapshots)
     profile = load_profile(options.profile or DEFAULT_PROFILE)  # an unknown plugin fails here, before any read
+    for rules in options.rule_paths:
+        if not Path(rules).expanduser().exists():
+            raise RuleError(f"{rules}: no such YARA rule file or directory")
     _open_case(case_dir)
     with case_lock(case_dir):
         manifest = load_manifest(case_dir)  # as the previous run left it, now that we hold the lock
+        # A run that crashed mid-line must not break this one: its torn bytes are set aside and logged.
+        repairs = [_repair_note(event) for event in custody.repair_torn_tail(case_dir)]
+        adopt_acquisitions(case_dir, manifest, acquisitions)
         custody.append_event(
             case_dir,
             action=f"{kind}.start",
@@ -181,6 +197,7 @@ def run_snapshots(
                 pool.submit(warm_up_worker, profile["profile"]["path"])  # imports overlap the hashing
         files = evidence_files(snapshots)
         before = hash_evidence(case_dir, files, "before", progress, io_slots=io_slots, use_cache=use_hash_cache)
+        check_hashes(acquisitions, before)
         manifest["tools"] = tool_versions()
         for path, digest in before.items():
             manifest["evidence"][path] = {
@@ -193,11 +210,18 @@ def run_snapshots(
             snap["fingerprint"] = snapshot_fingerprint(snap, before, profile, options)
             previous = manifest["snapshots"].get(snap["id"])
             if previous and previous.get("fingerprint") == snap["fingerprint"]:
+                if previous.get("same_moment_as") and options.analyse_every_artefact:
+                    todo.append(snap)  # recorded as another's moment before; now analysed itself
+                    continue
                 # Same evidence bytes, profile, rules and tool versions: the stored tables stand.
-                statuses[snap["id"]] = "reused"
+                statuses[snap["id"]] = "same moment" if previous.get("same_moment_as") else "reused"
                 custody.append_event(case_dir, action="snapshot.reuse", detail={"snapshot": snap["id"]})
             else:
                 todo.append(snap)
+        if not options.analyse_every_artefact:
+            todo = skip_same_moments(
+                snapshots, todo, case_dir, manifest, before, statuses, progress, options.references
+            )
         run = {
             "case_dir": case_dir,
             "manifest": manifest,
@@ -209,6 +233,7 @@ def run_snapshots(
         }
         failures = _analyse_inline(todo, run) if pool is None else _analyse_on(pool, todo, run)
         write_combined_tables(case_dir)
+        refresh_vm_tables(case_dir, manifest)
         after = hash_evidence(case_dir, files, "after", progress, io_slots=io_slots)
         changed = [p for p in before if before[p] != after[p]]
         manifest["runs"].append(
@@ -218,9 +243,11 @@ def run_snapshots(
                 "profile": profile["profile"]["name"],
                 "inputs": [str(p) for p in inputs],
                 "evidence_unchanged": not changed,
+                "custody_repairs": repairs,
             }
         )
         save_manifest(case_dir, manifest)
+        record_derived(case_dir, reason=f"{kind} end")
         custody.append_event(case_dir, action=f"{kind}.end", detail={"evidence_unchanged": not changed})
     if changed:
         raise CaseError(f"evidence changed during the {kind}: {', '.join(changed)}")
@@ -232,7 +259,20 @@ def run_snapshots(
         "failures": failures,
         "entries": entries,
         "evidence_unchanged": True,
+        "custody_repairs": repairs,
     }
+
+
+def _repair_note(event: dict) -> str:
+    """One line for the analyst about a custody repair or gap the run found (see toolkit.case.custody)."""
+    detail = event.get("detail") or {}
+    if event["action"] == custody.REPAIR:
+        return f"custody: a torn last line ({detail.get('bytes')} bytes) was moved to {detail.get('quarantined')}"
+    head = detail.get("recorded_head") or {}
+    return (
+        f"custody: lines are missing from the log (case.json's head was line {head.get('seq')}, "
+        f"the log ended at line {detail.get('log_ended_at')}); logged as line {event['seq']}"
+    )
 
 
 def _finished(run: dict, snap: dict, entry: dict) -> None:
@@ -242,6 +282,7 @@ def _finished(run: dict, snap: dict, entry: dict) -> None:
     # Readable in part: say what could not be analysed, keep what could.
     run["statuses"][snap["id"]] = "partial" if entry.get("errors") else "analysed"
     save_manifest(run["case_dir"], run["manifest"])
+    record_derived(run["case_dir"], reason=f"snapshot {snap['id']}")  # its converted image, streams, ISF copy
     custody.append_event(run["case_dir"], action="snapshot.done", detail={"snapshot": snap["id"]})
 
 
@@ -284,28 +325,36 @@ def _analyse_on(pool, todo: list[dict], run: dict) -> list[dict]:
 def analyze(paths: list[Path], case_dir: Path, *, progress=no_progress, **choices) -> dict:
     """Analyse the snapshots found in ``paths`` into ``case_dir``; return a summary dict.
 
-    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths, engine_names,
-    follow_recorded_paths).
+    ``choices`` are :class:`RunOptions` fields (profile, search_paths, symbols, rule_paths,
+    engine_names, analyse_every_artefact, follow_recorded_paths).
 
     Example::
 
-        summary = analyze([Path("lab/qemu/memory.elf")], Path("case"), profile="linux-triage")
-        [s["id"] for s in summary["snapshots"]]
+        summary = analyze([Path("lab/qemu")], Path("case"), profile="linux-triage")
+        [(s["id"], s["status"], s["same_moment_as"]) for s in summary["snapshots"]]
+        # [('qemu-memory.elf', 'analysed', None), ('qemu-memory.kdump', 'same moment', 'qemu-memory.elf'), ...]
     """
     options = RunOptions.of(**choices)
+    refuse_unfinished_inputs(paths)  # an interrupted acquisition is named as such, not by a file it lacks
     snapshots = discover(
         [Path(p) for p in paths], search_paths=options.search_paths, follow_recorded=options.follow_recorded_paths
     )
     result = run_snapshots(snapshots, Path(case_dir), options, kind="analyze", inputs=paths, progress=progress)
+    manifest = load_manifest(Path(case_dir))
     return {
         "case": result["case"],
         "evidence_unchanged": result["evidence_unchanged"],
+        "vms": manifest.get("vms", {}),
+        "custody_repairs": result["custody_repairs"],
         "snapshots": [
             {
                 "id": s["id"],
                 "name": s["name"],
                 "tables": result["entries"][s["id"]]["tables"],
+                "status": result["statuses"][s["id"]],
                 "reused": result["statuses"][s["id"]] == "reused",
+                "same_moment_as": result["entries"][s["id"]].get("same_moment_as"),
+                "proof": result["entries"][s["id"]].get("same_moment_proof"),
                 "warnings": list(s.get("warnings") or []),  # files read outside the evidence roots
             }
             for s in snapshots
@@ -327,6 +376,8 @@ def _recorrelate(case_dir: Path) -> dict:
     derived = {"findings", "timeline"}
     counts = {}
     for sid, entry in manifest["snapshots"].items():
+        if entry.get("same_moment_as"):
+            continue  # not analysed: its moment's tables are another snapshot's
         tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name not in derived}
         tables = {name: df.reset_index(drop=True) for name, df in tables.items()}
         # Correlation's own diagnostics from an earlier run are replaced, the engines' kept.
@@ -341,8 +392,9 @@ def _recorrelate(case_dir: Path) -> dict:
             write_table(case_dir, "diagnostics", sid, diags)
         entry["findings"] = findings["severity"].value_counts().to_dict()
         counts[sid] = len(findings)
-    save_manifest(case_dir, manifest)
     write_combined_tables(case_dir)
+    refresh_vm_tables(case_dir, manifest)
+    save_manifest(case_dir, manifest)
     custody.append_event(case_dir, action="correlate", detail={"findings": counts})
     return counts
 
@@ -370,6 +422,8 @@ def run_sigma(case_dir: Path, rule_paths) -> dict:
             raise CaseError(f"{case_dir}: the case holds no analysed snapshot; run snapscope analyze first")
         matches, skipped = {}, []
         for sid in case.snapshots:
+            if case.snapshots[sid].get("same_moment_as"):
+                continue  # not analysed: another snapshot holds its moment's tables
             tables = {name: case.table(name, snapshot=sid) for name in case.tables() if name != "sigma/matches"}
             rows, problems = run_rules(compiled, tables, sid)
             write_table(case_dir, "sigma/matches", sid, rows)

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from toolkit.case.store import write_table
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.engines import ENGINES, EngineContext, no_progress
+from toolkit.evidence.vms import capture_time, snapshot_times
 from toolkit.profiles import DEFAULT_PROFILE, load_profile
 from toolkit.references import ReferencePolicy, reference_policy
 from toolkit.schemas import diagnostic, make_table
@@ -42,13 +44,23 @@ class RunOptions:
     symbols: tuple[str, ...] = ()  # ISF files or directories, used before any automatic build
     rule_paths: tuple[str, ...] = ()  # YARA rule files or directories added to the profile's
     engine_names: tuple[str, ...] | None = None  # only these engines (None: every applicable one)
+    # analyse every memory artefact, even one holding the same RAM as another (toolkit.vms)
+    analyse_every_artefact: bool = False
     # --follow-recorded-paths: a file evidence names outside the evidence roots and search
     # paths is read where recorded (with a warning) instead of refused
     follow_recorded_paths: bool = False
 
     @classmethod
     def of(
-        cls, *, profile=None, search_paths=(), symbols=(), rule_paths=(), engine_names=None, follow_recorded_paths=False
+        cls,
+        *,
+        profile=None,
+        search_paths=(),
+        symbols=(),
+        rule_paths=(),
+        engine_names=None,
+        analyse_every_artefact=False,
+        follow_recorded_paths=False,
     ) -> RunOptions:
         """RunOptions from CLI-style values (paths as Path or str, lists or tuples)."""
         return cls(
@@ -57,6 +69,7 @@ class RunOptions:
             symbols=tuple(str(p) for p in symbols),
             rule_paths=tuple(str(p) for p in rule_paths),
             engine_names=None if engine_names is None else tuple(engine_names),
+            analyse_every_artefact=bool(analyse_every_artefact),
             follow_recorded_paths=bool(follow_recorded_paths),
         )
 
@@ -65,19 +78,9 @@ class RunOptions:
         return reference_policy(roots=roots, search_paths=self.search_paths, follow_recorded=self.follow_recorded_paths)
 
 
-def snapshot_times(snapshot: dict) -> dict:
-    """Capture times the evidence itself states (memory dump, snapshot XML), for the timeline."""
-    times = {}
-    for item in snapshot.get("evidence", []):
-        facts = item.get("facts") or {}
-        for key in ("creation_time", "captured_at", "snapshot_time"):
-            if facts.get(key):
-                times[f"{item.get('format')} {key.replace('_', ' ')}"] = facts[key]
-    return times
-
-
-def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.DataFrame]:
-    """Run every applicable engine for one snapshot, in ENGINES order; an engine crash becomes a diagnostic."""
+def run_engines(snapshot: dict, ctx: EngineContext, only=None, seconds: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Run every applicable engine for one snapshot, in ENGINES order; an engine crash becomes a diagnostic.
+    ``seconds``, if given, receives each engine's wall time by name (the case manifest keeps it)."""
     produced: dict[str, list[pd.DataFrame]] = {}
     try:
         for entry in ENGINES:
@@ -85,6 +88,7 @@ def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.D
                 continue
             module = importlib.import_module(entry["module"])
             ctx.tables = {k: pd.concat(v, ignore_index=True) for k, v in produced.items()}
+            started = time.monotonic()
             try:
                 tables = module.run(snapshot, ctx)
             except Exception as exc:  # one engine failing must not lose the others' tables
@@ -100,6 +104,8 @@ def run_engines(snapshot: dict, ctx: EngineContext, only=None) -> dict[str, pd.D
                         source=f"engine/{entry['name']}",
                     )
                 }
+            if seconds is not None:
+                seconds[entry["name"]] = round(time.monotonic() - started, 2)
             for table, df in tables.items():
                 produced.setdefault(table, []).append(df)
     finally:
@@ -152,7 +158,8 @@ def analyze_snapshot(
     )
     ctx.derived_dir.mkdir(parents=True, exist_ok=True)
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-    tables = run_engines(snap, ctx, options.engine_names)
+    seconds: dict[str, float] = {}
+    tables = run_engines(snap, ctx, options.engine_names, seconds)
     intake = _intake_diagnostics(snap)
     if intake:
         tables["diagnostics"] = pd.concat(
@@ -178,10 +185,12 @@ def analyze_snapshot(
     ]
     tables["evidence"] = make_table("evidence", evidence_rows, snapshot_id=snap["id"], source="intake")
     # Correlation reads the engines' tables only, never the evidence.
+    started = time.monotonic()
     findings, problems, _graph = correlate_snapshot(tables, snap["id"])
     tables["findings"] = findings
     times = snapshot_times(snap)
     tables["timeline"] = build_timeline(tables, snap["id"], times)
+    seconds["correlate"] = round(time.monotonic() - started, 2)
     tables["diagnostics"] = pd.concat(
         [df for df in (tables.get("diagnostics"), problems) if df is not None], ignore_index=True
     )
@@ -191,6 +200,21 @@ def analyze_snapshot(
             stale.unlink()
     for name, df in tables.items():
         write_table(case_dir, name, snap["id"], df)
+    return manifest_entry(
+        snap,
+        tables={name: len(df) for name, df in tables.items()},
+        findings=findings["severity"].value_counts().to_dict(),
+        engine_seconds=seconds,  # wall time per engine and for correlation (benchmarks read it)
+        errors=[f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
+    )
+
+
+def manifest_entry(snap: dict, **more) -> dict:
+    """A snapshot's entry in case.json: what it is made of and when it was taken, plus ``more``
+    (tables, findings, errors of its analysis; or the moment it shares with another).
+
+    Example: ``manifest_entry(snap, tables={}, findings={}, errors=[])["captured_at"]``
+    """
     return {
         "name": snap["name"],
         "domain": snap.get("domain"),
@@ -198,10 +222,9 @@ def analyze_snapshot(
         "disks": snap.get("disks"),
         "pcaps": snap.get("pcaps"),
         "evidence": [str(Path(e["path"]).resolve()) for e in snap["evidence"]],
-        "tables": {name: len(df) for name, df in tables.items()},
-        "findings": findings["severity"].value_counts().to_dict(),
-        "times": times,  # capture times the evidence states, kept for re-correlation
-        "errors": [f"{r.what}: {r.why}" for r in tables["diagnostics"].itertuples() if r.severity == "error"],
+        "times": snapshot_times(snap),  # capture times the evidence states, kept for re-correlation
+        "captured_at": list(capture_time(snap)),  # [ISO time, its source]: orders the VM's snapshots
+        **more,
     }
 
 

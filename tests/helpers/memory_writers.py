@@ -119,9 +119,26 @@ def lzo1x_literal(data):
 
 
 # ---------------------------------------------------------------- kdump
-def kdump(path, pages, max_mapnr, comp=None, flattened=True, notes=b"", vmcoreinfo=b"", shuffle=False, version=6):
-    """pages: {pfn: 4096 bytes}; zero pages share one data page."""
-    bs = PS
+def kdump(
+    path,
+    pages,
+    max_mapnr,
+    comp=None,
+    flattened=True,
+    notes=b"",
+    vmcoreinfo=b"",
+    shuffle=False,
+    version=6,
+    block_size=PS,
+    packed=None,
+):
+    """pages: {pfn: block_size bytes}; zero pages share one data page.
+
+    packed: {pfn: (flags, bytes)} stored as that page's data as given (crafted pages).
+    """
+    bs = block_size
+    packed = packed or {}
+    pages = {**pages, **{p: None for p in packed}}
     hdr = bytearray(bs)
     hdr[0:8] = b"KDUMP   "
     struct.pack_into("<i", hdr, 8, version)
@@ -167,6 +184,11 @@ def kdump(path, pages, max_mapnr, comp=None, flattened=True, notes=b"", vmcorein
     data += bytes(bs)  # the shared zero page, written first as QEMU does
     for p in pfns:
         page = pages[p]
+        if p in packed:
+            flag, body = packed[p]
+            descs += struct.pack("<qIIQ", data_at + len(data), len(body), flag, 0)
+            data += body
+            continue
         if page == bytes(bs):
             descs += struct.pack("<qIIQ", zero_at, bs, 0, 0)
             continue
@@ -393,6 +415,8 @@ def qcow2(
     left unallocated), "zero": set(cluster numbers marked all-zero)}].
     active: {guest_offset: bytes} written through the active L1 (cluster-aligned).
     compress: None, "zlib" (raw deflate) or "zstd" for vmstate clusters.
+    A snapshot's "packed": {cluster number: bytes} stores those bytes as that
+    cluster's compressed data as given (crafted streams).
     """
     C = 1 << cluster_bits
     esz = 16 if extended_l2 else 8
@@ -425,7 +449,9 @@ def qcow2(
                 entry = 1 if not extended_l2 else 0
                 bitmap = 0xFFFFFFFF << 32
             else:
-                if kind == "zlib":
+                if kind == "packed":
+                    z = blob
+                elif kind == "zlib":
                     co = zlib.compressobj(9, zlib.DEFLATED, -12)
                     z = co.compress(blob) + co.flush()
                 else:
@@ -436,7 +462,7 @@ def qcow2(
                 sectors = -(-((host & 511) + len(z)) // 512)
                 entry = (1 << 62) | ((sectors - 1) << x) | host
             struct.pack_into(">Q", out, at, entry)
-            if extended_l2 and kind != "zlib" and kind != "zstd":
+            if extended_l2 and kind not in ("zlib", "zstd", "packed"):
                 struct.pack_into(">Q", out, at + 8, bitmap)
         l1_off = alloc(8 * nl1)
         for i, e in enumerate(l1):
@@ -453,7 +479,9 @@ def qcow2(
             chunk = data[k * C : (k + 1) * C].ljust(C, b"\0")
             if k in s.get("skip", ()):
                 continue
-            if k in s.get("zero", ()):
+            if k in s.get("packed", {}):
+                mapping[vm_off // C + k] = ("packed", s["packed"][k])
+            elif k in s.get("zero", ()):
                 mapping[vm_off // C + k] = ("zero", b"")
             else:
                 mapping[vm_off // C + k] = (compress or "data", chunk)

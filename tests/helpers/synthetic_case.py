@@ -10,6 +10,7 @@ from toolkit.case import init_case, save_manifest, write_combined_tables, write_
 from toolkit.correlate.findings import correlate_snapshot
 from toolkit.correlate.timeline import build_timeline
 from toolkit.schemas import SCHEMAS, make_table
+from toolkit.vms import refresh_vm_tables
 
 SID = "s1"
 
@@ -170,17 +171,25 @@ SERVICE_UNIT = {
 
 def write_case(case_dir: Path, tables: dict | None = None, sid: str = SID) -> Path:
     """A case holding ``tables`` (default: :func:`implant_tables`) and their findings and timeline."""
-    tables = {
-        name: make_table(name, df, snapshot_id=sid, source="test")
-        for name, df in (tables or implant_tables()).items()
-        if name in SCHEMAS
-    }
+    return write_snapshots(case_dir, {sid: tables or implant_tables()})
+
+
+def write_snapshots(case_dir: Path, snapshots: dict[str, dict], entries: dict[str, dict] | None = None) -> Path:
+    """A case of several snapshots: {snapshot id: its engine tables}, each correlated, with
+    ``entries`` {snapshot id: manifest entry fields} (disks, domain, captured_at...) and the VM tables."""
     manifest = init_case(case_dir)
-    findings, _problems, _graph = correlate_snapshot(tables, sid)
-    tables["findings"], tables["timeline"] = findings, build_timeline(tables, sid, {})
-    for name, df in tables.items():
-        write_table(case_dir, name, sid, df)
-    manifest["snapshots"][sid] = {"name": sid, "times": {}}
-    save_manifest(case_dir, manifest)
+    for sid, raw in snapshots.items():
+        tables = {
+            name: make_table(name, df, snapshot_id=sid, source="test") for name, df in raw.items() if name in SCHEMAS
+        }
+        findings, _problems, _graph = correlate_snapshot(tables, sid)
+        tables["findings"], tables["timeline"] = findings, build_timeline(tables, sid, {})
+        for name, df in tables.items():
+            write_table(case_dir, name, sid, df)
+        manifest["snapshots"][sid] = {"name": sid, "times": {}, **((entries or {}).get(sid) or {})}
+    for sid, entry in (entries or {}).items():
+        manifest["snapshots"].setdefault(sid, {"name": sid, "times": {}, **entry})  # e.g. not analysed: same moment
     write_combined_tables(case_dir)
+    refresh_vm_tables(case_dir, manifest)
+    save_manifest(case_dir, manifest)
     return case_dir

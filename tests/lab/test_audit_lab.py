@@ -19,6 +19,10 @@ from toolkit.case import Case, custody
 
 pytestmark = pytest.mark.lab
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+# Processes the tests start (dask workers, the snapscope script) import this checkout's code,
+# not whichever checkout the virtualenv was installed from.
+CHECKOUT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +131,7 @@ def _free_port() -> int:
 def test_dask_executor_gives_the_same_findings(fleet, truth, audited, tmp_path):
     names = [vm["name"] for vm in truth["vms"] if vm["scenario"] != "corrupt"][:3]
     port = _free_port()
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = {**CHECKOUT_ENV, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     scheduler = subprocess.Popen(
         [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
         stdout=subprocess.DEVNULL,
@@ -204,6 +208,7 @@ def test_audit_against_previous_reports_changes(fleet, truth, audited, tmp_path)
         capture_output=True,
         text=True,
         timeout=900,
+        env=CHECKOUT_ENV,
     )
     assert cli.returncode == 0, cli.stderr
     assert "since the previous audit: 1 new, 0 resolved findings, 1 file changes" in " ".join(cli.stdout.split())
@@ -211,3 +216,42 @@ def test_audit_against_previous_reports_changes(fleet, truth, audited, tmp_path)
     assert sorted(changes["change"]) == ["file modified", "new finding"], changes
     assert changes[changes["change"] == "file modified"]["path"].tolist() == [target]
     assert changes[changes["change"] == "new finding"]["explanation"].tolist() == [dropped["explanation"]]
+
+
+def test_fleet_stacking_sets_the_implant_apart(audited, truth):
+    """Least frequency of occurrence over the fleet: the infected clones' implant is on few of the
+    VMs, the base image's binaries on all of them; findings on the implant rise in confidence."""
+    case_dir, _ = audited
+    case = Case.open(case_dir)
+    stacking = case.table("audit/stacking")
+    fleet = {r.vm: r for r in case.table("audit/fleet").itertuples(index=False)}
+    with_memory = set(case.table("memory/processes")["snapshot_id"])
+    infected = {fleet_vm for fleet_vm, r in fleet.items() if Path(r.source_path).name in _names(truth, "infected")}
+    implant = stacking[stacking["item"] == f"sha256:{truth['implant']['sha256']}"]
+    assert len(implant) == 1 and implant["category"].iloc[0] == "executable"
+    row = implant.iloc[0]
+    assert row["rare"] and row["vms"] == len(infected & with_memory) and row["fleet_size"] == len(with_memory)
+    assert row["fleet_size"] >= 3
+    service = stacking[stacking["item"] == f"sha256:{truth['service']['sha256']}"].iloc[0]
+    assert not service["rare"] and service["vms"] == service["fleet_size"] == len(with_memory)
+    common = stacking[(stacking["category"] == "process") & ~stacking["rare"]]
+    assert {"sh /run/lab/bin/busybox", "labsvc /usr/sbin/labsvc"} <= set(common["item"])
+    outbound = stacking[stacking["category"] == "outbound"]
+    assert (
+        outbound["item"].str.contains(f"{truth['peer']['ip']}:{truth['peer']['port']}").all() and outbound["rare"].all()
+    )
+    vm_findings = case.table("vm/findings")
+    masq = vm_findings[vm_findings["rule_id"] == "proc.kernel_thread_masquerade"]
+    assert len(masq) == len(infected & with_memory)
+    assert masq["fleet_note"].str.startswith("rare in the fleet").all()
+    assert (masq["confidence"] > 0.9).all()  # 0.9 from the rule, raised for rarity
+    vm_of = {sid: vm for vm, info in case.manifest["vms"].items() for sid in info["snapshots"]}
+    assert set(masq["vm"]) == {vm_of[sid] for sid in infected & with_memory}
+    clean = {
+        vm_of[sid] for sid in fleet if sid in vm_of and Path(fleet[sid].source_path).name in _names(truth, "clean")
+    }
+    assert clean and vm_findings[vm_findings["vm"].isin(clean)]["fleet_note"].isna().all()
+
+
+def _names(truth, scenario):
+    return {vm["name"] for vm in truth["vms"] if vm["scenario"] == scenario}

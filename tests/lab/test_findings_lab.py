@@ -91,7 +91,7 @@ def test_cron_persistence_runs_the_running_binary(lab_snapshot, ground_truth):
     cron = pers[pers["path"] == ground_truth["cron"]["path"]]
     assert list(cron["program_path"]) == [ground_truth["cron"]["target"]]
     assert list(cron["program_sha256"]) == [ground_truth["implant"]["sha256"]]
-    found = _findings(case, sid, "persist.suspicious_target")
+    found = _findings(case, sid, "persist.cron_unusual")
     found = found[found["explanation"].str.contains(ground_truth["cron"]["path"], regex=False)]
     assert list(found["entity"]) == [f"process:{pid}"] and set(found["severity"]) == {"high"}
     # the running (deleted) image and the cron target are one binary: same build-id and first page

@@ -16,6 +16,7 @@ import pytest
 import toolkit.memory as M
 from toolkit.memory import guest_layout, qcow2
 from toolkit.memory.convert import to_elf
+from toolkit.memory.same_ram import intersect_runs
 
 pytestmark = pytest.mark.lab
 
@@ -71,19 +72,6 @@ def _ram_ranges(ram_bytes, machine):
     return cut
 
 
-def _intersect(a, b):
-    out, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if lo < hi:
-            out.append((lo, hi))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
 def _page_hashes(img, ranges):
     hashes = {}
     for lo, hi in ranges:
@@ -133,7 +121,7 @@ def test_converted_ram_matches_elf_of_same_moment(lab, ground_truth, tmp_path):
             ram = _ram_ranges(ram_bytes, src.info.get("machine"))
             conv_runs = [(s, s + n) for s, n in conv.runs]
             elf_runs = [(s, s + n) for s, n in elf.runs]
-            common = _intersect(_intersect(ram, conv_runs), elf_runs)
+            common = intersect_runs(intersect_runs(ram, conv_runs), elf_runs)
             covered = sum(hi - lo for lo, hi in common)
             assert covered >= 0.9 * sum(hi - lo for lo, hi in ram), (art["path"], covered, ram)
             a, b = _page_hashes(conv, common), _page_hashes(elf, common)

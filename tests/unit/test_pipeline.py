@@ -77,6 +77,22 @@ def test_an_edited_user_rule_means_a_new_analysis(capture, tmp_path):
     assert set(matches[matches["target"] == "stream"]["rule"]) == {"pipeline_mark_v2"}
 
 
+def test_an_edited_included_rule_file_means_a_new_analysis(capture, tmp_path):
+    """The rule file names a file outside its directory with `include`; only that file changes."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "shared").mkdir()
+    included = tmp_path / "shared" / "mark.yar"
+    included.write_text(RULE)
+    (tmp_path / "rules" / "main.yar").write_text('include "../shared/mark.yar"\n')
+    case_dir = tmp_path / "case"
+    analyze([capture], case_dir, rule_paths=[tmp_path / "rules"])
+    included.write_text(RULE.replace("pipeline_mark", "pipeline_mark_v2"))
+    rerun = analyze([capture], case_dir, rule_paths=[tmp_path / "rules"])
+    assert not rerun["snapshots"][0]["reused"]  # before: reused, with the old rule's results
+    matches = Case.open(case_dir).table("yara/matches")
+    assert set(matches[matches["target"] == "stream"]["rule"]) == {"pipeline_mark_v2"}
+
+
 def test_a_second_run_into_a_locked_case_stops_with_one_line(capture, tmp_path):
     case_dir = tmp_path / "case"
     analyze([capture], case_dir)
@@ -113,10 +129,13 @@ def test_an_engine_that_raises_becomes_a_diagnostic_and_readers_close(capture, t
 def test_engines_run_in_registry_order(capture, tmp_path):
     seen = []
     ctx = EngineContext(snapshot_id="s", derived_dir=tmp_path / "d", profile=load_profile("linux-triage"))
-    tables = run_engines({"id": "s", "pcaps": [{"path": str(capture)}]}, ctx)
+    seconds = {}
+    tables = run_engines({"id": "s", "pcaps": [{"path": str(capture)}]}, ctx, seconds=seconds)
     seen = [name.split("/")[0] for name in tables if "/" in name]
     order = [e["name"] for e in ENGINES]
     assert sorted(set(seen), key=order.index) == ["network", "yara"]
+    # each engine that ran is timed, nothing else
+    assert list(seconds) == ["network", "yara"] and all(v >= 0 for v in seconds.values())
     # YARA saw the network engine's table: the stream carrying the mark was scanned
     assert ctx.tables["network/flows"].iloc[0]["src_stream_file"]
 

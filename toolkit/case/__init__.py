@@ -11,8 +11,10 @@ Layout::
       reports/           rendered reports
 
 Modules: ``store`` (manifest, tables, atomic writes, the read API),
-``custody`` (the hash-chained log), ``hashes`` (evidence hashes and their
-cache), ``lock`` (one run per case).
+``custody`` (the hash-chained log and its head in case.json), ``derived``
+(custody for every file under derived/), ``hashes`` (evidence hashes and
+their cache), ``lock`` (one run per case), ``query`` (read-only SQL),
+``verify`` (what ``case verify`` checks), ``seal`` (signed manifests).
 
 Notebook use::
 

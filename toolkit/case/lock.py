@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import stat
 from pathlib import Path
 
 from toolkit.errors import CaseError
@@ -31,7 +33,16 @@ def file_lock(path: Path, *, wait: bool = True):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    # Never through a symbolic link, never a FIFO (opening one blocks): a case copied from elsewhere
+    # may hold anything under a lock file's name.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise CaseError(f"{path}: cannot be used as a lock file ({exc.strerror or exc}; a symbolic link?)") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CaseError(f"{path}: is not a regular file; cannot be used as a lock file")
+    with os.fdopen(fd, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
             yield

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from toolkit.case.lock import file_lock
 from toolkit.errors import CaseError
 from toolkit.schemas import SCHEMAS, validate
 
@@ -28,6 +29,8 @@ SUBDIRS = ("tables", "derived", "reports")
 # Also kept as one file across snapshots at the top of the case, for tools that
 # want a single Parquet file; tables/ stays the source of truth.
 COMBINED_TABLES = {"findings": "findings.parquet", "timeline": "timeline.parquet"}
+# Guards case.json's read-modify-write of the custody chain head against a save of the whole manifest.
+MANIFEST_LOCK = ".manifest.lock"
 
 
 def now_iso() -> str:
@@ -62,13 +65,45 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
         raise
 
 
+def same_file(a, b) -> bool:
+    """True when ``a`` and ``b`` name one file: the same real path (symbolic links resolved) or the same
+    device and inode (a hard link). Example: ``same_file("vm.save", "link-to-vm.save")``."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def refuse_output_over_case(case_dir: Path, out: Path, *, allowed: str = "reports") -> None:
+    """CaseError when writing ``out`` would replace the case's evidence or the case's own records.
+
+    A report or export goes outside the case or under its ``allowed``
+    subdirectory (``reports/``; ``derived/`` for a converted memory image):
+    anywhere else inside the case it would overwrite case.json, the custody
+    log or a table, and a path that is (a link to) an evidence file the case
+    recorded would replace the evidence.
+
+    Example: ``refuse_output_over_case(Path("case"), Path("case/case.json"))`` raises CaseError.
+    """
+    case_dir, out = Path(case_dir), Path(out)
+    for evidence in load_manifest(case_dir).get("evidence") or {}:
+        if same_file(out, evidence):
+            raise CaseError(
+                f"{out}: is the case's evidence ({evidence}), or a link to it; refusing to overwrite evidence"
+            )
+    real_case, real_out = Path(os.path.realpath(case_dir)), Path(os.path.realpath(out))
+    if real_out.is_relative_to(real_case) and not real_out.is_relative_to(real_case / allowed):
+        raise CaseError(
+            f"{out}: is inside the case, where it would replace the case's own records; "
+            f"write it outside the case or under {case_dir / allowed}"
+        )
+
+
 def table_path(case_dir: Path, name: str, snapshot_id: str) -> Path:
     return case_dir / "tables" / name / f"{snapshot_id}.parquet"
-
-
-def view_name(table: str) -> str:
-    """SQL view name for a table: ``memory/processes`` -> ``memory_processes``."""
-    return table.replace("/", "_")
 
 
 def is_case(path: Path) -> bool:
@@ -103,10 +138,43 @@ def load_manifest(case_dir: Path) -> dict:
     return manifest
 
 
+def manifest_path(case_dir: Path) -> Path:
+    return Path(case_dir) / "case.json"
+
+
+def _write_manifest(case_dir: Path, manifest: dict) -> None:
+    atomic_write_bytes(manifest_path(case_dir), json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+
+
 def save_manifest(case_dir: Path, manifest: dict) -> None:
-    atomic_write_bytes(
-        Path(case_dir) / "case.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
-    )
+    """Write case.json atomically, keeping the custody chain head that is on disk.
+
+    Only toolkit.case.custody moves the head (with every append); a run's
+    manifest held in memory since its start must not put an older head back.
+    """
+    with file_lock(Path(case_dir) / MANIFEST_LOCK):
+        head = read_custody_head(case_dir)
+        if head is not None:
+            manifest["custody"] = head
+        _write_manifest(case_dir, manifest)
+
+
+def read_custody_head(case_dir: Path) -> dict | None:
+    """The custody chain head case.json records ({"seq", "hash"}), or None (no case.json or no head)."""
+    try:
+        manifest = json.loads(manifest_path(case_dir).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    head = manifest.get("custody") if isinstance(manifest, dict) else None
+    return head if isinstance(head, dict) else None
+
+
+def set_custody_head(case_dir: Path, head: dict) -> None:
+    """Record the custody chain head in case.json (custody.append_event calls it under the log's lock)."""
+    with file_lock(Path(case_dir) / MANIFEST_LOCK):
+        manifest = load_manifest(case_dir)
+        manifest["custody"] = head
+        _write_manifest(case_dir, manifest)
 
 
 def write_table(case_dir: Path, name: str, snapshot_id: str, df: pd.DataFrame) -> Path:
@@ -179,18 +247,12 @@ class Case:
     def diagnostics(self) -> pd.DataFrame:
         return self.table("diagnostics")
 
-    def sql(self, query: str) -> pd.DataFrame:
-        """Run DuckDB SQL; each table is a view named with '_' for '/'."""
-        import duckdb
+    def sql(self, query: str, *, allow_files: bool = False) -> pd.DataFrame:
+        """Run DuckDB SQL; each declared table is a view named with '_' for '/'.
 
-        con = duckdb.connect()
-        try:
-            for name in self.tables():
-                # DuckDB cannot bind parameters in DDL: quote the paths ourselves.
-                files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in self._files(name))
-                con.execute(
-                    f'CREATE VIEW "{view_name(name)}" AS SELECT * FROM read_parquet([{files}], union_by_name=true)'
-                )
-            return con.execute(query).df()
-        finally:
-            con.close()
+        Read-only and confined to the case unless ``allow_files`` (see toolkit.case.query).
+        Example: ``case.sql("SELECT count(*) FROM memory_processes")``.
+        """
+        from toolkit.case.query import run_sql
+
+        return run_sql(self.path, query, allow_files=allow_files)

@@ -58,6 +58,7 @@ COMMANDS = [
     ("toolkit.cli.report", "correlate", "command"),
     ("toolkit.cli.sigma", "sigma", "command"),
     ("toolkit.cli.audit", "audit", "command"),
+    ("toolkit.cli.acquire", "acquire", "command"),
 ]
 GROUPS = [
     ("toolkit.cli.case", "app", "case"),

@@ -1,4 +1,4 @@
-"""``snapscope case``: look after a case directory."""
+"""``snapscope case``: look after a case directory: verify, seal, describe."""
 
 from __future__ import annotations
 
@@ -10,31 +10,73 @@ from toolkit.cli.common import console, fail
 from toolkit.report.escape import rich_safe
 
 app = typer.Typer(
-    help="Check and describe a case directory.\n\nExample: snapscope case verify cases/web01", no_args_is_help=True
+    help="Check, seal and describe a case directory.\n\nExample: snapscope case verify cases/web01",
+    no_args_is_help=True,
 )
 
 
 @app.command()
-def verify(case_dir: Path = typer.Argument(..., help="The case directory.")):
-    """Verify the custody log's hash chain and that evidence hashes did not change.
+def verify(
+    case_dir: Path = typer.Argument(..., help="The case directory."),
+    quick: bool = typer.Option(False, "--quick", help="Do not re-hash evidence and derived files (sizes only)."),
+    pubkey: Path | None = typer.Option(
+        None, "--pubkey", help="Public key (PEM) of whoever sealed the case: prove this copy is unaltered."
+    ),
+):
+    """Verify the custody chain and its head, re-hash evidence and derived files, check the seal.
 
-    Example: snapscope case verify cases/web01
+    Example: snapscope case verify cases/web01 --pubkey analyst.pub
     """
-    from toolkit.case import custody, load_manifest
+    from toolkit.case.verify import verify_case
 
-    load_manifest(case_dir)
-    problems = custody.verify(case_dir)
-    events = custody.read_events(case_dir) if not problems else []
-    before = {e["path"]: e["sha256"] for e in events if e["action"] == "evidence.hash.before"}
-    after = {e["path"]: e["sha256"] for e in events if e["action"] == "evidence.hash.after"}
-    for path, digest in after.items():
-        if before.get(path) not in (None, digest):
-            problems.append(f"{path}: evidence hash changed during analysis")
-    if problems:
-        for problem in problems:
-            console.print(f"[red]custody:[/] {rich_safe(problem)}")
-        fail(f"{case_dir}: custody log does not verify ({len(problems)} problem(s))")
-    console.print(f"custody log intact: {len(events)} events, {len(after)} evidence files unchanged")
+    report = verify_case(case_dir, quick=quick, public_key=pubkey)
+    for note in report["notes"]:
+        console.print(f"[dim]note:[/] {rich_safe(note)}")
+    if report["problems"]:
+        for problem in report["problems"]:
+            console.print(f"[red]problem:[/] {rich_safe(problem)}")
+        fail(f"{case_dir}: the case does not verify ({len(report['problems'])} problem(s))")
+    hashed = "not re-hashed (--quick)" if quick else f"{report['evidence_checked']} re-hashed and unchanged"
+    console.print(f"custody log intact: {report['events']} events; evidence files {hashed}")
+    if report["seal"] is not None:
+        console.print(
+            f"seal verifies: {report['seal']['files']} files as sealed at {rich_safe(report['seal']['sealed_at'])}"
+        )
+
+
+@app.command()
+def seal(
+    case_dir: Path = typer.Argument(..., help="The case directory."),
+    key: Path = typer.Option(..., "--key", help="Ed25519 private key (PEM), e.g. from `snapscope case keygen`."),
+):
+    """Sign every file's sha256 and the custody chain head into CASE/seal.json.
+
+    Whoever receives a copy checks it with `snapscope case verify COPY --pubkey PUB`.
+
+    Example: snapscope case seal cases/web01 --key analyst.key
+    """
+    from toolkit.case.seal import seal_case
+
+    sealed = seal_case(case_dir, key)
+    console.print(
+        f"sealed {len(sealed['files'])} files and custody line {sealed['custody_head']['seq']} "
+        f"with key {sealed['key_sha256'][:16]}: {rich_safe(case_dir / 'seal.json')}"
+    )
+
+
+@app.command()
+def keygen(
+    private: Path = typer.Option(..., "--private", help="Where to write the private key (PEM, mode 0600)."),
+    public: Path = typer.Option(..., "--public", help="Where to write the public key (PEM) to give to others."),
+):
+    """Make an Ed25519 key pair for sealing cases (`openssl genpkey -algorithm ed25519` keys work too).
+
+    Example: snapscope case keygen --private analyst.key --public analyst.pub
+    """
+    from toolkit.case.seal import generate_keypair
+
+    fingerprint = generate_keypair(private, public)
+    console.print(f"wrote {rich_safe(private)} and {rich_safe(public)}; key {fingerprint[:16]}")
 
 
 @app.command()
@@ -47,7 +89,22 @@ def info(case_dir: Path = typer.Argument(..., help="The case directory.")):
 
     case = Case.open(case_dir)
     for sid, snap in case.snapshots.items():
-        console.print(f"[bold]{rich_safe(sid)}[/] {rich_safe(snap.get('name'))}")
-        for name, rows in sorted((snap.get("tables") or {}).items()):
-            console.print(f"  {name}: {rows} rows")
-    console.print(f"runs: {len(case.manifest.get('runs', []))}")
+        console.print(f"[bold]{rich_safe(sid)}[/] {rich_safe((snap or {}).get('name'))}")
+        for name, rows in sorted(((snap or {}).get("tables") or {}).items()):
+            console.print(f"  {rich_safe(name)}: {rich_safe(rows)} rows")
+    for acq in (case.manifest.get("acquisitions") or {}).values():
+        acq = acq if isinstance(acq, dict) else {}  # case.json may come from anyone: shapes are not trusted
+        who = acq.get("who") if isinstance(acq.get("who"), dict) else {}
+        console.print(
+            f"acquired {rich_safe(acq.get('started'))} on {rich_safe(who.get('host'))} "
+            f"by {rich_safe(who.get('user'))}: {rich_safe(acq.get('status'))} ({rich_safe(acq.get('dir'))})"
+        )
+        domains = acq.get("domains") if isinstance(acq.get("domains"), dict) else {}
+        for name, dom in domains.items():
+            dom = dom if isinstance(dom, dict) else {}
+            pause = dom.get("pause") if isinstance(dom.get("pause"), dict) else {}
+            console.print(
+                f"  {rich_safe(name)}: {rich_safe(dom.get('mode'))}, guest paused {rich_safe(pause.get('seconds'))} s; "
+                f"{rich_safe(dom.get('consistency'))}"
+            )
+    console.print(f"runs: {len(case.manifest.get('runs') or [])}")

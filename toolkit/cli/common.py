@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from toolkit.errors import one_line
-from toolkit.report.escape import terminal_safe
+from toolkit.report.escape import rich_safe, terminal_safe
 
 # soft_wrap: a long line stays one line (the terminal, if any, folds it); tables still fit the width.
 console = Console(soft_wrap=True)
@@ -42,6 +42,12 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def print_custody_repairs(summary: dict) -> None:
+    """The custody repairs a run made (a torn line set aside, missing lines logged), one warning each."""
+    for note in summary.get("custody_repairs") or []:
+        err_console.print(f"[yellow]warning:[/] {rich_safe(note)}")
+
+
 @contextlib.contextmanager
 def progress_bar():
     """Yield a ``progress(description, completed, total)`` callback backed by rich.
@@ -62,7 +68,8 @@ def progress_bar():
 
     def update(description, completed=None, total=None):
         if description not in tasks:
-            tasks[description] = bar.add_task(description, total=total)
+            # descriptions may name evidence files: escaped like every other value on a terminal
+            tasks[description] = bar.add_task(rich_safe(description), total=total)
         bar.update(tasks[description], completed=completed, total=total)
 
     with bar:

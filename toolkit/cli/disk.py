@@ -1,4 +1,5 @@
-"""``snapscope diff``: files added, removed and modified between two states of one VM disk."""
+"""``snapscope diff``: files added, removed and modified between two states of one VM disk;
+with ``--memory``, what appeared or went between two analysed snapshots of a case."""
 
 from __future__ import annotations
 
@@ -21,9 +22,20 @@ def _spec(arg: str, snapshot: str | None) -> dict:
 
 
 def diff_command(
-    a: str = typer.Argument(..., help="Older state: a disk image, or IMAGE@SNAPSHOT for a qcow2 internal snapshot."),
-    b: str = typer.Argument(..., help="Newer state: a disk image (an overlay of A), or IMAGE@SNAPSHOT."),
+    a: str = typer.Argument(
+        ...,
+        help="Older state: a disk image, or IMAGE@SNAPSHOT for a qcow2 internal snapshot (--memory: a snapshot id).",
+    ),
+    b: str = typer.Argument(
+        ..., help="Newer state: a disk image (an overlay of A), or IMAGE@SNAPSHOT (--memory: an id)."
+    ),
     case: Path = typer.Option(..., "--case", help="Case directory; the diff is stored as table disk/diff."),
+    memory: bool = typer.Option(
+        False,
+        "--memory",
+        help="A and B are snapshot ids of the case: compare their processes, sockets, modules, kernel checks, "
+        "persistence entries and files (table memory/diff).",
+    ),
     snapshot_a: str | None = typer.Option(None, "--snapshot-a", help="Internal snapshot (name or id) of A."),
     snapshot_b: str | None = typer.Option(None, "--snapshot-b", help="Internal snapshot (name or id) of B."),
     search_path: list[Path] = typer.Option(
@@ -41,14 +53,26 @@ def diff_command(
     max_size: int | None = typer.Option(None, "--max-size", help="Do not hash files larger than this many bytes."),
     limit: int = typer.Option(40, "--limit", help="Rows to print (all are stored)."),
 ):
-    """Diff two states of one VM disk (base vs overlay, internal snapshot vs active, two external snapshots).
+    """Diff two states of one VM disk (base vs overlay, internal snapshot vs active, two external snapshots),
+    or, with --memory, two analysed snapshots of a case (what appeared or went between them).
 
     Example: snapscope diff base.qcow2 disk.qcow2 --case cases/web01 --search-path /mnt/images
+
+    Example: snapscope diff --memory web01-monday web01-tuesday --case cases/web01
     """
     from toolkit.case import init_case, write_table
     from toolkit.engines.disk.diff import diff_tables
     from toolkit.errors import SnapscopeError
     from toolkit.references import evidence_roots, reference_policy
+
+    if memory:
+        from toolkit.vms import diff_snapshots
+
+        try:
+            _print_memory(diff_snapshots(case, a, b), limit)
+        except SnapscopeError as e:
+            fail(str(e))
+        return
 
     spec_a, spec_b = _spec(a, snapshot_a), _spec(b, snapshot_b)
     # the two disks given are the evidence: what they name is read beside them or in --search-path
@@ -108,3 +132,24 @@ def _print(tables: dict, limit: int = 40) -> None:
     console.print(table)
     for diag in tables["diagnostics"].itertuples():
         console.print(f"[dim]{rich_safe(diag.severity)}: {rich_safe(diag.what)}: {rich_safe(diag.why)}[/]")
+
+
+def _print_memory(df, limit: int = 40) -> None:
+    from rich.table import Table
+
+    counts = df.groupby(["kind", "change"]).size().to_dict() if len(df) else {}
+    console.print(
+        "snapshot diff: "
+        + (", ".join(f"{n} {change} {kind}" for (kind, change), n in sorted(counts.items())) or "no changes")
+    )
+    table = Table("change", "kind", "what", "between")
+    for row in df.head(limit).itertuples():
+        table.add_row(
+            rich_safe(row.change),
+            rich_safe(row.kind),
+            rich_safe(row.description),
+            rich_safe(f"{row.snapshot_a} -> {row.snapshot_b}"),
+        )
+    console.print(table)
+    if len(df) > limit:
+        console.print(f"... {len(df) - limit} more rows (table memory/diff)")

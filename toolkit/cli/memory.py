@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def info(
     table = Table(title=rich_safe(str(path)), show_header=False)
     for key, value in facts.items():
         text = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
-        table.add_row(key, rich_safe(text if len(text) < 400 else text[:397] + "..."))
+        table.add_row(rich_safe(key), rich_safe(text if len(text) < 400 else text[:397] + "..."))
     console.print(table)
 
 
@@ -69,46 +70,63 @@ def convert(
     from toolkit.memory.convert import to_elf
     from toolkit.references import evidence_roots, reference_policy
 
-    derived = None
-    if case is not None:
-        if not case.is_dir():
-            fail(f"{case}: case directory not found")
-        derived = case / "derived"
-    try:
-        references = reference_policy(
-            roots=evidence_roots([src]), search_paths=search_path, follow_recorded=follow_recorded_paths
-        )
-        img = open_image(src, snapshot=snapshot, derived_dir=derived, references=references)
-    except MemoryFormatError as exc:
-        fail(str(exc))
-    with img, progress_bar() as progress:
+    with contextlib.ExitStack() as held:
+        derived, protect = None, ()
+        if case is not None:
+            from toolkit.case import init_case
+            from toolkit.case.lock import case_lock
+            from toolkit.case.store import refuse_output_over_case
+
+            manifest = init_case(case)  # a new or empty directory becomes a case; anything else is refused
+            held.enter_context(case_lock(case))  # no run changes the case while this adds to it
+            refuse_output_over_case(case, dst, allowed="derived")  # never over case.json, custody or a table
+            derived = case / "derived"
+            protect = tuple(manifest.get("evidence") or ())  # the case's evidence is never a destination
         try:
-            result = to_elf(src, dst, image=img, progress=lambda done, total: progress("converting", done, total))
+            references = reference_policy(
+                roots=evidence_roots([src]), search_paths=search_path, follow_recorded=follow_recorded_paths
+            )
+            img = open_image(src, snapshot=snapshot, derived_dir=derived, references=references)
         except MemoryFormatError as exc:
             fail(str(exc))
+        with img, progress_bar() as progress:
+            try:
+                result = to_elf(
+                    src,
+                    dst,
+                    image=img,
+                    protect=protect,
+                    progress=lambda done, total: progress("converting", done, total),
+                )
+            except MemoryFormatError as exc:
+                fail(str(exc))
+        if case is not None:
+            # Custody before any output: nothing printed can stop the line that records the conversion.
+            from toolkit.case.custody import append_event
+            from toolkit.case.derived import record_derived
+
+            record_derived(case, reason="memory convert")  # decompressed stream spills and indexes
+            append_event(
+                case,
+                action="memory.convert",
+                path=str(src),
+                sha256=result["src_sha256"],
+                detail={
+                    "output": str(dst),
+                    "output_sha256": result["dst_sha256"],
+                    "format": result["format"],
+                    "snapshot": snapshot,
+                    "runs": result["runs"],
+                    "bytes": result["bytes"],
+                    "diagnostics": len(result["diagnostics"]),
+                },
+            )
     for d in result["diagnostics"]:
         console.print(
-            f"[yellow]{d['severity']}[/]: {rich_safe(d['what'])} ({rich_safe(d['where'])}): {rich_safe(d['why'])}"
-        )
-    if case is not None:
-        from toolkit.case.custody import append_event
-
-        append_event(
-            case,
-            action="memory.convert",
-            path=str(src),
-            sha256=result["src_sha256"],
-            detail={
-                "output": str(dst),
-                "output_sha256": result["dst_sha256"],
-                "format": result["format"],
-                "snapshot": snapshot,
-                "runs": result["runs"],
-                "bytes": result["bytes"],
-                "diagnostics": len(result["diagnostics"]),
-            },
+            f"[yellow]{rich_safe(d.get('severity'))}[/]: {rich_safe(d.get('what'))} ({rich_safe(d.get('where'))}): "
+            f"{rich_safe(d.get('why'))}"
         )
     console.print(
-        f"{rich_safe(src)} ({result['format']}) -> {rich_safe(dst)}: {result['runs']} ranges, "
+        f"{rich_safe(src)} ({rich_safe(result['format'])}) -> {rich_safe(dst)}: {result['runs']} ranges, "
         f"{result['bytes'] / 2**20:.1f} MiB of guest memory; sha256 {result['dst_sha256']}"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from toolkit.cli.common import console, fail
+from toolkit.cli.common import console, err_console, fail
 from toolkit.report.escape import rich_safe
 from toolkit.report.tabular import records, to_csv_text, to_json_text
 
@@ -62,19 +62,26 @@ def sql(
     case_dir: Path = typer.Argument(..., help="The case directory."),
     query: str = typer.Argument(..., help="DuckDB SQL; tables are views named with '_' for '/'."),
     fmt: str = typer.Option("table", "--format", help="table, csv or json."),
+    allow_files: bool = typer.Option(
+        False, "--allow-files", help="Let the query read and write files (COPY ... TO, read_csv, ATTACH)."
+    ),
 ):
-    """Run SQL (DuckDB) over a case's Parquet tables.
+    """Run SQL (DuckDB) over a case's Parquet tables: read-only, no file access unless --allow-files.
 
     Example: snapscope sql cases/web01 "SELECT pid, process FROM memory_processes WHERE exe_deleted"
     """
     import duckdb
 
     from toolkit.case import Case
+    from toolkit.case.query import sql_views
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}")
+    case = Case.open(case_dir)
+    for name in sql_views(case.path)[1]:
+        err_console.print(f"[dim]note:[/] tables/{rich_safe(name)} is not a declared table; it is not a SQL view")
     try:
-        df = Case.open(case_dir).sql(query)
+        df = case.sql(query, allow_files=allow_files)
     except duckdb.Error as exc:
         fail(f"SQL error: {str(exc).splitlines()[0]}")
     print_frame(df, fmt, None)

@@ -7,9 +7,17 @@ from pathlib import Path
 import typer
 
 from toolkit.cli.common import console, fail
+from toolkit.report.escape import rich_safe
 
 REPORT_FORMATS = ("html", "json", "csv", "parquet", "timesketch", "stix", "misp")
 PASSWORD_ENV = "TIMESKETCH_PASSWORD"
+
+
+def _vm_findings(case):
+    """The case's findings once per VM; a case from before the VM view is told how to get one."""
+    if "vm/findings" not in case.tables() and case.snapshots:
+        fail(f"{case.path}: no VM view yet (a case from an older snapscope): run `snapscope correlate {case.path}`")
+    return case.table("vm/findings")
 
 
 def findings(
@@ -17,19 +25,23 @@ def findings(
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
     no_chain: bool = typer.Option(False, "--no-chain", help="Do not print the evidence chain under each finding."),
 ):
-    """Show a case's findings by severity, each with the chain of evidence behind it.
+    """Say what happened on each VM of a case, then every finding once per VM: by severity,
+    with the snapshots it was seen in and the chain of evidence behind it.
 
     Example: snapscope findings cases/web01
     """
     from toolkit.case import Case
+    from toolkit.report.story import incident_summary
     from toolkit.report.tabular import to_json_text
-    from toolkit.report.terminal import render_findings
+    from toolkit.report.terminal import render_findings, render_incident_summary
 
-    df = Case.open(case_dir).findings
+    case = Case.open(case_dir)
+    df = _vm_findings(case)
     if as_json:
         typer.echo(to_json_text(df))
-    else:
-        render_findings(console, df, chains=not no_chain)
+        return
+    render_incident_summary(console, incident_summary(case))
+    render_findings(console, df, chains=not no_chain)
 
 
 def timeline(
@@ -57,7 +69,8 @@ def report(
     timesketch_user: str | None = typer.Option(None, "--timesketch-user", help="Timesketch user name."),
     sketch: int | None = typer.Option(None, "--sketch", help="Add to this sketch id (default: a new sketch)."),
 ):
-    """Render a case's findings (and timeline) as a report file.
+    """Render a case as a report file: the HTML report (incident summary first), or its
+    findings, once per VM, as JSON, CSV or Parquet, or its timeline for Timesketch.
 
     stix: a STIX 2.1 bundle of the indicators the medium-or-worse findings implicate; misp: the same
     as a MISP event; timesketch: the timeline as JSON lines, uploaded when --timesketch-url is given
@@ -68,6 +81,7 @@ def report(
     import os
 
     from toolkit.case import Case, atomic_write_bytes
+    from toolkit.case.store import refuse_output_over_case
     from toolkit.report.tabular import write_frame
 
     if fmt not in REPORT_FORMATS:
@@ -77,6 +91,7 @@ def report(
     if timesketch_url and not (timesketch_user and os.environ.get(PASSWORD_ENV)):
         fail(f"--timesketch-url needs --timesketch-user and the password in ${PASSWORD_ENV}")
     case = Case.open(case_dir)
+    refuse_output_over_case(case.path, out)  # a report never replaces evidence or the case's records
     if fmt == "html":
         from toolkit.report.html import render_html
 
@@ -91,7 +106,7 @@ def report(
             sent = upload_timeline(
                 lines, timesketch_url, timesketch_user, os.environ[PASSWORD_ENV], timeline_name=name, sketch_id=sketch
             )
-            console.print(f"uploaded {sent['events']} events to sketch {sent['sketch_id']} as {name!r}")
+            console.print(f"uploaded {sent['events']} events to sketch {sent['sketch_id']} as {rich_safe(repr(name))}")
     elif fmt == "stix":
         from toolkit.report.stix import stix_bundle_json
 
@@ -101,8 +116,8 @@ def report(
 
         atomic_write_bytes(out, misp_event_json(case).encode())
     else:
-        write_frame(case.findings, out, fmt)
-    console.print(f"wrote {out}")
+        write_frame(_vm_findings(case), out, fmt)
+    console.print(f"wrote {rich_safe(out)}")
 
 
 def correlate(case_dir: Path = typer.Argument(..., help="The case directory.")):
@@ -115,4 +130,5 @@ def correlate(case_dir: Path = typer.Argument(..., help="The case directory.")):
     from toolkit.pipeline import recorrelate
 
     for sid, n in recorrelate(case_dir).items():
-        console.print(f"{sid}: {n} findings")
+        console.print(f"{rich_safe(sid)}: {n} findings")
+    console.print(f"findings once per VM: snapscope findings {rich_safe(case_dir)}")

@@ -46,20 +46,22 @@ def build(
     if not banners:
         fail(f"no Linux kernel banner in {dump} (not a Linux guest, or a format to convert to ELF first)")
     out_dir = out or isf.cache_dir_for(isf.default_cache_dir())
-    existing = out_dir / f"{isf.banner_key(banners[0])}.json"
+    dump_sha256 = sha256_file(dump)  # a built ISF is reused for this very dump only
+    existing = out_dir / isf.cache_name(banners[0], dump_sha256)
     if existing.is_file() and not force:
         result = {"banner": banners[0], "isf_path": str(existing), "seconds": 0.0, "cached": True, "diagnostics": []}
     else:
         err_console.print(f"building symbols for: {rich_safe(banners[0].strip())}")
-        result = isf.build_isf(dump, out_dir)
+        result = isf.build_isf(dump, out_dir, image_sha256=dump_sha256)
         result["cached"] = False
+    result["built_from"] = dump_sha256
     if result["isf_path"]:
         result["sha256"] = sha256_file(result["isf_path"])
     if json_out:
         print(json.dumps(result, indent=2))
     for d in result["diagnostics"]:
         if d["severity"] != "info":
-            err_console.print(f"[yellow]{d['severity']}:[/] {rich_safe(d['what'])}: {rich_safe(d['why'])}")
+            err_console.print(f"[yellow]{rich_safe(d['severity'])}:[/] {rich_safe(d['what'])}: {rich_safe(d['why'])}")
     if not result["isf_path"]:
         fail("no ISF was produced", code=1)
     if not json_out:
@@ -72,7 +74,8 @@ def list_(
     symbols: list[Path] = typer.Option([], "--symbols", "-s", help="extra ISF files or dirs to include"),
     json_out: bool = typer.Option(False, "--json", help="print rows as JSON on stdout"),
 ):
-    """List the ISFs snapscope would use: user dirs, profiles/symbols, the cache.
+    """List the ISFs snapscope would use: user dirs, profiles/symbols, the cache (each built ISF
+    with the sha256 of the image it was built from, the only image it is used for).
 
     Example: snapscope symbols list --symbols ./isf
     """
@@ -80,12 +83,13 @@ def list_(
     if json_out:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("origin", "banner", "size", "path")
+    table = Table("origin", "banner", "size", "built from image", "path")
     for r in rows:
         table.add_row(
-            r["origin"],
+            rich_safe(r["origin"]),
             rich_safe((r["banner"] or "<no linux_banner>").strip()[:90]),
             f"{r['size']:,}",
+            rich_safe((r["built_from"] or "")[:16]),
             rich_safe(r["path"]),
         )
     console.print(table if rows else "no ISF files found")

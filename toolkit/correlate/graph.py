@@ -20,6 +20,8 @@ import shlex
 import pandas as pd
 
 from toolkit.correlate.links import endpoints, frame, link, pid_of, truthy, value
+from toolkit.correlate.vocabulary import is_inet
+from toolkit.programs import interpreter_script, is_interpreter
 from toolkit.schemas import split_deleted
 
 
@@ -60,21 +62,30 @@ def add_edge(graph, a: str, b: str, relation: str, links=()) -> None:
 
 def _processes(graph, tables, sid):
     procs = frame(tables, "memory/processes")
+    argv = {}
+    for i, row in frame(tables, "memory/cmdlines").iterrows():
+        argv.setdefault(pid_of(row), (i, str(value(row, "args") or "").split()))
     for i, row in procs.iterrows():
         pid = pid_of(row)
         if pid is None:
             continue
         exe, deleted_suffix = split_deleted(value(row, "exe_path") or None)
+        j, words = argv.get(pid, (None, []))
+        # An interpreter's identity is the script it runs, not the binary every such process shares.
+        script = interpreter_script([exe or "", *words[1:]]) if words and is_interpreter(exe) else None
         add_node(
             graph,
             f"process:{pid}",
             "process",
             f"{value(row, 'process', '?')} (pid {pid})",
-            [link("memory/processes", sid, i)],
+            [link("memory/processes", sid, i)] + ([link("memory/cmdlines", sid, j)] if j is not None else []),
             pid=int(pid),
             process=value(row, "process"),
             exe=exe,
             deleted=truthy(value(row, "exe_deleted")) or deleted_suffix,
+            uid=pid_of(row, "uid"),
+            args=" ".join(words) if words else None,
+            script=script,
         )
         ppid = pid_of(row, "ppid")
         if ppid is not None and f"process:{ppid}" in graph["nodes"]:
@@ -98,6 +109,16 @@ def _executables(graph, tables, sid):
         if i is not None and not node.get("deleted"):
             _file_node(graph, files, sid, i)
             add_edge(graph, node["id"], f"file:{node['exe']}", "runs", [link("disk/files", sid, i)])
+            if is_interpreter(node["exe"]):
+                graph["nodes"][f"file:{node['exe']}"]["shared"] = True
+        script = node.get("script")
+        if script:
+            k = by_path.get(script)
+            if k is not None:
+                _file_node(graph, files, sid, k)
+            else:
+                add_node(graph, f"file:{script}", "file", script, path=script)
+            add_edge(graph, node["id"], f"file:{script}", "runs script", node["links"][1:])
     exes = frame(tables, "memory/executables")
     for j, r in exes.iterrows():
         proc_id = f"process:{pid_of(r)}"
@@ -141,8 +162,8 @@ def _sockets_and_flows(graph, tables, sid):
     sockets = frame(tables, "memory/sockets")
     for j, r in sockets.iterrows():
         pid = pid_of(r)
-        if value(r, "dst_port") in (None, 0):
-            continue  # listening or unconnected: no flow to join
+        if not is_inet(r) or value(r, "dst_port") in (None, 0):
+            continue  # a unix socket is not a flow; listening or unconnected: no flow to join
         node_id = (
             f"socket:{pid}:{value(r, 'src_ip')}:{value(r, 'src_port')}-{value(r, 'dst_ip')}:{value(r, 'dst_port')}"
         )
@@ -174,6 +195,7 @@ def _persistence(graph, tables, sid):
             "persistence",
             f"{value(r, 'kind', 'persistence')} {value(r, 'path', '')}",
             [link("disk/persistence", sid, i)],
+            path=value(r, "path"),
             program_path=value(r, "program_path"),
             program_sha256=value(r, "program_sha256"),
         )
@@ -267,6 +289,7 @@ def build_graph(tables: dict, snapshot_id: str) -> dict:
 INVERSE = {
     "parent of": "child of",
     "runs": "is the executable of",
+    "runs script": "is the script of",
     "owns socket": "socket of",
     "same 5-tuple as capture flow": "capture flow of socket",
     "would run": "run by persistence entry",
@@ -309,6 +332,10 @@ def chain(graph, start: str, max_depth: int = 4) -> list[dict]:
                 # Do not wander from one process to all its siblings via the parent.
                 if relation in ("parent of", "child of") and graph["nodes"][other]["kind"] == "process":
                     continue
+                # Nor through a binary many processes share (an interpreter, a service's
+                # workers): a shared executable is not an identity.
+                if node != start and shared_file(graph, node):
+                    continue
                 seen.add(other)
                 nxt.append(other)
                 out.append(
@@ -322,6 +349,18 @@ def chain(graph, start: str, max_depth: int = 4) -> list[dict]:
                 )
         frontier = nxt
     return out
+
+
+def shared_file(graph, node_id: str) -> bool:
+    """A file node that stands for no single process: an interpreter or shell binary, or the
+    executable of more than one running process."""
+    node = graph["nodes"].get(node_id) or {}
+    if node.get("kind") != "file":
+        return False
+    if node.get("shared"):
+        return True
+    runners = {a for a, b, rel, _ in graph["edges"] if b == node_id and rel == "runs"}
+    return len(runners) > 1
 
 
 def owner_process(graph, node_id: str) -> str | None:

@@ -17,7 +17,9 @@ def link(table: str, snapshot_id: str, row: int) -> dict:
 def hit(entity: str, links: list[dict], confidence: float, explanation: str, **more) -> dict:
     """What a rule yields: the entity it is about, the rows that prove it, how sure, and why.
 
-    ``more`` may set ``severity`` (overriding the rule's), ``attack_id``, or ``rule_id`` and ``title``.
+    ``more`` may set ``severity`` (overriding the rule's), ``attack_id``, ``rule_id`` and ``title``,
+    or ``subject``: what, besides the entity, makes a finding distinct (a YARA rule's name), so
+    hits are merged per rule, entity and subject.
     Example: ``hit("process:77", [link("memory/processes", sid, 3)], 0.9, "pid 77 runs from a deleted file.")``
     """
     return {"entity": entity, "links": links, "confidence": confidence, "explanation": explanation, **more}
@@ -66,3 +68,8 @@ def pid_of(row, name: str = "pid"):
 
 def truthy(v) -> bool:
     return bool(v) if v is not None and v is not pd.NA else False
+
+
+def exited(row) -> bool:
+    """A dead task's leftovers (exit_state EXIT_*), which a memory scan still finds: not running."""
+    return str(value(row, "exit_state") or "").startswith("EXIT_")

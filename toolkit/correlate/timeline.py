@@ -86,6 +86,7 @@ def build_timeline(tables: dict, snapshot_id: str, snapshot_times: dict | None =
                     }
                 )
     for kind, ts in (snapshot_times or {}).items():
-        rows.append({"ts": ts, "kind": kind, "description": kind, "table": None, "row": None})
+        # a Timestamp: ISO strings of different precision in one column would not all parse
+        rows.append({"ts": pd.Timestamp(ts), "kind": kind, "description": kind, "table": None, "row": None})
     df = make_table("timeline", rows, snapshot_id=snapshot_id, source="correlate/timeline")
     return df.sort_values("ts", kind="stable").reset_index(drop=True)

@@ -19,6 +19,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from toolkit.errors import EvidenceError
+from toolkit.limits import env_name, limit
 
 # libvirt's XML for a domain is a few KiB; a snapshot XML embeds one domain.
 # Anything much bigger is not something libvirt wrote.
@@ -79,10 +80,27 @@ def load(data: bytes, path) -> ET.Element:
     # libvirt never writes a DTD; refusing one rules out entity-expansion bombs.
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise EvidenceError(path, "XML with a DOCTYPE/ENTITY declaration: libvirt never writes one")
+    # Elements counted as they are parsed: 8 MiB of "<disk/>" is a million
+    # elements (and a million disk rows) if nothing stops it.
+    cap = limit("max_xml_elements")
+    parser = ET.XMLPullParser(events=("start",))
+    root, count = None, 0
     try:
-        return ET.fromstring(data)
+        for at in range(0, len(data), 1 << 16):
+            parser.feed(data[at : at + (1 << 16)])
+            for _event, elem in parser.read_events():
+                root = elem if root is None else root
+                count += 1
+                if count > cap:
+                    raise EvidenceError(
+                        path, f"more than {cap} XML elements (raise {env_name('max_xml_elements')} if this is real)"
+                    )
+        parser.close()
     except ET.ParseError as exc:
         raise EvidenceError(path, f"malformed XML: {exc}") from None
+    if root is None:
+        raise EvidenceError(path, "malformed XML: no element found")
+    return root
 
 
 def scaled_bytes(elem: ET.Element | None, default_unit: str = "KiB") -> int | None:

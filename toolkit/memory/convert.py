@@ -34,6 +34,13 @@ benchmarks/memory_convert.py for the figures):
   to /dev/shm), cannot drop zero pages, and was slower than preadv + pwrite
   between two ext4 files here.
 
+The output never overwrites evidence: a destination that is the source, a
+link to it, a ``protect``-ed file or any file the conversion has open for
+reading (a backing file) is refused before a byte is written, and the core is
+written to a temporary file beside the destination and renamed over it, so
+even a path that names evidence in a way not caught here replaces a
+directory entry and never truncates the evidence's bytes.
+
 >>> to_elf("vm.save", "vm.elf", derived_dir="case/derived")["runs"]  # doctest: +SKIP
 3
 """
@@ -41,6 +48,7 @@ benchmarks/memory_convert.py for the figures):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import mmap
 import os
@@ -50,6 +58,8 @@ import threading
 
 import numpy as np
 
+from toolkit.case.store import same_file
+from toolkit.errors import EvidenceError
 from toolkit.hashing import sha256_file
 from toolkit.memory import open_image
 from toolkit.memory.image import FileSource
@@ -266,9 +276,60 @@ def _write_sparse(fd, at, mv):
             lo += os.pwrite(fd, mv[lo:hi], at + lo)
 
 
-def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=None, hash=True, references=None):
+def _identity(path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _files_open_for_reading() -> set[tuple[int, int]]:
+    """(device, inode) of every file this process holds open read-only: what a reader is reading."""
+    found = set()
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return found  # not Linux: the source and protected paths are still compared
+    for fd in fds:
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                flags = next(int(line.split()[1], 8) for line in info if line.startswith("flags:"))
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                continue
+            st = os.fstat(int(fd))
+        except (OSError, StopIteration, ValueError):
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def refuse_overwriting_inputs(src, dst, protect=()) -> None:
+    """EvidenceError when writing ``dst`` would overwrite ``src``, a ``protect``-ed file or a file being read.
+
+    Compares real paths (symbolic links resolved) and device/inode (hard links).
+
+    >>> refuse_overwriting_inputs("vm.save", "vm.save")  # doctest: +SKIP
+    EvidenceError: vm.save: is the evidence being converted (vm.save); refusing to overwrite evidence
+    """
+    if os.path.isdir(dst):
+        raise EvidenceError(dst, "is a directory; name the ELF file to write")
+    target_id = _identity(dst)
+    for path in (src, *protect):
+        if same_file(dst, path):
+            what = "the evidence being converted" if path == src else "evidence"
+            raise EvidenceError(dst, f"is {what} ({path}), or a link to it; refusing to overwrite evidence")
+    if target_id is not None and target_id in _files_open_for_reading():
+        raise EvidenceError(dst, "is a file this conversion reads (a backing file?); refusing to overwrite it")
+
+
+def to_elf(
+    src, dst, *, snapshot=None, derived_dir=None, progress=None, image=None, hash=True, references=None, protect=()
+):
     """Convert ``src`` (any supported format) into an ELF64 core at ``dst``.
 
+    ``dst`` may not be ``src``, a ``protect``-ed path or a file being read
+    (EvidenceError, nothing written); it appears whole or not at all.
     ``progress(done_bytes, total_bytes)`` is called as data is written.
     ``hash``: True hashes source and output, "output" only the output (for
     callers that hashed the source already), False neither; a hash not
@@ -280,12 +341,14 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
     >>> r["bytes"] == sum(n for _, n in r["ranges"])  # doctest: +SKIP
     True
     """
-    # Started first so that it overlaps the migration index pass and the copy.
-    src_sha = _in_thread(sha256_file, src) if hash is True else (lambda: None)
     own = image is None
     img = image or open_image(src, snapshot=snapshot, derived_dir=derived_dir, references=references)
     sink = fd = None
+    partial = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.part")
     try:
+        refuse_overwriting_inputs(src, dst, protect)  # with the image open: its backing files are open too
+        # Started before the copy so that it overlaps the migration index pass and the copy.
+        src_sha = _in_thread(sha256_file, src) if hash is True else (lambda: None)
         runs = _coalesce(list(img.runs))
         notes = img.notes or b""
         nph = len(runs) + (1 if notes else 0)
@@ -307,7 +370,7 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
         done = 0
         sink = _Sink(bool(hash))
         stage = memoryview(mmap.mmap(-1, CHUNK + PAGE))
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         _write_sparse(fd, 0, memoryview(header))
         sink.done(header, len(header))
         pos = len(header)
@@ -328,6 +391,10 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
             pos = foff + n
         os.ftruncate(fd, total_out)  # a trailing hole still counts as file length
         dst_sha, sink = sink.close(), None
+        os.close(fd)
+        fd = None
+        os.replace(partial, dst)
+        partial = None
         return {
             "src_sha256": src_sha(),
             "dst_sha256": dst_sha,
@@ -343,6 +410,9 @@ def to_elf(src, dst, *, snapshot=None, derived_dir=None, progress=None, image=No
             sink.close()
         if fd is not None:
             os.close(fd)
+        if partial is not None:  # a failed or interrupted conversion leaves no half-written core
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
         if own:
             img.close()
 

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from toolkit.errors import MemoryFormatError
-from toolkit.memory.image import FileSource, MemoryImage
+from toolkit.limits import env_name, human, limit
+from toolkit.memory import elf_loads
+from toolkit.memory.image import FileSource, MemoryImage, merge_runs
 from toolkit.schemas import diagnostic
 
 PT_LOAD, PT_NOTE = 1, 4
@@ -41,16 +45,20 @@ def _layout(cls):
     return {"ehdr": "<16sHHIIIIIHHHHHH", "phdr": "<IIIIIIII", "phsize": 32, "sh_info_at": 28, "shsize": 40}
 
 
-def _phdr(cls, raw):
-    if cls == 2:
-        p_type, p_flags, off, vaddr, paddr, filesz, memsz, _ = struct.unpack("<IIQQQQQQ", raw)
-    else:
-        p_type, off, vaddr, paddr, filesz, memsz, p_flags, _ = struct.unpack("<IIIIIIII", raw)
-    return {"type": p_type, "offset": off, "vaddr": vaddr, "paddr": paddr, "filesz": filesz, "memsz": memsz}
+PHDR = {
+    2: np.dtype(
+        [("type", "<u4"), ("flags", "<u4"), ("offset", "<u8"), ("vaddr", "<u8"), ("paddr", "<u8")]
+        + [("filesz", "<u8"), ("memsz", "<u8"), ("align", "<u8")]
+    ),
+    1: np.dtype(
+        [("type", "<u4"), ("offset", "<u4"), ("vaddr", "<u4"), ("paddr", "<u4"), ("filesz", "<u4")]
+        + [("memsz", "<u4"), ("flags", "<u4"), ("align", "<u4")]
+    ),
+}
 
 
 def read_headers(src, path):
-    """ELF header and program headers as dicts (PN_XNUM resolved)."""
+    """ELF header and program headers (a numpy structured array, PN_XNUM resolved)."""
     head = src.pread(0, 64)
     if len(head) < 52 or not detect(head):
         raise MemoryFormatError(path, 0, "not an ELF core file (ELF magic / ET_CORE missing)")
@@ -71,15 +79,26 @@ def read_headers(src, path):
         raise MemoryFormatError(path, 0x36 if cls == 2 else 0x2A, f"e_phentsize {e_phentsize} is not {lay['phsize']}")
     if e_phnum > MAX_PHNUM or e_phoff + e_phnum * lay["phsize"] > src.size:
         raise MemoryFormatError(path, e_phoff, f"{e_phnum} program headers do not fit in the file")
-    table = src.pread(e_phoff, e_phnum * lay["phsize"])
-    phdrs = [_phdr(cls, table[i : i + lay["phsize"]]) for i in range(0, len(table), lay["phsize"])]
+    # A structured array, not a dict per header: a core may hold millions.
+    phdrs = np.frombuffer(src.pread(e_phoff, e_phnum * lay["phsize"]), dtype=PHDR[cls])
     return {"class": cls, "machine": e_machine, "phoff": e_phoff, "phdrs": phdrs}
 
 
 def parse_notes(data, path="", base=0):
-    """Split ELF note bytes into dicts {name, type, desc, offset}."""
+    """Split ELF note bytes into dicts {name, type, desc, offset}.
+
+    At most ``limits.limit("max_elf_notes")`` notes (QEMU writes two per vCPU).
+
+    >>> [n["name"] for n in parse_notes(b"\\x05\\0\\0\\0\\0\\0\\0\\0\\x01\\0\\0\\0CORE\\0\\0\\0\\0")]
+    ['CORE']
+    """
     notes, pos = [], 0
+    cap = limit("max_elf_notes")
     while pos + 12 <= len(data):
+        if len(notes) >= cap:
+            raise MemoryFormatError(
+                path, base + pos, f"more than {cap} ELF notes (raise {env_name('max_elf_notes')} if this is real)"
+            )
         namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
         name_at = pos + 12
         desc_at = name_at + ((namesz + 3) & ~3)
@@ -106,14 +125,30 @@ def note_facts(notes):
     return facts
 
 
+def note_ranges(src, hdr):
+    """(file offset, length) of the note bytes, each byte of the file once, and
+    whether PT_NOTE headers overlapped (many headers over the same bytes
+    would otherwise multiply the notes: 1 MiB of core, a gigabyte of notes)."""
+    notes = hdr["phdrs"][(hdr["phdrs"]["type"] == PT_NOTE) & (hdr["phdrs"]["offset"] < src.size)]
+    ranges = [(off, min(n, src.size - off)) for off, n in zip(notes["offset"].tolist(), notes["filesz"].tolist())]
+    merged = merge_runs(ranges)
+    return merged, sum(n for _, n in ranges if n > 0) > sum(n for _, n in merged)
+
+
 def _scan(path):
     src = FileSource(path)
     try:
         hdr = read_headers(src, path)
-        notes_raw = b""
-        for ph in hdr["phdrs"]:
-            if ph["type"] == PT_NOTE and ph["filesz"] < 64 << 20:
-                notes_raw += src.pread(ph["offset"], ph["filesz"])
+        ranges, hdr["notes_overlap"] = note_ranges(src, hdr)
+        total, cap = sum(n for _, n in ranges), limit("max_note_bytes")
+        if total > cap:
+            raise MemoryFormatError(
+                path,
+                ranges[0][0],
+                f"PT_NOTE segments hold {human(total)} of notes, above {human(cap)} "
+                f"(raise {env_name('max_note_bytes')} if this is real)",
+            )
+        notes_raw = b"".join(src.pread(off, n) for off, n in ranges)
         return src, hdr, notes_raw
     except BaseException:
         src.close()
@@ -128,13 +163,13 @@ def probe(path):
     """
     src, hdr, notes_raw = _scan(path)
     try:
-        loads = [p for p in hdr["phdrs"] if p["type"] == PT_LOAD]
+        loads = hdr["phdrs"][hdr["phdrs"]["type"] == PT_LOAD]
         facts = {
             "format": "elf-core",
             "elf_class": 64 if hdr["class"] == 2 else 32,
             "machine": hdr["machine"],
             "loads": len(loads),
-            "ram_bytes": sum(p["memsz"] for p in loads),
+            "ram_bytes": sum(loads["memsz"].tolist()),
         }
         facts.update(note_facts(parse_notes(notes_raw, path)))
         return facts
@@ -151,42 +186,19 @@ def open(path, **_opts):
     src, hdr, notes_raw = _scan(path)
     try:
         segs, diags = [], []
-        for ph in hdr["phdrs"]:
-            if ph["type"] != PT_LOAD or ph["memsz"] == 0:
-                continue
-            have = max(0, min(ph["filesz"], src.size - ph["offset"]))
-            if have < ph["filesz"]:
-                diags.append(
-                    diagnostic(
-                        "error",
-                        "memory range missing",
-                        f"{path}@{src.size:#x}",
-                        "file truncated inside a PT_LOAD segment",
-                        missing=[(ph["paddr"] + have, ph["filesz"] - have)],
-                    )
+        if hdr["notes_overlap"]:
+            diags.append(
+                diagnostic(
+                    "warning",
+                    "overlapping PT_NOTE segments",
+                    f"{path}@{hdr['phoff']:#x}",
+                    "several program headers cover the same note bytes; each byte was read once",
                 )
-            # "extents"/"source": where the bytes lie, so a bulk copier
-            # (convert.to_elf) can read straight from the file.
-            segs.append(
-                {
-                    "gpa": ph["paddr"],
-                    "length": have,
-                    "read": _file_reader(src, ph["offset"]),
-                    "runs": None,
-                    "source": src,
-                    "extents": (lambda base: lambda o, n: [(0, n, base + o)])(ph["offset"]),
-                }
             )
-            if ph["memsz"] > ph["filesz"]:  # ELF semantics: the tail is zero
-                segs.append(
-                    {
-                        "gpa": ph["paddr"] + ph["filesz"],
-                        "length": ph["memsz"] - ph["filesz"],
-                        "read": lambda o, n: bytes(n),
-                        "runs": None,
-                        "extents": lambda o, n: [(0, n, -1)],
-                    }
-                )
+        table, more = elf_loads.load_table(hdr["phdrs"], src.size, path)
+        diags += more
+        seg = elf_loads.segment(table, src, path)
+        segs = [seg] if seg is not None else []
         notes = parse_notes(notes_raw, path)
         info = {"elf_class": 64 if hdr["class"] == 2 else 32, "machine": hdr["machine"]}
         info.update(note_facts(notes))
@@ -202,7 +214,3 @@ def open(path, **_opts):
     except BaseException:
         src.close()
         raise
-
-
-def _file_reader(src, base):
-    return lambda o, n: src.pread(base + o, n)

@@ -6,6 +6,8 @@ A reader module builds a list of *segments* (plain dicts) and hands them to
     {"gpa": 0x0, "length": 0xA0000, "read": fn(offset, length) -> bytes,
      "runs": [(offset, length), ...] or None}   # None: the whole segment has data
 
+``"runs_merged": True`` says a lone segment's runs are sorted and merged already.
+
 Example::
 
     >>> img = MemoryImage(format="raw", path="x", info={}, segments=[
@@ -86,13 +88,43 @@ class MemoryImage:
                 raise MemoryFormatError(path, "segment table", f"overlapping ranges at gpa {b['gpa']:#x}")
         self._segs = segs
         self._starts = [s["gpa"] for s in segs]
-        runs = []
-        for s in segs:
-            if s.get("runs") is None:
-                runs.append((s["gpa"], s["length"]))
-            else:
-                runs.extend((s["gpa"] + o, n) for o, n in s["runs"])
-        self.runs = merge_runs(runs)
+        self._data_runs = None
+        if len(segs) == 1 and segs[0].get("runs_merged"):
+            # One segment whose runs are already sorted and merged (an ELF core's
+            # loads): kept as they are, not copied three times over.
+            s = segs[0]
+            self.runs = s["runs"] if s["gpa"] == 0 else [(s["gpa"] + o, n) for o, n in s["runs"]]
+        else:
+            runs = []
+            for s in segs:
+                if s.get("runs") is None:
+                    runs.append((s["gpa"], s["length"]))
+                else:
+                    runs.extend((s["gpa"] + o, n) for o, n in s["runs"])
+            self.runs = merge_runs(runs)
+
+    @property
+    def data_runs(self):
+        """The runs less what is known to be zero (zero pages, an ELF load's
+        zero tail): what a scanner needs to read. A segment may say it with
+        ``"data_runs"`` (relative ranges, or a callable giving them); else all
+        its runs hold data.
+
+        >>> MemoryImage(format="raw", path="x", info={}, segments=[{"gpa": 0, "length": 8192,
+        ...     "read": None, "runs": None, "data_runs": [(4096, 4096)]}]).data_runs
+        [(4096, 4096)]
+        """
+        if self._data_runs is None:
+            runs = []
+            for s in self._segs:
+                rel = s.get("data_runs", s.get("runs"))
+                rel = rel() if callable(rel) else rel
+                if rel is None:
+                    runs.append((s["gpa"], s["length"]))
+                else:
+                    runs.extend((s["gpa"] + o, n) for o, n in rel)
+            self._data_runs = merge_runs(runs)
+        return self._data_runs
 
     @property
     def size(self):

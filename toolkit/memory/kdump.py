@@ -8,9 +8,8 @@ Two containers, one content:
   of the second bitmap, in PFN order. All zero pages share one data page.
 * flattened (what QEMU writes): a 4096-byte ``makedumpfile`` header, then
   records of be64 offset, be64 size and data that *would* land at that offset
-  of the raw file, ending with offset = size = -1. We index the records once
-  (a few bytes per record) and read the raw layout through that index instead
-  of reassembling a temporary copy.
+  of the raw file, ending with offset = size = -1, read through an index of
+  the records (``toolkit.memory.flattened``) instead of a reassembled copy.
 
 PFN = guest-physical address >> 12 for QEMU-written dumps.
 
@@ -20,128 +19,26 @@ PFN = guest-physical address >> 12 for QEMU-written dumps.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
-import heapq
 import struct
-import zlib
 
-import cramjam
 import numpy as np
 
 from toolkit.errors import MemoryFormatError
-from toolkit.memory import lzo1x
+from toolkit.limits import env_name, human, limit
 from toolkit.memory.elf_core import note_facts, parse_notes
+from toolkit.memory.flattened import FLAT_MAGIC, FlatFile
 from toolkit.memory.image import FileSource, MemoryImage
-from toolkit.memory.pages import KIND_DESC, KIND_FILL, KIND_SRC, PageMap, enc
+from toolkit.memory.inflate import inflate
+from toolkit.memory.pages import KIND_DESC, KIND_FILL, KIND_SRC, IndexBudget, PageMap, enc
 from toolkit.schemas import diagnostic
 
-FLAT_MAGIC = b"makedumpfile"
-FLAT_HEADER_SIZE = 4096
 ZLIB, LZO, SNAPPY = 0x1, 0x2, 0x4
 DESC = np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("pflags", "<u8")])
-MAX_PAGES = 1 << 34  # 64 TiB of 4 KiB pages: refuses absurd max_mapnr before allocating
 
 
 def detect(head):
     return head[:8] in (b"KDUMP   ", b"DISKDUMP") or head[:12] == FLAT_MAGIC
-
-
-class FlatFile:
-    """The raw kdump layout, read through the records of a flattened file."""
-
-    def __init__(self, path, src):
-        self.path = path
-        self.src = src
-        self.diagnostics = []
-        pieces = self._index()
-        self._starts = [p[0] for p in pieces]
-        self._pieces = pieces
-        self.size = max((p[0] + p[1] for p in pieces), default=0)
-
-    def _index(self):
-        head = self.src.pread(0, 32)
-        if head[:12] != FLAT_MAGIC:
-            raise MemoryFormatError(self.path, 0, "not a makedumpfile flattened file")
-        ftype, version = struct.unpack_from(">qq", head, 16)
-        if ftype != 1:
-            raise MemoryFormatError(self.path, 16, f"flattened header type {ftype} is not 1")
-        records, pos = [], FLAT_HEADER_SIZE
-        while True:
-            rec = self.src.pread(pos, 16)
-            if len(rec) < 16:
-                self.diagnostics.append(
-                    diagnostic(
-                        "error",
-                        "flattened stream truncated",
-                        f"{self.path}@{pos:#x}",
-                        "file ends before the end marker (offset = size = -1)",
-                    )
-                )
-                break
-            off, size = struct.unpack(">qq", rec)
-            if off == -1 and size == -1:
-                break
-            if off < 0 or size < 0:
-                raise MemoryFormatError(self.path, pos, f"record offset {off} / size {size} is negative")
-            have = min(size, self.src.size - pos - 16)
-            if have < size:
-                self.diagnostics.append(
-                    diagnostic(
-                        "error",
-                        "flattened stream truncated",
-                        f"{self.path}@{self.src.size:#x}",
-                        f"record at {pos:#x} announces {size} bytes, {have} present",
-                    )
-                )
-            records.append((off, have, pos + 16))
-            if have < size:
-                break
-            pos += 16 + size
-        return _paint(records)
-
-    def pread(self, offset, length):
-        out = bytearray(length)
-        end = offset + length
-        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
-        while i < len(self._pieces) and self._pieces[i][0] < end:
-            vstart, n, fpos = self._pieces[i]
-            lo, hi = max(offset, vstart), min(end, vstart + n)
-            if lo < hi:
-                out[lo - offset : hi - offset] = self.src.pread(fpos + lo - vstart, hi - lo)
-            i += 1
-        return bytes(out)
-
-    def close(self):
-        self.src.close()
-
-
-def _paint(records):
-    """Later records overwrite earlier ones: keep only the visible pieces.
-
-    A sweep over the record boundaries with a heap keyed on write order, so
-    O(n log n) even for the ~100k records of a multi-GiB dump.
-    """
-    order = sorted(range(len(records)), key=lambda k: records[k][0])
-    bounds = sorted({b for off, n, _ in records if n for b in (off, off + n)})
-    pieces, heap, j = [], [], 0
-    for lo, hi in zip(bounds, bounds[1:]):
-        while j < len(order) and records[order[j]][0] <= lo:
-            k = order[j]
-            if records[k][1]:
-                heapq.heappush(heap, (-k, records[k][0] + records[k][1]))
-            j += 1
-        while heap and heap[0][1] <= lo:
-            heapq.heappop(heap)
-        if not heap:
-            continue
-        k = -heap[0][0]
-        off, _, fpos = records[k]
-        if pieces and pieces[-1][3] == k and pieces[-1][0] + pieces[-1][1] == lo:
-            pieces[-1] = (pieces[-1][0], pieces[-1][1] + hi - lo, pieces[-1][2], k)
-        else:
-            pieces.append((lo, hi - lo, fpos + lo - off, k))
-    return [p[:3] for p in pieces]
 
 
 def _container(path):
@@ -178,8 +75,15 @@ def _header(f, path):
     half = bitmap_blocks * block_size // 2
     if bitmap_at + 2 * half > f.size:
         raise MemoryFormatError(path, 436, f"bitmap_blocks {bitmap_blocks} run past the end of the dump")
-    if max_mapnr > half * 8 or max_mapnr > MAX_PAGES:
+    if max_mapnr > half * 8:
         raise MemoryFormatError(path, 440, f"max_mapnr {max_mapnr} exceeds the bitmap ({half * 8} bits)")
+    if max_mapnr * block_size > limit("max_guest_ram"):
+        raise MemoryFormatError(
+            path,
+            440,
+            f"max_mapnr {max_mapnr} declares {human(max_mapnr * block_size)} of RAM, above "
+            f"{human(limit('max_guest_ram'))} (raise {env_name('max_guest_ram')} if this is real)",
+        )
     return {
         "version": version,
         "utsname": dict(zip(("sysname", "nodename", "release", "version", "machine", "domainname"), uts)),
@@ -198,9 +102,9 @@ def _header(f, path):
     }
 
 
-def _read_extra(f, at, limit=16 << 20):
+def _read_extra(f, at, most=16 << 20):
     off, n = at
-    return f.pread(off, n) if off and 0 < n <= limit else b""
+    return f.pread(off, n) if off and 0 < n <= most else b""
 
 
 # disk_dump_header.status bits (makedumpfile diskdump_mod.h)
@@ -238,24 +142,37 @@ def probe(path):
         f.close()
 
 
-def _decompressor(flags, bs):
-    if flags & ZLIB:
-        return zlib.decompress
-    if flags & LZO:
-        return lambda d: lzo1x.decompress(d, bs)
-    if flags & SNAPPY:
-        return lambda d: bytes(cramjam.snappy.decompress_raw(d))
+def _codec(flags):
+    for bit, name in ((ZLIB, "zlib"), (LZO, "lzo"), (SNAPPY, "snappy")):
+        if flags & bit:
+            return name
     return None
+
+
+def _present(f, offset, length):
+    """(offset, length) pieces of [offset, offset+length) that the file holds:
+    a flattened file's records may leave most of the raw layout empty."""
+    if isinstance(f, FlatFile):
+        return f.covered(offset, length)
+    return [(offset, min(length, f.size - offset))] if offset < f.size and length > 0 else []
+
+
+def _bitmap_pieces(f, h, chunk_bytes=1 << 17):
+    """(first pfn, bitmap bytes) over the second bitmap, only where the file has
+    bytes (absent bitmap bytes are zero: no page), ``chunk_bytes`` at a time."""
+    start, nbytes = h["bitmap2_at"], (h["max_mapnr"] + 7) // 8
+    for off, n in _present(f, start, nbytes):
+        for at in range(off, off + n, chunk_bytes):
+            yield (at - start) * 8, f.pread(at, min(chunk_bytes, off + n - at))
 
 
 def _build_index(f, h, path, diags):
     bs, nmap = h["block_size"], h["max_mapnr"]
-    pm = PageMap(nmap, bs)
+    real_size = f.src.size if isinstance(f, FlatFile) else f.size
+    pm = PageMap(nmap, bs, budget=IndexBudget(path, lambda: real_size))
     rank, zero_offs, seen_flags = 0, {}, set()
-    chunk_bits = 1 << 20
-    for first in range(0, nmap, chunk_bits):
-        nbits = min(chunk_bits, nmap - first)
-        raw = f.pread(h["bitmap2_at"] + first // 8, (nbits + 7) // 8)
+    for first, raw in _bitmap_pieces(f, h):
+        nbits = min(len(raw) * 8, nmap - first)
         bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:nbits]
         pfns = np.flatnonzero(bits).astype(np.int64) + first
         if not len(pfns):
@@ -295,9 +212,9 @@ def _build_index(f, h, path, diags):
             )
         ranks = np.arange(rank, rank + len(pfns), dtype=np.int64)
         plain = ~bad & (d["flags"] == 0) & (d["size"] == bs)
-        pm.loc[pfns[plain]] = enc(KIND_SRC, 0) | d["offset"][plain]
         packed = ~bad & ~plain
-        pm.loc[pfns[packed]] = (np.int64(KIND_DESC) << 56) | ranks[packed]
+        at = h["desc_at"] + rank * 24
+        pm.set(pfns[~bad], np.where(plain, enc(KIND_SRC, 0) | d["offset"], enc(KIND_DESC, 0) | ranks)[~bad], at)
         seen_flags.update(int(x) for x in np.unique(d["flags"][packed]))
         # The shared zero page: a data offset used by more than one descriptor.
         offs, counts = np.unique(d["offset"][~bad], return_counts=True)
@@ -305,31 +222,35 @@ def _build_index(f, h, path, diags):
             off = int(off)
             if off not in zero_offs:
                 j = int(np.flatnonzero(d["offset"] == off)[0])
-                zero_offs[off] = _page(f, int(d["offset"][j]), int(d["size"][j]), int(d["flags"][j]), bs) == bytes(bs)
+                try:
+                    zero_offs[off] = _page(f, off, int(d["size"][j]), int(d["flags"][j]), bs) == bytes(bs)
+                except ValueError:  # a corrupt shared page: read (and reported) page by page
+                    zero_offs[off] = False
             if zero_offs[off]:
-                pm.loc[pfns[~bad & (d["offset"] == off)]] = enc(KIND_FILL, 0)
+                pm.set(pfns[~bad & (d["offset"] == off)], enc(KIND_FILL, 0), at)
         rank += len(pfns)
     names = [n for bit, n in ((ZLIB, "zlib"), (LZO, "lzo"), (SNAPPY, "snappy")) if any(fl & bit for fl in seen_flags)]
     return pm, names
 
 
-def _pfn_ranges(pfns, bs, limit=64):
+def _pfn_ranges(pfns, bs, most=64):
     out = []
     for p in (int(x) for x in pfns):
         if out and out[-1][0] + out[-1][1] == p * bs:
             out[-1] = (out[-1][0], out[-1][1] + bs)
-        elif len(out) < limit:
+        elif len(out) < most:
             out.append((p * bs, bs))
     return out
 
 
 def _page(f, offset, size, flags, bs):
     data = f.pread(offset, size)
-    fn = _decompressor(flags, bs)
-    out = fn(data) if fn else data
-    if len(out) != bs:
-        raise ValueError(f"page decodes to {len(out)} bytes, not {bs}")
-    return bytes(out)
+    codec = _codec(flags)
+    if codec is not None:
+        return inflate(codec, data, bs)  # a page inflates to one block, never more
+    if len(data) != bs:
+        raise ValueError(f"page holds {len(data)} bytes, not {bs}")
+    return data
 
 
 def open(path, **_opts):
@@ -385,7 +306,7 @@ def open(path, **_opts):
     if vmci and "vmcoreinfo" not in info:
         text = vmci.decode("utf-8", "replace").rstrip("\0")
         info["vmcoreinfo"] = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    seg = {"gpa": 0, "length": pm.npages * bs, "read": pm.reader(fetch), "runs": pm.runs()}
+    seg = {"gpa": 0, "length": pm.npages * bs, "read": pm.reader(fetch), "runs": pm.runs(), "data_runs": pm.data_runs}
     return MemoryImage(
         format="kdump", path=path, info=info, segments=[seg], diagnostics=diags, notes=notes_raw, closers=[f.close]
     )

@@ -18,14 +18,14 @@ import struct
 
 from toolkit.errors import MemoryFormatError
 from toolkit.memory import migration, migration_image, streams
+from toolkit.memory.cursor import Cursor
 from toolkit.memory.image import FileSource
-from toolkit.memory.pages import Cursor
 from toolkit.schemas import diagnostic
 
 MAGIC, PART_MAGIC = b"LibvirtQemudSave", b"LibvirtQemudPart"
 HEADER_SIZE = 0x5C
 FORMATS = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd", 6: "sparse"}
-MAX_XML = 64 << 20
+MAX_XML = 16 << 20  # the domain XML and cookie area: a few KiB from libvirt; read whole, so bounded
 
 
 def detect(head):

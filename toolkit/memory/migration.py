@@ -16,16 +16,21 @@ True
 
 from __future__ import annotations
 
-import os
 import re
 import struct
-import zlib
 
 import numpy as np
 
 from toolkit.errors import MemoryFormatError
-from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SPILL, KIND_SRC, PageMap, enc
+from toolkit.limits import env_name, human, limit
+from toolkit.memory import mapped_ram
+from toolkit.memory.inflate import inflate
+from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SPILL, KIND_SRC, IndexBudget, PageMap, enc
+from toolkit.memory.spill import Spill
+from toolkit.memory.xbzrle import xbzrle_decode
 from toolkit.schemas import diagnostic
+
+__all__ = ["MAGIC", "Spill", "detect", "index_stream", "xbzrle_decode"]
 
 MAGIC = b"QEVM"
 EOF_, START, PART, END, FULL, SUBSECTION, VMDESC, CONFIG, COMMAND, FOOTER = (
@@ -44,35 +49,10 @@ F_FULL, F_ZERO, F_MEM_SIZE, F_PAGE, F_EOS, F_CONTINUE = 0x01, 0x02, 0x04, 0x08, 
 F_XBZRLE, F_HOOK, F_COMPRESS, F_MULTIFD_FLUSH = 0x40, 0x80, 0x100, 0x200
 _PAGE_KINDS = F_ZERO | F_PAGE | F_XBZRLE | F_COMPRESS
 _KNOWN = _PAGE_KINDS | F_MEM_SIZE | F_EOS | F_CONTINUE | F_MULTIFD_FLUSH
-MAX_BLOCK = 1 << 46  # 64 TiB: beyond any real block, keeps lying sizes from allocating
 
 
 def detect(head):
     return head[:4] == MAGIC
-
-
-class Spill:
-    """Append-only page store backing pages that cannot be read in place."""
-
-    def __init__(self, fileobj):
-        self.f = fileobj
-        self.f.seek(0, 2)
-        self._dirty = False
-
-    def add(self, page):
-        off = self.f.tell()
-        self.f.write(page)
-        self._dirty = True
-        return off
-
-    def pread(self, offset, n):
-        if self._dirty:
-            self.f.flush()
-            self._dirty = False
-        return os.pread(self.f.fileno(), n, offset)
-
-    def close(self):
-        self.f.close()
 
 
 def _config(cur, st):
@@ -115,53 +95,29 @@ def _resync(cur, st, at, why):
 def _mem_size(cur, st, total):
     ps = st["page_size"]
     caps = st["capabilities"]
+    ceiling = limit("max_guest_ram")
+    if total > ceiling:
+        raise MemoryFormatError(
+            cur.path,
+            cur.tell() - 8,
+            f"stream declares {human(total)} of RAM, above {human(ceiling)} "
+            f"(raise {env_name('max_guest_ram')} if this is real)",
+        )
     while total > 0:
         at = cur.tell()
         name = cur.read(cur.u8()).decode("ascii", "replace")
         length = cur.be64()
-        if length > total or length > MAX_BLOCK:
+        if length > total:
             raise MemoryFormatError(
                 cur.path, at, f"RAM block {name!r} length {length:#x} exceeds the announced total {total:#x}"
             )
         if "x-ignore-shared" in caps:
             cur.be64()  # host region address: irrelevant offline
-        pm = PageMap((length + ps - 1) // ps, ps)
+        pm = PageMap((length + ps - 1) // ps, ps, budget=st.get("budget"))
         st["blocks"][name] = {"length": length, "map": pm}
         if st["mapped_ram"]:
-            _mapped_ram_block(cur, st, name, length, pm)
+            mapped_ram.index_block(cur, st, name, length, pm)
         total -= length
-
-
-def _mapped_ram_block(cur, st, name, length, pm):
-    at = cur.tell()
-    version = cur.be32()
-    page_size, bitmap_off, pages_off = cur.be64(), cur.be64(), cur.be64()
-    if version != 1 or page_size != pm.page_size:
-        raise MemoryFormatError(
-            cur.path, at, f"mapped-ram header version {version} / page size {page_size} unsupported"
-        )
-    src = st["source"]
-    nbytes = (pm.npages + 63) // 64 * 8
-    if bitmap_off + nbytes > src.size:
-        raise MemoryFormatError(cur.path, at + 12, f"mapped-ram bitmap at {bitmap_off:#x} lies past the end")
-    bits = np.unpackbits(np.frombuffer(src.pread(bitmap_off, nbytes), np.uint8), bitorder="little")[: pm.npages].astype(
-        bool
-    )
-    idx = np.arange(pm.npages, dtype=np.int64)
-    pm.loc[:] = np.where(bits, enc(KIND_SRC, 0) | (pages_off + idx * page_size), enc(KIND_FILL, 0))
-    beyond = bits & (pages_off + (idx + 1) * page_size > src.size)
-    if beyond.any():
-        pm.loc[beyond] = 0  # absent
-        st["diagnostics"].append(
-            diagnostic(
-                "error",
-                "memory range missing",
-                f"{cur.path}@{src.size:#x}",
-                f"mapped-ram pages of block {name!r} lie past the end of the file",
-            )
-        )
-    # QEMU continues the stream after the block's page area.
-    cur.seek(pages_off + length)
 
 
 def _ram_records(cur, st):
@@ -169,17 +125,14 @@ def _ram_records(cur, st):
     ps = st["page_size"]
     mask = ps - 1
     blocks = st["blocks"]
-    spill = st["spill"]
     seekable = cur.seekable
-    zero = bytes(ps)
-    zero_loc = enc(KIND_FILL, 0)
     src_kind = enc(KIND_SRC, 0)
     # CONTINUE refers to the block of the previous page record, even one in
     # an earlier section (QEMU keeps last_sent_block across iterations).
     block = st.get("block")
     while True:
-        if seekable and block is not None:
-            _fast_continue(cur, block["map"].loc, ps)
+        if block is not None:
+            _fast_continue(cur, block["map"], ps)
         at = cur.tell()
         word = cur.be64()
         flags, addr = word & mask, word & ~mask
@@ -192,36 +145,33 @@ def _ram_records(cur, st):
             elif block is None:
                 raise MemoryFormatError(cur.path, at, "CONTINUE record before any RAM block")
             page = addr // ps
-            loc = block["map"].loc
-            if page >= len(loc):
+            pm = block["map"]
+            if page >= pm.npages:
                 raise MemoryFormatError(cur.path, at, f"page offset {addr:#x} beyond block length {block['length']:#x}")
             if flags & F_PAGE:
                 if seekable:
                     where = cur.tell()
                     cur.skip(ps)  # first: a page cut short must stay absent
-                    loc[page] = src_kind | where
+                    pm.set_one(page, src_kind | where, at)
                 else:
-                    data = cur.read(ps)
-                    loc[page] = zero_loc if data == zero else enc(KIND_SPILL, spill().add(data))
+                    pm.set_one(page, _store(st, pm, page, cur.read(ps), at), at)
             elif flags & F_ZERO:
-                loc[page] = enc(KIND_FILL, cur.u8())
+                pm.set_one(page, enc(KIND_FILL, cur.u8()), at)
             elif flags & F_COMPRESS:
                 n = cur.be32()
                 if n > 2 * ps:
                     raise MemoryFormatError(cur.path, at, f"compressed page length {n} is implausible")
                 try:
-                    data = zlib.decompressobj().decompress(cur.read(n), ps + 1)
-                except zlib.error as exc:
-                    raise MemoryFormatError(cur.path, at, f"compressed page unreadable: {exc}") from None
-                if len(data) != ps:
-                    raise MemoryFormatError(cur.path, at, f"compressed page inflates to {len(data)} bytes")
-                loc[page] = enc(KIND_SPILL, spill().add(data))
+                    data = inflate("zlib", cur.read(n), ps)
+                except ValueError as exc:
+                    raise MemoryFormatError(cur.path, at, f"compressed page: {exc}") from None
+                pm.set_one(page, _store(st, pm, page, data, at), at)
             else:  # XBZRLE: a delta against the page as it was before this record
                 hflag, n = cur.u8(), cur.be16()
                 if hflag != 1 or n > ps:
                     raise MemoryFormatError(cur.path, at, f"XBZRLE header flag {hflag} / length {n} invalid")
-                old = st["fetch_page"](block["map"], page)
-                loc[page] = enc(KIND_SPILL, spill().add(xbzrle_decode(cur.read(n), old, cur.path, at)))
+                old = st["fetch_page"](pm, page)
+                pm.set_one(page, _store(st, pm, page, xbzrle_decode(cur.read(n), old, cur.path, at), at), at)
             continue
         if flags & F_MEM_SIZE:
             if st["blocks"]:
@@ -236,20 +186,35 @@ def _ram_records(cur, st):
             raise MemoryFormatError(cur.path, at, f"unknown RAM record flags {flags:#x}")
 
 
-def _fast_continue(cur, loc, ps):
+def _store(st, pm, page, data, at):
+    """Index entry for a page whose bytes must be kept: a fill for a page of one
+    repeated byte, else the page's own spill slot (reused when it is sent again)."""
+    if data.count(data[0]) == len(data):
+        return enc(KIND_FILL, data[0])
+    old = pm.get(page)
+    slot = old & _VALUE_MASK if old >> _SHIFT == KIND_SPILL else None
+    return enc(KIND_SPILL, st["spill"]().put(data, slot, at))
+
+
+def _fast_continue(cur, pm, ps):
     """Index CONTINUE page/zero records straight out of the cursor's buffer: a big
     stream is almost only these, and the general loop costs ~3 us each (seconds
     per GiB). Anything else (block name, EOS, a page cut short, an offset past the
-    block) is left to the general loop, which reports errors with their offset."""
+    block) is left to the general loop, which reports errors with their offset.
+    From a stream that cannot be seeked (a decompressor) only zero records are
+    taken here: page bytes must go to the spill. Runs of zero records (idle
+    RAM, or a stream made of nothing else) are decoded with numpy."""
     mask, bits, rec, be64 = ps - 1, ps.bit_length() - 1, 8 + ps, struct.Struct(">Q").unpack_from
     page_cont, zero_cont = F_PAGE | F_CONTINUE, F_ZERO | F_CONTINUE
+    if not cur.seekable:
+        page_cont = -1  # never matches a flags value
     src_kind, zero_kind = enc(KIND_SRC, 0), enc(KIND_FILL, 0)
     while True:
         if len(cur._buf) - cur._bpos < rec and (cur._fill(rec) or len(cur._buf) - cur._bpos < rec):
             return
         buf, start, base = cur._buf, cur._bpos, cur._base
         last = len(buf) - rec  # only whole page records are taken here
-        pos, pages, vals = start, [], []
+        pos, pages, vals, ends, parts = start, [], [], [], []
         while pos <= last:
             word = be64(buf, pos)[0]
             flags = word & mask
@@ -257,74 +222,61 @@ def _fast_continue(cur, loc, ps):
                 pages.append(word >> bits)
                 vals.append(src_kind | (base + pos + 8))
                 pos += rec
+                ends.append(pos)
             elif flags == zero_cont:
+                if be64(buf, pos + 9)[0] & mask == zero_cont:  # a run: decode it at once
+                    parts.append((pages, vals, ends))
+                    run_pages, fills, pos = _zero_run(buf, pos, last + rec, mask, bits, zero_cont)
+                    parts.append(
+                        (run_pages, zero_kind | fills, pos - 9 * len(fills) + 9 * np.arange(1, len(fills) + 1))
+                    )
+                    pages, vals, ends = [], [], []
+                    continue
                 pages.append(word >> bits)
                 vals.append(zero_kind | buf[pos + 8])
                 pos += 9
+                ends.append(pos)
             else:
                 break
-        if not pages:
+        parts.append((pages, vals, ends))
+        idx = np.concatenate([np.asarray(p, dtype=np.int64) for p, _, _ in parts])
+        if not len(idx):
             return
-        idx = np.array(pages, dtype=np.int64)
-        if idx.max() >= len(loc):  # keep the records before the bad one, then stop
-            keep, pos = int(np.argmax(idx >= len(loc))), start
-            for _ in range(keep):
-                pos += rec if be64(buf, pos)[0] & mask == page_cont else 9
-            vals, idx = vals[:keep], idx[:keep]
-        # A page sent twice must end as its last record: numpy does not promise
-        # which of repeated stores wins, so keep only each page's last one.
-        uniq, last_rev = np.unique(idx[::-1], return_index=True)
-        loc[uniq] = np.array(vals, dtype=np.int64)[len(idx) - 1 - last_rev]
-        cur._bpos = pos
+        values = np.concatenate([np.asarray(v, dtype=np.int64) for _, v, _ in parts])
+        if idx.max() >= pm.npages:  # keep the records before the bad one, then stop
+            keep = int(np.argmax(idx >= pm.npages))
+            pos = int(np.concatenate([np.asarray(e, dtype=np.int64) for _, _, e in parts])[keep - 1]) if keep else start
+            idx, values = idx[:keep], values[:keep]
+        cur._bpos = pos  # first: the index budget is paid for by the records read
+        pm.set(idx, values)  # a page sent twice: its last record wins
         if pos <= last:
             return
 
 
-def xbzrle_decode(src, old, path="", at=0):
-    """Apply an XBZRLE delta: (unchanged-run, changed-run, bytes) pairs, ULEB128 lengths.
-
-    >>> xbzrle_decode(bytes([1, 2]) + b"XY", b"abcd")
-    b'aXYd'
-    """
-    out = bytearray(old)
-    i = d = 0
-
-    def uleb():
-        nonlocal i
-        val = shift = 0
-        for _ in range(3):
-            if i >= len(src):
-                break
-            b = src[i]
-            i += 1
-            val |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return val
-        raise MemoryFormatError(path, at, "XBZRLE run length malformed")
-
-    while i < len(src):
-        d += uleb()
-        n = uleb()
-        if n == 0 or d + n > len(out) or i + n > len(src):
-            raise MemoryFormatError(path, at, "XBZRLE run overflows the page")
-        out[d : d + n] = src[i : i + n]
-        d += n
-        i += n
-    return bytes(out)
+def _zero_run(buf, pos, end, mask, bits, zero_cont, most=1 << 16):
+    """(pages, fill bytes, position after) of the zero records from ``pos``
+    (at least two), at most ``most`` of them, all before ``end``."""
+    n = min((end - pos) // 9, most)
+    recs = np.frombuffer(buf, np.uint8, count=n * 9, offset=pos).reshape(n, 9)
+    words = recs[:, :8].copy().view(">u8").ravel()
+    other = np.flatnonzero(words & np.uint64(mask) != zero_cont)
+    k = int(other[0]) if len(other) else n
+    return (words[:k] >> np.uint64(bits)).astype(np.int64), recs[:k, 8].astype(np.int64), pos + 9 * k
 
 
-def index_stream(cur, *, spill_factory=None, source=None):
+def index_stream(cur, *, spill_factory=None, source=None, cap=None):
     """Index the RAM of the QEVM stream under ``cur`` in one pass.
 
     Returns a state dict: machine, page_size, capabilities, blocks
     {name: {length, map}}, complete, diagnostics, stream_end.
     ``source`` (a pread-able object) is needed for mapped-ram and XBZRLE.
+    ``cap(st) -> (bytes, why)``: how far ``cur`` may read given the state so
+    far (a decompressor: see ``streams.inflate_cap``).
 
-    >>> import io; from toolkit.memory.pages import Cursor
+    >>> import io; from toolkit.memory.cursor import Cursor
     >>> index_stream(Cursor("x", stream=io.BytesIO(b"QEVM\\0\\0\\0\\3\\0")))
     Traceback (most recent call last):
-    toolkit.memory.image.MemoryFormatError: x: at offset 0x8: stream ends before the RAM section completed
+    toolkit.errors.MemoryFormatError: x: at offset 0x8: stream ends before the RAM section completed
     """
     st = {
         "machine": None,
@@ -342,11 +294,21 @@ def index_stream(cur, *, spill_factory=None, source=None):
         if st["spill_obj"] is None:
             if spill_factory is None:
                 raise MemoryFormatError(cur.path, cur.tell(), "page needs a spill file but none was given")
-            st["spill_obj"] = spill_factory()
+            sp = spill_factory()
+            # One slot per page: never more than the RAM the stream declared.
+            sp.path = cur.path
+            sp.cap = min(sp.cap, sum(b["map"].npages * b["map"].page_size for b in st["blocks"].values()))
+            st["spill_obj"] = sp
         return st["spill_obj"]
 
     st["spill"] = spill
     st["fetch_page"] = lambda pm, page: _fetch_one(st, pm, page)
+    source_size = getattr(source, "size", None) or 0
+    # Index memory is paid for by evidence read: the stream so far, or the
+    # whole file for mapped-ram (its pages lie at fixed offsets, read by bitmap).
+    st["budget"] = IndexBudget(cur.path, lambda: max(cur.tell(), source_size if st["mapped_ram"] else 0))
+    if cap is not None:
+        cur.cap = lambda: cap(st)
     start = cur.tell()
     if cur.read(4) != MAGIC:
         raise MemoryFormatError(cur.path, start, "QEVM magic missing")
@@ -420,7 +382,7 @@ def _footer(cur):
 
 
 def _fetch_one(st, pm, page):
-    v = int(pm.loc[page])
+    v = pm.get(page)
     ps = pm.page_size
     if v == 0:
         return bytes(ps)

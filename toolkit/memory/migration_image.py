@@ -11,10 +11,13 @@ True
 
 from __future__ import annotations
 
+import functools
+
 from toolkit.errors import MemoryFormatError
 from toolkit.memory import guest_layout, migration
+from toolkit.memory.cursor import Cursor
 from toolkit.memory.image import FileSource, MemoryImage
-from toolkit.memory.pages import KIND_SPILL, KIND_SRC, Cursor
+from toolkit.memory.pages import KIND_SPILL, KIND_SRC
 from toolkit.schemas import diagnostic
 
 detect = migration.detect
@@ -37,6 +40,17 @@ def stream_facts(st):
         "gpa_map": [{"gpa": g, "block": b, "offset": o, "length": length} for g, b, o, length in pieces],
         "complete": st["complete"],
     }
+
+
+def _within(runs, off, length):
+    """``runs`` (block offsets) cut to [off, off+length), relative to ``off``."""
+    return [
+        (max(o, off) - off, min(o + n, off + length) - max(o, off)) for o, n in runs if o < off + length and o + n > off
+    ]
+
+
+def _data_within(pm, off, length):
+    return _within(pm.data_runs(), off, length)
 
 
 def _shifted(fn, base):
@@ -79,11 +93,7 @@ def build_image(path, st, *, fmt, info=None, diagnostics=(), closers=(), source=
     ):
         pm = st["blocks"][name]["map"]
         read = pm.reader(fetch)
-        runs = [
-            (max(o, off) - off, min(o + n, off + length) - max(o, off))
-            for o, n in pm.runs()
-            if o < off + length and o + n > off
-        ]
+        runs = _within(pm.runs(), off, length)
         missing = [
             (gpa + max(o, off) - off, min(o + n, off + length) - max(o, off))
             for o, n in pm.missing()
@@ -104,6 +114,8 @@ def build_image(path, st, *, fmt, info=None, diagnostics=(), closers=(), source=
                 "gpa": gpa,
                 "length": length,
                 "runs": runs,
+                # what is not known to be zero, for scanners (computed when one asks)
+                "data_runs": functools.partial(_data_within, pm, off, length),
                 "read": _shifted(read, off),
                 # For bulk copiers (convert.to_elf): see PageMap.extents.
                 "source": source,

@@ -32,8 +32,10 @@ import numpy as np
 import zstandard
 
 from toolkit.errors import MemoryFormatError
+from toolkit.limits import INFLATE_PASSES, INFLATE_PER_INPUT_BYTE, env_name, human, limit
 from toolkit.memory import lzo1x, migration
-from toolkit.memory.pages import Cursor, PageMap
+from toolkit.memory.cursor import Cursor
+from toolkit.memory.pages import PageMap
 
 LZOP_MAGIC = b"\x89LZO\x00\r\n\x1a\n"
 MAGICS = [
@@ -44,7 +46,7 @@ MAGICS = [
     ("zstd", b"\x28\xb5\x2f\xfd"),
 ]
 LZOP_MAX_BLOCK = 64 << 20
-INDEX_VERSION = 2  # bump when the page-index encoding changes
+INDEX_VERSION = 3  # bump when the page-index encoding changes
 
 
 def codec_of(head):
@@ -172,6 +174,23 @@ def _cache_key(path, offset, codec):
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def inflate_cap(st, compressed_bytes):
+    """(bytes a compressed stream may inflate to, why) for the state indexed so far.
+
+    A stream holds each page of the RAM it declares, sent again a few times at
+    most by a live migration: ``limits.max_inflate`` plus INFLATE_PASSES times
+    the declared RAM, and never more than INFLATE_PER_INPUT_BYTE per compressed
+    byte (time is linear in what is inflated).
+    """
+    declared = sum(b["length"] for b in st["blocks"].values())
+    most = limit("max_inflate") + min(INFLATE_PASSES * declared, INFLATE_PER_INPUT_BYTE * compressed_bytes)
+    return most, (
+        f"the compressed stream inflates past {human(most)} ({INFLATE_PASSES}x the {human(declared)} of RAM it "
+        f"declares, at most {INFLATE_PER_INPUT_BYTE}x its {human(compressed_bytes)}, plus "
+        f"{env_name('max_inflate')})"
+    )
+
+
 def index_compressed(path, offset, codec, derived_dir=None):
     """Index a compressed QEVM stream starting at ``offset`` of ``path``.
 
@@ -196,8 +215,11 @@ def index_compressed(path, offset, codec, derived_dir=None):
     try:
         raw.seek(offset)
         stream = decompressor(codec, raw, path)
+        compressed = os.fstat(raw.fileno()).st_size - offset
         st = migration.index_stream(
-            Cursor(path, stream=stream, start=0), spill_factory=lambda: migration.Spill(spill_file)
+            Cursor(path, stream=stream, start=0),
+            spill_factory=lambda: migration.Spill(spill_file),
+            cap=lambda st: inflate_cap(st, compressed),
         )
         if st["spill_obj"] is None:
             st["spill_obj"] = migration.Spill(spill_file)
@@ -221,7 +243,9 @@ _META_KEYS = ("machine", "page_size", "capabilities", "complete", "mapped_ram", 
 
 
 def _save(base, st):
-    arrays = {f"b{i}": b["map"].loc for i, b in enumerate(st["blocks"].values())}
+    # The chunks that exist, not a dense array over the declared RAM: a stream
+    # declaring a terabyte writes a few KiB of index, not 2 GiB.
+    arrays = {f"b{i}.{k}": v for i, b in enumerate(st["blocks"].values()) for k, v in b["map"].export().items()}
     np.savez(f"{base}.npz", **arrays)
     meta = {k: st.get(k) for k in _META_KEYS}
     meta["version"] = INDEX_VERSION
@@ -243,10 +267,10 @@ def _load(base):
         st = {k: meta.get(k) for k in _META_KEYS}
         st["diagnostics"] = meta["diagnostics"]
         st["blocks"] = {}
+        ps = st["page_size"]
         for i, (name, length) in enumerate(meta["blocks"]):
-            pm = PageMap(0, st["page_size"])
-            pm.loc = arrays[f"b{i}"]
-            st["blocks"][name] = {"length": length, "map": pm}
+            parts = {k: arrays[f"b{i}.{k}"] for k in ("keys", "data", "fill_keys", "fill_values")}
+            st["blocks"][name] = {"length": length, "map": PageMap.restore((length + ps - 1) // ps, ps, parts)}
         st["spill_obj"] = migration.Spill(builtins.open(f"{base}.pages", "rb"))
     except (OSError, ValueError, KeyError):
         return None

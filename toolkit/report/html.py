@@ -1,9 +1,13 @@
 """Single-file HTML report, readable offline (no scripts, no external assets).
 
-Findings come first, highest severity on top, each a <details> that expands to
-its explanation, the exact evidence rows and — for high and critical — an SVG
-picture of its entity chain. A timeline follows. Every guest string goes
-through html_safe.
+The first screen is the incident summary (toolkit/report/html_summary.py): per
+VM, the entities that carry the high findings as short stories and a timeline
+chart. The findings follow, once per VM (``vm/findings``), highest severity on
+top, each a <details> that expands to its explanation, the snapshots it was
+seen in, the exact evidence rows (addresses in hex) and — for high and
+critical — an SVG picture of its entity chain. Then the snapshots and their
+moments, the fleet stacking of an audit, and the timeline. Every guest string
+goes through html_safe.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import json
 import pandas as pd
 
 from toolkit.report.escape import html_safe
-from toolkit.report.tabular import plain_value
+from toolkit.report.html_summary import SUMMARY_STYLE, moments_section, stacking_section, summary_section
+from toolkit.report.story import incident_summary
+from toolkit.report.tabular import address_columns, display_value
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}
@@ -26,21 +32,22 @@ details{border:1px solid #ddd;border-radius:4px;margin:.4em 0;padding:.3em .6em}
 summary{cursor:pointer;font-size:1.05em}
 table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
 td,th{border:1px solid #ccc;padding:2px 5px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}.expl{margin:.4em 0 .6em}.mono{font-family:monospace;word-break:break-all}
+th{background:#f3f3f3}.expl{margin:.4em 0 .2em}.mono{font-family:monospace;word-break:break-all}
 svg text{font-family:monospace;font-size:11px}
 """
 
 
-def _row_table(df: pd.DataFrame, max_cols: int = 14) -> str:
+def _row_table(df: pd.DataFrame, max_cols: int = 14, table: str | None = None) -> str:
     if df is None or not len(df):
         return "<p><i>no rows</i></p>"
     cols = [c for c in df.columns if c not in ("source",)][:max_cols]
+    hex_cols = address_columns(table)
     head = "".join(f"<th>{html_safe(c)}</th>" for c in cols)
     body = []
     for _, row in df.iterrows():
         cells = []
         for c in cols:
-            v = plain_value(row[c])
+            v = display_value(row[c], c in hex_cols)
             text = "" if v is None else str(v)
             if len(text) > 200:
                 text = text[:200] + "…"
@@ -90,62 +97,109 @@ def chain_svg(steps: list[dict]) -> str:
     return "".join(parts)
 
 
-def _evidence_rows(case, links: list[dict]) -> str:
+def _evidence_rows(case, links: list[dict], cache: dict) -> str:
     by_table: dict[str, list] = {}
     for lk in links:
         by_table.setdefault(lk["table"], []).append(lk)
     out = []
     for table, ls in by_table.items():
-        try:
-            df = case.table(table)
-        except KeyError:
+        if table not in cache:
+            try:
+                df = case.table(table)
+            except KeyError:
+                df = None
+            # row links are positions within a snapshot's file
+            cache[table] = None if df is None else df.assign(_row=df.groupby("snapshot_id").cumcount())
+        df = cache[table]
+        if df is None:
             continue
         wanted = {(lk["snapshot_id"], lk["row"]) for lk in ls}
-        # row links are positions within a snapshot's file
-        df = df.assign(_row=df.groupby("snapshot_id").cumcount())
         picked = df[[(s, r) in wanted for s, r in zip(df["snapshot_id"], df["_row"])]].drop(columns="_row")
-        out.append(f"<h4>{html_safe(table)}</h4>{_row_table(picked)}")
+        out.append(f"<h4>{html_safe(table)}</h4>{_row_table(picked, table=table)}")
     return "".join(out)
 
 
+def _seen(row) -> str:
+    seen = json.loads(row.seen_in or "[]")
+    when = ""
+    if pd.notna(row.first_seen_ts):
+        when = f" · first seen {row.first_seen_ts:%Y-%m-%d %H:%M:%S}"
+        if row.last_seen != row.first_seen and pd.notna(row.last_seen_ts):
+            when += f", last seen {row.last_seen_ts:%Y-%m-%d %H:%M:%S} UTC"
+    return f"seen in {len(seen)} snapshot(s), {row.moments} moment(s): {', '.join(seen)}{when}"
+
+
+def _finding(case, row, n: int, cache: dict) -> list[str]:
+    links = json.loads(row.evidence or "[]")
+    steps = json.loads(row.chain or "[]")
+    chain_links = [lk for s in steps for lk in s.get("links", [])]
+    open_attr = " open" if n == 0 else ""
+    attack = " · " + html_safe(row.attack_id) if isinstance(row.attack_id, str) else ""
+    parts = [
+        f"<details{open_attr}><summary>"
+        f"<span class='sev {html_safe(row.severity)}'>{html_safe(row.severity.upper())}</span> "
+        f"<b>{html_safe(row.title)}</b> — {html_safe(row.entity_label)} "
+        f"<small>({html_safe(row.rule_id)}{attack}"
+        f" · {html_safe(row.vm)} · {len(json.loads(row.seen_in or '[]'))} snapshot(s)"
+        f" · confidence {row.confidence:.0%})</small></summary>"
+        f"<p class=expl>{html_safe(row.explanation)}</p>"
+        f"<p class=meta>{html_safe(_seen(row))}</p>"
+    ]
+    if isinstance(row.fleet_note, str):
+        parts.append(f"<p class=meta>{html_safe(row.fleet_note)}</p>")
+    if row.severity_rank >= 3:
+        parts.append(chain_svg(steps))
+    parts.append("<h3>Evidence rows</h3>" + _evidence_rows(case, links, cache))
+    if len(steps) > 1:
+        parts.append(
+            "<details><summary>rows behind the chain</summary>"
+            + _evidence_rows(case, chain_links, cache)
+            + "</details>"
+        )
+    parts.append("</details>")
+    return parts
+
+
 def render_html(case) -> str:
-    findings = case.findings
+    """The whole report as one HTML string.
+
+    Example::
+
+        Path("web01.html").write_text(render_html(Case.open("cases/web01")))
+    """
+    if "vm/findings" not in case.tables() and case.snapshots:
+        from toolkit.errors import CaseError
+
+        raise CaseError(f"{case.path}: no VM view yet (a case from an older snapscope): run `snapscope correlate`")
+    findings = case.table("vm/findings") if "vm/findings" in case.tables() else pd.DataFrame()
     timeline = case.timeline
-    title = f"snapscope report — {', '.join(case.snapshots) or case.path.name}"
+    summary = incident_summary(case)
+    names = [vm["name"] for vm in summary]
+    title = f"snapscope report — {', '.join(names[:3]) + (' …' if len(names) > 3 else '') or case.path.name}"
+    snapshots = len(case.snapshots)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html_safe(title)}</title>"
-        f"<style>{STYLE}</style></head><body>",
+        f"<style>{STYLE}{SUMMARY_STYLE}</style></head><body>",
         f"<h1>{html_safe(title)}</h1>",
-        f"<div class=meta>{len(findings)} findings · {len(case.snapshots)} snapshot(s) · "
-        f"case {html_safe(case.path)}</div>",
-        "<h2>Findings</h2>",
+        f"<div class=meta>{len(summary)} VM(s) · {snapshots} snapshot(s) · {len(findings)} findings · "
+        f"case {html_safe(case.path)} · sections: <a href='#findings'>findings</a> · "
+        f"<a href='#moments'>snapshots</a> · <a href='#timeline'>timeline</a></div>",
+        summary_section(case, summary, findings) if summary else "",
+        "<h2 id=findings>Findings</h2>",
     ]
     if not len(findings):
         parts.append("<p>No findings.</p>")
-    ordered = findings.sort_values(["severity_rank", "confidence"], ascending=False, kind="stable")
+    cache: dict = {}
+    ordered = (
+        findings.sort_values(["severity_rank", "confidence"], ascending=False, kind="stable")
+        if len(findings)
+        else findings
+    )
     for n, row in enumerate(ordered.itertuples(index=False)):
-        links = json.loads(row.evidence or "[]")
-        steps = json.loads(row.chain or "[]")
-        chain_links = [lk for s in steps for lk in s.get("links", [])]
-        open_attr = " open" if n == 0 else ""
-        attack = " · " + html_safe(row.attack_id) if isinstance(row.attack_id, str) else ""
-        parts.append(
-            f"<details{open_attr}><summary>"
-            f"<span class='sev {html_safe(row.severity)}'>{html_safe(row.severity.upper())}</span> "
-            f"<b>{html_safe(row.title)}</b> — {html_safe(row.entity_label)} "
-            f"<small>({html_safe(row.rule_id)}{attack}"
-            f" · {html_safe(row.snapshot_id)} · confidence {row.confidence:.0%})</small></summary>"
-            f"<p class=expl>{html_safe(row.explanation)}</p>"
-        )
-        if row.severity_rank >= 3:
-            parts.append(chain_svg(steps))
-        parts.append("<h3>Evidence rows</h3>" + _evidence_rows(case, links))
-        if len(steps) > 1:
-            parts.append(
-                "<details><summary>rows behind the chain</summary>" + _evidence_rows(case, chain_links) + "</details>"
-            )
-        parts.append("</details>")
-    parts.append("<h2>Timeline</h2>")
+        parts += _finding(case, row, n, cache)
+    parts.append(moments_section(case))
+    parts.append(stacking_section(case))
+    parts.append("<h2 id=timeline>Timeline</h2>")
     shown = timeline.head(2000)
     parts.append(
         _row_table(

@@ -50,7 +50,8 @@ def build_event(case) -> MISPEvent:
     event.info = f"snapscope: findings on {', '.join(hosts)} (case {case.path.name})"
     created = dt.datetime.fromisoformat(found["created"]) if found["created"] else dt.datetime.now(dt.UTC)
     event.set_date(created.date())
-    worst = min((THREAT_LEVEL[f["severity"]] for f in found["findings"]), default=4)
+    # a severity outside SEVERITIES (a crafted case) is "undefined" (4), not a crash
+    worst = min((THREAT_LEVEL.get(f["severity"], 4) for f in found["findings"]), default=4)
     event.threat_level_id, event.analysis, event.distribution = worst, 2, 0  # analysis completed, own org only
     implicated_vms = {f["snapshot_id"] for f in found["findings"]}
     for vm in found["vms"]:

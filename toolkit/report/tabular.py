@@ -36,6 +36,32 @@ def plain_value(value):
     return value
 
 
+# UInt64 columns that count or name things rather than locate them
+NOT_ADDRESSES = {"inode", "inode_a", "inode_b", "netns"}
+
+
+def address_columns(table: str | None) -> set[str]:
+    """Columns of a declared table that hold addresses or offsets (shown in hex by renderers).
+
+    Example::
+
+        >>> sorted(address_columns("memory/modules"))
+        ['base', 'offset']
+    """
+    from toolkit.schemas import SCHEMAS, UINT
+
+    columns = (SCHEMAS.get(table) or {}).get("columns", {})
+    return {c for c, dtype in columns.items() if dtype == UINT and c not in NOT_ADDRESSES}
+
+
+def display_value(value, address: bool = False):
+    """A cell as a responder reads it: plain_value, and an address in hex."""
+    plain = plain_value(value)
+    if address and isinstance(plain, int) and not isinstance(plain, bool):
+        return f"{plain:#x}"
+    return plain
+
+
 def records(df: pd.DataFrame) -> list[dict]:
     return [{col: plain_value(val) for col, val in zip(df.columns, row)} for row in df.itertuples(index=False)]
 

@@ -12,7 +12,7 @@ Example::
                     snapshot_id="lab", source="memory/elf")
 """
 
-from toolkit.schemas import disk, memory, network, shared, sigma  # noqa: F401  (each module declares its tables)
+from toolkit.schemas import disk, memory, network, shared, sigma, vm  # noqa: F401  (each module declares its tables)
 from toolkit.schemas.core import (
     BOOL,
     BYTES,

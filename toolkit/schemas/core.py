@@ -123,6 +123,8 @@ def _coerce(series: pd.Series, dtype: str) -> pd.Series:
             if all(v is None or isinstance(v, int) for v in values):
                 return pd.Series(pd.array(values, dtype=dtype), index=series.index)
         return pd.to_numeric(series, errors="coerce").astype(dtype)
+    if dtype == FLOAT and series.dtype == object:  # a missing column arrives as <NA> objects
+        return pd.to_numeric(series, errors="coerce").astype(FLOAT)
     if dtype == BOOL:
         return series.astype(BOOL)
     return series.astype(dtype)

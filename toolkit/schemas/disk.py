@@ -67,6 +67,8 @@ declare(
         "program_sha256": STRING,
         "ts": TIME,  # last modification of the defining file
         "detail": STRING,
+        # systemd units and timers: enabled | disabled | static | masked | alias, from the files at rest
+        "unit_state": STRING,
     },
     doc="Everything that makes a program run again: cron, systemd units/timers, init and rc scripts, "
     "ld.so.preload, authorized_keys, shell rc files; Windows run keys, services and tasks.",
@@ -113,12 +115,25 @@ declare(
         "ctime": TIME,
         "btime": TIME,
         "sha256": STRING,
+        "md5": STRING,  # beside sha256 (same read), to compare with the package database's md5sums
         "link_target": STRING,
         "build_id": STRING,
         "first_page_sha256": STRING,  # ELF files that were hashed: for the process <-> file join
     },
-    doc="Every file on the guest disk with MACB times; sha256 for executables and writable/hidden "
+    version=2,
+    doc="Every file on the guest disk with MACB times; sha256 (and md5) for executables and writable/hidden "
     "locations (profile disk.hash decides).",
+)
+
+declare(
+    "disk/package_files",
+    {
+        "package": STRING,  # the owning package (comma-joined for directories several packages share)
+        "path": STRING,  # as it lies on this disk (merged /usr resolved), joins disk/files.path
+        "md5": STRING,  # what the package database recorded (dpkg md5sums); <NA> for dirs and conffiles
+        "installed_ts": TIME,  # when the package's file list was written: its install or last upgrade
+    },
+    doc="Every path an installed package owns, with the md5 its package database recorded (dpkg).",
 )
 
 declare(

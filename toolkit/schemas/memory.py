@@ -52,10 +52,28 @@ declare(
         "exe_path": STRING,
         "exe_deleted": BOOL,
         "exit_state": STRING,
-        "threads": INT,
+        "threads": INT,  # tasks in the group, leader included (Linux: when pslist walked threads)
         "task_offset": UINT,  # virtual address of the task (list) or physical offset (scan only)
     },
     doc="Processes merged from the task list and a scan: a scan-only row is hidden or exited.",
+)
+
+declare(
+    "memory/threads",
+    {
+        "pid": INT,  # thread group (the process)
+        "tid": INT,  # the task; tid == pid for the group's leader
+        "ppid": INT,
+        "process": STRING,  # the thread's own comm (a thread may rename itself)
+        "uid": INT,
+        "gid": INT,
+        "start_ts": TIME,
+        "in_list": BOOL,  # reached by walking the task list and each group's threads (pslist threads=true)
+        "in_scan": BOOL,  # found by carving task structures (psscan)
+        "exit_state": STRING,
+        "task_offset": UINT,
+    },
+    doc="Every task: each process's leader and its threads (Linux), from the task list and a scan.",
 )
 
 declare(
@@ -98,11 +116,14 @@ declare(
         "dst_port": INT,
         "state": STRING,
         "inode": UINT,
+        "peer_inode": UINT,  # unix sockets: the inode of the socket at the other end
+        "path": STRING,  # unix sockets: the bound name (abstract names start with @); packet sockets: the device
         "netns": UINT,
         "sock_offset": UINT,
         "created_ts": TIME,
     },
-    doc="Sockets owned by processes (Linux sockstat, Windows netscan).",
+    version=2,
+    doc="Sockets owned by processes (Linux sockstat, Windows netscan); IPs and ports only for IPv4/IPv6.",
 )
 
 declare(
@@ -125,7 +146,7 @@ declare(
 declare(
     "memory/kernel_checks",
     {
-        "check": STRING,  # check_syscall | check_idt | tty_check | modules
+        "check": STRING,  # check_syscall | check_idt | tty_check | ftrace | modules
         "item": STRING,  # table[index], tty name, module name
         "address": UINT,
         "module": STRING,
@@ -170,6 +191,12 @@ declare(
         "size": INT,
     },
     doc="Open file descriptors of every process (lsof).",
+)
+
+declare(
+    "memory/envars",
+    {"pid": INT, "ppid": INT, "process": STRING, "key": STRING, "value": STRING},
+    doc="Environment variables of every process, as its own memory holds them (linux.envars).",
 )
 
 declare(

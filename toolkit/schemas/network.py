@@ -44,11 +44,14 @@ declare(
         "dst_mac": STRING,
         "vm_mac": STRING,  # the VM NIC (from domain XML) this flow was seen on
         "icmp_type": INT,
-        "app_proto": STRING,  # dns | http | tls when a parser recognised the payload
+        "app_proto": STRING,  # dns | http | tls | stratum when a parser recognised the payload
         "beacon_intervals": INT,  # gaps between the initiator's successive turns (up to 4096 turns)
         "beacon_interval_mean": FLOAT,  # seconds
         "beacon_interval_cv": FLOAT,  # stdev / mean: near 0 for a clockwork beacon
+        "beacon_size_mean": FLOAT,  # payload bytes the initiator sent per turn
+        "beacon_size_cv": FLOAT,  # stdev / mean of those: near 0 when every check-in is the same size
     },
+    version=2,
     doc="One row per TCP/UDP/ICMP flow in the snapshot's packet captures, initiator as src.",
 )
 
@@ -68,7 +71,10 @@ declare(
         "ttl": INT,
         "answer": STRING,  # one row per answer record
         "malformed": BOOL,  # the message ended early; fields parsed before that are kept
+        "qname_longest_label": INT,  # characters in the query name's longest label
+        "qname_entropy": FLOAT,  # bits per character of the labels left of the registered domain
     },
+    version=2,
     doc="DNS queries (one row each) and responses (one row per answer record, or one row if none).",
 )
 

@@ -24,7 +24,7 @@ declare(
 declare(
     "findings",
     {
-        "finding_id": STRING,  # stable hash of snapshot, rule, entity and explanation
+        "finding_id": STRING,  # stable hash of snapshot, rule, entity (and subject)
         "rule_id": STRING,
         "title": STRING,
         "severity": STRING,  # info | low | medium | high | critical
@@ -39,8 +39,10 @@ declare(
         "flow_id": STRING,
         "evidence": STRING,  # JSON list of {table, snapshot_id, row}: the rows that prove it
         "chain": STRING,  # JSON list of entity-graph steps from the entity, each with its proving rows
+        "subject": STRING,  # what besides the entity makes the finding distinct (the YARA rule of yara.match)
     },
-    doc="Correlated findings: one per rule and entity, with the rows that prove it and the entity chain.",
+    doc="Correlated findings: one per rule, entity (and subject) per snapshot, with every row that proves "
+    "it and the entity chain.",
 )
 
 declare(

@@ -81,3 +81,21 @@ def test_64bit_addresses_survive_missing_values():
         declare("test/addresses", {"address": UINT}, doc="test only")
     df = make_table("test/addresses", [{"address": 0xFFFFFFFF81000001}, {"address": None}], snapshot_id="s", source="t")
     assert df["address"][0] == 0xFFFFFFFF81000001 and df["address"].isna()[1]
+
+
+def test_a_planted_lock_file_is_refused_not_followed(tmp_path):
+    """A case copied from elsewhere whose .lock links out of it (the old open(path, "a") created the
+    link's target on the host) or is a FIFO (opening it blocked the run forever): one clear CaseError."""
+    from toolkit.case.lock import LOCK_NAME, case_lock
+
+    case_dir = tmp_path / "case"
+    case_store.init_case(case_dir)
+    outside = tmp_path / "made-on-the-host"
+    (case_dir / LOCK_NAME).symlink_to(outside)
+    with pytest.raises(CaseError, match="cannot be used as a lock file"), case_lock(case_dir):
+        pass
+    assert not outside.exists()
+    (case_dir / LOCK_NAME).unlink()
+    os.mkfifo(case_dir / LOCK_NAME)
+    with pytest.raises(CaseError, match="lock file"), case_lock(case_dir):
+        pass

@@ -74,3 +74,29 @@ def test_report_bad_options(tmp_path):
         run("report", case, "--format", "timesketch", "--out", tmp_path / "t.jsonl", "--timesketch-url", "http://h"),
         "TIMESKETCH_PASSWORD",
     )
+
+
+def test_report_never_replaces_evidence_or_the_case(tmp_path):
+    """--out naming the case's evidence (itself, a symbolic or a hard link) or a record inside the case is
+    refused before anything is written; under the case's reports/ it is fine."""
+    from toolkit.case import load_manifest, save_manifest
+
+    case = write_case(tmp_path / "case")
+    evidence = tmp_path / "memory.elf"
+    evidence.write_bytes(b"\x7fELF guest memory")
+    manifest = load_manifest(case)
+    manifest["evidence"][str(evidence)] = {"sha256": "0" * 64, "size": evidence.stat().st_size}
+    save_manifest(case, manifest)
+    (tmp_path / "soft").symlink_to(evidence)
+    os.link(evidence, tmp_path / "hard")
+    for target in (evidence, tmp_path / "soft", tmp_path / "hard"):
+        _one_line_error(run("report", case, "--format", "json", "--out", target), "is the case's evidence")
+    assert evidence.read_bytes() == b"\x7fELF guest memory"
+    records = {p: p.read_bytes() for p in (case / "case.json", case / "custody.jsonl") if p.exists()}
+    for target in (case / "case.json", case / "custody.jsonl", case / "findings.parquet", case / "derived" / "x"):
+        _one_line_error(run("report", case, "--format", "json", "--out", target), "is inside the case")
+    assert {p: p.read_bytes() for p in records} == records
+    assert not (case / "derived" / "x").exists()
+    result = run("report", case, "--format", "json", "--out", case / "reports" / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((case / "reports" / "r.json").read_text())

@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from tests.helpers.synthetic_case import SERVICE_UNIT, SID
 from tests.helpers.synthetic_case import implant_tables as _tables
@@ -28,7 +29,7 @@ def test_implant_chain():
     assert [r.pid for r in by_rule["proc.deleted_executable"]] == [77]
     assert [r.entity for r in by_rule["net.unexpected_outbound"]] == ["process:77"]
     assert [r.entity for r in by_rule["net.periodic_beacon"]] == ["process:77"]
-    assert [r.entity for r in by_rule["persist.suspicious_target"]] == ["process:77"]
+    assert [r.entity for r in by_rule["persist.cron_unusual"]] == ["process:77"]
     assert [r.entity for r in by_rule["history.download_execute"]] == ["process:77"]
     assert {r.entity for r in by_rule["yara.match"]} == {"process:77"}
     # the benign service raises nothing high
@@ -92,8 +93,8 @@ def test_benign_service_and_dead_tasks_raise_nothing_high():
         ignore_index=True,
     )
     findings, _, _ = correlate_snapshot(t, SID)
-    labsvc = findings[findings["explanation"].str.contains("labsvc")]
-    assert len(labsvc) == 1 and set(labsvc["severity"]) == {"low"}
+    # a running service whose unit runs an ordinary program is no finding at all
+    assert not findings["explanation"].str.contains("labsvc").any()
     assert not findings["explanation"].str.contains(".bashrc", regex=False).any()
     hidden = findings[findings["rule_id"] == "proc.hidden"]
     assert list(hidden["pid"]) == [140]
@@ -121,6 +122,25 @@ def test_physical_only_yara_hit_is_its_own_finding():
     assert "1 more hits in physical memory" in yara[yara["entity"] == "process:77"]["explanation"].iloc[0]
 
 
+@pytest.mark.parametrize(
+    ("second_offset", "severity"),
+    [(3 << 20, "low"), ((2 << 20) + 300, "medium")],  # strings pages apart / side by side
+)
+def test_physical_hit_whose_strings_lie_in_unrelated_pages_is_low(second_offset, severity):
+    """`$self and $kworker` over gigabytes of memory: a kernel task's name in one page and a path in some
+    library in another meet the condition by chance; the same strings side by side are one artefact's."""
+    t = _tables()
+    rows = [
+        {"target": "physical", "rule": "self_and_kthread", "offset": 2 << 20, "string_id": "$self"},
+        {"target": "physical", "rule": "self_and_kthread", "offset": second_offset, "string_id": "$kworker"},
+        {"target": "physical", "rule": "self_and_kthread", "offset": 5 << 20, "string_id": "$self"},
+    ]
+    t["yara/matches"] = pd.DataFrame([{**r, "severity": "medium"} for r in rows])
+    findings, _, _ = correlate_snapshot(t, SID)
+    physical = findings[(findings["rule_id"] == "yara.match") & (findings["entity"] == "physical:memory")]
+    assert list(physical["severity"]) == [severity]
+
+
 def test_recorrelate_a_stored_case(tmp_path):
     """`snapscope correlate` rebuilds findings and timeline from stored tables only."""
     from toolkit import case as case_store
@@ -141,7 +161,7 @@ def test_recorrelate_a_stored_case(tmp_path):
         ("history.download_execute", "process:77"),
         ("net.periodic_beacon", "process:77"),
         ("net.unexpected_outbound", "process:77"),
-        ("persist.suspicious_target", "process:77"),
+        ("persist.cron_unusual", "process:77"),
         ("proc.deleted_executable", "process:77"),
         ("proc.kernel_thread_masquerade", "process:77"),
         ("proc.suspicious_exec_path", "process:77"),

@@ -114,6 +114,9 @@ def run_rules(compiled: list[dict], tables: dict, snapshot_id: str) -> tuple[pd.
     try:
         for name, df in views.items():
             con.register(name, df)
+        # Queries come from rule files (often third-party): they read the views and nothing else.
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         for entry in compiled:
             meta = entry["meta"]
             label = f"sigma rule {meta['sigma_id']} ({meta['title']})"

@@ -4,7 +4,7 @@ Opens every disk of the snapshot (qcow2 chains resolved under ``ctx.references``
 the run's policy: beside the evidence and in search paths; an internal snapshot when the disk entry
 names one), puts them in one dissect Target, runs the profile's functions and
 returns ``disk/chain``, ``disk/system``, ``disk/users``, ``disk/persistence``,
-``disk/shell_history``, ``disk/logs``, ``disk/packages``, ``disk/files``,
+``disk/shell_history``, ``disk/logs``, ``disk/packages``, ``disk/package_files``, ``disk/files``,
 ``disk/records`` and ``diagnostics``. It leaves a reader of the files worth
 scanning in ``ctx.readers`` for the YARA engine.
 
@@ -40,6 +40,7 @@ from toolkit.engines.disk.functions import (
     user_rows,
 )
 from toolkit.engines.disk.images import close_disk, open_disk
+from toolkit.engines.disk.package_files import package_file_rows
 from toolkit.engines.disk.persistence import persistence_rows
 from toolkit.engines.disk.target import open_target
 from toolkit.engines.disk.walk import hash_policy
@@ -140,6 +141,9 @@ def run(snapshot: dict, ctx: EngineContext) -> dict:
         out["disk/shell_history"] = table("disk/shell_history", history_rows(records), "commandhistory")
         out["disk/logs"] = table("disk/logs", log_rows(records), "logs")
         out["disk/packages"] = table("disk/packages", package_rows(records), "packages")
+        rows, problems = package_file_rows(target)
+        diags += problems
+        out["disk/package_files"] = table("disk/package_files", rows, "dpkg-info")
         out["disk/records"] = table("disk/records", other_rows(records), "records")
         progress("disk: files", 3, 4)
         # linked clones: the base's rows from the cache, only the overlay's changes re-walked

@@ -11,17 +11,27 @@ table) actually holds. Two uses:
   internal snapshot's L2 entries differ from the active layer's, are the only
   places two states of a disk can differ.
 
+Both work per distinct L2 table, never per guest cluster: an image may point
+every L1 entry at one L2 table (320 KiB of L1 describing 21 TB of allocated
+clusters). Each table is read and checked once, what a diff finds is built as
+byte ranges an L1 entry at a time (equal tables computed once), and at most
+``limits.max_changed_ranges`` ranges are listed before the diff falls back
+to walking both trees.
+
 Example::
 
-    alloc = allocation_map(qcow2, qcow2.l1_table, file_size, "disk.qcow2")
-    ranges = clusters_to_ranges(alloc.keys(), qcow2.cluster_size)
+    n = validate_tables(qcow2, qcow2.l1_table, file_size, "disk.qcow2")
+    ranges, how = changed_ranges(disk_a, disk_b)
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 from toolkit.errors import DiskError
+from toolkit.limits import env_name, limit
 
 L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 L2E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
@@ -30,34 +40,53 @@ OFLAG_COMPRESSED = 1 << 62
 # COPIED only says "refcount is 1"; it changes when a snapshot shares a cluster
 # without the data changing, so comparisons ignore it.
 ENTRY_COMPARE_MASK = (1 << 63) - 1
+QCOW_MAX_L1_SIZE = 32 << 20  # bytes: QEMU refuses larger L1 tables (block/qcow2.h)
+PLAIN_ZERO = 1  # QCOW_OFLAG_ZERO, no host offset, no subcluster bitmap
+_TABLE_CACHE = 64  # L2 tables kept decoded while a diff walks the L1 entries
 
 
-def _l2_tables(q, l1_table, file_size: int, where: str):
-    """Yield (first guest cluster index, entries, bitmaps) per allocated L2 table."""
-    entry_words = q._l2_entry_size // 8
-    l2_bytes = q.l2_size * q._l2_entry_size
+def _geometry(q) -> dict:
     guest_clusters = (q.header.size + q.cluster_size - 1) >> q.cluster_bits
-    for l1_index, l1_entry in enumerate(l1_table):
-        l2_offset = int(l1_entry) & L1E_OFFSET_MASK
-        if not l2_offset:
-            continue
-        if l2_offset + l2_bytes > file_size:
-            raise DiskError(
-                f"{where}: L1 entry {l1_index} points to an L2 table at 0x{l2_offset:x}, "
-                f"outside the file (size {file_size}): the image is corrupt or truncated"
-            )
-        first = l1_index << q.l2_bits
-        if first >= guest_clusters:
-            continue
-        q.fh.seek(l2_offset)
-        raw = q.fh.read(l2_bytes)
-        words = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-        if entry_words == 2:
-            entries, bitmaps = words[0::2], words[1::2]
-        else:
-            entries, bitmaps = words, np.zeros_like(words)
-        keep = min(q.l2_size, guest_clusters - first)
-        yield first, entries[:keep], bitmaps[:keep]
+    return {
+        "l2_size": q.l2_size,
+        "l2_bits": q.l2_bits,
+        "l2_bytes": q.l2_size * q._l2_entry_size,
+        "words": q._l2_entry_size // 8,
+        "guest_clusters": guest_clusters,
+    }
+
+
+def _l1_view(q, l1_table, file_size: int, where: str) -> dict[int, int]:
+    """{L1 index: L2 table offset} for the allocated L1 entries inside the disk."""
+    g = _geometry(q)
+    l1 = np.asarray(l1_table, dtype=np.uint64) & np.uint64(L1E_OFFSET_MASK)
+    outside = np.flatnonzero((l1 != 0) & (l1 + np.uint64(g["l2_bytes"]) > np.uint64(file_size)))
+    if len(outside):
+        i = int(outside[0])
+        raise DiskError(
+            f"{where}: L1 entry {i} points to an L2 table at 0x{int(l1[i]):x}, "
+            f"outside the file (size {file_size}): the image is corrupt or truncated"
+        )
+    inside = -(-g["guest_clusters"] // g["l2_size"])  # L1 entries past the disk map the vmstate
+    idx = np.flatnonzero(l1[:inside])
+    return dict(zip(idx.tolist(), l1[idx].tolist()))
+
+
+def _keep(g: dict, l1_index: int) -> int:
+    """Entries of the table at ``l1_index`` that map clusters inside the disk."""
+    return min(g["l2_size"], g["guest_clusters"] - (l1_index << g["l2_bits"]))
+
+
+def _read_table(q, offset: int, keep: int):
+    """(entries, bitmaps) of the L2 table at ``offset``, its first ``keep`` entries."""
+    g = _geometry(q)
+    q.fh.seek(offset)
+    words = np.frombuffer(q.fh.read(g["l2_bytes"]), dtype=">u8").astype(np.uint64)
+    if g["words"] == 2:
+        entries, bitmaps = words[0::2], words[1::2]
+    else:
+        entries, bitmaps = words, np.zeros_like(words)
+    return entries[:keep], bitmaps[:keep]
 
 
 def _check_entries(q, first: int, entries, file_size: int, where: str) -> None:
@@ -73,9 +102,23 @@ def _check_entries(q, first: int, entries, file_size: int, where: str) -> None:
         )
 
 
+def _values(entries, bitmaps):
+    """(allocated mask, comparable value) of L2 entries.
+
+    With extended L2 a cluster can be unallocated but carry per-subcluster zero
+    flags in its bitmap; that still shadows the backing file. The bitmap is
+    mixed into the value so two layouts with equal offsets but different
+    subcluster states compare unequal.
+    """
+    masked = entries & np.uint64(ENTRY_COMPARE_MASK)
+    return (masked != 0) | (bitmaps != 0), masked ^ (bitmaps << np.uint64(1))
+
+
 def check_header(q, file_size: int, where: str) -> None:
     """Refuse headers whose tables lie outside the file (before any read trusts them)."""
     h = q.header
+    if h.l1_size * 8 > QCOW_MAX_L1_SIZE:
+        raise DiskError(f"{where}: L1 table of {h.l1_size} entries is larger than QEMU allows: corrupt qcow2 header")
     if h.l1_table_offset + h.l1_size * 8 > file_size:
         raise DiskError(
             f"{where}: L1 table (0x{h.l1_table_offset:x}, {h.l1_size} entries) lies outside "
@@ -91,58 +134,31 @@ def check_header(q, file_size: int, where: str) -> None:
         raise DiskError(f"{where}: snapshot table at 0x{h.snapshots_offset:x} lies outside the file")
 
 
-def allocation_map(q, l1_table, file_size: int, where: str, data_size: int | None = None) -> dict[int, int]:
-    """Guest cluster index -> L2 entry (COPIED bit cleared) for every cluster this
-    layer defines (data, compressed or zero); unallocated clusters are absent.
-
-    Raises DiskError when a pointer leaves the file (data clusters: the
-    external data file, of ``data_size`` bytes, when the image has one). Example::
-
-        alloc = allocation_map(q, q.l1_table, os.path.getsize(p), p)
-    """
-    out: dict[int, int] = {}
-    for first, entries, bitmaps in _l2_tables(q, l1_table, file_size, where):
-        _check_entries(q, first, entries, file_size if data_size is None else data_size, where)
-        masked = entries & np.uint64(ENTRY_COMPARE_MASK)
-        # With extended L2 a cluster can be unallocated but carry per-subcluster
-        # zero flags in its bitmap; that still shadows the backing file.
-        idx = np.nonzero((masked != 0) | (bitmaps != 0))[0]
-        # Mix the bitmap into the value so two layouts with equal offsets but
-        # different subcluster states compare unequal.
-        values = masked[idx] ^ (bitmaps[idx] << np.uint64(1))
-        out.update(zip((idx + first).tolist(), values.tolist()))
-    return out
-
-
 def validate_tables(q, l1_table, file_size: int, where: str, data_size: int | None = None) -> int:
-    """Check every L2 pointer of one L1 table; return the count of allocated clusters."""
-    return len(allocation_map(q, l1_table, file_size, where, data_size))
+    """Check every L2 pointer of one L1 table; return the count of allocated clusters.
 
+    Each distinct L2 table is read and checked once, however many L1 entries
+    share it. Raises DiskError when a pointer leaves the file (data clusters:
+    the external data file, of ``data_size`` bytes, when the image has one). Example::
 
-def differing_clusters(map_a: dict[int, int], map_b: dict[int, int]) -> set[int]:
-    """Clusters whose L2 entries differ between two L1 tables of one file.
-
-    A cluster with the same host offset in both holds the same bytes: qcow2
-    copies a shared cluster before writing to it (refcount > 1).
+        n = validate_tables(q, q.l1_table, os.path.getsize(p), p)
     """
-    keys = set(map_a) | set(map_b)
-    return {k for k in keys if map_a.get(k) != map_b.get(k)}
-
-
-def clusters_to_ranges(clusters, cluster_size: int) -> list[tuple[int, int]]:
-    """Sorted guest byte ranges [start, end) covering the given cluster indexes.
-
-    >>> clusters_to_ranges([0, 1, 5], 65536)
-    [(0, 131072), (327680, 393216)]
-    """
-    ranges: list[tuple[int, int]] = []
-    for c in sorted(clusters):
-        start = c * cluster_size
-        if ranges and ranges[-1][1] == start:
-            ranges[-1] = (ranges[-1][0], start + cluster_size)
+    g = _geometry(q)
+    users: dict[int, list] = {}  # L2 offset -> [first L1 index, full uses, (index, keep) of a partial use]
+    for i, off in _l1_view(q, l1_table, file_size, where).items():
+        use = users.setdefault(off, [i, 0, None])
+        keep = _keep(g, i)
+        if keep == g["l2_size"]:
+            use[1] += 1
         else:
-            ranges.append((start, start + cluster_size))
-    return ranges
+            use[2] = keep
+    total = 0
+    for off, (first_index, full, partial) in users.items():
+        entries, bitmaps = _read_table(q, off, g["l2_size"] if full else partial)
+        _check_entries(q, first_index << g["l2_bits"], entries, file_size if data_size is None else data_size, where)
+        allocated, _ = _values(entries, bitmaps)
+        total += full * int(allocated.sum()) + (int(allocated[:partial].sum()) if partial else 0)
+    return total
 
 
 def changed_ranges(da: dict, db: dict) -> tuple[list[tuple[int, int]] | None, str]:
@@ -151,7 +167,9 @@ def changed_ranges(da: dict, db: dict) -> tuple[list[tuple[int, int]] | None, st
     Layers common to both chains (same file, same L1) are skipped; a file on
     both sides with different L1 tables (internal snapshot vs active) counts
     only clusters whose L2 entries differ; any other layer counts everything it
-    allocated.
+    allocated. Clusters every layer of both chains leaves unallocated or marks
+    plain-zero are left out (``qemu-img convert -B`` and QEMU's discard write
+    plain zero entries over regions the backing file never allocated).
     """
     if da["size"] != db["size"]:
         return None, f"virtual sizes differ ({da['size']} vs {db['size']})"
@@ -169,30 +187,25 @@ def changed_ranges(da: dict, db: dict) -> tuple[list[tuple[int, int]] | None, st
     for la in excl_a + excl_b:
         if la["format"] != "qcow2":
             return None, f"{la['path']} is {la['format']}: its allocation is unknown"
-    amap = {}
-
-    def alloc(layer):
-        key = id(layer)
-        if key not in amap:
-            amap[key] = allocation_map(layer["qcow2"], layer["l1"], layer["file_size"], str(layer["path"]))
-        return amap[key]
-
-    found: list[tuple[set, int]] = []
+    groups: list[tuple[dict, dict | None]] = []
     paired_b = set()
     for la in excl_a:
         partner = next((i for i, lb in enumerate(excl_b) if lb["path"] == la["path"] and i not in paired_b), None)
         if partner is not None:
             paired_b.add(partner)
-            found.append((differing_clusters(alloc(la), alloc(excl_b[partner])), la["qcow2"].cluster_size))
-        else:
-            found.append((set(alloc(la)), la["qcow2"].cluster_size))
-    for i, lb in enumerate(excl_b):
-        if i not in paired_b:
-            found.append((set(alloc(lb)), lb["qcow2"].cluster_size))
-    found = _drop_zero_everywhere(found, da["layers"] + db["layers"], alloc)
+        groups.append((la, excl_b[partner] if partner is not None else None))
+    groups += [(lb, None) for i, lb in enumerate(excl_b) if i not in paired_b]
+    every = list({id(layer): layer for layer in da["layers"] + db["layers"]}.values())
+    sizes = {layer["qcow2"].cluster_size for layer in every if layer["qcow2"] is not None}
+    zero_filter = every if all(layer["qcow2"] is not None for layer in every) and len(sizes) == 1 else None
     ranges: list[tuple[int, int]] = []
-    for clusters, csize in found:
-        ranges += clusters_to_ranges(clusters, csize)
+    cap = limit("max_changed_ranges")
+    views: dict[int, dict] = {}
+    tables: OrderedDict = OrderedDict()
+    for x, y in groups:
+        ranges += _group_ranges(x, y, zero_filter, views, tables, cap - len(ranges))
+        if len(ranges) > cap:
+            return None, f"more than {cap} changed ranges (raise {env_name('max_changed_ranges')} to map them)"
     merged: list[tuple[int, int]] = []
     for s, e in sorted(ranges):
         if merged and s <= merged[-1][1]:
@@ -202,19 +215,72 @@ def changed_ranges(da: dict, db: dict) -> tuple[list[tuple[int, int]] | None, st
     return merged, "allocated clusters"
 
 
-def _drop_zero_everywhere(found, layers, alloc):
-    """Leave out clusters every layer of both chains leaves unallocated or marks plain-zero.
+def _view(layer: dict, views: dict) -> dict[int, int]:
+    if id(layer) not in views:
+        views[id(layer)] = _l1_view(layer["qcow2"], layer["l1"], layer["file_size"], str(layer["path"]))
+    return views[id(layer)]
 
-    ``qemu-img convert -B`` (and QEMU's discard) write plain zero entries over
-    regions the backing file never allocated: both states read zeros there.
-    Needs every layer to be qcow2 with one cluster size, else nothing is dropped.
-    """
-    sizes = {layer["qcow2"].cluster_size for layer in layers if layer["qcow2"] is not None}
-    if any(layer["qcow2"] is None for layer in layers) or len(sizes) != 1:
-        return found
-    maps = [alloc(layer) for layer in {id(layer): layer for layer in layers}.values()]
-    plain_zero = 1  # QCOW_OFLAG_ZERO, no host offset, no subcluster bitmap
-    out = []
-    for clusters, csize in found:
-        out.append(({c for c in clusters if any(m.get(c, plain_zero) != plain_zero for m in maps)}, csize))
+
+def _table_values(layer: dict, offset: int | None, keep: int, tables: OrderedDict):
+    """(allocated, value) arrays of one layer's L2 table; an unallocated L1 entry reads as nothing allocated."""
+    if offset is None:
+        return np.zeros(keep, dtype=bool), np.zeros(keep, dtype=np.uint64)
+    key = (id(layer), offset, keep)
+    if key not in tables:
+        tables[key] = _values(*_read_table(layer["qcow2"], offset, keep))
+        if len(tables) > _TABLE_CACHE:
+            tables.popitem(last=False)
+    return tables[key]
+
+
+def _group_ranges(x: dict, y: dict | None, zero_filter, views: dict, tables: OrderedDict, room: int):
+    """Guest byte ranges one layer allocated (``y`` None) or where it differs
+    from ``y``, the same file through another L1 table. One L1 entry at a time;
+    L1 entries whose tables (and the zero filter's tables) are the same give the
+    same relative ranges, computed once. Stops once more than ``room`` ranges."""
+    q = x["qcow2"]
+    g = _geometry(q)
+    vx, vy = _view(x, views), (_view(y, views) if y is not None else {})
+    zviews = [_view(layer, views) for layer in zero_filter] if zero_filter else []
+    memo: dict[tuple, list[tuple[int, int]]] = {}
+    out: list[tuple[int, int]] = []
+    for i in sorted(set(vx) | set(vy)):
+        ox, oy = vx.get(i), vy.get(i)
+        if y is not None and ox == oy:
+            continue  # the same L2 table under both L1 tables: nothing differs
+        keep = _keep(g, i)
+        key = (ox, oy, keep, tuple(v.get(i) for v in zviews))
+        if key not in memo:
+            ax, wx = _table_values(x, ox, keep, tables)
+            if y is None:
+                mask = ax
+            else:
+                ay, wy = _table_values(y, oy, keep, tables)
+                mask = (ax != ay) | (ax & ay & (wx != wy))
+            if zero_filter:
+                somewhere = np.zeros(keep, dtype=bool)
+                for layer, view in zip(zero_filter, zviews):
+                    al, wl = _table_values(layer, view.get(i), keep, tables)
+                    somewhere |= al & (wl != np.uint64(PLAIN_ZERO))
+                mask = mask & somewhere
+            memo[key] = _mask_runs(mask)
+        base = i << g["l2_bits"]
+        for s, e in memo[key]:
+            start, end = (base + s) << q.cluster_bits, (base + e) << q.cluster_bits
+            if out and out[-1][1] == start:
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((start, end))
+        if len(out) > room:
+            break
     return out
+
+
+def _mask_runs(mask) -> list[tuple[int, int]]:
+    """[start, end) index runs of True in a boolean array.
+
+    >>> _mask_runs(np.array([True, True, False, True]))
+    [(0, 2), (3, 4)]
+    """
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))

@@ -48,7 +48,7 @@ from toolkit.errors import DiskError
 from toolkit.schemas import diagnostic
 from toolkit.versions import distribution_versions
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows carry md5
 SKIP = ("/proc", "/sys", "/$fs$/")  # same as walk_tree's default: equality with the full walk needs it
 TIME_KEYS = ("mtime", "atime", "ctime", "btime")
 
@@ -272,7 +272,7 @@ def overlay_rows(
         # stat again (times, mode may differ), but read no bytes already hashed in the base
         known = None
         if state == "same-content" and path in hashes:
-            known = {k: hashes[path].get(k) for k in ("sha256", "build_id", "first_page_sha256")}
+            known = {k: hashes[path].get(k) for k in ("sha256", "md5", "build_id", "first_page_sha256")}
             reused += 1
         row, _ = entry_row(
             path, lambda p=path: fs.get(p), should_hash=should_hash, max_size=max_size, problems=problems, known=known

@@ -27,7 +27,7 @@ from toolkit.schemas import diagnostic, pick
 GROUPS = {
     "history": ["commandhistory"],
     "logs": ["authlog", "syslog", "messages", "securelog", "journal"],
-    "packages": ["dpkg.status"],
+    "packages": ["dpkg.status", "dpkg.log"],
     "groups": [],  # read from /etc/group directly (no dissect function)
     "persistence": ["cronjobs", "services", "ssh.authorized_keys", "initd", "runkeys", "tasks"],
 }
@@ -41,6 +41,7 @@ TABLE_OF = {
     "securelog": "disk/logs",
     "journal": "disk/logs",
     "dpkg.status": "disk/packages",
+    "dpkg.log": "disk/logs",
     **{f: "disk/persistence" for f in GROUPS["persistence"]},
     "ssh": "disk/persistence",
 }
@@ -252,6 +253,24 @@ def log_rows(records) -> list[dict]:
                     "path": _plain(r.get("source")),
                 }
             )
+    return rows + dpkg_log_rows(records)
+
+
+def dpkg_log_rows(records) -> list[dict]:
+    """dpkg.log lines (installs, upgrades, removals, status changes) as ``disk/logs`` rows; the message
+    is the line after its timestamp, as dpkg wrote it ("upgrade inventory-tools:all 1.0 1.1")."""
+    rows = []
+    for r in records.get("dpkg.log", []):
+        package = f"{r.get('name')}:{r.get('arch')}" if r.get("arch") else r.get("name")
+        if r.get("operation") == "status":
+            message = f"status {r.get('status')} {package} {r.get('version')}"
+        else:
+            message = (
+                f"{r.get('operation')} {package} {r.get('version_old') or '<none>'} {r.get('version') or '<none>'}"
+            )
+        rows.append(
+            {"ts": r.get("ts"), "log": "dpkg", "service": "dpkg", "message": message, "path": _plain(r.get("source"))}
+        )
     return rows
 
 

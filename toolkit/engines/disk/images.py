@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 
 from toolkit.engines.disk.allocation import check_header, validate_tables
-from toolkit.engines.disk.vmdk_vhdx import open_vmdk, vhdx_parents
+from toolkit.engines.disk.vmdk_vhdx import check_vdi, open_vmdk, vhdx_parents
 from toolkit.errors import DiskError
 from toolkit.references import (
     ReferencePolicy,
@@ -190,8 +190,12 @@ def _open_other(path: Path, fmt: str, state: dict, depth: int):
                 _row(state, depth + n, parent, name, found["how"], "vhdx", parent.stat().st_size)
             # dissect opens the parents itself, by path: vhdx_parents checked that they are these files
             container = VhdxContainer(path)
+        elif fmt == "vdi":
+            fh = _open_file(path, state)
+            check_vdi(path, fh)
+            container = VdiContainer(fh)
         else:
-            container = (VdiContainer if fmt == "vdi" else VhdContainer)(_open_file(path, state))
+            container = VhdContainer(_open_file(path, state))
     except DiskError:
         raise
     except Exception as e:  # dissect raises several types for a malformed image

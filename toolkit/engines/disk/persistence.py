@@ -16,83 +16,13 @@ Example::
 
 from __future__ import annotations
 
-import shlex
-
+from toolkit.engines.disk.commands import program_of, split_cron_user
+from toolkit.engines.disk.persistence_files import ABSENT, SCRIPT_KINDS, files_rows, problem
+from toolkit.engines.disk.units import unit_states
 from toolkit.engines.disk.walk import ts_ns
 from toolkit.hashing import sha256_stream
-from toolkit.schemas import diagnostic
 
-SYSTEM_CRONTABS = ("/etc/crontab", "/etc/cron.d/", "/etc/anacrontab")
-WRAPPERS = {
-    "env",
-    "nohup",
-    "exec",
-    "nice",
-    "setsid",
-    "ionice",
-    "chrt",
-    "stdbuf",
-    "flock",
-    "timeout",
-    "sudo",
-    "busybox",
-    "start-stop-daemon",
-}
-SHELLS = {"sh", "bash", "dash", "zsh", "ash", "ksh"}
 GUEST_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-RC_FILES = ["/etc/profile", "/etc/bash.bashrc", "/etc/zsh/zshrc", "/etc/environment", "/etc/rc.local"]
-USER_RC = [".bashrc", ".profile", ".bash_profile", ".bash_login", ".bash_logout", ".zshrc", ".zprofile"]
-CRON_DIRS = ["/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly", "/etc/cron.monthly", "/etc/init.d"]
-
-
-def split_cron_user(source: str, command: str) -> tuple[str | None, str]:
-    """System crontabs carry a user column that dissect leaves inside the command.
-
-    >>> split_cron_user("/etc/cron.d/evil", "root /usr/lib/x/implant --beacon")
-    ('root', '/usr/lib/x/implant --beacon')
-    """
-    if source and (source == "/etc/crontab" or source.startswith("/etc/cron.d/")):
-        parts = command.strip().split(None, 1)
-        if len(parts) == 2:
-            return parts[0], parts[1]
-    return None, command
-
-
-def program_of(command: str | None) -> str | None:
-    """The program a command line runs: env assignments and wrappers skipped, `sh -c` unwrapped.
-
-    >>> program_of("FOO=1 nohup /bin/sh -c '/tmp/.x/run -d' >/dev/null")
-    '/tmp/.x/run'
-    """
-    if not command:
-        return None
-    try:
-        words = shlex.split(command, comments=False, posix=True)
-    except ValueError:  # unbalanced quotes from a hostile or broken line
-        words = [w.strip("\"'") for w in command.split()]
-    i = 0
-    while i < len(words):
-        w = words[i].lstrip("@-:+!")  # systemd Exec prefixes
-        base = w.rsplit("/", 1)[-1]
-        if not w or ("=" in w and not w.startswith("/") and w.split("=", 1)[0].isidentifier()):
-            i += 1
-        elif base in WRAPPERS:
-            i += 1
-            while i < len(words) and (words[i].startswith("-") or words[i].isdigit()):
-                i += 1
-        elif base in SHELLS and i + 2 < len(words) and words[i + 1] == "-c":
-            return program_of(words[i + 2]) or w
-        else:
-            return w
-    return None
-
-
-# A path that is simply not on the disk: no diagnostic, it is an answer ("not found").
-ABSENT = (FileNotFoundError, NotADirectoryError)
-
-
-def _problem(problems: list, what: str, where, exc: Exception) -> None:
-    problems.append(diagnostic("warning", what, where, f"{type(exc).__name__}: {exc}"))
 
 
 def resolve_program(target, program: str | None, problems: list) -> str | None:
@@ -108,7 +38,7 @@ def resolve_program(target, program: str | None, problems: list) -> str | None:
         try:  # Windows: dissect expands %SystemRoot% & co. and maps drive letters
             candidates = [str(target.resolve(program))]
         except Exception as exc:  # dissect raises many types for an unmappable name
-            _problem(problems, "persistence program not resolved", program, exc)
+            problem(problems, "persistence program not resolved", program, exc)
             return None
     for cand in candidates:
         try:
@@ -118,7 +48,7 @@ def resolve_program(target, program: str | None, problems: list) -> str | None:
         except ABSENT:
             continue
         except Exception as exc:  # a hostile path (loops, bad names): said, not fatal
-            _problem(problems, "persistence program not resolved", cand, exc)
+            problem(problems, "persistence program not resolved", cand, exc)
     return None
 
 
@@ -130,7 +60,7 @@ def file_sha256(target, path: str | None, max_size: int | None, problems: list) 
         with target.fs.path(path).open("rb") as fh:
             return sha256_stream(fh, max_size)
     except Exception as exc:  # dissect raises many types for damaged files
-        _problem(problems, "persistence program not hashed", path, exc)
+        problem(problems, "persistence program not hashed", path, exc)
         return None
 
 
@@ -140,7 +70,7 @@ def _mtime(target, path: str | None, problems: list):
     except ABSENT:
         return None
     except Exception as exc:
-        _problem(problems, "persistence entry not stat'ed", path, exc)
+        problem(problems, "persistence entry not stat'ed", path, exc)
         return None
 
 
@@ -153,10 +83,19 @@ def _first(rec: dict, *keys):
     return None
 
 
+def unit_records(records: dict) -> dict[str, dict]:
+    """Unit name -> the record of the file systemd uses: dissect lists /etc/systemd/system, then
+    /lib, then /usr/lib (the same directory twice on a merged-/usr system); the first one wins."""
+    units: dict[str, dict] = {}
+    for rec in records.get("services", []):
+        units.setdefault(rec.get("name") or "", rec)
+    return units
+
+
 def _from_records(records: dict) -> list[dict]:
     rows = []
     for rec in records.get("cronjobs", []):
-        user, cmd = split_cron_user(rec.get("source") or "", rec.get("command") or "")
+        user, cmd = split_cron_user(rec.get("source") or "", rec.get("command") or "", rec.get("username"))
         sched = " ".join(str(rec.get(k) or "") for k in ("minute", "hour", "day", "month", "weekday")).strip()
         rows.append(
             {
@@ -168,11 +107,7 @@ def _from_records(records: dict) -> list[dict]:
                 "program": program_of(cmd),
             }
         )
-    units = {}
-    for fn in ("services",):
-        for rec in records.get(fn, []):
-            name = rec.get("name") or ""
-            units[name] = rec
+    units = unit_records(records)
     for name, rec in units.items():
         if rec.get("type") not in (None, "systemd") or "imagepath" in {k.lower() for k in rec}:
             cmd = _first(rec, "imagepath", "servicedll", "command")
@@ -251,70 +186,22 @@ def _from_records(records: dict) -> list[dict]:
     return rows
 
 
-def _builtin(target, problems: list) -> list[dict]:
-    """Places dissect has no function for, read as files."""
-    rows = []
-    fs = target.fs
-    try:
-        preload = fs.path("/etc/ld.so.preload")
-        if preload.is_file():
-            for line in preload.read_bytes().decode("utf-8", "surrogateescape").splitlines():
-                for lib in line.split("#", 1)[0].split():
-                    rows.append({"kind": "ld_preload", "path": "/etc/ld.so.preload", "command": line, "program": lib})
-    except ABSENT:
-        pass
-    except Exception as exc:  # dissect raises many types for damaged files
-        _problem(problems, "ld.so.preload unreadable", "/etc/ld.so.preload", exc)
-    rc_paths = list(RC_FILES)
-    homes = {"/root"}
-    try:
-        homes |= {str(u.home) for u in target.users() if getattr(u, "home", None)}
-    except Exception as exc:  # users come from dissect's OS plugin, which may fail on a damaged passwd
-        _problem(problems, "home directories unknown (shell rc files of /root only)", "users", exc)
-    for home in sorted(h for h in homes if h and h.startswith("/")):
-        rc_paths += [f"{home.rstrip('/')}/{name}" for name in USER_RC]
-    for d in ["/etc/profile.d", *CRON_DIRS]:
-        try:
-            rc_paths += [str(p) for p in sorted(fs.path(d).iterdir())]
-        except ABSENT:
-            continue
-        except Exception as exc:
-            _problem(problems, "directory not listed", d, exc)
-    for path in rc_paths:
-        try:
-            if not fs.path(path).is_file():
-                continue
-        except ABSENT:
-            continue
-        except Exception as exc:
-            _problem(problems, "file not examined", path, exc)
-            continue
-        kind = (
-            "initd"
-            if path.startswith("/etc/init.d/")
-            else ("cron" if path.startswith("/etc/cron.") else ("rc" if path == "/etc/rc.local" else "shell_rc"))
-        )
-        rows.append(
-            {
-                "kind": kind,
-                "path": path,
-                "program": path,
-                "user": path.split("/")[2] if path.startswith("/home/") else None,
-                "schedule": path.split("/")[2] if kind == "cron" else None,
-            }
-        )
-    return rows
-
-
 def persistence_rows(target, records: dict, max_size: int | None) -> tuple[list[dict], list[dict]]:
     """(rows for ``disk/persistence``, diagnostics); records: function name -> list of record dicts."""
     problems: list[dict] = []
-    rows = _from_records(records) + _builtin(target, problems)
+    rows = _from_records(records) + files_rows(target, problems)
+    if records.get("services"):
+        states = unit_states(target, unit_records(records), problems)
+        for row in rows:
+            if row["kind"] in ("systemd", "timer"):
+                row["unit_state"] = states.get(row["detail"].split(" -> ")[0])
     seen = set()
     out = []
     for row in rows:
-        key = (row["kind"], row.get("path"), row.get("command"), row.get("program"))
-        if key in seen:  # initd via dissect and via the directory listing
+        # a script is one entry however it was found (initd via dissect and via the directory listing)
+        command = None if row["kind"] in SCRIPT_KINDS else row.get("command")
+        key = (row["kind"], row.get("path"), command, row.get("program"))
+        if key in seen:
             continue
         seen.add(key)
         row["program_path"] = resolve_program(target, row.get("program"), problems)

@@ -14,6 +14,11 @@ descriptor could make it read any file of the analyst's host. Here:
   open (the parent at its recorded relative path) is the one the policy
   found, at every level of its chain; otherwise it is refused.
 
+dissect also sizes single reads from header fields (a VMDK's grain directory,
+a VDI's block map, a VHDX's region table): those sizes are checked against
+the file first (:func:`sparse_extent`, :func:`check_vdi`, the region tables
+in :func:`vhdx_parents`), so a damaged header is a DiskError, not gigabytes.
+
 Example::
 
     stream, size = open_vmdk(path, fh, extent=lambda name: open(name, "rb"), below=lambda name: None)
@@ -22,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import os
+import struct
 from bisect import bisect_right
 from pathlib import Path
 
@@ -33,6 +39,75 @@ from toolkit.evidence.disk_probe import probe_vhdx, probe_vmdk
 SECTOR = 512
 HEAD = 64 << 10  # a descriptor is a few hundred bytes; probe_vmdk refuses binary data after it
 MAX_VHDX_CHAIN = 64
+VHDX_REGION_TABLES = (192 << 10, 256 << 10)  # MS-VHDX 2.2: the table and its copy, 64 KiB each
+VHDX_MAX_REGIONS = 2047  # MS-VHDX 2.2.3: what fits in the 64 KiB table
+VDI_MAX_BLOCK = 64 << 20  # VirtualBox and qemu write 1 MiB blocks; dissect reads a whole block at a time
+
+
+def sparse_extent(path: Path, fh, parent):
+    """dissect's ``SparseDisk`` on ``fh``, once the tables its header sizes are known to fit in the file.
+
+    dissect reads the grain directory, a grain table and the embedded
+    descriptor with one ``read(n)`` each, ``n`` taken from the header: a
+    flipped byte in ``capacity`` asks for petabytes of grain directory
+    (MemoryError, found by the disk fuzz target). Each table lies inside the
+    extent file, so none can be larger than it. Example::
+
+        sparse_extent(Path("d.vmdk"), open("d.vmdk", "rb"), None).size
+    """
+    import ctypes
+
+    from dissect.hypervisor.disk import vmdk
+
+    size = os.fstat(fh.fileno()).st_size
+    at = 0
+    fh.seek(0)
+    hdr = vmdk.SparseExtentHeader(fh)
+    if hdr.magic == vmdk.VMDK_MAGIC and ctypes.c_int64(hdr.primary_grain_directory_offset).value == -1:
+        at = size - 1024  # the real header is the footer (streamOptimized)
+        fh.seek(max(at, 0))
+        hdr = vmdk.SparseExtentHeader(fh)
+    if hdr.magic == vmdk.VMDK_MAGIC:
+        if not hdr.num_grain_table_entries or not hdr.grain_size:
+            raise DiskError(f"{path}: VMDK sparse header at offset {at}: grain size or grain table entries is 0")
+        coverage = hdr.num_grain_table_entries * hdr.grain_size
+        tables = {
+            "grain directory": -(-hdr.capacity // coverage) * 4,
+            "grain table": hdr.num_grain_table_entries * 4,
+            "descriptor": hdr.descriptor_size * SECTOR,
+        }
+    elif hdr.magic == vmdk.SESPARSE_MAGIC:
+        tables = {"grain directory": hdr.grain_directory_size * SECTOR, "grain table": hdr.grain_table_size * SECTOR}
+    else:
+        tables = {"grain directory": hdr.num_grain_directory_entries * 4}
+    for what, nbytes in tables.items():
+        if nbytes > size:
+            raise DiskError(
+                f"{path}: VMDK sparse header at offset {at}: a {what} of {nbytes} bytes cannot fit in a file of {size}"
+            )
+    fh.seek(0)
+    return vmdk.SparseDisk(fh, parent=parent)
+
+
+def check_vdi(path: Path, fh) -> None:
+    """Refuse a VDI whose header sizes dissect's reads beyond the file.
+
+    dissect reads the whole block map (4 bytes per block of the virtual disk)
+    at once and every read a whole block at a time. Example::
+
+        check_vdi(Path("d.vdi"), open("d.vdi", "rb"))  # raises DiskError on a damaged header
+    """
+    from dissect.hypervisor.disk import vdi
+
+    size = os.fstat(fh.fileno()).st_size
+    hdr = vdi.VDI(fh)
+    if hdr.blocks_offset + 4 * hdr.number_of_blocks > size:
+        raise DiskError(
+            f"{path}: VDI block map at offset {hdr.blocks_offset} of {hdr.number_of_blocks} blocks "
+            f"runs past the end of the file ({size} bytes)"
+        )
+    if not 0 < hdr.block_size <= VDI_MAX_BLOCK:
+        raise DiskError(f"{path}: VDI block size {hdr.block_size} (header at offset 0) is not 1 to {VDI_MAX_BLOCK}")
 
 
 class _ParentSectors:
@@ -105,7 +180,7 @@ def open_vmdk(path: Path, fh, *, extent, below) -> tuple[ExtentStream, int]:
             raise DiskError(f"{path}: differencing VMDK names no parent file")
         parent = _ParentSectors(below(facts["parent_file"]))
     if facts.get("variant") != "descriptor":
-        extents = [vmdk.SparseDisk(fh, parent=parent)]
+        extents = [sparse_extent(path, fh, parent)]
     else:
         extents = []
         for ext in facts.get("extents") or []:
@@ -118,7 +193,8 @@ def open_vmdk(path: Path, fh, *, extent, below) -> tuple[ExtentStream, int]:
                 handle = extent(ext["file"], (ext["offset"] * SECTOR) + size)
                 extents.append(vmdk.RawDisk(RangeStream(handle, ext["offset"] * SECTOR, size), size))
             elif ext["type"] in ("SPARSE", "VMFSSPARSE", "SESPARSE"):
-                extents.append(vmdk.SparseDisk(extent(ext["file"], None), parent=parent))
+                handle = extent(ext["file"], None)
+                extents.append(sparse_extent(Path(getattr(handle, "name", ext["file"])), handle, parent))
             else:
                 raise DiskError(f"{path}: VMDK extent type {ext['type']!r} is not supported")
         if not extents:
@@ -140,6 +216,11 @@ def vhdx_parents(path: Path, locate) -> list[tuple[Path, str, dict]]:
     for _ in range(MAX_VHDX_CHAIN):
         with open(current, "rb") as fh:
             facts = probe_vhdx(current, fh.read(HEAD))
+            for at in VHDX_REGION_TABLES:  # dissect reads entry_count entries of 32 bytes at once
+                head = os.pread(fh.fileno(), 16, at)
+                count = struct.unpack_from("<I", head, 8)[0] if len(head) == 16 else 0
+                if count > VHDX_MAX_REGIONS:
+                    raise DiskError(f"{current}: VHDX region table at offset {at} lists {count} regions (at most 2047)")
         if not facts.get("has_parent"):
             return out
         relative = (facts.get("parent_paths") or {}).get("relative_path")

@@ -16,7 +16,7 @@ import fnmatch
 import stat as statmod
 
 from toolkit.elfinfo import elf_identity
-from toolkit.hashing import sha256_stream
+from toolkit.hashing import stream_digests
 from toolkit.schemas import diagnostic
 
 TYPES = {
@@ -116,7 +116,7 @@ def entry_row(
 
     ``get_entry()`` returns the dissect FilesystemEntry (lstat, open, readlink):
     ``dir_entry.get`` in a walk, ``lambda: fs.get(path)`` for a single path.
-    ``known`` ({sha256, build_id, first_page_sha256}) stands in for reading a
+    ``known`` ({sha256, md5, build_id, first_page_sha256}) stands in for reading a
     file whose bytes are proven unchanged since those were computed.
 
     The one place a ``disk/files`` row is made: the full walk and the
@@ -143,7 +143,9 @@ def entry_row(
             return row, st
         try:
             with entry.open() as fh:
-                row["sha256"] = sha256_stream(fh, max_size)
+                # md5 beside sha256, in the same read: package databases (dpkg) record md5
+                digests = stream_digests(fh, max_size) or {}
+                row["sha256"], row["md5"] = digests.get("sha256"), digests.get("md5")
                 fh.seek(0)
                 # build-id and first-page hash let correlation tie a
                 # running (possibly deleted) program to this file

@@ -49,6 +49,7 @@ def run_plugins(session: dict, plugins: list[dict], progress=None) -> tuple[dict
         if progress:
             progress(f"memory: {name}", i, len(volatility_plugins))
         result = volatility.run_plugin(session, name, entry.get("options") or {})
+        result["options"] = dict(entry.get("options") or {})  # what the table builders were asked for
         outputs[name] = result
         status = "ok" if not result["error"] else ("partial" if result["rows"] else "failed")
         runs.append(

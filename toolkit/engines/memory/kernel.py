@@ -1,5 +1,5 @@
 """Kernel tables from Volatility plugin output: loaded modules (with the hidden-module cross-views)
-and kernel integrity checks (syscall table, IDT, tty hooks).
+and kernel integrity checks (syscall table, IDT, tty hooks, ftrace callbacks).
 
 Example::
 
@@ -67,6 +67,7 @@ def _unknown(symbol) -> bool:
     return symbol in (None, "", "UNKNOWN")
 
 
+FTRACE = "linux.tracing.ftrace.CheckFtrace"
 # How Volatility's module lookup names the kernel image itself.
 KERNEL_MODULE_NAMES = (None, "kernel", "__kernel__")
 
@@ -119,6 +120,24 @@ def kernel_checks_rows(outputs: dict, modules: list[dict] | None) -> list[dict] 
                     "symbol": symbol,
                     "suspicious": bad,
                     "detail": f"receive_buf handler in {module or 'unknown code'}" if bad else None,
+                }
+            )
+    if FTRACE in outputs:
+        seen = True
+        for r in plugin_output(outputs, FTRACE) or []:
+            module, symbol = r.get("Module"), r.get("Callback")
+            bad = module not in KERNEL_MODULE_NAMES or _unknown(symbol)
+            out.append(
+                {
+                    "check": "ftrace",
+                    "item": r.get("Hooked symbols") or "ftrace_ops",
+                    "address": r.get("Callback address"),
+                    "module": module,
+                    "symbol": symbol,
+                    "suspicious": bad,
+                    "detail": f"ftrace callback in {module or 'unknown code'} hooks {r.get('Hooked symbols') or '?'}"
+                    if bad
+                    else None,
                 }
             )
     for m in modules or []:

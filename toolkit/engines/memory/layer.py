@@ -106,10 +106,12 @@ class SnapscopeLayer(interfaces.layers.DataLayerInterface):
         return [self.config["base_layer"]]
 
     def _scan_iterator(self, scanner, sections):
-        """Only the ranges the artefact holds: a kdump of 8 GiB with 2 GiB of data scans 2 GiB."""
+        """Only the ranges the artefact holds data in: a kdump of 8 GiB with 2 GiB of data
+        scans 2 GiB, and pages known to be zero (a stream may declare a terabyte of them)
+        are not scanned at all."""
         for section_start, section_length in sections:
             section_end = section_start + section_length
-            for run_start, run_length in self._runs:
+            for run_start, run_length in self._image.data_runs:
                 start, end = max(section_start, run_start), min(section_end, run_start + run_length)
                 while start < end:
                     size = min(end - start, scanner.chunk_size + scanner.overlap)

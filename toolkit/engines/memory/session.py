@@ -23,11 +23,13 @@ import threading
 import time
 from pathlib import Path
 
+from toolkit.case import custody
 from toolkit.case.lock import file_lock
 from toolkit.engines import EngineContext
 from toolkit.engines.memory import symbols, volatility
 from toolkit.engines.memory.images import shared_image
 from toolkit.errors import MemoryFormatError, SymbolsError, VolatilityError
+from toolkit.hashing import sha256_file
 from toolkit.schemas import diagnostic
 from toolkit.versions import distribution_versions
 
@@ -78,6 +80,15 @@ def memory_source(snapshot: dict, ctx: EngineContext, diagnostics: list) -> dict
     return {"path": path, "format": image.format or fmt, "snapshot": internal, "image": image}
 
 
+def _memory_key(ctx: EngineContext, source: dict) -> str:
+    """What a built ISF is cached under besides its banner: the memory file's sha256 (known from
+    intake), with the internal snapshot read from it when a qcow2 holds several VM states."""
+    digest = ctx.evidence_hashes.get(str(Path(source["path"]).resolve())) or sha256_file(source["path"])
+    if not source["snapshot"]:
+        return digest
+    return hashlib.sha256(f"{digest}\0{source['snapshot']}".encode()).hexdigest()
+
+
 def _isf_dir(isf_path: str, sha256: str, ctx: EngineContext) -> Path:
     """A directory holding only the chosen ISF (linked into the case).
 
@@ -99,6 +110,25 @@ def _isf_dir(isf_path: str, sha256: str, ctx: EngineContext) -> Path:
             shutil.copy2(isf, partial)
         os.replace(partial, target)  # parallel workers: the file appears whole or not at all
     return target_dir
+
+
+def _log_isf(ctx: EngineContext, found: dict, copy_dir: Path) -> None:
+    """Custody records which ISF the snapshot was analysed with: its sha256, origin and what it was built from."""
+    if not ctx.case_dir:
+        return
+    custody.append_event(
+        ctx.case_dir,
+        action="symbols.isf",
+        path=found["isf_path"],
+        sha256=found["sha256"],
+        detail={
+            "snapshot": ctx.snapshot_id,
+            "origin": found["origin"],
+            "banner": found["banner"],
+            "built_from_image_sha256": found.get("built_from"),
+            "case_copy": str(copy_dir / Path(found["isf_path"]).name),
+        },
+    )
 
 
 def _symbol_set_listing(symbol_dirs) -> str:
@@ -162,6 +192,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
                     build=ctx.build_symbols,
                     progress=progress,
                     scratch_dir=Path(ctx.derived_dir) / "memory",
+                    image_sha256=_memory_key(ctx, source),
                 )
         except SymbolsError as excp:
             diagnostics.extend(excp.diagnostics)
@@ -172,6 +203,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
             banner=found["banner"], isf_path=found["isf_path"], isf_sha256=found["sha256"], isf_origin=found["origin"]
         )
         symbol_dirs = [_isf_dir(found["isf_path"], found["sha256"], ctx)]
+        _log_isf(ctx, found, symbol_dirs[0])
         vol_cache = _volatility_cache(cache_dir, symbol_dirs)
         with file_lock(vol_cache.with_suffix(".lock")):
             problem = volatility.prevalidate_isf(

@@ -4,12 +4,24 @@ Resolution order, first match on the exact kernel banner wins:
 
 1. ISF files or directories the user names (``--symbols DIR``),
 2. ``profiles/symbols/`` shipped with snapscope,
-3. the snapscope symbol cache (``<cache>/symbols/linux/<banner-key>.json``),
+3. the snapscope symbol cache (``<cache>/symbols/linux/<banner-key>-<image-key>.json``),
 4. a build from the dump itself with pakunoda (its BTF + kallsyms), offline,
-   stored in the cache for the next image of the same kernel.
+   stored in the cache for the next analysis of the same image.
 
 Volatility needs the banner to match byte for byte, so a user's ISF for another
 kernel is reported (its banner and the image's) and skipped, never used.
+
+A built ISF is cached under its banner *and* the sha256 of the image it was
+built from, and only that image's later analyses reuse it. The cache is
+host-wide and the image is hostile: keyed by banner alone, one crafted dump
+(a real banner, forged kallsyms or BTF, a planted System.map in its page
+cache) would plant symbols for every later case of that kernel. pakunoda reads
+far more of the dump than its BTF and kallsyms (vmcoreinfo, init_task, page
+cache), so no narrower key covers everything the ISF depends on; the image's
+sha256 is already known (evidence is hashed at intake, a converted image when
+it is written). The price: each new dump of a kernel builds its own ISF
+(7-9 s on the lab guest). Each built ISF has a ``.origin`` file beside it
+saying what it was built from.
 
 Example::
 
@@ -40,6 +52,7 @@ from toolkit.shipped import SYMBOLS
 
 PROFILE_SYMBOLS = SYMBOLS
 ISF_SUFFIXES = (".json", ".json.xz", ".json.gz", ".json.bz2")
+SCRATCH_PREFIX = ".isf-build-"  # the temporary ELF copy a build needs lives in a directory named so
 
 # A kernel banner as the kernel stores it in linux_banner: NUL-terminated,
 # newline before the NUL. Copies in the printk buffer lack the "\n\0" ending
@@ -81,7 +94,7 @@ def _banner_haystacks(image):
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
                     yield data
         return
-    for start, length in image.runs:
+    for start, length in getattr(image, "data_runs", image.runs):  # a banner is never in a zero page
         for offset in range(start, start + length, BANNER_WINDOW):
             # windows overlap by 512 bytes so a banner on a boundary is seen whole (a repeat is merely counted twice)
             yield image.read(offset, min(BANNER_WINDOW + 512, start + length - offset))
@@ -90,6 +103,24 @@ def _banner_haystacks(image):
 def banner_key(banner: str) -> str:
     """Cache file stem for a banner: stable, filesystem-safe."""
     return hashlib.sha256(banner.encode("latin-1")).hexdigest()[:24]
+
+
+def cache_name(banner: str, image_sha256: str) -> str:
+    """File name of the ISF built from one image for one banner: ``<banner-key>-<image sha256[:24]>.json``."""
+    return f"{banner_key(banner)}-{image_sha256[:24]}.json"
+
+
+def origin_path(isf: Path) -> Path:
+    """The ``.origin`` record beside a built ISF (not ``.json``: never mistaken for an ISF)."""
+    return Path(isf).with_suffix(".origin")
+
+
+def read_origin(isf: Path) -> dict | None:
+    """What a cached ISF was built from ({"image_sha256", "image", "banner", "built", "pakunoda"}), or None."""
+    try:
+        return json.loads(origin_path(isf).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_isf_bytes(path: Path) -> bytes:
@@ -195,15 +226,18 @@ def resolve_isf(
     profile_symbols: Path = PROFILE_SYMBOLS,
     progress=None,
     scratch_dir: Path | None = None,
+    image_sha256: str | None = None,
 ) -> dict:
     """Find (or build) the ISF matching the image's kernel banner.
 
     ``image`` is a dump path or a ``MemoryImage`` (see :func:`find_banners`);
     ``scratch_dir`` holds the temporary ELF copy a build from a format
     pakunoda does not read needs (deleted after the build).
-    Returns {"banner", "isf_path", "sha256", "origin", "diagnostics"}; raises
-    SymbolsError (with diagnostics) when the image holds no Linux banner or no
-    ISF could be found or built.
+    ``image_sha256`` (the memory file's hash, when the caller has it) keys the
+    cache; without it the file is hashed if the cache is consulted.
+    Returns {"banner", "isf_path", "sha256", "origin", "built_from", "diagnostics"};
+    raises SymbolsError (with diagnostics) when the image holds no Linux banner
+    or no ISF could be found or built.
     """
     diagnostics: list[dict] = []
     banners = find_banners(image)
@@ -255,16 +289,17 @@ def resolve_isf(
                     )
                 )
     cache = cache_dir_for(cache_dir)
+    image_sha256 = image_sha256 or sha256_file(image_path)
     for banner in banners:
-        cached = cache / f"{banner_key(banner)}.json"
+        cached = cache / cache_name(banner, image_sha256)
         if cached.is_file():
-            return _answer(banner, cached, "cache", diagnostics)
+            return _answer(banner, cached, "cache", diagnostics, image_sha256)
     if not build:
         raise SymbolsError(
             "no ISF matches this kernel and building is disabled",
             diagnostics + [diagnostic("error", "linux symbols", image_path, f"no ISF for banner {banners[0]!r}")],
         )
-    built = _build_from(image, cache, progress, scratch_dir)
+    built = _build_from(image, cache, progress, scratch_dir, image_sha256)
     diagnostics.extend(built["diagnostics"])
     if not built["isf_path"]:
         raise SymbolsError(
@@ -272,48 +307,59 @@ def resolve_isf(
             f"{built['diagnostics'][-1]['why'] if built['diagnostics'] else 'unknown'}",
             diagnostics,
         )
-    return _answer(built["banner"], Path(built["isf_path"]), "built", diagnostics)
+    return _answer(built["banner"], Path(built["isf_path"]), "built", diagnostics, image_sha256)
 
 
-def _answer(banner, isf: Path, origin, diagnostics):
+def _answer(banner, isf: Path, origin, diagnostics, built_from=None):
     return {
         "banner": banner,
         "isf_path": str(isf.resolve()),
         "sha256": sha256_file(isf),
         "origin": origin,
+        "built_from": built_from,  # the sha256 of the image a cached or built ISF came from
         "diagnostics": diagnostics,
     }
 
 
-def _build_from(image, out_dir: Path, progress, scratch_dir: Path | None) -> dict:
+def _build_from(image, out_dir: Path, progress, scratch_dir: Path | None, image_sha256: str) -> dict:
     """build_isf on a file pakunoda reads: the dump itself, or a temporary ELF copy of a format it does not.
 
     pakunoda maps the dump and searches it for the kernel's BTF and kallsyms,
     so it needs the guest's RAM as one file; the copy lives only for the
-    build (once per kernel: the ISF is cached by banner).
+    build (once per memory file: the ISF is cached by banner and that file).
     """
     if isinstance(image, (str, Path)) or image.format in NATIVE:
-        return build_isf(image if isinstance(image, (str, Path)) else image.path, out_dir, progress=progress)
+        path = image if isinstance(image, (str, Path)) else image.path
+        return build_isf(path, out_dir, progress=progress, image_sha256=image_sha256)
     from toolkit.memory.convert import to_elf
 
     scratch = Path(scratch_dir or tempfile.gettempdir())
     scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".isf-build-", dir=scratch) as tmp:
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=scratch) as tmp:
         copy = Path(tmp) / "memory.elf"
         to_elf(image.path, copy, image=image, hash=False)
-        built = build_isf(copy, out_dir, progress=progress)
+        built = build_isf(copy, out_dir, progress=progress, image_sha256=image_sha256, image_name=image.path)
     for d in built["diagnostics"]:
         d["where"] = str(image.path)  # the temporary copy is gone; name the evidence
     return built
 
 
-def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_s: float = 900) -> dict:
+def build_isf(
+    image: str | Path,
+    out_dir: str | Path,
+    *,
+    progress=None,
+    timeout_s: float = 900,
+    image_sha256: str | None = None,
+    image_name: str | None = None,
+) -> dict:
     """Build an ISF from the dump's own BTF and kallsyms with pakunoda, offline.
 
-    Writes ``<out_dir>/<banner-key>.json`` atomically and returns {"banner",
-    "isf_path", "seconds", "diagnostics"} (isf_path None on failure). Donor
-    profiles are disabled: they would be fetched from the network or read
-    from ~/.cache/pakunoda, and an evidence machine uses neither.
+    Writes ``<out_dir>/<banner-key>-<image-key>.json`` (see :func:`cache_name`)
+    atomically, with a ``.origin`` record of the image it came from, and
+    returns {"banner", "isf_path", "seconds", "diagnostics"} (isf_path None on
+    failure). Donor profiles are disabled: they would be fetched from the
+    network or read from ~/.cache/pakunoda, and an evidence machine uses neither.
 
     Example::
 
@@ -344,10 +390,22 @@ def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_
                 "pakunoda's ISF has no linux_banner constant; Volatility may not match it",
             )
         )
-    target = out_dir / f"{banner_key(banner)}.json"
+    image_sha256 = image_sha256 or sha256_file(image)
+    target = out_dir / cache_name(banner, image_sha256)
     tmp = target.with_suffix(f".tmp{os.getpid()}")
     with open(tmp, "w") as fh:
         json.dump(result.isf_json, fh, separators=(",", ":"))
+    origin = {
+        "image_sha256": image_sha256,
+        "image": str(image_name or Path(image).resolve()),  # the evidence, not a temporary copy of it
+        "banner": banner,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pakunoda": getattr(pakunoda, "__version__", None),
+        "isf_sha256": sha256_file(tmp),
+    }
+    origin_tmp = target.with_name(f"{target.stem}.origin.tmp{os.getpid()}")
+    origin_tmp.write_text(json.dumps(origin, indent=1))
+    os.replace(origin_tmp, origin_path(target))
     os.replace(tmp, target)
     loadability = getattr(result, "loadability", None)
     if loadability is not None and not getattr(loadability, "loadable", True):
@@ -361,7 +419,11 @@ def build_isf(image: str | Path, out_dir: str | Path, *, progress=None, timeout_
 
 
 def list_isfs(cache_dir: str | Path, extra_paths=()) -> list[dict]:
-    """Every ISF snapscope would consider: {origin, path, banner, size}.
+    """Every ISF snapscope would consider: {origin, path, banner, size, built_from}.
+
+    ``built_from`` is the sha256 of the image a cached ISF was built from; a
+    cache file without one (keyed by banner alone, from an older snapscope)
+    is listed with origin "cache (unused)": it is never chosen.
 
     Example::
 
@@ -378,5 +440,8 @@ def list_isfs(cache_dir: str | Path, extra_paths=()) -> list[dict]:
                 banner = isf_banner(isf)
             except (OSError, ValueError, EOFError, lzma.LZMAError) as excp:
                 banner = f"<unreadable: {excp}>"
-            rows.append({"origin": origin, "path": str(isf), "banner": banner, "size": isf.stat().st_size})
+            built_from = (read_origin(isf) or {}).get("image_sha256") if origin == "cache" else None
+            shown = "cache (unused)" if origin == "cache" and not built_from else origin
+            row = {"origin": shown, "path": str(isf), "banner": banner, "size": isf.stat().st_size}
+            rows.append({**row, "built_from": built_from})
     return rows

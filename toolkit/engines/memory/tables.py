@@ -14,10 +14,9 @@ Example::
 
 from __future__ import annotations
 
-import re
-
 from toolkit.engines.memory.kernel import MODULE_PLUGINS, kernel_checks_rows, modules_rows
-from toolkit.engines.memory.plugin_output import as_int, plugin_output, source_of
+from toolkit.engines.memory.plugin_output import plugin_output, source_of
+from toolkit.engines.memory.sockets import sockets_rows
 from toolkit.schemas import diagnostic, pick, split_deleted
 
 # --- processes ---------------------------------------------------------------
@@ -44,31 +43,38 @@ def _process_fields(row: dict) -> dict:
     }
 
 
+def threads_listed(outputs: dict, os_name: str = "linux") -> bool:
+    """Whether the task-list walk included user threads (pslist's own ``threads`` option)."""
+    return bool(((outputs.get(LIST.get(os_name, "")) or {}).get("options") or {}).get("threads"))
+
+
 def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[dict] | None:
     """pslist and psscan merged on (pid, name): in_list / in_scan say who saw it.
 
     ``enrich`` maps pid -> {is_kernel_thread, exe_path, exe_deleted} from the
-    snapscope task walk (tasks.task_details); Windows has no such walk.
+    snapscope task walk (tasks.task_details); Windows has no such walk. When
+    pslist walked threads too, ``threads`` counts each process's tasks (the
+    leader included, like /proc/PID/status Threads); the threads themselves
+    are rows of ``memory/threads``.
     """
     listed, scanned = plugin_output(outputs, LIST[os_name]), plugin_output(outputs, SCAN[os_name])
     if listed is None and scanned is None:
         return None
     merged: dict[tuple, dict] = {}
+    counts: dict[int, int] = {}
     for row in listed or []:
         fields = _process_fields(row)
+        counts[fields["pid"]] = counts.get(fields["pid"], 0) + 1
+        if fields["tid"] != fields["pid"]:  # a thread (pslist with threads): memory/threads has it
+            continue
         fields.update(in_list=True, in_scan=False if scanned is not None else None)
         merged[(fields["pid"], fields["process"])] = fields
-    for row in scanned or []:
-        fields = _process_fields(row)
-        if fields["tid"] != fields["pid"]:  # threads: the leader stands for the process
-            continue
-        key = (fields["pid"], fields["process"])
-        if key in merged:
-            merged[key]["in_scan"] = True
-            merged[key]["exit_state"] = merged[key]["exit_state"] or fields["exit_state"]
-        else:
-            fields.update(in_list=False if listed is not None else None, in_scan=True)
-            merged[key] = fields
+    if os_name == "linux" and threads_listed(outputs, os_name):
+        for fields in merged.values():
+            fields["threads"] = counts.get(fields["pid"])
+    # threads: the leader stands for the process
+    leaders = (f for f in map(_process_fields, scanned or []) if f["tid"] == f["pid"])
+    _merge_scanned(merged, leaders, lambda f: (f["pid"], f["process"]), listed is not None)
     out = []
     plugins = [p for p in (LIST[os_name], SCAN[os_name]) if p in outputs]
     for fields in merged.values():
@@ -79,6 +85,55 @@ def processes_rows(outputs: dict, enrich: dict, os_name: str = "linux") -> list[
         fields["source"] = source_of(*plugins)
         out.append(fields)
     return sorted(out, key=lambda r: (r["pid"] is None, r["pid"] or 0))
+
+
+def _merge_scanned(merged: dict, scanned, key_of, was_listed: bool) -> None:
+    """Fold the scan's tasks into the list's: a task in both is marked ``in_scan``; one only the scan
+    found is added, ``in_list`` False (or <NA> when the list did not run)."""
+    for fields in scanned:
+        key = key_of(fields)
+        if key in merged:
+            merged[key]["in_scan"] = True
+            merged[key]["exit_state"] = merged[key]["exit_state"] or fields["exit_state"]
+        else:
+            fields.update(in_list=False if was_listed else None, in_scan=True)
+            merged[key] = fields
+
+
+def threads_rows(outputs: dict, os_name: str = "linux") -> list[dict] | None:
+    """Every task (thread-group leaders and their threads), merged on (pid, tid) from pslist and psscan.
+
+    The task list's side comes from pslist run with ``threads = true``; without it the list's
+    threads are unknown (``in_list`` <NA> for every thread the scan found). Linux only: Windows
+    pslist prints thread counts, not threads.
+
+    Example::
+
+        rows = threads_rows({"linux.pslist.PsList": {**pslist_result, "options": {"threads": True}}})
+        [(r["pid"], r["tid"], r["process"]) for r in rows][:2]   # [(1, 1, 'systemd'), (412, 415, 'gmain')]
+    """
+    if os_name != "linux":
+        return None
+    walked = threads_listed(outputs, os_name)
+    listed = plugin_output(outputs, LIST[os_name]) if walked else None
+    scanned = plugin_output(outputs, SCAN[os_name])
+    if listed is None and scanned is None:
+        return None
+    merged: dict[tuple, dict] = {}
+    for row in listed or []:
+        fields = _process_fields(row)
+        fields.update(in_list=True, in_scan=False if scanned is not None else None)
+        merged[(fields["pid"], fields["tid"], fields["process"])] = fields
+    _merge_scanned(
+        merged, map(_process_fields, scanned or []), lambda f: (f["pid"], f["tid"], f["process"]), listed is not None
+    )
+    plugins = [p for p in (LIST[os_name], SCAN[os_name]) if p in outputs]
+    out = []
+    for fields in merged.values():
+        fields.pop("threads")
+        fields["source"] = source_of(*plugins)
+        out.append(fields)
+    return sorted(out, key=lambda r: (r["pid"] is None, r["pid"] or 0, r["tid"] is None, r["tid"] or 0))
 
 
 DEAD_STATES = ("EXIT_DEAD", "EXIT_ZOMBIE", "exited")
@@ -132,6 +187,7 @@ def cmdlines_rows(outputs: dict) -> list[dict] | None:
 # Volatility's column for each of ours, per plugin (Linux first, then Windows where they differ);
 # a path with " (deleted)" is split on the way
 CMDLINE_COLUMNS = {"pid": "PID", "ppid": "PPID", "process": ("COMM", "Process"), "args": ("ARGS", "Args")}
+ENVARS_COLUMNS = {"pid": "PID", "ppid": "PPID", "process": "COMM", "key": "KEY", "value": "VALUE"}
 MALFIND_COLUMNS = {
     "pid": "PID",
     "process": "Process",
@@ -181,73 +237,6 @@ def maps_rows(outputs: dict) -> list[dict] | None:
     return [_with_path(pick(r, MAPS_COLUMNS), r.get("File Path")) for r in rows]
 
 
-# --- sockets -----------------------------------------------------------------
-
-_SOCKET_INODE = re.compile(r"socket:\[(\d+)\]")
-
-
-def _proto(value):
-    """'TCP', 'TCPv4', 'UDPv6' -> 'tcp' / 'udp'; others lower-cased."""
-    if not value:
-        return None
-    value = str(value).lower()
-    return re.sub(r"v[46]$", "", value)
-
-
-def sockets_rows(outputs: dict) -> list[dict] | None:
-    linux = plugin_output(outputs, "linux.sockstat.Sockstat")
-    windows = plugin_output(outputs, "windows.netscan.NetScan")
-    if linux is None and windows is None:
-        return None
-    # sockstat prints no inode; lsof does ("socket:[1234]"), keyed by pid + fd.
-    inodes = {}
-    for r in plugin_output(outputs, "linux.lsof.Lsof") or []:
-        match = _SOCKET_INODE.fullmatch(str(r.get("Path") or ""))
-        if match:
-            inodes[(r.get("PID"), r.get("FD"))] = int(match.group(1))
-    out = []
-    for r in linux or []:
-        out.append(
-            {
-                "pid": r.get("PID"),
-                "tid": r.get("TID"),
-                "process": r.get("Process Name"),
-                "fd": r.get("FD"),
-                "family": r.get("Family"),
-                "type": r.get("Type"),
-                "proto": _proto(r.get("Proto")),
-                "src_ip": r.get("Source Addr"),
-                "src_port": as_int(r.get("Source Port")),
-                "dst_ip": r.get("Destination Addr"),
-                "dst_port": as_int(r.get("Destination Port")),
-                "state": r.get("State"),
-                "inode": inodes.get((r.get("PID"), r.get("FD"))),
-                "netns": r.get("NetNS"),
-                "sock_offset": r.get("Sock Offset"),
-                "source": source_of("linux.sockstat.Sockstat"),
-            }
-        )
-    for r in windows or []:
-        proto = str(r.get("Proto") or "")
-        out.append(
-            {
-                "pid": r.get("PID"),
-                "process": r.get("Owner"),
-                "proto": _proto(proto),
-                "family": "AF_INET6" if proto.endswith("v6") else "AF_INET",
-                "src_ip": r.get("LocalAddr"),
-                "src_port": as_int(r.get("LocalPort")),
-                "dst_ip": r.get("ForeignAddr"),
-                "dst_port": as_int(r.get("ForeignPort")),
-                "state": r.get("State"),
-                "sock_offset": r.get("Offset"),
-                "created_ts": r.get("Created"),
-                "source": source_of("windows.netscan.NetScan"),
-            }
-        )
-    return out
-
-
 def open_files_rows(outputs: dict) -> list[dict] | None:
     rows = plugin_output(outputs, "linux.lsof.Lsof")
     if rows is None:
@@ -263,6 +252,12 @@ def shell_history_rows(outputs: dict) -> list[dict] | None:
         {"pid": r.get("PID"), "process": r.get("Process"), "ts": r.get("CommandTime"), "command": r.get("Command")}
         for r in rows
     ]
+
+
+def envars_rows(outputs: dict) -> list[dict] | None:
+    """Each process's environment, one row per variable (linux.envars.Envars)."""
+    rows = plugin_output(outputs, "linux.envars.Envars")
+    return None if rows is None else [pick(r, ENVARS_COLUMNS) for r in rows]
 
 
 def malfind_rows(outputs: dict) -> list[dict] | None:
@@ -326,12 +321,14 @@ DEDICATED = {
     "windows.netscan.NetScan": "memory/sockets",
     "linux.lsof.Lsof": "memory/open_files",
     "linux.bash.Bash": "memory/shell_history",
+    "linux.envars.Envars": "memory/envars",
     "linux.malware.malfind.Malfind": "memory/malfind",
     "windows.malware.malfind.Malfind": "memory/malfind",
     **{p: "memory/modules" for p in MODULE_PLUGINS},
     "linux.malware.check_syscall.Check_syscall": "memory/kernel_checks",
     "linux.malware.check_idt.Check_idt": "memory/kernel_checks",
     "linux.malware.tty_check.Tty_Check": "memory/kernel_checks",
+    "linux.tracing.ftrace.CheckFtrace": "memory/kernel_checks",
 }
 
 
@@ -348,11 +345,13 @@ def build_all(outputs: dict, enrich: dict, os_name: str) -> dict[str, list[dict]
     modules = modules_rows(outputs)
     tables = {
         "memory/processes": processes_rows(outputs, enrich, os_name),
+        "memory/threads": threads_rows(outputs, os_name),
         "memory/cmdlines": cmdlines_rows(outputs),
         "memory/maps": maps_rows(outputs),
         "memory/sockets": sockets_rows(outputs),
         "memory/open_files": open_files_rows(outputs),
         "memory/shell_history": shell_history_rows(outputs),
+        "memory/envars": envars_rows(outputs),
         "memory/malfind": malfind_rows(outputs),
         "memory/modules": modules,
         "memory/kernel_checks": kernel_checks_rows(outputs, modules),

@@ -115,12 +115,32 @@ def analyze_captures(paths, *, spool_dir: Path | None, macs=None, progress=None)
     return out
 
 
-def _frame(name: str, rows: list[dict], sid: str) -> pd.DataFrame:
+_NS_RANGE = (-(1 << 63), 1 << 63)  # what datetime64[ns] holds: years 1677 to 2262
+
+
+def _ns(value):
+    """``value`` as integer nanoseconds if a timestamp can hold it, else None."""
+    if isinstance(value, float):
+        value = int(value) if value == value and abs(value) < 2.0**63 else None
+    return value if isinstance(value, int) and _NS_RANGE[0] < value < _NS_RANGE[1] else None
+
+
+def _frame(name: str, rows: list[dict], sid: str, diagnostics: list) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in ("ts", "first_ts", "last_ts"):
         if col in df:
-            # capture times are integer nanoseconds since the epoch (UTC)
-            df[col] = pd.to_datetime(pd.to_numeric(df[col], errors="coerce"), unit="ns", utc=True)
+            # capture times are integer nanoseconds since the epoch (UTC); a pcapng
+            # resolution or offset can put one beyond what a timestamp holds
+            raw = df[col].tolist()
+            values = [_ns(v) for v in raw]
+            bad = sum(v is None and r is not None and r == r for v, r in zip(values, raw))  # r == r: not NaN
+            if bad:
+                diagnostics.append(
+                    diagnostic(
+                        "warning", f"{bad} times out of range", name, f"{col} beyond the years 1677-2262: left empty"
+                    )
+                )
+            df[col] = pd.to_datetime(pd.Series(pd.array(values, dtype="Int64"), index=df.index), unit="ns", utc=True)
     return make_table(name, df, snapshot_id=sid, source=name)
 
 
@@ -129,8 +149,9 @@ def to_tables(rows: dict, snapshot_id: str) -> dict[str, pd.DataFrame]:
 
     Example: ``to_tables(analyze_captures(["net.pcap"], spool_dir=None), "web1")["network/flows"]``
     """
-    tables = {TABLES[k]: _frame(TABLES[k], rows[k], snapshot_id) for k in TABLES}
-    tables["diagnostics"] = make_table("diagnostics", rows["diagnostics"], snapshot_id=snapshot_id, source="network")
+    diagnostics = list(rows["diagnostics"])
+    tables = {TABLES[k]: _frame(TABLES[k], rows[k], snapshot_id, diagnostics) for k in TABLES}
+    tables["diagnostics"] = make_table("diagnostics", diagnostics, snapshot_id=snapshot_id, source="network")
     return tables
 
 

@@ -134,6 +134,11 @@ def _tsresol(options: bytes, endian: str) -> tuple[int, int]:
     return per_second, tsoffset
 
 
+# Bytes a block body must hold (fixed fields plus the trailing length) by block type:
+# a shorter block cannot be what it says.
+_FIXED = {1: 8 + 4, 2: 20 + 4, 3: 4 + 4, 6: 20 + 4}
+
+
 def _pcapng_records(fh, path, diagnostics):
     endian, interfaces, offset = "<", [], 0
     while True:
@@ -175,7 +180,15 @@ def _pcapng_records(fh, path, diagnostics):
                 f"block type {btype:#x} needs {blen} bytes, file ends first; this last block is dropped",
             )
             return
-        if btype == 1:  # Interface Description Block
+        if len(body) < _FIXED.get(btype, 0):
+            _diag(
+                diagnostics,
+                path,
+                offset,
+                "corrupt block",
+                f"block type {btype:#x} of {blen} bytes is shorter than its own fixed fields; skipped",
+            )
+        elif btype == 1:  # Interface Description Block
             linktype, _, snaplen = struct.unpack(endian + "HHI", body[:8])
             per_second, tsoffset = _tsresol(body[8:-4], endian)
             interfaces.append((linktype, per_second, tsoffset))

@@ -195,6 +195,7 @@ def _new_flow(tr, proto, ends, ts, ipv) -> dict:
         "app": set(),
         "stats": {},
         "bursts": [],
+        "burst_bytes": [],
     }
 
 
@@ -211,26 +212,51 @@ def _payload(tr, flow, d, data, ts) -> dict:
     if flow["last_talker"] != d:
         S.mark(stream, ts)
         flow["last_talker"] = d
-        # Start times of the initiator's turns: the rhythm a beacon betrays.
+        # Start times and sizes of the initiator's turns: the rhythm a beacon betrays.
         if d == 0 and len(flow["bursts"]) < MAX_BURSTS:
             flow["bursts"].append(ts)
+            flow["burst_bytes"].append(0)
+    if d == 0 and flow["last_talker"] == 0 and flow["burst_bytes"] and len(flow["bursts"]) <= MAX_BURSTS:
+        flow["burst_bytes"][-1] += len(data)
     return stream
 
 
-def burst_stats(times: list) -> dict:
-    """Count, mean (seconds) and coefficient of variation of the gaps between the initiator's turns.
+def mean_cv(values: list) -> tuple[float | None, float | None]:
+    """(mean, coefficient of variation = stdev / mean) of numbers; (None, None) for none.
+
+    >>> mean_cv([2.0, 2.0, 2.0])
+    (2.0, 0.0)
+    """
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / len(values)
+    return mean, ((var**0.5) / mean if mean > 0 else None)
+
+
+def burst_stats(times: list, sizes: list | None = None) -> dict:
+    """Count, mean (seconds) and coefficient of variation of the gaps between the initiator's turns,
+    and the mean and variation of the bytes it sent per turn.
 
     Packet times here are integer nanoseconds since the epoch.
     """
     gaps = [(b - a) / 1e9 for a, b in zip(times, times[1:]) if b is not None and a is not None]
+    size_mean, size_cv = mean_cv([float(n) for n in sizes or []])
     if not gaps:
-        return {"beacon_intervals": 0, "beacon_interval_mean": None, "beacon_interval_cv": None}
-    mean = sum(gaps) / len(gaps)
-    var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+        return {
+            "beacon_intervals": 0,
+            "beacon_interval_mean": None,
+            "beacon_interval_cv": None,
+            "beacon_size_mean": size_mean,
+            "beacon_size_cv": size_cv,
+        }
+    mean, cv = mean_cv(gaps)
     return {
         "beacon_intervals": len(gaps),
         "beacon_interval_mean": mean,
-        "beacon_interval_cv": (var**0.5) / mean if mean > 0 else None,
+        "beacon_interval_cv": cv,
+        "beacon_size_mean": size_mean,
+        "beacon_size_cv": size_cv,
     }
 
 
@@ -288,7 +314,8 @@ def _dns_rows(flow, msg, ts) -> list[dict]:
         "malformed": msg["truncated"],
     }
     q = msg["questions"][0] if msg["questions"] else {"qname": None, "qtype": None}
-    base.update({"qname": q["qname"], "qtype": q["qtype"]})
+    longest, entropy = P.label_stats(q["qname"])
+    base.update({"qname": q["qname"], "qtype": q["qtype"], "qname_longest_label": longest, "qname_entropy": entropy})
     if msg["qr"] == "query" or not msg["answers"]:
         return [base]
     return [
@@ -335,6 +362,8 @@ def _settle(tr, flow) -> None:
             _tls(tr, flow, client, server)
         elif head[:1].isupper():
             _http(tr, flow, client, server)
+        elif head.lstrip()[:1] == b"{" and any(m.startswith("mining.") for m in P.jsonrpc_methods(head)):
+            flow["app"].add("stratum")  # a miner's pool protocol, on whatever port
     flow["stats"] = {
         d: {k: s[k] for k in ("size", "gaps", "gap_bytes", "retrans", "overlap_bytes", "spool", "file_bytes")}
         for d, s in enumerate(flow["streams"])
@@ -430,7 +459,7 @@ def _row(tr, flow) -> dict:
         "retransmits": sum(s["retrans"] for s in st.values()) if st else 0,
         "gaps": sum(s["gaps"] for s in st.values()) if st else 0,
         "gap_bytes": sum(s["gap_bytes"] for s in st.values()) if st else 0,
-        **burst_stats(flow["bursts"]),
+        **burst_stats(flow["bursts"], flow["burst_bytes"]),
     }
     for d, prefix in ((0, "src"), (1, "dst")):
         s = st.get(d)

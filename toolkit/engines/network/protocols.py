@@ -1,4 +1,4 @@
-"""DNS, HTTP and TLS ClientHello/ServerHello parsers (all input is hostile).
+"""DNS, HTTP, TLS ClientHello/ServerHello and JSON-RPC (stratum) parsers (all input is hostile).
 
 Every parser takes bytes it does not trust, bounds every length it reads and
 returns plain dicts of raw values (names and headers decoded as UTF-8 with
@@ -15,6 +15,8 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import socket
 import struct
@@ -144,6 +146,54 @@ def dns_over_tcp(head: bytes):
         if msg:
             yield msg
         pos += 2 + n
+
+
+def label_stats(qname: str | None) -> tuple[int | None, float | None]:
+    """(longest label, Shannon entropy in bits per character of the labels left of the last two):
+    what DNS tunnels betray, data packed into long random-looking subdomains.
+
+    >>> label_stats("www.example.com")
+    (7, 0.0)
+    >>> label_stats(None)
+    (None, None)
+    """
+    if not qname:
+        return None, None
+    labels = [x for x in qname.rstrip(".").split(".") if x]
+    if not labels:
+        return None, None
+    sub = "".join(labels[:-2]) if len(labels) > 2 else ""
+    if len(sub) < 2:
+        return max(len(x) for x in labels), 0.0
+    counts = {c: sub.count(c) for c in set(sub)}
+    entropy = -sum(n / len(sub) * math.log2(n / len(sub)) for n in counts.values())
+    return max(len(x) for x in labels), round(entropy, 4)
+
+
+# --- JSON-RPC (stratum) ---------------------------------------------------------
+MAX_JSON_LINES = 64
+
+
+def jsonrpc_methods(head: bytes) -> list[str]:
+    """Method names of the newline-delimited JSON-RPC requests at the start of a stream (what the
+    stratum mining protocol speaks: mining.subscribe, mining.authorize, mining.submit, ...).
+    Only the first MAX_JSON_LINES lines of the stream head are read.
+
+    >>> jsonrpc_methods(b'{"id": 1, "method": "mining.subscribe", "params": []}\\n')
+    ['mining.subscribe']
+    """
+    methods = []
+    for line in head.split(b"\n")[:MAX_JSON_LINES]:
+        line = line.strip()
+        if not line.startswith(b"{"):
+            continue
+        try:
+            msg = json.loads(line)
+        except ValueError:  # a line cut by the head's end, or not JSON at all
+            continue
+        if isinstance(msg, dict) and isinstance(msg.get("method"), str):
+            methods.append(msg["method"][:100])
+    return methods
 
 
 # --- HTTP ---------------------------------------------------------------------

@@ -8,8 +8,10 @@ that neither engine accepts raises :class:`RuleError` naming the file and line,
 and nothing is scanned.
 
 Compiled sets are cached under ``<cache_dir>/yara/<key>/`` where the key hashes
-the engines' versions and every rule file's namespace and content sha256: a
-second run with unchanged rules loads them instead of compiling.
+the engines' versions and every rule file's namespace and content sha256, and
+the sha256 of every file its ``include`` statements pull in (transitively): a
+second run with unchanged rules loads them instead of compiling, and an edited
+included file means a new compile.
 
 Example::
 
@@ -47,6 +49,51 @@ REGEX_MATCH_LIMIT = 4096
 _UNBOUNDED_JUMP = re.compile(rb"\[\s*\d*\s*-\s*\]")
 _BOUNDED_JUMP = re.compile(rb"\[\s*(\d+)\s*(?:-\s*(\d+)\s*)?\]")
 _PY_ERROR = re.compile(r"^(?P<path>.*)\((?P<line>\d+)\): (?P<msg>.*)$", re.S)
+_INCLUDE = re.compile(rb'^[ \t]*include[ \t]+"([^"\r\n]+)"', re.M)
+
+
+def included_files(path: Path, raw: bytes) -> list[tuple[str, str | None]]:
+    """Files a rule file ``include``s, transitively: [(path, sha256 or None when unreadable)].
+
+    Resolved as yara-python resolves them (a relative name against the
+    including file's directory), which is the engine that compiles a file
+    with includes (yara-x refuses them without include directories). An
+    include inside a comment is listed too: hashing a file too many is harmless.
+
+    Example: ``included_files(Path("rules/main.yar"), raw)`` -> ``[("rules/../common/c.yar", "ab12...")]``
+    """
+    found: list[tuple[str, str | None]] = []
+    seen = {Path(path).resolve()}
+    todo = [(Path(path), raw)]
+    while todo:
+        current, data = todo.pop()
+        for match in _INCLUDE.finditer(data):
+            target = current.parent / match.group(1).decode("utf-8", "replace")
+            if target.resolve() in seen:
+                continue
+            seen.add(target.resolve())
+            try:
+                content = target.read_bytes()
+            except OSError:
+                found.append((str(target), None))
+                continue
+            found.append((str(target), hashlib.sha256(content).hexdigest()))
+            todo.append((target, content))
+    return found
+
+
+def include_digest(paths) -> str:
+    """sha256 over the files every rule file under ``paths`` includes (a missing path counts as nothing):
+    the part of a rule set's content that lies outside its own files."""
+    digest = hashlib.sha256()
+    for root in paths:
+        root = Path(root).expanduser()
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in RULE_SUFFIXES) if root.is_dir() else [root]
+        for path in files:
+            if path.is_file():
+                for name, sha in included_files(path, path.read_bytes()):
+                    digest.update(f"{path}\0{name}\0{sha}\n".encode())
+    return digest.hexdigest()
 
 
 def find_rule_files(paths) -> list[tuple[Path, str]]:
@@ -82,7 +129,7 @@ def _cache_key(files: list[dict], prefer: str) -> str:
         {
             "versions": distribution_versions(ENGINES),
             "prefer": prefer,
-            "files": [(f["namespace"], f["sha256"]) for f in files],
+            "files": [(f["namespace"], f["sha256"], f["includes"]) for f in files],
         },
         sort_keys=True,
     )
@@ -183,6 +230,7 @@ def compile_rules(paths=None, *, cache_dir=None, prefer: str = "yara-x", overlap
                 "path": str(path),
                 "namespace": namespace,
                 "sha256": hashlib.sha256(raw).hexdigest(),
+                "includes": included_files(path, raw),
                 "engine": None,
                 "raw": raw,
             }

@@ -213,10 +213,12 @@ def scan_regions(rules: dict, regions, *, chunk_size: int = CHUNK_SIZE, overlap:
 def scan_physical(rules: dict, image, *, chunk_size: int = CHUNK_SIZE, overlap: int = OVERLAP):
     """Scan guest-physical memory of an image with ``.runs`` and ``.read(gpa, n)``.
 
-    Offsets are GPAs. Example: ``rows, diags = scan_physical(rules, memory_image)``
+    Offsets are GPAs. Only what may hold data is read (``data_runs`` where the
+    image has them): pages known to be zero match nothing, and a stream can
+    declare a terabyte of them. Example: ``rows, diags = scan_physical(rules, memory_image)``
     """
     regions = [
         {"target": "physical", "start": gpa, "end": gpa + length, "read": image.read}
-        for gpa, length in merge_runs(image.runs)
+        for gpa, length in merge_runs(getattr(image, "data_runs", image.runs))
     ]
     return scan_regions(rules, regions, chunk_size=chunk_size, overlap=overlap)

@@ -125,6 +125,9 @@ def test_unknown_function_refused_before_any_work(tmp_path):
         ("-/usr/sbin/sshd -D", "/usr/sbin/sshd"),
         ('bash -c "curl x | sh', "curl"),  # unbalanced quote from a hostile line: no crash
         ("", None),
+        # Debian's /etc/crontab: the directory change runs nothing, run-parts is the program
+        ("cd / && run-parts --report /etc/cron.hourly", "run-parts"),
+        ("cd /var/tmp/.w ; ./upd -q", "./upd"),
     ],
 )
 def test_program_of(command, program):
@@ -134,3 +137,61 @@ def test_program_of(command, program):
 def test_split_cron_user_only_for_system_crontabs():
     assert split_cron_user("/etc/crontab", "root run-parts /etc/cron.hourly") == ("root", "run-parts /etc/cron.hourly")
     assert split_cron_user("/var/spool/cron/crontabs/alice", "/home/alice/x") == (None, "/home/alice/x")
+
+
+def test_dpkg_log_records_become_log_rows_in_dpkgs_own_words():
+    import datetime as dt
+
+    from toolkit.engines.disk.functions import log_rows
+
+    at = dt.datetime(2026, 12, 2, 3, 6, 51, tzinfo=dt.UTC)
+    records = {
+        "dpkg.log": [
+            {
+                "ts": at,
+                "operation": "upgrade",
+                "name": "inventory-tools",
+                "arch": "all",
+                "version_old": "1.0",
+                "version": "1.1",
+                "status": None,
+            },
+            {
+                "ts": at,
+                "operation": "install",
+                "name": "tree",
+                "arch": "amd64",
+                "version_old": None,
+                "version": "2.1.0-1",
+                "status": None,
+            },
+            {
+                "ts": at,
+                "operation": "status",
+                "name": "tree",
+                "arch": "amd64",
+                "version_old": None,
+                "version": "2.1.0-1",
+                "status": "installed",
+            },
+        ]
+    }
+    rows = log_rows(records)
+    assert [r["message"] for r in rows] == [
+        "upgrade inventory-tools:all 1.0 1.1",
+        "install tree:amd64 <none> 2.1.0-1",
+        "status installed tree:amd64 2.1.0-1",
+    ]
+    assert {(r["log"], r["service"], r["ts"]) for r in rows} == {("dpkg", "dpkg", at)}
+    assert "dpkg.log" in expand_functions(["packages"])
+
+
+def test_split_cron_user_keeps_the_command_dissect_already_took_the_user_from():
+    # dissect removes "root<TAB>" itself and reports the user; the command's first word is no user then
+    line = "cd / && run-parts --report /etc/cron.hourly"
+    assert split_cron_user("/etc/crontab", line, "root") == ("root", line)
+    assert split_cron_user("/etc/crontab", "root test -x /usr/sbin/anacron", "root") == (
+        "root",
+        "test -x /usr/sbin/anacron",
+    )
+    assert split_cron_user("/var/spool/cron/crontabs/alice", "/home/alice/x", "alice") == ("alice", "/home/alice/x")

@@ -35,6 +35,20 @@ def test_same_matches_as_volatilitys_regex(needles, haystack):
     assert list(speedups.literal_matches(needles, haystack)) == _regex_matches(needles, haystack)
 
 
+_tail = st.binary(min_size=speedups.SHARED_TAIL, max_size=speedups.SHARED_TAIL).map(lambda b: bytes(x % 2 for x in b))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_bytes, min_size=1, max_size=6), _tail, st.binary(max_size=300))
+def test_needles_sharing_a_tail_are_found_in_one_pass(heads, tail, noise):
+    """Needles ending in the same bytes (psscan's kernel pointers) are searched for by their shared
+    tail: still exactly the regex's matches, overlaps and needles inside needles included."""
+    needles = [head + tail for head in heads] + [tail[1:]]
+    pieces = [bytes(x % 2 for x in noise[i : i + 7]) + needles[i % len(needles)] for i in range(0, len(noise), 7)]
+    haystack = b"".join(pieces)
+    assert list(speedups.literal_matches(needles, haystack)) == _regex_matches(needles, haystack)
+
+
 def test_trie_gives_back_the_needles():
     needles = [b"ab", b"abc", b"b", b"\x00\xff"]
     scanner = _volatility_scanner_class()(needles)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import lzma
+from pathlib import Path
 
 import pytest
 
 from toolkit.engines.memory import symbols
 from toolkit.errors import SymbolsError
+from toolkit.hashing import sha256_file
 
 BANNER = "Linux version 6.1.0-99-test (builder@example) (gcc 12) #1 SMP Debian 6.1.1-1 (2024-01-01)\n"
 OTHER = "Linux version 5.10.0-1-test (builder@example) (gcc 10) #1 SMP Debian 5.10.1-1 (2021-01-01)\n"
@@ -66,7 +68,7 @@ def test_user_isf_wins_over_cache(tmp_path):
     _isf(user / "mine.json.xz", BANNER, compress=True)
     cache = tmp_path / "cache"
     symbols.cache_dir_for(cache).mkdir(parents=True)
-    _isf(symbols.cache_dir_for(cache) / f"{symbols.banner_key(BANNER)}.json", BANNER)
+    _isf(symbols.cache_dir_for(cache) / symbols.cache_name(BANNER, sha256_file(image)), BANNER)
     found = symbols.resolve_isf(
         image, user_paths=[user], cache_dir=cache, build=False, profile_symbols=tmp_path / "none"
     )
@@ -79,11 +81,11 @@ def test_wrong_user_isf_is_reported_and_cache_used(tmp_path):
     wrong = _isf(tmp_path / "wrong.json", OTHER)
     cache = tmp_path / "cache"
     symbols.cache_dir_for(cache).mkdir(parents=True)
-    _isf(symbols.cache_dir_for(cache) / f"{symbols.banner_key(BANNER)}.json", BANNER)
+    _isf(symbols.cache_dir_for(cache) / symbols.cache_name(BANNER, sha256_file(image)), BANNER)
     found = symbols.resolve_isf(
         image, user_paths=[wrong], cache_dir=cache, build=False, profile_symbols=tmp_path / "none"
     )
-    assert found["origin"] == "cache"
+    assert found["origin"] == "cache" and found["built_from"] == sha256_file(image)
     warning = [d for d in found["diagnostics"] if d["what"] == "ISF does not match this kernel"]
     assert len(warning) == 1 and "5.10.0-1-test" in warning[0]["why"] and "6.1.0-99-test" in warning[0]["why"]
 
@@ -112,3 +114,21 @@ def test_windows_symbol_pack_is_not_searched_for_linux(tmp_path):
     _isf(pack / "0123ABCD1.json.xz", OTHER, compress=True)
     _isf(tmp_path / "symbols" / "linux.json", BANNER)
     assert [f.name for f in symbols.isf_files([tmp_path / "symbols"])] == ["linux.json"]
+
+
+def test_an_isf_another_image_left_in_the_host_cache_is_not_used(tmp_path):
+    """A hostile guest with a real banner gets an ISF built (forged kallsyms, planted System.map...) into the
+    host-wide cache; a later, unrelated image of the same kernel must not be analysed with it."""
+    hostile = _image(tmp_path / "hostile.raw", BANNER, noise=b"forged kallsyms")
+    victim = _image(tmp_path / "victim.raw", BANNER, noise=b"the real kernel")
+    cache = tmp_path / "cache"
+    linux = symbols.cache_dir_for(cache)
+    linux.mkdir(parents=True)
+    planted = _isf(linux / symbols.cache_name(BANNER, sha256_file(hostile)), BANNER)
+    legacy = _isf(linux / f"{symbols.banner_key(BANNER)}.json", BANNER)  # keyed by banner alone, as before
+    with pytest.raises(SymbolsError, match="building is disabled"):  # before: the banner-keyed file was used
+        symbols.resolve_isf(victim, cache_dir=cache, build=False, profile_symbols=tmp_path / "none")
+    again = symbols.resolve_isf(hostile, cache_dir=cache, build=False, profile_symbols=tmp_path / "none")
+    assert again["isf_path"] == str(planted.resolve()) and again["origin"] == "cache"
+    rows = {Path(r["path"]).name: r for r in symbols.list_isfs(cache)}
+    assert rows[legacy.name]["origin"] == "cache (unused)" and rows[legacy.name]["built_from"] is None

@@ -58,7 +58,36 @@ WINDOWS_NETSCAN = [
     ("Created", dt.datetime),
 ]
 WINDOWS_CMDLINE = [("PID", int), ("Process", str), ("Args", str)]
+LINUX_SOCKSTAT = [
+    ("NetNS", int),
+    ("Process Name", str),
+    ("PID", int),
+    ("TID", int),
+    ("FD", int),
+    ("Sock Offset", "hex"),
+    ("Family", str),
+    ("Type", str),
+    ("Proto", str),
+    ("Source Addr", str),
+    ("Source Port", str),
+    ("Destination Addr", str),
+    ("Destination Port", str),
+    ("State", str),
+    ("Filter", str),
+]
+LINUX_ENVARS = [("PID", int), ("PPID", int), ("COMM", str), ("KEY", str), ("VALUE", str)]
+LINUX_FTRACE = [
+    ("ftrace_ops address", "hex"),
+    ("Callback", str),
+    ("Callback address", "hex"),
+    ("Hooked symbols", str),
+    ("Module", str),
+    ("Module address", "hex"),
+]
 SOURCES = {
+    "linux/sockstat.py": LINUX_SOCKSTAT,
+    "linux/envars.py": LINUX_ENVARS,
+    "linux/tracing/ftrace.py": LINUX_FTRACE,
     "windows/pslist.py": WINDOWS_PSLIST,
     "windows/psscan.py": WINDOWS_PSSCAN,
     "windows/netscan.py": WINDOWS_NETSCAN,
@@ -193,6 +222,71 @@ def test_linux_failed_and_partial_plugins():
     assert df.iloc[0]["exe_path"] == "/init"
 
 
+def _task(pid, tid, comm, ppid=1, offset=0):
+    return {
+        "OFFSET (V)": offset or 0xFFFF888000000000 + tid * 0x1000,
+        "PID": pid,
+        "TID": tid,
+        "PPID": ppid,
+        "COMM": comm,
+        "UID": 0,
+        "GID": 0,
+        "CREATION TIME": T0.replace(tzinfo=UTC),
+        "EXIT_STATE": "TASK_RUNNING",
+    }
+
+
+def _linux_outputs(listed, scanned, threads=True):
+    def result(rows, options):
+        rows = [dict(r, row_id=i, parent_row_id=None) for i, r in enumerate(rows)]
+        return {"columns": list(rows[0]) if rows else [], "rows": rows, "error": None, "options": options}
+
+    return {
+        "linux.pslist.PsList": result(listed, {"threads": True} if threads else {}),
+        "linux.psscan.PsScan": result(scanned, {}),
+    }
+
+
+def test_linux_threads_are_rows_of_their_own():
+    """pslist with threads=true: the leader is the process row (with its task count), every task a
+    memory/threads row; a thread only the scan found says so."""
+    listed = [
+        _task(1, 1, "systemd", ppid=0),
+        _task(700, 700, "python3"),
+        _task(700, 702, "cache-refresh"),
+        _task(700, 703, "python3"),
+    ]
+    scanned = listed[:3] + [_task(700, 777, "worker")]
+    tables = plugin_tables.build_all(_linux_outputs(listed, scanned), {}, "linux")
+    procs = frame("memory/processes", tables["memory/processes"], "lab")
+    assert procs["pid"].tolist() == [1, 700]
+    assert procs.set_index("pid")["threads"].to_dict() == {1: 1, 700: 3}
+    threads = frame("memory/threads", tables["memory/threads"], "lab")
+    schemas.validate("memory/threads", threads)
+    got = {(r.pid, r.tid, r.process, r.in_list, r.in_scan) for r in threads.itertuples()}
+    assert got == {
+        (1, 1, "systemd", True, True),
+        (700, 700, "python3", True, True),
+        (700, 702, "cache-refresh", True, True),
+        (700, 703, "python3", True, False),
+        (700, 777, "worker", False, True),
+    }
+    assert threads["source"].iloc[0] == "volatility/linux.pslist.PsList+linux.psscan.PsScan"
+
+
+def test_linux_threads_unknown_to_the_list_without_the_option():
+    """pslist without threads=true walked leaders only: no thread counts, and the scan's threads
+    are not called missing from the list."""
+    listed = [_task(1, 1, "systemd", ppid=0), _task(700, 700, "python3")]
+    scanned = listed + [_task(700, 702, "cache-refresh")]
+    tables = plugin_tables.build_all(_linux_outputs(listed, scanned, threads=False), {}, "linux")
+    procs = frame("memory/processes", tables["memory/processes"], "lab")
+    assert procs["threads"].isna().all()
+    threads = frame("memory/threads", tables["memory/threads"], "lab")
+    assert threads["in_list"].isna().all() and threads["in_scan"].all()
+    assert threads["tid"].tolist() == [1, 700, 702]
+
+
 def test_deleted_suffix_split():
     assert split_deleted(" /tmp/.x/kworker (deleted)") == ("/tmp/.x/kworker", True)
     assert split_deleted("/bin/busybox") == ("/bin/busybox", False)
@@ -204,3 +298,92 @@ def test_every_memory_table_declared_and_engine_tables_known():
     assert set(plugin_tables.DEDICATED.values()) <= memory
     for name in memory:
         schemas.validate(name, frame(name, [], "x"))
+
+
+def test_linux_unix_sockets_carry_no_ports(vol):
+    """sockstat prints a unix socket's inode and its peer's in the port columns: they must never
+    become ports, or a service's journald stdout reads as a connection."""
+    na = vol["renderers"].NotAvailableValue()
+    rows = [
+        (
+            1,
+            "python3",
+            500,
+            500,
+            1,
+            0xFFFF0001,
+            "AF_UNIX",
+            "STREAM",
+            na,
+            "/run/systemd/journal/stdout",
+            "21007",
+            na,
+            "21008",
+            "ESTABLISHED",
+            na,
+        ),
+        (
+            1,
+            "python3",
+            500,
+            500,
+            3,
+            0xFFFF0002,
+            "AF_INET",
+            "STREAM",
+            "TCP",
+            "0.0.0.0",
+            "8081",
+            "0.0.0.0",
+            "0",
+            "LISTEN",
+            na,
+        ),
+        (
+            1,
+            "systemd",
+            1,
+            1,
+            40,
+            0xFFFF0003,
+            "AF_NETLINK",
+            "RAW",
+            "NETLINK_KOBJECT_UEVENT",
+            "groups:0x00000002",
+            "1",
+            "group:0x00000000",
+            "0",
+            "UNCONNECTED",
+            na,
+        ),
+    ]
+    outputs = {"linux.sockstat.Sockstat": _result(vol, "linux.sockstat.Sockstat", LINUX_SOCKSTAT, rows)}
+    df = frame("memory/sockets", plugin_tables.build_all(outputs, {}, "linux")["memory/sockets"], "lin")
+    unix, inet, netlink = (df.iloc[i] for i in range(3))
+    assert (unix["path"], unix["inode"], unix["peer_inode"]) == ("/run/systemd/journal/stdout", 21007, 21008)
+    assert all(pd.isna(unix[c]) for c in ("src_ip", "src_port", "dst_ip", "dst_port"))
+    assert (inet["src_ip"], inet["src_port"], inet["dst_port"], inet["proto"]) == ("0.0.0.0", 8081, 0, "tcp")
+    assert pd.isna(netlink["src_port"]) and pd.isna(netlink["dst_port"])
+
+
+def test_linux_envars_and_ftrace(vol):
+    env = [(912, 1, "bash", "LD_PRELOAD", "/var/tmp/.fonts/libgl.so"), (912, 1, "bash", "PATH", "/usr/bin")]
+    na = vol["renderers"].NotAvailableValue()
+    hooks = [
+        (0xFFFF1, "fh_hook", 0xFFFFFFFFC0001000, "__x64_sys_getdents64", "nf_aux", 0xFFFFFFFFC0000000),
+        (0xFFFF2, "function_trace_call", 0xFFFFFFFF81000000, "schedule", "kernel", na),
+    ]
+    outputs = {
+        "linux.envars.Envars": _result(vol, "linux.envars.Envars", LINUX_ENVARS, env),
+        "linux.tracing.ftrace.CheckFtrace": _result(vol, "linux.tracing.ftrace.CheckFtrace", LINUX_FTRACE, hooks),
+    }
+    tables = plugin_tables.build_all(outputs, {}, "linux")
+    envars = frame("memory/envars", tables["memory/envars"], "lin")
+    preload = envars[envars["key"] == "LD_PRELOAD"]
+    assert preload[["pid", "value"]].values.tolist() == [[912, "/var/tmp/.fonts/libgl.so"]]
+    checks = frame("memory/kernel_checks", tables["memory/kernel_checks"], "lin")
+    assert checks[["check", "module", "suspicious"]].values.tolist() == [
+        ["ftrace", "nf_aux", True],
+        ["ftrace", "kernel", False],
+    ]
+    assert "__x64_sys_getdents64" in checks.iloc[0]["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -336,3 +337,58 @@ def test_beacon_rhythm_stats():
     jittery = burst_stats([int(t * 1e9) for t in (0, 0.5, 9.0, 9.2, 30.0)])
     assert jittery["beacon_interval_cv"] > 0.5
     assert burst_stats([5])["beacon_intervals"] == 0
+
+
+def _paced(frames, turns: int, every: float, t0: float = 1_700_000_000.0):
+    """A session() capture re-timed so that turn k (client frame, then server frame) starts at t0 + k * every."""
+    out = []
+    for i, (_, frame) in enumerate(frames):
+        k, side = divmod(i - 3, 2)
+        if i < 3:
+            ts = t0 + i * 0.001
+        elif k < turns:
+            ts = t0 + 1 + k * every + side * 0.01
+        else:
+            ts = t0 + 1 + turns * every + (i - 3 - 2 * turns) * 0.001
+        out.append((ts, frame))
+    return out
+
+
+def test_beacon_turn_sizes_constant_and_varying(tmp_path):
+    steady = _paced(session(C, 40100, S, 7443, [(b"c" * 120, b"ok")] * 6), 6, 2.0)
+    sizes = [40, 400, 4000, 90, 900, 9]
+    varying = _paced(session(C, 40101, S, 7443, [(b"v" * n, b"ok") for n in sizes], isn_c=9000), 6, 2.0)
+    out = _run(tmp_path, sorted(steady + varying, key=lambda f: f[0]))
+    a = _one(out["network/flows"], src_port=40100)
+    assert (a.beacon_intervals, round(a.beacon_interval_mean, 2), a.beacon_size_mean, a.beacon_size_cv) == (
+        5,
+        2.0,
+        120.0,
+        0.0,
+    )
+    b = _one(out["network/flows"], src_port=40101)
+    assert b.beacon_intervals == 5 and b.beacon_size_mean == sum(sizes) / 6 and b.beacon_size_cv > 1.0
+
+
+def test_stratum_recognised_on_any_port(tmp_path):
+    subscribe = b'{"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5"]}\n'
+    authorize = b'{"id": 2, "method": "mining.authorize", "params": ["wallet.worker", "x"]}\n'
+    notify = b'{"id": null, "method": "mining.notify", "params": ["j1"]}\n'
+    frames = session(C, 40200, S, 443, [(subscribe, b'{"id":1,"result":[]}\n'), (authorize, notify)])
+    other = session(C, 40201, S, 4444, [(b'{"jsonrpc": "2.0", "method": "eth_blockNumber", "id": 1}\n', b"{}")])
+    out = _run(tmp_path, frames + [(t + 10, f) for t, f in other])
+    assert _one(out["network/flows"], src_port=40200).app_proto == "stratum"
+    assert pd.isna(_one(out["network/flows"], src_port=40201).app_proto)
+
+
+def test_dns_label_length_and_entropy(tmp_path):
+    tunnel = "mz4ad8q0xk3v7p2lw9ry6tfb1ncu5hj8ge0os3qi7dk2av" + ".c2.example.net"
+    frames = [
+        (1.0, udp(C, 53100, "198.51.100.53", 53, dns_query(tunnel, ident=7))),
+        (2.0, udp(C, 53101, "10.0.2.3", 53, dns_query("www.example.org", ident=8))),
+    ]
+    dns = _run(tmp_path, frames)["network/dns"]
+    t = _one(dns, qname=tunnel)
+    assert t.qname_longest_label == 46 and t.qname_entropy > 4.0
+    w = _one(dns, qname="www.example.org")
+    assert w.qname_longest_label == 7 and w.qname_entropy == 0.0

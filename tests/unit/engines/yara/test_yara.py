@@ -137,6 +137,23 @@ def test_compiled_rules_cached_by_content(tmp_path):
     assert not third["cached"] and third["key"] != first["key"]
 
 
+def test_an_edited_included_file_is_compiled_again(tmp_path):
+    """The rule file is unchanged; the file it includes (outside the rule directory) is edited."""
+    rules_dir, common = tmp_path / "rules", tmp_path / "common"
+    rules_dir.mkdir()
+    common.mkdir()
+    (common / "c.yar").write_text('rule common_v1 { strings: $a = "INCLUDED-MARK" condition: $a }\n')
+    (rules_dir / "main.yar").write_text('include "../common/c.yar"\n')
+    cache = tmp_path / "cache"
+    first = compile_rules([rules_dir], cache_dir=cache)
+    assert {h["rule"] for h in scan_buffer(first, b"..INCLUDED-MARK..")} == {"common_v1"}
+    (common / "c.yar").write_text('rule common_v2 { strings: $a = "INCLUDED-MARK" condition: $a }\n')
+    second = compile_rules([rules_dir], cache_dir=cache)  # before: the cached set with common_v1 was loaded
+    assert not second["cached"] and second["key"] != first["key"]
+    assert {h["rule"] for h in scan_buffer(second, b"..INCLUDED-MARK..")} == {"common_v2"}
+    assert compile_rules([rules_dir], cache_dir=cache)["cached"]
+
+
 def test_scan_file_hashes_and_respects_max_size(tmp_path):
     rules = _rules(tmp_path)
     f = tmp_path / "blob.bin"

@@ -1,0 +1,201 @@
+"""Tampering rules: files whose times lie, logs with holes, and packaged programs that are no
+longer what their package installed.
+
+Example::
+
+    hits = list(package_file_modified(tables, build_graph(tables, "s1"), "s1"))
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+import pandas as pd
+
+from toolkit.correlate.links import frame, hit, link, value
+from toolkit.correlate.vocabulary import after, boot_time, package_owner
+
+STOMP_MARGIN = pd.Timedelta(days=1)  # a file claiming to be older than its inode by more than this
+LOG_GAP_RECORDS = 10  # records another log holds inside a silence before the silence counts
+LOG_DIR = "/var/log/"
+SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
+
+
+def package_file_modified(tables, graph, sid):
+    """A file an installed package owns whose content no longer has the md5 the package database
+    recorded (the disk walk hashed it): a replaced or patched system binary or library."""
+    files = frame(tables, "disk/files")
+    if "md5" not in files or not len(files):
+        return
+    owned = package_owner(tables)
+    for i, r in files.iterrows():
+        md5, path = value(r, "md5"), value(r, "path")
+        entry = owned.get(path)
+        if not md5 or not entry or not value(entry, "md5") or value(entry, "md5") == md5:
+            continue
+        why = (
+            f"{path!r} belongs to package {value(entry, 'package')!r}, whose database records md5 "
+            f"{value(entry, 'md5')}, but the file on disk has md5 {md5} (sha256 {value(r, 'sha256')}): it was "
+            f"replaced or modified after installation."
+        )
+        links = [link("disk/files", sid, i), link("disk/package_files", sid, entry["_row"])]
+        yield hit(f"file:{path}", links, 0.9, why)
+
+
+def _owning_install(owned: dict, path: str):
+    """(package, install time) of the nearest directory above ``path`` that a package owns."""
+    d = posixpath.dirname(path)
+    while d and d != "/":
+        entry = owned.get(d)
+        if entry and value(entry, "installed_ts") is not None:
+            return value(entry, "package"), value(entry, "installed_ts")
+        d = posixpath.dirname(d)
+    return None, None
+
+
+def is_binary(row) -> bool:
+    """Compiled code: an ELF build-id the walk read, or a shared-object name."""
+    return bool(value(row, "build_id") or SHARED_OBJECT.search(posixpath.basename(str(value(row, "path") or ""))))
+
+
+def is_program(row) -> bool:
+    """Compiled code, or any file with executable bits (scripts too)."""
+    mode = value(row, "mode")
+    return is_binary(row) or bool(mode is not None and int(mode) & 0o111)
+
+
+def timestomp(tables, graph, sid):
+    """A program or library whose modification time is older, by more than a day, than its inode's
+    birth (or last change), that no package installed (or whose packaged content changed), and that
+    either appeared while the system was up or (compiled code) claims to predate the package that
+    created its directory: times set back by hand (touch -d, touch -r, timestomping). Data files are
+    left out: installers copy them keeping their times (skeleton dotfiles, package metadata,
+    configuration templates), which looks the same on disk."""
+    files = frame(tables, "disk/files")
+    if not len(files) or "mtime" not in files:
+        return
+    owned, boot = package_owner(tables), boot_time(tables)
+    for i, r in files.iterrows():
+        if value(r, "type") != "file" or not is_program(r):
+            continue
+        path, mtime = value(r, "path"), value(r, "mtime")
+        anchor = value(r, "btime") or value(r, "ctime")
+        if mtime is None or anchor is None or mtime >= anchor - STOMP_MARGIN:
+            continue
+        entry = owned.get(path)
+        if entry and (not value(entry, "md5") or value(entry, "md5") == value(r, "md5") or not value(r, "md5")):
+            continue  # a packaged file keeps the build's times, as dpkg unpacked it
+        package, installed = _owning_install(owned, path)
+        reasons = []
+        if after(anchor, boot):
+            reasons.append(f"its inode appeared at {anchor:%Y-%m-%d %H:%M:%S}Z, while the system was up")
+        # package managers write their own scripts (maintainer scripts) with the archive's times: only
+        # compiled code claiming to predate its directory's package counts
+        if installed is not None and mtime < installed - STOMP_MARGIN and is_binary(r):
+            reasons.append(f"it claims to predate {package!r}, which created its directory at {installed:%Y-%m-%d}")
+        if not reasons:
+            continue
+        which = "birth" if value(r, "btime") is not None else "change"
+        why = (
+            f"{path!r} has mtime {mtime:%Y-%m-%d %H:%M:%S}Z, {(anchor - mtime).days} days before its inode's "
+            f"{which} time; " + "; and ".join(reasons) + ": its times were set back."
+        )
+        yield hit(f"file:{path}", [link("disk/files", sid, i)], 0.75, why)
+
+
+def _by_source(logs) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, r in logs.iterrows():
+        if value(r, "ts") is not None and value(r, "path"):
+            out.setdefault(value(r, "path"), []).append(i)
+    return out
+
+
+def log_tampering(tables, graph, sid):
+    """A log file emptied or cut while the system was up: a file under /var/log emptied after boot,
+    or a text log whose records stop (or start) while another log of the same services kept
+    recording (the journal holds their records inside the text log's silence)."""
+    boot = boot_time(tables)
+    for i, r in frame(tables, "disk/files").iterrows():
+        path = str(value(r, "path") or "")
+        if value(r, "type") != "file" or not path.startswith(LOG_DIR) or value(r, "size") not in (0,):
+            continue
+        born, changed = value(r, "btime"), value(r, "ctime") or value(r, "mtime")
+        if after(changed, boot) and (born is None or not after(born, boot)):
+            why = f"{path!r} is empty, and was emptied at {changed:%Y-%m-%d %H:%M:%S}Z while the system was up " + (
+                f"(the file exists since {born:%Y-%m-%d %H:%M:%S}Z)." if born is not None else "(truncated)."
+            )
+            yield hit(f"file:{path}", [link("disk/files", sid, i)], 0.7, why)
+    logs = frame(tables, "disk/logs")
+    if not len(logs):
+        return
+    sources = _by_source(logs)
+    for path, rows in sources.items():
+        services = {value(logs.loc[j], "service") for j in rows} - {None}
+        others = [j for p, rs in sources.items() if p != path for j in rs if value(logs.loc[j], "service") in services]
+        if not services or len(others) < LOG_GAP_RECORDS:
+            continue
+        times = sorted(logs.loc[j, "ts"] for j in rows)
+        other_times = sorted(logs.loc[j, "ts"] for j in others)
+        window = (other_times[0], other_times[-1])
+        edges = [(window[0], times[0], "before its first record"), (times[-1], window[1], "after its last record")]
+        edges += [(a, b, "between two of its records") for a, b in zip(times, times[1:])]
+        for start, end, where in edges:
+            inside = [t for t in other_times if start < t < end]
+            if len(inside) < LOG_GAP_RECORDS or (where != "between two of its records" and not after(end, boot)):
+                continue
+            why = (
+                f"{path!r} holds nothing {where} ({start:%H:%M:%S}-{end:%H:%M:%S}Z), while other logs recorded "
+                f"{len(inside)} entries of the same services ({', '.join(sorted(services))[:120]}) in that time: "
+                f"records were removed or logging was stopped."
+            )
+            yield hit(f"file:{path}", [link("disk/logs", sid, rows[0]), link("disk/logs", sid, rows[-1])], 0.65, why)
+            break
+
+
+RULES: dict[str, dict] = {
+    "tamper.package_file_modified": {
+        "title": "Packaged file differs from the package database",
+        "attack_id": "T1554",
+        "severity": "high",
+        "confidence": 0.9,
+        "keys_on": "the md5 of a file the disk walk hashed (executables and the profile's hash paths) against "
+        "the md5 dpkg recorded for that path when its package was installed",
+        "joins": ["disk/files", "disk/package_files"],
+        "grading": "high: a system binary or library replaced outside the package manager is a trojan or a "
+        "hand patch; 0.9 (conffiles have no recorded md5 and never match)",
+        "chain": "the file -> processes running it -> persistence that runs it",
+        "fn": package_file_modified,
+    },
+    "tamper.timestomp": {
+        "title": "File times set back (timestomping)",
+        "attack_id": "T1070.006",
+        "severity": "medium",
+        "confidence": 0.75,
+        "keys_on": "a program or library (executable bits, ELF build-id, shared-object name) not installed by a "
+        "package (or changed since) whose mtime is more than a day older than its inode's birth (else change) "
+        "time, and whose inode appeared after this boot, or compiled code (ELF, shared object) that claims to "
+        "predate the package that created its directory",
+        "joins": ["disk/files", "disk/package_files", "memory/processes"],
+        "grading": "medium (0.75): copies that keep times (cp -p, tar) look alike, but not inside a package "
+        "directory they predate or in a file born while the system ran; data files are left out because "
+        "installers copy them with their times (skeleton dotfiles, dpkg metadata, ucf templates)",
+        "chain": "the file -> processes running it or mapping it",
+        "fn": timestomp,
+    },
+    "tamper.log_tampering": {
+        "title": "Log emptied or cut while the system was up",
+        "attack_id": "T1070.002",
+        "severity": "medium",
+        "confidence": 0.65,
+        "keys_on": "a file under /var/log emptied after boot (its inode older than its last change), or a text "
+        f"log with no record before, after or between its records while another log (the journal) recorded "
+        f"{LOG_GAP_RECORDS}+ entries of the same services in that time",
+        "joins": ["disk/files", "disk/logs", "memory/processes"],
+        "grading": "medium (0.65): rotation and restarts leave gaps too, but not while the journal keeps "
+        "recording the same services",
+        "chain": "the log file",
+        "fn": log_tampering,
+    },
+}
