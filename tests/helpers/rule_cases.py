@@ -137,6 +137,7 @@ def benign_server() -> dict[str, pd.DataFrame]:
         # merged /usr: /sbin is a link (mode 0777 is the link's, no permission) to a root-only directory
         {"path": "/sbin", "type": "symlink", "uid": 0, "mode": 0o777, "link_target": "usr/sbin"},
         {"path": "/usr/sbin", "type": "dir", "uid": 0, "mode": 0o755},
+        {"path": "/lib", "type": "symlink", "uid": 0, "mode": 0o777, "link_target": "usr/lib"},
     )
     t["disk/package_files"] = frame(
         {"package": "passwd", "path": "/usr/bin/passwd", "md5": "a" * 32, "installed_ts": BEFORE_BOOT},
@@ -166,6 +167,14 @@ def benign_server() -> dict[str, pd.DataFrame]:
             "command": "/bin/bash",
             "program": "/bin/bash",
             "program_path": "/usr/bin/bash",
+        },
+        # systemd names its units by /lib (a link), dpkg by /usr/lib; the unit's tool is not installed
+        {
+            "kind": "systemd",
+            "path": "/lib/systemd/system/quotaon.service",
+            "command": "/sbin/quotaon -aug",
+            "program": "/sbin/quotaon",
+            "unit_state": "static",
         },
         {
             "kind": "cron",
@@ -238,18 +247,7 @@ def benign_server() -> dict[str, pd.DataFrame]:
         {"pid": 601, "process": "bash", "key": "LD_LIBRARY_PATH", "value": "/opt/lib"},
     )
     t["disk/system"] = frame({"hostname": "app01", "dns": "10.0.2.3", "ips": "10.0.2.15"})
-    t["disk/logs"] = frame(
-        *[
-            {
-                "ts": BOOT + pd.Timedelta(seconds=30 + k),
-                "log": "journal",
-                "service": "sshd",
-                "message": "Accepted publickey for alice from 127.0.0.1 port 5000 ssh2",
-                "path": "/var/log/journal/x/system.journal",
-            }
-            for k in range(3)
-        ]
-    )
+    t["disk/logs"] = frame(*_clean_logs())
     heartbeat = [
         {
             "flow_id": f"h{k}",
@@ -269,6 +267,39 @@ def benign_server() -> dict[str, pd.DataFrame]:
         {"qr": "query", "qname": "deb.debian.org", "src_ip": "10.0.2.15", "dst_ip": "10.0.2.3", "flow_id": "d1"}
     )
     return t
+
+
+def log_record(seconds: float, service: str, path: str, message: str = "") -> dict:
+    """One ``disk/logs`` row ``seconds`` after boot."""
+    log = "journal" if "/journal/" in path else "text"
+    return {
+        "ts": BOOT + pd.Timedelta(seconds=seconds),
+        "log": log,
+        "service": service,
+        "message": message,
+        "path": path,
+    }
+
+
+JOURNAL = "/var/log/journal/x/system.journal"
+
+
+def _clean_logs() -> list[dict]:
+    """A clean server's logs, with what makes them differ without anyone touching them: the journal
+    starts at boot and rsyslog 8 s later, syslog was rotated (syslog.1 holds the start), a per-user
+    journal holds only that user's services from their login, and rsyslog dropped a 20 s burst
+    (rate limiting) the journal kept."""
+    rows = [log_record(30 + k, "sshd", JOURNAL, "Accepted publickey for alice from 127.0.0.1") for k in range(3)]
+    rows += [log_record(30 + k, "sshd", "/var/log/auth.log", "Accepted publickey for alice") for k in range(3)]
+    rows += [log_record(1 + k * 0.5, "kernel", JOURNAL, "early boot") for k in range(14)]
+    rows += [log_record(1 + k * 0.5, "systemd", JOURNAL, "starting") for k in range(14)]
+    for t in range(9, 400, 4):
+        rows.append(log_record(t, "systemd", JOURNAL, "tick"))
+        if not 150 < t < 171:
+            rows.append(log_record(t, "systemd", "/var/log/syslog" if t > 200 else "/var/log/syslog.1", "tick"))
+    rows += [log_record(150 + k, "systemd", JOURNAL, "burst") for k in range(20)]
+    rows += [log_record(300 + k, "systemd", "/var/log/journal/x/user-1001.journal", "user unit") for k in range(3)]
+    return rows
 
 
 def with_rows(tables: dict, **more) -> dict:

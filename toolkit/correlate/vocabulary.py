@@ -87,11 +87,43 @@ def files_by_path(tables) -> dict[str, dict]:
 
 
 def package_owner(tables) -> dict[str, dict]:
-    """path -> ``disk/package_files`` row (dict with ``_row``) for every path the package database lists."""
+    """path -> ``disk/package_files`` row (dict with ``_row``) for every path the package database lists,
+    under each name the disk gives it through a top-level directory link.
+
+    On a merged-/usr system ``/lib`` is a link to ``usr/lib``: dpkg may list a unit as
+    ``/usr/lib/systemd/system/x.service`` while systemd (and the disk walk) names it
+    ``/lib/systemd/system/x.service``. Both are the packaged file.
+    """
     pf = frame(tables, "disk/package_files")
     if not len(pf):
         return {}
-    return {r["path"]: {**r, "_row": i} for i, r in zip(pf.index, pf.to_dict("records"))}
+    owned = {r["path"]: {**r, "_row": i} for i, r in zip(pf.index, pf.to_dict("records"))}
+    aliases = top_level_links(tables)
+    for path, row in list(owned.items()):
+        for link_path, target in aliases.items():
+            for one, other in ((target, link_path), (link_path, target)):
+                if path.startswith(one + "/"):
+                    owned.setdefault(other + path[len(one) :], row)
+    return owned
+
+
+TOP_LEVEL_LINKS = 16  # merged /usr has six (/bin /sbin /lib /lib32 /lib64 /libx32); a crafted disk gets no more
+
+
+def top_level_links(tables) -> dict[str, str]:
+    """``{"/lib": "/usr/lib", ...}``: the top-level directories the disk walk saw as symbolic links
+    (merged /usr), each with the absolute directory it names."""
+    files = frame(tables, "disk/files")
+    if not len(files) or "link_target" not in files:
+        return {}
+    top = files[files["path"].str.count("/").eq(1) & files["type"].eq("symlink")]
+    links = {}
+    for path, target in sorted(zip(top["path"], top["link_target"])):
+        if isinstance(target, str) and target.strip("/"):
+            resolved = posixpath.normpath(target if target.startswith("/") else "/" + target)
+            if resolved.startswith("/usr/") and len(links) < TOP_LEVEL_LINKS:
+                links[path] = resolved
+    return links
 
 
 def has_package_database(tables) -> bool:

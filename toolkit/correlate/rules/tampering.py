@@ -18,6 +18,8 @@ from toolkit.correlate.vocabulary import after, boot_time, package_owner
 
 STOMP_MARGIN = pd.Timedelta(days=1)  # a file claiming to be older than its inode by more than this
 LOG_GAP_RECORDS = 10  # records another log holds inside a silence before the silence counts
+LOG_GAP_MIN = pd.Timedelta(minutes=1)  # a text log's silence shorter than this is a rate-limited burst
+LOG_START_GRACE = pd.Timedelta(minutes=5)  # a text log's daemon starts after the journal; a late start is not a cut
 LOG_DIR = "/var/log/"
 SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
 
@@ -104,18 +106,41 @@ def timestomp(tables, graph, sid):
         yield hit(f"file:{path}", [link("disk/files", sid, i)], 0.75, why)
 
 
-def _by_source(logs) -> dict[str, list[int]]:
+ROTATION_SUFFIX = re.compile(r"(\.\d+|-\d{8})?(\.(gz|xz|bz2|zst))?$")  # syslog.1, auth.log.2.gz, syslog-20261201
+
+
+def text_log_family(path: str) -> str | None:
+    """The text log a file belongs to with its rotations (``/var/log/syslog.1`` -> ``/var/log/syslog``),
+    or None for journal files: those are the reference the text logs are read against, and a
+    per-user journal only holds what that user's services said."""
+    if "/journal/" in path or path.endswith((".journal", ".journal~")):
+        return None
+    return ROTATION_SUFFIX.sub("", path)
+
+
+def _records_by(logs, key) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for i, r in logs.iterrows():
-        if value(r, "ts") is not None and value(r, "path"):
-            out.setdefault(value(r, "path"), []).append(i)
+        if value(r, "ts") is not None and value(r, "path") and (name := key(str(value(r, "path")))):
+            out.setdefault(name, []).append(i)
     return out
+
+
+def _silences(times, other_times, boot):
+    """(start, end, where) of each silence of a text log worth reading: between two of its records
+    for at least LOG_GAP_MIN (a burst the daemon rate-limited is shorter), after its last record,
+    and before its first one only when that came LOG_START_GRACE after boot (a logging daemon
+    starts after the journal; what an earlier boot or a removed rotation held is not this boot's)."""
+    if boot is not None and times[0] > boot + LOG_START_GRACE:
+        yield (max(other_times[0], boot), times[0], "before its first record")
+    yield from ((a, b, "between two of its records") for a, b in zip(times, times[1:]) if b - a >= LOG_GAP_MIN)
+    yield (times[-1], other_times[-1], "after its last record")
 
 
 def log_tampering(tables, graph, sid):
     """A log file emptied or cut while the system was up: a file under /var/log emptied after boot,
-    or a text log whose records stop (or start) while another log of the same services kept
-    recording (the journal holds their records inside the text log's silence)."""
+    or a text log (with its rotations) whose records stop, start late or break while another log
+    (the journal) kept recording the same services in that time."""
     boot = boot_time(tables)
     for i, r in frame(tables, "disk/files").iterrows():
         path = str(value(r, "path") or "")
@@ -130,27 +155,31 @@ def log_tampering(tables, graph, sid):
     logs = frame(tables, "disk/logs")
     if not len(logs):
         return
-    sources = _by_source(logs)
-    for path, rows in sources.items():
+    families = _records_by(logs, text_log_family)
+    sources = _records_by(logs, lambda p: p)
+    for family, rows in families.items():
         services = {value(logs.loc[j], "service") for j in rows} - {None}
-        others = [j for p, rs in sources.items() if p != path for j in rs if value(logs.loc[j], "service") in services]
+        others = [
+            j
+            for p, rs in sources.items()
+            if text_log_family(p) != family
+            for j in rs
+            if value(logs.loc[j], "service") in services
+        ]
         if not services or len(others) < LOG_GAP_RECORDS:
             continue
         times = sorted(logs.loc[j, "ts"] for j in rows)
         other_times = sorted(logs.loc[j, "ts"] for j in others)
-        window = (other_times[0], other_times[-1])
-        edges = [(window[0], times[0], "before its first record"), (times[-1], window[1], "after its last record")]
-        edges += [(a, b, "between two of its records") for a, b in zip(times, times[1:])]
-        for start, end, where in edges:
+        for start, end, where in _silences(times, other_times, boot):
             inside = [t for t in other_times if start < t < end]
-            if len(inside) < LOG_GAP_RECORDS or (where != "between two of its records" and not after(end, boot)):
+            if len(inside) < LOG_GAP_RECORDS or not after(end, boot):
                 continue
             why = (
-                f"{path!r} holds nothing {where} ({start:%H:%M:%S}-{end:%H:%M:%S}Z), while other logs recorded "
+                f"{family!r} holds nothing {where} ({start:%H:%M:%S}-{end:%H:%M:%S}Z), while other logs recorded "
                 f"{len(inside)} entries of the same services ({', '.join(sorted(services))[:120]}) in that time: "
                 f"records were removed or logging was stopped."
             )
-            yield hit(f"file:{path}", [link("disk/logs", sid, rows[0]), link("disk/logs", sid, rows[-1])], 0.65, why)
+            yield hit(f"file:{family}", [link("disk/logs", sid, rows[0]), link("disk/logs", sid, rows[-1])], 0.65, why)
             break
 
 
@@ -190,10 +219,13 @@ RULES: dict[str, dict] = {
         "severity": "medium",
         "confidence": 0.65,
         "keys_on": "a file under /var/log emptied after boot (its inode older than its last change), or a text "
-        f"log with no record before, after or between its records while another log (the journal) recorded "
-        f"{LOG_GAP_RECORDS}+ entries of the same services in that time",
+        f"log (with its rotations) silent after its last record, for a minute or more between two records, or "
+        f"before a first record that came 5+ minutes after boot, while another log (the journal) recorded "
+        f"{LOG_GAP_RECORDS}+ entries of the same services in that time; journal files are the reference, never "
+        f"the suspect",
         "joins": ["disk/files", "disk/logs", "memory/processes"],
-        "grading": "medium (0.65): rotation and restarts leave gaps too, but not while the journal keeps "
+        "grading": "medium (0.65): rotations are read as one log, a rate-limited burst is shorter than a minute "
+        "and a daemon's late start is within minutes of boot; what remains is a silence while the journal kept "
         "recording the same services",
         "chain": "the log file",
         "fn": log_tampering,

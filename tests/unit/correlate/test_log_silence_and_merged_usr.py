@@ -1,0 +1,107 @@
+"""What a real Debian server's logs and merged /usr look like to two rules that misread them: a text
+log read against the journal (rotations, a daemon's late start, rate limiting, per-user journals),
+and units systemd names by /lib while dpkg lists them under /usr/lib."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tests.helpers.rule_cases import BOOT, JOURNAL, benign_server, log_record, with_rows
+from toolkit.correlate.findings import correlate_snapshot
+from toolkit.correlate.rules import RULES
+from toolkit.correlate.rules.tampering import text_log_family
+from toolkit.correlate.vocabulary import package_owner, top_level_links
+
+SID = "s1"
+
+
+def findings_of(rule_id, tables):
+    found, problems, _ = correlate_snapshot(tables, SID, rules={rule_id: RULES[rule_id]})
+    assert problems.empty, problems.to_dict("records")
+    return found
+
+
+def test_rotations_are_one_log_and_journals_are_never_the_suspect():
+    assert text_log_family("/var/log/syslog.1") == "/var/log/syslog"
+    assert text_log_family("/var/log/auth.log.2.gz") == "/var/log/auth.log"
+    assert text_log_family("/var/log/syslog-20261201.xz") == "/var/log/syslog"
+    assert text_log_family("/var/log/journal/abc/system.journal") is None
+    assert text_log_family("/var/log/journal/abc/user-1000@0001-0002.journal~") is None
+
+
+def test_a_text_log_that_stops_while_the_journal_goes_on_is_found():
+    # the auth log's daemon was told to stop writing at +40 s; the journal kept sshd's logins
+    tables = with_rows(
+        benign_server(),
+        disk_logs=[log_record(100 + 20 * k, "sshd", JOURNAL, "Accepted password for deploy") for k in range(12)],
+    )
+    found = findings_of("tamper.log_tampering", tables)
+    assert found.entity.tolist() == ["file:/var/log/auth.log"]
+    assert "after its last record" in found.explanation.iloc[0]
+    assert found.severity.iloc[0] == "medium"
+
+
+def test_a_minute_cut_out_of_a_text_log_is_found_and_a_burst_is_not():
+    # syslog (with syslog.1) misses 90 s of systemd's records in the middle of the day: lines removed
+    base = benign_server()
+    logs = base["disk/logs"]
+    cut = logs[
+        ~(
+            logs.path.eq("/var/log/syslog")
+            & logs.ts.between(BOOT + pd.Timedelta(seconds=250), BOOT + pd.Timedelta(seconds=340))
+        )
+    ]
+    found = findings_of("tamper.log_tampering", {**base, "disk/logs": cut.reset_index(drop=True)})
+    assert found.entity.tolist() == ["file:/var/log/syslog"]
+    assert "between two of its records" in found.explanation.iloc[0]
+    # the clean server's 20 s rate-limited burst, rsyslog's start 8 s after the journal, the rotation
+    # and a user's journal that starts at their login raise nothing
+    assert findings_of("tamper.log_tampering", benign_server()).empty
+
+
+def test_a_text_log_starting_long_after_boot_is_found():
+    # everything syslog held before +330 s is gone (the rotated syslog.1 deleted with it)
+    base = benign_server()
+    logs = base["disk/logs"]
+    early = logs.path.eq("/var/log/syslog.1") | (
+        logs.path.eq("/var/log/syslog") & (logs.ts < BOOT + pd.Timedelta(seconds=330))
+    )
+    found = findings_of("tamper.log_tampering", {**base, "disk/logs": logs[~early].reset_index(drop=True)})
+    assert found.entity.tolist() == ["file:/var/log/syslog"]
+    assert "before its first record" in found.explanation.iloc[0]
+
+
+def test_merged_usr_names_the_same_packaged_unit_both_ways():
+    tables = benign_server()
+    assert top_level_links(tables) == {"/lib": "/usr/lib", "/sbin": "/usr/sbin"}
+    owned = package_owner(tables)
+    assert owned["/lib/systemd/system/quotaon.service"]["package"] == "systemd"
+    assert owned["/usr/lib/systemd/system/quotaon.service"]["package"] == "systemd"
+    assert "/lib/x86_64-linux-gnu/libc.so.6" in owned  # listed by dpkg under /usr/lib
+
+
+def test_a_link_outside_usr_or_a_flood_of_links_adds_no_owner():
+    tables = with_rows(
+        benign_server(),
+        disk_files=[{"path": "/evil", "type": "symlink", "link_target": "/"}]
+        + [{"path": f"/l{k}", "type": "symlink", "link_target": f"usr/l{k}"} for k in range(100)],
+    )
+    links = top_level_links(tables)
+    assert "/evil" not in links and len(links) <= 16
+
+
+def test_an_unpackaged_unit_whose_program_is_missing_is_still_found():
+    tables = with_rows(
+        benign_server(),
+        disk_persistence=[
+            {
+                "kind": "systemd",
+                "path": "/lib/systemd/system/netcfg-sync.service",
+                "command": "/usr/sbin/netcfg-sync --daemon",
+                "program": "/usr/sbin/netcfg-sync",
+            }
+        ],
+    )
+    found = findings_of("persist.systemd_unusual", tables)
+    assert len(found) == 1 and "not on the disk" in found.explanation.iloc[0]
+    assert findings_of("persist.systemd_unusual", benign_server()).empty
