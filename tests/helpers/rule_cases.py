@@ -145,6 +145,7 @@ def benign_server() -> dict[str, pd.DataFrame]:
         {"package": "libc6", "path": "/usr/lib/x86_64-linux-gnu", "installed_ts": BEFORE_BOOT},
         {"package": "libc6", "path": "/usr/lib/x86_64-linux-gnu/libc.so.6", "md5": "c" * 32},
         {"package": "sudo", "path": "/etc/sudoers"},
+        {"package": "rsyslog", "path": "/etc/rsyslog.conf"},
         {"package": "systemd", "path": "/usr/lib/systemd/system/debug-shell.service"},
         {"package": "openssh-server", "path": "/etc/init.d/ssh"},
         {"package": "base-files", "path": "/etc", "installed_ts": BEFORE_BOOT},
@@ -199,6 +200,9 @@ def benign_server() -> dict[str, pd.DataFrame]:
             "program_path": "/home/alice/.bashrc",
             "command": '[ -x /usr/bin/lesspipe ] && eval "$(SHELL=/bin/sh lesspipe)"\nalias ls="ls --color=auto"\n',
         },
+        # rsyslog's stock rules (a conffile: dpkg lists it without an md5)
+        {"kind": "log_config", "path": "/etc/rsyslog.conf", "command": "auth,authpriv.*\t/var/log/auth.log"},
+        {"kind": "log_config", "path": "/etc/rsyslog.conf", "command": "*.*;auth,authpriv.none\t-/var/log/syslog"},
         {"kind": "sudoers", "path": "/etc/sudoers", "command": "%sudo\tALL=(ALL:ALL) ALL", "user": "%sudo"},
         {"kind": "sudoers", "path": "/etc/sudoers", "command": "root ALL=(ALL:ALL) ALL", "user": "root"},
         {"kind": "sudoers", "path": "/etc/sudoers.d/alice", "command": "alice ALL=(ALL) NOPASSWD: ALL"},

@@ -57,6 +57,7 @@ declare(
     "disk/persistence",
     {
         # cron | systemd | timer | initd | rc | ld_preload | authorized_keys | shell_rc | runkey | service | task
+        # | udev | at | sudoers | log_config (one setting line of rsyslog or journald)
         "kind": STRING,
         "path": STRING,  # the file (or registry key) that defines the entry
         "user": STRING,  # account it runs as, when the entry says

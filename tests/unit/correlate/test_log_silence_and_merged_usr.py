@@ -105,3 +105,49 @@ def test_an_unpackaged_unit_whose_program_is_missing_is_still_found():
     found = findings_of("persist.systemd_unusual", tables)
     assert len(found) == 1 and "not on the disk" in found.explanation.iloc[0]
     assert findings_of("persist.systemd_unusual", benign_server()).empty
+
+
+def test_a_log_born_this_boot_and_emptied_later_is_found_and_copytruncate_is_not():
+    born, emptied = BOOT + pd.Timedelta(seconds=20), BOOT + pd.Timedelta(minutes=30)
+    log = {"path": "/var/log/secure.log", "type": "file", "size": 0, "btime": born, "mtime": emptied, "ctime": emptied}
+    found = findings_of("tamper.log_tampering", with_rows(benign_server(), disk_files=[log]))
+    assert found.entity.tolist() == ["file:/var/log/secure.log"]
+    # logrotate's copytruncate: the copy (secure.log.1) is born when the log is emptied
+    copy = {"path": "/var/log/secure.log.1", "type": "file", "size": 900, "btime": emptied, "mtime": emptied}
+    assert findings_of("tamper.log_tampering", with_rows(benign_server(), disk_files=[log, copy])).empty
+    # a log created empty (its daemon has written nothing yet) was never emptied
+    fresh = {**log, "mtime": born + pd.Timedelta(seconds=2), "ctime": born + pd.Timedelta(seconds=2)}
+    assert findings_of("tamper.log_tampering", with_rows(benign_server(), disk_files=[fresh])).empty
+
+
+def test_a_journald_drop_in_that_keeps_nothing_on_disk_is_found():
+    row = {"kind": "log_config", "path": "/etc/systemd/journald.conf.d/zz.conf", "command": "Storage=volatile"}
+    found = findings_of("tamper.logging_config", with_rows(benign_server(), disk_persistence=[row]))
+    assert found.entity.tolist() == ["file:/etc/systemd/journald.conf.d/zz.conf"]
+    assert found.severity.iloc[0] == "medium"  # no file time says it was written while the system was up
+
+
+def test_a_yara_hit_in_a_file_its_package_installed_unchanged_is_low():
+    example = "/usr/share/doc/adduser/examples/bash.bashrc"
+    hit_row = {
+        "target": "file",
+        "rule": "History_Evasion",
+        "severity": "medium",
+        "path": example,
+        "offset": 1241,
+        "string_id": "$b",
+    }
+    vouched = with_rows(
+        benign_server(),
+        yara_matches=[hit_row],
+        disk_files=[{"path": example, "type": "file", "md5": "d" * 32}],
+        disk_package_files=[{"package": "adduser", "path": example, "md5": "d" * 32}],
+    )
+    assert findings_of("yara.match", vouched).severity.tolist() == ["low"]
+    changed = with_rows(
+        benign_server(),
+        yara_matches=[hit_row],
+        disk_files=[{"path": example, "type": "file", "md5": "e" * 32}],
+        disk_package_files=[{"package": "adduser", "path": example, "md5": "d" * 32}],
+    )
+    assert findings_of("yara.match", changed).severity.tolist() == ["medium"]

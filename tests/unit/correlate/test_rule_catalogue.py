@@ -474,6 +474,34 @@ CASES: dict[str, dict] = {
         "severity": "medium",
         "negative": B,  # auth.log changed after boot but is not empty
     },
+    "tamper.logging_config": {
+        "positive": lambda: with_rows(
+            B(),
+            disk_persistence=[
+                {"kind": "log_config", "path": "/etc/rsyslog.d/10-quiet.conf", "command": "authpriv.* stop"}
+            ],
+            disk_files=[{"path": "/etc/rsyslog.d/10-quiet.conf", "type": "file", "btime": AFTER_BOOT}],
+        ),
+        "entity": "file:/etc/rsyslog.d/10-quiet.conf",
+        "severity": "high",
+        # a property filter that trims one chatty program, and a packaged volatile-journal drop-in
+        "negative": lambda: with_rows(
+            B(),
+            disk_persistence=[
+                {
+                    "kind": "log_config",
+                    "path": "/etc/rsyslog.d/30-noise.conf",
+                    "command": ':programname, isequal, "timesyncd" stop',
+                },
+                {
+                    "kind": "log_config",
+                    "path": "/usr/lib/systemd/journald.conf.d/cloud.conf",
+                    "command": "Storage=volatile",
+                },
+            ],
+            disk_package_files=[{"package": "cloud-init", "path": "/usr/lib/systemd/journald.conf.d/cloud.conf"}],
+        ),
+    },
     "net.unexpected_outbound": {
         "positive": lambda: with_rows(
             B(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from toolkit.correlate.graph import owner_process
 from toolkit.correlate.links import frame, hit, link, pid_of, value
 from toolkit.correlate.sigma.findings import sigma_match
+from toolkit.correlate.vocabulary import files_by_path, package_owner
 from toolkit.schemas import SEVERITY_RANK
 
 PAGE = 4096  # physical memory is a heap of unrelated pages: a rule's strings count together within one
@@ -38,6 +39,19 @@ def strings_together(offsets_and_ids) -> bool:
     return False
 
 
+def as_packaged(tables) -> set[str]:
+    """Paths whose content the package database vouches for: the disk walk's md5 of the file equals
+    the md5 dpkg recorded when the package installed it (a documentation example, a stock script)."""
+    owned = package_owner(tables)
+    if not owned:
+        return set()
+    return {
+        path
+        for path, row in files_by_path(tables).items()
+        if value(row, "md5") and value(owned.get(path), "md5") == value(row, "md5")
+    }
+
+
 def _hex(offset) -> str:
     """An offset or address as responders read them (tables keep the integer)."""
     return f"{int(offset):#x}" if offset is not None else "?"
@@ -58,6 +72,7 @@ def yara_match(tables, graph, sid):
         if "string_id" in rows and not strings_together(zip(rows["offset"], rows["string_id"]))
     }
     seen = set()
+    vouched = as_packaged(tables) if "file" in set(matches.get("target", [])) else set()
     for i, r in matches.iterrows():
         target = value(r, "target")
         if target == "physical" and value(r, "rule") in elsewhere:
@@ -80,6 +95,10 @@ def yara_match(tables, graph, sid):
         also = int((physical["rule"] == value(r, "rule")).sum()) if target != "physical" else 0
         severity = value(r, "severity") or "medium"
         confidence, caveat = 0.7, ""
+        if target == "file" and value(r, "path") in vouched:
+            # The distribution's own bytes (an example bashrc that unsets HISTFILE): a rule's strings
+            # in a file its package installed unchanged say nothing about this machine.
+            severity, confidence, caveat = "low", 0.3, " (the file is as its package installed it: its md5 is dpkg's)"
         if target == "physical":
             # Bytes no process, file or stream holds: page cache, a tmpfs file or freed
             # memory. Worth a look, but the rows do not show anything running.
@@ -119,7 +138,8 @@ RULES: dict[str, dict] = {
         "keys_on": "a YARA rule (shipped or the analyst's) matching process memory, a disk file or a "
         "reassembled stream; severity and ATT&CK id come from the rule's meta; hits in physical memory alone "
         "(page cache, tmpfs, freed memory) are capped at medium, and low when the rule's strings never lie within "
-        "a page of one another (a condition met by unrelated pages)",
+        "a page of one another (a condition met by unrelated pages); a disk file whose md5 is the one its package "
+        "recorded is low (the distribution's own bytes)",
         "joins": ["yara/matches", "memory/processes", "disk/files", "network/flows", "memory/sockets"],
         "grading": "the rule's own severity; 0.7, or 0.4 for bytes no process, file or stream holds (0.2 and "
         "low when the strings are scattered over unrelated pages)",

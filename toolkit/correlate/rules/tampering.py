@@ -14,12 +14,13 @@ import re
 import pandas as pd
 
 from toolkit.correlate.links import frame, hit, link, value
-from toolkit.correlate.vocabulary import after, boot_time, package_owner
+from toolkit.correlate.vocabulary import after, boot_time, files_by_path, package_owner
 
 STOMP_MARGIN = pd.Timedelta(days=1)  # a file claiming to be older than its inode by more than this
 LOG_GAP_RECORDS = 10  # records another log holds inside a silence before the silence counts
 LOG_GAP_MIN = pd.Timedelta(minutes=1)  # a text log's silence shorter than this is a rate-limited burst
 LOG_START_GRACE = pd.Timedelta(minutes=5)  # a text log's daemon starts after the journal; a late start is not a cut
+LOG_EMPTIED_AFTER = pd.Timedelta(minutes=1)  # a log that lived this long before it was emptied held records
 LOG_DIR = "/var/log/"
 SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
 
@@ -137,21 +138,47 @@ def _silences(times, other_times, boot):
     yield (times[-1], other_times[-1], "after its last record")
 
 
+def _emptied_logs(tables, sid, boot):
+    """Empty files under /var/log that were written, then emptied while the system was up: the file
+    is older than this boot, or lived LOG_EMPTIED_AFTER before its last change, and no rotation of
+    it was made around that change (logrotate's copytruncate empties a log too, beside its copy)."""
+    files = frame(tables, "disk/files")
+    if not len(files) or "path" not in files:
+        return
+    born_at = {str(p): b for p, b in zip(files["path"], files["btime"] if "btime" in files else [None] * len(files))}
+    for i, r in files.iterrows():
+        path = str(value(r, "path") or "")
+        if value(r, "type") != "file" or not path.startswith(LOG_DIR) or value(r, "size") not in (0,):
+            continue
+        born, changed = value(r, "btime"), value(r, "mtime") or value(r, "ctime")
+        if not after(changed, boot):
+            continue
+        lived = born is None or not after(born, boot) or changed - born >= LOG_EMPTIED_AFTER
+        rotated = [
+            p
+            for p, b in born_at.items()
+            if p != path
+            and text_log_family(p) == path
+            and b is not None
+            and not pd.isna(b)
+            and abs(b - changed) <= LOG_EMPTIED_AFTER
+        ]
+        if not lived or rotated:
+            continue
+        why = f"{path!r} is empty, and was emptied at {changed:%Y-%m-%d %H:%M:%S}Z while the system was up " + (
+            f"(the file exists since {born:%Y-%m-%d %H:%M:%S}Z; no rotated copy was made then)."
+            if born is not None
+            else "(truncated)."
+        )
+        yield hit(f"file:{path}", [link("disk/files", sid, i)], 0.7, why)
+
+
 def log_tampering(tables, graph, sid):
     """A log file emptied or cut while the system was up: a file under /var/log emptied after boot,
     or a text log (with its rotations) whose records stop, start late or break while another log
     (the journal) kept recording the same services in that time."""
     boot = boot_time(tables)
-    for i, r in frame(tables, "disk/files").iterrows():
-        path = str(value(r, "path") or "")
-        if value(r, "type") != "file" or not path.startswith(LOG_DIR) or value(r, "size") not in (0,):
-            continue
-        born, changed = value(r, "btime"), value(r, "ctime") or value(r, "mtime")
-        if after(changed, boot) and (born is None or not after(born, boot)):
-            why = f"{path!r} is empty, and was emptied at {changed:%Y-%m-%d %H:%M:%S}Z while the system was up " + (
-                f"(the file exists since {born:%Y-%m-%d %H:%M:%S}Z)." if born is not None else "(truncated)."
-            )
-            yield hit(f"file:{path}", [link("disk/files", sid, i)], 0.7, why)
+    yield from _emptied_logs(tables, sid, boot)
     logs = frame(tables, "disk/logs")
     if not len(logs):
         return
@@ -181,6 +208,40 @@ def log_tampering(tables, graph, sid):
             )
             yield hit(f"file:{family}", [link("disk/logs", sid, rows[0]), link("disk/logs", sid, rows[-1])], 0.65, why)
             break
+
+
+RSYSLOG_DISCARD = re.compile(r"^(?P<selector>[a-z0-9*,]+\.[a-z*!=]+(\s*;\s*[a-z0-9*,]+\.[a-z*!=]+)*)\s+(stop|~)$", re.I)
+JOURNALD_DISCARD = re.compile(
+    r"^(Storage\s*=\s*(none|volatile)|MaxLevelStore\s*=\s*(0|1|2|emerg|alert|crit))\s*$", re.I
+)
+
+
+def logging_config(tables, graph, sid):
+    """A logging setting that throws records away, in a file no package installed: rsyslog told to
+    stop (discard) whole facilities, or journald told to keep nothing on disk (Storage=none or
+    volatile) or only emergencies."""
+    files, owned, boot = files_by_path(tables), package_owner(tables), boot_time(tables)
+    for i, r in frame(tables, "disk/persistence").iterrows():
+        if value(r, "kind") != "log_config":
+            continue
+        path, line = str(value(r, "path") or ""), str(value(r, "command") or "").strip()
+        if path in owned:
+            continue  # the distribution's own choice (a cloud image's volatile journal)
+        if m := RSYSLOG_DISCARD.match(line):
+            what = f"rsyslog discards every record of {m.group('selector')!r}"
+        elif JOURNALD_DISCARD.match(line):
+            what = "journald keeps " + (
+                "only the most severe records" if "maxlevel" in line.lower() else "no log on disk"
+            )
+        else:
+            continue
+        row = files.get(path) or {}
+        changed = next((value(row, c) for c in ("btime", "ctime", "mtime") if value(row, c) is not None), None)
+        recent = after(changed, boot)
+        why = f"{path!r} says {line!r}: {what}; no package installed the file" + (
+            f", and it was written at {changed:%Y-%m-%d %H:%M:%S}Z while the system was up." if recent else "."
+        )
+        yield hit(f"file:{path}", [link("disk/persistence", sid, i)], 0.8, why, severity="high" if recent else "medium")
 
 
 RULES: dict[str, dict] = {
@@ -229,5 +290,19 @@ RULES: dict[str, dict] = {
         "recording the same services",
         "chain": "the log file",
         "fn": log_tampering,
+    },
+    "tamper.logging_config": {
+        "title": "Logging configured to throw records away",
+        "attack_id": "T1562.006",
+        "severity": "medium",
+        "confidence": 0.8,
+        "keys_on": "a setting line of rsyslog (rsyslog.conf, rsyslog.d) or journald (journald.conf, its .d "
+        "directories) in a file no package installed that discards whole facilities (`<facility>.<priority> "
+        "stop` or `~`) or keeps no journal on disk (Storage=none|volatile, MaxLevelStore=crit or less)",
+        "joins": ["disk/persistence", "disk/files", "disk/package_files", "memory/processes"],
+        "grading": "high (0.8) when the file was written while the system was up, medium before; property "
+        "filters (`:msg, contains, ... stop`) are left out: they trim noise, they do not silence a facility",
+        "chain": "the configuration file",
+        "fn": logging_config,
     },
 }

