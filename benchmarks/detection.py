@@ -118,6 +118,7 @@ ENTITY_KEYS = {
         "script",
         "log",
         "program",
+        "planted",
     ),
     "module": ("module", "module_name"),
     "account": ("user", "account"),
@@ -143,9 +144,17 @@ def _values(entity: dict, keys) -> list:
     return [v for v in out if v not in (None, "", [])]
 
 
+def planted_paths(technique: dict) -> list[str]:
+    """Absolute paths the technique's plan names besides its entity (the wrapper's hidden copy of the
+    real binary, a payload's drop path): artefacts of the same planting."""
+    params = technique.get("params") or {}
+    return [v for v in params.values() if isinstance(v, str) and v.startswith("/") and len(v) > 4]
+
+
 def matches(finding: dict, entity: dict) -> str | None:
     """How a finding is about a technique's entity (None when it is not): the same process, file,
-    module, account or peer address."""
+    module, account or peer address; for typed history, also the terminal it was typed into (the
+    shell's parent, a tmux server, holds the keystrokes)."""
     chain = " ".join(step.get("label", "") for step in json.loads(finding.get("chain") or "[]"))
     text = f"{finding.get('explanation') or ''} {chain}"
     keys = entity_keys(entity)
@@ -160,6 +169,9 @@ def matches(finding: dict, entity: dict) -> str | None:
             or re.search(rf"'{re.escape(path)}'", text)
         ):
             return f"path {path}"
+    if entity.get("kind") == "history" and entity.get("tty") and (entity.get("ppid") or 0) > 1:
+        if finding.get("entity") == f"process:{entity['ppid']}":
+            return f"terminal pid {entity['ppid']}"
     for name in _values(entity, keys["module"]):
         if finding.get("entity") == f"module:{name}" or f"'{name}'" in text:
             return f"module {name}"
@@ -197,7 +209,8 @@ def evaluate(case: Case, sid: str, truth: dict) -> dict:
     result = {"techniques": [], "false_alarms": [], "scaffolding": [], "low": [], "rules": {}}
     claimed = set()
     for t in planted:
-        entity = (t.get("entity") or {}).get(RUN) or {}
+        entity = dict((t.get("entity") or {}).get(RUN) or {})
+        entity["planted"] = planted_paths(t)
         hits = []
         for i, r in enumerate(rows):
             how = matches(r, entity)
