@@ -50,6 +50,26 @@ def is_interpreter(name_or_path) -> bool:
     return name in SHELLS or bool(INTERPRETER.match(name))
 
 
+def runs_inline_code(args) -> bool:
+    """An interpreter command line given its code on the command line (``python3 -c``, ``perl -e``)
+    rather than a script file.
+
+    ``-m module`` is not inline code: services run that way (``python3 -m uvicorn app:app``).
+
+    >>> runs_inline_code(["python3", "-u", "-c", "import socket"]), runs_inline_code(["python3", "-m", "http.server"])
+    (True, False)
+    """
+    words = list(args or [])
+    if not words or not is_interpreter(words[0]):
+        return False
+    for w in words[1:]:
+        if w in INLINE_CODE - {"-m"}:
+            return True
+        if not (w.startswith("-") or w.startswith("+")):
+            return False
+    return False
+
+
 def interpreter_script(args) -> str | None:
     """The script an interpreter command line runs: its first argument that is a path (not an
     option, not ``-c CODE``); None for an interactive shell or inline code.

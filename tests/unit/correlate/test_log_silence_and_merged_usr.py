@@ -151,3 +151,18 @@ def test_a_yara_hit_in_a_file_its_package_installed_unchanged_is_low():
         disk_package_files=[{"package": "adduser", "path": example, "md5": "d" * 32}],
     )
     assert findings_of("yara.match", changed).severity.tolist() == ["medium"]
+
+
+def test_a_one_liner_that_listens_is_a_bind_shell_whatever_its_port():
+    from tests.helpers.rule_cases import proc, sock
+
+    code = "python3 -c import os,pty,socket;s=socket.socket();s.bind(('',5511));s.listen(1)"
+    tables = with_rows(
+        benign_server(),
+        memory_processes=[proc(913, "python3", "/usr/bin/python3.11")],
+        memory_cmdlines=[{"pid": 913, "args": code}],
+        memory_sockets=[sock(913, "python3", 3, "0.0.0.0", 5511, "0.0.0.0", 0, "LISTEN")],
+    )
+    found = findings_of("proc.unexpected_listener", tables)
+    assert found.entity.tolist() == ["process:913"] and found.severity.tolist() == ["high"]
+    assert "code given on its command line" in found.explanation.iloc[0]

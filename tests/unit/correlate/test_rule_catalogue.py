@@ -129,7 +129,13 @@ CASES: dict[str, dict] = {
         ),
         "entity": "process:910",
         "severity": "high",
-        "negative": B,  # sshd, nginx and the python service listen
+        # sshd, nginx and the python service listen; so does a service run as a module (python3 -m)
+        "negative": lambda: with_rows(
+            B(),
+            memory_processes=[proc(912, "python3", "/usr/bin/python3.11")],
+            memory_cmdlines=[{"pid": 912, "args": "/usr/bin/python3 -m uvicorn api:app --port 8000"}],
+            memory_sockets=[sock(912, "python3", 5, "0.0.0.0", 8000, "0.0.0.0", 0, "LISTEN")],
+        ),
     },
     "mem.injected_code": {
         "positive": lambda: with_rows(

@@ -22,7 +22,7 @@ from toolkit.correlate.vocabulary import (
     process_index,
     user_writable,
 )
-from toolkit.programs import basename, interpreter_script, is_interpreter, is_shell
+from toolkit.programs import basename, interpreter_script, is_interpreter, is_shell, runs_inline_code
 from toolkit.schemas import split_deleted
 
 
@@ -249,6 +249,10 @@ def unexpected_listener(tables, graph, sid):
             reason = f"is the {'shell' if is_shell(name) else 'relay'} {name}"
         elif truthy(value(proc, "exe_deleted")) or (exe or "").startswith(("/memfd:", "memfd:")):
             reason = f"runs from {exe!r}, which is deleted or exists only in memory"
+        elif words and is_interpreter(exe) and runs_inline_code([exe or "", *words[1:]]):
+            # a service is a program or a script file; code typed on a command line that listens is a
+            # one-liner backdoor (python -c 'socket ... bind ... pty.spawn')
+            reason = f"is {name} running code given on its command line ({' '.join(words)[:160]!r})"
         elif is_hidden_or_temp(exe) or is_hidden_or_temp(script):
             reason, severity = f"runs {script or exe!r} from a hidden or temporary location", "medium"
         if not reason:
@@ -356,10 +360,12 @@ RULES: dict[str, dict] = {
         "attack_id": "T1571",
         "severity": "high",
         "confidence": 0.8,
-        "keys_on": "a LISTEN (or bound) TCP/UDP socket owned by a shell or relay, or by a program running from a "
-        "deleted or memfd file (high) or from a hidden or temporary location (medium)",
+        "keys_on": "a LISTEN (or bound) TCP/UDP socket owned by a shell or relay, an interpreter running inline "
+        "code (`python3 -c`, `perl -e`), or a program running from a deleted or memfd file (high) or from a hidden "
+        "or temporary location (medium)",
         "joins": ["memory/sockets", "memory/processes", "memory/cmdlines"],
-        "grading": "high for shells and deleted/memfd programs, which no service is; medium for odd locations",
+        "grading": "high for shells, one-liners and deleted/memfd programs, which no service is; medium for odd "
+        "locations",
         "chain": "the listener process -> its sockets -> flows to that port",
         "fn": unexpected_listener,
     },
