@@ -44,6 +44,7 @@ from toolkit.case import Case  # noqa: E402
 from toolkit.correlate.findings import correlate_snapshot  # noqa: E402
 from toolkit.correlate.timeline import build_timeline  # noqa: E402
 from toolkit.pipeline import analyze, recorrelate  # noqa: E402
+from toolkit.programs import is_interpreter  # noqa: E402
 from toolkit.schemas import SEVERITY_RANK  # noqa: E402
 
 MEDIUM = SEVERITY_RANK["medium"]
@@ -163,6 +164,8 @@ def matches(finding: dict, entity: dict) -> str | None:
             return f"pid {pid}"
     for path in _values(entity, keys["path"]):
         path = str(path).replace(" (deleted)", "")
+        if entity.get("pid") and is_interpreter(path) and path in (entity.get("exe"), entity.get("program")):
+            continue  # a shared interpreter is no identity: every python or bash process runs it
         if len(path) > 4 and (
             finding.get("path") == path
             or finding.get("entity") == f"file:{path}"
