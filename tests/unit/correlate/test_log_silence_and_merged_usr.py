@@ -166,3 +166,40 @@ def test_a_one_liner_that_listens_is_a_bind_shell_whatever_its_port():
     found = findings_of("proc.unexpected_listener", tables)
     assert found.entity.tolist() == ["process:913"] and found.severity.tolist() == ["high"]
     assert "code given on its command line" in found.explanation.iloc[0]
+
+
+def _polling(tables, ts_of_unit):
+    from tests.helpers.rule_cases import sock
+
+    flows = [
+        {
+            "flow_id": f"p{k}",
+            "proto": "tcp",
+            "src_ip": "10.0.2.15",
+            "src_port": 41000 + k,
+            "dst_ip": "203.0.113.9",
+            "dst_port": 443,
+            "first_ts": BOOT + pd.Timedelta(seconds=100 + 15 * k),
+            "src_payload_bytes": 1083,
+        }
+        for k in range(8)
+    ]
+    persistence = tables["disk/persistence"].copy()
+    persistence.loc[persistence.path.eq("/etc/systemd/system/inventory-api.service"), "ts"] = ts_of_unit
+    out = with_rows(
+        {**tables, "disk/persistence": persistence},
+        network_flows=flows,
+        memory_sockets=[sock(500, "python3", 8, "10.0.2.15", 41007, "203.0.113.9", 443, "ESTABLISHED")],
+    )
+    found = findings_of("net.periodic_beacon", out)
+    return found[found.explanation.str.contains("203.0.113.9", regex=False)]
+
+
+def test_a_service_of_the_machine_that_polls_its_server_is_low_and_a_new_one_is_not():
+    from tests.helpers.rule_cases import AFTER_BOOT, BEFORE_BOOT
+
+    established = _polling(benign_server(), BEFORE_BOOT)
+    assert established[["entity", "severity"]].values.tolist() == [["process:500", "low"]]
+    assert "before this boot" in established.explanation.iloc[0]
+    planted = _polling(benign_server(), AFTER_BOOT)  # the unit appeared while the system ran
+    assert planted[["entity", "severity"]].values.tolist() == [["process:500", "medium"]]

@@ -15,11 +15,15 @@ from toolkit.correlate.graph import owner_process
 from toolkit.correlate.links import endpoints, frame, hit, link, pid_of, value
 from toolkit.correlate.vocabulary import (
     KERNEL_THREAD_NAME,
+    after,
+    boot_time,
+    files_by_path,
     is_hidden_or_temp,
     is_inet,
     is_loopback,
     is_unspecified,
     process_index,
+    user_writable,
 )
 from toolkit.programs import interpreter_script, is_interpreter, is_shell
 
@@ -161,14 +165,41 @@ def _cv(values):
     return mean, ((var**0.5) / mean if mean else None)
 
 
+def established_services(tables) -> dict[str, tuple[int, dict]]:
+    """program path -> (row, entry) for the systemd services this machine had before this boot whose
+    program only root can replace and that lies in no hidden or temporary place: the machine's
+    own long-running agents (a sync client that polls its server is a rhythm too)."""
+    boot, files = boot_time(tables), None
+    out = {}
+    for i, r in frame(tables, "disk/persistence").iterrows():
+        program = value(r, "program_path") or value(r, "program")
+        if value(r, "kind") != "systemd" or not program or is_hidden_or_temp(program) or after(value(r, "ts"), boot):
+            continue
+        files = files_by_path(tables) if files is None else files
+        row = files.get(value(r, "path")) or {}
+        if after(value(row, "btime"), boot) or after(value(row, "ctime"), boot) or user_writable(files, program):
+            continue  # written while the system ran, or replaceable by a user: not established
+        out.setdefault(program, (i, r))
+    return out
+
+
+def _service_of(graph, owner, services) -> tuple[int, dict] | None:
+    node = graph["nodes"].get(owner) or {} if owner else {}
+    for program in (node.get("script"), node.get("exe")):
+        if program and program in services:
+            return services[program]
+    return None
+
+
 def beacon(tables, graph, sid):
     """Check-ins at regular intervals with constant sizes to a peer outside the host: turns inside
     one long connection, or a series of new connections to the same peer and port. A series that a
-    declared timer or cron schedule explains (same period, a program in no hidden place) is low."""
+    declared timer or cron schedule explains (same period, a program in no hidden place), or that a
+    service established before this boot makes (its program root's alone), is low."""
     flows = frame(tables, "network/flows")
     if not len(flows):
         return
-    schedules = _declared_schedules(tables)
+    schedules, services = _declared_schedules(tables), established_services(tables)
     for i, r in flows.iterrows():
         n, mean = value(r, "beacon_intervals"), value(r, "beacon_interval_mean")
         cv, size_cv = value(r, "beacon_interval_cv"), value(r, "beacon_size_cv")
@@ -202,11 +233,22 @@ def beacon(tables, graph, sid):
         owner = sorted(owners)[0] if owners else None
         reason = suspicious_owner(graph, graph["nodes"][owner].get("pid")) if owner else None
         explained = None if reason else _explained_by(schedules, mean)
+        service = None if reason or explained else _service_of(graph, owner, services)
         why = (
             f"{len(rows)} {proto} connections {src} -> {dst}:{port} opened about every {mean:.1f}s "
             f"(variation {cv:.0%}), each sending about {size_mean or 0:.0f} bytes"
         )
         links = [link("network/flows", sid, j) for j in rows[:12]]
+        if service:
+            j, entry = service
+            program = value(entry, "program_path") or value(entry, "program")
+            why += (
+                f": the rhythm of {graph['nodes'][owner]['label']}, the service {value(entry, 'path')!r} this "
+                f"machine ran before this boot, whose program {program!r} only root can replace."
+            )
+            links.append(link("disk/persistence", sid, j))
+            yield hit(owner, links, 0.4, why, severity="low")
+            continue
         if explained:
             j, entry = explained
             why += (
@@ -359,10 +401,12 @@ RULES: dict[str, dict] = {
         "keys_on": f"an initiator that checks in at least {BEACON_MIN_INTERVALS + 1} times at regular intervals "
         f"(variation < {BEACON_MAX_INTERVAL_CV:.0%}) with constant sizes (< {BEACON_MAX_SIZE_CV:.0%}) to a "
         f"peer outside the host, in one connection or as {SERIES_MIN_FLOWS}+ new connections to one peer and "
-        "port; a series whose period a timer or cron schedule on disk declares is low",
+        "port; a series whose period a timer or cron schedule on disk declares, or that a systemd service "
+        "established before this boot makes (program in no hidden place, replaceable by root alone), is low",
         "joins": ["network/flows", "memory/sockets", "memory/processes", "disk/persistence"],
         "grading": "medium (0.7): implants beacon, so do monitoring agents; high when the process behind it is "
-        "suspicious; low (0.4) when a declared schedule explains the rhythm",
+        "suspicious; low (0.4) when a declared schedule or an established service of the machine explains the "
+        "rhythm (an implant planted while the system ran, or in a hidden place, is neither)",
         "chain": "the owning process (socket <-> flow 5-tuple) -> its executable -> persistence",
         "fn": beacon,
     },
