@@ -203,3 +203,22 @@ def test_a_service_of_the_machine_that_polls_its_server_is_low_and_a_new_one_is_
     assert "before this boot" in established.explanation.iloc[0]
     planted = _polling(benign_server(), AFTER_BOOT)  # the unit appeared while the system ran
     assert planted[["entity", "severity"]].values.tolist() == [["process:500", "medium"]]
+
+
+def test_a_rhythm_no_process_can_be_tied_to_is_a_low_lead():
+    flows = [
+        {
+            "flow_id": f"u{k}",
+            "proto": "tcp",
+            "src_ip": "10.0.2.15",
+            "src_port": 42000 + k,
+            "dst_ip": "203.0.113.10",
+            "dst_port": 443,
+            "first_ts": BOOT + pd.Timedelta(seconds=100 + 15 * k),
+            "src_payload_bytes": 1089,
+        }
+        for k in range(9)
+    ]
+    found = findings_of("net.periodic_beacon", with_rows(benign_server(), network_flows=flows))
+    found = found[found.explanation.str.contains("203.0.113.10", regex=False)]
+    assert found.severity.tolist() == ["low"] and "no process held a connection" in found.explanation.iloc[0]

@@ -531,8 +531,11 @@ CASES: dict[str, dict] = {
                     beacon_size_cv=0.0,
                 )
             ],
+            # the agent holds the connection: a program of no package, in no hidden place, no unit
+            memory_processes=[proc(920, "agentd", "/usr/local/bin/agentd")],
+            memory_sockets=[sock(920, "agentd", 4, "10.0.2.15", 41000, "198.51.100.20", 7443, "ESTABLISHED")],
         ),
-        "entity": "flow:b1",
+        "entity": "process:920",
         "severity": "medium",
         # a heartbeat every 5 s that a timer declares (low), and a chatty flow of varying sizes
         "negative": lambda: with_rows(

@@ -31,6 +31,9 @@ BEACON_MIN_INTERVALS = 3
 BEACON_MAX_INTERVAL_CV = 0.2  # regular: the gaps vary by less than a fifth
 BEACON_MAX_SIZE_CV = 0.25  # constant: each check-in about the same size
 SERIES_MIN_FLOWS = 4
+# A rhythm no process can be tied to (no socket of it open at the dump's moment) is a lead, not a verdict:
+# monitoring agents and sync clients keep rhythms too; implants are found by what their process is.
+UNOWNED = "; no process held a connection of it when memory was captured, so nothing says whose rhythm it is"
 
 
 def suspicious_owner(graph, pid) -> str | None:
@@ -194,8 +197,9 @@ def _service_of(graph, owner, services) -> tuple[int, dict] | None:
 def beacon(tables, graph, sid):
     """Check-ins at regular intervals with constant sizes to a peer outside the host: turns inside
     one long connection, or a series of new connections to the same peer and port. A series that a
-    declared timer or cron schedule explains (same period, a program in no hidden place), or that a
-    service established before this boot makes (its program root's alone), is low."""
+    declared timer or cron schedule explains (same period, a program in no hidden place), that a
+    service established before this boot makes (its program root's alone), or that no process can
+    be tied to, is low."""
     flows = frame(tables, "network/flows")
     if not len(flows):
         return
@@ -207,20 +211,28 @@ def beacon(tables, graph, sid):
             continue
         owner = owner_process(graph, f"flow:{value(r, 'flow_id')}")
         reason = suspicious_owner(graph, graph["nodes"][owner].get("pid")) if owner else None
+        service = None if reason else _service_of(graph, owner, services)
         size = value(r, "beacon_size_mean")
         why = (
             f"flow {endpoints(r)} sent {n + 1} payloads about every {mean:.1f}s (variation {cv:.0%})"
             + (f", each about {size:.0f} bytes" if size is not None else "")
             + ", like a beacon"
             + (f"; its process {reason}" if reason else "")
+            + (
+                f"; {graph['nodes'][owner]['label']} is the established service {value(service[1], 'path')!r}"
+                if service
+                else ""
+            )
+            + ("" if owner else UNOWNED)
             + "."
         )
+        severity = "high" if reason else "medium" if owner and not service else "low"
         yield hit(
             owner or f"flow:{value(r, 'flow_id')}",
             [link("network/flows", sid, i)],
-            0.8 if reason else 0.7,
+            {"high": 0.8, "medium": 0.7}.get(severity, 0.4),
             why,
-            severity="high" if reason else "medium",
+            severity=severity,
         )
     for (proto, src, dst, port), rows in _series(flows):
         starts = [flows.loc[j, "first_ts"] for j in rows]
@@ -258,9 +270,15 @@ def beacon(tables, graph, sid):
             links.append(link("disk/persistence", sid, j))
             yield hit(f"persistence:{j}", links, 0.4, why, severity="low")
             continue
-        why += ", like a beacon" + (f"; the process behind it {reason}" if reason else "") + "."
+        why += (
+            ", like a beacon"
+            + (f"; the process behind it {reason}" if reason else "")
+            + ("" if owner else UNOWNED)
+            + "."
+        )
         entity = owner or f"flow:{value(flows.loc[rows[0]], 'flow_id')}"
-        yield hit(entity, links, 0.7, why, severity="high" if reason else "medium")
+        severity = "high" if reason else "medium" if owner else "low"
+        yield hit(entity, links, {"high": 0.8, "medium": 0.7}.get(severity, 0.4), why, severity=severity)
 
 
 def mining_protocol(tables, graph, sid):
@@ -406,7 +424,8 @@ RULES: dict[str, dict] = {
         "joins": ["network/flows", "memory/sockets", "memory/processes", "disk/persistence"],
         "grading": "medium (0.7): implants beacon, so do monitoring agents; high when the process behind it is "
         "suspicious; low (0.4) when a declared schedule or an established service of the machine explains the "
-        "rhythm (an implant planted while the system ran, or in a hidden place, is neither)",
+        "rhythm (an implant planted while the system ran, or in a hidden place, is neither), or when no process "
+        "can be tied to it (no socket open at capture: the rhythm alone is a lead)",
         "chain": "the owning process (socket <-> flow 5-tuple) -> its executable -> persistence",
         "fn": beacon,
     },
