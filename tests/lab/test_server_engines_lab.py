@@ -225,12 +225,20 @@ def test_http_to_the_collector(case, elf, server_truth):
     assert set(posts.user_agent) == {r["user_agent"] for r in collector["requests"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open under issue 15: with the server profile's log and package functions, tamper.log_tampering "
-    "(journals and syslog read as emptied) and persist.systemd_unusual (two stock units) are medium on the clean "
-    "guest; strict, so this fails once they are fixed and the mark must go",
-)
+def test_tls_to_the_catalogue_with_its_server_name(case, elf, server_truth):
+    """The sync client's HTTPS sessions: one TLS row per ClientHello to the catalogue, with the server
+    name the guest's client asked for, and the flows of those sessions in network/flows."""
+    tls = server_truth["tls_peer"]
+    sessions = tls["by_run"]["qemu"]["sessions"]
+    rows = case.table("network/tls", elf)
+    to_peer = rows[(rows.dst_ip == tls["ip"]) & (rows.dst_port == tls["port"])]
+    closed = [s for s in sessions if s["closed"] == "close_notify"]
+    assert set(to_peer.sni) == {tls["sni"]} and len(to_peer) >= len(closed) >= 2
+    flows = case.table("network/flows", elf)
+    ports = set(flows[(flows.dst_ip == tls["ip"]) & (flows.dst_port == tls["port"])].src_port)
+    assert set(to_peer.src_port) <= ports
+
+
 def test_no_medium_or_higher_finding_on_the_clean_guest(case, server_truth):
     """The false-positive budget on a clean server: nothing of medium or more, except findings about
     the lab's own machinery, which the guest itself lists as scaffolding (its hook scripts, reporter)."""
