@@ -215,3 +215,26 @@ def test_a_rhythm_no_process_can_be_tied_to_is_a_low_lead():
     flows = every_15_seconds("203.0.113.10", 9, 42000)
     found = beacons_to("203.0.113.10", with_rows(benign_server(), network_flows=flows))
     assert found.severity.tolist() == ["low"] and "no process held a connection" in found.explanation.iloc[0]
+
+
+def test_start_up_lines_that_start_a_hidden_program_under_home_and_the_stock_ones_that_do_not():
+    from toolkit.correlate.rules.persistence import _started
+
+    line = "[ -x ~/.config/.dbus/session-bus ] && (~/.config/.dbus/session-bus >/dev/null 2>&1 &)"
+    assert _started(line, "/home/bob") == ["/home/bob/.config/.dbus/session-bus"]
+    assert _started("nohup $HOME/.cache/x/run &", "/root") == ["/root/.cache/x/run"]
+    stock = [
+        'if [ -d "$HOME/.local/bin" ] ; then PATH="$HOME/.local/bin:$PATH"; fi',
+        "if [ -f ~/.bash_aliases ]; then . ~/.bash_aliases; fi",
+        '[ -x /usr/bin/lesspipe ] && eval "$(SHELL=/bin/sh lesspipe)"',
+    ]
+    assert [_started(s, "/home/bob") for s in stock] == [[], [], []]
+
+
+def test_history_that_empties_a_log_or_turns_the_journal_volatile():
+    from toolkit.correlate.rules.history import DISABLE_LOGGING
+
+    assert DISABLE_LOGGING.search(": > /var/log/wtmp")
+    assert DISABLE_LOGGING.search("printf '[Journal]\\nStorage=volatile' > /etc/systemd/journald.conf.d/z.conf")
+    assert DISABLE_LOGGING.search("echo 'auth,authpriv.* stop' > /etc/rsyslog.d/0.conf")
+    assert not DISABLE_LOGGING.search("echo done >> /var/log/app/deploy.log")
