@@ -137,19 +137,17 @@ def test_a_yara_hit_in_a_file_its_package_installed_unchanged_is_low():
         "offset": 1241,
         "string_id": "$b",
     }
-    vouched = with_rows(
-        benign_server(),
-        yara_matches=[hit_row],
-        disk_files=[{"path": example, "type": "file", "md5": "d" * 32}],
-        disk_package_files=[{"package": "adduser", "path": example, "md5": "d" * 32}],
-    )
-    assert findings_of("yara.match", vouched).severity.tolist() == ["low"]
-    changed = with_rows(
-        benign_server(),
-        yara_matches=[hit_row],
-        disk_files=[{"path": example, "type": "file", "md5": "e" * 32}],
-        disk_package_files=[{"package": "adduser", "path": example, "md5": "d" * 32}],
-    )
+
+    def scanned(disk_md5):
+        return with_rows(
+            benign_server(),
+            yara_matches=[hit_row],
+            disk_files=[{"path": example, "type": "file", "md5": disk_md5}],
+            disk_package_files=[{"package": "adduser", "path": example, "md5": "d" * 32}],
+        )
+
+    assert findings_of("yara.match", scanned("d" * 32)).severity.tolist() == ["low"]  # as dpkg installed it
+    changed = scanned("e" * 32)
     assert findings_of("yara.match", changed).severity.tolist() == ["medium"]
 
 
@@ -168,31 +166,39 @@ def test_a_one_liner_that_listens_is_a_bind_shell_whatever_its_port():
     assert "code given on its command line" in found.explanation.iloc[0]
 
 
-def _polling(tables, ts_of_unit):
-    from tests.helpers.rule_cases import sock
-
-    flows = [
+def every_15_seconds(dst_ip: str, count: int, first_port: int) -> list[dict]:
+    """A series of new TLS connections from the guest to one peer, 15 s apart, each the same size."""
+    return [
         {
-            "flow_id": f"p{k}",
+            "flow_id": f"{dst_ip}-{k}",
             "proto": "tcp",
             "src_ip": "10.0.2.15",
-            "src_port": 41000 + k,
-            "dst_ip": "203.0.113.9",
+            "src_port": first_port + k,
+            "dst_ip": dst_ip,
             "dst_port": 443,
             "first_ts": BOOT + pd.Timedelta(seconds=100 + 15 * k),
             "src_payload_bytes": 1083,
         }
-        for k in range(8)
+        for k in range(count)
     ]
+
+
+def beacons_to(dst_ip: str, tables) -> pd.DataFrame:
+    found = findings_of("net.periodic_beacon", tables)
+    return found[found.explanation.str.contains(dst_ip, regex=False)]
+
+
+def _polling(tables, ts_of_unit):
+    from tests.helpers.rule_cases import sock
+
     persistence = tables["disk/persistence"].copy()
     persistence.loc[persistence.path.eq("/etc/systemd/system/inventory-api.service"), "ts"] = ts_of_unit
     out = with_rows(
         {**tables, "disk/persistence": persistence},
-        network_flows=flows,
+        network_flows=every_15_seconds("203.0.113.9", 8, 41000),
         memory_sockets=[sock(500, "python3", 8, "10.0.2.15", 41007, "203.0.113.9", 443, "ESTABLISHED")],
     )
-    found = findings_of("net.periodic_beacon", out)
-    return found[found.explanation.str.contains("203.0.113.9", regex=False)]
+    return beacons_to("203.0.113.9", out)
 
 
 def test_a_service_of_the_machine_that_polls_its_server_is_low_and_a_new_one_is_not():
@@ -206,19 +212,29 @@ def test_a_service_of_the_machine_that_polls_its_server_is_low_and_a_new_one_is_
 
 
 def test_a_rhythm_no_process_can_be_tied_to_is_a_low_lead():
-    flows = [
-        {
-            "flow_id": f"u{k}",
-            "proto": "tcp",
-            "src_ip": "10.0.2.15",
-            "src_port": 42000 + k,
-            "dst_ip": "203.0.113.10",
-            "dst_port": 443,
-            "first_ts": BOOT + pd.Timedelta(seconds=100 + 15 * k),
-            "src_payload_bytes": 1089,
-        }
-        for k in range(9)
-    ]
-    found = findings_of("net.periodic_beacon", with_rows(benign_server(), network_flows=flows))
-    found = found[found.explanation.str.contains("203.0.113.10", regex=False)]
+    flows = every_15_seconds("203.0.113.10", 9, 42000)
+    found = beacons_to("203.0.113.10", with_rows(benign_server(), network_flows=flows))
     assert found.severity.tolist() == ["low"] and "no process held a connection" in found.explanation.iloc[0]
+
+
+def test_start_up_lines_that_start_a_hidden_program_under_home_and_the_stock_ones_that_do_not():
+    from toolkit.correlate.rules.persistence import _started
+
+    line = "[ -x ~/.config/.dbus/session-bus ] && (~/.config/.dbus/session-bus >/dev/null 2>&1 &)"
+    assert _started(line, "/home/bob") == ["/home/bob/.config/.dbus/session-bus"]
+    assert _started("nohup $HOME/.cache/x/run &", "/root") == ["/root/.cache/x/run"]
+    stock = [
+        'if [ -d "$HOME/.local/bin" ] ; then PATH="$HOME/.local/bin:$PATH"; fi',
+        "if [ -f ~/.bash_aliases ]; then . ~/.bash_aliases; fi",
+        '[ -x /usr/bin/lesspipe ] && eval "$(SHELL=/bin/sh lesspipe)"',
+    ]
+    assert [_started(s, "/home/bob") for s in stock] == [[], [], []]
+
+
+def test_history_that_empties_a_log_or_turns_the_journal_volatile():
+    from toolkit.correlate.rules.history import DISABLE_LOGGING
+
+    assert DISABLE_LOGGING.search(": > /var/log/wtmp")
+    assert DISABLE_LOGGING.search("printf '[Journal]\\nStorage=volatile' > /etc/systemd/journald.conf.d/z.conf")
+    assert DISABLE_LOGGING.search("echo 'auth,authpriv.* stop' > /etc/rsyslog.d/0.conf")
+    assert not DISABLE_LOGGING.search("echo done >> /var/log/app/deploy.log")

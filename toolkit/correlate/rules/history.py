@@ -35,9 +35,10 @@ DISABLE_LOGGING = re.compile(
     r"|\bauditctl\s+(-e\s*0|-D)\b"
     r"|\bjournalctl\b[^;|&]*--vacuum-"
     r"|\b(kill|pkill|killall)\b[^;|&]*\b(rsyslogd|systemd-journald|journald|auditd|syslog-ng)\b"
-    r"|\bStorage=none\b"
+    r"|Storage=(none|volatile)\b"
+    r"|\b(auth|authpriv|kern|\*)(,\w+)*\.[*\w!=]+\s+(stop|~)\b"
     r"|\b(rm|shred|unlink|truncate)\b[^;|&]*\s/var/log/"
-    r"|(^|[;&|]\s*|\bcat\s+/dev/null\s*)>\s*/var/log/\S+"
+    r"|(^|[;&|]\s*|\bcat\s+/dev/null\s*|(^|[;&|]\s*)(:|true|echo\s+-n)\s*)>\s*/var/log/\S+"
 )
 FETCH_INTO_SHELL = re.compile(r"(?:ba|da|z)?sh\s+(-c\s+)?[\"']?\$\(\s*(curl|wget)\b|<\(\s*(curl|wget)\b")
 
@@ -155,6 +156,50 @@ def download_then_execute(tables, graph, sid):
                     del downloaded[(owner, path)]
 
 
+# A local file handed to a network client: curl/wget upload options, a file fed to nc/socat, scp/rsync
+# of a local path to a remote host.
+UPLOAD = re.compile(
+    r"\bcurl\b[^;|&]*?(?:--data(?:-binary|-raw|-urlencode)?|-d|-F\s*\S*?=|--form\s*\S*?=)\s*['\"]?@(?P<curl>[^\s'\"]+)"
+    r"|\bcurl\b[^;|&]*?(?:-T|--upload-file)\s+['\"]?(?P<curl_t>[^\s'\"]+)"
+    r"|\bwget\b[^;|&]*?--(?:post|body)-file[=\s]['\"]?(?P<wget>[^\s'\"]+)"
+    r"|\b(?:nc|ncat|netcat|socat)\b[^;|&<]*<\s*(?P<nc>\S+)"
+    r"|\bcat\s+(?P<cat>\S+)\s*\|\s*(?:nc|ncat|netcat|socat)\b"
+    r"|\b(?:scp|rsync)\b(?:\s+-\S+)*\s+(?P<scp>/\S+)\s+\S+@?\S*:"
+)
+ADDRESS = re.compile(r"(?:https?|ftp)://(?P<host>[\w.-]+)(?::(?P<port>\d+))?|\b(?P<ip>\d{1,3}(?:\.\d{1,3}){3})\b")
+SENSITIVE = re.compile(r"shadow|passwd|sudoers|\.ssh/|id_(rsa|dsa|ecdsa|ed25519)|\.pem$|\.key$|_history$|\.kdbx$|\.sql")
+
+
+def exfiltration(tables, graph, sid):
+    """A history line that sends a local file to a network address (curl --data-binary @file, -T,
+    -F x=@file, wget --post-file, a file fed to nc or socat, scp/rsync to a remote host); high for
+    credential or key files, or when the capture holds the guest's connection to that address."""
+    flows = frame(tables, "network/flows")
+    contacted = set(flows["dst_ip"].dropna().astype(str)) if "dst_ip" in flows else set()
+    seen = set()
+    for table, i, command, entity, where, unsaved in _commands(tables):
+        m = UPLOAD.search(command)
+        if not m or (entity, command) in seen:
+            continue
+        seen.add((entity, command))
+        path = next(v for v in m.groupdict().values() if v)
+        address = ADDRESS.search(command[m.start() :]) or ADDRESS.search(command)
+        host = (address.group("host") or address.group("ip")) if address else None
+        if host in ("localhost", "::1") or str(host or "").startswith("127."):
+            continue  # posting to a service on the same machine sends nothing out
+        sensitive = bool(SENSITIVE.search(path))
+        seen_on_wire = host in contacted
+        why = (
+            f"{where} holds {command!r}, which sends {path!r} to {host or 'a remote host'}"
+            + (" (a credential or key file)" if sensitive else "")
+            + ("; the capture holds the guest's connection to that address" if seen_on_wire else "")
+            + "."
+            + _note(unsaved)
+        )
+        severity = "high" if sensitive or seen_on_wire else "medium"
+        yield hit(entity, [link(table, sid, i)], 0.85 if severity == "high" else 0.7, why, severity=severity)
+
+
 RULES: dict[str, dict] = {
     "history.download_execute": {
         "title": "Download and run in shell history",
@@ -189,11 +234,26 @@ RULES: dict[str, dict] = {
         "severity": "high",
         "confidence": 0.85,
         "keys_on": "a history line that stops, disables, masks or kills a logging/audit daemon (rsyslog, "
-        "journald, auditd, ...), turns auditing off, vacuums the journal or deletes/truncates files under "
+        "journald, auditd, ...), turns auditing off, vacuums the journal, writes a setting that discards records "
+        "(journald Storage=none|volatile, rsyslog `auth.* stop`) or deletes/truncates/empties (`: >`) files under "
         "/var/log",
         "joins": ["memory/shell_history", "disk/shell_history", "memory/processes", "disk/users"],
         "grading": "high: blinding the logs precedes or covers an intrusion; 0.85",
         "chain": "the shell process -> its other commands' files and processes",
         "fn": disable_logging,
+    },
+    "history.exfiltration": {
+        "title": "File sent out from the shell",
+        "attack_id": "T1048.003",
+        "severity": "high",
+        "confidence": 0.85,
+        "keys_on": "a history line (file or a live shell's memory) that hands a local file to a network client: "
+        "curl --data-binary/-d/-F with @file, curl -T, wget --post-file, a file redirected into nc/ncat/socat or "
+        "piped from cat, scp/rsync of a local path to a remote host",
+        "joins": ["memory/shell_history", "disk/shell_history", "network/flows", "memory/processes", "disk/users"],
+        "grading": "high (0.85) for credential or key files or when the capture holds the connection to that "
+        "address; medium (0.7) otherwise: admins copy files out too",
+        "chain": "the shell process (memory) or history file -> its other commands' files and processes",
+        "fn": exfiltration,
     },
 }

@@ -13,12 +13,14 @@ Example::
 
 from __future__ import annotations
 
+import posixpath
 import re
 
 from toolkit.correlate.graph import history_paths
 from toolkit.correlate.links import frame, hit, link, value
 from toolkit.correlate.vocabulary import (
     DOWNLOADERS,
+    HOME_DIRS,
     KERNEL_THREAD_NAME,
     NET_REDIRECT,
     PIPE_TO_SHELL,
@@ -203,8 +205,42 @@ def ld_so_preload(tables, graph, sid):
             yield hit(f"file:{lib}", [link("disk/persistence", sid, i)], 0.9, why)
 
 
+HOME_REFERENCE = re.compile(r"(?<![\w/])(~|\$HOME|\$\{HOME\})(?=/)")
+COMMAND_BREAK = re.compile(r"&&|\|\||[;|()&`]|\$\(|\b(?:then|do|else)\b")
+LAUNCHERS = {"exec", "nohup", "setsid", "sudo", "env", "command", "builtin", ".", "source", "eval"}
+
+
+def _started(line: str, home: str = "/home/user") -> list[str]:
+    """Hidden or temporary programs a start-up line runs or sources (the word in command position,
+    past launchers such as nohup and variable assignments), with ``~/`` and ``$HOME/`` read as
+    ``home``. A path in a test (``[ -d ~/.local/bin ]``) or a PATH setting starts nothing.
+
+    >>> _started("[ -x ~/.cache/.u/agent ] && (~/.cache/.u/agent >/dev/null 2>&1 &)", "/home/bob")
+    ['/home/bob/.cache/.u/agent']
+    >>> _started('if [ -d "$HOME/.local/bin" ] ; then PATH="$HOME/.local/bin:$PATH"; fi', "/home/bob")
+    []
+    """
+    found = []
+    for segment in COMMAND_BREAK.split(HOME_REFERENCE.sub(home, line)):
+        words = (segment or "").strip().split()
+        while words and (words[0] in LAUNCHERS or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0])):
+            words = words[1:]
+        program = words[0].strip("\"'") if words else ""
+        if program.startswith("/") and is_hidden_or_temp(program) and program not in found:
+            found.append(program)
+    return found
+
+
 def _paths_in(text: str) -> list[str]:
     return [p for p in history_paths(text) if is_hidden_or_temp(p)]
+
+
+def _home_of(rc_path: str) -> str:
+    """The home directory a user's start-up file sits in (``~`` in its lines); any user's for a
+    system-wide one (/etc/profile.d runs for everyone)."""
+    if rc_path.startswith(HOME_DIRS):
+        return posixpath.dirname(rc_path)
+    return "/home/user"
 
 
 def shell_profile_exec(tables, graph, sid):
@@ -214,11 +250,16 @@ def shell_profile_exec(tables, graph, sid):
         if value(r, "kind") != "shell_rc":
             continue
         content = str(value(r, "command") or "")
+        home = _home_of(str(value(r, "path") or ""))
         lines = [ln.strip() for ln in content.splitlines() if ln.strip() and not ln.strip().startswith("#")]
         bad = [
             ln
             for ln in lines
-            if DOWNLOADERS.search(ln) or NET_REDIRECT.search(ln) or PIPE_TO_SHELL.search(ln) or _paths_in(ln)
+            if DOWNLOADERS.search(ln)
+            or NET_REDIRECT.search(ln)
+            or PIPE_TO_SHELL.search(ln)
+            or _paths_in(ln)
+            or _started(ln, home)
         ]
         if bad:
             why = (
@@ -323,8 +364,9 @@ RULES: dict[str, dict] = {
         "severity": "high",
         "confidence": 0.8,
         "keys_on": "a line of /etc/profile, /etc/profile.d/*, /etc/bash.bashrc or a user's ~/.bashrc, "
-        "~/.profile, ... that runs a downloader, a /dev/tcp or nc -e shell, a pipe into a shell, or a path in "
-        "a hidden or temporary location",
+        "~/.profile, ... that runs a downloader, a /dev/tcp or nc -e shell, a pipe into a shell, names an absolute "
+        "path in a hidden or temporary location, or starts (in command position) a program there, `~/` and "
+        "`$HOME/` read as the file's home (a `[ -d ~/.local/bin ]` test or a PATH entry starts nothing)",
         "joins": ["disk/persistence"],
         "grading": "high: start-up files run in every login; a fetch there re-infects each session; 0.8",
         "chain": "the start-up file entry",
