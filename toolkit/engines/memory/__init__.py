@@ -29,8 +29,8 @@ import time
 import pandas as pd
 
 from toolkit.engines import EngineContext
+from toolkit.engines.memory import kernel, tasks, volatility
 from toolkit.engines.memory import tables as plugin_tables
-from toolkit.engines.memory import tasks, volatility
 from toolkit.engines.memory.session import open_memory
 from toolkit.schemas import diagnostic, make_table
 
@@ -74,6 +74,12 @@ def run_plugins(session: dict, plugins: list[dict], progress=None) -> tuple[dict
     return outputs, runs, diagnostics
 
 
+def _settle_idt(session: dict, checks: list[dict] | None) -> None:
+    flagged = [kernel.idt_vector(r) for r in checks or [] if r.get("check") == "check_idt" and r.get("suspicious")]
+    if flagged:
+        kernel.settle_idt(checks, volatility.idt_gates_present(session, [v for v in flagged if v is not None]))
+
+
 def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
     """Engine entry point: the memory/* tables of one snapshot, plus diagnostics."""
     started = time.monotonic()
@@ -91,6 +97,8 @@ def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:
         wants_processes = any(p in outputs for p in (plugin_tables.LIST.get(os_name), plugin_tables.SCAN.get(os_name)))
         enrich = tasks.task_details(session, diagnostics) if os_name == "linux" and wants_processes else {}
         tables = plugin_tables.build_all(outputs, enrich, os_name)
+        if os_name == "linux":
+            _settle_idt(session, tables.get("memory/kernel_checks"))
         diagnostics += plugin_tables.process_cross_view(tables.get("memory/processes"))
         if any(p["name"] == "snapscope.executables" for p in plugins) and os_name == "linux":
             t0 = time.monotonic()

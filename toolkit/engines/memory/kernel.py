@@ -166,3 +166,22 @@ def kernel_checks_rows(outputs: dict, modules: list[dict] | None) -> list[dict] 
 
 
 # --- everything else -------------------------------------------------------------
+
+
+def settle_idt(rows: list[dict] | None, present: dict[int, bool]) -> None:
+    """Clear check_idt verdicts for gates the kernel never installed (``present`` from the gate's P
+    bit): an absent gate cannot be invoked, so an address outside the kernel there is no hook."""
+    for row in rows or []:
+        vector = idt_vector(row)
+        if row.get("check") == "check_idt" and row.get("suspicious") and present.get(vector) is False:
+            row["suspicious"] = False
+            row["detail"] = "gate not present: the kernel installed no handler for this vector"
+
+
+def idt_vector(row: dict) -> int | None:
+    """The vector of a check_idt row (``idt[0x12]`` -> 18)."""
+    item = str(row.get("item") or "")
+    try:
+        return int(item[item.index("[") + 1 : item.index("]")], 16)
+    except ValueError:
+        return None

@@ -444,6 +444,30 @@ def _layer_bytes(value) -> bytes | None:
         return None
 
 
+IDT_GATE_BYTES = 16  # an x86-64 interrupt gate descriptor
+IDT_PRESENT = 0x80  # type/attribute byte (offset 5): the P bit
+
+
+def idt_gates_present(session: dict, vectors) -> dict[int, bool]:
+    """vector -> whether the kernel's ``idt_table`` gate for it is present (P bit). A gate the kernel
+    never installed (the #MC vector on a kernel built without machine-check support) has no handler:
+    its address bits mean nothing. Vectors that cannot be read are left out."""
+    out: dict[int, bool] = {}
+    try:
+        module = session["context"].modules[session["kernel"]]
+        base = module.get_absolute_symbol_address("idt_table")
+        layer = session["context"].layers[session["layer"]]
+    except Exception:  # a kernel without the symbol, or no kernel layer: nothing to say
+        return out
+    for vector in vectors:
+        try:
+            gate = bytes(layer.read(base + IDT_GATE_BYTES * int(vector), IDT_GATE_BYTES))
+        except Exception:  # an unmapped page: leave the verdict as Volatility gave it
+            continue
+        out[int(vector)] = bool(gate[5] & IDT_PRESENT)
+    return out
+
+
 def task_objects(session: dict):
     """Linux task_struct objects from the task list (thread-group leaders).
 
