@@ -75,9 +75,8 @@ def run_plugins(session: dict, plugins: list[dict], progress=None) -> tuple[dict
 
 
 def _settle_idt(session: dict, checks: list[dict] | None) -> None:
-    flagged = [kernel.idt_vector(r) for r in checks or [] if r.get("check") == "check_idt" and r.get("suspicious")]
-    if flagged:
-        kernel.settle_idt(checks, volatility.idt_gates_present(session, [v for v in flagged if v is not None]))
+    if any(r.get("check") == "check_idt" and r.get("suspicious") for r in checks or []):
+        kernel.settle_idt(checks, volatility.early_idt_stubs(session))
 
 
 def run(snapshot: dict, ctx: EngineContext) -> dict[str, pd.DataFrame]:

@@ -444,28 +444,14 @@ def _layer_bytes(value) -> bytes | None:
         return None
 
 
-IDT_GATE_BYTES = 16  # an x86-64 interrupt gate descriptor
-IDT_PRESENT = 0x80  # type/attribute byte (offset 5): the P bit
-
-
-def idt_gates_present(session: dict, vectors) -> dict[int, bool]:
-    """vector -> whether the kernel's ``idt_table`` gate for it is present (P bit). A gate the kernel
-    never installed (the #MC vector on a kernel built without machine-check support) has no handler:
-    its address bits mean nothing. Vectors that cannot be read are left out."""
-    out: dict[int, bool] = {}
+def early_idt_stubs(session: dict) -> int | None:
+    """Address of the kernel's ``early_idt_handler_array`` (the exception stubs installed before the
+    real handlers; a vector the kernel has no handler for keeps pointing there), or None."""
     try:
         module = session["context"].modules[session["kernel"]]
-        base = module.get_absolute_symbol_address("idt_table")
-        layer = session["context"].layers[session["layer"]]
-    except Exception:  # a kernel without the symbol, or no kernel layer: nothing to say
-        return out
-    for vector in vectors:
-        try:
-            gate = bytes(layer.read(base + IDT_GATE_BYTES * int(vector), IDT_GATE_BYTES))
-        except Exception:  # an unmapped page: leave the verdict as Volatility gave it
-            continue
-        out[int(vector)] = bool(gate[5] & IDT_PRESENT)
-    return out
+        return int(module.get_absolute_symbol_address("early_idt_handler_array"))
+    except Exception:  # a kernel (or symbol file) without it: nothing to say
+        return None
 
 
 def task_objects(session: dict):
