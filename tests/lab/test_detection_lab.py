@@ -4,7 +4,8 @@ the lab's own scaffolding, listed in its ground truth, set apart), and each intr
 techniques are found (severity >= medium, about the technique's ground-truth entity) at >= 90 %.
 
 Opt-in like the server lab's own tests (a cold build is ~10 GB and 10-40 min per variant, an analysis
-~15 min): SNAPSCOPE_SERVER_LAB=1; variants in SNAPSCOPE_DETECTION_VARIANTS (default "baseline intrusion")."""
+~15 min): SNAPSCOPE_SERVER_LAB=1; variants in SNAPSCOPE_DETECTION_VARIANTS (default "baseline intrusion
+intrusion-b")."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from toolkit.case import Case
 
 OPT_IN = "SNAPSCOPE_SERVER_LAB"  # the server lab tests' own switch (tests/lab/test_server_lab_builder.py)
 REPO = Path(__file__).resolve().parents[2]
-VARIANTS = os.environ.get("SNAPSCOPE_DETECTION_VARIANTS", "baseline intrusion").split()
+VARIANTS = os.environ.get("SNAPSCOPE_DETECTION_VARIANTS", "baseline intrusion intrusion-b").split()
 RECALL_TARGET = 0.9
 ANALYSIS_SECONDS = 2400  # one server snapshot's analysis on a loaded 2-CPU host (~20 min), with margin
 pytestmark = [
