@@ -76,6 +76,17 @@ def test_planted_techniques_are_found(measured, variant):
     assert result["recall"] >= RECALL_TARGET, f"recall {result['recall']:.0%}, missed {missed}"
 
 
+def test_the_same_rules_find_both_implementations(measured):
+    """Each technique planted under two sets of names, paths and ports is found by a common rule in
+    both: the rules key on the behaviour. Techniques either variant missed are the recall test's."""
+    if not {"intrusion", "intrusion-b"} <= set(measured):
+        pytest.skip("needs both intrusion variants in SNAPSCOPE_DETECTION_VARIANTS")
+    a, b = ({t["id"]: set(t["rules"]) for t in measured[v]["techniques"]} for v in ("intrusion", "intrusion-b"))
+    found_in_both = [t for t in a if a[t] and b.get(t)]
+    apart = {t: (sorted(a[t]), sorted(b[t])) for t in found_in_both if not a[t] & b[t]}
+    assert len(found_in_both) >= 5 and not apart, apart
+
+
 def test_baseline_benign_service_is_quiet(measured):
     """The baseline's own python service (its process, unit, timer, health-check cron, collector
     connections) raises nothing at all, not even low."""
