@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.server_lab import server_lab
+
 # Keep every engine's caches (Volatility's among them) out of the user's home during
 # tests; snapscope's own ISF and lab caches stay where they are, keyed by content.
 os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="snapscope-test-xdg-"))
@@ -58,47 +60,22 @@ def lab_case(lab, tmp_path_factory):
     return case_dir, before
 
 
-# --- the real Debian server guest (fixtures/server/README.md): tests marked `lab` and `server` ---
-#
-# Opt-in by cost (~20 min and ~10 GB a variant to build): with SNAPSCOPE_SERVER_LAB unset, a test
-# that needs a variant runs on it if it is already built for this checkout's fixtures/ (the
-# default `./scripts/test` then runs the server tests from the cache) and is skipped, with the
-# reason below in pytest's summary, if it is not. SNAPSCOPE_SERVER_LAB=1 builds (or reuses) it;
-# SNAPSCOPE_SERVER_LAB=0 skips the group even when built.
-
-SERVER_LAB_ENV = "SNAPSCOPE_SERVER_LAB"
-
-
-def _server_lab(variant: str) -> Path:
-    from toolkit.lab import build_server_lab, cached_server_lab
-
-    setting = os.environ.get(SERVER_LAB_ENV, "").strip()
-    if setting == "0":
-        pytest.skip(f"server lab tests: {SERVER_LAB_ENV}=0")
-    if setting:
-        return build_server_lab(variant)
-    lab = cached_server_lab(variant)
-    if lab is None:
-        pytest.skip(
-            f"server lab ({variant}) not built for this checkout and {SERVER_LAB_ENV} unset: set "
-            f"{SERVER_LAB_ENV}=1 to build it (~20 min, ~10 GB) or run `python fixtures/build_server_lab.py "
-            f"--variant {variant}`"
-        )
-    return lab
+# --- the real Debian server guest (fixtures/server/README.md): tests marked `lab` and `server`;
+# built ones are reused, unbuilt ones skipped unless SNAPSCOPE_SERVER_LAB=1 (tests/helpers/server_lab.py)
 
 
 @pytest.fixture(scope="session")
 def server_baseline() -> Path:
     """The clean server lab (2 GiB Debian 12 guest, QEMU and libvirt runs): reused if built, else
     built when SNAPSCOPE_SERVER_LAB=1, else the test is skipped; honours $SNAPSCOPE_LAB_DIR."""
-    return _server_lab("baseline")
+    return server_lab("baseline")
 
 
 @pytest.fixture(scope="session")
 def server_intrusion() -> Path:
     """The server lab with the intrusion hook's techniques planted (fixtures/server/scenario.py); as
     server_baseline."""
-    return _server_lab("intrusion")
+    return server_lab("intrusion")
 
 
 @pytest.fixture(scope="session")
