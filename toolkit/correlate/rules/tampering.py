@@ -145,7 +145,11 @@ def _emptied_logs(tables, sid, boot):
     files = frame(tables, "disk/files")
     if not len(files) or "path" not in files:
         return
-    born_at = {str(p): b for p, b in zip(files["path"], files["btime"] if "btime" in files else [None] * len(files))}
+    births = files["btime"] if "btime" in files else [None] * len(files)
+    rotations: dict[str, list] = {}  # a log -> birth times of its rotated copies (one pass over the walk)
+    for p, b in zip(files["path"].astype(str), births):
+        if p.startswith(LOG_DIR) and (family := text_log_family(p)) and family != p and not pd.isna(b):
+            rotations.setdefault(family, []).append(b)
     for i, r in files.iterrows():
         path = str(value(r, "path") or "")
         if value(r, "type") != "file" or not path.startswith(LOG_DIR) or value(r, "size") not in (0,):
@@ -154,15 +158,7 @@ def _emptied_logs(tables, sid, boot):
         if not after(changed, boot):
             continue
         lived = born is None or not after(born, boot) or changed - born >= LOG_EMPTIED_AFTER
-        rotated = [
-            p
-            for p, b in born_at.items()
-            if p != path
-            and text_log_family(p) == path
-            and b is not None
-            and not pd.isna(b)
-            and abs(b - changed) <= LOG_EMPTIED_AFTER
-        ]
+        rotated = any(abs(b - changed) <= LOG_EMPTIED_AFTER for b in rotations.get(path, []))
         if not lived or rotated:
             continue
         why = f"{path!r} is empty, and was emptied at {changed:%Y-%m-%d %H:%M:%S}Z while the system was up " + (

@@ -185,7 +185,11 @@ def settle_idt(rows: list[dict] | None, early_stubs: int | None) -> None:
             continue
         if vector is None or not 0 <= vector < EXCEPTION_VECTORS:
             continue
-        if int(row["address"]) & CANONICAL_BITS == (early_stubs + EARLY_IDT_HANDLER_SIZE * vector) & CANONICAL_BITS:
+        try:
+            address = int(row["address"]) & CANONICAL_BITS
+        except (TypeError, ValueError):  # a value Volatility could not render as a number
+            continue
+        if address == (early_stubs + EARLY_IDT_HANDLER_SIZE * vector) & CANONICAL_BITS:
             row["suspicious"] = False
             row["symbol"] = f"early_idt_handler_array[{vector}]"
             row["detail"] = "the kernel's own early exception stub: no handler was installed for this vector"

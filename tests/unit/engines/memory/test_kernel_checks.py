@@ -27,6 +27,9 @@ def test_one_byte_off_the_stub_or_no_symbol_to_compare_keeps_the_verdict():
     rows = [_idt(0x12, STUBS + 9 * 0x12)]
     settle_idt(rows, None)
     assert rows[0]["suspicious"] is True
+    rows = [_idt(0x12, "UNREADABLE")]
+    settle_idt(rows, STUBS)
+    assert rows[0]["suspicious"] is True
 
 
 def test_vector_of_an_item():
