@@ -196,10 +196,35 @@ def same_technique(attack_id, technique: dict) -> bool:
     return bool(attack_id) and str(attack_id).split(".")[0] in planted
 
 
-def scaffolding(finding: dict, truth: dict) -> bool:
+# What the server lab's hook unpacks onto tmpfs under /run/gt (scaffolding the ground truth lists): its
+# scripts and payload sources hold every planted one-liner, including the other implementation's.
+HOOK_DIR = REPO / "fixtures" / "server" / "guest" / "hook"
+
+
+def hook_bytes() -> bytes:
+    return b"\n".join(p.read_bytes() for p in sorted(HOOK_DIR.rglob("*")) if p.is_file())
+
+
+def physical_from_hook(case: Case, sid: str) -> set[str]:
+    """YARA rules whose physical-memory hits (bytes no process, file or stream holds) are all text of
+    the lab's hook files: the hook's copy on tmpfs, not something the guest ran."""
+    hits = case.table("yara/matches", snapshot=sid)
+    if not len(hits) or "matched" not in hits:
+        return set()
+    hook, out = hook_bytes(), set()
+    for rule, rows in hits[hits["target"] == "physical"].groupby("rule"):
+        matched = [bytes(m) for m in rows["matched"] if m is not None]
+        if matched and all(m in hook for m in matched):
+            out.add(rule)
+    return out
+
+
+def scaffolding(finding: dict, truth: dict, from_hook: set[str] = frozenset()) -> bool:
     """A finding about the lab's own machinery (listed per run in the ground truth)."""
     lab = (truth.get("runs", {}).get(RUN) or {}).get("lab_scaffolding") or {}
     if finding.get("pid") in set(lab.get("pids") or []):
+        return True
+    if finding.get("entity") == "physical:memory" and finding.get("subject") in from_hook:
         return True
     text = f"{finding.get('explanation')} {finding.get('path')} {finding.get('entity')}"
     return any(p and p in text for p in (lab.get("paths") or []) + (lab.get("units") or []))
@@ -209,6 +234,7 @@ def evaluate(case: Case, sid: str, truth: dict) -> dict:
     f = case.findings
     rows = f[f["snapshot_id"] == sid].to_dict("records")
     planted = techniques(truth)
+    from_hook = physical_from_hook(case, sid) if truth.get("techniques") else set()
     result = {"techniques": [], "false_alarms": [], "scaffolding": [], "low": [], "rules": {}}
     claimed = set()
     for t in planted:
@@ -242,7 +268,7 @@ def evaluate(case: Case, sid: str, truth: dict) -> dict:
         rule["medium_or_more"] += 1
         if i in claimed:
             rule["true"] += 1
-        elif scaffolding(r, truth):
+        elif scaffolding(r, truth, from_hook):
             result["scaffolding"].append(brief)
         else:
             rule["false"] += 1
@@ -283,6 +309,9 @@ def run_lab(lab: Path, case_root: Path, reuse: bool, profile: str = PROFILE) -> 
         s for s, snap in case.snapshots.items() if (snap.get("memory") or {}).get("path", "").endswith("memory.elf")
     )
     result = evaluate(case, sid, truth)
+    diagnostics = case.table("diagnostics", snapshot=sid)
+    broken = diagnostics[(diagnostics["source"] == "correlate") & (diagnostics["severity"] == "error")]
+    result["rule_errors"] = [f"{r.what}: {r.why}" for r in broken.itertuples()]  # a rule that yielded nothing
     result.update(
         scenario=name,
         lab=str(lab),
@@ -311,6 +340,9 @@ def render(results: list[dict]) -> str:
         )
     for r in results:
         out += ["", f"#### {r['scenario']} (`{Path(r['lab']).name}`)", ""]
+        if r.get("rule_errors"):
+            out += ["**Rules that failed (their findings are missing):**", ""]
+            out += [f"- {e}" for e in r["rule_errors"]] + [""]
         if r["techniques"]:
             out += [
                 "| technique | ATT&CK | planted | found | by a rule of that technique | all rules about its entity |",
@@ -365,11 +397,14 @@ def main(argv=None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     text = render(results)
     print(text)
+    broken = [(r["scenario"], e) for r in results for e in r.get("rule_errors", [])]
+    for scenario, error in broken:
+        print(f"error: {scenario}: {error}", file=sys.stderr)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=str))
     if args.readme:
         write_readme(text)
-    return 0
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

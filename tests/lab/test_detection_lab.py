@@ -58,6 +58,7 @@ def measured(tmp_path_factory):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_nothing_unplanted_of_medium_or_more(measured, variant):
     result = measured[variant]
+    assert result["rule_errors"] == [], result["rule_errors"]  # a rule that failed hides its false alarms
     assert result["false_alarms"] == [], json.dumps(result["false_alarms"], indent=1, default=str)
     # every finding the lab's scaffolding raised really is about it (a path, unit or pid the truth lists)
     lab = result["truth"]["runs"]["qemu"]["lab_scaffolding"]

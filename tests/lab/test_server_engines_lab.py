@@ -255,5 +255,11 @@ def test_no_medium_or_higher_finding_on_the_clean_guest(case, server_truth):
     assert unplanted.empty, unplanted[["rule_id", "severity", "entity", "title"]].to_string()
 
 
+def test_every_rule_ran_without_error(case, elf):
+    d = case.table("diagnostics", elf)
+    errors = d[(d["source"] == "correlate") & (d["severity"] == "error")]
+    assert errors.empty, errors[["what", "why"]].to_dict("records")
+
+
 def test_evidence_unchanged(case):
     assert case.manifest["runs"][-1]["evidence_unchanged"] is True

@@ -144,7 +144,11 @@ def test_a_yara_hit_in_a_file_its_package_installed_unchanged_is_low():
         return with_rows(
             benign_server(),
             yara_matches=[hit_row],
-            disk_files=[{"path": example, "type": "file", "md5": disk_md5}],
+            # a hashed file no package owns beside it (the walk hashes executables wherever they are)
+            disk_files=[
+                {"path": example, "type": "file", "md5": disk_md5},
+                {"path": "/opt/tool/bin/run", "type": "file", "md5": "f" * 32},
+            ],
             disk_package_files=[{"package": "adduser", "path": example, "md5": "d" * 32}],
         )
 

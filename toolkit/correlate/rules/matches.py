@@ -48,7 +48,7 @@ def as_packaged(tables) -> set[str]:
     return {
         path
         for path, row in files_by_path(tables).items()
-        if value(row, "md5") and value(owned.get(path), "md5") == value(row, "md5")
+        if value(row, "md5") and value(owned.get(path) or {}, "md5") == value(row, "md5")
     }
 
 
