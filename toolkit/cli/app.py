@@ -92,12 +92,51 @@ def _register():
 _register()
 
 
-def main():
+def leave(code: int) -> None:
+    """End the process with ``code`` once output is flushed and Python's exit handlers have run.
+
+    Why not a plain ``sys.exit``: Arrow's (pyarrow's) worker threads race with the C++ static
+    destructors that run after Python has finished, and now and then the process aborts with
+    "terminate called without an active exception" (SIGABRT, exit -6) after every byte of a
+    correct answer was written (apache/arrow#34314, #39862). Python's own exit handlers (temporary
+    directories, logging, multiprocessing) still run here; only the C++ teardown is skipped.
+    """
+    import atexit
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader left (| head) or the stream is closed
+            pass
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)  # sys.exit("message") prints the message and exits 1
+    return 1
+
+
+def run() -> int:
+    """Run the command line in ``sys.argv`` and return its exit code (tests run many in one process)."""
     try:
         app()
+    except SystemExit as exc:
+        return _exit_code(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except Exception as exc:
         if os.environ.get("SNAPSCOPE_DEBUG"):
             raise
@@ -106,7 +145,12 @@ def main():
 
         if isinstance(exc, SnapscopeError):
             print(error_line(exc), file=sys.stderr)
-            sys.exit(2)
+            return 2
         print(error_line(f"internal error ({type(exc).__name__}): {exc}"), file=sys.stderr)
         print("This is a snapscope bug; re-run with SNAPSCOPE_DEBUG=1 for the traceback.", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+def main():
+    leave(run())

@@ -1,7 +1,7 @@
 """The CLI on every crafted file of issue 13: ``inspect`` and ``analyze`` finish
 within 60 s and 512 MiB peak RSS, or stop with exit 2 and one line naming the file.
 
-All commands run in one child interpreter through the CLI's own ``main`` (one
+All commands run in one child interpreter through the CLI's own ``run`` (one
 Python and Volatility start-up instead of twenty); its peak RSS, a high-water
 mark over every command, bounds each one. Each command's time, exit code and
 stderr are checked on their own.
@@ -22,18 +22,14 @@ from tests.helpers.bounded import ADDRESS_SPACE, ROOT
 CHILD = r"""
 import contextlib, io, json, sys, time
 sys.path.insert(0, ROOT)
-from toolkit.cli.app import main
+from toolkit.cli.app import run
 out = []
 for name, argv in COMMANDS:
     err = io.StringIO()
     sys.argv = ["snapscope", *argv]
     t0 = time.monotonic()
-    code = 0
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code or 0
+        code = run()
     out.append({"name": name, "code": code, "seconds": time.monotonic() - t0, "stderr": err.getvalue()})
 # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's (pytest's) resident size across fork and exec
 with open("/proc/self/status") as fh:
