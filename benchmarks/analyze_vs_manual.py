@@ -219,9 +219,9 @@ def load() -> tuple[float, float, float]:
     return tuple(round(x, 2) for x in os.getloadavg())
 
 
-def tree_anon_rss(root: int) -> int:
-    """Anonymous RSS (bytes) summed over ``root`` and its descendants: pages of a dump mapped from the
-    page cache do not count (they are RssFile)."""
+def tree_rss(root: int) -> tuple[int, int]:
+    """(anonymous, total) RSS in bytes summed over ``root`` and its descendants. Anonymous is what
+    grows with the work: pages of a dump mapped from the page cache are RssFile, not RssAnon."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -229,7 +229,8 @@ def tree_anon_rss(root: int) -> int:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [root]
+    anon = total = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, ()))
@@ -237,21 +238,26 @@ def tree_anon_rss(root: int) -> int:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("RssAnon:")), 0)
-    return total
+        for line in status.splitlines():
+            if line.startswith("RssAnon:"):
+                anon += int(line.split()[1]) * 1024
+            elif line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return anon, total
 
 
 def timed(cmd, *, stdout=None, env=None, cwd=None, check=True) -> dict:
-    """Run one command; wall seconds, rc, the tail of stderr and the peak anonymous RSS of its process
-    tree (sampled every 0.25 s)."""
+    """Run one command; wall seconds, rc, the tail of stderr and the peak anonymous and total RSS of
+    its process tree (sampled every 0.25 s)."""
     started = time.monotonic()
     out = open(stdout, "wb") if stdout else tempfile.TemporaryFile()  # a file: a full pipe would block the tool
-    peak = 0
+    peak = peak_total = 0
     try:
         with tempfile.TemporaryFile() as err_file:
             proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err_file, env=env, cwd=cwd)
             while proc.poll() is None:
-                peak = max(peak, tree_anon_rss(proc.pid))
+                anon, total = tree_rss(proc.pid)
+                peak, peak_total = max(peak, anon), max(peak_total, total)
                 time.sleep(0.25)
             seconds = time.monotonic() - started
             if not stdout:
@@ -269,6 +275,7 @@ def timed(cmd, *, stdout=None, env=None, cwd=None, check=True) -> dict:
         "stderr": err[-400:],
         "stdout": captured.decode("utf-8", "replace") if captured is not None else None,
         "peak_anon_rss_mib": round(peak / 2**20, 1),
+        "peak_rss_mib": round(peak_total / 2**20, 1),
     }
 
 

@@ -1,0 +1,173 @@
+"""The object-model, VMA-name and hidden_modules speed-ups answer exactly what Volatility's own code does."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolkit.engines.memory import speedups_objects, symbols
+
+PAGE = 4096
+
+
+class PagedLayer:
+    """A virtual layer of 4 KiB pages: some absent (not mapped), some mapped but unreadable."""
+
+    class Invalid(Exception):
+        pass
+
+    def __init__(self, pages: dict[int, bytes | None]):
+        self.pages = pages  # page number -> bytes, or None for mapped-but-unreadable
+
+    def mapping(self, offset, length, ignore_errors=False):
+        end = offset + length
+        while offset < end:
+            page, within = divmod(offset, PAGE)
+            take = min(PAGE - within, end - offset)
+            if page in self.pages:
+                yield offset, take, offset, take, "physical"
+            offset += take
+
+    def read(self, offset, length):
+        out = b""
+        while length > 0:
+            page, within = divmod(offset, PAGE)
+            data = self.pages.get(page)
+            if data is None:
+                raise self.Invalid(offset)
+            take = min(PAGE - within, length)
+            out += data[within : within + take]
+            offset, length = offset + take, length - take
+        return out
+
+
+def volatility_loop(layer, first, stop, step, skip, member):
+    """Volatility's own get_hidden_modules pre-filter, one read per candidate."""
+    offset, size, byteorder, signed = member
+    for address in range(first, stop, step):
+        if address in skip:
+            continue
+        try:
+            value = int.from_bytes(layer.read(address + offset, size), byteorder, signed=signed)
+        except PagedLayer.Invalid:
+            continue
+        if value == address:
+            yield address
+
+
+@st.composite
+def module_areas(draw):
+    base = 0x100 * PAGE
+    npages = draw(st.integers(1, 12))
+    pages = {}
+    for n in range(npages):
+        kind = draw(st.sampled_from(["data", "data", "absent", "unreadable"]))
+        if kind == "absent":
+            continue
+        pages[base // PAGE + n] = None if kind == "unreadable" else bytearray(PAGE)
+    step = draw(st.sampled_from([1, 8, 64]))
+    offset = draw(st.sampled_from([0, 8, 24, PAGE - 8, PAGE - 4]))
+    first = base + draw(st.integers(0, 64))
+    stop = base + npages * PAGE - draw(st.integers(0, 200))
+    # plant self-pointers at candidates (some straddle page ends), and noise
+    for address in draw(st.lists(st.integers(first, max(first, stop)), max_size=20)):
+        address -= (address - first) % step
+        at = address + offset
+        for i, byte in enumerate(address.to_bytes(8, "little")):
+            page = pages.get((at + i) // PAGE)
+            if page is not None:
+                page[(at + i) % PAGE] = byte
+    pages = {k: (bytes(v) if v is not None else None) for k, v in pages.items()}
+    skip = set(draw(st.lists(st.integers(first, max(first, stop)), max_size=3)))
+    return PagedLayer(pages), first, stop, step, skip, (offset, 8, "little", False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(module_areas())
+def test_hidden_module_candidates_are_volatilitys(area):
+    layer, first, stop, step, skip, member = area
+    fast = list(
+        speedups_objects.hidden_module_candidates(layer, first, stop, step, skip, member, (PagedLayer.Invalid,))
+    )
+    assert fast == list(volatility_loop(layer, first, stop, step, skip, member))
+
+
+def test_bulk_reads_are_few(monkeypatch):
+    pages = {0x100 + n: bytes(PAGE) for n in range(256)}  # 1 MiB mapped module area
+    layer = PagedLayer(pages)
+    calls = []
+    read = layer.read
+    monkeypatch.setattr(layer, "read", lambda o, n: calls.append(n) or read(o, n))
+    base = 0x100 * PAGE
+    list(
+        speedups_objects.hidden_module_candidates(layer, base, base + (1 << 20), 64, set(), (8, 8, "little", False), ())
+    )
+    assert len(calls) == 1  # one read instead of 16384
+
+
+def test_object_information_and_mappings_answer_as_before():
+    from volatility3.framework.interfaces import objects as objects_interface
+    from volatility3.framework.symbols.linux import extensions
+
+    speedups_objects.install_object_speedups(objects_interface, extensions)
+    info = objects_interface.ObjectInformation(layer_name="kernel", offset=16, native_layer_name="kernel")
+    assert "offset" in info and "size" in info and "nosuch" not in info
+    assert info["offset"] == 16
+    ro = objects_interface.ReadOnlyMapping({"a": 1, "b": None})
+    assert (ro.a, ro.b, dict(ro)) == (1, None, {"a": 1, "b": None})
+    with pytest.raises(AttributeError, match=r"ReadOnlyMapping\.c"):
+        _ = ro.c
+    assert not hasattr(ro, "missing") and hasattr(ro, "a")
+
+
+def test_vma_names_are_memoised_per_context_and_task():
+    calls = []
+
+    class Vma:
+        def __init__(self, offset):
+            self.vol = types.SimpleNamespace(layer_name="kernel", offset=offset)
+
+        def get_name(self, context, task):
+            calls.append((self.vol.offset, task.vol.offset))
+            return f"/lib/{self.vol.offset}"
+
+    class Context:
+        pass
+
+    fake = types.SimpleNamespace(vm_area_struct=Vma)
+    speedups_objects.install_object_speedups(
+        types.SimpleNamespace(
+            ObjectInformation=type("I", (), {"_snapscope_fast": True}),
+            ReadOnlyMapping=type("R", (), {"_snapscope_fast": True}),
+        ),
+        fake,
+    )
+    task = types.SimpleNamespace(vol=types.SimpleNamespace(layer_name="kernel", offset=7))
+    other = types.SimpleNamespace(vol=types.SimpleNamespace(layer_name="kernel", offset=8))
+    one, two = Context(), Context()
+    assert Vma(1).get_name(one, task) == "/lib/1" and Vma(1).get_name(one, task) == "/lib/1"
+    assert Vma(1).get_name(one, other) == "/lib/1" and Vma(1).get_name(two, task) == "/lib/1"
+    assert calls == [(1, 7), (1, 8), (1, 7)]  # once per (context, vma, task)
+
+
+_noise = st.binary(max_size=300)
+_banner = st.sampled_from(
+    [
+        b"Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP\n\x00",
+        b"Linux version 6.1.0-57-amd64 (x) #1 SMP Linux version 6.1.0-57-amd64 (x) #1 SMP\n\x00",
+        b"Linux version 6.1 short\n\x00",
+        b"Linux version 5.10.0-99 printk copy without terminator\n",
+        b"Linux version Linux version 6.1.0 (y) #2 SMP PREEMPT\n\x00",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_noise, _banner), max_size=6), _noise)
+def test_banner_matches_are_finditers(pieces, tail):
+    data = b"".join(noise + banner for noise, banner in pieces) + tail
+    expected = [(m.start(), m.group()) for m in symbols._BANNER.finditer(data)]
+    assert [(m.start(), m.group()) for m in symbols.banner_matches(data)] == expected
