@@ -171,3 +171,57 @@ def test_banner_matches_are_finditers(pieces, tail):
     data = b"".join(noise + banner for noise, banner in pieces) + tail
     expected = [(m.start(), m.group()) for m in symbols._BANNER.finditer(data)]
     assert [(m.start(), m.group()) for m in symbols.banner_matches(data)] == expected
+
+
+def test_fast_chainmap_answers_as_chainmap():
+    import collections
+
+    from volatility3.framework.interfaces import objects as objects_interface
+    from volatility3.framework.symbols.linux import extensions
+
+    speedups_objects.install_object_speedups(objects_interface, extensions)
+    info = objects_interface.ObjectInformation(layer_name="kernel", offset=16, native_layer_name="kernel", size=8)
+    maps = ({}, {"type_name": "task_struct", "offset": 32}, info, {"members": {"pid": 1}, "size": 99})
+    slow, fast = collections.ChainMap(*maps), speedups_objects.FastChainMap(*maps)
+    for key in ("type_name", "offset", "layer_name", "size", "members", "member_name", "parent", "nosuch"):
+        try:
+            expected = slow[key]
+        except KeyError:
+            with pytest.raises(KeyError):
+                fast[key]
+            assert fast.get(key, "dflt") == "dflt"
+            continue
+        assert fast[key] == expected and fast.get(key) == expected and key in fast
+    fast["subtype"] = "x"  # writes go to the first map, as ChainMap's do
+    assert maps[0] == {"subtype": "x"} and fast.maps[-1] is maps[-1]
+
+
+def test_objects_build_the_same_with_fast_chainmaps():
+    """A real Volatility struct read twice, before and after the lookups are installed: same values."""
+    from volatility3.framework import contexts, objects
+    from volatility3.framework.interfaces import objects as objects_interface
+    from volatility3.framework.layers import physical
+    from volatility3.framework.objects import templates
+    from volatility3.framework.symbols import native
+    from volatility3.framework.symbols.linux import extensions
+
+    def read_back():
+        ctx = contexts.Context()
+        data = (1234).to_bytes(4, "little") + (5678).to_bytes(8, "little") + b"\x00" * 52
+        ctx.layers.add_layer(physical.BufferDataLayer(ctx, "cfg", "mem", data))
+        table = native.NativeTable("native", native.std_ctypes)
+        u32, u64 = table.get_type("unsigned int"), table.get_type("unsigned long long")
+        struct = templates.ObjectTemplate(
+            objects.StructType, type_name="pair", size=12, members={"a": (0, u32), "b": (4, u64)}
+        )
+        obj = struct(ctx, objects_interface.ObjectInformation(layer_name="mem", offset=0, native_layer_name="mem"))
+        return int(obj.a), int(obj.b), obj.vol.type_name, obj.vol.offset, obj.vol.size, obj.b.vol.member_name
+
+    before = read_back()
+    speedups_objects.install_object_speedups(objects_interface, extensions)
+    speedups_objects.install_chainmap_lookups(objects_interface, templates)
+    assert isinstance(
+        objects_interface.ObjectInterface.__init__.__globals__["collections"].ChainMap(), speedups_objects.FastChainMap
+    )
+    # vol.size is the ObjectInformation's (None here), which shadows the template's: Volatility's own answer
+    assert read_back() == before == (1234, 5678, "pair", 0, None, "b")
