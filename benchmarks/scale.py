@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,8 +55,11 @@ def lab_root() -> Path:
     return Path(os.environ.get("SNAPSCOPE_LAB_DIR") or Path.home() / ".cache" / "snapscope" / "lab")
 
 
-def newest(pattern: str) -> Path | None:
-    found = sorted(lab_root().glob(pattern), key=lambda p: p.stat().st_mtime)
+def newest(variant: str) -> Path | None:
+    """The newest built lab of ``variant`` (server-<variant>-<16 hex digits>, with its ground truth)."""
+    pattern = re.compile(rf"server-{re.escape(variant)}-[0-9a-f]{{16}}")
+    found = [p for p in lab_root().glob(f"server-{variant}-*") if pattern.fullmatch(p.name)]
+    found = sorted((p for p in found if (p / "ground_truth.json").exists()), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -186,7 +190,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     # every child (snapscope, the in-process run) imports this checkout's toolkit, not an installed one
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    labs = args.lab or [p for p in (newest("server-intrusion-[0-9a-f]*"), newest("server-scale-*")) if p]
+    labs = args.lab or [p for p in (newest("intrusion"), newest("scale")) if p]
     if not labs:
         raise SystemExit("no server lab found: build one with fixtures/build_server_lab.py --variant scale")
     formats = [f for f in args.formats.split(",") if f]

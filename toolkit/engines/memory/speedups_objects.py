@@ -32,6 +32,14 @@ a list of dataclass fields.
    copies its arguments from its own ChainMap directly instead of through a
    new read-only view per argument.
 
+5. ``LinearlyMappedLayer.read`` (every page-table layer: the kernel's, each
+   process's, the ELF's segments) keeps its last 512 answers in an LRU cache
+   whatever their size. Small reads repeat (a task's fields, page tables) and
+   stay cached; but YARA reads a process 16 MiB at a time, and 512 such
+   answers, plus the chunks below them, held 4.7 GB of an 8 GiB guest's
+   memory. Reads above ``CACHED_READ_MAX`` bypass the cache (the same bytes,
+   read again if asked again): memory no longer grows with the guest.
+
 Each is checked against Volatility's own answer in
 tests/unit/engines/memory/test_speedups_objects.py and on the server lab.
 
@@ -124,6 +132,26 @@ def install_chainmap_lookups(objects_interface, templates_module) -> None:
 
     template.__call__ = __call__
     objects_interface._snapscope_fast_chainmap = True
+
+
+CACHED_READ_MAX = 64 << 10  # bytes; a larger read is not kept (512 of them were gigabytes)
+
+
+def install_bounded_read_cache(linear_module) -> None:
+    """5. above; idempotent."""
+    layer = linear_module.LinearlyMappedLayer
+    if getattr(layer, "_snapscope_bounded", False):
+        return
+    cached = layer.read
+    uncached = cached.__wrapped__
+
+    def read(self, offset, length, pad=False):
+        if length > CACHED_READ_MAX:
+            return uncached(self, offset, length, pad)
+        return cached(self, offset, length, pad)
+
+    layer.read = read
+    layer._snapscope_bounded = True
 
 
 def _readable_spans(layer, start: int, end: int):

@@ -94,6 +94,9 @@ def _framework(cache_dir: Path | None = None) -> dict:
             speedups_objects.install_object_speedups(objects_interface, linux_extensions)
             speedups_objects.install_chainmap_lookups(objects_interface, templates)
             speedups_objects.install_hidden_modules_scan(linux_modules, exceptions)
+            from volatility3.framework.layers import linear
+
+            speedups_objects.install_bounded_read_cache(linear)
             # snapscope's own formats as a Volatility layer (its stacker registers on import)
             from toolkit.engines.memory import layer  # noqa: F401
 

@@ -225,3 +225,35 @@ def test_objects_build_the_same_with_fast_chainmaps():
     )
     # vol.size is the ObjectInformation's (None here), which shadows the template's: Volatility's own answer
     assert read_back() == before == (1234, 5678, "pair", 0, None, "b")
+
+
+def test_large_reads_bypass_volatilitys_read_cache():
+    """Small reads stay in Volatility's LRU cache; a read above CACHED_READ_MAX returns the same bytes
+    and is not kept (512 kept 16 MiB YARA windows were gigabytes on an 8 GiB guest)."""
+    from volatility3.framework import contexts
+    from volatility3.framework.layers import linear, physical, segmented
+
+    speedups_objects.install_bounded_read_cache(linear)
+    cells = linear.LinearlyMappedLayer.read.__closure__  # our wrapper holds Volatility's lru_cache
+    lru = next(c.cell_contents for c in cells if hasattr(c.cell_contents, "cache_info"))
+
+    data = bytes(range(256)) * ((1 << 20) // 256)
+
+    class Identity(segmented.SegmentedLayer):  # one segment mapping the buffer onto itself
+        def _load_segments(self):
+            self._segments = [(0, 0, len(data), len(data))]
+
+    ctx = contexts.Context()
+    ctx.layers.add_layer(physical.BufferDataLayer(ctx, "cfg.base", "base", data))
+    ctx.config["cfg.seg.base_layer"] = "base"
+    ctx.layers.add_layer(Identity(ctx, "cfg.seg", "seg"))
+    seg = ctx.layers["seg"]
+    small, big = speedups_objects.CACHED_READ_MAX, speedups_objects.CACHED_READ_MAX + 1
+    assert seg.read(100, small) == data[100 : 100 + small]
+    assert seg.read(7, big) == data[7 : 7 + big]
+    assert seg.read(len(data) - 10, big, pad=True) == data[-10:] + b"\x00" * (big - 10)
+    before = lru.cache_info().currsize
+    seg.read(9, big)
+    assert lru.cache_info().currsize == before  # the big read was not kept
+    seg.read(200, 16)
+    assert lru.cache_info().currsize == before + 1  # a small one was
