@@ -135,9 +135,16 @@ class MemoryImage:
         """Bytes at [gpa, gpa+length); zeros where the artefact holds nothing."""
         if gpa < 0 or length < 0:
             raise ValueError("negative address or length")
-        out = bytearray(length)
         end = gpa + length
         i = max(bisect.bisect_right(self._starts, gpa) - 1, 0)
+        s = self._segs[i] if i < len(self._segs) else None
+        if s is not None and s["gpa"] <= gpa and end <= s["gpa"] + s["length"]:
+            # inside one segment (nearly every read): its bytes as they come, no zeroed copy to fill
+            data = s["read"](gpa - s["gpa"], length)
+            if len(data) == length and type(data) is bytes:
+                return data
+            return bytes(data[:length]) + bytes(length - min(len(data), length))
+        out = bytearray(length)
         while i < len(self._segs):
             s = self._segs[i]
             if s["gpa"] >= end:

@@ -1,0 +1,45 @@
+"""MemoryImage.read answers what the segments hold, zeros elsewhere, whichever path it takes
+(one segment covering the read returns that segment's bytes as they come)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolkit.memory.image import MemoryImage
+
+
+def _segment(gpa: int, content: bytes, short_by: int, kind):
+    def read(offset, length):
+        # the segment's last short_by bytes cannot be read: the reader returns less than asked
+        return kind(content[offset : max(offset, min(offset + length, len(content) - short_by))])
+
+    return {"gpa": gpa, "length": len(content), "read": read, "runs": None}
+
+
+@st.composite
+def images(draw):
+    segments, expected, gpa = [], {}, draw(st.integers(0, 64))
+    for _ in range(draw(st.integers(1, 4))):
+        content = draw(st.binary(min_size=1, max_size=200))
+        short_by = draw(st.sampled_from([0, 0, 0, 3]))
+        kind = draw(st.sampled_from([bytes, bytearray, memoryview]))
+        segments.append(_segment(gpa, content, short_by, kind))
+        for k, byte in enumerate(content):
+            expected[gpa + k] = byte
+        for k in range(max(0, len(content) - short_by), len(content)):  # unreadable: zeros
+            expected[gpa + k] = 0
+        gpa += len(content) + draw(st.integers(0, 50))
+    return segments, expected, gpa
+
+
+@settings(max_examples=400, deadline=None)
+@given(images(), st.data())
+def test_read_is_the_segments_bytes_and_zeros(image, data):
+    segments, expected, top = image
+    img = MemoryImage(format="raw", path="x", info={}, segments=segments)
+    gpa = data.draw(st.integers(0, top + 10))
+    length = data.draw(st.integers(0, top + 20 - gpa))
+    got = img.read(gpa, length)
+    assert type(got) is bytes and len(got) == length
+    assert got == bytes(expected.get(gpa + k, 0) for k in range(length))
