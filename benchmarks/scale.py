@@ -66,7 +66,6 @@ def newest(variant: str) -> Path | None:
 def drop_from_page_cache(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd) if os.access(path, os.W_OK) else None
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

@@ -22,7 +22,6 @@ a list of dataclass fields.
    self-pointer matches become module objects, checked by Volatility's own
    ``is_valid`` in the same order. A page that maps but cannot be read falls
    back to Volatility's own per-candidate read.
-
 4. Every object's ``vol`` is a ``ChainMap`` over ({}, type and offset, its
    ObjectInformation, its template's arguments); a member lookup tried each map
    in turn and an ObjectInformation without the key raised a formatted
@@ -31,7 +30,6 @@ a list of dataclass fields.
    the first map holding the key answers, as before. ``ObjectTemplate.__call__``
    copies its arguments from its own ChainMap directly instead of through a
    new read-only view per argument.
-
 5. ``LinearlyMappedLayer.read`` (every page-table layer: the kernel's, each
    process's, the ELF's segments) keeps its last 512 answers in an LRU cache
    whatever their size. Small reads repeat (a task's fields, page tables) and
@@ -43,10 +41,9 @@ a list of dataclass fields.
 Each is checked against Volatility's own answer in
 tests/unit/engines/memory/test_speedups_objects.py and on the server lab.
 
-Example::
+Example (once, after Volatility is imported)::
 
-    install_object_speedups(interfaces_objects, linux_extensions)
-    install_hidden_modules_scan(modules_module, exceptions_module)
+    install_all()
 """
 
 from __future__ import annotations
@@ -152,6 +149,21 @@ def install_bounded_read_cache(linear_module) -> None:
 
     layer.read = read
     layer._snapscope_bounded = True
+
+
+def install_all() -> None:
+    """1. to 5. above on the imported Volatility; idempotent."""
+    from volatility3.framework import exceptions
+    from volatility3.framework.interfaces import objects as objects_interface
+    from volatility3.framework.layers import linear
+    from volatility3.framework.objects import templates
+    from volatility3.framework.symbols.linux import extensions as linux_extensions
+    from volatility3.framework.symbols.linux.utilities import modules as linux_modules
+
+    install_object_speedups(objects_interface, linux_extensions)
+    install_chainmap_lookups(objects_interface, templates)
+    install_hidden_modules_scan(linux_modules, exceptions)
+    install_bounded_read_cache(linear)
 
 
 def _readable_spans(layer, start: int, end: int):

@@ -85,18 +85,8 @@ def _framework(cache_dir: Path | None = None) -> dict:
 
             speedups.install(scanners)
             speedups.install_isf_memo(intermed, schemas)
-            # object access, VMA names, hidden_modules: the costs that grow with the guest
-            from volatility3.framework.interfaces import objects as objects_interface
-            from volatility3.framework.objects import templates
-            from volatility3.framework.symbols.linux import extensions as linux_extensions
-            from volatility3.framework.symbols.linux.utilities import modules as linux_modules
-
-            speedups_objects.install_object_speedups(objects_interface, linux_extensions)
-            speedups_objects.install_chainmap_lookups(objects_interface, templates)
-            speedups_objects.install_hidden_modules_scan(linux_modules, exceptions)
-            from volatility3.framework.layers import linear
-
-            speedups_objects.install_bounded_read_cache(linear)
+            # object access, VMA names, hidden_modules, the read cache: the costs that grow with the guest
+            speedups_objects.install_all()
             # snapscope's own formats as a Volatility layer (its stacker registers on import)
             from toolkit.engines.memory import layer  # noqa: F401
 
