@@ -128,8 +128,18 @@ def segment(t, src, path):
 
     def read(offset, n):
         lo, hi = base + offset, base + offset + n
+        loads = _overlapping(lo, hi)
+        if len(loads) == 1:
+            i = loads[0]
+            g, have, off = int(t["gpa"][i]), int(t["have"][i]), int(t["off"][i])
+            if g <= lo and hi <= g + have:
+                # all of it file data of one load (nearly every read): the file's bytes as
+                # they come, not zero-filled and copied twice (that was 23 s of 8 GiB scans)
+                data = src.pread(off + lo - g, n)
+                if len(data) == n:
+                    return data
         out = bytearray(n)
-        for i in _overlapping(lo, hi):
+        for i in loads:
             g, have, off = int(t["gpa"][i]), int(t["have"][i]), int(t["off"][i])
             a, b = max(lo, g), min(hi, g + have)
             if a < b:

@@ -43,3 +43,58 @@ def test_read_is_the_segments_bytes_and_zeros(image, data):
     got = img.read(gpa, length)
     assert type(got) is bytes and len(got) == length
     assert got == bytes(expected.get(gpa + k, 0) for k in range(length))
+
+
+@st.composite
+def elf_loads(draw):
+    """PT_LOADs over one file: each with file data (perhaps cut by the end of the file) and a zero tail."""
+    import numpy as np
+
+    gpa, off, rows, expected = draw(st.integers(0, 64)), 0, [], {}
+    file = bytearray()
+    for _ in range(draw(st.integers(1, 4))):
+        content = draw(st.binary(min_size=0, max_size=120))
+        tail = draw(st.integers(0, 40))
+        rows.append((gpa, len(content), len(content) + tail, off))
+        for k, byte in enumerate(content):
+            expected[gpa + k] = byte
+        file += content
+        off += len(content)
+        gpa += len(content) + tail + draw(st.integers(0, 50))
+    cut = draw(st.integers(0, 30))  # the file ends early: the loads' last bytes are missing (zeros)
+    size = max(0, len(file) - cut)
+    for k, (g, filesz, _, o) in enumerate(rows):
+        for j in range(filesz):
+            if o + j >= size:
+                expected[g + j] = 0
+    phdrs = np.array(
+        [(1, g, filesz, memsz, o) for g, filesz, memsz, o in rows],
+        dtype=[("type", "u4"), ("paddr", "u8"), ("filesz", "u8"), ("memsz", "u8"), ("offset", "u8")],
+    )
+    return phdrs, bytes(file[:size]), expected, gpa
+
+
+class _Source:
+    def __init__(self, data):
+        self.data = data
+
+    def pread(self, offset, length):
+        return self.data[offset : offset + length]
+
+
+@settings(max_examples=400, deadline=None)
+@given(elf_loads(), st.data())
+def test_an_elf_cores_loads_read_as_their_file_bytes_and_zeros(loads, data):
+    from toolkit.memory import elf_loads as el
+
+    phdrs, file, expected, top = loads
+    table, _ = el.load_table(phdrs, len(file), "x")
+    seg = el.segment(table, _Source(file), "x")
+    if seg is None:
+        return
+    img = MemoryImage(format="elf-core", path="x", info={}, segments=[seg])
+    gpa = data.draw(st.integers(0, top + 10))
+    length = data.draw(st.integers(0, top + 20 - gpa))
+    got = img.read(gpa, length)
+    assert type(got) is bytes and len(got) == length
+    assert got == bytes(expected.get(gpa + k, 0) for k in range(length))

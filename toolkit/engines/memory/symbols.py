@@ -73,8 +73,20 @@ def find_banners(image) -> list[str]:
 
         find_banners("memory.elf")[0]   # 'Linux version 6.1.0-28-cloud-amd64 (...) ...\\n'
     """
+    window = kernel_image_range(image)
+    if window is not None:
+        # the kernel's own linux_banner lies in its image: reading that (128 MiB) instead of
+        # all memory saves a whole pass (26 s on an 8 GiB ELF; a decompression of every page
+        # of a kdump); nothing found there falls back to the full search
+        found = _count_banners([image.read(*window)])
+        if found:
+            return found
+    return _count_banners(_banner_haystacks(image))
+
+
+def _count_banners(haystacks) -> list[str]:
     counts: dict[bytes, int] = {}
-    for data in _banner_haystacks(image):
+    for data in haystacks:
         for match in banner_matches(data):
             # a printk copy running straight into the real banner: keep the last start
             banner = match.group(0)
@@ -94,6 +106,35 @@ def banner_matches(data):
         if match:
             yield match
         at = data.find(b"Linux version ", match.end() if match else at + 1)
+
+
+START_KERNEL_MAP = 0xFFFFFFFF80000000  # x86-64: where the kernel image is mapped (__START_KERNEL_map)
+KERNEL_IMAGE_SPAN = 128 << 20  # bytes from _stext holding .text and .rodata of any distribution kernel
+
+
+def kernel_image_range(image) -> tuple[int, int] | None:
+    """(guest-physical start, length) of the x86-64 kernel image per the dump's VMCOREINFO
+    (``_stext`` and ``phys_base``: a physical address is ``vaddr - __START_KERNEL_map + phys_base``),
+    or None when the image carries no such VMCOREINFO (a raw file, a migration stream, another
+    architecture) or its values point outside the image. The values are the guest's: a lie only
+    narrows the search to one bounded read, and an empty result falls back to all memory.
+
+    >>> class Img: size = 1 << 30; info = {"vmcoreinfo": {"SYMBOL(_stext)": "ffffffff81000000",
+    ...     "NUMBER(phys_base)": "0"}}
+    >>> kernel_image_range(Img())
+    (16777216, 134217728)
+    """
+    info = getattr(image, "info", None) or {}
+    vmcoreinfo = info.get("vmcoreinfo") or {}
+    try:
+        stext = int(vmcoreinfo["SYMBOL(_stext)"], 16)
+        phys_base = int(vmcoreinfo["NUMBER(phys_base)"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    start = stext - START_KERNEL_MAP + phys_base
+    if stext < START_KERNEL_MAP or not 0 <= start < image.size:
+        return None
+    return start, min(KERNEL_IMAGE_SPAN, image.size - start)
 
 
 BANNER_WINDOW = 64 << 20  # bytes of guest memory searched at once (a banner is under 512 bytes long)

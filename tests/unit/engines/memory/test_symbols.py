@@ -54,6 +54,58 @@ def test_find_banners_ignores_printk_copies(tmp_path):
     assert symbols.find_banners(_image(tmp_path / "none.raw")) == []
 
 
+def _vmcoreinfo_image(stext: int, phys_base: int, placed: dict[int, str], size: int = 1 << 30):
+    """A 1 GiB guest-physical space (nothing read but what is asked) with banners at addresses."""
+    from toolkit.memory.image import MemoryImage
+
+    def read(offset, n):
+        out = bytearray(n)
+        for at, banner in placed.items():
+            raw = banner.encode() + b"\x00"
+            lo, hi = max(at, offset), min(at + len(raw), offset + n)
+            if lo < hi:
+                out[lo - offset : hi - offset] = raw[lo - at : hi - at]
+        return bytes(out)
+
+    vmcoreinfo = {"SYMBOL(_stext)": f"{stext:x}", "NUMBER(phys_base)": str(phys_base)}
+    return MemoryImage(
+        format="elf-core",
+        path="x",
+        info={"vmcoreinfo": vmcoreinfo},
+        segments=[{"gpa": 0, "length": size, "read": read, "runs": None}],
+    )
+
+
+def test_banner_search_reads_only_the_kernel_image_when_vmcoreinfo_places_it():
+    # _stext at 0xffffffff81000000 with phys_base 0x20000000: the image starts at 0x21000000 physical
+    stext, phys_base = 0xFFFFFFFF81000000, 0x20000000
+    kernel = 0x21000000 + (40 << 20)
+    # a planted banner repeated outside the kernel image outnumbers the real one: it is not read
+    placed = {kernel: BANNER, 0x1000: OTHER, 0x9000: OTHER, 0x30000000 + (300 << 20): OTHER}
+    image = _vmcoreinfo_image(stext, phys_base, placed)
+    assert symbols.kernel_image_range(image) == (0x21000000, symbols.KERNEL_IMAGE_SPAN)
+    assert symbols.find_banners(image) == [BANNER]
+    # no banner in the kernel image: all memory is searched, as without VMCOREINFO
+    image = _vmcoreinfo_image(stext, phys_base, {0x1000: OTHER, 0x9000: OTHER, kernel + (200 << 20): BANNER})
+    assert symbols.find_banners(image) == [OTHER, BANNER]
+
+
+@pytest.mark.parametrize(
+    "stext, phys_base",
+    [
+        ("not hex", "0"),
+        ("ffffffff81000000", str(-0x1000001)),  # parses, but places the image before memory
+        ("ffffffff81000000", str(1 << 40)),  # past the end of the image
+        ("ffff888000000000", "0"),  # not a kernel-image address
+    ],
+)
+def test_a_lying_vmcoreinfo_falls_back_to_the_whole_search(stext, phys_base):
+    image = _vmcoreinfo_image(0, 0, {0x5000: BANNER})
+    image.info["vmcoreinfo"] = {"SYMBOL(_stext)": stext, "NUMBER(phys_base)": phys_base}
+    assert symbols.kernel_image_range(image) is None
+    assert symbols.find_banners(image) == [BANNER]
+
+
 def test_isf_banner_plain_and_xz(tmp_path):
     assert symbols.isf_banner(_isf(tmp_path / "a.json", BANNER)) == BANNER
     assert symbols.isf_banner(_isf(tmp_path / "b.json.xz", BANNER, compress=True)) == BANNER
