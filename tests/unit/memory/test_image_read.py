@@ -63,7 +63,7 @@ def elf_loads(draw):
         gpa += len(content) + tail + draw(st.integers(0, 50))
     cut = draw(st.integers(0, 30))  # the file ends early: the loads' last bytes are missing (zeros)
     size = max(0, len(file) - cut)
-    for k, (g, filesz, _, o) in enumerate(rows):
+    for g, filesz, _, o in rows:
         for j in range(filesz):
             if o + j >= size:
                 expected[g + j] = 0
