@@ -244,7 +244,10 @@ def _pfn_ranges(pfns, bs, most=64):
 
 
 def _page(f, offset, size, flags, bs):
-    data = f.pread(offset, size)
+    return _unpack(f.pread(offset, size), flags, bs)
+
+
+def _unpack(data, flags, bs):
     codec = _codec(flags)
     if codec is not None:
         return inflate(codec, data, bs)  # a page inflates to one block, never more
@@ -275,21 +278,32 @@ def open(path, **_opts):
     def fetch(kind, value, page_no, n=1):
         if kind == KIND_SRC:
             return f.pread(value, n * bs).ljust(n * bs, b"\0")
-        rec = np.frombuffer(f.pread(h["desc_at"] + value * 24, 24), DESC)[0]
-        where = int(rec["offset"])
-        try:
-            return _page(f, where, int(rec["size"]), int(rec["flags"]), bs)
-        except Exception as exc:  # any codec error: the page is lost, the rest is not
-            diags.append(
-                diagnostic(
-                    "error",
-                    "corrupt compressed page",
-                    f"{path}@{where:#x}",
-                    f"pfn {page_no:#x}: {exc}",
-                    missing=[(page_no * bs, bs)],
+        # n pages of consecutive descriptors (checked in the index): their records in one read,
+        # and their data in one more when it lies together, as makedumpfile writes it
+        recs = np.frombuffer(f.pread(h["desc_at"] + value * 24, n * 24), DESC)
+        starts, sizes = recs["offset"], recs["size"].astype(np.int64)
+        lo, hi = int(starts.min()), int((starts + sizes).max())
+        together = hi - lo <= n * 2 * bs  # a hostile table may scatter them: then page by page
+        blob = f.pread(lo, hi - lo) if together else None
+        pages = []
+        for k, (where, size, flags) in enumerate(zip(starts.tolist(), sizes.tolist(), recs["flags"].tolist())):
+            try:
+                if blob is None:
+                    pages.append(_page(f, where, size, flags, bs))
+                else:
+                    pages.append(_unpack(blob[where - lo : where - lo + size], flags, bs))
+            except Exception as exc:  # any codec error: the page is lost, the rest is not
+                diags.append(
+                    diagnostic(
+                        "error",
+                        "corrupt compressed page",
+                        f"{path}@{where:#x}",
+                        f"pfn {page_no + k:#x}: {exc}",
+                        missing=[((page_no + k) * bs, bs)],
+                    )
                 )
-            )
-            return bytes(bs)
+                pages.append(bytes(bs))
+        return b"".join(pages).ljust(n * bs, b"\0")  # the index holds only descriptors the file has
 
     info = {
         "flattened": flat,
@@ -306,7 +320,8 @@ def open(path, **_opts):
     if vmci and "vmcoreinfo" not in info:
         text = vmci.decode("utf-8", "replace").rstrip("\0")
         info["vmcoreinfo"] = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    seg = {"gpa": 0, "length": pm.npages * bs, "read": pm.reader(fetch), "runs": pm.runs(), "data_runs": pm.data_runs}
+    read = pm.reader(fetch, batched_records=True)
+    seg = {"gpa": 0, "length": pm.npages * bs, "read": read, "runs": pm.runs(), "data_runs": pm.data_runs}
     return MemoryImage(
         format="kdump", path=path, info=info, segments=[seg], diagnostics=diags, notes=notes_raw, closers=[f.close]
     )

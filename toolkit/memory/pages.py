@@ -332,13 +332,17 @@ class PageMap:
         sizes = np.diff(np.append(starts, len(where))) * ps
         return np.stack([starts * ps, sizes, where[starts]], axis=1)
 
-    def reader(self, fetch):
+    def reader(self, fetch, batched_records: bool = False):
         """A segment ``read(offset, length)`` over this map.
 
         ``fetch(kind, value, page_no) -> bytes`` returns one page for a present
         entry; consecutive KIND_SRC pages that are contiguous in the source are
         fetched with one call to ``fetch(KIND_SRC, offset, page_no, n_pages)``
         because that is the common case for ELF-like and mapped-ram layouts.
+        With ``batched_records``, consecutive KIND_DESC pages whose record
+        numbers follow each other are fetched with one call too
+        (``fetch(KIND_DESC, first record, page_no, n_pages)``: a kdump's
+        descriptors and compressed pages lie in page order, read at once).
         """
         ps = self.page_size
 
@@ -359,6 +363,13 @@ class PageMap:
                     while i + n < count and locs[i + n] == v + n * ps:
                         n += 1
                     out[i * ps : (i + n) * ps] = fetch(KIND_SRC, v & _VALUE_MASK, first + i, n)
+                    i += n
+                    continue
+                if kind == KIND_DESC and batched_records:
+                    n = 1
+                    while i + n < count and locs[i + n] == v + n:
+                        n += 1
+                    out[i * ps : (i + n) * ps] = fetch(KIND_DESC, v & _VALUE_MASK, first + i, n)
                     i += n
                     continue
                 if kind == KIND_FILL:

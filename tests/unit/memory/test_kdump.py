@@ -110,3 +110,28 @@ def test_flattened_negative_record(tmp_path):
     )
     with pytest.raises(M.MemoryFormatError, match="at offset 0x1000: record offset -5"):
         M.open_image(p)
+
+
+def test_kdump_pages_read_together_keep_each_pages_fate(tmp_path):
+    # one read over six compressed pages: records and data are fetched at once, yet a corrupt
+    # page is lost alone, and a page whose data lies far away (a hostile table) is still found
+    p = tmp_path / "batch.kdump"
+    pages = {pfn: page(pfn) for pfn in range(6)}
+    W.kdump(p, pages, 8, comp="zlib", flattened=False)
+    raw = bytearray(p.read_bytes())
+    desc_at = PS * 4
+    off2, _ = struct.unpack_from("<qI", raw, desc_at + 2 * 24)
+    raw[off2 : off2 + 8] = b"\xde\xad\xbe\xef" * 2
+    off0, size0 = struct.unpack_from("<qI", raw, desc_at)
+    far = len(raw) + 64 * PS  # page 0's data moved past 64 pages of padding
+    raw += bytes(far - len(raw)) + raw[off0 : off0 + size0]
+    struct.pack_into("<q", raw, desc_at, far)
+    p.write_bytes(raw)
+    expected = b"".join(bytes(PS) if k == 2 else pages[k] for k in range(6))
+    with M.open_image(p) as img:
+        assert img.read(PS, 5 * PS) == expected[PS:]  # pages 1-5: their data lies together
+        assert img.read(0, 6 * PS) == expected  # with page 0: scattered, read page by page
+        assert len(img.diagnostics) == 2  # the corrupt page, once per read of it
+        for d in img.diagnostics:
+            assert d["what"] == "corrupt compressed page" and d["missing"] == [(2 * PS, PS)]
+            assert d["where"] == f"{p}@{off2:#x}" and "pfn 0x2" in d["why"]

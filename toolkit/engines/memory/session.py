@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -192,7 +193,8 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
                     build=ctx.build_symbols,
                     progress=progress,
                     scratch_dir=Path(ctx.derived_dir) / "memory",
-                    image_sha256=_memory_key(ctx, source),
+                    # asked for only if no user or shipped ISF matches (hashing 8 GB costs 5-20 s)
+                    image_sha256=functools.partial(_memory_key, ctx, source),
                 )
         except SymbolsError as excp:
             diagnostics.extend(excp.diagnostics)

@@ -279,14 +279,15 @@ def resolve_isf(
     profile_symbols: Path = PROFILE_SYMBOLS,
     progress=None,
     scratch_dir: Path | None = None,
-    image_sha256: str | None = None,
+    image_sha256=None,
 ) -> dict:
     """Find (or build) the ISF matching the image's kernel banner.
 
     ``image`` is a dump path or a ``MemoryImage`` (see :func:`find_banners`);
     ``scratch_dir`` holds the temporary ELF copy a build from a format
     pakunoda does not read needs (deleted after the build).
-    ``image_sha256`` (the memory file's hash, when the caller has it) keys the
+    ``image_sha256`` (the memory file's hash, or a function giving it: asked only
+    when the cache is consulted, not when a user's or a shipped ISF matches) keys the
     cache; without it the file is hashed if the cache is consulted.
     Returns {"banner", "isf_path", "sha256", "origin", "built_from", "diagnostics"};
     raises SymbolsError (with diagnostics) when the image holds no Linux banner
@@ -342,7 +343,7 @@ def resolve_isf(
                     )
                 )
     cache = cache_dir_for(cache_dir)
-    image_sha256 = image_sha256 or sha256_file(image_path)
+    image_sha256 = (image_sha256() if callable(image_sha256) else image_sha256) or sha256_file(image_path)
     for banner in banners:
         cached = cache / cache_name(banner, image_sha256)
         if cached.is_file():

@@ -153,6 +153,48 @@ def test_vma_names_are_memoised_per_context_and_task():
     assert calls == [(1, 7), (1, 8), (1, 7)]  # once per (context, vma, task)
 
 
+def test_paths_are_memoised_per_context_on_the_four_kernel_objects():
+    calls = []
+
+    class Utilities:
+        @classmethod
+        def do_get_path(cls, rdentry, rmnt, dentry, vfsmnt):
+            calls.append((rdentry.vol.offset, dentry.vol.offset))
+            if dentry.vol.offset == 666:
+                raise ValueError("smeared")
+            return f"/{rdentry.vol.offset}/{dentry.vol.offset}"
+
+    class Context:
+        pass
+
+    def obj(context, offset, type_name="dentry"):
+        return types.SimpleNamespace(
+            _context=context, vol=types.SimpleNamespace(layer_name="kernel", offset=offset, type_name=type_name)
+        )
+
+    speedups_objects.install_path_memo(types.SimpleNamespace(LinuxUtilities=Utilities))
+    speedups_objects.install_path_memo(types.SimpleNamespace(LinuxUtilities=Utilities))  # idempotent
+    one, two = Context(), Context()
+
+    def path(context, root, dentry):
+        return Utilities.do_get_path(
+            obj(context, root), obj(context, 5, "vfsmount"), obj(context, dentry), obj(context, 6)
+        )
+
+    assert path(one, 1, 10) == "/1/10" and path(one, 1, 10) == "/1/10"
+    assert path(one, 2, 10) == "/2/10"  # another root (a chrooted task): its own answer
+    assert path(two, 1, 10) == "/1/10"  # another dump
+    assert calls == [(1, 10), (2, 10), (1, 10)]
+    for _ in range(2):  # a failure is not remembered: asked again, it fails again
+        with pytest.raises(ValueError):
+            path(one, 1, 666)
+    assert calls[-2:] == [(1, 666), (1, 666)]
+    # an argument that is not a Volatility object: Volatility's own answer, nothing kept
+    assert Utilities.do_get_path(obj(one, 1), None, obj(one, 11), None) == "/1/11"
+    assert Utilities.do_get_path(obj(one, 1), None, obj(one, 11), None) == "/1/11"
+    assert calls[-2:] == [(1, 11), (1, 11)]
+
+
 _noise = st.binary(max_size=300)
 _banner = st.sampled_from(
     [

@@ -121,11 +121,22 @@ def test_user_isf_wins_over_cache(tmp_path):
     cache = tmp_path / "cache"
     symbols.cache_dir_for(cache).mkdir(parents=True)
     _isf(symbols.cache_dir_for(cache) / symbols.cache_name(BANNER, sha256_file(image)), BANNER)
+    asked = []
+
+    def key():  # the image's hash is dear (a pass over the dump): asked for only when the cache is consulted
+        asked.append(1)
+        return sha256_file(image)
+
     found = symbols.resolve_isf(
-        image, user_paths=[user], cache_dir=cache, build=False, profile_symbols=tmp_path / "none"
+        image, user_paths=[user], cache_dir=cache, build=False, profile_symbols=tmp_path / "none", image_sha256=key
     )
     assert found["origin"] == "user" and found["isf_path"].endswith("mine.json.xz")
     assert found["banner"] == BANNER and len(found["sha256"]) == 64
+    assert asked == []
+    found = symbols.resolve_isf(
+        image, cache_dir=cache, build=False, profile_symbols=tmp_path / "none", image_sha256=key
+    )
+    assert found["origin"] == "cache" and found["built_from"] == sha256_file(image) and asked == [1]
 
 
 def test_wrong_user_isf_is_reported_and_cache_used(tmp_path):
