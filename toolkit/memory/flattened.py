@@ -35,17 +35,19 @@ class FlatFile:
     int64 arrays: 24 bytes a record, whatever number of records the file holds.
     """
 
-    def __init__(self, path, src):
+    def __init__(self, path, src, scan_limit=None):
+        """``scan_limit``: index only the records that start in the file's first ``scan_limit``
+        bytes (a probe needs the headers, which come first), not the whole file."""
         self.path = path
         self.src = src
         self.diagnostics = []
-        starts, lens, fpos = _paint(*self._index(), path)
+        starts, lens, fpos = _paint(*self._index(scan_limit), path)
         self.size = int((starts + lens).max()) if len(starts) else 0
         # array('q'), not numpy, for the reads: 8 bytes an entry still, but an
         # item is a Python int at once and bisect runs on it in C.
         self._starts, self._lens, self._fpos = (array("q", a.tobytes()) for a in (starts, lens, fpos))
 
-    def _index(self):
+    def _index(self, scan_limit=None):
         head = self.src.pread(0, 32)
         if head[:12] != FLAT_MAGIC:
             raise MemoryFormatError(self.path, 0, "not a makedumpfile flattened file")
@@ -54,7 +56,7 @@ class FlatFile:
             raise MemoryFormatError(self.path, 16, f"flattened header type {ftype} is not 1")
         offs, lens, fposs = array("q"), array("q"), array("q")
         pos, buf, buf_at = FLAT_HEADER_SIZE, b"", 0
-        while True:
+        while scan_limit is None or pos < scan_limit:
             if not buf_at <= pos <= buf_at + len(buf) - 16:  # record headers read 1 MiB at a time
                 buf, buf_at = self.src.pread(pos, 1 << 20), pos
             rec = buf[pos - buf_at : pos - buf_at + 16]

@@ -135,3 +135,30 @@ def test_kdump_pages_read_together_keep_each_pages_fate(tmp_path):
         for d in img.diagnostics:
             assert d["what"] == "corrupt compressed page" and d["missing"] == [(2 * PS, PS)]
             assert d["where"] == f"{p}@{off2:#x}" and "pfn 0x2" in d["why"]
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["in order", "headers written last"])
+@pytest.mark.parametrize("scan", ["one record", "half", "all"])
+def test_probe_of_a_flattened_kdump_indexes_only_what_it_reads(tmp_path, monkeypatch, shuffle, scan):
+    from toolkit.memory import kdump
+
+    p = tmp_path / "g.kdump"
+    pages = {pfn: page(pfn) for pfn in range(0, 64, 3)}
+    W.kdump(p, pages, 64, comp="zlib", flattened=True, notes=W.qemu_cpu_note(0x42000), shuffle=shuffle)
+    whole = kdump._probe(p, None)
+    indexed = []
+    real = kdump.FlatFile
+
+    def counting(path, src, scan_limit=None):
+        indexed.append(scan_limit)
+        return real(path, src, scan_limit)
+
+    limit = {"one record": 4096 + 16, "half": p.stat().st_size // 2, "all": 1 << 30}[scan]
+    monkeypatch.setattr(kdump, "FlatFile", counting)
+    monkeypatch.setattr(kdump, "PROBE_SCAN", limit)
+    assert kdump.probe(p) == whole and whole["cr3"] == [0x42000]
+    assert indexed[0] == limit
+    if scan == "one record":  # the header's record alone: the sub-header is not there, all is indexed
+        assert indexed == [limit, None]
+    elif scan == "all" or not shuffle:  # the headers come first, as QEMU writes them: one partial index
+        assert indexed == [limit]

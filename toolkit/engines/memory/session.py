@@ -179,6 +179,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
     cache_dir = Path(ctx.cache_dir or symbols.default_cache_dir())
     user_symbols = [Path(p) for p in ctx.symbols]
     progress = ctx.progress
+    vmcoreinfo = None  # the kernel's VMCOREINFO, when the banner search found it (Linux)
     if os_name == "linux":
         try:
             # ISFs are cached across cases (keyed by banner) and validated once per host;
@@ -201,6 +202,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
             diagnostics.append(diagnostic("error", "linux symbols", image, str(excp)))
             return None, info, diagnostics
         diagnostics.extend(found["diagnostics"])
+        vmcoreinfo = found.get("vmcoreinfo")
         info.update(
             banner=found["banner"], isf_path=found["isf_path"], isf_sha256=found["sha256"], isf_origin=found["origin"]
         )
@@ -243,6 +245,7 @@ def open_memory(snapshot: dict, ctx: EngineContext) -> tuple[dict | None, dict, 
                     progress=progress,
                     snapshot=source["snapshot"],
                     derived_dir=Path(ctx.derived_dir) / "memory",
+                    vmcoreinfo=vmcoreinfo,
                 )
                 if not ready:
                     filled.write_text(listing)

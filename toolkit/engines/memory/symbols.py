@@ -40,6 +40,7 @@ import lzma
 import mmap
 import os
 import re
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -73,27 +74,73 @@ def find_banners(image) -> list[str]:
 
         find_banners("memory.elf")[0]   # 'Linux version 6.1.0-28-cloud-amd64 (...) ...\\n'
     """
+    return find_kernel(image)[0]
+
+
+def find_kernel(image) -> tuple[list[str], dict | None]:
+    """(:func:`find_banners`' answer, the kernel's VMCOREINFO or None).
+
+    The VMCOREINFO is the dump's own copy (``image.info``: an ELF note, a kdump
+    header) or, for a format that carries none (a migration stream), the
+    kernel's note found in memory by the same pass as the banners, the first in
+    address order: the one Volatility's stacker would find by scanning again.
+    """
+    vmcoreinfo = (getattr(image, "info", None) or {}).get("vmcoreinfo") or None
     window = kernel_image_range(image)
     if window is not None:
         # the kernel's own linux_banner lies in its image: reading that (128 MiB) instead of
         # all memory saves a whole pass (26 s on an 8 GiB ELF; a decompression of every page
         # of a kdump); nothing found there falls back to the full search
-        found = _count_banners([image.read(*window)])
+        found, _ = _search([(window[0], image.read(*window))])
         if found:
-            return found
-    return _count_banners(_banner_haystacks(image))
+            return found, vmcoreinfo
+    found, in_memory = _search(_banner_haystacks(image), None if vmcoreinfo else image)
+    return found, vmcoreinfo or in_memory
 
 
-def _count_banners(haystacks) -> list[str]:
+VMCOREINFO_MAGIC = b"VMCOREINFO\x00\x00OSRELEASE="  # the note's padded name, then its text's first key
+VMCOREINFO_MOST = 64 << 10  # bytes of note text read (the kernel's is one page)
+
+
+def vmcoreinfo_note(image, gpa: int) -> dict | None:
+    """The VMCOREINFO ELF note whose padded name starts at ``gpa``: its KEY=value lines, or None
+    when the header before it is not such a note's (name size 11, type 0, a bounded text size).
+
+    >>> import struct
+    >>> note = struct.pack("<III", 11, 28, 0) + b"VMCOREINFO\\0\\0OSRELEASE=6.1\\nPAGESIZE=4096\\n"
+    >>> class Img:
+    ...     def read(self, gpa, n): return note[gpa : gpa + n].ljust(n, b"\\0")
+    >>> vmcoreinfo_note(Img(), 12)
+    {'OSRELEASE': '6.1', 'PAGESIZE': '4096'}
+    """
+    if gpa < 12:
+        return None
+    namesz, descsz, ntype = struct.unpack("<III", image.read(gpa - 12, 12))
+    if namesz != 11 or ntype != 0 or not 0 < descsz <= VMCOREINFO_MOST:
+        return None
+    text = image.read(gpa + 12, descsz).split(b"\0")[0].decode("latin-1")
+    table = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return table if table.get("OSRELEASE") else None
+
+
+def _search(haystacks, image=None) -> tuple[list[str], dict | None]:
+    """Banners over (gpa, bytes) haystacks, most frequent first; with ``image``, the first
+    VMCOREINFO note in them too."""
     counts: dict[bytes, int] = {}
-    for data in haystacks:
+    note = None
+    for gpa, data in haystacks:
+        if image is not None and note is None:
+            at = data.find(VMCOREINFO_MAGIC)
+            while at >= 0 and note is None:
+                note = vmcoreinfo_note(image, gpa + at)
+                at = data.find(VMCOREINFO_MAGIC, at + 1)
         for match in banner_matches(data):
             # a printk copy running straight into the real banner: keep the last start
             banner = match.group(0)
             banner = banner[banner.rfind(b"Linux version ") :]
             counts[banner] = counts.get(banner, 0) + 1
     ordered = sorted(counts, key=lambda b: -counts[b])
-    return [b[:-1].decode("latin-1") for b in ordered]
+    return [b[:-1].decode("latin-1") for b in ordered], note
 
 
 def banner_matches(data):
@@ -145,12 +192,12 @@ def _banner_haystacks(image):
         with open(image, "rb") as fh:
             if os.fstat(fh.fileno()).st_size:
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                    yield data
+                    yield 0, data  # file offsets, not guest-physical addresses (no note is looked for)
         return
     for start, length in getattr(image, "data_runs", image.runs):  # a banner is never in a zero page
         for offset in range(start, start + length, BANNER_WINDOW):
             # windows overlap by 512 bytes so a banner on a boundary is seen whole (a repeat is merely counted twice)
-            yield image.read(offset, min(BANNER_WINDOW + 512, start + length - offset))
+            yield offset, image.read(offset, min(BANNER_WINDOW + 512, start + length - offset))
 
 
 def banner_key(banner: str) -> str:
@@ -289,12 +336,12 @@ def resolve_isf(
     ``image_sha256`` (the memory file's hash, or a function giving it: asked only
     when the cache is consulted, not when a user's or a shipped ISF matches) keys the
     cache; without it the file is hashed if the cache is consulted.
-    Returns {"banner", "isf_path", "sha256", "origin", "built_from", "diagnostics"};
+    Returns {"banner", "isf_path", "sha256", "origin", "built_from", "diagnostics", "vmcoreinfo"};
     raises SymbolsError (with diagnostics) when the image holds no Linux banner
     or no ISF could be found or built.
     """
     diagnostics: list[dict] = []
-    banners = find_banners(image)
+    banners, vmcoreinfo = find_kernel(image)
     image_path = image if isinstance(image, (str, Path)) else image.path
     if not banners:
         raise SymbolsError(
@@ -321,7 +368,7 @@ def resolve_isf(
                 diagnostics.append(diagnostic("warning", "ISF unreadable", isf, str(excp)))
                 continue
             if found in banners:
-                return _answer(found, isf, origin, diagnostics)
+                return _answer(found, isf, origin, diagnostics, vmcoreinfo=vmcoreinfo)
             mismatched.append((isf, found))
         if origin == "user" and user_paths:
             for isf, found in mismatched:
@@ -347,7 +394,7 @@ def resolve_isf(
     for banner in banners:
         cached = cache / cache_name(banner, image_sha256)
         if cached.is_file():
-            return _answer(banner, cached, "cache", diagnostics, image_sha256)
+            return _answer(banner, cached, "cache", diagnostics, image_sha256, vmcoreinfo)
     if not build:
         raise SymbolsError(
             "no ISF matches this kernel and building is disabled",
@@ -361,11 +408,12 @@ def resolve_isf(
             f"{built['diagnostics'][-1]['why'] if built['diagnostics'] else 'unknown'}",
             diagnostics,
         )
-    return _answer(built["banner"], Path(built["isf_path"]), "built", diagnostics, image_sha256)
+    return _answer(built["banner"], Path(built["isf_path"]), "built", diagnostics, image_sha256, vmcoreinfo)
 
 
-def _answer(banner, isf: Path, origin, diagnostics, built_from=None):
+def _answer(banner, isf: Path, origin, diagnostics, built_from=None, vmcoreinfo=None):
     return {
+        "vmcoreinfo": vmcoreinfo,  # what find_kernel found: spares Volatility its own scan
         "banner": banner,
         "isf_path": str(isf.resolve()),
         "sha256": sha256_file(isf),

@@ -85,6 +85,10 @@ def _framework(cache_dir: Path | None = None) -> dict:
 
             speedups.install(scanners)
             speedups.install_isf_memo(intermed, schemas)
+            from volatility3.framework.layers import physical
+            from volatility3.framework.symbols import linux as linux_symbols
+
+            speedups.install_vmcoreinfo_hint(linux_symbols, physical)
             # object access, VMA names, hidden_modules, the read cache: the costs that grow with the guest
             speedups_objects.install_all()
             # snapscope's own formats as a Volatility layer (its stacker registers on import)
@@ -251,6 +255,7 @@ def open_session(
     progress=None,
     snapshot=None,
     derived_dir=None,
+    vmcoreinfo: dict | None = None,
 ) -> dict:
     """Find the kernel in ``image`` once and return a session for ``run_plugin``.
 
@@ -259,6 +264,8 @@ def open_session(
     Formats Volatility does not read are read in place through snapscope's
     layer (``layer.SnapscopeStacker``); ``snapshot`` names the qcow2 internal
     snapshot, ``derived_dir`` where a compressed stream's page index may go.
+    ``vmcoreinfo`` (the dump's own copy of the kernel's VMCOREINFO, as parsed in
+    ``MemoryImage.info``) spares Volatility its scan of memory for that note.
     Raises VolatilityError, with Volatility's own reasons in ``details``, if
     no kernel of ``os_name`` is found.
 
@@ -280,6 +287,7 @@ def open_session(
     context.config["automagic.LayerStacker.single_location"] = image.as_uri()
     context.config[SNAPSHOT_SETTING] = snapshot or ""
     context.config[DERIVED_SETTING] = str(derived_dir or "")
+    context.config[speedups.VMCOREINFO_SETTING] = speedups.vmcoreinfo_text(vmcoreinfo)
     probe = vol["plugin_list"][PROBE_PLUGIN[os_name]]
     # available() imports the automagic modules that define the OS stackers,
     # so it must come before choose_os_stackers lists them.

@@ -154,3 +154,43 @@ def test_isf_memo_parses_and_hashes_once(monkeypatch):
     # the one kept ISF is replaced by the next: the old object is parsed afresh later
     other = fake_intermed.json.load(io.StringIO(json.dumps({"symbols": {}})))
     assert fake_intermed.json.load(io.StringIO(text)) is not one and other == {"symbols": {}}
+
+
+def test_the_dumps_vmcoreinfo_is_offered_before_volatility_scans_memory_for_it():
+    import types
+
+    from volatility3.framework.layers import physical
+    from volatility3.framework.symbols import linux
+
+    scanned = []
+
+    class VMCoreInfo:
+        # Volatility's own parser, as the real class has it
+        _vmcoreinfo_data_to_dict = linux.VMCoreInfo._vmcoreinfo_data_to_dict
+        _parse_value = linux.VMCoreInfo._parse_value
+
+        @classmethod
+        def search_vmcoreinfo_elf_note(cls, context, layer_name, progress_callback=None):
+            scanned.append(layer_name)
+            yield 0x1234, {"OSRELEASE": "scanned"}
+
+    speedups.install_vmcoreinfo_hint(types.SimpleNamespace(VMCoreInfo=VMCoreInfo), physical)
+    speedups.install_vmcoreinfo_hint(types.SimpleNamespace(VMCoreInfo=VMCoreInfo), physical)  # idempotent
+    memory = object()  # a translation layer: the guest's physical memory
+    file_layer = physical.FileLayer.__new__(physical.FileLayer)  # the file under an ELF core
+
+    def search(text, layer):
+        context = types.SimpleNamespace(
+            config={speedups.VMCOREINFO_SETTING: text}, layers={"memory": memory, "file": file_layer}
+        )
+        return list(VMCoreInfo.search_vmcoreinfo_elf_note(context, layer))
+
+    text = speedups.vmcoreinfo_text({"PAGESIZE": "4096", "OSRELEASE": "6.1.0-57-amd64", "SYMBOL(_stext)": "ffff1000"})
+    assert text.startswith("OSRELEASE=6.1.0-57-amd64\n")
+    first, then = search(text, "memory")
+    assert first == (None, {"OSRELEASE": "6.1.0-57-amd64", "PAGESIZE": 4096, "SYMBOL(_stext)": 0xFFFF1000})
+    assert then == (0x1234, {"OSRELEASE": "scanned"})  # the scan still follows if the stacker asks on
+    assert search(text, "file") == [(0x1234, {"OSRELEASE": "scanned"})]  # file offsets are not memory
+    assert search("", "memory") == [(0x1234, {"OSRELEASE": "scanned"})]  # no note in the dump
+    assert search("OSRELEASE=x\n\x01\x02=\xff\n", "memory") == [(0x1234, {"OSRELEASE": "scanned"})]  # unprintable
+    assert speedups.vmcoreinfo_text({"PAGESIZE": "4096"}) == "" and speedups.vmcoreinfo_text(None) == ""

@@ -90,6 +90,45 @@ def test_banner_search_reads_only_the_kernel_image_when_vmcoreinfo_places_it():
     assert symbols.find_banners(image) == [OTHER, BANNER]
 
 
+def _note(text: bytes, namesz=11, ntype=0) -> bytes:
+    import struct
+
+    return struct.pack("<III", namesz, len(text), ntype) + b"VMCOREINFO\x00\x00" + text
+
+
+def test_a_stream_without_vmcoreinfo_gets_the_kernels_note_from_the_banner_pass():
+    # a migration stream carries no VMCOREINFO; the kernel's note in memory is found by the same
+    # pass as the banners: the first real one in address order (a look-alike is passed over)
+    from toolkit.memory.image import MemoryImage
+
+    real = b"OSRELEASE=6.1.0-99-test\nPAGESIZE=4096\nSYMBOL(_stext)=ffffffff81000000\n"
+    memory = bytearray(4 << 20)
+    fake = _note(b"OSRELEASE=forged\n", ntype=7)  # not a VMCOREINFO note's header
+    memory[0x1000 : 0x1000 + len(fake)] = fake
+    at = 0x300000
+    memory[at : at + len(_note(real))] = _note(real)
+    banner = BANNER.encode() + b"\x00"
+    memory[0x200000 : 0x200000 + len(banner)] = banner
+    later = _note(b"OSRELEASE=later\n")
+    memory[0x380000 : 0x380000 + len(later)] = later
+
+    def read(offset, n):
+        return bytes(memory[offset : offset + n])
+
+    image = MemoryImage(
+        format="qemu-migration",
+        path="x",
+        info={},
+        segments=[{"gpa": 0, "length": len(memory), "read": read, "runs": None}],
+    )
+    banners, vmcoreinfo = symbols.find_kernel(image)
+    assert banners == [BANNER]
+    assert vmcoreinfo == {"OSRELEASE": "6.1.0-99-test", "PAGESIZE": "4096", "SYMBOL(_stext)": "ffffffff81000000"}
+    # a dump that carries its own (an ELF note, a kdump header) keeps it: memory is not searched for one
+    image.info["vmcoreinfo"] = {"OSRELEASE": "carried"}
+    assert symbols.find_kernel(image) == ([BANNER], {"OSRELEASE": "carried"})
+
+
 @pytest.mark.parametrize(
     "stext, phys_base",
     [
