@@ -100,6 +100,7 @@ def find_kernel(image) -> tuple[list[str], dict | None]:
 
 VMCOREINFO_MAGIC = b"VMCOREINFO\x00\x00OSRELEASE="  # the note's padded name, then its text's first key
 VMCOREINFO_MOST = 64 << 10  # bytes of note text read (the kernel's is one page)
+VMCOREINFO_TRIES = 256  # note look-alikes checked before giving up
 
 
 def vmcoreinfo_note(image, gpa: int) -> dict | None:
@@ -127,11 +128,14 @@ def _search(haystacks, image=None) -> tuple[list[str], dict | None]:
     """Banners over (gpa, bytes) haystacks, most frequent first; with ``image``, the first
     VMCOREINFO note in them too."""
     counts: dict[bytes, int] = {}
-    note = None
+    note, candidates = None, 0
     for gpa, data in haystacks:
         if image is not None and note is None:
             at = data.find(VMCOREINFO_MAGIC)
-            while at >= 0 and note is None:
+            # memory filled with look-alikes must not cost a read each: past VMCOREINFO_TRIES the
+            # search stops (Volatility's stacker then scans on its own, as without this)
+            while at >= 0 and note is None and candidates < VMCOREINFO_TRIES:
+                candidates += 1
                 note = vmcoreinfo_note(image, gpa + at)
                 at = data.find(VMCOREINFO_MAGIC, at + 1)
         for match in banner_matches(data):

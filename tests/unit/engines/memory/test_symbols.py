@@ -124,6 +124,10 @@ def test_a_stream_without_vmcoreinfo_gets_the_kernels_note_from_the_banner_pass(
     banners, vmcoreinfo = symbols.find_kernel(image)
     assert banners == [BANNER]
     assert vmcoreinfo == {"OSRELEASE": "6.1.0-99-test", "PAGESIZE": "4096", "SYMBOL(_stext)": "ffffffff81000000"}
+    # memory sown with look-alikes: a bounded number is checked, then the search gives up
+    for k in range(symbols.VMCOREINFO_TRIES):
+        memory[0x10000 + 64 * k : 0x10000 + 64 * k + len(fake)] = fake
+    assert symbols.find_kernel(image) == ([BANNER], None)
     # a dump that carries its own (an ELF note, a kdump header) keeps it: memory is not searched for one
     image.info["vmcoreinfo"] = {"OSRELEASE": "carried"}
     assert symbols.find_kernel(image) == ([BANNER], {"OSRELEASE": "carried"})
