@@ -35,6 +35,7 @@ import multiprocessing
 from pathlib import Path
 
 from toolkit.acquire import AcquireOptions, acquire
+from toolkit.allocator import reuse_large_buffers
 from toolkit.case.lock import case_lock
 from toolkit.case.store import Case, load_manifest, save_manifest, write_table
 from toolkit.engines import no_progress
@@ -112,7 +113,8 @@ def discover_fleet(sources, search_paths=(), follow_recorded: bool = False) -> t
 
 def _executor(spec: str, jobs: int):
     if spec == "local":
-        return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")), None
+        spawn = multiprocessing.get_context("spawn")
+        return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=spawn, initializer=reuse_large_buffers), None
     if spec.startswith("dask://"):
         try:
             from distributed import Client

@@ -13,6 +13,8 @@ import sys
 
 import typer
 
+from toolkit.allocator import reuse_large_buffers
+
 app = typer.Typer(
     name="snapscope",
     help="Offline forensics for libvirt/QEMU VM snapshots: memory, disk and network, correlated.\n\n"
@@ -153,4 +155,5 @@ def run() -> int:
 
 
 def main():
+    reuse_large_buffers()  # every pass over a dump reads it in large windows (toolkit.allocator)
     leave(run())

@@ -92,7 +92,7 @@ def build_image(path, st, *, fmt, info=None, diagnostics=(), closers=(), source=
         st["machine"], [(n, b["length"]) for n, b in st["blocks"].items()]
     ):
         pm = st["blocks"][name]["map"]
-        read = pm.reader(fetch)
+        read = pm.reader(fetch, read_source=source.pread if source is not None else None)
         runs = _within(pm.runs(), off, length)
         missing = [
             (gpa + max(o, off) - off, min(o + n, off + length) - max(o, off))

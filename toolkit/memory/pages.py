@@ -42,6 +42,7 @@ CHUNK_BITS = 9
 CHUNK = 1 << CHUNK_BITS  # index entries per chunk: 4 KiB of index, 2 MiB of 4 KiB pages
 _IN_CHUNK = CHUNK - 1
 _GROUP = 1024  # chunks per step when computing runs: a few MiB of temporaries
+MAX_STRIDE_GAP = 256  # bytes between strided source pages read at once (a record header, a block name)
 
 
 def enc(kind, value):
@@ -332,7 +333,7 @@ class PageMap:
         sizes = np.diff(np.append(starts, len(where))) * ps
         return np.stack([starts * ps, sizes, where[starts]], axis=1)
 
-    def reader(self, fetch, batched_records: bool = False):
+    def reader(self, fetch, batched_records: bool = False, read_source=None):
         """A segment ``read(offset, length)`` over this map.
 
         ``fetch(kind, value, page_no) -> bytes`` returns one page for a present
@@ -343,6 +344,9 @@ class PageMap:
         numbers follow each other are fetched with one call too
         (``fetch(KIND_DESC, first record, page_no, n_pages)``: a kdump's
         descriptors and compressed pages lie in page order, read at once).
+        With ``read_source(offset, n_bytes)``, KIND_SRC pages that lie at a
+        fixed stride a little over a page (a migration stream: each page after
+        its 8-byte header) are read with one call and cut out of it.
         """
         ps = self.page_size
 
@@ -362,6 +366,17 @@ class PageMap:
                     n = 1
                     while i + n < count and locs[i + n] == v + n * ps:
                         n += 1
+                    stride = locs[i + 1] - v if n == 1 and i + 1 < count else 0
+                    if read_source is not None and ps < stride <= ps + MAX_STRIDE_GAP:
+                        n = 2
+                        while i + n < count and locs[i + n] == v + n * stride:
+                            n += 1
+                        span = np.frombuffer(read_source(v & _VALUE_MASK, (n - 1) * stride + ps), np.uint8)
+                        span = np.concatenate([span, np.zeros((n - 1) * stride + ps - len(span), np.uint8)])
+                        pages = np.lib.stride_tricks.as_strided(span, shape=(n, ps), strides=(stride, 1))
+                        np.frombuffer(out, np.uint8)[i * ps : (i + n) * ps].reshape(n, ps)[:] = pages
+                        i += n
+                        continue
                     out[i * ps : (i + n) * ps] = fetch(KIND_SRC, v & _VALUE_MASK, first + i, n)
                     i += n
                     continue

@@ -181,7 +181,7 @@ def test_mapped_ram_of_a_terabyte_with_one_page(tmp_path):
         with M.open_image(P) as img:
             # what scanners (YARA, the banner search, the in-place layer) read: the one page of data
             out = [img.read(0, 4096) == A, img.runs[:2], len(img.runs), img.data_runs,
-                   [len(h) for h in _banner_haystacks(img)]]
+                   [len(h) for _, h in _banner_haystacks(img)]]
         """,
         setup=SETUP,
         P=str(p),

@@ -98,3 +98,57 @@ def test_an_elf_cores_loads_read_as_their_file_bytes_and_zeros(loads, data):
     got = img.read(gpa, length)
     assert type(got) is bytes and len(got) == length
     assert got == bytes(expected.get(gpa + k, 0) for k in range(length))
+
+
+@st.composite
+def page_layouts(draw):
+    """Pages of 16 bytes in a source file, as a migration stream lays them: runs at a stride a
+    little over a page (a record header before each), some contiguous, some absent, some filled."""
+    from toolkit.memory.pages import KIND_FILL, KIND_SRC, enc
+
+    ps, npages = 16, draw(st.integers(1, 40))
+    file, entries = bytearray(), {}
+    page_no = 0
+    while page_no < npages:
+        kind = draw(st.sampled_from(["strided", "strided", "contiguous", "absent", "fill"]))
+        n = min(draw(st.integers(1, 8)), npages - page_no)
+        gap = draw(st.sampled_from([1, 8, 9])) if kind == "strided" else 0
+        for _ in range(n):
+            if kind in ("strided", "contiguous"):
+                file += bytes(gap) * (kind == "strided")
+                entries[page_no] = enc(KIND_SRC, len(file))
+                file += draw(st.binary(min_size=ps, max_size=ps))
+            elif kind == "fill":
+                entries[page_no] = enc(KIND_FILL, draw(st.integers(0, 255)))
+            page_no += 1
+    cut = draw(st.integers(0, 20))  # the source ends early: the last page's bytes are short
+    return ps, npages, entries, bytes(file[: max(0, len(file) - cut)])
+
+
+@settings(max_examples=400, deadline=None)
+@given(page_layouts(), st.data())
+def test_strided_source_pages_read_as_page_by_page(layout, data):
+    from toolkit.memory.pages import _SHIFT, _VALUE_MASK, KIND_FILL, KIND_SRC, PageMap
+
+    ps, npages, entries, file = layout
+    pm = PageMap(npages, ps)
+    if entries:
+        pm.set(list(entries), list(entries.values()))
+
+    def fetch(kind, value, page_no, n=1):
+        assert kind == KIND_SRC
+        return file[value : value + n * ps].ljust(n * ps, b"\0")
+
+    def one(page_no):
+        v = entries.get(page_no, 0)
+        if v >> _SHIFT == KIND_SRC:
+            return file[v & _VALUE_MASK : (v & _VALUE_MASK) + ps].ljust(ps, b"\0")
+        if v >> _SHIFT == KIND_FILL:
+            return bytes([v & 0xFF]) * ps
+        return bytes(ps)
+
+    read = pm.reader(fetch, read_source=lambda offset, n: file[offset : offset + n])
+    start = data.draw(st.integers(0, npages * ps - 1))
+    length = data.draw(st.integers(1, npages * ps - start))
+    expected = b"".join(one(p) for p in range(npages))[start : start + length]
+    assert read(start, length) == expected
