@@ -94,7 +94,9 @@ def find_kernel(image) -> tuple[list[str], dict | None]:
         found, _ = _search([(window[0], image.read(*window))])
         if found:
             return found, vmcoreinfo
-    found, in_memory = _search(_banner_haystacks(image), None if vmcoreinfo else image)
+    # a dump path is scanned as its file's bytes: offsets there are not guest-physical addresses
+    look_for_note = not vmcoreinfo and not isinstance(image, (str, Path))
+    found, in_memory = _search(_banner_haystacks(image), image if look_for_note else None)
     return found, vmcoreinfo or in_memory
 
 

@@ -47,6 +47,14 @@ def _isf(path, banner, compress=False):
     return path
 
 
+def test_a_dump_path_is_searched_for_banners_only(tmp_path):
+    # a path's bytes are the file's (an ELF's headers first), not guest-physical memory:
+    # a VMCOREINFO note in them is not read as the kernel's (an ELF carries its own in a PT_NOTE)
+    image = _image(tmp_path / "m.raw", BANNER, noise=_note(b"OSRELEASE=6.1.0-99-test\n"))
+    assert symbols.find_kernel(image) == ([BANNER], None)
+    assert symbols.find_kernel(str(image)) == ([BANNER], None)
+
+
 def test_find_banners_ignores_printk_copies(tmp_path):
     # a dmesg copy has no "\n\0" ending; only the kernel's own linux_banner counts
     image = _image(tmp_path / "m.raw", BANNER, noise=b"Linux version 6.1.0-99-test (builder) trailing text")
