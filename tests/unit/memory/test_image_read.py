@@ -37,7 +37,11 @@ def images(draw):
 @given(images(), st.data())
 def test_read_is_the_segments_bytes_and_zeros(image, data):
     segments, expected, top = image
-    img = MemoryImage(format="raw", path="x", info={}, segments=segments)
+    _check_a_read(MemoryImage(format="raw", path="x", info={}, segments=segments), expected, top, data)
+
+
+def _check_a_read(img, expected: dict, top: int, data):
+    """One read anywhere around [0, top): bytes, its length, the expected bytes and zeros elsewhere."""
     gpa = data.draw(st.integers(0, top + 10))
     length = data.draw(st.integers(0, top + 20 - gpa))
     got = img.read(gpa, length)
@@ -92,12 +96,7 @@ def test_an_elf_cores_loads_read_as_their_file_bytes_and_zeros(loads, data):
     seg = el.segment(table, _Source(file), "x")
     if seg is None:
         return
-    img = MemoryImage(format="elf-core", path="x", info={}, segments=[seg])
-    gpa = data.draw(st.integers(0, top + 10))
-    length = data.draw(st.integers(0, top + 20 - gpa))
-    got = img.read(gpa, length)
-    assert type(got) is bytes and len(got) == length
-    assert got == bytes(expected.get(gpa + k, 0) for k in range(length))
+    _check_a_read(MemoryImage(format="elf-core", path="x", info={}, segments=[seg]), expected, top, data)
 
 
 @st.composite
