@@ -111,6 +111,16 @@ def parse_notes(data, path="", base=0):
     return notes
 
 
+def vmcoreinfo_table(raw: bytes) -> dict:
+    """The ``KEY=value`` lines of a VMCOREINFO note's text as a dict (values as written).
+
+    >>> vmcoreinfo_table(b"OSRELEASE=6.1.0\\nPAGESIZE=4096\\n\\0\\0")
+    {'OSRELEASE': '6.1.0', 'PAGESIZE': '4096'}
+    """
+    text = raw.decode("utf-8", "replace").rstrip("\0")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
 def note_facts(notes):
     """vCPU CR3s and VMCOREINFO out of QEMU-written notes."""
     facts = {"vcpus": 0, "cr3": []}
@@ -120,8 +130,7 @@ def note_facts(notes):
         elif n["name"] == "QEMU" and len(n["desc"]) >= QEMU_CR3_OFFSET + 8:
             facts["cr3"].append(struct.unpack_from("<Q", n["desc"], QEMU_CR3_OFFSET)[0])
         elif n["name"] == "VMCOREINFO":
-            text = n["desc"].decode("utf-8", "replace").rstrip("\0")
-            facts["vmcoreinfo"] = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+            facts["vmcoreinfo"] = vmcoreinfo_table(n["desc"])
     return facts
 
 

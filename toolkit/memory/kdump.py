@@ -26,7 +26,7 @@ import numpy as np
 
 from toolkit.errors import MemoryFormatError
 from toolkit.limits import env_name, human, limit
-from toolkit.memory.elf_core import note_facts, parse_notes
+from toolkit.memory.elf_core import note_facts, parse_notes, vmcoreinfo_table
 from toolkit.memory.flattened import FLAT_MAGIC, FlatFile
 from toolkit.memory.image import FileSource, MemoryImage
 from toolkit.memory.inflate import inflate
@@ -102,9 +102,18 @@ def _header(f, path):
     }
 
 
-def _read_extra(f, at, most=16 << 20):
+EXTRA_MOST = 16 << 20  # bytes of notes or VMCOREINFO a header may point at and be read
+
+
+def _extra_range(at):
+    """(offset, length) of the notes or VMCOREINFO a header points at, or None (absent, or too long)."""
     off, n = at
-    return f.pread(off, n) if off and 0 < n <= most else b""
+    return (off, n) if off and 0 < n <= EXTRA_MOST else None
+
+
+def _read_extra(f, at):
+    where = _extra_range(at)
+    return f.pread(*where) if where else b""
 
 
 # disk_dump_header.status bits (makedumpfile diskdump_mod.h)
@@ -149,9 +158,8 @@ def _probe(path, scan_limit):
         need(0, 464)
         h = _header(f, path)
         need(h["block_size"], 104)
-        notes_off, notes_len = h["notes_at"]
-        if notes_off and 0 < notes_len <= 16 << 20:  # what _read_extra reads
-            need(notes_off, notes_len)
+        if notes := _extra_range(h["notes_at"]):
+            need(*notes)
         facts = {
             "format": "kdump",
             "flattened": flat,
@@ -348,8 +356,7 @@ def open(path, **_opts):
     }
     info.update(note_facts(parse_notes(notes_raw, path)))
     if vmci and "vmcoreinfo" not in info:
-        text = vmci.decode("utf-8", "replace").rstrip("\0")
-        info["vmcoreinfo"] = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        info["vmcoreinfo"] = vmcoreinfo_table(vmci)
     read = pm.reader(fetch, batched_records=True)
     seg = {"gpa": 0, "length": pm.npages * bs, "read": read, "runs": pm.runs(), "data_runs": pm.data_runs}
     return MemoryImage(

@@ -371,8 +371,10 @@ class PageMap:
                         n = 2
                         while i + n < count and locs[i + n] == v + n * stride:
                             n += 1
-                        span = np.frombuffer(read_source(v & _VALUE_MASK, (n - 1) * stride + ps), np.uint8)
-                        span = np.concatenate([span, np.zeros((n - 1) * stride + ps - len(span), np.uint8)])
+                        want = (n - 1) * stride + ps
+                        span = np.frombuffer(read_source(v & _VALUE_MASK, want), np.uint8)
+                        if len(span) < want:  # the source ends early: the rest reads as zeros
+                            span = np.concatenate([span, np.zeros(want - len(span), np.uint8)])
                         pages = np.lib.stride_tricks.as_strided(span, shape=(n, ps), strides=(stride, 1))
                         np.frombuffer(out, np.uint8)[i * ps : (i + n) * ps].reshape(n, ps)[:] = pages
                         i += n

@@ -48,6 +48,7 @@ from pathlib import Path
 from toolkit.engines.memory.images import NATIVE
 from toolkit.errors import SymbolsError
 from toolkit.hashing import sha256_file
+from toolkit.memory.elf_core import vmcoreinfo_table
 from toolkit.schemas import diagnostic
 from toolkit.shipped import SYMBOLS
 
@@ -121,8 +122,7 @@ def vmcoreinfo_note(image, gpa: int) -> dict | None:
     namesz, descsz, ntype = struct.unpack("<III", image.read(gpa - 12, 12))
     if namesz != 11 or ntype != 0 or not 0 < descsz <= VMCOREINFO_MOST:
         return None
-    text = image.read(gpa + 12, descsz).split(b"\0")[0].decode("latin-1")
-    table = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    table = vmcoreinfo_table(image.read(gpa + 12, descsz))
     return table if table.get("OSRELEASE") else None
 
 
